@@ -1,0 +1,36 @@
+"""Shared fixtures: a models folder of tiny real-architecture checkpoints, built once per run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a hub
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import tiny_models  # noqa: E402  (tests/ is on sys.path through rootdir conftest)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory) -> Path:
+    """models/ with a tiny SD 1.x (folder and single file, plus its config) and a tiny SD3."""
+    root = tmp_path_factory.mktemp("models")
+    checkpoints = root / "checkpoints"
+    checkpoints.mkdir()
+    sd = tiny_models.make_tiny_sd(checkpoints / "tiny-sd")
+    tiny_models.make_tiny_sd3(checkpoints / "tiny-sd3")
+    tiny_models.save_ldm_single_file(sd, checkpoints / "tiny-sd-single.safetensors")
+    (root / "configs").mkdir()
+    tiny_models.save_config_folder(sd, root / "configs" / "sd1")
+    return root
+
+
+@pytest.fixture()
+def engine(models_dir, tmp_path):
+    from webui.engine.context import Engine, Settings
+    from webui.engine.devices import DeviceChoice
+
+    settings = Settings(models_dir=models_dir, outputs_dir=tmp_path / "outputs", default_model="tiny-sd")
+    return Engine(settings, DeviceChoice("cpu"))

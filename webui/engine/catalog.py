@@ -1,0 +1,180 @@
+"""The model catalog: what checkpoints are on disk, their family, size and short hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .families import FAMILIES, UnknownFamily, family_from_folder, family_from_keys, prediction_type, read_safetensors_keys
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+# Files this small are hashed during the scan; larger ones in the background.
+HASH_INLINE_BYTES = 256 * 1024 * 1024
+_HASH_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str  # file or folder name without extension; what users and the API call it
+    path: Path
+    kind: str  # "diffusers", "single_file" or "pickle"
+    family: str | None  # a key of FAMILIES, None when it could not be read
+    size_bytes: int
+    prediction: str = "epsilon"
+    problem: str | None = None  # why this entry cannot be loaded, shown in the UI
+
+    @property
+    def family_label(self) -> str:
+        return FAMILIES.get(self.family or "", "unknown")
+
+    @property
+    def hash_source(self) -> Path:
+        """The file whose sha256 is the model hash: the file itself, or a folder's denoiser."""
+        if self.kind != "diffusers":
+            return self.path
+        for sub in ("unet", "transformer"):
+            for weights in sorted((self.path / sub).glob("*.safetensors")):
+                return weights
+        return self.path / "model_index.json"
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def describe(path: Path) -> CatalogEntry | None:
+    """Build the entry for one path under models/checkpoints, or None if it is not a model."""
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            return None
+        try:
+            family, problem = family_from_folder(path), None
+        except (UnknownFamily, ValueError, OSError) as exc:
+            family, problem = None, str(exc)
+        return CatalogEntry(path.name, path, "diffusers", family, _folder_size(path), prediction_type(path), problem)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        try:
+            family, problem = family_from_keys(read_safetensors_keys(path)), None
+        except (UnknownFamily, ValueError, OSError) as exc:
+            family, problem = None, str(exc)
+        prediction = "flow" if family in {"sd3", "flux"} else "epsilon"
+        return CatalogEntry(path.stem, path, "single_file", family, path.stat().st_size, prediction, problem)
+    if suffix in PICKLE_SUFFIXES:
+        return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size)
+    return None
+
+
+class HashCache:
+    """sha256 of model files, remembered by (path, size, mtime) in a JSON file between runs."""
+
+    def __init__(self, cache_file: Path):
+        self._file = cache_file
+        self._lock = threading.Lock()
+        try:
+            self._data: dict[str, dict] = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            self._data = {}
+
+    @staticmethod
+    def _stamp(path: Path) -> dict:
+        st = path.stat()
+        return {"size": st.st_size, "mtime": st.st_mtime}
+
+    def cached(self, path: Path) -> str | None:
+        record = self._data.get(str(path))
+        if record and path.exists() and {k: record.get(k) for k in ("size", "mtime")} == self._stamp(path):
+            return record["sha256"]
+        return None
+
+    def sha256(self, path: Path) -> str:
+        known = self.cached(path)
+        if known:
+            return known
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(_HASH_CHUNK):
+                digest.update(chunk)
+        with self._lock:
+            self._data[str(path)] = {**self._stamp(path), "sha256": digest.hexdigest()}
+            try:
+                self._file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._data, indent=1))
+                tmp.replace(self._file)
+            except OSError:
+                pass  # a read-only models dir only costs re-hashing next time
+        return digest.hexdigest()
+
+
+class Catalog:
+    """Scans `<models_dir>/checkpoints` and finds entries by name, title or hash."""
+
+    def __init__(self, models_dir: Path):
+        self.models_dir = Path(models_dir)
+        self.checkpoints_dir = self.models_dir / "checkpoints"
+        self.hashes = HashCache(self.models_dir / ".kiri-hashes.json")
+        self._entries: list[CatalogEntry] = []
+        self._lock = threading.Lock()
+
+    def scan(self) -> list[CatalogEntry]:
+        found = []
+        if self.checkpoints_dir.is_dir():
+            for path in sorted(self.checkpoints_dir.iterdir(), key=lambda p: p.name.lower()):
+                entry = describe(path)
+                if entry is not None:
+                    found.append(entry)
+        with self._lock:
+            self._entries = found
+        for entry in found:
+            source = entry.hash_source
+            if source.exists() and source.stat().st_size <= HASH_INLINE_BYTES:
+                self.hashes.sha256(source)
+        return list(found)
+
+    @property
+    def entries(self) -> list[CatalogEntry]:
+        with self._lock:
+            return list(self._entries)
+
+    def short_hash(self, entry: CatalogEntry) -> str | None:
+        full = self.hashes.cached(entry.hash_source)
+        return full[:10] if full else None
+
+    def full_hash(self, entry: CatalogEntry) -> str:
+        return self.hashes.sha256(entry.hash_source)
+
+    def hash_all(self) -> None:
+        """Hash what the scan left for later (big files); meant for a background thread."""
+        for entry in self.entries:
+            if entry.hash_source.exists():
+                self.hashes.sha256(entry.hash_source)
+
+    def title(self, entry: CatalogEntry) -> str:
+        """AUTOMATIC1111-style title: `name [hash]`, plus the family, for the dropdown."""
+        short = self.short_hash(entry)
+        size = f"{entry.size_bytes / 1e9:.1f} GB" if entry.size_bytes >= 1e8 else f"{entry.size_bytes / 1e6:.1f} MB"
+        label = f"{entry.name} [{short}]" if short else entry.name
+        return f"{label} · {entry.family_label} · {size}"
+
+    def find(self, name: str) -> CatalogEntry | None:
+        """Find by name, file name, dropdown title, `name [hash]` or hash prefix."""
+        wanted = name.strip()
+        for entry in self.entries:
+            if wanted in (entry.name, entry.path.name, self.title(entry)):
+                return entry
+        base = wanted.split(" · ")[0].split(" [")[0]
+        for entry in self.entries:
+            if base == entry.name:
+                return entry
+        if len(wanted) >= 8:
+            for entry in self.entries:
+                full = self.hashes.cached(entry.hash_source)
+                if full and full.startswith(wanted.lower()):
+                    return entry
+        return None

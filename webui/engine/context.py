@@ -1,0 +1,96 @@
+"""The Engine: the services a UI tab or an API route needs, passed in rather than imported as globals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from .catalog import Catalog
+from .devices import DeviceChoice, resolve_device
+from .jobs import Job, JobBoard
+from .models import ModelManager
+from .requests import Txt2ImgRequest
+from .samplers import SamplerRegistry, register_builtin_samplers
+from .txt2img import GenerationResult, txt2img
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """What the user can change on the Settings tab; saved as JSON between runs."""
+
+    models_dir: Path = Path("models")
+    outputs_dir: Path = Path("outputs")
+    device: str = "auto"
+    allow_pickle: bool = False
+    model_cache_size: int = 1  # loaded models kept in memory (LRU)
+    default_model: str | None = None
+    save_images: bool = True
+    image_format: str = "png"
+
+    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format")
+
+    def editable(self) -> dict:
+        return {k: getattr(self, k) for k in self.EDITABLE}
+
+    def save(self, path: Path) -> None:
+        data = {k: v for k, v in asdict(self).items() if k in self.EDITABLE}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+
+    def load_saved(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        names = {f.name for f in fields(self)}
+        for key, value in data.items():
+            if key in self.EDITABLE and key in names:
+                setattr(self, key, value)
+
+
+class Engine:
+    """Catalog, models, samplers and jobs; built once by launch.py (or a test) and shared."""
+
+    def __init__(self, settings: Settings, device: DeviceChoice | None = None):
+        self.settings = settings
+        self.catalog = Catalog(settings.models_dir)
+        self.samplers = SamplerRegistry()
+        register_builtin_samplers(self.samplers)
+        self.jobs = JobBoard()
+        self._device = device
+        self._models: ModelManager | None = None
+        self._models_lock = threading.Lock()
+
+    @property
+    def models(self) -> ModelManager:
+        # Created on first use: resolving the device imports torch, which the first page does not need.
+        with self._models_lock:
+            if self._models is None:
+                device = self._device or resolve_device(self.settings.device)
+                self._models = ModelManager(self.catalog, device, self.settings.allow_pickle, self.settings.model_cache_size)
+            return self._models
+
+    def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
+        job = job or Job(kind="txt2img")
+        self.jobs.add(job)
+        try:
+            return txt2img(self, request, job)
+        finally:
+            self.jobs.remove(job)
+
+    def interrupt(self, owner: str | None = None) -> int:
+        return self.jobs.interrupt(owner)
+
+    def preload(self) -> None:
+        """Import torch and diffusers and load the default model; run in a background thread."""
+        try:
+            self.catalog.scan()
+            self.models.get(None, preferred=self.settings.default_model)
+        except Exception as exc:  # noqa: BLE001 - a failed preload is retried on first use
+            log.warning("background model load did not finish: %s", exc)

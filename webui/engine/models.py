@@ -1,0 +1,264 @@
+"""Loading checkpoints with diffusers, keeping a small LRU cache of loaded pipelines.
+
+One lock covers loading and generating, so switching models while a job runs waits for it.
+A load that fails leaves the previous model loaded.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .catalog import Catalog, CatalogEntry
+from .devices import DeviceChoice, free_memory
+from .errors import ModelLoadError, ModelNotFound, NoModelAvailable, PickleRefused
+from .families import FAMILIES, UnknownFamily, family_from_keys
+
+log = logging.getLogger(__name__)
+
+# Pipeline class per family for single files, and the hub repo holding its diffusers config
+# (used only when models/configs/<family>/ is missing, i.e. on a machine with internet).
+SINGLE_FILE_PIPELINES = {
+    "sd1": ("StableDiffusionPipeline", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    "sd2": ("StableDiffusionPipeline", "stabilityai/stable-diffusion-2-1"),
+    "sdxl": ("StableDiffusionXLPipeline", "stabilityai/stable-diffusion-xl-base-1.0"),
+    "sd3": ("StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers"),
+    "flux": ("FluxPipeline", "black-forest-labs/FLUX.1-dev"),
+}
+DEFAULT_MODEL_NAME = "kiri-shapes-ldm"
+
+
+@dataclass
+class LoadedModel:
+    entry: CatalogEntry
+    pipeline: Any
+    family: str
+    prediction: str
+    sha256: str
+    device: str
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def short_hash(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def base_scheduler_config(self) -> dict:
+        return dict(self._base_config)
+
+    def __post_init__(self) -> None:
+        # Samplers are built from the checkpoint's own scheduler config, kept before any swap.
+        self._base_config = dict(self.pipeline.scheduler.config)
+
+
+class ModelManager:
+    def __init__(
+        self,
+        catalog: Catalog,
+        device: DeviceChoice,
+        allow_pickle: bool = False,
+        cache_size: int = 1,
+        on_loaded: Callable[[LoadedModel], None] | None = None,
+    ):
+        self.catalog = catalog
+        self.device = device
+        self.allow_pickle = allow_pickle
+        self.cache_size = max(1, cache_size)
+        self.lock = threading.RLock()  # held while loading or generating
+        self._cache: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self._current: LoadedModel | None = None
+        self._on_loaded = on_loaded
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    def default_entry(self, preferred: str | None = None) -> CatalogEntry:
+        entries = self.catalog.entries or self.catalog.scan()
+        if preferred:
+            found = self.catalog.find(preferred)
+            if found is not None:
+                return found
+        usable = [e for e in entries if e.problem is None and e.kind != "pickle"]
+        for entry in usable:
+            if entry.name == DEFAULT_MODEL_NAME:
+                return entry
+        if usable:
+            return usable[0]
+        raise NoModelAvailable(
+            f"no checkpoint found in {self.catalog.checkpoints_dir}: put a diffusers folder or a "
+            ".safetensors file there (see models/README.md), then press the refresh button"
+        )
+
+    def get(self, name: str | None = None, preferred: str | None = None) -> LoadedModel:
+        """The loaded model named `name` (loading it if needed); None keeps the current one."""
+        with self.lock:
+            if name is None and self._current is not None:
+                return self._current
+            if name is None:
+                entry = self.default_entry(preferred)
+            else:
+                entry = self.catalog.find(name)
+                if entry is None:
+                    self.catalog.scan()
+                    entry = self.catalog.find(name)
+                if entry is None:
+                    names = ", ".join(e.name for e in self.catalog.entries) or "(none)"
+                    raise ModelNotFound(f"unknown model {name!r}; available: {names}")
+            return self.load(entry)
+
+    def load(self, entry: CatalogEntry) -> LoadedModel:
+        with self.lock:
+            cached = self._cache.get(entry.path)
+            if cached is not None:
+                self._activate(cached)
+                return cached
+            previous = self._current
+            if previous is not None and self.device.device != "cpu":
+                self._move(previous, "cpu")  # make room, but keep it until the new one works
+            try:
+                loaded = self._load_uncached(entry)
+            except Exception as exc:
+                if previous is not None:
+                    self._move(previous, self.device.device)
+                if isinstance(exc, ModelLoadError):
+                    raise
+                log.exception("loading %s failed", entry.path)
+                raise ModelLoadError(f"could not load {entry.name}: {_short_reason(exc)}. The previous model stays loaded.") from exc
+            self._cache[entry.path] = loaded
+            self._activate(loaded)
+            self._evict()
+            if self._on_loaded is not None:
+                self._on_loaded(loaded)
+            return loaded
+
+    def unload(self) -> None:
+        with self.lock:
+            self._cache.clear()
+            self._current = None
+            free_memory(self.device.device)
+
+    def _activate(self, model: LoadedModel) -> None:
+        if self._current is not None and self._current is not model and self.device.device != "cpu":
+            self._move(self._current, "cpu")
+        self._move(model, self.device.device)
+        self._cache.move_to_end(model.entry.path)
+        self._current = model
+
+    def _evict(self) -> None:
+        while len(self._cache) > self.cache_size:
+            path, dropped = self._cache.popitem(last=False)
+            log.info("dropping %s from the model cache", dropped.name)
+        free_memory(self.device.device)
+
+    @staticmethod
+    def _move(model: LoadedModel, device: str) -> None:
+        if model.device != device:
+            model.pipeline.to(device)
+            model.device = device
+
+    def _load_uncached(self, entry: CatalogEntry) -> LoadedModel:
+        if entry.kind == "pickle" and not self.allow_pickle:
+            raise PickleRefused(
+                f"{entry.path.name} is a pickle checkpoint, which can run arbitrary code when loaded. "
+                "Convert it to .safetensors, or start Kiri with --allow-pickle to load it "
+                "(Kiri then reads it with torch.load(weights_only=True))."
+            )
+        if entry.problem:
+            raise ModelLoadError(f"cannot load {entry.name}: {entry.problem}")
+        sha256 = self.catalog.full_hash(entry)
+        if entry.kind == "diffusers":
+            pipeline = self._load_folder(entry)
+            family = entry.family
+        else:
+            pipeline, family = self._load_single_file(entry)
+        pipeline.set_progress_bar_config(disable=True)
+        return LoadedModel(entry, pipeline, family or "sd1", entry.prediction, sha256, "cpu")
+
+    def _load_folder(self, entry: CatalogEntry) -> Any:
+        import diffusers
+
+        dtype = self.device.dtype_for(entry.family or "sd1")
+        index_class = _read_class_name(entry.path)
+        pipeline_class = getattr(diffusers, index_class, None) or diffusers.DiffusionPipeline
+        kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
+        parameters = inspect.signature(pipeline_class.__init__).parameters
+        if "safety_checker" in parameters:
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        # Components a folder leaves out on purpose (SD3 without T5, no image encoder) load as None.
+        index = json.loads((entry.path / "model_index.json").read_text())
+        for name, parameter in parameters.items():
+            left_out = index.get(name) == [None, None] or (name not in index and parameter.default is None)
+            if left_out and name not in kwargs and name != "self":
+                kwargs[name] = None
+        if any(entry.path.rglob("*.safetensors")):
+            kwargs["use_safetensors"] = True
+        return pipeline_class.from_pretrained(str(entry.path), **kwargs)
+
+    def _load_single_file(self, entry: CatalogEntry) -> tuple[Any, str]:
+        import diffusers
+
+        family = entry.family
+        if entry.kind == "pickle":
+            family = self._pickle_family(entry.path)
+        if family not in SINGLE_FILE_PIPELINES:
+            raise ModelLoadError(
+                f"single-file {FAMILIES.get(family or '', 'unknown')} checkpoints are not supported; "
+                "use the diffusers folder of this model instead"
+            )
+        class_name, hub_repo = SINGLE_FILE_PIPELINES[family]
+        config_dir = self.catalog.models_dir / "configs" / family
+        kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype_for(family)}
+        if config_dir.is_dir():
+            kwargs.update(config=str(config_dir), local_files_only=True)
+        else:
+            kwargs.update(config=hub_repo)
+        if family in ("sd1", "sd2"):
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+        pipeline_class = getattr(diffusers, class_name)
+        try:
+            return pipeline_class.from_single_file(str(entry.path), **kwargs), family
+        except OSError as exc:
+            if not config_dir.is_dir():
+                raise ModelLoadError(
+                    f"{entry.name} needs the {FAMILIES[family]} configuration: put a diffusers folder "
+                    f"without weights at {config_dir}, or connect to the internet once so it can be "
+                    f"fetched from {hub_repo} ({_short_reason(exc)})"
+                ) from exc
+            raise
+
+    @staticmethod
+    def _pickle_family(path: Path) -> str:
+        import pickle
+
+        import torch
+
+        try:
+            # weights_only=True refuses any object that is not plain tensors and containers.
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+            raise ModelLoadError(f"{path.name} could not be read safely: {_short_reason(exc)}") from exc
+        while isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        try:
+            return family_from_keys(list(state))
+        except UnknownFamily as exc:
+            raise ModelLoadError(f"{path.name}: {exc}") from exc
+
+
+def _read_class_name(folder: Path) -> str:
+    return json.loads((folder / "model_index.json").read_text()).get("_class_name", "DiffusionPipeline")
+
+
+def _short_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]

@@ -1,0 +1,71 @@
+"""Typed generation requests, validated where they are made so every caller gets the same rules."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .errors import InvalidRequest
+
+MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 150
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MAX_CFG = 30.0
+# Far beyond any tokenizer's window; longer text is cut before tokenizing, with a warning.
+MAX_PROMPT_CHARS = 20_000
+SEED_MAX = 2**32 - 1
+
+
+def random_seed() -> int:
+    return random.randrange(SEED_MAX)
+
+
+@dataclass
+class Txt2ImgRequest:
+    prompt: str
+    negative_prompt: str = ""
+    sampler_name: str | None = None  # None: the model's default sampler
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1  # -1: a random seed, recorded in the infotext
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1  # images per denoising batch
+    n_iter: int = 1  # batch count: batches run one after another
+    model: str | None = None  # catalog name; None keeps the loaded model
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise InvalidRequest("prompt", "the prompt is empty: describe the image you want")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _require_int(name, value)
+            if not MIN_SIZE <= value <= MAX_SIZE or value % 8:
+                raise InvalidRequest(name, f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
+        _require_range("steps", self.steps, 1, MAX_STEPS)
+        _require_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _require_range("n_iter", self.n_iter, 1, MAX_BATCH_COUNT)
+        if not isinstance(self.cfg_scale, (int, float)) or not 0 <= self.cfg_scale <= MAX_CFG:
+            raise InvalidRequest("cfg_scale", f"CFG scale must be between 0 and {MAX_CFG:g} (got {self.cfg_scale})")
+        _require_int("seed", self.seed)
+        if not -1 <= self.seed <= SEED_MAX:
+            raise InvalidRequest("seed", f"seed must be -1 (random) or between 0 and {SEED_MAX} (got {self.seed})")
+
+    @property
+    def total_images(self) -> int:
+        return self.batch_size * self.n_iter
+
+
+def _require_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(name, f"{name} must be a whole number (got {value!r})")
+
+
+def _require_range(name: str, value: object, low: int, high: int) -> None:
+    _require_int(name, value)
+    if not low <= value <= high:  # type: ignore[operator]
+        raise InvalidRequest(name, f"{name} must be between {low} and {high} (got {value})")
