@@ -34,3 +34,41 @@ def engine(models_dir, tmp_path):
 
     settings = Settings(models_dir=models_dir, outputs_dir=tmp_path / "outputs", default_model="tiny-sd")
     return Engine(settings, DeviceChoice("cpu"))
+
+
+@pytest.fixture(scope="session")
+def kiri_server(models_dir, tmp_path_factory):
+    """The real Gradio app on a free loopback port, as launch.py builds it; yields its URL."""
+    import socket
+
+    from webui.engine.context import Engine, Settings
+    from webui.engine.devices import DeviceChoice
+    from webui.ui.app import CSS, build
+
+    outputs = tmp_path_factory.mktemp("outputs")
+    settings = Settings(models_dir=models_dir, outputs_dir=outputs, default_model="tiny-sd")
+    engine = Engine(settings, DeviceChoice("cpu"))
+    engine.catalog.scan()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build(engine, tmp_path_factory.mktemp("settings") / "settings.json")
+    app.queue(default_concurrency_limit=1)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+               allowed_paths=[str(outputs)])
+    yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
+    app.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright; no browser download is involved."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield chromium
+        chromium.close()

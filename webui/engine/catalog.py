@@ -8,8 +8,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from .families import FAMILIES, UnknownFamily, family_from_folder, family_from_keys, prediction_type, read_safetensors_keys
+from .errors import NoModelAvailable
+from .families import (
+    FAMILIES,
+    NATIVE_SIZE,
+    UnknownFamily,
+    family_from_folder,
+    family_from_keys,
+    native_size,
+    prediction_type,
+    read_safetensors_keys,
+)
 
+# The embedded default model (models/checkpoints/kiri-shapes-ldm), chosen when nothing else is asked for.
+DEFAULT_MODEL_NAME = "kiri-shapes-ldm"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 # Files this small are hashed during the scan; larger ones in the background.
 HASH_INLINE_BYTES = 256 * 1024 * 1024
@@ -25,6 +37,7 @@ class CatalogEntry:
     size_bytes: int
     prediction: str = "epsilon"
     problem: str | None = None  # why this entry cannot be loaded, shown in the UI
+    native_size: int = 512  # the image side the model was trained at
 
     @property
     def family_label(self) -> str:
@@ -56,7 +69,9 @@ def describe(path: Path) -> CatalogEntry | None:
             family, problem = family_from_folder(path), None
         except (UnknownFamily, ValueError, OSError) as exc:
             family, problem = None, str(exc)
-        return CatalogEntry(path.name, path, "diffusers", family, _folder_size(path), prediction_type(path), problem)
+        return CatalogEntry(
+            path.name, path, "diffusers", family, _folder_size(path), prediction_type(path), problem, native_size(path)
+        )
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         try:
@@ -64,7 +79,8 @@ def describe(path: Path) -> CatalogEntry | None:
         except (UnknownFamily, ValueError, OSError) as exc:
             family, problem = None, str(exc)
         prediction = "flow" if family in {"sd3", "flux"} else "epsilon"
-        return CatalogEntry(path.stem, path, "single_file", family, path.stat().st_size, prediction, problem)
+        size = NATIVE_SIZE.get(family or "", 512)
+        return CatalogEntry(path.stem, path, "single_file", family, path.stat().st_size, prediction, problem, size)
     if suffix in PICKLE_SUFFIXES:
         return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size)
     return None
@@ -178,3 +194,21 @@ class Catalog:
                 if full and full.startswith(wanted.lower()):
                     return entry
         return None
+
+    def default_entry(self, preferred: str | None = None) -> CatalogEntry:
+        """The model to load when none is named: the preferred one, Kiri's own, else the first."""
+        entries = self.entries or self.scan()
+        if preferred:
+            found = self.find(preferred)
+            if found is not None:
+                return found
+        usable = [e for e in entries if e.problem is None and e.kind != "pickle"]
+        for entry in usable:
+            if entry.name == DEFAULT_MODEL_NAME:
+                return entry
+        if usable:
+            return usable[0]
+        raise NoModelAvailable(
+            f"no checkpoint found in {self.checkpoints_dir}: put a diffusers folder or a "
+            ".safetensors file there (see models/README.md), then press the refresh button"
+        )

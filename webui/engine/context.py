@@ -76,6 +76,12 @@ class Engine:
                 self._models = ModelManager(self.catalog, device, self.settings.allow_pickle, self.settings.model_cache_size)
             return self._models
 
+    def models_if_created(self) -> ModelManager | None:
+        return self._models
+
+    def default_entry(self):
+        return self.catalog.default_entry(self.settings.default_model)
+
     def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
         job = job or Job(kind="txt2img")
         self.jobs.add(job)

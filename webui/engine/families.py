@@ -21,6 +21,9 @@ FAMILIES = {
 # Architecture kind: UNet latent diffusion or diffusion transformer.
 ARCHITECTURE = {"sd1": "ldm", "sd2": "ldm", "sdxl": "ldm", "sd3": "dit", "pixart": "dit", "flux": "dit"}
 
+# Training resolution of each family's reference models, for single files without a config.
+NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sd3": 1024, "pixart": 1024, "flux": 1024}
+
 _PIPELINE_FAMILY = {
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLInpaintPipeline": "sdxl",
@@ -120,3 +123,16 @@ def prediction_type(folder: Path) -> str:
     if "FlowMatch" in config.get("_class_name", ""):
         return "flow"
     return config.get("prediction_type", "epsilon")
+
+
+def native_size(folder: Path) -> int:
+    """Image side the model was trained at: denoiser sample size times the VAE's downscale."""
+    try:
+        denoiser = next(folder / sub / "config.json" for sub in ("unet", "transformer") if (folder / sub / "config.json").exists())
+        sample = json.loads(denoiser.read_text())["sample_size"]
+        vae_blocks = json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]
+    except (StopIteration, OSError, ValueError, KeyError, TypeError):
+        return 512
+    if isinstance(sample, (list, tuple)):
+        sample = sample[0]
+    return int(sample) * 2 ** (len(vae_blocks) - 1)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .catalog import Catalog, CatalogEntry
 from .devices import DeviceChoice, free_memory
-from .errors import ModelLoadError, ModelNotFound, NoModelAvailable, PickleRefused
+from .errors import ModelLoadError, ModelNotFound, PickleRefused
 from .families import FAMILIES, UnknownFamily, family_from_keys
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,6 @@ SINGLE_FILE_PIPELINES = {
     "sd3": ("StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers"),
     "flux": ("FluxPipeline", "black-forest-labs/FLUX.1-dev"),
 }
-DEFAULT_MODEL_NAME = "kiri-shapes-ldm"
 
 
 @dataclass
@@ -82,30 +81,13 @@ class ModelManager:
     def current(self) -> LoadedModel | None:
         return self._current
 
-    def default_entry(self, preferred: str | None = None) -> CatalogEntry:
-        entries = self.catalog.entries or self.catalog.scan()
-        if preferred:
-            found = self.catalog.find(preferred)
-            if found is not None:
-                return found
-        usable = [e for e in entries if e.problem is None and e.kind != "pickle"]
-        for entry in usable:
-            if entry.name == DEFAULT_MODEL_NAME:
-                return entry
-        if usable:
-            return usable[0]
-        raise NoModelAvailable(
-            f"no checkpoint found in {self.catalog.checkpoints_dir}: put a diffusers folder or a "
-            ".safetensors file there (see models/README.md), then press the refresh button"
-        )
-
     def get(self, name: str | None = None, preferred: str | None = None) -> LoadedModel:
         """The loaded model named `name` (loading it if needed); None keeps the current one."""
         with self.lock:
             if name is None and self._current is not None:
                 return self._current
             if name is None:
-                entry = self.default_entry(preferred)
+                entry = self.catalog.default_entry(preferred)
             else:
                 entry = self.catalog.find(name)
                 if entry is None:
@@ -190,7 +172,7 @@ class ModelManager:
         dtype = self.device.dtype_for(entry.family or "sd1")
         index_class = _read_class_name(entry.path)
         pipeline_class = getattr(diffusers, index_class, None) or diffusers.DiffusionPipeline
-        kwargs: dict[str, Any] = {"torch_dtype": dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
         parameters = inspect.signature(pipeline_class.__init__).parameters
         if "safety_checker" in parameters:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -217,7 +199,7 @@ class ModelManager:
             )
         class_name, hub_repo = SINGLE_FILE_PIPELINES[family]
         config_dir = self.catalog.models_dir / "configs" / family
-        kwargs: dict[str, Any] = {"torch_dtype": self.device.dtype_for(family)}
+        kwargs: dict[str, Any] = {"dtype": self.device.dtype_for(family)}
         if config_dir.is_dir():
             kwargs.update(config=str(config_dir), local_files_only=True)
         else:

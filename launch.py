@@ -1,0 +1,72 @@
+"""Start Kiri: `python launch.py` serves the UI at http://127.0.0.1:7860."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+STARTED = time.perf_counter()
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a local tool
+
+log = logging.getLogger("kiri")
+
+LOUD = "\n" + "!" * 78 + "\n{}\n" + "!" * 78 + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    from webui.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from webui.engine.context import Engine, Settings
+
+    settings = Settings(models_dir=args.models_dir, outputs_dir=args.outputs_dir, device=args.device,
+                        allow_pickle=args.allow_pickle)
+    settings.load_saved(args.settings_file)
+    engine = Engine(settings)
+    entries = engine.catalog.scan()
+    if not entries:
+        log.warning("no checkpoint in %s: the UI starts, and says how to add one", engine.catalog.checkpoints_dir)
+    elif not args.no_preload:
+        threading.Thread(target=engine.preload, name="kiri-preload", daemon=True).start()
+
+    exposed = args.listen or args.share
+    if exposed and not args.auth:
+        print(LOUD.format(
+            "WARNING: Kiri is reachable from other machines (--listen/--share) with no login.\n"
+            "Anyone who finds the address can use your GPU and read your outputs. Add --auth user:pass."
+        ), file=sys.stderr)
+
+    from webui.ui.app import CSS, build
+
+    app = build(engine, args.settings_file)
+    app.queue(default_concurrency_limit=1)
+    server = "0.0.0.0" if args.listen else "127.0.0.1"
+    launch_kwargs = dict(
+        server_name=server, server_port=args.port, auth=args.auth or None, css=CSS,
+        allowed_paths=[str(settings.outputs_dir.resolve())], prevent_thread_lock=True, quiet=True,
+        footer_links=[],
+    )
+    app.launch(share=args.share, **launch_kwargs)
+    log.info("Kiri is serving at http://%s:%d (ready in %.1f s)", "127.0.0.1" if server == "127.0.0.1" else server,
+             args.port, time.perf_counter() - STARTED)
+    if args.share:
+        if app.share_url:
+            print(f"Public share link: {app.share_url}")
+        else:  # Gradio could not reach its share server: offline, or blocked
+            print(LOUD.format("Could not open a share link (is this machine offline?). Kiri keeps serving locally."),
+                  file=sys.stderr)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The UI as a person uses it, in headless Chromium: type a prompt, generate, see the image."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SCREENSHOTS = Path(__file__).parent.parent / "docs"
+
+
+def test_generate_from_the_browser(kiri_server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(kiri_server["url"])
+    page.get_by_label("Prompt", exact=True).fill("a small red circle on the left, blue background")
+    page.locator("#txt2img-generate").click()
+    image = page.locator("#txt2img-gallery img").first
+    image.wait_for(state="visible", timeout=120_000)
+    assert "Seed:" in page.locator("#txt2img-infotext textarea").input_value(timeout=30_000)
+    saved = list(Path(kiri_server["outputs"]).rglob("*.png"))
+    assert saved, "the generated image was not saved to outputs/"
+    page.screenshot(path=str(tmp_path / "txt2img.png"))
+    if os.environ.get("KIRI_SCREENSHOT"):  # refreshes the README's picture: KIRI_SCREENSHOT=1 pytest ...
+        page.screenshot(path=str(SCREENSHOTS / "screenshot-txt2img.png"))
+    page.close()
+
+
+def test_every_tab_is_listed_and_unbuilt_ones_say_so(kiri_server, browser):
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    page.goto(kiri_server["url"])
+    page.get_by_role("tab", name="Text to image").wait_for(timeout=60_000)
+    for name in ("Text to image", "Image to image / Inpaint", "Super-resolution", "Video frames",
+                 "Segmentation", "PNG info", "Settings", "Extensions"):
+        assert page.get_by_role("tab", name=name, exact=True).count() >= 1, name
+    page.get_by_role("tab", name="Segmentation", exact=True).first.click()
+    page.get_by_text("Segmentation is not built yet").wait_for(timeout=10_000)
+    page.close()

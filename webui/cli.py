@@ -1,0 +1,34 @@
+"""Command-line flags, parsed only when launch.py runs (never at import time)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from webui.engine.devices import DEVICE_CHOICES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("--auth takes user:password")
+    return user, password
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py", description="Kiri: a web UI for diffusion image models")
+    p.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    p.add_argument("--listen", action="store_true", help="serve on all network interfaces, not only 127.0.0.1")
+    p.add_argument("--share", action="store_true", help="also make a public Gradio share link")
+    p.add_argument("--auth", type=parse_auth, action="append", default=[], metavar="USER:PASS",
+                   help="require this login in the browser; repeat for several users")
+    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where models run (default: auto)")
+    p.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder holding checkpoints/ (default: models)")
+    p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved (default: outputs)")
+    p.add_argument("--settings-file", type=Path, default=ROOT / "settings.json", help="where the Settings tab saves")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow .ckpt/.pt checkpoints, read with torch.load(weights_only=True)")
+    p.add_argument("--no-preload", action="store_true", help="load the model on first use, not in the background at start")
+    return p

@@ -1,0 +1,34 @@
+"""The whole app: the model picker above a tab per capability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from webui.engine.context import Engine
+
+from . import model_picker, png_info, settings, txt2img
+
+NOT_YET = "**{name}** is not built yet: it is planned, and this tab will hold it."
+TXT2IMG_TAB = "txt2img"
+CSS = "#model-status p {margin: 0.5em 0 0 0;} footer {display: none !important;}"
+
+
+def build(engine: Engine, settings_file: Path) -> gr.Blocks:
+    with gr.Blocks(title="Kiri") as app:
+        gr.Markdown("# 霧 Kiri", elem_id="kiri-title")
+        picker = model_picker.render(engine)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image", id=TXT2IMG_TAB):
+                t2i = txt2img.render(engine, picker)
+            for name in ("Image to image / Inpaint", "Super-resolution", "Video frames", "Segmentation"):
+                with gr.Tab(name):
+                    gr.Markdown(NOT_YET.format(name=name))
+            with gr.Tab("PNG info", id="png_info"):
+                png_info.render(engine, t2i, tabs, TXT2IMG_TAB)
+            with gr.Tab("Settings", id="settings"):
+                settings.render(engine, settings_file)
+            with gr.Tab("Extensions", id="extensions"):
+                gr.Markdown(NOT_YET.format(name="Extensions"))
+    return app

@@ -1,0 +1,43 @@
+"""Small pieces the tabs share: the GPU queue id, error translation, the model picker."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import gradio as gr
+
+from webui.engine.context import Engine
+from webui.engine.errors import KiriError
+
+# Every event that runs a model joins this queue, so two users never run the model at once.
+GPU_QUEUE = "gpu"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show engine errors meant for users as a Gradio error toast, not a stack trace."""
+    try:
+        yield
+    except KiriError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def owner_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def model_choices(engine: Engine) -> list[str]:
+    return [engine.catalog.title(e) for e in engine.catalog.entries]
+
+
+def selected_title(engine: Engine) -> str | None:
+    """The dropdown value: the loaded model, else the one Kiri would load first."""
+    models = engine.models_if_created()
+    if models is not None and models.current is not None:
+        return engine.catalog.title(models.current.entry)
+    try:
+        entry = engine.default_entry()
+    except KiriError:
+        return None
+    return engine.catalog.title(entry)

@@ -1,0 +1,46 @@
+"""The checkpoint dropdown above the tabs: pick, load, refresh."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.engine.context import Engine
+
+from .common import GPU_QUEUE, model_choices, selected_title, user_errors
+
+NO_MODEL_HELP = (
+    "**No checkpoint found.** Put a diffusers folder or a `.safetensors` file in "
+    "`{dir}` (see `models/README.md`), then press Refresh."
+)
+
+
+def render(engine: Engine) -> gr.Dropdown:
+    with gr.Row(equal_height=True):
+        dropdown = gr.Dropdown(
+            choices=model_choices(engine), value=selected_title(engine), label="Checkpoint",
+            scale=6, elem_id="model-picker",
+        )
+        refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="model-refresh")
+        status = gr.Markdown(_status(engine), elem_id="model-status")
+
+    def load(title: str | None, progress: gr.Progress = gr.Progress()) -> str:
+        if not title:
+            return _status(engine)
+        progress(0, desc=f"Loading {title.split(' · ')[0]}")
+        with user_errors():
+            loaded = engine.models.get(title)
+        return f"Loaded **{loaded.name}** ({loaded.entry.family_label}, {loaded.device})"
+
+    def rescan() -> tuple[dict, str]:
+        engine.catalog.scan()
+        return gr.update(choices=model_choices(engine), value=selected_title(engine)), _status(engine)
+
+    dropdown.input(load, dropdown, status, api_name="load_model", concurrency_id=GPU_QUEUE)
+    refresh.click(rescan, None, [dropdown, status], api_name="refresh_models")
+    return dropdown
+
+
+def _status(engine: Engine) -> str:
+    if not engine.catalog.entries:
+        return NO_MODEL_HELP.format(dir=engine.catalog.checkpoints_dir)
+    return "Models load on first use."

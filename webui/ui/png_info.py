@@ -1,0 +1,67 @@
+"""The PNG info tab: read the generation parameters out of an image, send them to Text to image."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.engine.context import Engine
+from webui.engine.errors import KiriError
+from webui.engine.infotext import infotext_to_request_fields, parse_infotext, read_infotext
+
+from .txt2img import Txt2ImgTab
+
+
+def read_parameters(path: str | None) -> tuple[str, dict]:
+    """Infotext of an uploaded image (Kiri's or AUTOMATIC1111's) and its parsed fields."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path:
+        return "", {}
+    try:
+        with Image.open(path) as image:
+            text = read_infotext(image)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise gr.Error(f"this file is not an image Kiri can read ({exc})") from exc
+    if not text:
+        return "This image carries no generation parameters.", {}
+    info = parse_infotext(text)
+    fields = {"Prompt": info.prompt, "Negative prompt": info.negative_prompt, **info.params}
+    return text, fields
+
+
+def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str) -> None:
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo-image")
+        with gr.Column():
+            raw = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo-text")
+            fields = gr.JSON(label="Fields")
+            send = gr.Button("Send to Text to image", elem_id="pnginfo-send")
+
+    image.change(read_parameters, image, [raw, fields], api_name="png_info")
+
+    def send_to_txt2img(text: str):
+        values = infotext_to_request_fields(parse_infotext(text or ""))
+        if not values.get("prompt"):
+            raise gr.Error("there are no parameters to send: drop an image made by Kiri or AUTOMATIC1111 first")
+        updates = {
+            txt2img.prompt: values.get("prompt", gr.update()),
+            txt2img.negative_prompt: values.get("negative_prompt", ""),
+            txt2img.steps: values.get("steps", gr.update()),
+            txt2img.cfg_scale: values.get("cfg_scale", gr.update()),
+            txt2img.seed: values.get("seed", gr.update()),
+            txt2img.width: values.get("width", gr.update()),
+            txt2img.height: values.get("height", gr.update()),
+            tabs: gr.Tabs(selected=txt2img_tab_id),
+        }
+        sampler = values.get("sampler_name")
+        if sampler:
+            try:
+                updates[txt2img.sampler] = gr.update(value=engine.samplers.get(str(sampler)).name)
+            except KiriError:
+                gr.Warning(f"Sampler {sampler!r} is not available in Kiri; keeping the current one.")
+        return updates
+
+    targets = [txt2img.prompt, txt2img.negative_prompt, txt2img.steps, txt2img.cfg_scale, txt2img.seed,
+               txt2img.width, txt2img.height, txt2img.sampler, tabs]
+    send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)

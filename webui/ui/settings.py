@@ -1,0 +1,32 @@
+"""The Settings tab: the few options that change how Kiri runs, saved to the settings file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from webui.engine.context import Engine
+
+
+def render(engine: Engine, settings_file: Path) -> None:
+    s = engine.settings
+    gr.Markdown(f"Settings are saved to `{settings_file}`.")
+    cache = gr.Slider(1, 8, value=s.model_cache_size, step=1, label="Models kept loaded (LRU cache size)")
+    default_model = gr.Textbox(s.default_model or "", label="Model to load at start (empty: Kiri's default)")
+    save_images = gr.Checkbox(s.save_images, label="Save every generated image to the outputs folder")
+    image_format = gr.Radio(["png", "jpg", "webp"], value=s.image_format, label="Image format")
+    save = gr.Button("Apply settings", variant="primary")
+    result = gr.Markdown()
+
+    def apply(cache_size, default_name, save_all, fmt) -> str:
+        s.model_cache_size = int(cache_size)
+        s.default_model = (default_name or "").strip() or None
+        s.save_images, s.image_format = bool(save_all), fmt
+        manager = engine.models_if_created()
+        if manager is not None:
+            manager.cache_size = s.model_cache_size
+        s.save(settings_file)
+        return "Settings saved."
+
+    save.click(apply, [cache, default_model, save_images, image_format], result, api_name="apply_settings")

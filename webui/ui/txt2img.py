@@ -1,0 +1,132 @@
+"""The Text to image tab: prompt and settings on the left, gallery and parameters on the right."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+
+from webui.engine import requests as limits
+from webui.engine.context import Engine
+from webui.engine.errors import KiriError
+from webui.engine.jobs import Job
+from webui.engine.requests import Txt2ImgRequest
+from webui.engine.samplers import default_sampler
+
+from .common import GPU_QUEUE, owner_of, user_errors
+
+
+@dataclass
+class Txt2ImgTab:
+    """The components other tabs fill in (PNG info's "Send to Text to image")."""
+
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    sampler: gr.Dropdown
+    steps: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    width: gr.Slider
+    height: gr.Slider
+    gallery: gr.Gallery
+
+
+def _model_defaults(engine: Engine) -> tuple[list[str], str, int]:
+    """Samplers that fit the model Kiri would use, its default sampler and its native size."""
+    try:
+        entry = engine.models.current.entry if engine.models_if_created() and engine.models.current else engine.default_entry()
+        prediction, size = entry.prediction, entry.native_size
+    except KiriError:
+        prediction, size = "epsilon", 512
+    return engine.samplers.names(prediction), default_sampler(prediction), size
+
+
+def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
+    samplers, sampler, size = _model_defaults(engine)
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a small red circle on the left, blue background", elem_id="txt2img-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
+            with gr.Row():
+                sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id="txt2img-sampler")
+                steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps")
+            with gr.Row():
+                width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
+                height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
+            with gr.Row():
+                batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
+                batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
+            cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale")
+            with gr.Row():
+                seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=4)
+                random_seed = gr.Button("Random", scale=0, min_width=80)
+        with gr.Column(scale=4):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3)
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1)
+            gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="txt2img-gallery")
+            infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
+            status = gr.Markdown(elem_id="txt2img-status")
+
+    def run(prompt, negative_prompt, sampler_name, steps, cfg_scale, seed, width, height, batch_size, batch_count,
+            request: gr.Request, progress: gr.Progress = gr.Progress()):
+        """Generate images from text; returns gallery images, the first infotext and a status line."""
+        job = Job(kind="txt2img", owner=owner_of(request))
+        job.listeners.append(lambda j: progress((j.step, j.steps), desc=j.describe(), unit="steps"))
+        started = time.perf_counter()
+        with user_errors():
+            req = Txt2ImgRequest(
+                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name or None,
+                steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed if seed is not None else -1),
+                width=int(width), height=int(height), batch_size=int(batch_size), n_iter=int(batch_count),
+            )
+            result = engine.txt2img(req, job)
+        for warning in result.warnings:
+            gr.Warning(warning)
+        elapsed = time.perf_counter() - started
+        note = f"{len(result.images)} image(s) in {elapsed:.1f} s with {result.model_name}, {result.sampler_name}."
+        if result.interrupted:
+            note += " **Interrupted**: the finished images are kept."
+        if result.paths:
+            note += f" Saved to `{result.paths[0].parent}`."
+        shown = [str(p) for p in result.paths] if result.paths else result.images
+        return shown, (result.infotexts[0] if result.infotexts else ""), note
+
+    inputs = dict(prompt=prompt, negative_prompt=negative, sampler_name=sampler_dd, steps=steps, cfg_scale=cfg,
+                  seed=seed, width=width, height=height, batch_size=batch_size, batch_count=batch_count)
+    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="txt2img",
+                   concurrency_id=GPU_QUEUE, concurrency_limit=1)
+    prompt.submit(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_visibility="private",
+                  concurrency_id=GPU_QUEUE, concurrency_limit=1)
+
+    def stop(request: gr.Request) -> str:
+        told = engine.interrupt(owner_of(request))
+        return "Interrupting after the current step…" if told else "Nothing is running."
+
+    interrupt.click(stop, None, status, api_name="interrupt", queue=False)
+    random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+
+    def show_selected(evt: gr.SelectData) -> str:
+        return _infotext_of(evt.value)
+
+    gallery.select(show_selected, None, infotext, api_visibility="private", queue=False)
+
+    def on_model_change(title: str | None):
+        names, default, size = _model_defaults(engine)
+        return gr.update(choices=names, value=default)
+
+    model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
+    return Txt2ImgTab(prompt, negative, sampler_dd, steps, cfg, seed, width, height, gallery)
+
+
+def _infotext_of(value) -> str:
+    from PIL import Image
+
+    from webui.engine.infotext import read_infotext
+
+    path = (value or {}).get("image", {}).get("path") if isinstance(value, dict) else None
+    if not path:
+        return ""
+    with Image.open(path) as image:
+        return read_infotext(image) or ""
