@@ -34,3 +34,25 @@ def test_every_tab_is_listed_and_unbuilt_ones_say_so(kiri_server, browser):
     page.get_by_role("tab", name="Segmentation", exact=True).first.click()
     page.get_by_text("Segmentation is not built yet").wait_for(timeout=10_000)
     page.close()
+
+
+def test_png_info_sends_parameters_to_text_to_image(kiri_server, browser, tmp_path):
+    from PIL import Image
+
+    from webui.engine.infotext import pnginfo_for
+
+    text = "a green star at the top\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, CFG scale: 4.5, Seed: 777, Size: 64x64, Model: x"
+    path = tmp_path / "made-by-a1111.png"
+    Image.new("RGB", (64, 64), "white").save(path, pnginfo=pnginfo_for(text))
+
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    page.goto(kiri_server["url"])
+    page.get_by_role("tab", name="PNG info", exact=True).first.click()
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#pnginfo-text textarea').value.includes('green star')", timeout=30_000)
+    page.locator("#pnginfo-send").click()
+    prompt = page.locator("#txt2img-prompt textarea")
+    prompt.wait_for(state="visible", timeout=10_000)
+    page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a green star at the top'", timeout=10_000)
+    assert page.locator("#txt2img-negative textarea").input_value() == "blurry"
+    page.close()

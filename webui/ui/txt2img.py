@@ -49,7 +49,8 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a small red circle on the left, blue background", elem_id="txt2img-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             with gr.Row():
-                sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id="txt2img-sampler")
+                # Custom values pass through so the engine, which knows the loaded model, names the valid ones.
+                sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id="txt2img-sampler", allow_custom_value=True)
                 steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps")
             with gr.Row():
                 width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")

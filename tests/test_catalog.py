@@ -1,0 +1,79 @@
+"""Finding checkpoints on disk and telling their family apart without loading them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from webui.engine.catalog import Catalog, describe
+from webui.engine.families import family_from_keys, UnknownFamily
+
+
+def test_scan_finds_folders_single_files_and_pickles(models_dir, tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    torch.save({"state_dict": {}}, root / "checkpoints" / "old.ckpt")
+    (root / "checkpoints" / "notes.txt").write_text("not a model")
+    catalog = Catalog(root)
+    entries = {e.name: e for e in catalog.scan()}
+    assert set(entries) == {"tiny-sd", "tiny-sd-single", "tiny-sd3", "old"}
+    assert entries["tiny-sd"].kind == "diffusers" and entries["tiny-sd"].family == "sd1"
+    assert entries["tiny-sd-single"].kind == "single_file" and entries["tiny-sd-single"].family == "sd1"
+    assert entries["tiny-sd3"].family == "sd3" and entries["tiny-sd3"].prediction == "flow"
+    assert entries["old"].kind == "pickle"
+    title = catalog.title(entries["tiny-sd"])
+    assert title.startswith("tiny-sd [") and "SD 1.x" in title and "MB" in title
+    # The short hash is A1111's: the first 10 hex digits of the denoiser file's sha256.
+    import hashlib
+
+    unet = root / "checkpoints" / "tiny-sd" / "unet" / "diffusion_pytorch_model.safetensors"
+    assert catalog.short_hash(entries["tiny-sd"]) == hashlib.sha256(unet.read_bytes()).hexdigest()[:10]
+    assert catalog.find(title) == entries["tiny-sd"]
+    assert catalog.find(catalog.short_hash(entries["tiny-sd"])) == entries["tiny-sd"]
+
+
+@pytest.mark.parametrize(
+    "keys, family",
+    [
+        (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.transformer.text_model.x"], "sd1"),
+        (["model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.transformer.resblocks.0.x"], "sd2"),
+        (["model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight"], "sdxl"),
+        (["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"], "sd3"),
+        (["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"], "flux"),
+        (["blocks.0.cross_attn.q_linear.weight", "t_block.1.weight", "y_embedder.y_proj.fc1.weight"], "pixart"),
+    ],
+)
+def test_family_from_single_file_keys(keys, family, tmp_path):
+    assert family_from_keys(keys) == family
+    path = tmp_path / "m.safetensors"
+    save_file({k: torch.zeros(1) for k in keys}, path)
+    assert describe(path).family == family
+
+
+def test_sdxl_and_sd2_folders_detected_from_config(models_dir, tmp_path):
+    sdxl = shutil.copytree(models_dir / "checkpoints" / "tiny-sd", tmp_path / "xl")
+    index = json.loads((sdxl / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionXLPipeline"
+    (sdxl / "model_index.json").write_text(json.dumps(index))
+    assert describe(sdxl).family == "sdxl"
+    sd2 = shutil.copytree(models_dir / "checkpoints" / "tiny-sd", tmp_path / "v2")
+    config = json.loads((sd2 / "unet" / "config.json").read_text())
+    config["cross_attention_dim"] = 1024
+    (sd2 / "unet" / "config.json").write_text(json.dumps(config))
+    assert describe(sd2).family == "sd2"
+
+
+def test_unreadable_files_are_listed_with_the_problem(tmp_path):
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    entry = describe(truncated)
+    assert entry.family is None and "truncated" in entry.problem
+    garbage = tmp_path / "junk.safetensors"
+    garbage.write_bytes(b"\xff" * 64)
+    assert "invalid safetensors header" in describe(garbage).problem
+    with pytest.raises(UnknownFamily):
+        family_from_keys(["some.other.model.weight"])
