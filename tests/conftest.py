@@ -72,3 +72,11 @@ def browser():
         )
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(scope="session")
+def v_models_dir(tmp_path_factory) -> Path:
+    """A models/ folder with a tiny v-prediction SD model, for the third parameterisation."""
+    root = tmp_path_factory.mktemp("v_models")
+    tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd-v", prediction_type="v_prediction")
+    return root

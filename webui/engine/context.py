@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .catalog import Catalog
@@ -13,10 +13,13 @@ from .devices import DeviceChoice, resolve_device
 from .jobs import Job, JobBoard
 from .models import ModelManager
 from .requests import Txt2ImgRequest
-from .samplers import SamplerRegistry, register_builtin_samplers
+from .hooks import Hooks
+from .samplers import SamplerRegistry
 from .txt2img import GenerationResult, txt2img
 
 log = logging.getLogger(__name__)
+
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "builtin_extensions"
 
 
 @dataclass
@@ -31,8 +34,17 @@ class Settings:
     default_model: str | None = None
     save_images: bool = True
     image_format: str = "png"
+    extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
+    disabled_extensions: list[str] = field(default_factory=list)
+    allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
 
-    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format")
+    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions")
+
+    def extensions_dirs(self) -> list[tuple[Path, str]]:
+        dirs = [(BUILTIN_EXTENSIONS, "built-in")]
+        if self.extensions_dir is not None:
+            dirs.append((Path(self.extensions_dir), "user"))
+        return dirs
 
     def editable(self) -> dict:
         return {k: getattr(self, k) for k in self.EDITABLE}
@@ -61,7 +73,12 @@ class Engine:
         self.settings = settings
         self.catalog = Catalog(settings.models_dir)
         self.samplers = SamplerRegistry()
-        register_builtin_samplers(self.samplers)
+        self.hooks = Hooks()
+        # Built-in samplers, then extensions, all through the same loader and registries.
+        from webui.extensions import ExtensionManager
+
+        self.extensions = ExtensionManager(self.samplers, self.hooks)
+        self.extensions.load_all(settings.extensions_dirs(), set(settings.disabled_extensions))
         self.jobs = JobBoard()
         self._device = device
         self._models: ModelManager | None = None
@@ -73,7 +90,10 @@ class Engine:
         with self._models_lock:
             if self._models is None:
                 device = self._device or resolve_device(self.settings.device)
-                self._models = ModelManager(self.catalog, device, self.settings.allow_pickle, self.settings.model_cache_size)
+                self._models = ModelManager(
+                    self.catalog, device, self.settings.allow_pickle, self.settings.model_cache_size,
+                    on_loaded=lambda model: self.hooks.notify("on_model_loaded", model),
+                )
             return self._models
 
     def models_if_created(self) -> ModelManager | None:
@@ -84,6 +104,8 @@ class Engine:
 
     def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
         job = job or Job(kind="txt2img")
+        request = self.hooks.transform("before_generate", request)
+        request.validate()  # a hook may have changed it
         self.jobs.add(job)
         try:
             return txt2img(self, request, job)
@@ -98,5 +120,6 @@ class Engine:
         try:
             self.catalog.scan()
             self.models.get(None, preferred=self.settings.default_model)
+            self.catalog.hash_all()  # big files the scan left unhashed, for the dropdown titles
         except Exception as exc:  # noqa: BLE001 - a failed preload is retried on first use
             log.warning("background model load did not finish: %s", exc)

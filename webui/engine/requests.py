@@ -26,6 +26,7 @@ class Txt2ImgRequest:
     prompt: str
     negative_prompt: str = ""
     sampler_name: str | None = None  # None: the model's default sampler
+    scheduler: str | None = None  # schedule type; None or "Automatic": the sampler's own
     steps: int = 20
     cfg_scale: float = 7.0
     seed: int = -1  # -1: a random seed, recorded in the infotext

@@ -1,15 +1,19 @@
-"""The sampler registry: names users pick (AUTOMATIC1111's), mapped to diffusers schedulers.
+"""The sampler registry: names users pick (AUTOMATIC1111's), kept apart from schedule types.
 
-Built-in samplers register through the same `SamplerRegistry.register` that extensions use.
+A sampler is either a diffusers-style scheduler class (`set_timesteps`/`step`) or a
+k-diffusion-style function of (denoiser, x, sigmas, generator, callback), which Kiri adapts
+into a scheduler so it runs inside every pipeline. Built-in samplers register through the same
+`SamplerRegistry.register` that extensions use.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InvalidRequest
 
@@ -17,28 +21,96 @@ log = logging.getLogger(__name__)
 
 EPS, V, FLOW = "epsilon", "v_prediction", "flow"
 NOISE_PREDICTION = frozenset({EPS, V})
+ALL_PREDICTIONS = frozenset({EPS, V, FLOW})
+
+# Schedule types: how the noise levels are spaced, as diffusers config overrides.
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "Automatic": {},
+    "Uniform": {"timestep_spacing": "linspace"},
+    "Karras": {"use_karras_sigmas": True},
+    "Exponential": {"use_exponential_sigmas": True},
+    "Beta": {"use_beta_sigmas": True},
+    "SGM Uniform": {"timestep_spacing": "trailing"},
+}
 
 
 @dataclass(frozen=True)
 class Sampler:
-    """A named way to step through the denoising schedule: a scheduler class plus its options."""
+    """A named way to step through the denoising schedule.
+
+    Exactly one of `scheduler` (a diffusers scheduler class, or "module:Class" imported on first
+    use) and `function` (a k-diffusion-style sampling function) is given.
+    """
 
     name: str
-    scheduler: str | type  # a diffusers scheduler class, or "module:Class" imported on first use
+    scheduler: str | type | None = None
     options: dict[str, Any] = field(default_factory=dict)  # config overrides for from_config
     fits: frozenset[str] = NOISE_PREDICTION  # prediction types this sampler can drive
     aliases: tuple[str, ...] = ()
+    function: Callable[..., Any] | None = None
     source: str = "built-in"
+
+    def __post_init__(self) -> None:
+        if (self.scheduler is None) == (self.function is None):
+            raise ValueError(f"sampler {self.name!r} needs exactly one of a scheduler class or a function")
+
+    @property
+    def kind(self) -> str:
+        return "function" if self.function is not None else "scheduler"
 
     def scheduler_class(self) -> type:
         if isinstance(self.scheduler, str):
             module_name, _, attr = self.scheduler.partition(":")
             return getattr(importlib.import_module(module_name), attr)
+        assert self.scheduler is not None
         return self.scheduler
 
-    def build(self, base_config: dict) -> Any:
-        """A fresh scheduler: the model's own config, with this sampler's options on top."""
-        return self.scheduler_class().from_config(base_config, **self.options)
+    def schedules(self) -> list[str]:
+        """Schedule types this sampler supports."""
+        if self.function is not None:
+            return list(SCHEDULES)  # function samplers take their sigmas from a reference scheduler
+        params = inspect.signature(self.scheduler_class().__init__).parameters
+        return [name for name, opts in SCHEDULES.items() if all(k in params for k in opts)]
+
+    def build(self, base_config: dict, schedule: str = "Automatic", prediction: str | None = None, generator: Any = None) -> Any:
+        """A fresh scheduler from the model's own config, with this sampler's and the schedule's options."""
+        schedule = schedule or "Automatic"
+        if schedule not in SCHEDULES:
+            raise InvalidRequest("scheduler", f"unknown schedule type {schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if schedule not in self.schedules():
+            raise InvalidRequest(
+                "scheduler",
+                f"sampler {self.name!r} does not support the {schedule} schedule; it supports: {', '.join(self.schedules())}",
+            )
+        prediction = prediction or _prediction_of(base_config)
+        if self.function is not None:
+            from .sampling import FunctionScheduler
+
+            return FunctionScheduler(self.function, base_config, SCHEDULES[schedule], prediction, generator)
+        cls = self.scheduler_class()
+        options = {**self.options, **SCHEDULES[schedule]}
+        params = inspect.signature(cls.__init__).parameters
+        if "noise_sampler_seed" in params and generator is not None:
+            # Brownian-tree samplers seed their own noise: derive one seed per image from the job's.
+            options["noise_sampler_seed"] = _seeds_from(generator)
+        if prediction == FLOW and "use_flow_sigmas" in params:
+            # Noise-prediction solvers (DPM-Solver, UniPC) also drive flow models on flow sigmas.
+            options.update(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=base_config.get("shift", 1.0))
+        return cls.from_config(base_config, **options)
+
+
+def _seeds_from(generator: Any) -> list[int] | int:
+    import torch
+
+    if isinstance(generator, (list, tuple)):
+        return [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generator]
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def _prediction_of(config: dict) -> str:
+    if "FlowMatch" in config.get("_class_name", ""):
+        return FLOW
+    return config.get("prediction_type", EPS)
 
 
 class SamplerRegistry:
@@ -52,7 +124,9 @@ class SamplerRegistry:
         with self._lock:
             if sampler.name in self._samplers:
                 if not override:
-                    raise ValueError(f"a sampler named {sampler.name!r} is already registered")
+                    raise ValueError(
+                        f"a sampler named {sampler.name!r} is already registered by {self._samplers[sampler.name].source}"
+                    )
                 log.warning("sampler %r from %s overrides the one from %s", sampler.name, sampler.source, self._samplers[sampler.name].source)
             self._samplers[sampler.name] = sampler
 
@@ -64,19 +138,33 @@ class SamplerRegistry:
         with self._lock:
             return list(self._samplers.values())
 
-    def get(self, name: str, prediction: str | None = None) -> Sampler:
+    def resolve(self, name: str, schedule: str | None = None) -> tuple[Sampler, str]:
+        """Find a sampler by name or alias; old combined names ("DPM++ 2M Karras") give the schedule too."""
         with self._lock:
-            sampler = self._samplers.get(name) or next(
-                (s for s in self._samplers.values() if name in s.aliases), None
-            )
-        if sampler is None:
-            raise InvalidRequest("sampler_name", f"unknown sampler {name!r}; valid samplers: {', '.join(self.names(prediction))}")
-        if prediction is not None and prediction not in sampler.fits:
-            raise InvalidRequest(
-                "sampler_name",
-                f"sampler {sampler.name!r} does not fit a {prediction} model; valid samplers: {', '.join(self.names(prediction))}",
-            )
+            samplers = dict(self._samplers)
+        if name in samplers:
+            return samplers[name], schedule or "Automatic"
+        for sampler in samplers.values():
+            if name in sampler.aliases:
+                return sampler, schedule or "Automatic"
+        for schedule_name in SCHEDULES:
+            suffix = " " + schedule_name
+            if name.endswith(suffix) and name[: -len(suffix)] in samplers and schedule in (None, "Automatic", schedule_name):
+                return samplers[name[: -len(suffix)]], schedule_name
+        raise InvalidRequest("sampler_name", f"unknown sampler {name!r}; valid samplers: {', '.join(samplers)}")
+
+    def get(self, name: str, prediction: str | None = None) -> Sampler:
+        sampler, _ = self.resolve(name)
+        check_fits(self, sampler, prediction)
         return sampler
+
+
+def check_fits(registry: SamplerRegistry, sampler: Sampler, prediction: str | None) -> None:
+    if prediction is not None and prediction not in sampler.fits:
+        raise InvalidRequest(
+            "sampler_name",
+            f"sampler {sampler.name!r} does not fit a {prediction} model; valid samplers: {', '.join(registry.names(prediction))}",
+        )
 
 
 def default_sampler(prediction: str) -> str:
@@ -84,10 +172,13 @@ def default_sampler(prediction: str) -> str:
 
 
 _D = "diffusers:"
+_FLOW_TOO = ALL_PREDICTIONS
 BUILTIN_SAMPLERS = (
-    Sampler("DPM++ 2M", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    Sampler("DPM++ 2M SDE", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    Sampler("DPM++ 3M SDE", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}),
+    Sampler("DPM++ 2M", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, _FLOW_TOO, ("k_dpmpp_2m",)),
+    Sampler("DPM++ SDE", _D + "DPMSolverSDEScheduler", {}, aliases=("k_dpmpp_sde",)),
+    Sampler("DPM++ 2M SDE", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m_sde",)),
+    Sampler("DPM++ 2M SDE Heun", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}),
+    Sampler("DPM++ 3M SDE", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, aliases=("k_dpmpp_3m_sde",)),
     Sampler("Euler a", _D + "EulerAncestralDiscreteScheduler", {}, aliases=("k_euler_a",)),
     Sampler("Euler", _D + "EulerDiscreteScheduler", {}, aliases=("k_euler",)),
     Sampler("LMS", _D + "LMSDiscreteScheduler", {}, aliases=("k_lms",)),
@@ -97,10 +188,11 @@ BUILTIN_SAMPLERS = (
     Sampler("DDIM", _D + "DDIMScheduler", {"set_alpha_to_one": False}),
     Sampler("DDPM", _D + "DDPMScheduler", {}),
     Sampler("PLMS", _D + "PNDMScheduler", {"skip_prk_steps": True}),
-    Sampler("UniPC", _D + "UniPCMultistepScheduler", {}),
+    Sampler("UniPC", _D + "UniPCMultistepScheduler", {}, _FLOW_TOO),
     Sampler("LCM", _D + "LCMScheduler", {}),
-    Sampler("Flow Euler", _D + "FlowMatchEulerDiscreteScheduler", {}, fits=frozenset({FLOW})),
-    Sampler("Flow Heun", _D + "FlowMatchHeunDiscreteScheduler", {}, fits=frozenset({FLOW})),
+    Sampler("TCD", _D + "TCDScheduler", {}),
+    Sampler("Flow Euler", _D + "FlowMatchEulerDiscreteScheduler", {}, frozenset({FLOW})),
+    Sampler("Flow Heun", _D + "FlowMatchHeunDiscreteScheduler", {}, frozenset({FLOW})),
 )
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import Interrupted
+from .hooks import Hooks, StepInfo
 from .infotext import build_infotext
 from .jobs import Job
 from .outputs import dated_dir, save_image
 from .requests import MAX_PROMPT_CHARS, Txt2ImgRequest, random_seed
-from .samplers import default_sampler
+from .samplers import check_fits, default_sampler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -34,6 +35,7 @@ class GenerationResult:
     interrupted: bool = False
     model_name: str = ""
     sampler_name: str = ""
+    schedule: str = "Automatic"
 
 
 def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
@@ -44,8 +46,10 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
         # 1. The model and the sampler.
         model = engine.models.get(request.model, preferred=engine.settings.default_model)
         sampler_name = request.sampler_name or default_sampler(model.prediction)
-        sampler = engine.samplers.get(sampler_name, model.prediction)
-        result.model_name, result.sampler_name = model.name, sampler.name
+        sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
+        check_fits(engine.samplers, sampler, model.prediction)
+        sampler.build(model.base_scheduler_config, schedule, model.prediction)  # refuse a bad pair before any work
+        result.model_name, result.sampler_name, result.schedule = model.name, sampler.name, schedule
 
         # 2. The prompts, cut to what the text encoder can read, with a visible warning.
         prompt = _fit_prompt(model, request.prompt, "prompt", result.warnings)
@@ -58,14 +62,19 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
             first = base_seed + (batch_no - 1) * request.batch_size
             seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
             job.start_batch(batch_no, request.steps)
+            generators = _generators(seeds)
+            scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
             try:
-                images = _run_pipeline(model, sampler.build(model.base_scheduler_config), prompt, negative, request, seeds, job)
+                images = _run_pipeline(model, scheduler, prompt, negative, request, generators, job, engine.hooks)
+                images = engine.hooks.transform("after_generate", images, request)
             except Interrupted:
                 result.interrupted = True
                 break
+            finally:
+                getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
             # 4. Save each image whole, with its parameters, before the next batch starts.
             for seed, image in zip(seeds, images):
-                info = build_infotext(prompt, negative, _infotext_params(request, model, sampler.name, seed))
+                info = build_infotext(prompt, negative, _infotext_params(request, model, sampler.name, schedule, seed))
                 if engine.settings.save_images:
                     result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
                 result.images.append(image)
@@ -78,16 +87,24 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
     return result
 
 
-def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: str, request: Txt2ImgRequest, seeds: list[int], job: Job) -> list["Image.Image"]:
+def _generators(seeds: list[int]) -> list[Any]:
+    """One CPU generator per image: the same seed gives the same noise on every device and batch."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: str, request: Txt2ImgRequest,
+                  generators: list[Any], job: Job, hooks: Hooks) -> list["Image.Image"]:
     import torch
 
     pipeline = model.pipeline
     pipeline.scheduler = scheduler
-    # CPU generators: the same seed gives the same noise on every device.
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
         job.advance(step + 1)
+        if hooks.on_step and "latents" in tensors:
+            hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, tensors["latents"].detach().clone()))
         if job.interrupted:
             raise Interrupted()
         return tensors
@@ -130,12 +147,13 @@ def _fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str])
     return text
 
 
-def _infotext_params(request: Txt2ImgRequest, model: "LoadedModel", sampler: str, seed: int) -> dict[str, object]:
+def _infotext_params(request: Txt2ImgRequest, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
     from webui import __version__
 
     return {
         "Steps": request.steps,
         "Sampler": sampler,
+        "Schedule type": None if schedule == "Automatic" else schedule,
         "CFG scale": request.cfg_scale,
         "Seed": seed,
         "Size": f"{request.width}x{request.height}",

@@ -1,0 +1,220 @@
+"""Running k-diffusion-style sampling functions inside diffusers pipelines.
+
+A sampling function is `fn(denoiser, x, sigmas, *, generator, callback) -> x`: it owns its loop
+and calls `denoiser(x, sigma) -> denoised x0` as often as it likes. A diffusers pipeline owns the
+loop instead: it evaluates the model at `scheduler.timesteps` and calls `scheduler.step`. The
+`FunctionScheduler` joins the two: it runs the function in a helper thread and, at each step,
+hands it the model's output (as a denoised x0) and returns the next x the function wants
+evaluated. A dry run on a stand-in denoiser tells in advance at which sigmas it will ask.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+FLOW = "flow"
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
+    """Gaussian noise shaped like x, drawn from the job's seeded generator(s) on the CPU.
+
+    With one generator per image (as Kiri passes), each image's noise depends only on its seed.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {x.shape[0]}")
+        noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    else:
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float32)
+    return noise.to(device=x.device, dtype=x.dtype)
+
+
+@dataclass
+class _Output:
+    prev_sample: torch.Tensor
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # tuple-style access: step(...)[0]
+        return (self.prev_sample,)[index]
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class FunctionScheduler:
+    """A diffusers-compatible scheduler that drives a sampling function."""
+
+    order = 1
+
+    def __init__(self, function: Callable[..., torch.Tensor], base_config: dict, schedule_options: dict,
+                 prediction: str, generator: Any = None):
+        self.function = function
+        self.prediction = prediction
+        self.generator = generator
+        self.config = _FrozenConfig(base_config)
+        self._reference = self._reference_scheduler(base_config, schedule_options)
+        self.timesteps = torch.tensor([])
+        self.sigmas = torch.tensor([])
+        self.init_noise_sigma = 1.0
+        self._plan: list[float] = []  # sigma of each denoiser call, in order
+        self._index = 0
+        self._thread: threading.Thread | None = None
+        self._to_function: queue.Queue = queue.Queue()
+        self._from_function: queue.Queue = queue.Queue()
+        self._begin_index: int | None = None
+
+    # --- what pipelines call -------------------------------------------------------------
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
+        self.close()
+        reference_kwargs = {k: v for k, v in kwargs.items() if k in ("mu", "sigmas") and v is not None}
+        self._reference.set_timesteps(num_inference_steps, device="cpu", **reference_kwargs)
+        sigmas = self._reference.sigmas.to(torch.float64)
+        self.sigmas = sigmas.to(torch.float32)
+        self._plan = _dry_run(self.function, sigmas)
+        if not self._plan:
+            raise ValueError("the sampling function never called the denoiser")
+        self.timesteps = torch.tensor([self._sigma_to_t(s) for s in self._plan], dtype=torch.float32, device=device)
+        self.init_noise_sigma = float(sigmas[0]) if self.prediction != FLOW else 1.0
+        self._index = 0
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        self._begin_index = begin_index
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
+        if self.prediction == FLOW:
+            return sample
+        sigma = self._plan[min(self._index, len(self._plan) - 1)]
+        return sample / ((sigma**2 + 1) ** 0.5)
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None,
+             return_dict: bool = True, **kwargs: Any) -> Any:
+        if self._thread is None:
+            self._start(sample, generator if generator is not None else self.generator)
+            kind, payload = self._from_function.get()
+            self._check_first_call(kind, payload, sample)
+        sigma = self._plan[min(self._index, len(self._plan) - 1)]
+        denoised = self._denoised(model_output, sample, sigma)
+        self._to_function.put(denoised)
+        kind, payload = self._from_function.get()
+        self._index += 1
+        if kind == "error":
+            self._thread = None
+            raise payload
+        if kind == "eval":
+            x, _ = payload
+            result = x
+        else:  # "done": the final sample
+            result = payload
+        return _Output(result) if return_dict else (result,)
+
+    def close(self) -> None:
+        """Stop a running function (after an interrupt); safe to call at any time."""
+        if self._thread is not None and self._thread.is_alive():
+            self._to_function.put(_Cancelled)
+            self._thread.join(timeout=5)
+        self._thread = None
+        self._to_function, self._from_function = queue.Queue(), queue.Queue()
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    # --- the helper thread ---------------------------------------------------------------
+
+    def _start(self, x: torch.Tensor, generator: Any) -> None:
+        sigmas = self.sigmas.to(device=x.device, dtype=torch.float32)
+        to_fn, from_fn = self._to_function, self._from_function
+
+        def denoiser(x_in: torch.Tensor, sigma: Any) -> torch.Tensor:
+            from_fn.put(("eval", (x_in, float(sigma))))
+            reply = to_fn.get()
+            if reply is _Cancelled:
+                raise _Cancelled()
+            return reply
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    result = self.function(denoiser, x, sigmas, generator=generator, callback=None)
+                from_fn.put(("done", result))
+            except _Cancelled:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the pipeline's thread
+                from_fn.put(("error", exc))
+
+        self._thread = threading.Thread(target=run, name="kiri-sampler", daemon=True)
+        self._thread.start()
+
+    def _check_first_call(self, kind: str, payload: Any, sample: torch.Tensor) -> None:
+        if kind == "error":
+            self._thread = None
+            raise payload
+        if kind != "eval":
+            raise RuntimeError("the sampling function returned without calling the denoiser")
+        x, _ = payload
+        if x.shape != sample.shape or not torch.allclose(x, sample):
+            self.close()
+            raise RuntimeError("a sampling function must first call the denoiser on the x it was given")
+
+    # --- conversions ---------------------------------------------------------------------
+
+    def _denoised(self, model_output: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        """The model's output as a denoised x0, whatever it predicts."""
+        out = model_output.to(x.dtype)
+        if self.prediction == FLOW:
+            return x - sigma * out  # velocity = noise - x0, x = (1 - s) x0 + s noise
+        if self.prediction == "v_prediction":
+            return x / (sigma**2 + 1) - out * sigma / (sigma**2 + 1) ** 0.5
+        return x - sigma * out
+
+    def _sigma_to_t(self, sigma: float) -> float:
+        if self.prediction == FLOW:
+            return sigma * self._reference.config.num_train_timesteps
+        log_sigmas = self._log_sigmas
+        log_sigma = torch.tensor(max(sigma, 1e-10), dtype=torch.float64).log()
+        # Linear interpolation in log sigma between the training timesteps, as k-diffusion does.
+        dists = log_sigma - log_sigmas
+        low = int((dists >= 0).cumsum(0).argmax().clamp(max=len(log_sigmas) - 2))
+        w = ((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])).clamp(0, 1)
+        return float((1 - w) * low + w * (low + 1))
+
+    @property
+    def _log_sigmas(self) -> torch.Tensor:
+        alphas = self._reference.alphas_cumprod.to(torch.float64)
+        return (((1 - alphas) / alphas) ** 0.5).log()
+
+    def _reference_scheduler(self, base_config: dict, schedule_options: dict) -> Any:
+        from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+        if self.prediction == FLOW:
+            options = {k: v for k, v in schedule_options.items() if k != "timestep_spacing"}
+            return FlowMatchEulerDiscreteScheduler.from_config(base_config, **options)
+        return EulerDiscreteScheduler.from_config(base_config, **schedule_options)
+
+
+class _FrozenConfig(dict):
+    """Pipelines read scheduler.config both as a dict and by attribute."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def _dry_run(function: Callable[..., torch.Tensor], sigmas: torch.Tensor) -> list[float]:
+    """The sigmas at which the function calls the denoiser, found with a cheap stand-in model."""
+    calls: list[float] = []
+
+    def stand_in(x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        calls.append(float(sigma))
+        return x * 0.5
+
+    x = torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(sigmas[0])
+    function(stand_in, x, sigmas.to(torch.float64), generator=torch.Generator().manual_seed(0), callback=None)
+    return calls

@@ -1,0 +1,186 @@
+"""Extensions: discovery, isolated loading, and the API their entry point receives.
+
+An extension is a folder with `extension.toml` (name, version, description, entry, adds,
+override) and a Python module. Its entry function receives a `KiriAPI` and declares what it
+adds in one place. Kiri's own samplers load through this same loader from
+webui/builtin_extensions/. An extension that fails to import or register is recorded with its
+error and skipped; Kiri starts anyway.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import sys
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from webui.engine.hooks import Hooks, UITab
+from webui.engine.samplers import NOISE_PREDICTION, Sampler, SamplerRegistry
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "extension.toml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ExtensionError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    entry: str  # "module_file.py:function"
+    description: str = ""
+    adds: tuple[str, ...] = ()
+    override: bool = False  # may replace samplers of the same name (logged)
+
+    @classmethod
+    def read(cls, folder: Path) -> "Manifest":
+        path = folder / MANIFEST
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ExtensionError(f"no {MANIFEST} in {folder.name}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ExtensionError(f"{MANIFEST} is not valid TOML: {exc}") from exc
+        missing = [k for k in ("name", "version", "entry") if not data.get(k)]
+        if missing:
+            raise ExtensionError(f"{MANIFEST} lacks {', '.join(missing)}")
+        if not _NAME.match(str(data["name"])):
+            raise ExtensionError(f"extension name {data['name']!r} must be letters, digits, '.', '_' or '-'")
+        if ":" not in str(data["entry"]):
+            raise ExtensionError("entry must be 'module.py:function'")
+        return cls(str(data["name"]), str(data["version"]), str(data["entry"]), str(data.get("description", "")),
+                   tuple(str(a) for a in data.get("adds", [])), bool(data.get("override", False)))
+
+
+@dataclass
+class ExtensionInfo:
+    """One extension as the Extensions tab lists it."""
+
+    name: str
+    path: Path
+    source: str  # "built-in" or "user"
+    version: str = "?"
+    description: str = ""
+    adds: tuple[str, ...] = ()
+    enabled: bool = True
+    status: str = "loaded"  # "loaded", "disabled" or "error"
+    error: str | None = None
+    added: list[str] = field(default_factory=list)  # what it really registered
+
+
+class KiriAPI:
+    """What an extension's entry point receives: Kiri's registries, stamped with its name."""
+
+    def __init__(self, manifest: Manifest, samplers: SamplerRegistry, hooks: Hooks, info: ExtensionInfo):
+        self.name = manifest.name
+        self._manifest, self._samplers, self._hooks, self._info = manifest, samplers, hooks, info
+        self._staged: list[Callable[[], None]] = []  # applied only if the whole entry point succeeds
+
+    def add_sampler(self, name: str, *, function: Callable[..., Any] | None = None, scheduler: type | str | None = None,
+                    options: dict | None = None, fits: frozenset[str] | set[str] = NOISE_PREDICTION,
+                    aliases: tuple[str, ...] = ()) -> None:
+        """Add a sampler: a k-diffusion-style `function(denoiser, x, sigmas, *, generator, callback)`
+        or a diffusers-style `scheduler` class (ConfigMixin with set_timesteps/step)."""
+        sampler = Sampler(name, scheduler, dict(options or {}), frozenset(fits), tuple(aliases), function, self.name)
+        self._stage(lambda: self._samplers.register(sampler, override=self._manifest.override), f"sampler: {name}")
+
+    def on_app_started(self, hook: Callable[..., None]) -> None:
+        self._stage(lambda: self._hooks.on_app_started.append(hook), "hook: on_app_started")
+
+    def on_model_loaded(self, hook: Callable[..., None]) -> None:
+        self._stage(lambda: self._hooks.on_model_loaded.append(hook), "hook: on_model_loaded")
+
+    def before_generate(self, hook: Callable[..., Any]) -> None:
+        """hook(request) -> request | None, before each generation."""
+        self._stage(lambda: self._hooks.before_generate.append(hook), "hook: before_generate")
+
+    def after_generate(self, hook: Callable[..., Any]) -> None:
+        """hook(request, images) -> images | None, on each batch before it is saved."""
+        self._stage(lambda: self._hooks.after_generate.append(hook), "hook: after_generate")
+
+    def on_step(self, hook: Callable[..., None]) -> None:
+        """hook(StepInfo) after each denoising step; read-only."""
+        self._stage(lambda: self._hooks.on_step.append(hook), "hook: on_step")
+
+    def add_tab(self, title: str, render: Callable[..., None]) -> None:
+        """render(engine) is called inside a new gr.Tab of that title."""
+        self._stage(lambda: self._hooks.ui_tabs.append(UITab(title, render, self.name)), f"tab: {title}")
+
+    def _stage(self, apply: Callable[[], None], what: str) -> None:
+        self._staged.append(apply)
+        self._info.added.append(what)
+
+    def commit(self) -> None:
+        for apply in self._staged:
+            apply()
+
+
+class ExtensionManager:
+    def __init__(self, samplers: SamplerRegistry, hooks: Hooks):
+        self.samplers, self.hooks = samplers, hooks
+        self.extensions: list[ExtensionInfo] = []
+
+    def load_all(self, roots: list[tuple[Path, str]], disabled: set[str]) -> list[ExtensionInfo]:
+        for root, source in roots:
+            if not root.is_dir():
+                continue
+            for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+                self.extensions.append(self.load(folder, source, disabled))
+        return self.extensions
+
+    def load(self, folder: Path, source: str, disabled: set[str]) -> ExtensionInfo:
+        info = ExtensionInfo(folder.name, folder, source)
+        try:
+            manifest = Manifest.read(folder)
+            info.name, info.version, info.description, info.adds = manifest.name, manifest.version, manifest.description, manifest.adds
+            if manifest.name in disabled and source != "built-in":
+                info.enabled, info.status = False, "disabled"
+                return info
+            if any(e.name == manifest.name and e.status != "error" for e in self.extensions):
+                raise ExtensionError(f"another extension is already named {manifest.name!r}")
+            entry = _import_entry(folder, manifest)
+            api = KiriAPI(manifest, self.samplers, self.hooks, info)
+            entry(api)
+            api.commit()
+        except Exception as exc:  # noqa: BLE001 - a broken extension must not stop Kiri
+            info.status, info.error = "error", _describe(exc)
+            info.added.clear()
+            log.error("extension %s failed to load: %s", folder.name, info.error)
+        return info
+
+
+def _import_entry(folder: Path, manifest: Manifest) -> Callable[[KiriAPI], None]:
+    module_file, _, function_name = manifest.entry.partition(":")
+    path = (folder / module_file).resolve()
+    if not path.is_file() or folder.resolve() not in path.parents:
+        raise ExtensionError(f"entry module {module_file!r} not found in the extension folder")
+    module_name = f"kiri_extensions.{re.sub(r'[^A-Za-z0-9_]', '_', manifest.name)}"
+    spec = importlib.util.spec_from_file_location(module_name, path, submodule_search_locations=None)
+    if spec is None or spec.loader is None:
+        raise ExtensionError(f"cannot import {module_file}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        sys.modules.pop(module_name, None)
+        raise
+    entry = getattr(module, function_name, None)
+    if not callable(entry):
+        raise ExtensionError(f"{module_file} has no function {function_name!r}")
+    return entry
+
+
+def _describe(exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({Path(last[0].filename).name}:{last[0].lineno})" if last else ""
+    return f"{type(exc).__name__}: {exc}{where}"
