@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from webui.engine.context import Engine, Settings
 
+    exposed = args.listen or args.share
     settings = Settings(models_dir=args.models_dir, outputs_dir=args.outputs_dir, device=args.device,
-                        allow_pickle=args.allow_pickle)
+                        allow_pickle=args.allow_pickle, extensions_dir=args.extensions_dir,
+                        allow_extension_install=not exposed or args.enable_insecure_extension_access)
     settings.load_saved(args.settings_file)
     engine = Engine(settings)
     entries = engine.catalog.scan()
@@ -36,7 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     elif not args.no_preload:
         threading.Thread(target=engine.preload, name="kiri-preload", daemon=True).start()
 
-    exposed = args.listen or args.share
+    for ext in engine.extensions.extensions:
+        if ext.status == "error":
+            log.error("extension %s did not load: %s", ext.name, ext.error)
     if exposed and not args.auth:
         print(LOUD.format(
             "WARNING: Kiri is reachable from other machines (--listen/--share) with no login.\n"
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     app.launch(share=args.share, **launch_kwargs)
     log.info("Kiri is serving at http://%s:%d (ready in %.1f s)", "127.0.0.1" if server == "127.0.0.1" else server,
              args.port, time.perf_counter() - STARTED)
+    engine.hooks.notify("on_app_started", app, engine)
     if args.share:
         if app.share_url:
             print(f"Public share link: {app.share_url}")

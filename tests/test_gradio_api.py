@@ -77,3 +77,10 @@ def test_png_info_on_a_plain_image(client, tmp_path):
     Image.new("RGB", (8, 8)).save(path)
     text, fields = client.predict(handle_file(str(path)), api_name="/png_info")
     assert "no generation parameters" in text and not fields
+
+
+def test_extension_install_is_refused_when_not_allowed(client, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Installing from the UI is off"):
+        client.predict(str(tmp_path), api_name="/install_extension")

@@ -30,5 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings-file", type=Path, default=ROOT / "settings.json", help="where the Settings tab saves")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .ckpt/.pt checkpoints, read with torch.load(weights_only=True)")
+    p.add_argument("--extensions-dir", type=Path, default=ROOT / "extensions", help="where extensions live")
+    p.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing extensions from the UI even when listening or sharing")
     p.add_argument("--no-preload", action="store_true", help="load the model on first use, not in the background at start")
     return p

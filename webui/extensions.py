@@ -184,3 +184,48 @@ def _describe(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" ({Path(last[0].filename).name}:{last[0].lineno})" if last else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def install_extension(source: str, extensions_dir: Path) -> Path:
+    """Copy an extension into extensions_dir from a local folder, a .zip file or a git URL.
+
+    It is checked (manifest present and valid, no name clash, no path escaping the folder) before
+    it lands; it loads at the next start.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+    import zipfile
+
+    source = source.strip()
+    if not source:
+        raise ExtensionError("give a git URL, a folder or a .zip file to install from")
+    extensions_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=extensions_dir, prefix=".install-") as tmp:
+        staging = Path(tmp) / "ext"
+        local = Path(source).expanduser()
+        if local.is_dir():
+            shutil.copytree(local, staging, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+        elif local.is_file() and local.suffix.lower() == ".zip":
+            with zipfile.ZipFile(local) as archive:
+                for member in archive.namelist():
+                    target = (staging / member).resolve()
+                    if staging.resolve() != target and staging.resolve() not in target.parents:
+                        raise ExtensionError(f"the zip file holds a path outside its folder: {member}")
+                archive.extractall(staging)
+            inner = [p for p in staging.iterdir() if p.is_dir()]
+            if not (staging / MANIFEST).exists() and len(inner) == 1:
+                staging = inner[0]
+        elif re.match(r"^(https?://|git@|ssh://|file://)", source):
+            result = subprocess.run(["git", "clone", "--depth", "1", "--", source, str(staging)],
+                                    capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                raise ExtensionError(f"git clone failed: {result.stderr.strip()[:300]}")
+        else:
+            raise ExtensionError(f"{source!r} is not a folder, a .zip file or a git URL")
+        manifest = Manifest.read(staging)
+        target = extensions_dir / manifest.name
+        if target.exists():
+            raise ExtensionError(f"an extension named {manifest.name!r} is already installed")
+        shutil.move(str(staging), str(target))
+    return target

@@ -8,7 +8,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from . import model_picker, png_info, settings, txt2img
+from . import extensions_tab, model_picker, png_info, settings, txt2img
 
 NOT_YET = "**{name}** is not built yet: it is planned, and this tab will hold it."
 TXT2IMG_TAB = "txt2img"
@@ -30,5 +30,15 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
             with gr.Tab("Settings", id="settings"):
                 settings.render(engine, settings_file)
             with gr.Tab("Extensions", id="extensions"):
-                gr.Markdown(NOT_YET.format(name="Extensions"))
+                extensions_tab.render(engine, settings_file)
+            for tab in engine.hooks.ui_tabs:
+                with gr.Tab(tab.title):
+                    _render_extension_tab(tab, engine)
     return app
+
+
+def _render_extension_tab(tab, engine: Engine) -> None:
+    try:
+        tab.render(engine)
+    except Exception as exc:  # noqa: BLE001 - a broken extension tab must not break the app
+        gr.Markdown(f"The extension **{tab.source}** failed to build this tab: `{type(exc).__name__}: {exc}`")

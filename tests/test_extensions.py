@@ -1,0 +1,140 @@
+"""The extension system: isolated loading, hooks, enable/disable, installing, and the UI gate."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from webui.engine.context import Engine, Settings
+from webui.engine.devices import DeviceChoice
+from webui.engine.requests import Txt2ImgRequest
+from webui.extensions import ExtensionError, install_extension
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "extensions"
+
+
+def write_extension(root: Path, name: str, body: str, *, override: bool = False, entry: str = "main.py:register") -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "extension.toml").write_text(
+        f'name = "{name}"\nversion = "0.1"\nentry = "{entry}"\noverride = {str(override).lower()}\n'
+    )
+    (folder / "main.py").write_text(textwrap.dedent(body))
+    return folder
+
+
+def engine_for(models_dir, tmp_path, ext_dir, **kw) -> Engine:
+    settings = Settings(models_dir=models_dir, outputs_dir=tmp_path / "out", extensions_dir=ext_dir,
+                        default_model="tiny-sd", **kw)
+    return Engine(settings, DeviceChoice("cpu"))
+
+
+def status(engine: Engine) -> dict[str, tuple[str, str | None]]:
+    return {e.name: (e.status, e.error) for e in engine.extensions.extensions}
+
+
+def test_broken_extensions_are_listed_and_kiri_starts(models_dir, tmp_path):
+    ext = tmp_path / "ext"
+    write_extension(ext, "syntax-error", "def register(kiri) oops\n")
+    write_extension(ext, "raises", "def register(kiri):\n    kiri.add_sampler('Half', function=lambda *a, **k: None)\n    raise RuntimeError('boom')\n")
+    write_extension(ext, "no-entry", "x = 1\n")
+    (ext / "no-manifest").mkdir()
+    write_extension(ext, "good", "def register(kiri):\n    kiri.add_sampler('Good', scheduler='diffusers:EulerDiscreteScheduler')\n")
+    engine = engine_for(models_dir, tmp_path, ext)
+    found = status(engine)
+    assert found["syntax-error"][0] == "error" and "SyntaxError" in found["syntax-error"][1]
+    assert found["raises"][0] == "error" and "boom" in found["raises"][1]
+    assert found["no-entry"][0] == "error" and "no function 'register'" in found["no-entry"][1]
+    assert found["no-manifest"][0] == "error" and "no extension.toml" in found["no-manifest"][1]
+    assert found["good"] == ("loaded", None)
+    # A failing entry point registers nothing at all, not half of what it meant to.
+    assert "Half" not in engine.samplers.names() and "Good" in engine.samplers.names()
+    # The built-ins still load, through the same loader.
+    assert found["kiri-samplers"] == ("loaded", None) and "DPM++ 2M" in engine.samplers.names()
+
+
+def test_duplicate_sampler_refused_unless_override(models_dir, tmp_path, caplog):
+    ext = tmp_path / "ext"
+    body = "def register(kiri):\n    kiri.add_sampler('Euler', scheduler='diffusers:DDIMScheduler')\n"
+    write_extension(ext, "clash", body)
+    engine = engine_for(models_dir, tmp_path, ext)
+    assert status(engine)["clash"][0] == "error" and "already registered" in status(engine)["clash"][1]
+    assert "EulerDiscrete" in str(engine.samplers.get("Euler").scheduler)
+
+    ext2 = tmp_path / "ext2"
+    write_extension(ext2, "replacer", body, override=True)
+    with caplog.at_level("WARNING"):
+        engine = engine_for(models_dir, tmp_path, ext2)
+    assert "DDIMScheduler" in str(engine.samplers.get("Euler").scheduler)
+    assert any("overrides" in r.message for r in caplog.records)
+
+
+def test_disabled_extension_is_listed_but_not_loaded(models_dir, tmp_path):
+    engine = engine_for(models_dir, tmp_path, EXAMPLES, disabled_extensions=["example-dpmpp-2s-a"])
+    assert status(engine)["example-dpmpp-2s-a"] == ("disabled", None)
+    assert "DPM++ 2S a" not in engine.samplers.names()
+    assert "Euler Karras (example scheduler)" in engine.samplers.names()
+
+
+def test_hooks_change_requests_and_images_and_see_steps(models_dir, tmp_path):
+    ext = tmp_path / "ext"
+    write_extension(ext, "hooks", """
+        from PIL import ImageOps
+        seen = {"steps": [], "loaded": []}
+
+        def register(kiri):
+            kiri.before_generate(lambda request: setattr(request, "steps", 3) or request)
+            kiri.after_generate(lambda request, images: [ImageOps.invert(im) for im in images])
+            kiri.on_step(lambda info: seen["steps"].append((info.step, tuple(info.latents.shape))))
+            kiri.on_model_loaded(lambda model: seen["loaded"].append(model.name))
+            kiri.on_step(lambda info: 1 / 0)  # a broken hook is logged and skipped
+    """)
+    engine = engine_for(models_dir, tmp_path, ext)
+    plain = engine_for(models_dir, tmp_path, None)
+    request = dict(prompt="a circle", steps=9, width=64, height=64, seed=2, sampler_name="Euler")
+    hooked = engine.txt2img(Txt2ImgRequest(**request))
+    import sys
+
+    seen = sys.modules["kiri_extensions.hooks"].seen
+    assert [s for s, _ in seen["steps"]] == [1, 2, 3] and seen["steps"][0][1] == (1, 4, 32, 32)
+    assert seen["loaded"] == ["tiny-sd"]
+    assert "Steps: 3" in hooked.infotexts[0]
+    reference = plain.txt2img(Txt2ImgRequest(**{**request, "steps": 3})).images[0]
+    assert np.array_equal(255 - np.asarray(reference), np.asarray(hooked.images[0]))
+
+
+def test_install_from_folder_zip_and_git(tmp_path):
+    source = write_extension(tmp_path / "src", "installable", "def register(kiri):\n    pass\n")
+    target = tmp_path / "extensions"
+    assert (install_extension(str(source), target) / "main.py").exists()
+    with pytest.raises(ExtensionError, match="already installed"):
+        install_extension(str(source), target)
+
+    archive = tmp_path / "ext.zip"
+    shutil.move(str(source), str(tmp_path / "src" / "zipped"))
+    (tmp_path / "src" / "zipped" / "extension.toml").write_text('name = "zipped"\nversion = "1"\nentry = "main.py:register"\n')
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in (tmp_path / "src" / "zipped").iterdir():
+            z.write(f, f"zipped/{f.name}")
+    assert (install_extension(str(archive), target) / "extension.toml").exists()
+
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../escape.py", "x")
+    with pytest.raises(ExtensionError, match="outside its folder"):
+        install_extension(str(evil), target)
+
+    repo = write_extension(tmp_path / "git", "from-git", "def register(kiri):\n    pass\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "-C", str(repo), "add", "."], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "x"], check=True)
+    assert (install_extension(f"file://{repo}", target) / "main.py").exists()
+    with pytest.raises(ExtensionError, match="not a folder, a .zip file or a git URL"):
+        install_extension("/no/such/place", target)
