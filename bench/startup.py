@@ -53,7 +53,7 @@ def time_to_first_image(port: int, started: float) -> float | None:
 
     client = Client(f"http://127.0.0.1:{port}/", verbose=False)
     try:
-        client.predict(prompt="a red circle", negative_prompt="", sampler_name="DPM++ 2M", steps=20, cfg_scale=7,
+        client.predict(prompt="a red circle", negative_prompt="", sampler_name="DPM++ 2M", scheduler="Automatic", steps=20, cfg_scale=7,
                        seed=1, width=64, height=64, batch_size=1, batch_count=1, api_name="/txt2img")
     except Exception as exc:  # noqa: BLE001 - reported, not fatal
         print(f"  (no first image: {str(exc)[:120]})")

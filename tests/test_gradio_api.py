@@ -22,7 +22,7 @@ def client(kiri_server):
 
 
 def txt2img_args(**kw):
-    args = dict(prompt="a blue square", negative_prompt="", sampler_name="Euler", steps=2, cfg_scale=7,
+    args = dict(prompt="a blue square", negative_prompt="", sampler_name="Euler", scheduler="Automatic", steps=2, cfg_scale=7,
                 seed=42, width=64, height=64, batch_size=2, batch_count=1)
     args.update(kw)
     return args

@@ -25,6 +25,7 @@ class Job:
     batch_no: int = 0  # 1-based index of the running batch
     batch_count: int = 1
     started_at: float = field(default_factory=time.monotonic)
+    label: str = ""  # shown before the progress text, e.g. "Cell 3/8"
     listeners: list[ProgressListener] = field(default_factory=list)
     _interrupt: threading.Event = field(default_factory=threading.Event)
 
@@ -64,6 +65,8 @@ class Job:
 
     def describe(self) -> str:
         text = f"Batch {self.batch_no}/{self.batch_count}, step {self.step}/{self.steps}"
+        if self.label:
+            text = f"{self.label}: {text}"
         eta = self.eta_seconds
         return f"{text}, ETA {eta:.0f} s" if eta is not None else text
 

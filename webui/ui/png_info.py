@@ -57,11 +57,13 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
         sampler = values.get("sampler_name")
         if sampler:
             try:
-                updates[txt2img.sampler] = gr.update(value=engine.samplers.get(str(sampler)).name)
+                found, schedule = engine.samplers.resolve(str(sampler), values.get("scheduler"))
+                updates[txt2img.sampler] = gr.update(value=found.name)
+                updates[txt2img.schedule] = gr.update(value=schedule)
             except KiriError:
                 gr.Warning(f"Sampler {sampler!r} is not available in Kiri; keeping the current one.")
         return updates
 
     targets = [txt2img.prompt, txt2img.negative_prompt, txt2img.steps, txt2img.cfg_scale, txt2img.seed,
-               txt2img.width, txt2img.height, txt2img.sampler, tabs]
+               txt2img.width, txt2img.height, txt2img.sampler, txt2img.schedule, tabs]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)

@@ -12,7 +12,8 @@ from webui.engine.context import Engine
 from webui.engine.errors import KiriError
 from webui.engine.jobs import Job
 from webui.engine.requests import Txt2ImgRequest
-from webui.engine.samplers import default_sampler
+from webui.engine.samplers import SCHEDULES, default_sampler
+from webui.engine.xy_grid import AXES, NOTHING, xy_grid
 
 from .common import GPU_QUEUE, owner_of, user_errors
 
@@ -24,6 +25,7 @@ class Txt2ImgTab:
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
     sampler: gr.Dropdown
+    schedule: gr.Dropdown
     steps: gr.Slider
     cfg_scale: gr.Slider
     seed: gr.Number
@@ -51,7 +53,8 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             with gr.Row():
                 # Custom values pass through so the engine, which knows the loaded model, names the valid ones.
                 sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id="txt2img-sampler", allow_custom_value=True)
-                steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps")
+                schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id="txt2img-schedule")
+            steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps")
             with gr.Row():
                 width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
                 height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
@@ -62,6 +65,14 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             with gr.Row():
                 seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=4)
                 random_seed = gr.Button("Random", scale=0, min_width=80)
+            with gr.Accordion("X/Y grid: compare samplers, steps, CFG...", open=False, elem_id="xy-grid"):
+                with gr.Row():
+                    x_axis = gr.Dropdown(list(AXES), value="Sampler", label="X axis")
+                    x_values = gr.Textbox(value="Euler, DPM++ 2M", label="X values", elem_id="xy-x-values")
+                with gr.Row():
+                    y_axis = gr.Dropdown([NOTHING, *AXES], value="Steps", label="Y axis")
+                    y_values = gr.Textbox(value="5, 10, 20", label="Y values (numbers: 10-30 (+10) or 1-9 [5])")
+                grid_button = gr.Button("Generate grid", elem_id="xy-generate")
         with gr.Column(scale=4):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3)
@@ -70,18 +81,13 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
             status = gr.Markdown(elem_id="txt2img-status")
 
-    def run(prompt, negative_prompt, sampler_name, steps, cfg_scale, seed, width, height, batch_size, batch_count,
+    def run(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count,
             request: gr.Request, progress: gr.Progress = gr.Progress()):
         """Generate images from text; returns gallery images, the first infotext and a status line."""
-        job = Job(kind="txt2img", owner=owner_of(request))
-        job.listeners.append(lambda j: progress((j.step, j.steps), desc=j.describe(), unit="steps"))
+        job = _job_with_progress("txt2img", request, progress)
         started = time.perf_counter()
         with user_errors():
-            req = Txt2ImgRequest(
-                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name or None,
-                steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed if seed is not None else -1),
-                width=int(width), height=int(height), batch_size=int(batch_size), n_iter=int(batch_count),
-            )
+            req = _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count)
             result = engine.txt2img(req, job)
         for warning in result.warnings:
             gr.Warning(warning)
@@ -94,12 +100,32 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         shown = [str(p) for p in result.paths] if result.paths else result.images
         return shown, (result.infotexts[0] if result.infotexts else ""), note
 
-    inputs = dict(prompt=prompt, negative_prompt=negative, sampler_name=sampler_dd, steps=steps, cfg_scale=cfg,
+    inputs = dict(prompt=prompt, negative_prompt=negative, sampler_name=sampler_dd, scheduler=schedule_dd, steps=steps, cfg_scale=cfg,
                   seed=seed, width=width, height=height, batch_size=batch_size, batch_count=batch_count)
     generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="txt2img",
                    concurrency_id=GPU_QUEUE, concurrency_limit=1)
     prompt.submit(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_visibility="private",
                   concurrency_id=GPU_QUEUE, concurrency_limit=1)
+
+    def run_grid(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, x_axis, x_values,
+                 y_axis, y_values, request: gr.Request, progress: gr.Progress = gr.Progress()):
+        """One image per X/Y cell with the same seed, and the labelled grid first in the gallery."""
+        job = _job_with_progress("xy_grid", request, progress)
+        with user_errors():
+            base = _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, 1, 1)
+            result = xy_grid(engine, base, x_axis, x_values or "", y_axis, y_values or "", job)
+        for warning in result.warnings:
+            gr.Warning(warning)
+        if result.grid is None:
+            return [], "", "Interrupted before the first cell finished."
+        shown = [str(result.path) if result.path else result.grid, *result.images]
+        note = f"Grid of {len(result.images)} cell(s)" + (" (**interrupted**)" if result.interrupted else "") + "."
+        return shown, result.infotexts[0], note
+
+    grid_inputs = {k: v for k, v in inputs.items() if k not in ("batch_size", "batch_count")}
+    grid_inputs.update(x_axis=x_axis, x_values=x_values, y_axis=y_axis, y_values=y_values)
+    grid_button.click(run_grid, inputs_kwargs=grid_inputs, outputs=[gallery, infotext, status], api_name="txt2img_xy_grid",
+                      concurrency_id=GPU_QUEUE, concurrency_limit=1)
 
     def stop(request: gr.Request) -> str:
         told = engine.interrupt(owner_of(request))
@@ -118,7 +144,23 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         return gr.update(choices=names, value=default)
 
     model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
-    return Txt2ImgTab(prompt, negative, sampler_dd, steps, cfg, seed, width, height, gallery)
+    return Txt2ImgTab(prompt, negative, sampler_dd, schedule_dd, steps, cfg, seed, width, height, gallery)
+
+
+def _job_with_progress(kind: str, request: gr.Request, progress: gr.Progress) -> Job:
+    job = Job(kind=kind, owner=owner_of(request))
+    job.listeners.append(lambda j: progress((j.step, j.steps), desc=j.describe(), unit="steps"))
+    return job
+
+
+def _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size,
+             batch_count) -> Txt2ImgRequest:
+    return Txt2ImgRequest(
+        prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name or None,
+        scheduler=scheduler or None,
+        steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed if seed is not None else -1),
+        width=int(width), height=int(height), batch_size=int(batch_size), n_iter=int(batch_count),
+    )
 
 
 def _infotext_of(value) -> str:
