@@ -138,3 +138,17 @@ def test_install_from_folder_zip_and_git(tmp_path):
     assert (install_extension(f"file://{repo}", target) / "main.py").exists()
     with pytest.raises(ExtensionError, match="not a folder, a .zip file or a git URL"):
         install_extension("/no/such/place", target)
+
+
+def test_the_readme_example_extension_works(models_dir, tmp_path):
+    """The complete example in extensions/README.md loads and samples, so the docs stay true."""
+    import re
+
+    readme = (EXAMPLES / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "def register" in block)
+    write_extension(tmp_path / "ext", "readme-example", code)
+    engine = engine_for(models_dir, tmp_path, tmp_path / "ext")
+    assert status(engine)["readme-example"] == ("loaded", None)
+    request = dict(prompt="a circle", sampler_name="Euler Maruyama", steps=3, width=64, height=64, seed=4)
+    first, again = (engine.txt2img(Txt2ImgRequest(**request)).images[0] for _ in range(2))
+    assert np.array_equal(np.asarray(first), np.asarray(again)) and np.asarray(first).std() > 0
