@@ -140,8 +140,9 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
     gallery.select(show_selected, None, infotext, api_visibility="private", queue=False)
 
     def on_model_change(title: str | None):
-        names, default, size = _model_defaults(engine)
-        return gr.update(choices=names, value=default)
+        entry = engine.catalog.find(title) if title else None
+        prediction = entry.prediction if entry else "epsilon"
+        return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
 
     model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
     return Txt2ImgTab(prompt, negative, sampler_dd, schedule_dd, steps, cfg, seed, width, height, gallery)
