@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         allowed_paths=[str(settings.outputs_dir.resolve())], prevent_thread_lock=True, quiet=True,
         footer_links=[],
     )
-    app.launch(share=args.share, **launch_kwargs)
+    server_app, _, _ = app.launch(share=args.share, **launch_kwargs)
+    from webui.api import sdapi
+
+    # The API takes --api-auth; failing that the UI's --auth, so a login never leaves a back door open.
+    sdapi.mount(server_app, engine, vars(args), args.api_auth or args.auth or None)
     log.info("Kiri is serving at http://%s:%d (ready in %.1f s)", "127.0.0.1" if server == "127.0.0.1" else server,
              args.port, time.perf_counter() - STARTED)
     engine.hooks.notify("on_app_started", app, engine)

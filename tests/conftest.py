@@ -54,8 +54,11 @@ def kiri_server(models_dir, tmp_path_factory):
         port = s.getsockname()[1]
     app = build(engine, tmp_path_factory.mktemp("settings") / "settings.json")
     app.queue(default_concurrency_limit=1)
-    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
-               allowed_paths=[str(outputs)])
+    server_app, _, _ = app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+                                  css=CSS, allowed_paths=[str(outputs)])
+    from webui.api import sdapi
+
+    sdapi.mount(server_app, engine, {"port": port})
     yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
     app.close()
 

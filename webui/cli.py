@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also make a public Gradio share link")
     p.add_argument("--auth", type=parse_auth, action="append", default=[], metavar="USER:PASS",
                    help="require this login in the browser; repeat for several users")
+    p.add_argument("--api-auth", type=parse_auth, action="append", default=[], metavar="USER:PASS",
+                   help="HTTP Basic login for the /sdapi/v1 API (default: the --auth logins)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where models run (default: auto)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder holding checkpoints/ (default: models)")
     p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved (default: outputs)")

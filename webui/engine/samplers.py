@@ -140,6 +140,7 @@ class SamplerRegistry:
 
     def resolve(self, name: str, schedule: str | None = None) -> tuple[Sampler, str]:
         """Find a sampler by name or alias; old combined names ("DPM++ 2M Karras") give the schedule too."""
+        schedule = schedule_name(schedule) if schedule else None
         with self._lock:
             samplers = dict(self._samplers)
         if name in samplers:
@@ -147,16 +148,24 @@ class SamplerRegistry:
         for sampler in samplers.values():
             if name in sampler.aliases:
                 return sampler, schedule or "Automatic"
-        for schedule_name in SCHEDULES:
-            suffix = " " + schedule_name
-            if name.endswith(suffix) and name[: -len(suffix)] in samplers and schedule in (None, "Automatic", schedule_name):
-                return samplers[name[: -len(suffix)]], schedule_name
+        for label in SCHEDULES:
+            suffix = " " + label
+            if name.endswith(suffix) and name[: -len(suffix)] in samplers and schedule in (None, "Automatic", label):
+                return samplers[name[: -len(suffix)]], label
         raise InvalidRequest("sampler_name", f"unknown sampler {name!r}; valid samplers: {', '.join(samplers)}")
 
     def get(self, name: str, prediction: str | None = None) -> Sampler:
         sampler, _ = self.resolve(name)
         check_fits(self, sampler, prediction)
         return sampler
+
+
+def schedule_name(text: str) -> str:
+    """A schedule type by label ("SGM Uniform") or AUTOMATIC1111's API name ("sgm_uniform")."""
+    for name in SCHEDULES:
+        if text in (name, name.lower().replace(" ", "_")):
+            return name
+    raise InvalidRequest("scheduler", f"unknown schedule type {text!r}; valid: {', '.join(SCHEDULES)}")
 
 
 def check_fits(registry: SamplerRegistry, sampler: Sampler, prediction: str | None) -> None:

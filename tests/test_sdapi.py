@@ -1,0 +1,124 @@
+"""The /sdapi/v1 API, driven by the real PyPI client `webuiapi` and by plain HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from webui.engine.infotext import pnginfo_for
+
+
+@pytest.fixture(scope="module")
+def api(kiri_server):
+    import webuiapi
+
+    port = int(kiri_server["url"].rstrip("/").rsplit(":", 1)[1])
+    return webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler a", steps=2)
+
+
+def test_txt2img_with_webuiapi(api):
+    result = api.txt2img(prompt="a red circle", seed=11, width=64, height=64, batch_size=2, cfg_scale=5)
+    assert len(result.images) == 2 and result.images[0].size == (64, 64)
+    assert result.info["all_seeds"] == [11, 12] and result.info["sampler_name"] == "Euler a"
+    assert "Seed: 11" in result.info["infotexts"][0]
+    assert result.images[0].info["parameters"] == result.info["infotexts"][0]  # PNG carries its infotext
+    assert result.parameters["prompt"] == "a red circle"
+
+
+def test_samplers_models_and_options_round_trip(api):
+    samplers = {s["name"] for s in api.get_samplers()}
+    assert {"Euler a", "DPM++ 2M", "Flow Euler"} <= samplers
+    titles = [m["title"] for m in api.get_sd_models()]
+    assert any(t.startswith("tiny-sd3 [") for t in titles)
+    api.util_set_model("tiny-sd3", find_closest=False) if "tiny-sd3" in titles else api.set_options(
+        {"sd_model_checkpoint": next(t for t in titles if t.startswith("tiny-sd3"))})
+    assert api.util_get_current_model().startswith("tiny-sd3")
+    api.set_options({"sd_model_checkpoint": "tiny-sd"})
+    assert api.util_get_current_model().startswith("tiny-sd [")
+
+
+def test_png_info(api):
+    text = "a cat\nNegative prompt: dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64"
+    image = Image.new("RGB", (8, 8))
+    image.info["parameters"] = text
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo_for(text))
+    result = api.png_info(Image.open(io.BytesIO(buffer.getvalue())))
+    assert result.info == text
+
+
+def test_progress_and_interrupt_while_a_job_runs(api, kiri_server):
+    base = kiri_server["url"] + "sdapi/v1"
+    outcome = {}
+
+    def long_job():
+        outcome["response"] = requests.post(f"{base}/txt2img", json={"prompt": "a circle", "steps": 40, "n_iter": 20,
+                                                                    "width": 64, "height": 64, "sampler_name": "Euler"})
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    deadline, seen = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        progress = api.get_progress()
+        if progress["state"]["sampling_step"] > 0:
+            seen = progress
+            break
+        time.sleep(0.05)
+    assert seen is not None and 0 < seen["progress"] < 1 and seen["state"]["sampling_steps"] == 40
+    api.interrupt()
+    worker.join(60)
+    info = json.loads(outcome["response"].json()["info"])
+    assert info["interrupted"] and len(info["all_seeds"]) < 20
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"prompt": "x", "width": 63}, "width"),
+        ({"prompt": "x", "steps": "many"}, "steps"),
+        ({"prompt": "x", "sampler_name": "Nope"}, "sampler_name"),
+        ({"prompt": "x", "scheduler": "Wobbly"}, "scheduler"),
+    ],
+)
+def test_invalid_values_get_422_naming_the_field(kiri_server, payload, field):
+    response = requests.post(kiri_server["url"] + "sdapi/v1/txt2img", json={**payload, "width": payload.get("width", 64), "height": 64, "steps": payload.get("steps", 2)})
+    assert response.status_code == 422
+    assert field in json.dumps(response.json()["detail"])
+
+
+def test_unknown_fields_are_ignored_and_bad_images_refused(kiri_server):
+    base = kiri_server["url"] + "sdapi/v1"
+    ok = requests.post(f"{base}/txt2img", json={"prompt": "x", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler",
+                                                 "restore_faces": True, "something_new": 1, "alwayson_scripts": {}})
+    assert ok.status_code == 200
+    not_b64 = requests.post(f"{base}/png-info", json={"image": "not base64!"})
+    assert not_b64.status_code == 422 and "base64" in not_b64.text
+    not_image = requests.post(f"{base}/png-info", json={"image": base64.b64encode(b"hello world").decode()})
+    assert not_image.status_code == 422 and "not an image" in not_image.text
+    missing = requests.post(f"{base}/options", json={"sd_model_checkpoint": "no-such-model"})
+    assert missing.status_code == 404 and "unknown model" in missing.text
+
+
+def test_api_auth_guards_every_route(engine):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from webui.api import sdapi
+
+    app = FastAPI()
+    sdapi.mount(app, engine, {}, [("ann", "s3cret")])
+    client = TestClient(app)
+    routes = [r.path for r in app.routes if r.path.startswith("/sdapi/v1")]
+    assert len(routes) >= 20
+    for path in ("/sdapi/v1/samplers", "/sdapi/v1/options", "/sdapi/v1/sd-models", "/sdapi/v1/progress"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, auth=("ann", "wrong")).status_code == 401
+        assert client.get(path, auth=("ann", "s3cret")).status_code == 200
+    assert client.post("/sdapi/v1/interrupt").status_code == 401

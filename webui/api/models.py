@@ -1,0 +1,47 @@
+"""Request bodies of AUTOMATIC1111's /sdapi/v1, with its field names and defaults.
+
+Unknown fields are ignored, as AUTOMATIC1111 does, so clients written for it keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Txt2ImgBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # legacy alias of sampler_name
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    denoising_strength: float | None = None
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = False
+    do_not_save_samples: bool = False
+    infotext: str | None = None
+
+
+class PngInfoBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str
+
+
+class ProgressQuery(BaseModel):
+    skip_current_image: bool = False

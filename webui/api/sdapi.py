@@ -1,0 +1,267 @@
+"""AUTOMATIC1111-compatible REST routes under /sdapi/v1, calling the same engine as the UI."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import secrets
+import time
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.routing import APIRoute
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from webui import __version__
+from webui.engine.context import Engine
+from webui.engine.errors import InvalidRequest, KiriError, ModelNotFound
+from webui.engine.infotext import parse_infotext, pnginfo_for, read_infotext
+from webui.engine.jobs import Job
+from webui.engine.requests import Txt2ImgRequest
+from webui.engine.samplers import SCHEDULES
+
+from .models import PngInfoBody, Txt2ImgBody
+
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a decoded upload larger than this is refused (decompression bombs)
+
+
+def basic_auth(credentials: list[tuple[str, str]]) -> Callable[..., None]:
+    """HTTP Basic on every route, comparing in constant time."""
+    security = HTTPBasic()
+
+    def check(given: HTTPBasicCredentials = Depends(security)) -> None:
+        for user, password in credentials:
+            if secrets.compare_digest(given.username.encode(), user.encode()) and secrets.compare_digest(
+                given.password.encode(), password.encode()
+            ):
+                return
+        raise HTTPException(status_code=401, detail="wrong user or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def decode_image(data: str, field: str = "image"):
+    """A base64 (or data: URL) image, refused with 422 if it is not one or is too large."""
+    from PIL import Image, UnidentifiedImageError
+
+    if "," in data[:100] and data.startswith("data:"):
+        data = data.split(",", 1)[1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(field, f"{field} is not valid base64") from exc
+    try:
+        image = Image.open(io.BytesIO(raw))
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            raise InvalidRequest(field, f"{field} is {image.width}x{image.height}, more pixels than Kiri accepts")
+        image.load()
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(field, f"{field} is not an image Kiri can read") from exc
+    return image
+
+
+def encode_png(image, infotext: str) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=pnginfo_for(infotext))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def api_title(engine: Engine, entry) -> str:
+    """AUTOMATIC1111's checkpoint title: file name and short hash."""
+    short = engine.catalog.short_hash(entry)
+    return f"{entry.path.name} [{short}]" if short else entry.path.name
+
+
+def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: list[tuple[str, str]] | None = None) -> APIRouter:
+    dependencies = [Depends(basic_auth(auth))] if auth else []
+    router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=dependencies, route_class=KiriRoute)
+
+    @router.post("/txt2img")
+    def txt2img(body: Txt2ImgBody) -> dict:
+        model = body.override_settings.get("sd_model_checkpoint")
+        request = Txt2ImgRequest(
+            prompt=body.prompt, negative_prompt=body.negative_prompt,
+            sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
+            steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
+            batch_size=body.batch_size, n_iter=body.n_iter, model=model,
+        )
+        result = engine.txt2img(request, Job(kind="txt2img", owner="api"))
+        loaded = engine.models.current
+        info = {
+            "prompt": body.prompt, "all_prompts": [body.prompt] * len(result.images),
+            "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(result.images),
+            "seed": result.seeds[0] if result.seeds else body.seed, "all_seeds": result.seeds,
+            "subseed": -1, "all_subseeds": [-1] * len(result.seeds), "subseed_strength": 0,
+            "sampler_name": result.sampler_name, "scheduler": result.schedule, "cfg_scale": body.cfg_scale,
+            "steps": body.steps, "batch_size": body.batch_size, "width": body.width, "height": body.height,
+            "sd_model_name": loaded.name if loaded else None, "sd_model_hash": loaded.short_hash if loaded else None,
+            "denoising_strength": body.denoising_strength, "extra_generation_params": {},
+            "infotexts": result.infotexts, "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+            "interrupted": result.interrupted, "warnings": result.warnings, "version": f"Kiri v{__version__}",
+        }
+        images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if body.send_images else []
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+    @router.post("/png-info")
+    def png_info(body: PngInfoBody) -> dict:
+        image = decode_image(body.image)
+        text = read_infotext(image) or ""
+        parsed = parse_infotext(text) if text else None
+        items = {"parameters": text} if text else {}
+        parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params} if parsed else {}
+        return {"info": text, "items": items, "parameters": parameters}
+
+    @router.get("/progress")
+    def progress(skip_current_image: bool = False) -> dict:
+        jobs = engine.jobs.active()
+        job = jobs[0] if jobs else None
+        state = {"skipped": False, "interrupted": bool(job and job.interrupted), "job": job.kind if job else "",
+                 "job_count": len(jobs), "job_timestamp": "", "job_no": (job.batch_no - 1) if job else 0,
+                 "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
+        return {"progress": job.fraction if job else 0.0, "eta_relative": (job.eta_seconds or 0.0) if job else 0.0,
+                "state": state, "current_image": None, "textinfo": job.describe() if job else None}
+
+    @router.post("/interrupt")
+    def interrupt() -> dict:
+        engine.interrupt(None)
+        return {}
+
+    @router.post("/skip")
+    def skip() -> dict:
+        engine.interrupt(None)  # Kiri has no per-image skip yet: stopping keeps finished images, as skip does
+        return {}
+
+    @router.get("/options")
+    def get_options() -> dict:
+        current = engine.models_if_created().current if engine.models_if_created() else None
+        return {
+            "sd_model_checkpoint": api_title(engine, current.entry) if current else None,
+            "sd_checkpoint_hash": engine.catalog.full_hash(current.entry) if current else None,
+            "sd_checkpoint_cache": engine.settings.model_cache_size,
+            "samples_save": engine.settings.save_images,
+            "samples_format": engine.settings.image_format,
+            "outdir_samples": str(engine.settings.outputs_dir),
+        }
+
+    @router.post("/options")
+    def set_options(options: dict[str, Any]) -> dict:
+        if "sd_model_checkpoint" in options:
+            engine.models.get(str(options["sd_model_checkpoint"]))
+        if "sd_checkpoint_cache" in options:
+            engine.settings.model_cache_size = max(1, int(options["sd_checkpoint_cache"]))
+            engine.models.cache_size = engine.settings.model_cache_size
+        if "samples_save" in options:
+            engine.settings.save_images = bool(options["samples_save"])
+        if "samples_format" in options:
+            if options["samples_format"] not in ("png", "jpg", "webp"):
+                raise InvalidRequest("samples_format", "samples_format must be png, jpg or webp")
+            engine.settings.image_format = options["samples_format"]
+        return {}
+
+    @router.get("/cmd-flags")
+    def get_cmd_flags() -> dict:
+        return {k: (str(v) if not isinstance(v, (bool, int, float, str, type(None), list)) else v)
+                for k, v in (cmd_flags or {}).items() if k not in ("auth", "api_auth")}
+
+    @router.get("/samplers")
+    def samplers() -> list[dict]:
+        return [{"name": s.name, "aliases": list(s.aliases), "options": {"fits": sorted(s.fits), "source": s.source}}
+                for s in engine.samplers.all()]
+
+    @router.get("/schedulers")
+    def schedulers() -> list[dict]:
+        return [{"name": name.lower().replace(" ", "_"), "label": name, "aliases": None,
+                 "default_rho": 7.0 if name == "Karras" else -1, "need_inner_model": False} for name in SCHEDULES]
+
+    @router.get("/sd-models")
+    def sd_models() -> list[dict]:
+        engine.catalog.entries or engine.catalog.scan()
+        return [{"title": api_title(engine, e), "model_name": e.name, "hash": engine.catalog.short_hash(e),
+                 "sha256": engine.catalog.hashes.cached(e.hash_source), "filename": str(e.path), "config": None}
+                for e in engine.catalog.entries]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> dict:
+        engine.catalog.scan()
+        return {}
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint() -> dict:
+        engine.models.unload()
+        return {}
+
+    @router.post("/reload-checkpoint")
+    def reload_checkpoint() -> dict:
+        engine.models.get(None, preferred=engine.settings.default_model)
+        return {}
+
+    @router.get("/sd-vae")
+    def sd_vae() -> list:
+        return []
+
+    @router.get("/upscalers")
+    def upscalers() -> list:
+        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1}]
+
+    @router.get("/loras")
+    def loras() -> list:
+        return []
+
+    @router.get("/embeddings")
+    def embeddings() -> dict:
+        return {"loaded": {}, "skipped": {}}
+
+    @router.get("/scripts")
+    def scripts() -> dict:
+        return {"txt2img": [], "img2img": []}
+
+    @router.get("/extensions")
+    def extensions() -> list[dict]:
+        return [{"name": e.name, "remote": None, "branch": None, "commit_hash": None, "version": e.version,
+                 "commit_date": None, "enabled": e.enabled, "status": e.status, "error": e.error}
+                for e in engine.extensions.extensions]
+
+    @router.get("/memory")
+    def memory() -> dict:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        result: dict[str, Any] = {"ram": {"free": vm.available, "used": vm.used, "total": vm.total}, "cuda": {}}
+        models = engine.models_if_created()
+        if models is not None and models.device.device == "cuda":
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            result["cuda"] = {"system": {"free": free, "used": total - free, "total": total},
+                              "active": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()}}
+        return result
+
+    return router
+
+
+class KiriRoute(APIRoute):
+    """Engine errors become 4xx with a reason (InvalidRequest a 422 naming the field), per route,
+    so it works on an app that is already serving."""
+
+    def get_route_handler(self) -> Callable:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request):
+            try:
+                return await handler(request)
+            except InvalidRequest as exc:
+                return JSONResponse({"detail": [{"loc": ["body", exc.field], "msg": str(exc), "type": "value_error"}],
+                                     "error": "InvalidRequest", "errors": str(exc)}, status_code=422)
+            except KiriError as exc:
+                code = 404 if isinstance(exc, ModelNotFound) else 400
+                return JSONResponse({"detail": str(exc), "error": type(exc).__name__, "errors": str(exc)}, status_code=code)
+
+        return guarded
+
+
+def mount(app, engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: list[tuple[str, str]] | None = None) -> None:
+    """Add the /sdapi/v1 routes to the FastAPI app Gradio serves."""
+    app.include_router(build_router(engine, cmd_flags, auth))
