@@ -69,6 +69,17 @@ def encode_png(image, infotext: str) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def client_of(http: Request) -> str:
+    """Who is asking, for fair turns: the login if any, else the client's address."""
+    auth = http.headers.get("authorization", "")
+    if auth.startswith("Basic "):
+        try:
+            return "api:" + base64.b64decode(auth[6:]).decode().split(":", 1)[0]
+        except (binascii.Error, UnicodeDecodeError):
+            pass
+    return f"api:{http.client.host if http.client else 'unknown'}"
+
+
 def api_title(engine: Engine, entry) -> str:
     """AUTOMATIC1111's checkpoint title: file name and short hash."""
     short = engine.catalog.short_hash(entry)
@@ -80,7 +91,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: 
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=dependencies, route_class=KiriRoute)
 
     @router.post("/txt2img")
-    def txt2img(body: Txt2ImgBody) -> dict:
+    def txt2img(body: Txt2ImgBody, http: Request) -> dict:
         model = body.override_settings.get("sd_model_checkpoint")
         request = Txt2ImgRequest(
             prompt=body.prompt, negative_prompt=body.negative_prompt,
@@ -88,7 +99,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: 
             steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
             batch_size=body.batch_size, n_iter=body.n_iter, model=model,
         )
-        result = engine.txt2img(request, Job(kind="txt2img", owner="api"))
+        result = engine.txt2img(request, Job(kind="txt2img", owner=client_of(http)))
         loaded = engine.models.current
         info = {
             "prompt": body.prompt, "all_prompts": [body.prompt] * len(result.images),
@@ -149,7 +160,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: 
     @router.post("/options")
     def set_options(options: dict[str, Any]) -> dict:
         if "sd_model_checkpoint" in options:
-            engine.models.get(str(options["sd_model_checkpoint"]))
+            engine.load_model(str(options["sd_model_checkpoint"]), owner="api")
         if "sd_checkpoint_cache" in options:
             engine.settings.model_cache_size = max(1, int(options["sd_checkpoint_cache"]))
             engine.models.cache_size = engine.settings.model_cache_size
@@ -195,7 +206,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: 
 
     @router.post("/reload-checkpoint")
     def reload_checkpoint() -> dict:
-        engine.models.get(None, preferred=engine.settings.default_model)
+        engine.load_model(None, owner="api")
         return {}
 
     @router.get("/sd-vae")

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Iterator
 
 from .catalog import Catalog
 from .devices import DeviceChoice, resolve_device
 from .jobs import Job, JobBoard
+from .queue import FairGate
 from .models import ModelManager
 from .requests import Txt2ImgRequest
 from .hooks import Hooks
@@ -80,6 +83,7 @@ class Engine:
         self.extensions = ExtensionManager(self.samplers, self.hooks)
         self.extensions.load_all(settings.extensions_dirs(), set(settings.disabled_extensions))
         self.jobs = JobBoard()
+        self.gate = FairGate()
         self._device = device
         self._models: ModelManager | None = None
         self._models_lock = threading.Lock()
@@ -95,6 +99,17 @@ class Engine:
                     on_loaded=lambda model: self.hooks.notify("on_model_loaded", model),
                 )
             return self._models
+
+    @contextmanager
+    def turn(self, owner: str) -> Iterator[None]:
+        """A fair turn on the model (see queue.FairGate), holding the model lock meanwhile."""
+        with self.gate.turn(owner), self.models.lock:
+            yield
+
+    def load_model(self, name: str | None, owner: str = "local"):
+        """Switch models in turn: waits for running batches, keeps the previous model on failure."""
+        with self.turn(owner):
+            return self.models.get(name, preferred=self.settings.default_model)
 
     def models_if_created(self) -> ModelManager | None:
         return self._models

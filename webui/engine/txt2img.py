@@ -42,8 +42,8 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
     job = job or Job(kind="txt2img")
     job.image_count, job.batch_count = request.total_images, request.n_iter
     result = GenerationResult()
-    with engine.models.lock:  # one model at a time; a model switch waits for this job
-        # 1. The model and the sampler.
+    with engine.turn(job.owner):
+        # 1. The model and the sampler; the model is pinned by name for the later batches.
         model = engine.models.get(request.model, preferred=engine.settings.default_model)
         sampler_name = request.sampler_name or default_sampler(model.prediction)
         sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
@@ -51,16 +51,22 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
         sampler.build(model.base_scheduler_config, schedule, model.prediction)  # refuse a bad pair before any work
         result.model_name, result.sampler_name, result.schedule = model.name, sampler.name, schedule
 
-        # 2. The prompts, cut to what the text encoder can read, with a visible warning.
+        # 2. The prompts, checked against what the text encoder can read, with a visible warning.
         prompt = _fit_prompt(model, request.prompt, "prompt", result.warnings)
         negative = _fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
 
-        # 3. Denoise batch after batch; each image's noise comes from its own seed.
-        base_seed = request.seed if request.seed != -1 else random_seed()
-        out_dir = dated_dir(engine.settings.outputs_dir, "txt2img")
-        for batch_no in range(1, request.n_iter + 1):
-            first = base_seed + (batch_no - 1) * request.batch_size
-            seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
+    # 3. Denoise batch after batch, each batch a turn of its own so other users are served
+    #    in between; each image's noise comes from its own seed.
+    base_seed = request.seed if request.seed != -1 else random_seed()
+    out_dir = dated_dir(engine.settings.outputs_dir, "txt2img")
+    for batch_no in range(1, request.n_iter + 1):
+        first = base_seed + (batch_no - 1) * request.batch_size
+        seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
+        with engine.turn(job.owner):
+            if job.interrupted:
+                result.interrupted = True
+                break
+            model = engine.models.get(result.model_name)
             job.start_batch(batch_no, request.steps)
             generators = _generators(seeds)
             scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
@@ -72,18 +78,18 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
                 break
             finally:
                 getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
-            # 4. Save each image whole, with its parameters, before the next batch starts.
-            for seed, image in zip(seeds, images):
-                info = build_infotext(prompt, negative, _infotext_params(request, model, sampler.name, schedule, seed))
-                if engine.settings.save_images:
-                    result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
-                result.images.append(image)
-                result.infotexts.append(info)
-                result.seeds.append(seed)
             job.finish_images(len(images))
-            if job.interrupted:
-                result.interrupted = True
-                break
+        # 4. Save each image whole, with its parameters, before the next batch starts.
+        for seed, image in zip(seeds, images):
+            info = build_infotext(prompt, negative, _infotext_params(request, model, sampler.name, schedule, seed))
+            if engine.settings.save_images:
+                result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
+            result.images.append(image)
+            result.infotexts.append(info)
+            result.seeds.append(seed)
+        if job.interrupted:
+            result.interrupted = True
+            break
     return result
 
 

@@ -6,7 +6,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from .common import GPU_QUEUE, model_choices, selected_title, user_errors
+from .common import GPU_QUEUE, model_choices, owner_of, selected_title, user_errors
 
 NO_MODEL_HELP = (
     "**No checkpoint found.** Put a diffusers folder or a `.safetensors` file in "
@@ -23,12 +23,12 @@ def render(engine: Engine) -> gr.Dropdown:
         refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="model-refresh")
         status = gr.Markdown(_status(engine), elem_id="model-status")
 
-    def load(title: str | None, progress: gr.Progress = gr.Progress()) -> str:
+    def load(title: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> str:
         if not title:
             return _status(engine)
         progress(0, desc=f"Loading {title.split(' · ')[0]}")
         with user_errors():
-            loaded = engine.models.get(title)
+            loaded = engine.load_model(title, owner_of(request))
         return f"Loaded **{loaded.name}** ({loaded.entry.family_label}, {loaded.device})"
 
     def rescan() -> tuple[dict, str]:
