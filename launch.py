@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     for ext in engine.extensions.extensions:
         if ext.status == "error":
             log.error("extension %s did not load: %s", ext.name, ext.error)
-    if exposed and not args.auth:
+    from webui.auth import make_checker, read_auth_file
+
+    hashed = read_auth_file(args.auth_file) if args.auth_file else {}
+    ui_login = make_checker(args.auth, hashed) if (args.auth or hashed) else None
+    # The API takes --api-auth; failing that the UI's logins, so a UI login never leaves the API open.
+    api_login = make_checker(args.api_auth, {}) if args.api_auth else ui_login
+    if exposed and ui_login is None:
         print(LOUD.format(
             "WARNING: Kiri is reachable from other machines (--listen/--share) with no login.\n"
             "Anyone who finds the address can use your GPU and read your outputs. Add --auth user:pass."
@@ -53,15 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     app.queue(default_concurrency_limit=1)
     server = "0.0.0.0" if args.listen else "127.0.0.1"
     launch_kwargs = dict(
-        server_name=server, server_port=args.port, auth=args.auth or None, css=CSS,
+        server_name=server, server_port=args.port, auth=ui_login, css=CSS, max_file_size=f"{args.max_upload_mb}mb",
         allowed_paths=[str(settings.outputs_dir.resolve())], prevent_thread_lock=True, quiet=True,
         footer_links=[],
     )
     server_app, _, _ = app.launch(share=args.share, **launch_kwargs)
     from webui.api import sdapi
 
-    # The API takes --api-auth; failing that the UI's --auth, so a login never leaves a back door open.
-    sdapi.mount(server_app, engine, vars(args), args.api_auth or args.auth or None)
+    sdapi.mount(server_app, engine, vars(args), api_login, args.max_upload_mb * 2**20)
     log.info("Kiri is serving at http://%s:%d (ready in %.1f s)", "127.0.0.1" if server == "127.0.0.1" else server,
              args.port, time.perf_counter() - STARTED)
     engine.hooks.notify("on_app_started", app, engine)

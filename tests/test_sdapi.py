@@ -113,7 +113,9 @@ def test_api_auth_guards_every_route(engine):
     from webui.api import sdapi
 
     app = FastAPI()
-    sdapi.mount(app, engine, {}, [("ann", "s3cret")])
+    from webui.auth import make_checker
+
+    sdapi.mount(app, engine, {}, make_checker([("ann", "s3cret")], {}), max_body_bytes=1000)
     client = TestClient(app)
     paths = [path for path in app.openapi()["paths"] if path.startswith("/sdapi/v1")]
     assert len(paths) >= 20
@@ -122,3 +124,5 @@ def test_api_auth_guards_every_route(engine):
         assert client.get(path, auth=("ann", "wrong")).status_code == 401
         assert client.get(path, auth=("ann", "s3cret")).status_code == 200
     assert client.post("/sdapi/v1/interrupt").status_code == 401
+    big = client.post("/sdapi/v1/png-info", json={"image": "A" * 5000}, auth=("ann", "s3cret"))
+    assert big.status_code == 413

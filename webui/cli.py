@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also make a public Gradio share link")
     p.add_argument("--auth", type=parse_auth, action="append", default=[], metavar="USER:PASS",
                    help="require this login in the browser; repeat for several users")
+    p.add_argument("--auth-file", type=Path, help="file of user:hash lines (make them with `python -m webui.auth USER`)")
+    p.add_argument("--max-upload-mb", type=int, default=50, help="largest upload or API request body (default 50 MB)")
     p.add_argument("--api-auth", type=parse_auth, action="append", default=[], metavar="USER:PASS",
                    help="HTTP Basic login for the /sdapi/v1 API (default: the --auth logins)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where models run (default: auto)")

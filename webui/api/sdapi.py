@@ -6,7 +6,6 @@ import base64
 import binascii
 import io
 import json
-import secrets
 import time
 from typing import Any, Callable
 
@@ -28,17 +27,30 @@ from .models import PngInfoBody, Txt2ImgBody
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a decoded upload larger than this is refused (decompression bombs)
 
 
-def basic_auth(credentials: list[tuple[str, str]]) -> Callable[..., None]:
-    """HTTP Basic on every route, comparing in constant time."""
+def basic_auth(check_login: Callable[[str, str], bool]) -> Callable[..., None]:
+    """HTTP Basic on every route."""
     security = HTTPBasic()
 
     def check(given: HTTPBasicCredentials = Depends(security)) -> None:
-        for user, password in credentials:
-            if secrets.compare_digest(given.username.encode(), user.encode()) and secrets.compare_digest(
-                given.password.encode(), password.encode()
-            ):
-                return
-        raise HTTPException(status_code=401, detail="wrong user or password", headers={"WWW-Authenticate": "Basic"})
+        if not check_login(given.username, given.password):
+            raise HTTPException(status_code=401, detail="wrong user or password", headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
+def body_limit(max_bytes: int) -> Callable[..., Any]:
+    """Refuse request bodies over the cap with 413, before they are parsed."""
+
+    async def check(request: Request) -> None:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise HTTPException(status_code=413, detail=f"request body over {max_bytes // 2**20} MB")
+        if request.method in ("POST", "PUT"):
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    raise HTTPException(status_code=413, detail=f"request body over {max_bytes // 2**20} MB")
 
     return check
 
@@ -86,8 +98,10 @@ def api_title(engine: Engine, entry) -> str:
     return f"{entry.path.name} [{short}]" if short else entry.path.name
 
 
-def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: list[tuple[str, str]] | None = None) -> APIRouter:
-    dependencies = [Depends(basic_auth(auth))] if auth else []
+def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
+                 check_login: Callable[[str, str], bool] | None = None, max_body_bytes: int = 50 * 2**20) -> APIRouter:
+    dependencies = [Depends(basic_auth(check_login))] if check_login else []
+    dependencies.append(Depends(body_limit(max_body_bytes)))
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=dependencies, route_class=KiriRoute)
 
     @router.post("/txt2img")
@@ -273,6 +287,7 @@ class KiriRoute(APIRoute):
         return guarded
 
 
-def mount(app, engine: Engine, cmd_flags: dict[str, Any] | None = None, auth: list[tuple[str, str]] | None = None) -> None:
+def mount(app, engine: Engine, cmd_flags: dict[str, Any] | None = None,
+          check_login: Callable[[str, str], bool] | None = None, max_body_bytes: int = 50 * 2**20) -> None:
     """Add the /sdapi/v1 routes to the FastAPI app Gradio serves."""
-    app.include_router(build_router(engine, cmd_flags, auth))
+    app.include_router(build_router(engine, cmd_flags, check_login, max_body_bytes))
