@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Measure how well Kiri's default models follow their prompts.
+
+    python tools/eval_default_models.py                     # both models, default sampler + every sampler
+    python tools/eval_default_models.py --models ldm --n 48 --samplers "DPM++ 2M,Euler" --steps 5 10 20
+    python tools/eval_default_models.py --markdown out.md   # also write the tables as Markdown
+
+Prompts are held-out captions: one object whose colour x shape x position combination never occurs
+in the training scenes (``kiri_world.HELD_OUT``), in either size, on plain or two-tone backgrounds.
+Each picture is generated through the real diffusers pipeline loaded from
+``models/checkpoints/<model>`` and read back by the OpenCV detector of ``kiri_world``; the table gives
+the fraction of pictures whose detected object has the prompt's colour, shape, position and size.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import kiri_world as W  # noqa: E402
+
+MODELS = {"ldm": "kiri-shapes-ldm", "dit": "kiri-shapes-dit"}
+DEFAULT_STEPS = 20
+KEYS = ("colour", "shape", "position", "size")
+
+# Used when the app's sampler registry cannot be imported: (name, diffusers class, options, flow?)
+_FALLBACK_SAMPLERS = [
+    ("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, False),
+    ("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, False),
+    ("Euler a", "EulerAncestralDiscreteScheduler", {}, False),
+    ("Euler", "EulerDiscreteScheduler", {}, False),
+    ("LMS", "LMSDiscreteScheduler", {}, False),
+    ("Heun", "HeunDiscreteScheduler", {}, False),
+    ("DDIM", "DDIMScheduler", {"set_alpha_to_one": False}, False),
+    ("UniPC", "UniPCMultistepScheduler", {}, False),
+    ("Flow Euler", "FlowMatchEulerDiscreteScheduler", {}, True),
+    ("Flow Heun", "FlowMatchHeunDiscreteScheduler", {}, True),
+]
+
+
+def builtin_samplers(flow: bool) -> list[tuple[str, type, dict]]:
+    """(name, scheduler class, options) of the app's built-in scheduler samplers that fit the model."""
+    import diffusers
+
+    out = []
+    try:
+        from webui.engine.samplers import BUILTIN_SAMPLERS
+
+        for s in BUILTIN_SAMPLERS:
+            if getattr(s, "function", None) is not None:
+                continue
+            if ("flow" in s.fits) != flow:
+                continue
+            out.append((s.name, s.scheduler_class(), dict(s.options)))
+    except Exception:  # the app is not importable here: a fixed list of the same samplers
+        for name, cls, opts, is_flow in _FALLBACK_SAMPLERS:
+            if is_flow == flow:
+                out.append((name, getattr(diffusers, cls), opts))
+    return out
+
+
+def load(model: str, models_dir: Path):
+    from diffusers import DiffusionPipeline
+
+    folder = models_dir / MODELS[model]
+    index = json.loads((folder / "model_index.json").read_text())
+    # StableDiffusion3Pipeline without T5: the null slots have to be passed explicitly.
+    extra = {k: None for k in ("text_encoder_3", "tokenizer_3") if k in index and index[k][0] is None}
+    pipe = DiffusionPipeline.from_pretrained(folder, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float | None, batch: int = 16) -> np.ndarray:
+    out = []
+    for i in range(0, len(prompts), batch):
+        kw = {} if cfg is None else {"guidance_scale": cfg}
+        res = pipe(prompts[i: i + batch], num_inference_steps=steps, height=64, width=64, output_type="np",
+                   generator=[torch.Generator().manual_seed(s) for s in seeds[i: i + batch]], **kw)
+        out.append((np.clip(res.images, 0, 1) * 255).round().astype(np.uint8))
+    return np.concatenate(out)
+
+
+def measure(images: np.ndarray, scenes: list) -> dict[str, float]:
+    scores = [W.score(im, sc) for im, sc in zip(images, scenes)]
+    return {k: float(np.mean([s[k] for s in scores])) for k in KEYS}
+
+
+def evaluate(model: str, args) -> dict:
+    pipe = load(model, Path(args.models_dir))
+    flow = "FlowMatch" in type(pipe.scheduler).__name__
+    base = pipe.scheduler
+    scenes = W.eval_prompts(args.n, seed=args.seed)
+    prompts = [s.caption for s in scenes]
+    seeds = list(range(args.seed, args.seed + args.n))
+    result = {"model": MODELS[model], "n": args.n, "cfg": args.cfg, "default": None, "samplers": []}
+
+    t0 = time.time()
+    imgs = generate(pipe, prompts, seeds, DEFAULT_STEPS, args.cfg)
+    dt = time.time() - t0
+    default = {"sampler": type(base).__name__, "steps": DEFAULT_STEPS, **measure(imgs, scenes), "sec_per_image": dt / args.n}
+    result["default"] = default
+    print(f"{MODELS[model]} default ({default['sampler']}, {DEFAULT_STEPS} steps): " + fmt(default), flush=True)
+    if args.save_grid:
+        save_grid(imgs[:32], Path(args.save_grid) / f"{MODELS[model]}_heldout.png")
+
+    wanted = [s.strip() for s in args.samplers.split(",")] if args.samplers else None
+    for name, cls, opts in builtin_samplers(flow):
+        if wanted and name not in wanted:
+            continue
+        try:
+            pipe.scheduler = cls.from_config(base.config, **opts)
+        except Exception as exc:  # noqa: BLE001
+            print(f"  {name}: cannot build ({exc})")
+            continue
+        for steps in args.steps:
+            try:
+                t0 = time.time()
+                imgs = generate(pipe, prompts, seeds, steps, args.cfg)
+                row = {"sampler": name, "steps": steps, **measure(imgs, scenes), "sec_per_image": (time.time() - t0) / args.n}
+            except Exception as exc:  # noqa: BLE001
+                row = {"sampler": name, "steps": steps, "error": str(exc)[:200]}
+            result["samplers"].append(row)
+            print(f"  {name:14s} {steps:3d} steps: " + (fmt(row) if "error" not in row else row["error"]), flush=True)
+    pipe.scheduler = base
+    return result
+
+
+def fmt(row: dict) -> str:
+    return ", ".join(f"{k} {row[k] * 100:.0f}%" for k in KEYS) + f", {row['sec_per_image'] * 1000:.0f} ms/img"
+
+
+def save_grid(imgs: np.ndarray, path: Path) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [np.concatenate(list(imgs[i: i + 8]), 1) for i in range(0, len(imgs) - len(imgs) % 8, 8)]
+    if rows:
+        cv2.imwrite(str(path), cv2.resize(np.concatenate(rows, 0)[..., ::-1], None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST))
+
+
+def markdown(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        d = r["default"]
+        cfg = "pipeline default" if r["cfg"] is None else r["cfg"]
+        lines.append(f"### {r['model']} ({r['n']} held-out prompts, CFG {cfg})\n")
+        lines.append("| sampler | steps | colour | shape | position | size | ms / image |")
+        lines.append("|---|---|---|---|---|---|---|")
+        lines.append(f"| **default** ({d['sampler']}) | {d['steps']} | " + " | ".join(f"**{d[k] * 100:.0f}%**" for k in KEYS)
+                     + f" | {d['sec_per_image'] * 1000:.0f} |")
+        for row in r["samplers"]:
+            if "error" in row:
+                lines.append(f"| {row['sampler']} | {row['steps']} | error: {row['error'][:60]} | | | | |")
+            else:
+                lines.append(f"| {row['sampler']} | {row['steps']} | " + " | ".join(f"{row[k] * 100:.0f}%" for k in KEYS)
+                             + f" | {row['sec_per_image'] * 1000:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS), help="default: every model present")
+    p.add_argument("--models-dir", default=str(ROOT / "models" / "checkpoints"))
+    p.add_argument("--n", type=int, default=48, help="held-out prompts (each with its own seed)")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's own)")
+    p.add_argument("--samplers", default=None, help="comma-separated sampler names (default: all built-in that fit)")
+    p.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20])
+    p.add_argument("--no-samplers", action="store_true", help="only the default sampler")
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--markdown", default=None, help="write Markdown tables here")
+    p.add_argument("--save-grid", default=None, help="folder for a picture grid of the default run")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.no_samplers:
+        args.samplers = "\0"
+    models = args.models or [m for m, folder in MODELS.items() if (Path(args.models_dir) / folder / "model_index.json").exists()]
+    results = [evaluate(m, args) for m in models]
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    md = markdown(results)
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

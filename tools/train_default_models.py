@@ -1,0 +1,778 @@
+#!/usr/bin/env python
+"""Train Kiri's embedded default models from scratch on a CPU.
+
+    python tools/train_default_models.py vae            # the shared AutoencoderKL (64x64 px <-> 16x16x4)
+    python tools/train_default_models.py ldm            # text-to-image LDM (UNet2DConditionModel + CLIP)
+    python tools/train_default_models.py dit            # SD3-style MMDiT trained with rectified flow
+    options: --steps N  --minutes N (stop early, still saves)  --resume  --out FOLDER  --seed N
+
+Everything is drawn by ``tools/kiri_world.py`` from a fixed seed, so a run reproduces the shipped
+weights (up to floating-point nondeterminism of the CPU kernels). ``ldm`` and ``dit`` train the VAE
+first if ``.train/vae`` is missing. Work files (checkpoints to resume from, cached latents) live in
+``.train/``; the finished pipeline goes to ``models/checkpoints/kiri-shapes-{ldm,dit}`` together with
+``loss_curve.png`` and ``train_log.json``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # be gentle when the CPU is shared
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import kiri_world as W  # noqa: E402
+
+TRAIN_DIR = ROOT / ".train"
+CHECKPOINTS = ROOT / "models" / "checkpoints"
+MAX_LEN = 32  # tokens per prompt (the longest grammar caption has 21)
+TEXT_DIM = 64
+N_TRAIN = 20000  # training scenes (latents are encoded once and cached)
+DATA_SEED = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizer: a CLIP byte-level BPE whose merges turn every word of the caption grammar into one token.
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def build_tokenizer(folder: Path):
+    """Write vocab.json + merges.txt (+ tokenizer.json) for transformers.CLIPTokenizer into folder."""
+    from transformers import CLIPTokenizer
+
+    b2u = _bytes_to_unicode()
+    seqs = {}
+    for w in W.vocabulary():
+        s = [b2u[b] for b in w.encode()]
+        s[-1] += "</w>"
+        seqs[w] = s
+    merges: list[tuple[str, str]] = []
+    while True:  # plain BPE training on the word list: merge the most frequent pair until words are whole
+        counts: dict[tuple[str, str], int] = {}
+        for s in seqs.values():
+            for pair in zip(s, s[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        for w, s in seqs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == pair:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            seqs[w] = out
+    vocab = list(b2u.values())
+    vocab += [v + "</w>" for v in vocab]
+    for a, b in merges:
+        if a + b not in vocab:
+            vocab.append(a + b)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tmp = TRAIN_DIR / "tokenizer_src"
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (tmp / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    (tmp / "tokenizer_config.json").write_text(json.dumps({"model_max_length": MAX_LEN, "tokenizer_class": "CLIPTokenizer"}))
+    tok = CLIPTokenizer.from_pretrained(tmp)
+    bad = [w for w in W.vocabulary() if len(tok(w, add_special_tokens=False).input_ids) != 1]
+    if bad:
+        raise RuntimeError(f"words not encoded as one token: {bad}")
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(folder)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tmp / name, folder / name)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def load_tokenizer():
+    from transformers import CLIPTokenizer
+
+    folder = TRAIN_DIR / "tokenizer"
+    if not (folder / "tokenizer_config.json").exists():
+        return build_tokenizer(folder)
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+def tokenize(tok, texts: list[str]) -> torch.Tensor:
+    return tok(texts, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt").input_ids
+
+
+# ------------------------------------------------------------------------------------------------
+# Data
+
+def training_data(n: int = N_TRAIN, seed: int = DATA_SEED) -> tuple[np.ndarray, list[str]]:
+    path = TRAIN_DIR / f"data_{n}_{seed}.npz"
+    if path.exists():
+        d = np.load(path)
+        return d["images"], [str(c) for c in d["captions"]]
+    t0 = time.time()
+    images, captions, _ = W.dataset(n, seed=seed, held_out="exclude")
+    TRAIN_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, captions=np.array(captions))
+    print(f"rendered {n} scenes in {time.time() - t0:.0f} s")
+    return images, captions
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers: EMA, LR schedule, checkpoints, loss plot
+
+class EMA:
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = {name: {k: v.detach().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for name, m in modules.items():
+            sh = self.shadow[name]
+            for k, v in m.state_dict().items():
+                if v.dtype.is_floating_point:
+                    sh[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    sh[k].copy_(v)
+
+    def copy_to(self, modules: dict[str, torch.nn.Module]) -> None:
+        for name, m in modules.items():
+            m.load_state_dict(self.shadow[name])
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 100, floor: float = 0.1) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def save_ckpt(path: Path, **state) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def plot_losses(path: Path, losses: list[float], title: str, evals: list[dict] | None = None) -> None:
+    """Loss curve (log scale, smoothed) as a PNG drawn with OpenCV; eval colour/shape/position marks."""
+    w, h, m = 800, 450, 60
+    img = np.full((h, w, 3), 255, np.uint8)
+    if not losses:
+        cv2.imwrite(str(path), img)
+        return
+    y = np.log10(np.maximum(np.asarray(losses, np.float64), 1e-6))
+    k = max(1, len(y) // 100)
+    sm = np.convolve(y, np.ones(k) / k, mode="valid") if len(y) > k else y
+    lo, hi = float(np.percentile(y, 1)), float(np.percentile(y, 99.5))
+    hi = max(hi, lo + 1e-3)
+
+    def px(i, v, n):
+        return int(m + (w - 2 * m) * i / max(1, n - 1)), int(h - m - (h - 2 * m) * (min(max(v, lo), hi) - lo) / (hi - lo))
+
+    cv2.rectangle(img, (m, m), (w - m, h - m), (0, 0, 0), 1)
+    raw = np.array([px(i, v, len(y)) for i, v in enumerate(y)], np.int32)
+    cv2.polylines(img, [raw], False, (220, 200, 200), 1, cv2.LINE_AA)
+    off = (len(y) - len(sm)) // 2
+    smp = np.array([px(i + off, v, len(y)) for i, v in enumerate(sm)], np.int32)
+    cv2.polylines(img, [smp], False, (200, 60, 20), 2, cv2.LINE_AA)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, title, (m, 35), font, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"{10 ** hi:.3g}", (5, m + 5), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"{10 ** lo:.3g}", (5, h - m), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, "0", (m, h - m + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(img, f"{len(y)} steps (log loss)", (w - m - 150, h - m + 18), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    if evals:
+        colours = {"colour": (40, 40, 220), "shape": (40, 160, 40), "position": (200, 120, 0)}
+        for key, col in colours.items():
+            pts = np.array([(int(m + (w - 2 * m) * e["step"] / max(1, len(y) - 1)), int(h - m - (h - 2 * m) * e[key])) for e in evals], np.int32)
+            cv2.polylines(img, [pts], False, col, 1, cv2.LINE_AA)
+            for p in pts:
+                cv2.circle(img, tuple(int(v) for v in p), 3, col, -1, cv2.LINE_AA)
+        cv2.putText(img, "held-out accuracy (0..1): colour / shape / position", (m, h - 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        for i, (key, col) in enumerate(colours.items()):
+            cv2.putText(img, key, (w - m - 240 + 80 * i, 35), font, 0.45, col, 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), img)
+
+
+# ------------------------------------------------------------------------------------------------
+# VAE
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+        sample_size=64, mid_block_add_attention=False,
+    )
+
+
+def train_vae(args) -> None:
+    from diffusers import AutoencoderKL
+
+    work = TRAIN_DIR / "vae_work"
+    ckpt_path = work / "ckpt.pt"
+    torch.manual_seed(args.seed)
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr or 2e-3, weight_decay=0.0)
+    images, _ = training_data()
+    steps = args.steps or 1600
+    start, losses, elapsed0 = 0, [], 0.0
+    if args.resume and ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start, losses, elapsed0 = st["step"], st["losses"], st["elapsed"]
+        print(f"resumed at step {start}")
+    crop, batch = 32, 32
+    t0 = time.time()
+    last_save = t0
+    bar = tqdm(total=steps, initial=start, desc="vae", dynamic_ncols=True)
+    vae.train()
+    step = start
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(images), (batch,), generator=g).numpy()
+        # Random 32x32 crops on the 4-px latent grid: 4x cheaper than full pictures; the VAE is
+        # fully convolutional (no attention) so it carries over to 64x64.
+        full = step >= int(steps * 0.85)
+        if full:
+            x = to_tensor(images[idx[:16]])
+        else:
+            oy, ox = (torch.randint(0, (64 - crop) // 4 + 1, (2,), generator=g) * 4).tolist()
+            x = to_tensor(images[idx, oy: oy + crop, ox: ox + crop])
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, args.lr or 2e-3, warmup=50)
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / x[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", kl=f"{float(kl):.2f}", full=int(full))
+        if args.minutes and elapsed0 + time.time() - t0 > args.minutes * 60:
+            step += 1
+            break
+        if time.time() - last_save > 120:
+            save_ckpt(ckpt_path, model=vae.state_dict(), opt=opt.state_dict(), step=step + 1, losses=losses, elapsed=elapsed0 + time.time() - t0)
+            last_save = time.time()
+    else:
+        step = steps
+    bar.close()
+    elapsed = elapsed0 + time.time() - t0
+    save_ckpt(ckpt_path, model=vae.state_dict(), opt=opt.state_dict(), step=step, losses=losses, elapsed=elapsed)
+    vae.eval()
+    # Latent scale: 1 / std of the latent means over training pictures.
+    with torch.no_grad():
+        sample = images[:2000]
+        z = torch.cat([vae.encode(to_tensor(sample[i: i + 250])).latent_dist.mean for i in range(0, len(sample), 250)])
+        sf = float(1.0 / z.std())
+        vae.register_to_config(scaling_factor=sf)
+        ev_scenes = [W.sample_scene(random.Random(10_000 + i), held_out="any") for i in range(200)]
+        ev = np.stack([W.render(s) for s in ev_scenes])
+        rec = to_uint8(vae.decode(vae.encode(to_tensor(ev)).latent_dist.mean).sample)
+    acc = {k: float(np.mean([W.score(r, s)[k] for r, s in zip(rec, ev_scenes)])) for k in ("colour", "shape", "position", "size")}
+    psnr = float(10 * np.log10(255 ** 2 / np.mean((rec.astype(np.float32) - ev.astype(np.float32)) ** 2)))
+    out = TRAIN_DIR / "vae"
+    vae.save_pretrained(out)
+    log = {"steps": step, "seconds": round(elapsed), "scaling_factor": sf, "psnr": psnr, "detector_on_reconstructions": acc}
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    plot_losses(out / "loss_curve.png", losses, f"VAE: {step} steps, {elapsed / 60:.1f} min")
+    grid = np.concatenate([np.concatenate(list(ev[:8]), 1), np.concatenate(list(rec[:8]), 1)], 0)
+    cv2.imwrite(str(out / "reconstructions.png"), cv2.resize(grid[..., ::-1], None, fx=3, fy=3, interpolation=cv2.INTER_NEAREST))
+    print(json.dumps(log))
+
+
+def load_vae():
+    from diffusers import AutoencoderKL
+
+    folder = TRAIN_DIR / "vae"
+    if not (folder / "config.json").exists():
+        raise SystemExit("no trained VAE in .train/vae: run `python tools/train_default_models.py vae` first")
+    vae = AutoencoderKL.from_pretrained(folder)
+    vae.register_to_config(shift_factor=0.0)  # SD3 pipelines read it; SD ones ignore it
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+def cached_latents(vae) -> torch.Tensor:
+    """Scaled latent means of the training pictures, encoded once."""
+    path = TRAIN_DIR / f"latents_{N_TRAIN}_{DATA_SEED}.pt"
+    stamp = (TRAIN_DIR / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime
+    if path.exists():
+        st = torch.load(path)
+        if st.get("vae_mtime") == stamp:
+            return st["latents"]
+    images, _ = training_data()
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(images), 500), desc="encoding latents"):
+            out.append(vae.encode(to_tensor(images[i: i + 500])).latent_dist.mean * vae.config.scaling_factor)
+    lat = torch.cat(out)
+    torch.save({"latents": lat, "vae_mtime": stamp}, path)
+    return lat
+
+
+# ------------------------------------------------------------------------------------------------
+# Text encoders
+
+def make_text_encoder(tok, with_projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok), hidden_size=TEXT_DIM, intermediate_size=2 * TEXT_DIM, projection_dim=TEXT_DIM,
+        num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_LEN,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(cfg)
+
+
+# ------------------------------------------------------------------------------------------------
+# LDM
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(48, 96),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=1, cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4, norm_num_groups=16,
+    )
+
+
+def ldm_schedulers():
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                          prediction_type="epsilon", clip_sample=False, steps_offset=1)
+    sample = DPMSolverMultistepScheduler.from_config(train.config, algorithm_type="dpmsolver++", solver_order=2)
+    return train, sample
+
+
+@torch.no_grad()
+def sample_ldm(unet, text_encoder, vae, tok, prompts, steps=10, cfg=5.0, seed=0):
+    from diffusers import DPMSolverMultistepScheduler
+
+    _, sched = ldm_schedulers()
+    sched = DPMSolverMultistepScheduler.from_config(sched.config)
+    sched.set_timesteps(steps)
+    cond = text_encoder(tokenize(tok, prompts)).last_hidden_state
+    unc = text_encoder(tokenize(tok, [""] * len(prompts))).last_hidden_state
+    ctx = torch.cat([unc, cond])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(prompts), 4, 16, 16), generator=g) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        xi = sched.scale_model_input(torch.cat([x, x]), t)
+        e_u, e_c = unet(xi, t, ctx).sample.chunk(2)
+        x = sched.step(e_u + cfg * (e_c - e_u), t, x).prev_sample
+    return to_uint8(vae.decode(x / vae.config.scaling_factor).sample)
+
+
+def adherence(images: np.ndarray, scenes: list) -> dict[str, float]:
+    scores = [W.score(im, sc) for im, sc in zip(images, scenes)]
+    return {k: float(np.mean([s[k] for s in scores])) for k in ("colour", "shape", "position", "size")}
+
+
+def example_prompts() -> list[str]:
+    return [
+        "a large red circle in the centre, blue background",
+        "a small yellow star on the left, black background",
+        "a large white ring at the top, purple background",
+        "a large green triangle at the bottom, white background",
+        "a small blue square on the right, yellow background",
+        "a large orange cross in the centre, gray background",
+        "a large purple circle on the left and a large yellow square on the right, white background",
+        "a small black star at the top and a large red ring at the bottom, green and white background",
+    ]
+
+
+def train_ldm(args) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(args.seed)
+    vae = load_vae()
+    tok = load_tokenizer()
+    lat = cached_latents(vae)
+    _, captions = training_data()
+    ids = tokenize(tok, captions)
+    empty = tokenize(tok, [""])[0]
+    text_encoder = make_text_encoder(tok)
+    unet = make_unet()
+    modules = {"unet": unet, "text_encoder": text_encoder}
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    peak = args.lr or 1e-3
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
+    ema = EMA(modules, decay=0.998)
+    noise_sched, _ = ldm_schedulers()
+    acp = noise_sched.alphas_cumprod
+    steps, batch = args.steps or 2400, args.batch or 64
+    work = TRAIN_DIR / "ldm_work"
+    ckpt_path = work / "ckpt.pt"
+    start, losses, evals, elapsed0 = 0, [], [], 0.0
+    if args.resume and ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        for name, m in modules.items():
+            m.load_state_dict(st[name])
+        ema.shadow = st["ema"]
+        opt.load_state_dict(st["opt"])
+        start, losses, evals, elapsed0 = st["step"], st["losses"], st["evals"], st["elapsed"]
+        print(f"resumed at step {start}")
+    eval_scenes = W.eval_prompts(24, seed=99)
+    eval_caps = [s.caption for s in eval_scenes]
+
+    def checkpoint(step_done: int) -> None:
+        save_ckpt(ckpt_path, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), ema=ema.shadow,
+                  opt=opt.state_dict(), step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0)
+
+    def evaluate(step_done: int) -> dict:
+        eu, et = make_unet(), make_text_encoder(tok)
+        ema.copy_to({"unet": eu, "text_encoder": et})
+        imgs = sample_ldm(eu.eval(), et.eval(), vae, tok, eval_caps, steps=10, cfg=5.0, seed=0)
+        res = {"step": step_done, "minutes": round((elapsed0 + time.time() - t0) / 60, 1), **adherence(imgs, eval_scenes)}
+        evals.append(res)
+        tqdm.write(f"eval @ {step_done}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k not in ("step", "minutes")))
+        return res
+
+    t0 = time.time()
+    last_save = t0
+    unet.train()
+    text_encoder.train()
+    bar = tqdm(total=steps, initial=start, desc="ldm", dynamic_ncols=True)
+    step = start
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(lat), (batch,), generator=g)
+        x0 = lat[idx]
+        c = ids[idx].clone()
+        c[torch.rand(batch, generator=g) < 0.1] = empty  # text dropout: unconditional for CFG
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        xt = noise_sched.add_noise(x0, noise, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, peak)
+        ctx = text_encoder(c).last_hidden_state
+        pred = unet(xt, t, ctx).sample
+        snr = acp[t] / (1 - acp[t])
+        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting (epsilon prediction)
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(modules, step)
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        done = step + 1
+        if args.eval_every and done % args.eval_every == 0 and done < steps:
+            evaluate(done)
+        if time.time() - last_save > 180:
+            checkpoint(done)
+            last_save = time.time()
+        if args.minutes and elapsed0 + time.time() - t0 > args.minutes * 60:
+            tqdm.write(f"time limit reached at step {done}")
+            break
+    done = step + 1 if steps > start else start
+    bar.close()
+    checkpoint(done)
+    final = evaluate(done)
+    elapsed = elapsed0 + time.time() - t0
+
+    # The shipped weights are the EMA weights.
+    ema.copy_to(modules)
+    _, sched = ldm_schedulers()
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tok, unet=unet.eval(), scheduler=sched,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    out = Path(args.out) if args.out else CHECKPOINTS / "kiri-shapes-ldm"
+    save_pipeline(pipe, out, tok)
+    log = {"model": "kiri-shapes-ldm", "steps": done, "batch": batch, "seconds": round(elapsed), "final_loss_avg50": float(np.mean(losses[-50:])),
+           "unet_params": sum(p.numel() for p in unet.parameters()), "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
+           "vae_params": sum(p.numel() for p in vae.parameters()), "evals": evals, "final_eval": final,
+           "command": "python tools/train_default_models.py ldm" + (f" --steps {steps}" if args.steps else "")}
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    plot_losses(out / "loss_curve.png", losses, f"kiri-shapes-ldm: {done} steps, {elapsed / 60:.1f} min (min-SNR eps loss)", evals)
+    print(json.dumps({k: v for k, v in log.items() if k != "evals"}))
+
+
+def save_pipeline(pipe, out: Path, tok) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in out.iterdir():  # replace a previous export, keep nothing stale
+        if sub.is_dir():
+            shutil.rmtree(sub)
+    pipe.save_pretrained(out)
+    for folder in ("tokenizer", "tokenizer_2"):
+        if (out / folder).is_dir():
+            for name in ("vocab.json", "merges.txt"):
+                shutil.copy(TRAIN_DIR / "tokenizer" / name, out / folder / name)
+    (out / "kiri_examples.json").write_text(json.dumps(example_prompts(), indent=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# DiT: SD3-style MMDiT trained with rectified flow
+
+T5_TOKENS = 256  # StableDiffusion3Pipeline pads the prompt with this many zero "T5" tokens (max_sequence_length)
+
+
+class DedupJointAttnProcessor:
+    """JointAttnProcessor2_0 where the last context token stands for ``copies`` identical ones.
+
+    Without a T5 encoder the SD3 pipeline appends 256 all-zero tokens to the prompt. They stay
+    identical through every block (no positional embedding on text), so attending to 256 copies is
+    exactly attending to one copy whose logit is raised by log(256). Training with one copy is the
+    same function at a fraction of the cost."""
+
+    def __init__(self, copies: int = T5_TOKENS):
+        self.log_copies = math.log(copies)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        b = hidden_states.shape[0]
+        n_img = hidden_states.shape[1]
+
+        def heads(x):
+            return x.view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        q = heads(attn.to_q(hidden_states))
+        k = heads(attn.to_k(hidden_states))
+        v = heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        eq = heads(attn.add_q_proj(encoder_hidden_states))
+        ek = heads(attn.add_k_proj(encoder_hidden_states))
+        ev = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            eq = attn.norm_added_q(eq)
+        if attn.norm_added_k is not None:
+            ek = attn.norm_added_k(ek)
+        q, k, v = torch.cat([q, eq], 2), torch.cat([k, ek], 2), torch.cat([v, ev], 2)
+        bias = torch.zeros(k.shape[2], dtype=q.dtype)
+        bias[-1] = self.log_copies
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, 1, 1, -1))
+        out = out.transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1])
+        hs, enc = out[:, :n_img], out[:, n_img:]
+        if not attn.context_pre_only:
+            enc = attn.to_add_out(enc)
+        hs = attn.to_out[1](attn.to_out[0](hs))
+        return hs, enc
+
+
+def make_dit():
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=32,
+        num_attention_heads=3, joint_attention_dim=2 * TEXT_DIM, caption_projection_dim=96,
+        pooled_projection_dim=2 * TEXT_DIM, pos_embed_max_size=16,
+    )
+
+
+def dit_text(te1, te2, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt embeds as StableDiffusion3Pipeline builds them (penultimate CLIP layers side by side,
+    pooled projections side by side), with one zero token standing for the 256 T5 zeros."""
+    o1 = te1(ids, output_hidden_states=True)
+    o2 = te2(ids, output_hidden_states=True)
+    emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1)
+    pooled = torch.cat([o1.text_embeds, o2.text_embeds], -1)
+    emb = torch.cat([emb, torch.zeros(emb.shape[0], 1, emb.shape[2])], 1)
+    return emb, pooled
+
+
+@torch.no_grad()
+def sample_dit(dit, te1, te2, vae, tok, prompts, steps=10, cfg=5.0, seed=0):
+    emb, pooled = dit_text(te1, te2, tokenize(tok, prompts))
+    uemb, upooled = dit_text(te1, te2, tokenize(tok, [""] * len(prompts)))
+    ctx, pool = torch.cat([uemb, emb]), torch.cat([upooled, pooled])
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(prompts), 4, 16, 16), generator=g)
+    sig = torch.linspace(1.0, 0.0, steps + 1)
+    for i in range(steps):
+        t = torch.full((2 * len(prompts),), float(sig[i]) * 1000)
+        vu, vc = dit(torch.cat([x, x]), ctx, pool, t).sample.chunk(2)
+        x = x + (sig[i + 1] - sig[i]) * (vu + cfg * (vc - vu))
+    return to_uint8(vae.decode(x / vae.config.scaling_factor).sample)
+
+
+def train_dit(args) -> None:
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+    torch.manual_seed(args.seed)
+    vae = load_vae()
+    tok = load_tokenizer()
+    lat = cached_latents(vae)
+    _, captions = training_data()
+    ids = tokenize(tok, captions)
+    empty = tokenize(tok, [""])[0]
+    te1, te2 = make_text_encoder(tok, with_projection=True), make_text_encoder(tok, with_projection=True)
+    dit = make_dit()
+    dit.set_attn_processor(DedupJointAttnProcessor())
+    modules = {"transformer": dit, "text_encoder": te1, "text_encoder_2": te2}
+    params = [p for m in modules.values() for p in m.parameters()]
+    peak = args.lr or 1e-3
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
+    ema = EMA(modules, decay=0.998)
+    steps, batch = args.steps or 2400, args.batch or 64
+    ckpt_path = TRAIN_DIR / "dit_work" / "ckpt.pt"
+    start, losses, evals, elapsed0 = 0, [], [], 0.0
+    if args.resume and ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        for name, m in modules.items():
+            m.load_state_dict(st[name])
+        ema.shadow = st["ema"]
+        opt.load_state_dict(st["opt"])
+        start, losses, evals, elapsed0 = st["step"], st["losses"], st["evals"], st["elapsed"]
+        print(f"resumed at step {start}")
+    eval_scenes = W.eval_prompts(24, seed=99)
+    eval_caps = [s.caption for s in eval_scenes]
+
+    def checkpoint(step_done: int) -> None:
+        save_ckpt(ckpt_path, **{n: m.state_dict() for n, m in modules.items()}, ema=ema.shadow, opt=opt.state_dict(),
+                  step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0)
+
+    def evaluate(step_done: int) -> dict:
+        ed, e1, e2 = make_dit(), make_text_encoder(tok, True), make_text_encoder(tok, True)
+        ed.set_attn_processor(DedupJointAttnProcessor())
+        ema.copy_to({"transformer": ed, "text_encoder": e1, "text_encoder_2": e2})
+        imgs = sample_dit(ed.eval(), e1.eval(), e2.eval(), vae, tok, eval_caps, steps=10, cfg=5.0, seed=0)
+        res = {"step": step_done, "minutes": round((elapsed0 + time.time() - t0) / 60, 1), **adherence(imgs, eval_scenes)}
+        evals.append(res)
+        tqdm.write(f"eval @ {step_done}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k not in ("step", "minutes")))
+        return res
+
+    t0 = time.time()
+    last_save = t0
+    for m in modules.values():
+        m.train()
+    bar = tqdm(total=steps, initial=start, desc="dit", dynamic_ncols=True)
+    step = start
+    for step in range(start, steps):
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(lat), (batch,), generator=g)
+        x0 = lat[idx]
+        c = ids[idx].clone()
+        c[torch.rand(batch, generator=g) < 0.1] = empty
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal(0, 1)
+        tt = t.view(-1, 1, 1, 1)
+        xt = (1 - tt) * x0 + tt * noise  # sigma = t, as FlowMatchEulerDiscreteScheduler
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, peak)
+        emb, pooled = dit_text(te1, te2, c)
+        pred = dit(xt, emb, pooled, t * 1000).sample
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(modules, step)
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        done = step + 1
+        if args.eval_every and done % args.eval_every == 0 and done < steps:
+            evaluate(done)
+        if time.time() - last_save > 180:
+            checkpoint(done)
+            last_save = time.time()
+        if args.minutes and elapsed0 + time.time() - t0 > args.minutes * 60:
+            tqdm.write(f"time limit reached at step {done}")
+            break
+    done = step + 1 if steps > start else start
+    bar.close()
+    checkpoint(done)
+    final = evaluate(done)
+    elapsed = elapsed0 + time.time() - t0
+
+    ema.copy_to(modules)
+    dit.set_attn_processor(JointAttnProcessor2_0())
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    pipe = StableDiffusion3Pipeline(transformer=dit.eval(), scheduler=sched, vae=vae, text_encoder=te1.eval(), tokenizer=tok,
+                                    text_encoder_2=te2.eval(), tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
+    out = Path(args.out) if args.out else CHECKPOINTS / "kiri-shapes-dit"
+    save_pipeline(pipe, out, tok)
+    log = {"model": "kiri-shapes-dit", "steps": done, "batch": batch, "seconds": round(elapsed), "final_loss_avg50": float(np.mean(losses[-50:])),
+           "transformer_params": sum(p.numel() for p in dit.parameters()),
+           "text_encoder_params": sum(p.numel() for p in te1.parameters()) * 2, "evals": evals, "final_eval": final,
+           "command": "python tools/train_default_models.py dit" + (f" --steps {steps}" if args.steps else "")}
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    plot_losses(out / "loss_curve.png", losses, f"kiri-shapes-dit: {done} steps, {elapsed / 60:.1f} min (flow-matching loss)", evals)
+    print(json.dumps({k: v for k, v in log.items() if k != "evals"}))
+
+
+# ------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=["vae", "ldm", "dit"])
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: vae 1600, ldm 2400, dit 2400)")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this much training time, and save")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in .train/")
+    p.add_argument("--out", default=None, help="output folder (default models/checkpoints/kiri-shapes-ldm|dit)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=300, help="held-out adherence check every N steps (0: off)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    TRAIN_DIR.mkdir(parents=True, exist_ok=True)
+    if args.model == "vae":
+        train_vae(args)
+        return
+    if not (TRAIN_DIR / "vae" / "config.json").exists():
+        train_vae(argparse.Namespace(**{**vars(args), "steps": None, "lr": None, "resume": True}))
+    if args.model == "ldm":
+        train_ldm(args)
+    else:
+        train_dit(args)
+
+
+
+
+if __name__ == "__main__":
+    main()
