@@ -60,6 +60,13 @@ def kiri_server(models_dir, tmp_path_factory):
 
     sdapi.mount(server_app, engine, {"port": port})
     yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
+    # Stop and wait for running jobs: a torch thread alive at interpreter exit can abort it.
+    import time
+
+    engine.interrupt(None)
+    deadline = time.monotonic() + 60
+    while engine.jobs.active() and time.monotonic() < deadline:
+        time.sleep(0.1)
     app.close()
 
 

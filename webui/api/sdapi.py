@@ -146,8 +146,13 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
         state = {"skipped": False, "interrupted": bool(job and job.interrupted), "job": job.kind if job else "",
                  "job_count": len(jobs), "job_timestamp": "", "job_no": (job.batch_no - 1) if job else 0,
                  "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
+        current = None
+        if job is not None and job.preview is not None and not skip_current_image:
+            buffer = io.BytesIO()
+            job.preview.save(buffer, format="PNG")
+            current = base64.b64encode(buffer.getvalue()).decode()
         return {"progress": job.fraction if job else 0.0, "eta_relative": (job.eta_seconds or 0.0) if job else 0.0,
-                "state": state, "current_image": None, "textinfo": job.describe() if job else None}
+                "state": state, "current_image": current, "textinfo": job.describe() if job else None}
 
     @router.post("/interrupt")
     def interrupt() -> dict:

@@ -37,11 +37,12 @@ class Settings:
     default_model: str | None = None
     save_images: bool = True
     image_format: str = "png"
+    preview_every: int = 5  # live preview every N steps; 0 turns previews off
     extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
     disabled_extensions: list[str] = field(default_factory=list)
     allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
 
-    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions")
+    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
 
     def extensions_dirs(self) -> list[tuple[Path, str]]:
         dirs = [(BUILTIN_EXTENSIONS, "built-in")]

@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 ProgressListener = Callable[["Job"], None]
 
@@ -26,6 +26,8 @@ class Job:
     batch_count: int = 1
     started_at: float = field(default_factory=time.monotonic)
     label: str = ""  # shown before the progress text, e.g. "Cell 3/8"
+    preview: Any = None  # PIL image of the latest live preview, if previews are on
+    preview_step: int = 0
     listeners: list[ProgressListener] = field(default_factory=list)
     _interrupt: threading.Event = field(default_factory=threading.Event)
 

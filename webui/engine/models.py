@@ -57,6 +57,15 @@ class LoadedModel:
     def __post_init__(self) -> None:
         # Samplers are built from the checkpoint's own scheduler config, kept before any swap.
         self._base_config = dict(self.pipeline.scheduler.config)
+        self._previewer = None
+
+    @property
+    def previewer(self):
+        if self._previewer is None:
+            from .preview import LatentPreviewer
+
+            self._previewer = LatentPreviewer(self.pipeline)
+        return self._previewer
 
 
 class ModelManager:

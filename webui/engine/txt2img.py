@@ -71,7 +71,8 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
             generators = _generators(seeds)
             scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
             try:
-                images = _run_pipeline(model, scheduler, prompt, negative, request, generators, job, engine.hooks)
+                images = _run_pipeline(model, scheduler, prompt, negative, request, generators, job, engine.hooks,
+                                       engine.settings.preview_every)
                 images = engine.hooks.transform("after_generate", images, request)
             except Interrupted:
                 result.interrupted = True
@@ -101,13 +102,15 @@ def _generators(seeds: list[int]) -> list[Any]:
 
 
 def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: str, request: Txt2ImgRequest,
-                  generators: list[Any], job: Job, hooks: Hooks) -> list["Image.Image"]:
+                  generators: list[Any], job: Job, hooks: Hooks, preview_every: int = 0) -> list["Image.Image"]:
     import torch
 
     pipeline = model.pipeline
     pipeline.scheduler = scheduler
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if preview_every and job.preview_step >= 0 and (step + 1) % preview_every == 0 and "latents" in tensors:
+            _preview(model, tensors["latents"], request, job, step + 1)
         job.advance(step + 1)
         if hooks.on_step and "latents" in tensors:
             hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, tensors["latents"].detach().clone()))
@@ -131,6 +134,14 @@ def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: s
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     with torch.inference_mode():
         return list(pipeline(**kwargs).images)
+
+
+def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: Job, step: int) -> None:
+    try:
+        job.preview, job.preview_step = model.previewer(latents, request.height, request.width), step
+    except Exception as exc:  # noqa: BLE001 - a preview must never stop a generation
+        log.warning("live preview failed, turning it off for this job: %s", exc)
+        job.preview_step = -1
 
 
 def _fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str]) -> str:

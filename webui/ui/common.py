@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Callable, Generator, Iterator
 
 import gradio as gr
 
@@ -41,3 +42,29 @@ def selected_title(engine: Engine) -> str | None:
     except KiriError:
         return None
     return engine.catalog.title(entry)
+
+
+def stream_job(work: Callable[[], Any], job: Any, progress: Any, show: Callable[[Any], Any]) -> Generator[Any, None, Any]:
+    """Run `work` in a helper thread; meanwhile update the progress bar and yield `show(preview)`
+    for each new live preview. Returns what `work` returned, or raises what it raised."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the handler's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="kiri-ui-job", daemon=True)
+    worker.start()
+    shown = None
+    while worker.is_alive():
+        worker.join(0.25)
+        if job.steps:
+            progress((job.step, job.steps), desc=job.describe(), unit="steps")
+        if job.preview is not None and job.preview is not shown:
+            shown = job.preview
+            yield show(shown)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]

@@ -15,7 +15,7 @@ from webui.engine.requests import Txt2ImgRequest
 from webui.engine.samplers import SCHEDULES, default_sampler
 from webui.engine.xy_grid import AXES, NOTHING, xy_grid
 
-from .common import GPU_QUEUE, owner_of, user_errors
+from .common import GPU_QUEUE, owner_of, stream_job, user_errors
 
 
 @dataclass
@@ -83,12 +83,13 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
 
     def run(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count,
             request: gr.Request, progress: gr.Progress = gr.Progress()):
-        """Generate images from text; returns gallery images, the first infotext and a status line."""
-        job = _job_with_progress("txt2img", request, progress)
+        """Generate images from text; yields live previews, then the images, the first infotext and a status line."""
+        job = Job(kind="txt2img", owner=owner_of(request))
         started = time.perf_counter()
         with user_errors():
             req = _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count)
-            result = engine.txt2img(req, job)
+            result = yield from stream_job(lambda: engine.txt2img(req, job), job, progress,
+                                           lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
         for warning in result.warnings:
             gr.Warning(warning)
         elapsed = time.perf_counter() - started
@@ -98,7 +99,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         if result.paths:
             note += f" Saved to `{result.paths[0].parent}`."
         shown = [str(p) for p in result.paths] if result.paths else result.images
-        return shown, (result.infotexts[0] if result.infotexts else ""), note
+        yield shown, (result.infotexts[0] if result.infotexts else ""), note
 
     inputs = dict(prompt=prompt, negative_prompt=negative, sampler_name=sampler_dd, scheduler=schedule_dd, steps=steps, cfg_scale=cfg,
                   seed=seed, width=width, height=height, batch_size=batch_size, batch_count=batch_count)

@@ -1,0 +1,61 @@
+"""Cheap live previews: latents to RGB by a linear map fitted once to the model's own VAE.
+
+Decoding with the VAE at every few steps costs as much as a step on big models. A 1x1 linear map
+from latent channels to RGB (what AUTOMATIC1111's "Approx cheap" uses, with per-family tables)
+is nearly free; fitting it once to what the loaded VAE decodes makes it right for any family,
+Kiri's own models included, without tables to keep up to date.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class LatentPreviewer:
+    def __init__(self, pipeline: Any):
+        self.pipeline = pipeline
+        self._weights = None  # (channels + 1, 3): linear map with bias
+
+    def __call__(self, latents: Any, height: int, width: int) -> Any:
+        """A small PIL image of the first latent in the batch."""
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        latents = self._unpacked(latents, height, width)[:1].float().cpu()
+        if self._weights is None:
+            self._weights = self._fit(latents.shape[1])
+        flat = latents[0].permute(1, 2, 0).reshape(-1, latents.shape[1])
+        rgb = torch.cat([flat, torch.ones(len(flat), 1)], 1) @ self._weights
+        pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).reshape(latents.shape[2], latents.shape[3], 3).numpy().astype(np.uint8)
+        return Image.fromarray(pixels)
+
+    def _unpacked(self, latents: Any, height: int, width: int) -> Any:
+        if latents.ndim == 3 and hasattr(self.pipeline, "_unpack_latents"):  # Flux packs 2x2 patches
+            return self.pipeline._unpack_latents(latents, height, width, self.pipeline.vae_scale_factor)
+        return latents
+
+    def _fit(self, channels: int) -> Any:
+        """Least squares from pipeline-space latents to what the VAE decodes them to.
+
+        Latents are drawn at unit variance (what scaling_factor aims for), blocky like images.
+        """
+        import torch
+
+        vae = self.pipeline.vae
+        generator = torch.Generator().manual_seed(0)
+        blocks = torch.randn((16, channels, 4, 4), generator=generator)
+        latents = torch.nn.functional.interpolate(blocks, size=(8, 8), mode="nearest")
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        with torch.inference_mode():
+            param = next(vae.parameters())
+            raw = (latents / vae.config.scaling_factor + shift).to(param.device, param.dtype)
+            images = vae.decode(raw).sample.float().cpu()
+        target = torch.nn.functional.interpolate(images, size=latents.shape[2:], mode="area")
+        x = latents.permute(0, 2, 3, 1).reshape(-1, channels)
+        y = target.permute(0, 2, 3, 1).reshape(-1, 3)
+        x = torch.cat([x, torch.ones(len(x), 1)], 1)
+        return torch.linalg.lstsq(x, y).solution
