@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     launch_kwargs = dict(
         server_name=server, server_port=args.port, auth=ui_login, css=CSS, max_file_size=f"{args.max_upload_mb}mb",
         allowed_paths=[str(settings.outputs_dir.resolve())], prevent_thread_lock=True, quiet=True,
-        footer_links=[],
+        footer_links=[], app_kwargs={"docs_url": "/docs"},  # the /sdapi/v1 routes are documented there
     )
     server_app, _, _ = app.launch(share=args.share, **launch_kwargs)
     from webui.api import sdapi

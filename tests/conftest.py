@@ -55,7 +55,7 @@ def kiri_server(models_dir, tmp_path_factory):
     app = build(engine, tmp_path_factory.mktemp("settings") / "settings.json")
     app.queue(default_concurrency_limit=1)
     server_app, _, _ = app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                                  css=CSS, allowed_paths=[str(outputs)])
+                                  css=CSS, allowed_paths=[str(outputs)], app_kwargs={"docs_url": "/docs"})
     from webui.api import sdapi
 
     sdapi.mount(server_app, engine, {"port": port})

@@ -63,6 +63,20 @@ def test_interrupt_keeps_finished_images(engine):
     assert result.paths[0].exists()
 
 
+def test_skip_drops_only_the_current_batch(engine):
+    job, asked = Job(), []
+
+    def skip_once(j: Job) -> None:
+        if j.batch_no == 2 and j.step == 1 and not asked:
+            asked.append(True)
+            j.skip()
+
+    job.listeners.append(skip_once)
+    result = engine.txt2img(small(n_iter=3, steps=3, seed=50), job)
+    assert not result.interrupted
+    assert result.seeds == [50, 52]
+
+
 def test_dit_family_generates(engine):
     result = engine.txt2img(small(model="tiny-sd3", sampler_name="Flow Euler"))
     assert result.images[0].size == (64, 64)

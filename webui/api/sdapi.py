@@ -161,7 +161,7 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
 
     @router.post("/skip")
     def skip() -> dict:
-        engine.interrupt(None)  # Kiri has no per-image skip yet: stopping keeps finished images, as skip does
+        engine.jobs.skip(None)
         return {}
 
     @router.get("/options")

@@ -31,3 +31,7 @@ class NoModelAvailable(KiriError):
 
 class Interrupted(Exception):
     """Raised inside a denoising loop to stop a job; finished images are kept."""
+
+
+class Skipped(Exception):
+    """Raised inside a denoising loop to drop the current batch and go on with the next."""

@@ -30,9 +30,20 @@ class Job:
     preview_step: int = 0
     listeners: list[ProgressListener] = field(default_factory=list)
     _interrupt: threading.Event = field(default_factory=threading.Event)
+    _skip: threading.Event = field(default_factory=threading.Event)
 
     def interrupt(self) -> None:
         self._interrupt.set()
+
+    def skip(self) -> None:
+        """Drop the batch being denoised and go on with the next, as AUTOMATIC1111's Skip does."""
+        self._skip.set()
+
+    def take_skip(self) -> bool:
+        if self._skip.is_set():
+            self._skip.clear()
+            return True
+        return False
 
     @property
     def interrupted(self) -> bool:
@@ -98,6 +109,13 @@ class JobBoard:
             jobs = [j for j in self._jobs.values() if owner is None or j.owner == owner]
         for job in jobs:
             job.interrupt()
+        return len(jobs)
+
+    def skip(self, owner: str | None = None) -> int:
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if owner is None or j.owner == owner]
+        for job in jobs:
+            job.skip()
         return len(jobs)
 
     def active(self) -> list[Job]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import Interrupted
+from .errors import Interrupted, Skipped
 from .hooks import Hooks, StepInfo
 from .infotext import build_infotext
 from .jobs import Job
@@ -77,6 +77,9 @@ def txt2img(engine: "Engine", request: Txt2ImgRequest, job: Job | None = None) -
             except Interrupted:
                 result.interrupted = True
                 break
+            except Skipped:
+                job.finish_images(0)
+                continue
             finally:
                 getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
             job.finish_images(len(images))
@@ -116,6 +119,8 @@ def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: s
             hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, tensors["latents"].detach().clone()))
         if job.interrupted:
             raise Interrupted()
+        if job.take_skip():
+            raise Skipped()
         return tensors
 
     kwargs: dict[str, Any] = dict(

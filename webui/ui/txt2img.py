@@ -77,6 +77,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1)
+                skip = gr.Button("Skip", elem_id="txt2img-skip", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="txt2img-gallery")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
             status = gr.Markdown(elem_id="txt2img-status")
@@ -133,6 +134,12 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         return "Interrupting after the current step…" if told else "Nothing is running."
 
     interrupt.click(stop, None, status, api_name="interrupt", queue=False)
+
+    def skip_batch(request: gr.Request) -> str:
+        told = engine.jobs.skip(owner_of(request))
+        return "Skipping the current batch…" if told else "Nothing is running."
+
+    skip.click(skip_batch, None, status, api_name="skip", queue=False)
     random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
 
     def show_selected(evt: gr.SelectData) -> str:
