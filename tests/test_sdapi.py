@@ -126,3 +126,24 @@ def test_api_auth_guards_every_route(engine):
     assert client.post("/sdapi/v1/interrupt").status_code == 401
     big = client.post("/sdapi/v1/png-info", json={"image": "A" * 5000}, auth=("ann", "s3cret"))
     assert big.status_code == 413
+
+
+def test_extras_upscale_single_and_batch(api, kiri_server):
+    image = Image.new("RGB", (16, 8), "red")
+    result = api.extra_single_image(image=image, upscaler_1="Lanczos", upscaling_resize=3)
+    assert result.image.size == (48, 24)
+    batch = api.extra_batch_images(images=[image, Image.new("RGB", (10, 10), "blue")], upscaler_1="Nearest",
+                                   resize_mode=1, upscaling_resize_w=20, upscaling_resize_h=20)
+    assert [im.size for im in batch.images] == [(20, 20), (20, 20)]
+    bad = requests.post(kiri_server["url"] + "sdapi/v1/extra-single-image",
+                        json={"image": base64.b64encode(b"nope").decode(), "upscaler_1": "Lanczos"})
+    assert bad.status_code == 422
+    unknown = requests.post(kiri_server["url"] + "sdapi/v1/extra-single-image", json={
+        "image": api_b64(image), "upscaler_1": "R-ESRGAN 4x+"})
+    assert unknown.status_code == 422 and "unknown upscaler" in unknown.text
+
+
+def api_b64(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -45,3 +45,27 @@ class PngInfoBody(BaseModel):
 
 class ProgressQuery(BaseModel):
     skip_current_image: bool = False
+
+
+class ExtraSingleBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str
+    resize_mode: int = 0  # 0: by scale, 1: to width x height
+    upscaling_resize: float = 2
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+
+
+class ImageItem(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtraBatchBody(ExtraSingleBody):
+    image: str = ""
+    imageList: list[ImageItem] = Field(default_factory=list)

@@ -22,7 +22,9 @@ from webui.engine.jobs import Job
 from webui.engine.requests import Txt2ImgRequest
 from webui.engine.samplers import SCHEDULES
 
-from .models import PngInfoBody, Txt2ImgBody
+from webui.engine.upscale import builtin_upscalers, target_size, upscale
+
+from .models import ExtraBatchBody, ExtraSingleBody, PngInfoBody, Txt2ImgBody
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a decoded upload larger than this is refused (decompression bombs)
 
@@ -130,6 +132,28 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
         images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if body.send_images else []
         return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
 
+    def extras(image, body: ExtraSingleBody):
+        if body.resize_mode == 1:
+            size = target_size(image.width, image.height, to_width=body.upscaling_resize_w, to_height=body.upscaling_resize_h)
+        else:
+            size = target_size(image.width, image.height, scale=body.upscaling_resize)
+        result = upscale(image, size, body.upscaler_1, body.upscaler_2, body.extras_upscaler_2_visibility, body.upscaling_crop)
+        buffer = io.BytesIO()
+        result.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode(), f"<p>Upscaler: {body.upscaler_1}, {result.width}x{result.height}</p>"
+
+    @router.post("/extra-single-image")
+    def extra_single_image(body: ExtraSingleBody) -> dict:
+        encoded, html = extras(decode_image(body.image), body)
+        return {"image": encoded, "html_info": html}
+
+    @router.post("/extra-batch-images")
+    def extra_batch_images(body: ExtraBatchBody) -> dict:
+        if not body.imageList:
+            raise InvalidRequest("imageList", "imageList is empty")
+        results = [extras(decode_image(item.data, "imageList"), body) for item in body.imageList]
+        return {"images": [encoded for encoded, _ in results], "html_info": results[0][1]}
+
     @router.post("/png-info")
     def png_info(body: PngInfoBody) -> dict:
         image = decode_image(body.image)
@@ -234,7 +258,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
 
     @router.get("/upscalers")
     def upscalers() -> list:
-        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1}]
+        return [{"name": u.name, "model_name": None, "model_path": None, "model_url": None, "scale": 4 if u.resample else 1}
+                for u in builtin_upscalers()]
 
     @router.get("/loras")
     def loras() -> list:
