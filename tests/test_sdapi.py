@@ -147,3 +147,13 @@ def api_b64(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_decompression_bomb_is_refused(kiri_server):
+    bomb = Image.new("1", (12000, 12000))  # 144 M pixels, a few kB as PNG
+    buffer = io.BytesIO()
+    bomb.save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 100_000
+    response = requests.post(kiri_server["url"] + "sdapi/v1/png-info",
+                             json={"image": base64.b64encode(buffer.getvalue()).decode()}, timeout=30)
+    assert response.status_code == 422 and "more pixels than Kiri accepts" in response.text
