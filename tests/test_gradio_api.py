@@ -84,3 +84,12 @@ def test_extension_install_is_refused_when_not_allowed(client, tmp_path):
 
     with pytest.raises(AppError, match="Installing from the UI is off"):
         client.predict(str(tmp_path), api_name="/install_extension")
+
+
+def test_sampler_lab_plots_a_comparison(client):
+    plot, table = client.predict(["Euler", "DDIM", "Flow Euler"], "Noise (epsilon)", "Automatic", "4, 16",
+                                 api_name="/sampler_check")
+    image = Image.open(plot)
+    assert image.size[0] > 200 and image.size[1] > 150
+    assert "| Euler | epsilon |" in table and "| DDIM | epsilon |" in table
+    assert "Not shown" in table and "Flow Euler" in table  # it does not fit a noise-prediction model

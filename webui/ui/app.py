@@ -8,7 +8,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from . import extensions_tab, model_picker, png_info, settings, txt2img
+from . import extensions_tab, model_picker, png_info, sampler_lab, settings, txt2img
 
 NOT_YET = "**{name}** is not built yet: it is planned, and this tab will hold it."
 TXT2IMG_TAB = "txt2img"
@@ -27,6 +27,8 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                     gr.Markdown(NOT_YET.format(name=name))
             with gr.Tab("PNG info", id="png_info"):
                 png_info.render(engine, t2i, tabs, TXT2IMG_TAB)
+            with gr.Tab("Sampler lab", id="sampler_lab"):
+                sampler_lab.render(engine)
             with gr.Tab("Settings", id="settings"):
                 settings.render(engine, settings_file)
             with gr.Tab("Extensions", id="extensions"):
