@@ -105,17 +105,16 @@ class JobBoard:
 
     def interrupt(self, owner: str | None = None) -> int:
         """Interrupt the jobs of `owner` (all jobs when None); returns how many were told."""
-        with self._lock:
-            jobs = [j for j in self._jobs.values() if owner is None or j.owner == owner]
-        for job in jobs:
-            job.interrupt()
-        return len(jobs)
+        return self._tell(owner, Job.interrupt)
 
     def skip(self, owner: str | None = None) -> int:
+        return self._tell(owner, Job.skip)
+
+    def _tell(self, owner: str | None, action: Callable[[Job], None]) -> int:
         with self._lock:
             jobs = [j for j in self._jobs.values() if owner is None or j.owner == owner]
         for job in jobs:
-            job.skip()
+            action(job)
         return len(jobs)
 
     def active(self) -> list[Job]:
