@@ -64,7 +64,8 @@ class LoadedModel:
         if self._previewer is None:
             from .preview import LatentPreviewer
 
-            self._previewer = LatentPreviewer(self.pipeline)
+            tiny = self.entry.path.parent.parent / "taesd" / self.family  # models/taesd/<family>/
+            self._previewer = LatentPreviewer(self.pipeline, tiny)
         return self._previewer
 
 

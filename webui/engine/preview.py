@@ -3,34 +3,63 @@
 Decoding with the VAE at every few steps costs as much as a step on big models. A 1x1 linear map
 from latent channels to RGB (what AUTOMATIC1111's "Approx cheap" uses, with per-family tables)
 is nearly free; fitting it once to what the loaded VAE decodes makes it right for any family,
-Kiri's own models included, without tables to keep up to date.
+Kiri's own models included, without tables to keep up to date. When a TAESD-style tiny decoder
+(a diffusers AutoencoderTiny folder) is in models/taesd/<family>/, it is used instead: a real,
+full-size picture for a fraction of the VAE's cost.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
 class LatentPreviewer:
-    def __init__(self, pipeline: Any):
+    def __init__(self, pipeline: Any, tiny_decoder_dir: Path | None = None):
         self.pipeline = pipeline
         self._weights = None  # (channels + 1, 3): linear map with bias
+        self._tiny_dir = tiny_decoder_dir if tiny_decoder_dir and (tiny_decoder_dir / "config.json").exists() else None
+        self._tiny = None
+
+    @property
+    def method(self) -> str:
+        return "taesd" if self._tiny_dir else "linear"
 
     def __call__(self, latents: Any, height: int, width: int) -> Any:
-        """A small PIL image of the first latent in the batch."""
+        """A PIL image of the first latent in the batch."""
         import numpy as np
         import torch
         from PIL import Image
 
-        latents = self._unpacked(latents, height, width)[:1].float().cpu()
+        latents = self._unpacked(latents, height, width)[:1]
+        if self._tiny_dir is not None:
+            return self._decode_tiny(latents)
+        latents = latents.float().cpu()
         if self._weights is None:
             self._weights = self._fit(latents.shape[1])
         flat = latents[0].permute(1, 2, 0).reshape(-1, latents.shape[1])
         rgb = torch.cat([flat, torch.ones(len(flat), 1)], 1) @ self._weights
         pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).reshape(latents.shape[2], latents.shape[3], 3).numpy().astype(np.uint8)
+        return Image.fromarray(pixels)
+
+    def _decode_tiny(self, latents: Any) -> Any:
+        import torch
+        from diffusers import AutoencoderTiny
+        from PIL import Image
+
+        vae = self.pipeline.vae
+        if self._tiny is None:
+            param = next(vae.parameters())
+            self._tiny = AutoencoderTiny.from_pretrained(str(self._tiny_dir), local_files_only=True).to(param.device, param.dtype)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        with torch.inference_mode():
+            param = next(self._tiny.parameters())
+            raw = latents.to(param.device, param.dtype) / vae.config.scaling_factor + shift
+            image = self._tiny.decode(raw).sample[0].float().clamp(-1, 1)
+        pixels = ((image + 1) * 127.5).permute(1, 2, 0).byte().cpu().numpy()
         return Image.fromarray(pixels)
 
     def _unpacked(self, latents: Any, height: int, width: int) -> Any:
