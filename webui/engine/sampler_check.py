@@ -200,7 +200,7 @@ def render_plot(rows: Sequence[CheckRow], path: str | Path) -> Path:
     if hi_x - lo_x < 1e-9:
         lo_x, hi_x = lo_x - 0.5, hi_x + 0.5
 
-    pw, ph, margin_l, margin_b, margin_t, legend_w = 420, 360, 70, 50, 40, 190
+    pw, ph, margin_l, margin_b, margin_t, legend_w = 420, 360, 70, 50, 40, 250
     width = margin_l + len(predictions) * (pw + 30) + legend_w
     height = max(margin_t + ph + margin_b, margin_t + 16 * (len(samplers) + 2))
     img = np.full((height, width, 3), 255, np.uint8)
