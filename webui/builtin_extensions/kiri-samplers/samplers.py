@@ -5,5 +5,5 @@ from webui.engine.samplers import BUILTIN_SAMPLERS
 
 def register(kiri) -> None:
     for sampler in BUILTIN_SAMPLERS:
-        kiri.add_sampler(sampler.name, scheduler=sampler.scheduler, options=sampler.options, fits=sampler.fits,
-                         aliases=sampler.aliases)
+        kiri.add_sampler(sampler.name, scheduler=sampler.scheduler, function=sampler.function, options=sampler.options,
+                         fits=sampler.fits, aliases=sampler.aliases)
