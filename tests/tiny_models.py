@@ -173,3 +173,24 @@ def save_config_folder(folder: Path, out_dir: Path) -> Path:
     """The diffusers folder without weights: what models/configs/<family>/ holds for single files."""
     shutil.copytree(folder, out_dir, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
     return out_dir
+
+
+def make_tiny_sd_inpaint(folder: Path) -> Path:
+    """A StableDiffusionInpaintPipeline folder: a dedicated inpainting UNet reads 9 channels
+    (4 noisy latent, 1 mask, 4 masked-image latent)."""
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=9, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=32,
+    )
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False)
+    pipe = StableDiffusionInpaintPipeline(
+        unet=unet, vae=_vae(), text_encoder=_text_encoder(), tokenizer=_tokenizer(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder

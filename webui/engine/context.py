@@ -41,6 +41,7 @@ class Settings:
     extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
     disabled_extensions: list[str] = field(default_factory=list)
     allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
+    max_pixels: int = 4096 * 4096  # bigger init images for Image to image are refused
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
 
@@ -125,6 +126,19 @@ class Engine:
         self.jobs.add(job)
         try:
             return txt2img(self, request, job)
+        finally:
+            self.jobs.remove(job)
+
+    def img2img(self, request, job: Job | None = None) -> GenerationResult:
+        """Image to image, inpainting and outpainting (see img2img.py), with the same hooks and jobs."""
+        from .img2img import img2img
+
+        job = job or Job(kind="img2img")
+        request = self.hooks.transform("before_generate", request)
+        request.validate()
+        self.jobs.add(job)
+        try:
+            return img2img(self, request, job)
         finally:
             self.jobs.remove(job)
 

@@ -1,0 +1,401 @@
+"""Image to image, inpainting and outpainting: prepare image and mask, denoise, paste back, save.
+
+Kiri does the mask work itself (blur, "only masked" crop at full resolution, feathered
+paste-back), so the promise "pixels outside the mask are kept exactly" is Kiri's, not a
+pipeline's. diffusers' image-to-image and inpainting pipelines are derived from the loaded
+model with `from_pipe` (same weights, no reload); a 9-channel UNet is a dedicated inpainting
+checkpoint and is used as it is.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import Interrupted, InvalidRequest, Skipped
+from .hooks import StepInfo
+from .infotext import build_infotext
+from .jobs import Job
+from .outputs import dated_dir, save_image
+from .requests import Txt2ImgRequest, _require_range, random_seed
+from .samplers import check_fits, default_sampler
+from .txt2img import GenerationResult, _fit_prompt, _generators, _preview
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .context import Engine
+    from .models import LoadedModel
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+MAX_MASK_BLUR = 64
+MAX_PADDING = 256
+MAX_OUTPAINT = 1024
+
+
+@dataclass
+class Img2ImgRequest(Txt2ImgRequest):
+    """A1111's /sdapi/v1/img2img fields; width and height are the size the model denoises at."""
+
+    init_image: Any = None  # PIL image
+    denoising_strength: float = 0.75
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill
+    mask: Any = None  # PIL image or None; white = repaint
+    mask_blur: int = 4
+    inpainting_mask_invert: int = 0
+    inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # True: "only masked"
+    inpaint_full_res_padding: int = 32
+
+    def validate(self) -> None:
+        super().validate()
+        from PIL import Image
+
+        if not isinstance(self.init_image, Image.Image):
+            raise InvalidRequest("init_image", "the init image is missing or is not an image: upload a PNG, JPEG or WebP picture")
+        if not isinstance(self.denoising_strength, (int, float)) or not 0 <= self.denoising_strength <= 1:
+            raise InvalidRequest("denoising_strength", f"denoising strength must be between 0 and 1 (got {self.denoising_strength!r})")
+        _require_range("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
+        _require_range("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
+        _require_range("inpainting_mask_invert", int(self.inpainting_mask_invert) if isinstance(self.inpainting_mask_invert, bool)
+                       else self.inpainting_mask_invert, 0, 1)
+        _require_range("inpainting_fill", self.inpainting_fill, 0, len(MASKED_CONTENT) - 1)
+        _require_range("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_PADDING)
+        if self.mask is not None and not isinstance(self.mask, Image.Image):
+            raise InvalidRequest("mask", "the mask is not an image: upload a black and white picture (white = repaint)")
+
+
+def check_pixels(image: "Image.Image", max_pixels: int, field: str = "init_image") -> None:
+    if image.width * image.height > max_pixels:
+        raise InvalidRequest(field, f"the image is {image.width}x{image.height} = {image.width * image.height} pixels; "
+                                    f"the limit is {max_pixels} (Settings: max_pixels)")
+
+
+def img2img(engine: "Engine", request: Img2ImgRequest, job: Job | None = None) -> GenerationResult:
+    job = job or Job(kind="img2img")
+    job.image_count, job.batch_count = request.total_images, request.n_iter
+    result = GenerationResult()
+    # 1. Check the images and prepare what the model will see: base picture, mask, crop box.
+    check_pixels(request.init_image, engine.settings.max_pixels)
+    plan = prepare(request, result.warnings)
+    with engine.turn(job.owner):
+        # 2. The model and the sampler, as for Text to image.
+        model = engine.models.get(request.model, preferred=engine.settings.default_model)
+        sampler_name = request.sampler_name or default_sampler(model.prediction)
+        sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
+        check_fits(engine.samplers, sampler, model.prediction)
+        sampler.build(model.base_scheduler_config, schedule, model.prediction)
+        result.model_name, result.sampler_name, result.schedule = model.name, sampler.name, schedule
+        prompt = _fit_prompt(model, request.prompt, "prompt", result.warnings)
+        negative = _fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
+
+    steps = int(request.steps * request.denoising_strength)
+    if steps == 0:
+        result.warnings.append("Denoising strength x steps is below one step: the init image is returned unchanged.")
+    # 3. Denoise batch after batch, each image's noise from its own seed.
+    base_seed = request.seed if request.seed != -1 else random_seed()
+    out_dir = dated_dir(engine.settings.outputs_dir, "img2img")
+    for batch_no in range(1, request.n_iter + 1):
+        first = base_seed + (batch_no - 1) * request.batch_size
+        seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
+        with engine.turn(job.owner):
+            if job.interrupted:
+                result.interrupted = True
+                break
+            model = engine.models.get(result.model_name)
+            job.start_batch(batch_no, max(steps, 1))
+            generators = _generators(seeds)
+            scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
+            try:
+                if steps == 0:
+                    images = [plan.model_image.copy() for _ in seeds]
+                else:
+                    images = _run_pipeline(model, scheduler, prompt, negative, request, plan, seeds, generators, job, engine)
+                images = [plan.paste_back(image) for image in images]
+                images = engine.hooks.transform("after_generate", images, request)
+            except Interrupted:
+                result.interrupted = True
+                break
+            except Skipped:
+                job.finish_images(0)
+                continue
+            finally:
+                getattr(scheduler, "close", lambda: None)()
+            job.finish_images(len(images))
+        # 4. Save each image with its parameters, the mask settings included.
+        for seed, image in zip(seeds, images):
+            info = build_infotext(prompt, negative, _infotext_params(request, model, sampler.name, schedule, seed))
+            if engine.settings.save_images:
+                result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
+            result.images.append(image)
+            result.infotexts.append(info)
+            result.seeds.append(seed)
+        if job.interrupted:
+            result.interrupted = True
+            break
+    return result
+
+
+# --- image and mask preparation -------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """What the model denoises (model_image, model_mask) and how its output goes back into base."""
+
+    base: "Image.Image"  # the picture the output is pasted into, at the output size
+    model_image: "Image.Image"  # width x height, masked content already applied
+    model_mask: "Image.Image | None"  # width x height, L, blurred
+    paste_mask: "Image.Image | None"  # base size, L, blurred: 0 keeps base pixels exactly
+    box: tuple[int, int, int, int] | None  # "only masked": crop box in base
+
+    def paste_back(self, image: "Image.Image") -> "Image.Image":
+        from PIL import Image
+
+        image = image.convert("RGB")
+        if self.paste_mask is None:
+            return image
+        if self.box is None:
+            generated = image.resize(self.base.size, Image.LANCZOS) if image.size != self.base.size else image
+        else:
+            x0, y0, x1, y1 = self.box
+            generated = self.base.copy()
+            generated.paste(image.resize((x1 - x0, y1 - y0), Image.LANCZOS), (x0, y0))
+        return Image.composite(generated, self.base, self.paste_mask)
+
+
+def prepare(request: Img2ImgRequest, warnings: list[str]) -> Plan:
+    from PIL import Image, ImageFilter
+
+    image = request.init_image.convert("RGB")
+    width, height = request.width, request.height
+    if request.mask is None:
+        model_image = resize_image(image, request.resize_mode, width, height)
+        return Plan(model_image, model_image, None, None, None)
+
+    mask = request.mask
+    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
+        mask = mask.getchannel("A")  # a brush layer: painted where opaque
+    mask = mask.convert("L")
+    if mask.size != image.size:
+        warnings.append(f"The mask is {mask.width}x{mask.height} and the image {image.width}x{image.height}: "
+                        "the mask was resized to the image.")
+        mask = mask.resize(image.size, Image.NEAREST)
+    mask = mask.point(lambda v: 255 if v >= 128 else 0)
+    if request.inpainting_mask_invert:
+        mask = mask.point(lambda v: 255 - v)
+    if mask.getextrema() == (0, 0):
+        raise InvalidRequest("mask", "the mask is empty: paint the part to repaint in white"
+                             + (" (the mask is inverted)" if request.inpainting_mask_invert else ""))
+    if mask.getextrema() == (255, 255):
+        warnings.append("The mask covers the whole image: everything is repainted.")
+
+    blurred = mask.filter(ImageFilter.GaussianBlur(request.mask_blur)) if request.mask_blur else mask
+    if request.inpaint_full_res:
+        # "Only masked": crop around the mask at full resolution, denoise the crop at width x height.
+        box = crop_box(mask, request.inpaint_full_res_padding, width, height)
+        base = image
+        crop, crop_mask = image.crop(box), mask.crop(box)
+        model_image = crop.resize((width, height), Image.LANCZOS)
+        model_mask = crop_mask.resize((width, height), Image.LANCZOS)
+    else:
+        box = None
+        base = resize_image(image, request.resize_mode, width, height)
+        mask = resize_image(mask, request.resize_mode, width, height).point(lambda v: 255 if v >= 128 else 0)
+        blurred = mask.filter(ImageFilter.GaussianBlur(request.mask_blur)) if request.mask_blur else mask
+        model_image, model_mask = base, mask
+    model_image = fill_masked(model_image, model_mask, request.inpainting_fill, request.seed)
+    if request.mask_blur:
+        model_mask = model_mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
+    return Plan(base, model_image, model_mask, blurred, box)
+
+
+def resize_image(image: "Image.Image", mode: int, width: int, height: int) -> "Image.Image":
+    """A1111's resize modes: 0 just resize, 1 crop and resize (cover), 2 resize and fill (fit, edges stretched)."""
+    from PIL import Image
+
+    if image.size == (width, height):
+        return image.copy()
+    if mode == 0:
+        return image.resize((width, height), Image.LANCZOS)
+    if mode == 1:
+        scale = max(width / image.width, height / image.height)
+        w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+        resized = image.resize((w, h), Image.LANCZOS)
+        left, top = (w - width) // 2, (h - height) // 2
+        return resized.crop((left, top, left + width, top + height))
+    scale = min(width / image.width, height / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    resized = image.resize((w, h), Image.LANCZOS)
+    left, top = (width - w) // 2, (height - h) // 2
+    import cv2
+    import numpy as np
+
+    array = np.asarray(resized)
+    padded = cv2.copyMakeBorder(array, top, height - h - top, left, width - w - left, cv2.BORDER_REPLICATE)
+    return Image.fromarray(padded)
+
+
+def crop_box(mask: "Image.Image", padding: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """The mask's bounding box plus padding, grown to the width:height ratio, kept inside the image."""
+    x0, y0, x1, y1 = mask.getbbox()
+    x0, y0, x1, y1 = x0 - padding, y0 - padding, x1 + padding, y1 + padding
+    w, h = x1 - x0, y1 - y0
+    ratio = width / height
+    if w / h < ratio:
+        grow = round(h * ratio) - w
+        x0, x1 = x0 - grow // 2, x1 + grow - grow // 2
+    else:
+        grow = round(w / ratio) - h
+        y0, y1 = y0 - grow // 2, y1 + grow - grow // 2
+    W, H = mask.size
+    if x1 - x0 > W:
+        x0, x1 = 0, W
+    elif x0 < 0:
+        x0, x1 = 0, x1 - x0
+    elif x1 > W:
+        x0, x1 = x0 - (x1 - W), W
+    if y1 - y0 > H:
+        y0, y1 = 0, H
+    elif y0 < 0:
+        y0, y1 = 0, y1 - y0
+    elif y1 > H:
+        y0, y1 = y0 - (y1 - H), H
+    return x0, y0, x1, y1
+
+
+def fill_masked(image: "Image.Image", mask: "Image.Image", mode: int, seed: int) -> "Image.Image":
+    """Masked content: 0 fill from the surroundings, 1 original, 2 noise, 3 nothing (flat grey).
+
+    Modes 2 and 3 are applied in pixel space: random colours and mid grey encode to a noisy and
+    a near-empty latent."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    if mode == 1:
+        return image
+    array = np.asarray(image.convert("RGB")).copy()
+    hole = np.asarray(mask) >= 128
+    if mode == 0:
+        array = cv2.inpaint(array, hole.astype(np.uint8) * 255, 5, cv2.INPAINT_TELEA)
+    elif mode == 2:
+        rng = np.random.default_rng(seed if seed >= 0 else None)
+        array[hole] = rng.integers(0, 256, size=(int(hole.sum()), 3), dtype=np.uint8)
+    else:
+        array[hole] = 127
+    return Image.fromarray(array)
+
+
+def outpaint_canvas(image: "Image.Image", left: int, right: int, up: int, down: int) -> tuple["Image.Image", "Image.Image"]:
+    """A bigger canvas with the picture's edges stretched into the new area, and its mask (white = new)."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    for name, value in (("left", left), ("right", right), ("up", up), ("down", down)):
+        _require_range(f"outpaint_{name}", value, 0, MAX_OUTPAINT)
+    if not left + right + up + down:
+        raise InvalidRequest("outpaint_left", "choose at least one direction to extend the canvas by some pixels")
+    array = np.asarray(image.convert("RGB"))
+    canvas = cv2.copyMakeBorder(array, up, down, left, right, cv2.BORDER_REPLICATE)
+    canvas = Image.fromarray(canvas)
+    mask = Image.new("L", canvas.size, 255)
+    mask.paste(0, (left, up, left + image.width, up + image.height))
+    return canvas, mask
+
+
+# --- the pipeline --------------------------------------------------------------------------
+
+def _derived_pipeline(model: "LoadedModel", inpaint: bool) -> Any:
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
+
+    pipeline = model.pipeline
+    unet = getattr(pipeline, "unet", None)
+    dedicated = unet is not None and unet.config.in_channels == 9
+    if dedicated or inpaint:
+        return AutoPipelineForInpainting.from_pipe(pipeline), dedicated
+    return AutoPipelineForImage2Image.from_pipe(pipeline), dedicated
+
+
+def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: str, request: Img2ImgRequest, plan: Plan,
+                  seeds: list[int], generators: list[Any], job: Job, engine: "Engine") -> list["Image.Image"]:
+    import torch
+    from PIL import Image
+
+    pipeline, dedicated = _derived_pipeline(model, plan.model_mask is not None)
+    pipeline.scheduler = scheduler
+    preview_every = engine.settings.preview_every
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if preview_every and job.preview_step >= 0 and (step + 1) % preview_every == 0 and "latents" in tensors:
+            _preview(model, tensors["latents"], request, job, step + 1)
+        job.advance(step + 1)
+        if engine.hooks.on_step and "latents" in tensors:
+            engine.hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, tensors["latents"].detach().clone()))
+        if job.interrupted:
+            raise Interrupted()
+        if job.take_skip():
+            raise Skipped()
+        return tensors
+
+    mask = plan.model_mask
+    if mask is None and dedicated:
+        mask = Image.new("L", plan.model_image.size, 255)  # an inpainting model repaints everything
+    kwargs: dict[str, Any] = dict(
+        prompt=prompt,
+        negative_prompt=negative or None,
+        image=plan.model_image,
+        mask_image=mask,
+        strength=request.denoising_strength,
+        num_inference_steps=request.steps,
+        guidance_scale=request.cfg_scale,
+        width=request.width,
+        height=request.height,
+        num_images_per_prompt=request.batch_size,
+        generator=generators,
+        callback_on_step_end=on_step_end,
+        output_type="pil",
+    )
+    accepted = inspect.signature(pipeline.__call__).parameters
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
+    with torch.inference_mode():
+        try:
+            return list(pipeline(**kwargs).images)
+        except ValueError as exc:
+            if plan.model_mask is None or dedicated or "input channels" not in str(exc):
+                raise
+        # The inpainting pipeline refuses this model's latent layout (SD3's wants 16 channels):
+        # denoise the prepared image with image to image; Kiri's paste-back still keeps the outside.
+        pipeline, _ = _derived_pipeline(model, False)
+        pipeline.scheduler = scheduler
+        accepted = inspect.signature(pipeline.__call__).parameters
+        return list(pipeline(**{k: v for k, v in kwargs.items() if k in accepted}).images)
+
+
+def _infotext_params(request: Img2ImgRequest, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
+    from webui import __version__
+
+    params: dict[str, object] = {
+        "Steps": request.steps,
+        "Sampler": sampler,
+        "Schedule type": None if schedule == "Automatic" else schedule,
+        "CFG scale": request.cfg_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.short_hash,
+        "Model": model.name,
+        "Denoising strength": request.denoising_strength,
+        "Resize mode": RESIZE_MODES[request.resize_mode] if request.resize_mode else None,
+    }
+    if request.mask is not None:
+        params.update({
+            "Mask blur": request.mask_blur,
+            "Mask mode": "Inpaint not masked" if request.inpainting_mask_invert else None,
+            "Masked content": MASKED_CONTENT[request.inpainting_fill],
+            "Inpaint area": "Only masked" if request.inpaint_full_res else "Whole picture",
+            "Only masked padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
+        })
+    params["Version"] = f"Kiri v{__version__}"
+    return params
