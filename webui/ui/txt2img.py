@@ -32,6 +32,8 @@ class Txt2ImgTab:
     width: gr.Slider
     height: gr.Slider
     gallery: gr.Gallery
+    send_img2img: gr.Button | None = None  # wired by the Image to image tab
+    send_inpaint: gr.Button | None = None
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int]:
@@ -79,6 +81,9 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1)
                 skip = gr.Button("Skip", elem_id="txt2img-skip", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="txt2img-gallery")
+            with gr.Row():
+                send_img2img = gr.Button("Send to Image to image", size="sm", elem_id="txt2img-send-img2img")
+                send_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id="txt2img-send-inpaint")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
             status = gr.Markdown(elem_id="txt2img-status")
 
@@ -153,7 +158,8 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
 
     model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
-    return Txt2ImgTab(prompt, negative, sampler_dd, schedule_dd, steps, cfg, seed, width, height, gallery)
+    return Txt2ImgTab(prompt, negative, sampler_dd, schedule_dd, steps, cfg, seed, width, height, gallery,
+                      send_img2img, send_inpaint)
 
 
 def _job_with_progress(kind: str, request: gr.Request, progress: gr.Progress) -> Job:

@@ -1,0 +1,216 @@
+"""The Image to image / Inpaint tab: an init image (or a brush mask, or a bigger canvas) and the
+same generation settings as Text to image."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+
+from webui.engine import requests as limits
+from webui.engine.context import Engine
+from webui.engine.errors import InvalidRequest
+from webui.engine.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
+from webui.engine.jobs import Job
+from webui.engine.samplers import SCHEDULES, default_sampler
+
+from .common import GPU_QUEUE, owner_of, stream_job, user_errors
+from .txt2img import Txt2ImgTab, _model_defaults
+
+TAB_ID = "img2img"
+MODES = ("img2img", "inpaint", "outpaint")
+
+
+def editor_mask(value: Any):
+    """The painted strokes of a gr.ImageEditor value as an L mask (white where painted), or None."""
+    from PIL import Image, ImageChops
+
+    if not isinstance(value, dict) or value.get("background") is None:
+        return None
+    mask = None
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A").point(lambda v: 255 if v else 0)
+        mask = alpha if mask is None else ImageChops.lighter(mask, alpha)
+    return mask
+
+
+def _as_image(value: Any):
+    """A PIL image from an Image/ImageEditor/Gallery value, or None."""
+    from PIL import Image
+
+    if isinstance(value, dict):
+        value = value.get("background") or value.get("composite") or value.get("image")
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    if isinstance(value, dict):
+        value = value.get("path")
+    if isinstance(value, str):
+        try:
+            with Image.open(value) as opened:
+                return opened.convert("RGB")
+        except OSError as exc:
+            raise InvalidRequest("init_image", f"the file is not an image Kiri can read: {exc}") from exc
+    return value if isinstance(value, Image.Image) else None
+
+
+def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> None:
+    samplers, sampler, size = _model_defaults(engine)
+    mode = gr.State("img2img")
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="img2img-prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img-negative")
+            with gr.Tabs() as modes:
+                with gr.Tab("Image to image", id="img2img") as tab_img2img:
+                    init_image = gr.Image(label="Init image", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
+                                          height=360, elem_id="img2img-image")
+                with gr.Tab("Inpaint", id="inpaint") as tab_inpaint:
+                    editor = gr.ImageEditor(label="Image: paint the part to repaint", type="pil", height=360,
+                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
+                                            eraser=gr.Eraser(), layers=False, elem_id="inpaint-editor")
+                    mask_upload = gr.Image(label="Or upload a mask (white = repaint); it replaces the brush strokes",
+                                           type="pil", image_mode="L", height=160, elem_id="inpaint-mask")
+                with gr.Tab("Outpaint", id="outpaint") as tab_outpaint:
+                    outpaint_image = gr.Image(label="Image to extend", type="pil", image_mode="RGB", height=300,
+                                              elem_id="outpaint-image")
+                    with gr.Row():
+                        left = gr.Slider(0, MAX_OUTPAINT, value=0, step=8, label="Left (px)")
+                        right = gr.Slider(0, MAX_OUTPAINT, value=128, step=8, label="Right (px)")
+                        up = gr.Slider(0, MAX_OUTPAINT, value=0, step=8, label="Up (px)")
+                        down = gr.Slider(0, MAX_OUTPAINT, value=0, step=8, label="Down (px)")
+                    gr.Markdown("The new area is pre-filled from the edges and repainted with *Only masked*.")
+            with gr.Accordion("Mask settings (Inpaint and Outpaint)", open=False):
+                with gr.Row():
+                    mask_blur = gr.Slider(0, MAX_MASK_BLUR, value=4, step=1, label="Mask blur")
+                    invert = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked", label="Mask mode")
+                fill = gr.Radio(list(MASKED_CONTENT), value="original", label="Masked content")
+                with gr.Row():
+                    area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area")
+                    padding = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels")
+            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", type="index")
+            strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img-strength")
+            with gr.Row():
+                sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", allow_custom_value=True)
+                schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type")
+            steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id="img2img-steps")
+            with gr.Row():
+                width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
+                height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
+            with gr.Row():
+                batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
+                batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
+            cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale")
+            seed = gr.Number(-1, label="Seed (-1 = random)", precision=0)
+        with gr.Column(scale=4):
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
+                interrupt = gr.Button("Interrupt", variant="stop", scale=1)
+            gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="img2img-gallery")
+            infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
+            status = gr.Markdown(elem_id="img2img-status")
+
+    for tab, name in ((tab_img2img, "img2img"), (tab_inpaint, "inpaint"), (tab_outpaint, "outpaint")):
+        tab.select(lambda name=name: name, None, mode, api_visibility="private", queue=False)
+
+    def run(mode, prompt, negative_prompt, init_image, editor, mask_upload, outpaint_image, left, right, up, down,
+            mask_blur, invert, fill, area, padding, resize_mode, strength, sampler_name, scheduler, steps, cfg_scale,
+            seed, width, height, batch_size, batch_count, request: gr.Request, progress: gr.Progress = gr.Progress()):
+        """Image to image, inpaint or outpaint; yields live previews, then the images, the first infotext and a status."""
+        job = Job(kind="img2img", owner=owner_of(request))
+        started = time.perf_counter()
+        with user_errors():
+            fields: dict[str, Any] = dict(
+                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name or None,
+                scheduler=scheduler or None, steps=int(steps), cfg_scale=float(cfg_scale),
+                seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
+                batch_size=int(batch_size), n_iter=int(batch_count), denoising_strength=float(strength),
+                resize_mode=int(resize_mode or 0), mask_blur=int(mask_blur),
+                inpainting_mask_invert=int(invert == "Inpaint not masked"), inpainting_fill=MASKED_CONTENT.index(fill),
+                inpaint_full_res=area == "Only masked", inpaint_full_res_padding=int(padding),
+            )
+            if mode == "inpaint":
+                image = _as_image(editor)
+                mask = mask_upload if mask_upload is not None else editor_mask(editor)
+                if image is None:
+                    raise InvalidRequest("init_image", "upload an image to the Inpaint editor first")
+                if mask is None:
+                    raise InvalidRequest("mask", "paint over the part to repaint with the brush, or upload a mask")
+                fields.update(init_image=image, mask=mask)
+            elif mode == "outpaint":
+                image = _as_image(outpaint_image)
+                if image is None:
+                    raise InvalidRequest("init_image", "upload the image to extend first")
+                canvas, mask = outpaint_canvas(image, int(left), int(right), int(up), int(down))
+                fields.update(init_image=canvas, mask=mask, inpaint_full_res=True)
+            else:
+                fields.update(init_image=_as_image(init_image))
+            req = Img2ImgRequest(**fields)
+            result = yield from stream_job(lambda: engine.img2img(req, job), job, progress,
+                                           lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
+        for warning in result.warnings:
+            gr.Warning(warning)
+        note = f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s with {result.model_name}, {result.sampler_name}."
+        if result.interrupted:
+            note += " **Interrupted**: the finished images are kept."
+        if result.paths:
+            note += f" Saved to `{result.paths[0].parent}`."
+        shown = [str(p) for p in result.paths] if result.paths else result.images
+        yield shown, (result.infotexts[0] if result.infotexts else ""), note
+
+    inputs = dict(mode=mode, prompt=prompt, negative_prompt=negative, init_image=init_image, editor=editor,
+                  mask_upload=mask_upload, outpaint_image=outpaint_image, left=left, right=right, up=up, down=down,
+                  mask_blur=mask_blur, invert=invert, fill=fill, area=area, padding=padding, resize_mode=resize_mode,
+                  strength=strength, sampler_name=sampler_dd, scheduler=schedule_dd, steps=steps, cfg_scale=cfg, seed=seed,
+                  width=width, height=height, batch_size=batch_size, batch_count=batch_count)
+    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img",
+                   concurrency_id=GPU_QUEUE, concurrency_limit=1)
+
+    def stop(request: gr.Request) -> str:
+        return "Interrupting after the current step…" if engine.interrupt(owner_of(request)) else "Nothing is running."
+
+    interrupt.click(stop, None, status, api_visibility="private", queue=False)
+
+    def on_model_change(title: str | None):
+        entry = engine.catalog.find(title) if title else None
+        prediction = entry.prediction if entry else "epsilon"
+        return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
+
+    model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
+    if t2i is not None and tabs is not None and t2i.send_img2img is not None:
+        _wire_send_buttons(t2i, tabs, modes, mode, init_image, editor, prompt, negative)
+
+
+def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.State, init_image: gr.Image,
+                       editor: gr.ImageEditor, prompt: gr.Textbox, negative: gr.Textbox) -> None:
+    """Text to image's "Send to" buttons: the selected gallery image (or the first) and the prompts."""
+    selected = gr.State(0)
+
+    def remember(evt: gr.SelectData) -> int:
+        return evt.index if isinstance(evt.index, int) else 0
+
+    t2i.gallery.select(remember, None, selected, api_visibility="private", queue=False)
+
+    def picked(gallery, index):
+        items = list(gallery or [])
+        if not items:
+            raise gr.Error("Generate an image first.")
+        with user_errors():
+            return _as_image(items[index if 0 <= (index or 0) < len(items) else 0])
+
+    def to_img2img(gallery, index, prompt_text, negative_text):
+        return (picked(gallery, index), prompt_text, negative_text, gr.Tabs(selected=TAB_ID), gr.Tabs(selected="img2img"),
+                "img2img")
+
+    def to_inpaint(gallery, index, prompt_text, negative_text):
+        image = picked(gallery, index)
+        value = {"background": image, "layers": [], "composite": image}
+        return value, prompt_text, negative_text, gr.Tabs(selected=TAB_ID), gr.Tabs(selected="inpaint"), "inpaint"
+
+    sources = [t2i.gallery, selected, t2i.prompt, t2i.negative_prompt]
+    t2i.send_img2img.click(to_img2img, sources, [init_image, prompt, negative, tabs, modes, mode],
+                           api_visibility="private", queue=False)
+    t2i.send_inpaint.click(to_inpaint, sources, [editor, prompt, negative, tabs, modes, mode],
+                           api_visibility="private", queue=False)
