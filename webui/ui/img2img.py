@@ -58,7 +58,8 @@ def _as_image(value: Any):
 
 def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> None:
     samplers, sampler, size = _model_defaults(engine)
-    mode = gr.State("img2img")
+    # A hidden radio rather than gr.State, so API clients can choose the mode too.
+    mode = gr.Radio(list(MODES), value="img2img", visible=False, label="Mode", elem_id="img2img-mode")
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="img2img-prompt")
@@ -183,7 +184,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         _wire_send_buttons(t2i, tabs, modes, mode, init_image, editor, prompt, negative)
 
 
-def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.State, init_image: gr.Image,
+def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.Radio, init_image: gr.Image,
                        editor: gr.ImageEditor, prompt: gr.Textbox, negative: gr.Textbox) -> None:
     """Text to image's "Send to" buttons: the selected gallery image (or the first) and the prompts."""
     selected = gr.State(0)
