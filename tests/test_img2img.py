@@ -184,3 +184,18 @@ def test_bad_masks_and_big_images(engine):
     with pytest.raises(InvalidRequest, match="max_pixels") as err:
         engine.img2img(_request())
     assert err.value.field == "init_image"
+
+
+def test_every_sampler_starts_from_an_init_image_or_says_it_cannot(engine):
+    mask = _square_mask()
+    cases = [(None, n) for n in engine.samplers.names("epsilon")] + [("tiny-sd3", n) for n in engine.samplers.names("flow")]
+    for model, name in cases:
+        for with_mask in (False, True):
+            request = _request(model=model, sampler_name=name, steps=4, denoising_strength=0.5,
+                               mask=mask if with_mask else None)
+            try:
+                result = engine.img2img(request)
+            except InvalidRequest as err:
+                assert err.field == "sampler_name" and "init image" in str(err)
+            else:
+                assert result.images[0].size == (64, 64), name

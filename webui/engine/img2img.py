@@ -86,7 +86,13 @@ def img2img(engine: "Engine", request: Img2ImgRequest, job: Job | None = None) -
         sampler_name = request.sampler_name or default_sampler(model.prediction)
         sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
         check_fits(engine.samplers, sampler, model.prediction)
-        sampler.build(model.base_scheduler_config, schedule, model.prediction)
+        probe = sampler.build(model.base_scheduler_config, schedule, model.prediction)
+        getattr(probe, "close", lambda: None)()
+        # The init image is noised by the sampler: add_noise for SD pipelines, scale_noise for flow ones.
+        if not hasattr(probe, "scale_noise" if model.prediction == "flow" else "add_noise"):
+            fitting = [n for n in engine.samplers.names(model.prediction) if n != sampler.name]
+            raise InvalidRequest("sampler_name", f"sampler {sampler.name!r} cannot start from an init image yet; "
+                                                 f"choose another, e.g. {', '.join(fitting[:4])}")
         result.model_name, result.sampler_name, result.schedule = model.name, sampler.name, schedule
         prompt = _fit_prompt(model, request.prompt, "prompt", result.warnings)
         negative = _fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
