@@ -24,7 +24,7 @@ MODES = ("img2img", "inpaint", "outpaint")
 
 def editor_mask(value: Any):
     """The painted strokes of a gr.ImageEditor value as an L mask (white where painted), or None."""
-    from PIL import Image, ImageChops
+    from PIL import ImageChops
 
     if not isinstance(value, dict) or value.get("background") is None:
         return None
