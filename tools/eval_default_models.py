@@ -52,8 +52,9 @@ _FALLBACK_SAMPLERS = [
 ]
 
 
-def builtin_samplers(flow: bool) -> list[tuple[str, type, dict]]:
-    """(name, scheduler class, options) of the app's built-in scheduler samplers that fit the model."""
+def builtin_samplers(flow: bool) -> list[tuple[str, object, dict | None]]:
+    """(name, builder, options) of the app's built-in scheduler samplers that fit the model
+    (flow, or epsilon prediction). Function samplers (k-diffusion style) need the app and are skipped."""
     import diffusers
 
     out = []
@@ -63,13 +64,15 @@ def builtin_samplers(flow: bool) -> list[tuple[str, type, dict]]:
         for s in BUILTIN_SAMPLERS:
             if getattr(s, "function", None) is not None:
                 continue
-            if ("flow" in s.fits) != flow:
+            if ("flow" if flow else "epsilon") not in s.fits:
                 continue
-            out.append((s.name, s.scheduler_class(), dict(s.options)))
+            out.append((s.name, s.build, None))  # the app's own construction (flow options included)
     except Exception:  # the app is not importable here: a fixed list of the same samplers
         for name, cls, opts, is_flow in _FALLBACK_SAMPLERS:
-            if is_flow == flow:
-                out.append((name, getattr(diffusers, cls), opts))
+            if is_flow == flow or (flow and name in ("DPM++ 2M", "UniPC")):
+                if flow and not is_flow:
+                    opts = {**opts, "use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+                out.append((name, getattr(diffusers, cls).from_config, opts))
     return out
 
 
@@ -119,11 +122,11 @@ def evaluate(model: str, args) -> dict:
         save_grid(imgs[:32], Path(args.save_grid) / f"{MODELS[model]}_heldout.png")
 
     wanted = [s.strip() for s in args.samplers.split(",")] if args.samplers else None
-    for name, cls, opts in builtin_samplers(flow):
+    for name, make, opts in builtin_samplers(flow):
         if wanted and name not in wanted:
             continue
         try:
-            pipe.scheduler = cls.from_config(base.config, **opts)
+            pipe.scheduler = make(dict(base.config)) if opts is None else make(base.config, **opts)
         except Exception as exc:  # noqa: BLE001
             print(f"  {name}: cannot build ({exc})")
             continue

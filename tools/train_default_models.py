@@ -225,9 +225,9 @@ def plot_losses(path: Path, losses: list[float], title: str, evals: list[dict] |
             cv2.polylines(img, [pts], False, col, 1, cv2.LINE_AA)
             for p in pts:
                 cv2.circle(img, tuple(int(v) for v in p), 3, col, -1, cv2.LINE_AA)
-        cv2.putText(img, "held-out accuracy (0..1): colour / shape / position", (m, h - 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, "held-out accuracy (0..1):", (m, h - 20), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         for i, (key, col) in enumerate(colours.items()):
-            cv2.putText(img, key, (w - m - 240 + 80 * i, 35), font, 0.45, col, 1, cv2.LINE_AA)
+            cv2.putText(img, key, (w - m - 240 + 80 * i, h - 20), font, 0.45, col, 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)
 
 
@@ -518,8 +518,8 @@ def train_ldm(args) -> None:
             break
     done = step + 1 if steps > start else start
     bar.close()
-    checkpoint(done)
     final = evaluate(done)
+    checkpoint(done)
     elapsed = elapsed0 + time.time() - t0
 
     # The shipped weights are the EMA weights.
@@ -724,8 +724,8 @@ def train_dit(args) -> None:
             break
     done = step + 1 if steps > start else start
     bar.close()
-    checkpoint(done)
     final = evaluate(done)
+    checkpoint(done)
     elapsed = elapsed0 + time.time() - t0
 
     ema.copy_to(modules)
