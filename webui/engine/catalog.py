@@ -53,6 +53,15 @@ class CatalogEntry:
                 return weights
         return self.path / "model_index.json"
 
+    def example_prompts(self) -> list[str]:
+        """Prompts the model is known to understand, from a kiri_examples.json beside its weights."""
+        source = self.path / "kiri_examples.json" if self.kind == "diffusers" else self.path.with_suffix(".examples.json")
+        try:
+            prompts = json.loads(source.read_text())
+        except (OSError, ValueError):
+            return []
+        return [p for p in prompts if isinstance(p, str)] if isinstance(prompts, list) else []
+
 
 def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

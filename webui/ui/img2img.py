@@ -57,7 +57,7 @@ def _as_image(value: Any):
 
 
 def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> None:
-    samplers, sampler, size = _model_defaults(engine)
+    samplers, sampler, size, _ = _model_defaults(engine)
     # A hidden radio rather than gr.State, so API clients can choose the mode too.
     mode = gr.Radio(list(MODES), value="img2img", visible=False, label="Mode", elem_id="img2img-mode")
     with gr.Row():

@@ -36,21 +36,24 @@ class Txt2ImgTab:
     send_inpaint: gr.Button | None = None
 
 
-def _model_defaults(engine: Engine) -> tuple[list[str], str, int]:
-    """Samplers that fit the model Kiri would use, its default sampler and its native size."""
+def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
+    """Samplers that fit the model Kiri would use, its default sampler, its native size and example prompts."""
     try:
         entry = engine.models.current.entry if engine.models_if_created() and engine.models.current else engine.default_entry()
-        prediction, size = entry.prediction, entry.native_size
+        prediction, size, examples = entry.prediction, entry.native_size, entry.example_prompts()
     except KiriError:
-        prediction, size = "epsilon", 512
-    return engine.samplers.names(prediction), default_sampler(prediction), size
+        prediction, size, examples = "epsilon", 512, []
+    return engine.samplers.names(prediction), default_sampler(prediction), size, examples
 
 
 def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
-    samplers, sampler, size = _model_defaults(engine)
+    samplers, sampler, size, examples = _model_defaults(engine)
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a small red circle on the left, blue background", elem_id="txt2img-prompt")
+            # Small models understand only their own caption grammar: show prompts they were made for.
+            example_prompts = gr.Dataset(components=[prompt], samples=[[e] for e in examples], label="Example prompts for this model",
+                                         visible=bool(examples), elem_id="txt2img-examples")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             with gr.Row():
                 # Custom values pass through so the engine, which knows the loaded model, names the valid ones.
@@ -152,12 +155,16 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
 
     gallery.select(show_selected, None, infotext, api_visibility="private", queue=False)
 
+    example_prompts.click(lambda sample: sample[0], example_prompts, prompt, api_visibility="private", queue=False)
+
     def on_model_change(title: str | None):
         entry = engine.catalog.find(title) if title else None
         prediction = entry.prediction if entry else "epsilon"
-        return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
+        examples = entry.example_prompts() if entry else []
+        return (gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction)),
+                gr.update(samples=[[e] for e in examples], visible=bool(examples)))
 
-    model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
+    model_picker.change(on_model_change, model_picker, [sampler_dd, example_prompts], api_visibility="private", queue=False)
     return Txt2ImgTab(prompt, negative, sampler_dd, schedule_dd, steps, cfg, seed, width, height, gallery,
                       send_img2img, send_inpaint)
 
