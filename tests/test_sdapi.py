@@ -157,3 +157,58 @@ def test_decompression_bomb_is_refused(kiri_server):
     response = requests.post(kiri_server["url"] + "sdapi/v1/png-info",
                              json={"image": base64.b64encode(buffer.getvalue()).decode()}, timeout=30)
     assert response.status_code == 422 and "more pixels than Kiri accepts" in response.text
+
+
+def _noise_picture(width=64, height=64) -> Image.Image:
+    import numpy as np
+
+    return Image.fromarray(np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_img2img_inpaint_with_webuiapi_keeps_the_unmasked_pixels(api):
+    import numpy as np
+
+    picture = _noise_picture()
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    result = api.img2img(images=[picture], mask_image=mask, mask_blur=0, prompt="a red circle", seed=5,
+                         width=64, height=64, denoising_strength=0.9, inpainting_fill=1, inpaint_full_res=False)
+    assert len(result.images) == 1 and result.images[0].size == (64, 64)
+    out, original, outside = np.asarray(result.images[0].convert("RGB")), np.asarray(picture), np.asarray(mask) == 0
+    assert np.array_equal(out[outside], original[outside])
+    assert not np.array_equal(out[~outside], original[~outside])
+    assert "Denoising strength: 0.9" in result.info["infotexts"][0] and result.info["all_seeds"] == [5]
+    assert result.images[0].info["parameters"] == result.info["infotexts"][0]
+
+
+def test_img2img_over_http_same_seed_same_image_and_init_images_echoed(kiri_server):
+    buffer = io.BytesIO()
+    _noise_picture(96, 64).save(buffer, format="PNG")
+    init = base64.b64encode(buffer.getvalue()).decode()
+    payload = {"init_images": [init], "prompt": "a blue square", "seed": 9, "steps": 2, "width": 64, "height": 64,
+               "denoising_strength": 0.5, "resize_mode": 1, "sampler_name": "DPM++ 2M", "include_init_images": True}
+    url = kiri_server["url"] + "sdapi/v1/img2img"
+    first, second = (requests.post(url, json=payload, timeout=120) for _ in range(2))
+    assert first.status_code == 200, first.text
+    images = first.json()["images"]
+    assert len(images) == 2 and images[1] == init  # the init image comes back after the result
+    assert images[0] == second.json()["images"][0]
+    assert Image.open(io.BytesIO(base64.b64decode(images[0]))).size == (64, 64)
+    assert json.loads(first.json()["info"])["sampler_name"] == "DPM++ 2M"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"init_images": []}, "init_images"),
+    ({"init_images": ["not base64!"]}, "init_images"),
+    ({"denoising_strength": 1.5}, "denoising_strength"),
+    ({"mask": "aGVsbG8="}, "mask"),
+    ({"resize_mode": 7}, "resize_mode"),
+])
+def test_img2img_bad_fields_get_422_naming_the_field(kiri_server, changes, field):
+    buffer = io.BytesIO()
+    _noise_picture().save(buffer, format="PNG")
+    payload = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "prompt": "a cat", "steps": 1,
+               "width": 64, "height": 64, **changes}
+    response = requests.post(kiri_server["url"] + "sdapi/v1/img2img", json=payload, timeout=60)
+    assert response.status_code == 422, response.text
+    assert field in response.text

@@ -37,6 +37,23 @@ class Txt2ImgBody(BaseModel):
     infotext: str | None = None
 
 
+class Img2ImgBody(Txt2ImgBody):
+    init_images: list[str] = Field(default_factory=list)  # base64 images; the first one is used
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale (as 0)
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None  # base64; white = repaint
+    mask_blur: int | None = None  # None: mask_blur_x, else 4
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    include_init_images: bool = False
+
+
 class PngInfoBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 

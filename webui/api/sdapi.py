@@ -24,7 +24,7 @@ from webui.engine.samplers import SCHEDULES
 
 from webui.engine.upscale import builtin_upscalers, target_size, upscale
 
-from .models import ExtraBatchBody, ExtraSingleBody, PngInfoBody, Txt2ImgBody
+from .models import ExtraBatchBody, ExtraSingleBody, Img2ImgBody, PngInfoBody, Txt2ImgBody
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a decoded upload larger than this is refused (decompression bombs)
 
@@ -94,6 +94,16 @@ def client_of(http: Request) -> str:
     return f"api:{http.client.host if http.client else 'unknown'}"
 
 
+def common_fields(body: Txt2ImgBody) -> dict[str, Any]:
+    """The engine request fields txt2img and img2img share; sd_model_checkpoint picks the model."""
+    return dict(
+        prompt=body.prompt, negative_prompt=body.negative_prompt,
+        sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
+        steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
+        batch_size=body.batch_size, n_iter=body.n_iter, model=body.override_settings.get("sd_model_checkpoint"),
+    )
+
+
 def api_title(engine: Engine, entry) -> str:
     """AUTOMATIC1111's checkpoint title: file name and short hash."""
     short = engine.catalog.short_hash(entry)
@@ -106,16 +116,8 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
     dependencies.append(Depends(body_limit(max_body_bytes)))
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=dependencies, route_class=KiriRoute)
 
-    @router.post("/txt2img")
-    def txt2img(body: Txt2ImgBody, http: Request) -> dict:
-        model = body.override_settings.get("sd_model_checkpoint")
-        request = Txt2ImgRequest(
-            prompt=body.prompt, negative_prompt=body.negative_prompt,
-            sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
-            steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
-            batch_size=body.batch_size, n_iter=body.n_iter, model=model,
-        )
-        result = engine.txt2img(request, Job(kind="txt2img", owner=client_of(http)))
+    def respond(body: Txt2ImgBody, result, extra_images=()) -> dict:
+        """A1111's response: PNGs with their infotext, the request echoed, and info as a JSON string."""
         loaded = engine.models.current
         info = {
             "prompt": body.prompt, "all_prompts": [body.prompt] * len(result.images),
@@ -130,7 +132,41 @@ def build_router(engine: Engine, cmd_flags: dict[str, Any] | None = None,
             "interrupted": result.interrupted, "warnings": result.warnings, "version": f"Kiri v{__version__}",
         }
         images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if body.send_images else []
+        if body.send_images:
+            images += list(extra_images)
         return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+    @router.post("/txt2img")
+    def txt2img(body: Txt2ImgBody, http: Request) -> dict:
+        request = Txt2ImgRequest(**common_fields(body))
+        return respond(body, engine.txt2img(request, Job(kind="txt2img", owner=client_of(http))))
+
+    @router.post("/img2img")
+    def img2img(body: Img2ImgBody, http: Request) -> dict:
+        from webui.engine.img2img import Img2ImgRequest
+
+        if not body.init_images:
+            raise InvalidRequest("init_images", "init_images is empty: send the picture to start from, as base64")
+        warnings = []
+        if len(body.init_images) > 1:
+            warnings.append(f"{len(body.init_images)} init images were sent; Kiri uses the first")
+        resize_mode = body.resize_mode
+        if resize_mode == 3:  # A1111's latent upscale: Kiri resizes in pixel space
+            resize_mode = 0
+            warnings.append("resize mode 3 (latent upscale) is done as 0 (just resize)")
+        request = Img2ImgRequest(
+            **common_fields(body),
+            init_image=decode_image(body.init_images[0], "init_images"),
+            denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
+            resize_mode=resize_mode,
+            mask=decode_image(body.mask, "mask") if body.mask else None,
+            mask_blur=body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y),
+            inpainting_mask_invert=body.inpainting_mask_invert, inpainting_fill=body.inpainting_fill,
+            inpaint_full_res=body.inpaint_full_res, inpaint_full_res_padding=body.inpaint_full_res_padding,
+        )
+        result = engine.img2img(request, Job(kind="img2img", owner=client_of(http)))
+        result.warnings[:0] = warnings
+        return respond(body, result, body.init_images if body.include_init_images else ())
 
     def extras(image, body: ExtraSingleBody):
         if body.resize_mode == 1:
