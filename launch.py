@@ -35,8 +35,6 @@ def main(argv: list[str] | None = None) -> None:
     entries = engine.catalog.scan()
     if not entries:
         log.warning("no checkpoint in %s: the UI starts, and says how to add one", engine.catalog.checkpoints_dir)
-    elif not args.no_preload:
-        threading.Thread(target=engine.preload, name="kiri-preload", daemon=True).start()
 
     for ext in engine.extensions.extensions:
         if ext.status == "error":
@@ -69,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     sdapi.mount(server_app, engine, vars(args), api_login, args.max_upload_mb * 2**20)
     log.info("Kiri is serving at http://%s:%d (ready in %.1f s)", "127.0.0.1" if server == "127.0.0.1" else server,
              args.port, time.perf_counter() - STARTED)
+    # Load the model only once the page is served: on two cores, importing torch and diffusers beside
+    # the UI build doubled the time to the first page.
+    if entries and not args.no_preload:
+        threading.Thread(target=engine.preload, name="kiri-preload", daemon=True).start()
     engine.hooks.notify("on_app_started", app, engine)
     if args.share:
         if app.share_url:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import subprocess
 import textwrap
 import zipfile
@@ -152,3 +153,55 @@ def test_the_readme_example_extension_works(models_dir, tmp_path):
     request = dict(prompt="a circle", sampler_name="Euler Maruyama", steps=3, width=64, height=64, seed=4)
     first, again = (engine.txt2img(Txt2ImgRequest(**request)).images[0] for _ in range(2))
     assert np.array_equal(np.asarray(first), np.asarray(again)) and np.asarray(first).std() > 0
+
+
+def test_the_readme_deferred_example_imports_the_sampler_only_when_it_runs(models_dir, tmp_path):
+    import re
+    import sys
+
+    readme = (EXAMPLES / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def register" in b]
+    sampler_code = blocks[0].split("\n\ndef register")[0] + "\n"
+    deferred_register = next(b for b in blocks if "kiri.later" in b)
+    folder = write_extension(tmp_path / "ext", "deferred-example", deferred_register, entry="register.py:register")
+    (folder / "main.py").rename(folder / "register.py")
+    (folder / "sampler.py").write_text(sampler_code + "LOADED = True\n")
+    engine = engine_for(models_dir, tmp_path, tmp_path / "ext")
+    assert status(engine)["deferred-example"] == ("loaded", None)
+    module = "kiri_extensions.deferred_example.sampler"
+    assert module not in sys.modules  # registered, not yet imported
+    image = engine.txt2img(Txt2ImgRequest(prompt="a circle", sampler_name="Euler Maruyama", steps=3, width=64, height=64, seed=4)).images[0]
+    assert sys.modules[module].LOADED and np.asarray(image).std() > 0
+
+
+def test_a_deferred_file_that_is_missing_fails_at_start_and_one_that_breaks_fails_clearly_at_use(models_dir, tmp_path):
+    from webui.engine.errors import KiriError
+
+    ext = tmp_path / "ext"
+    write_extension(ext, "missing", "def register(kiri):\n    kiri.add_sampler('Nope', function=kiri.later('absent.py:f'))\n")
+    broken = write_extension(ext, "broken", "def register(kiri):\n    kiri.add_sampler('Broken', scheduler=kiri.later('cls.py:C'))\n")
+    (broken / "cls.py").write_text("raise ImportError('no such library')\n")
+    engine = engine_for(models_dir, tmp_path, ext)
+    assert status(engine)["missing"][0] == "error" and "absent.py" in status(engine)["missing"][1]
+    assert status(engine)["broken"] == ("loaded", None)
+    with pytest.raises(KiriError, match="no such library"):
+        engine.txt2img(Txt2ImgRequest(prompt="a circle", sampler_name="Broken", steps=2, width=64, height=64, seed=1))
+
+
+def test_loading_the_shipped_extensions_does_not_import_torch(tmp_path):
+    """Extensions load before the page is served; torch and diffusers must wait for the first image."""
+    code = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from webui.engine.context import Engine, Settings
+        engine = Engine(Settings(models_dir=Path({str(tmp_path)!r}), outputs_dir=Path({str(tmp_path)!r}),
+                                 extensions_dir=Path({str(EXAMPLES)!r})))
+        loaded = [e.name for e in engine.extensions.extensions if e.status == "loaded"]
+        assert {{"example-dpmpp-2s-a", "example-euler-scheduler"}} <= set(loaded), loaded
+        heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]
+        assert not heavy, heavy
+    """)
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]

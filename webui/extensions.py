@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from webui.engine.errors import KiriError
 from webui.engine.hooks import Hooks, UITab
 from webui.engine.samplers import NOISE_PREDICTION, Sampler, SamplerRegistry
 
@@ -30,6 +31,35 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class ExtensionError(Exception):
     pass
+
+
+class Deferred:
+    """A function or class in a file of an extension, imported on first use.
+
+    Extensions load before the UI is built; one that imports torch or diffusers at the top adds
+    seconds to every start. `kiri.later("file.py:name")` keeps such imports until a sampler runs.
+    A deferred function is called like the function; a deferred class is fetched with `resolve()`.
+    """
+
+    def __init__(self, path: Path, module_name: str, attr: str):
+        self.path, self.module_name, self.attr = path, module_name, attr
+        self._target: Any = None
+
+    def resolve(self) -> Any:
+        if self._target is None:
+            try:
+                module = _import_file(self.path, self.module_name)
+                target = getattr(module, self.attr)
+            except Exception as exc:  # shown to the user as a clear error, not a traceback
+                raise KiriError(f"{self.path.parent.name}: cannot import {self.path.name}:{self.attr}: {exc}") from exc
+            self._target = target
+        return self._target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Deferred({self.path.name}:{self.attr})"
 
 
 @dataclass(frozen=True)
@@ -85,13 +115,21 @@ class KiriAPI:
         self._manifest, self._samplers, self._hooks, self._info = manifest, samplers, hooks, info
         self._staged: list[Callable[[], None]] = []  # applied only if the whole entry point succeeds
 
-    def add_sampler(self, name: str, *, function: Callable[..., Any] | None = None, scheduler: type | str | None = None,
+    def add_sampler(self, name: str, *, function: Callable[..., Any] | None = None, scheduler: type | str | Deferred | None = None,
                     options: dict | None = None, fits: frozenset[str] | set[str] = NOISE_PREDICTION,
                     aliases: tuple[str, ...] = ()) -> None:
         """Add a sampler: a k-diffusion-style `function(denoiser, x, sigmas, *, generator, callback)`
         or a diffusers-style `scheduler` class (ConfigMixin with set_timesteps/step)."""
         sampler = Sampler(name, scheduler, dict(options or {}), frozenset(fits), tuple(aliases), function, self.name)
         self._stage(lambda: self._samplers.register(sampler, override=self._manifest.override), f"sampler: {name}")
+
+    def later(self, reference: str) -> Deferred:
+        """`"file.py:name"` in this extension's folder, imported on first use (see Deferred)."""
+        module_file, _, attr = reference.partition(":")
+        path = _extension_file(self._info.path, module_file)
+        if not attr.isidentifier():
+            raise ExtensionError(f"{reference!r}: write it as 'file.py:name'")
+        return Deferred(path, f"{_module_prefix(self.name)}.{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}", attr)
 
     def on_app_started(self, hook: Callable[..., None]) -> None:
         self._stage(lambda: self._hooks.on_app_started.append(hook), "hook: on_app_started")
@@ -158,15 +196,21 @@ class ExtensionManager:
         return info
 
 
-def _import_entry(folder: Path, manifest: Manifest) -> Callable[[KiriAPI], None]:
-    module_file, _, function_name = manifest.entry.partition(":")
+def _module_prefix(extension_name: str) -> str:
+    return f"kiri_extensions.{re.sub(r'[^A-Za-z0-9_]', '_', extension_name)}"
+
+
+def _extension_file(folder: Path, module_file: str) -> Path:
     path = (folder / module_file).resolve()
     if not path.is_file() or folder.resolve() not in path.parents:
-        raise ExtensionError(f"entry module {module_file!r} not found in the extension folder")
-    module_name = f"kiri_extensions.{re.sub(r'[^A-Za-z0-9_]', '_', manifest.name)}"
+        raise ExtensionError(f"module {module_file!r} not found in the extension folder")
+    return path
+
+
+def _import_file(path: Path, module_name: str):
     spec = importlib.util.spec_from_file_location(module_name, path, submodule_search_locations=None)
     if spec is None or spec.loader is None:
-        raise ExtensionError(f"cannot import {module_file}")
+        raise ExtensionError(f"cannot import {path.name}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
@@ -174,6 +218,13 @@ def _import_entry(folder: Path, manifest: Manifest) -> Callable[[KiriAPI], None]
     except Exception:
         sys.modules.pop(module_name, None)
         raise
+    return module
+
+
+def _import_entry(folder: Path, manifest: Manifest) -> Callable[[KiriAPI], None]:
+    module_file, _, function_name = manifest.entry.partition(":")
+    path = _extension_file(folder, module_file)
+    module = _import_file(path, _module_prefix(manifest.name))
     entry = getattr(module, function_name, None)
     if not callable(entry):
         raise ExtensionError(f"{module_file} has no function {function_name!r}")

@@ -38,8 +38,3 @@ def sample_dpmpp_2s_ancestral(denoiser, x, sigmas, *, generator=None, callback=N
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
     return x
-
-
-def register(kiri) -> None:
-    kiri.add_sampler("DPM++ 2S a", function=sample_dpmpp_2s_ancestral, fits={"epsilon", "v_prediction"},
-                     aliases=("k_dpmpp_2s_a",))

@@ -58,8 +58,3 @@ class ExampleEulerKarrasScheduler(SchedulerMixin, ConfigMixin):
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
-
-
-def register(kiri) -> None:
-    kiri.add_sampler("Euler Karras (example scheduler)", scheduler=ExampleEulerKarrasScheduler,
-                     fits={"epsilon", "v_prediction"})

@@ -38,12 +38,13 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 class Sampler:
     """A named way to step through the denoising schedule.
 
-    Exactly one of `scheduler` (a diffusers scheduler class, or "module:Class" imported on first
-    use) and `function` (a k-diffusion-style sampling function) is given.
+    Exactly one of `scheduler` (a diffusers scheduler class, "module:Class" or an extension's
+    Deferred class, imported on first use) and `function` (a k-diffusion-style sampling function)
+    is given.
     """
 
     name: str
-    scheduler: str | type | None = None
+    scheduler: Any = None  # a class, "module:Class", or an object whose resolve() gives the class
     options: dict[str, Any] = field(default_factory=dict)  # config overrides for from_config
     fits: frozenset[str] = NOISE_PREDICTION  # prediction types this sampler can drive
     aliases: tuple[str, ...] = ()
@@ -59,6 +60,9 @@ class Sampler:
         return "function" if self.function is not None else "scheduler"
 
     def scheduler_class(self) -> type:
+        resolve = getattr(self.scheduler, "resolve", None)  # an extension's class, imported on first use
+        if callable(resolve):
+            return resolve()
         if isinstance(self.scheduler, str):
             module_name, _, attr = self.scheduler.partition(":")
             return getattr(importlib.import_module(module_name), attr)
