@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-SCREENSHOTS = Path(__file__).parent.parent / "docs"
 
 
 def test_generate_from_the_browser(kiri_server, browser, tmp_path):
@@ -19,8 +16,6 @@ def test_generate_from_the_browser(kiri_server, browser, tmp_path):
     saved = list(Path(kiri_server["outputs"]).rglob("*.png"))
     assert saved, "the generated image was not saved to outputs/"
     page.screenshot(path=str(tmp_path / "txt2img.png"))
-    if os.environ.get("KIRI_SCREENSHOT"):  # refreshes the README's picture: KIRI_SCREENSHOT=1 pytest ...
-        page.screenshot(path=str(SCREENSHOTS / "screenshot-txt2img.png"))
     page.close()
 
 

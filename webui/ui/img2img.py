@@ -109,7 +109,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", scale=1)
-            gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="img2img-gallery")
+            gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="img2img-gallery")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
             status = gr.Markdown(elem_id="img2img-status")
 

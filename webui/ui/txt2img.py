@@ -83,7 +83,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1)
                 skip = gr.Button("Skip", elem_id="txt2img-skip", scale=1)
-            gallery = gr.Gallery(label="Images", columns=4, height=420, format="png", elem_id="txt2img-gallery")
+            gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="txt2img-gallery")
             with gr.Row():
                 send_img2img = gr.Button("Send to Image to image", size="sm", elem_id="txt2img-send-img2img")
                 send_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id="txt2img-send-inpaint")
