@@ -158,3 +158,16 @@ def test_the_text_to_image_tab_offers_the_models_example_prompts(kiri, tmp_path)
     shown = [sample[0] for sample in datasets[0].samples]
     current = kiri.models.current.entry if kiri.models_if_created() and kiri.models.current else kiri.default_entry()
     assert shown == current.example_prompts()
+
+
+def test_the_model_status_line_says_what_is_loaded(kiri):
+    from webui.ui.model_picker import _status
+
+    loaded = kiri.load_model("kiri-shapes-ldm")
+    assert _status(kiri).startswith("Loaded **kiri-shapes-ldm** (SD 1.x, cpu)")
+    kiri.models.loading = kiri.catalog.find("kiri-shapes-dit")  # as while another model is read from disk
+    try:
+        assert _status(kiri) == "Loading **kiri-shapes-dit**…"
+    finally:
+        kiri.models.loading = None
+    assert kiri.models.current is loaded

@@ -86,6 +86,7 @@ class ModelManager:
         self._cache: OrderedDict[Path, LoadedModel] = OrderedDict()
         self._current: LoadedModel | None = None
         self._on_loaded = on_loaded
+        self.loading: CatalogEntry | None = None  # the model being read from disk, for status lines
 
     @property
     def current(self) -> LoadedModel | None:
@@ -117,6 +118,7 @@ class ModelManager:
             previous = self._current
             if previous is not None and self.device.device != "cpu":
                 self._move(previous, "cpu")  # make room, but keep it until the new one works
+            self.loading = entry
             try:
                 loaded = self._load_uncached(entry)
             except Exception as exc:
@@ -126,6 +128,8 @@ class ModelManager:
                     raise
                 log.exception("loading %s failed", entry.path)
                 raise ModelLoadError(f"could not load {entry.name}: {_short_reason(exc)}. The previous model stays loaded.") from exc
+            finally:
+                self.loading = None
             self._cache[entry.path] = loaded
             self._activate(loaded)
             self._evict()

@@ -21,7 +21,7 @@ def render(engine: Engine) -> gr.Dropdown:
             scale=6, elem_id="model-picker",
         )
         refresh = gr.Button("Refresh", scale=0, min_width=80, elem_id="model-refresh")
-        status = gr.Markdown(_status(engine), elem_id="model-status")
+        status = gr.Markdown(lambda: _status(engine), elem_id="model-status")  # read again at each page load
 
     def load(title: str | None, request: gr.Request, progress: gr.Progress = gr.Progress()) -> str:
         if not title:
@@ -43,4 +43,9 @@ def render(engine: Engine) -> gr.Dropdown:
 def _status(engine: Engine) -> str:
     if not engine.catalog.entries:
         return NO_MODEL_HELP.format(dir=engine.catalog.checkpoints_dir)
+    models = engine.models_if_created()  # creating the manager here would import torch before the page is up
+    if models is not None and models.loading is not None:
+        return f"Loading **{models.loading.name}**…"
+    if models is not None and models.current is not None:
+        return f"Loaded **{models.current.name}** ({models.current.entry.family_label}, {models.current.device})"
     return "Models load on first use."
