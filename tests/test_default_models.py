@@ -171,3 +171,25 @@ def test_the_model_status_line_says_what_is_loaded(kiri):
     finally:
         kiri.models.loading = None
     assert kiri.models.current is loaded
+
+
+def test_inpainting_adds_the_prompted_object_in_the_mask_and_keeps_the_rest(loaded):
+    """A red circle on the left; repaint the right half asking for a yellow square there as well."""
+    from PIL import Image
+
+    from webui.engine.img2img import Img2ImgRequest
+
+    engine, model = loaded
+    picture = Image.fromarray(W.render(W.scene_from_parts([("large", "red", "circle", "left")], ("blue",))))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (32, 0, 64, 64))
+    prompt = "a large red circle on the left and a large yellow square on the right, blue background"
+    added = 0
+    for seed in range(4):
+        result = engine.img2img(Img2ImgRequest(prompt=prompt, init_image=picture, mask=mask, mask_blur=0, denoising_strength=1.0,
+                                               inpainting_fill=1, seed=seed, steps=20, width=64, height=64, model=model.name))
+        out = np.asarray(result.images[0].convert("RGB"))
+        assert np.array_equal(out[:, :32], np.asarray(picture)[:, :32])  # outside the mask: untouched
+        objects, _ = W.detect(out)
+        added += any(o.colour == "yellow" and o.bbox[0] + o.bbox[2] / 2 >= 32 for o in objects)
+    assert added >= 3, f"a yellow object appeared in the mask for {added} of 4 seeds"

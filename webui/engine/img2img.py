@@ -320,9 +320,9 @@ def _derived_pipeline(model: "LoadedModel", inpaint: bool) -> Any:
     pipeline = model.pipeline
     unet = getattr(pipeline, "unet", None)
     dedicated = unet is not None and unet.config.in_channels == 9
-    if dedicated or inpaint:
-        return AutoPipelineForInpainting.from_pipe(pipeline), dedicated
-    return AutoPipelineForImage2Image.from_pipe(pipeline), dedicated
+    derived = (AutoPipelineForInpainting if dedicated or inpaint else AutoPipelineForImage2Image).from_pipe(pipeline)
+    derived.set_progress_bar_config(disable=True)  # Kiri reports progress itself; tqdm would spam the console
+    return derived, dedicated
 
 
 def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: str, request: Img2ImgRequest, plan: Plan,
