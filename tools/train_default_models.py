@@ -230,8 +230,11 @@ def make_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(48, 96),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        # Three levels (16, 8, 4): at 4x4 every cell is next to a border, which is how a UNet, having no
+        # position embedding, can tell "left" from "right" (two levels learnt colours but not places).
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(32, 64, 96),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=1, cross_attention_dim=TEXT_DIM,
         attention_head_dim=4, norm_num_groups=16,
     )
