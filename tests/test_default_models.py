@@ -154,8 +154,7 @@ def test_the_text_to_image_tab_offers_the_models_example_prompts(kiri, tmp_path)
     datasets = [b for b in app.blocks.values() if isinstance(b, gr.Dataset) and b.elem_id == "txt2img-examples"]
     assert len(datasets) == 1 and datasets[0].visible
     shown = [sample[0] for sample in datasets[0].samples]
-    current = kiri.models.current.entry if kiri.models_if_created() and kiri.models.current else kiri.default_entry()
-    assert shown == current.example_prompts()
+    assert shown == kiri.current_entry().example_prompts()
 
 
 def test_the_model_status_line_says_what_is_loaded(kiri):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import subprocess
@@ -157,7 +158,6 @@ def test_the_readme_example_extension_works(models_dir, tmp_path):
 
 def test_the_readme_deferred_example_imports_the_sampler_only_when_it_runs(models_dir, tmp_path):
     import re
-    import sys
 
     readme = (EXAMPLES / "README.md").read_text()
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def register" in b]
@@ -203,5 +203,5 @@ def test_loading_the_shipped_extensions_does_not_import_torch(tmp_path):
     """)
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                          env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr[-2000:]

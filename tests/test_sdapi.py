@@ -182,9 +182,7 @@ def test_img2img_inpaint_with_webuiapi_keeps_the_unmasked_pixels(api):
 
 
 def test_img2img_over_http_same_seed_same_image_and_init_images_echoed(kiri_server):
-    buffer = io.BytesIO()
-    _noise_picture(96, 64).save(buffer, format="PNG")
-    init = base64.b64encode(buffer.getvalue()).decode()
+    init = api_b64(_noise_picture(96, 64))
     payload = {"init_images": [init], "prompt": "a blue square", "seed": 9, "steps": 2, "width": 64, "height": 64,
                "denoising_strength": 0.5, "resize_mode": 1, "sampler_name": "DPM++ 2M", "include_init_images": True}
     url = kiri_server["url"] + "sdapi/v1/img2img"
@@ -205,9 +203,7 @@ def test_img2img_over_http_same_seed_same_image_and_init_images_echoed(kiri_serv
     ({"resize_mode": 7}, "resize_mode"),
 ])
 def test_img2img_bad_fields_get_422_naming_the_field(kiri_server, changes, field):
-    buffer = io.BytesIO()
-    _noise_picture().save(buffer, format="PNG")
-    payload = {"init_images": [base64.b64encode(buffer.getvalue()).decode()], "prompt": "a cat", "steps": 1,
+    payload = {"init_images": [api_b64(_noise_picture())], "prompt": "a cat", "steps": 1,
                "width": 64, "height": 64, **changes}
     response = requests.post(kiri_server["url"] + "sdapi/v1/img2img", json=payload, timeout=60)
     assert response.status_code == 422, response.text

@@ -129,7 +129,7 @@ class KiriAPI:
         path = _extension_file(self._info.path, module_file)
         if not attr.isidentifier():
             raise ExtensionError(f"{reference!r}: write it as 'file.py:name'")
-        return Deferred(path, f"{_module_prefix(self.name)}.{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)}", attr)
+        return Deferred(path, _module_name(self.name, path.stem), attr)
 
     def on_app_started(self, hook: Callable[..., None]) -> None:
         self._stage(lambda: self._hooks.on_app_started.append(hook), "hook: on_app_started")
@@ -196,8 +196,9 @@ class ExtensionManager:
         return info
 
 
-def _module_prefix(extension_name: str) -> str:
-    return f"kiri_extensions.{re.sub(r'[^A-Za-z0-9_]', '_', extension_name)}"
+def _module_name(*parts: str) -> str:
+    """kiri_extensions.<extension>[.<file>], each part made a valid identifier."""
+    return ".".join(["kiri_extensions", *(re.sub(r"[^A-Za-z0-9_]", "_", part) for part in parts)])
 
 
 def _extension_file(folder: Path, module_file: str) -> Path:
@@ -224,7 +225,7 @@ def _import_file(path: Path, module_name: str):
 def _import_entry(folder: Path, manifest: Manifest) -> Callable[[KiriAPI], None]:
     module_file, _, function_name = manifest.entry.partition(":")
     path = _extension_file(folder, module_file)
-    module = _import_file(path, _module_prefix(manifest.name))
+    module = _import_file(path, _module_name(manifest.name))
     entry = getattr(module, function_name, None)
     if not callable(entry):
         raise ExtensionError(f"{module_file} has no function {function_name!r}")

@@ -119,6 +119,11 @@ class Engine:
     def default_entry(self):
         return self.catalog.default_entry(self.settings.default_model)
 
+    def current_entry(self):
+        """The loaded model's entry, else the one Kiri would load; never loads or imports torch."""
+        models = self._models
+        return models.current.entry if models is not None and models.current is not None else self.default_entry()
+
     def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
         job = job or Job(kind="txt2img")
         request = self.hooks.transform("before_generate", request)

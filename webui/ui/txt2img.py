@@ -39,7 +39,7 @@ class Txt2ImgTab:
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
     """Samplers that fit the model Kiri would use, its default sampler, its native size and example prompts."""
     try:
-        entry = engine.models.current.entry if engine.models_if_created() and engine.models.current else engine.default_entry()
+        entry = engine.current_entry()
         prediction, size, examples = entry.prediction, entry.native_size, entry.example_prompts()
     except KiriError:
         prediction, size, examples = "epsilon", 512, []
