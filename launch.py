@@ -24,14 +24,15 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx", "urllib3", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from webui.engine.context import Engine, Settings
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
 
     exposed = args.listen or args.share
     settings = Settings(models_dir=args.models_dir, outputs_dir=args.outputs_dir, device=args.device,
                         allow_pickle=args.allow_pickle, extensions_dir=args.extensions_dir,
                         allow_extension_install=not exposed or args.enable_insecure_extension_access)
     settings.load_saved(args.settings_file)
-    engine = Engine(settings)
+    engine = build_engine(settings)
     entries = engine.catalog.scan()
     if not entries:
         log.warning("no checkpoint in %s: the UI starts, and says how to add one", engine.catalog.checkpoints_dir)
@@ -51,20 +52,12 @@ def main(argv: list[str] | None = None) -> None:
             "Anyone who finds the address can use your GPU and read your outputs. Add --auth user:pass."
         ), file=sys.stderr)
 
-    from webui.ui.app import CSS, build
+    from webui.server import ServeOptions, serve
 
-    app = build(engine, args.settings_file)
-    app.queue(default_concurrency_limit=1)
     server = "0.0.0.0" if args.listen else "127.0.0.1"
-    launch_kwargs = dict(
-        server_name=server, server_port=args.port, auth=ui_login, css=CSS, max_file_size=f"{args.max_upload_mb}mb",
-        allowed_paths=[str(settings.outputs_dir.resolve())], prevent_thread_lock=True, quiet=True,
-        footer_links=[], app_kwargs={"docs_url": "/docs"},  # the /sdapi/v1 routes are documented there
-    )
-    server_app, _, _ = app.launch(share=args.share, **launch_kwargs)
-    from webui.api import sdapi
-
-    sdapi.mount(server_app, engine, vars(args), api_login, args.max_upload_mb * 2**20)
+    app, _ = serve(engine, ServeOptions(
+        host=server, port=args.port, share=args.share, ui_login=ui_login, api_login=api_login, admins=set(args.admin),
+        max_upload_mb=args.max_upload_mb, settings_file=args.settings_file, cmd_flags=vars(args)))
     log.info("Kiri is serving at http://%s:%d (ready in %.1f s)", "127.0.0.1" if server == "127.0.0.1" else server,
              args.port, time.perf_counter() - STARTED)
     # Load the model only once the page is served: on two cores, importing torch and diffusers beside

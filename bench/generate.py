@@ -31,12 +31,13 @@ def main() -> None:
 
     import torch
 
-    from webui.engine.context import Engine, Settings
-    from webui.engine.requests import Txt2ImgRequest
-    from webui.engine.samplers import default_sampler
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
+    from webui.engine.generation.requests import Txt2ImgRequest
+    from webui.engine.samplers.registry import default_sampler
 
     with tempfile.TemporaryDirectory() as out:
-        engine = Engine(Settings(models_dir=args.models_dir, outputs_dir=Path(out)))
+        engine = build_engine(Settings(models_dir=args.models_dir, outputs_dir=Path(out)))
         started = time.perf_counter()
         model = engine.load_model(args.model)
         load_s = time.perf_counter() - started

@@ -29,11 +29,12 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def engine(models_dir, tmp_path):
-    from webui.engine.context import Engine, Settings
-    from webui.engine.devices import DeviceChoice
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
+    from webui.engine.core.devices import DeviceChoice
 
     settings = Settings(models_dir=models_dir, outputs_dir=tmp_path / "outputs", default_model="tiny-sd")
-    return Engine(settings, DeviceChoice("cpu"))
+    return build_engine(settings, DeviceChoice("cpu"))
 
 
 @pytest.fixture(scope="session")
@@ -41,31 +42,27 @@ def kiri_server(models_dir, tmp_path_factory):
     """The real Gradio app on a free loopback port, as launch.py builds it; yields its URL."""
     import socket
 
-    from webui.engine.context import Engine, Settings
-    from webui.engine.devices import DeviceChoice
-    from webui.ui.app import CSS, build
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+    from webui.server import ServeOptions, serve
 
     outputs = tmp_path_factory.mktemp("outputs")
     settings = Settings(models_dir=models_dir, outputs_dir=outputs, default_model="tiny-sd")
-    engine = Engine(settings, DeviceChoice("cpu"))
+    engine = build_engine(settings, DeviceChoice("cpu"))
     engine.catalog.scan()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app = build(engine, tmp_path_factory.mktemp("settings") / "settings.json")
-    app.queue(default_concurrency_limit=1)
-    server_app, _, _ = app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                                  css=CSS, allowed_paths=[str(outputs)], app_kwargs={"docs_url": "/docs"})
-    from webui.api import sdapi
-
-    sdapi.mount(server_app, engine, {"port": port})
+    app, _ = serve(engine, ServeOptions(port=port, settings_file=tmp_path_factory.mktemp("settings") / "settings.json",
+                                        cmd_flags={"port": port}))
     yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
     # Stop and wait for running jobs: a torch thread alive at interpreter exit can abort it.
     import time
 
     engine.interrupt(None)
     deadline = time.monotonic() + 60
-    while engine.jobs.active() and time.monotonic() < deadline:
+    while (engine.jobs.active() or engine.jobs.queued()) and time.monotonic() < deadline:
         time.sleep(0.1)
     app.close()
 

@@ -38,7 +38,7 @@ def test_every_tab_is_listed_and_unbuilt_ones_say_so(kiri_server, browser):
 def test_png_info_sends_parameters_to_text_to_image(kiri_server, browser, tmp_path):
     from PIL import Image
 
-    from webui.engine.infotext import pnginfo_for
+    from webui.engine.core.infotext import pnginfo_for
 
     text = "a green star at the top\nNegative prompt: blurry\nSteps: 7, Sampler: Euler a, CFG scale: 4.5, Seed: 777, Size: 64x64, Model: x"
     path = tmp_path / "made-by-a1111.png"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from webui.engine.catalog import Catalog, describe
-from webui.engine.families import family_from_keys, UnknownFamily
+from webui.engine.models.catalog import Catalog, describe
+from webui.engine.models.families import family_from_keys, UnknownFamily
 
 
 def test_scan_finds_folders_single_files_and_pickles(models_dir, tmp_path):
@@ -21,10 +21,10 @@ def test_scan_finds_folders_single_files_and_pickles(models_dir, tmp_path):
     catalog = Catalog(root)
     entries = {e.name: e for e in catalog.scan()}
     assert set(entries) == {"tiny-sd", "tiny-sd-single", "tiny-sd3", "old"}
-    assert entries["tiny-sd"].kind == "diffusers" and entries["tiny-sd"].family == "sd1"
-    assert entries["tiny-sd-single"].kind == "single_file" and entries["tiny-sd-single"].family == "sd1"
+    assert entries["tiny-sd"].format == "diffusers" and entries["tiny-sd"].family == "sd1"
+    assert entries["tiny-sd-single"].format == "single_file" and entries["tiny-sd-single"].family == "sd1"
     assert entries["tiny-sd3"].family == "sd3" and entries["tiny-sd3"].prediction == "flow"
-    assert entries["old"].kind == "pickle"
+    assert entries["old"].format == "pickle"
     title = catalog.title(entries["tiny-sd"])
     assert title.startswith("tiny-sd [") and "SD 1.x" in title and "MB" in title
     # The short hash is A1111's: the first 10 hex digits of the denoiser file's sha256.

@@ -61,11 +61,12 @@ def test_detector_reads_clean_scenes():
 @pytest.fixture(scope="module")
 def kiri(tmp_path_factory):
     """An engine on the repository's own models/ folder, on the CPU."""
-    from webui.engine.context import Engine, Settings
-    from webui.engine.devices import DeviceChoice
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
+    from webui.engine.core.devices import DeviceChoice
 
     settings = Settings(models_dir=ROOT / "models", outputs_dir=tmp_path_factory.mktemp("outputs"), save_images=False)
-    return Engine(settings, DeviceChoice("cpu"))
+    return build_engine(settings, DeviceChoice("cpu"))
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -75,7 +76,7 @@ def loaded(request, kiri):
 
 
 def _gen(engine, prompt: str, seed: int, steps: int = 20) -> np.ndarray:
-    from webui.engine.requests import Txt2ImgRequest
+    from webui.engine.generation.requests import Txt2ImgRequest
 
     result = engine.txt2img(Txt2ImgRequest(prompt=prompt, seed=seed, steps=steps, width=64, height=64))
     assert not result.warnings, result.warnings
@@ -174,7 +175,7 @@ def test_inpainting_adds_the_prompted_object_in_the_mask_and_keeps_the_rest(load
     """A red circle on the left; repaint the right half asking for a yellow square there as well."""
     from PIL import Image
 
-    from webui.engine.img2img import Img2ImgRequest
+    from webui.engine.generation.img2img import Img2ImgRequest
 
     engine, model = loaded
     picture = Image.fromarray(W.render(W.scene_from_parts([("large", "red", "circle", "left")], ("blue",))))

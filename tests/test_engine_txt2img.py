@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from webui.engine.errors import InvalidRequest, ModelNotFound
-from webui.engine.infotext import parse_infotext, read_infotext
-from webui.engine.jobs import Job
-from webui.engine.requests import Txt2ImgRequest
+from webui.engine.core.errors import InvalidRequest, ModelNotFound
+from webui.engine.core.infotext import parse_infotext, read_infotext
+from webui.engine.core.jobs import Job
+from webui.engine.generation.requests import Txt2ImgRequest
 
 
 def small(**kw) -> Txt2ImgRequest:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webui.engine.context import Engine, Settings
-from webui.engine.devices import DeviceChoice
-from webui.engine.requests import Txt2ImgRequest
+from webui.bootstrap import build_engine
+from webui.engine.settings import Settings
+from webui.engine.core.devices import DeviceChoice
+from webui.engine.generation.requests import Txt2ImgRequest
 from webui.extensions import ExtensionError, install_extension
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "extensions"
@@ -34,7 +35,7 @@ def write_extension(root: Path, name: str, body: str, *, override: bool = False,
 def engine_for(models_dir, tmp_path, ext_dir, **kw) -> Engine:
     settings = Settings(models_dir=models_dir, outputs_dir=tmp_path / "out", extensions_dir=ext_dir,
                         default_model="tiny-sd", **kw)
-    return Engine(settings, DeviceChoice("cpu"))
+    return build_engine(settings, DeviceChoice("cpu"))
 
 
 def status(engine: Engine) -> dict[str, tuple[str, str | None]]:
@@ -175,7 +176,7 @@ def test_the_readme_deferred_example_imports_the_sampler_only_when_it_runs(model
 
 
 def test_a_deferred_file_that_is_missing_fails_at_start_and_one_that_breaks_fails_clearly_at_use(models_dir, tmp_path):
-    from webui.engine.errors import KiriError
+    from webui.engine.core.errors import KiriError
 
     ext = tmp_path / "ext"
     write_extension(ext, "missing", "def register(kiri):\n    kiri.add_sampler('Nope', function=kiri.later('absent.py:f'))\n")
@@ -193,8 +194,9 @@ def test_loading_the_shipped_extensions_does_not_import_torch(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from webui.engine.context import Engine, Settings
-        engine = Engine(Settings(models_dir=Path({str(tmp_path)!r}), outputs_dir=Path({str(tmp_path)!r}),
+        from webui.bootstrap import build_engine
+        from webui.engine.settings import Settings
+        engine = build_engine(Settings(models_dir=Path({str(tmp_path)!r}), outputs_dir=Path({str(tmp_path)!r}),
                                  extensions_dir=Path({str(EXAMPLES)!r})))
         loaded = [e.name for e in engine.extensions.extensions if e.status == "loaded"]
         assert {{"example-dpmpp-2s-a", "example-euler-scheduler"}} <= set(loaded), loaded

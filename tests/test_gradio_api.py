@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from webui.engine.infotext import pnginfo_for
+from webui.engine.core.infotext import pnginfo_for
 
 A1111_TEXT = (
     "masterpiece, 1girl\nNegative prompt: lowres\nSteps: 28, Sampler: Euler a, Schedule type: Karras, "

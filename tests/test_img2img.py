@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 import tiny_models
-from webui.engine.errors import InvalidRequest
-from webui.engine.img2img import Img2ImgRequest, outpaint_canvas
-from webui.engine.infotext import parse_infotext, read_infotext
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.img2img import Img2ImgRequest, outpaint_canvas
+from webui.engine.core.infotext import parse_infotext, read_infotext
 
 
 def _picture(width=64, height=64) -> Image.Image:
@@ -124,13 +124,14 @@ def test_outpaint_grows_the_canvas_and_keeps_the_original(engine):
 
 @pytest.fixture(scope="module")
 def inpaint_engine(tmp_path_factory):
-    from webui.engine.context import Engine, Settings
-    from webui.engine.devices import DeviceChoice
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
+    from webui.engine.core.devices import DeviceChoice
 
     root = tmp_path_factory.mktemp("inpaint_models")
     tiny_models.make_tiny_sd_inpaint(root / "checkpoints" / "tiny-sd-inpaint")
     settings = Settings(models_dir=root, outputs_dir=tmp_path_factory.mktemp("out"), default_model="tiny-sd-inpaint")
-    return Engine(settings, DeviceChoice("cpu"))
+    return build_engine(settings, DeviceChoice("cpu"))
 
 
 @pytest.mark.parametrize("full_res", [False, True])

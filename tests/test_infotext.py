@@ -8,7 +8,7 @@ import struct
 import pytest
 from PIL import Image
 
-from webui.engine.infotext import (
+from webui.engine.core.infotext import (
     Infotext,
     build_infotext,
     decode_user_comment,
@@ -71,6 +71,7 @@ def test_request_fields_from_a1111_text() -> None:
         "width": 512,
         "height": 768,
         "denoising_strength": 0.45,
+        "clip_skip": 2,
     }
 
 

@@ -9,11 +9,12 @@ import time
 import pytest
 import torch
 
-from webui.engine.context import Engine, Settings
-from webui.engine.devices import DeviceChoice
-from webui.engine.errors import ModelLoadError, NoModelAvailable, PickleRefused
-from webui.engine.jobs import Job
-from webui.engine.requests import Txt2ImgRequest
+from webui.bootstrap import build_engine
+from webui.engine.settings import Settings
+from webui.engine.core.devices import DeviceChoice
+from webui.engine.core.errors import ModelLoadError, NoModelAvailable, PickleRefused
+from webui.engine.core.jobs import Job
+from webui.engine.generation.requests import Txt2ImgRequest
 
 
 @pytest.fixture()
@@ -25,7 +26,7 @@ def own_models(models_dir, tmp_path):
 
 def make_engine(models_root, tmp_path, **kw) -> Engine:
     settings = Settings(models_dir=models_root, outputs_dir=tmp_path / "out", default_model="tiny-sd", **kw)
-    return Engine(settings, DeviceChoice("cpu"))
+    return build_engine(settings, DeviceChoice("cpu"))
 
 
 def test_truncated_file_keeps_previous_model(own_models, tmp_path):
@@ -110,8 +111,8 @@ def test_switching_model_waits_for_running_job(own_models, tmp_path):
     worker = threading.Thread(target=engine.txt2img, args=(Txt2ImgRequest("a circle", steps=4, width=64, height=64), job))
     worker.start()
     assert in_job.wait(30)
-    engine.models.get("tiny-sd3")
-    # The switch could only take the model lock once the job had finished its image.
+    engine.load_model("tiny-sd3")  # a job of the same owner: it runs once the generation has finished
+    # The switch could only take its turn once the job had finished its image.
     assert job.images_done == 1
     worker.join(60)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from webui.engine import outputs
-from webui.engine.infotext import parse_infotext, read_infotext
-from webui.engine.outputs import dated_dir, save_image
+from webui.engine.core import outputs
+from webui.engine.core.infotext import parse_infotext, read_infotext
+from webui.engine.core.outputs import dated_dir, save_image
 
 INFOTEXT = (
     "a cat, (fluffy:1.2)\nsecond line 猫\nNegative prompt: blurry\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from webui.engine.jobs import Job
-from webui.engine.requests import Txt2ImgRequest
+from webui.engine.core.jobs import Job
+from webui.engine.generation.requests import Txt2ImgRequest
 
 
 def test_preview_tracks_the_decoded_image(engine):
@@ -36,8 +36,9 @@ def test_tiny_decoder_is_used_when_present(models_dir, tmp_path):
     import torch
     from diffusers import AutoencoderTiny
 
-    from webui.engine.context import Engine, Settings
-    from webui.engine.devices import DeviceChoice
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
+    from webui.engine.core.devices import DeviceChoice
 
     root = tmp_path / "models"
     shutil.copytree(models_dir / "checkpoints" / "tiny-sd", root / "checkpoints" / "tiny-sd")
@@ -45,7 +46,7 @@ def test_tiny_decoder_is_used_when_present(models_dir, tmp_path):
     # A tiny decoder for 4-channel latents and a 2x VAE, as TAESD is for SD's 8x one.
     AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
                     num_decoder_blocks=(1, 1), latent_channels=4, upsampling_scaling_factor=2).save_pretrained(root / "taesd" / "sd1")
-    engine = Engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", preview_every=1), DeviceChoice("cpu"))
+    engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", preview_every=1), DeviceChoice("cpu"))
     job = Job()
     engine.txt2img(Txt2ImgRequest("a red circle", steps=2, width=64, height=64), job)
     assert engine.models.current.previewer.method == "taesd"

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from webui.engine.analytic import AnalyticModel, GaussianMixture, alphas_cumprod, ring_mixture
-from webui.engine.sampler_check import (
+from webui.engine.samplers.analytic import AnalyticModel, GaussianMixture, alphas_cumprod, ring_mixture
+from webui.engine.samplers.check import (
     BASELINE,
     CheckRow,
     check_samplers,
@@ -17,7 +17,7 @@ from webui.engine.sampler_check import (
     scheduler_config,
     sliced_wasserstein,
 )
-from webui.engine.samplers import Sampler, SamplerRegistry
+from webui.engine.samplers.registry import Sampler, SamplerRegistry
 from webui.tools.sampler_check import build_registry
 
 DETERMINISTIC = {

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from webui.engine.context import Engine, Settings
-from webui.engine.devices import DeviceChoice
-from webui.engine.errors import InvalidRequest
-from webui.engine.requests import Txt2ImgRequest
+from webui.bootstrap import build_engine
+from webui.engine.settings import Settings
+from webui.engine.core.devices import DeviceChoice
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.requests import Txt2ImgRequest
 
 EXTENSIONS = Path(__file__).resolve().parent.parent / "extensions"
 MODELS = {"epsilon": "tiny-sd", "v_prediction": "tiny-sd-v", "flow": "tiny-sd3"}
@@ -31,7 +32,7 @@ def all_models(models_dir, v_models_dir, tmp_path_factory):
 def engine_with_examples(all_models, tmp_path_factory):
     settings = Settings(models_dir=all_models, outputs_dir=tmp_path_factory.mktemp("out"), extensions_dir=EXTENSIONS,
                         model_cache_size=3, save_images=False)
-    engine = Engine(settings, DeviceChoice("cpu"))
+    engine = build_engine(settings, DeviceChoice("cpu"))
     engine.catalog.scan()
     return engine
 
@@ -44,7 +45,7 @@ def test_examples_are_registered(engine_with_examples):
 
 def _every_pair():
     settings = Settings(extensions_dir=EXTENSIONS)
-    engine = Engine(settings, DeviceChoice("cpu"))
+    engine = build_engine(settings, DeviceChoice("cpu"))
     return [(s.name, p) for s in engine.samplers.all() for p in sorted(s.fits)]
 
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from webui.engine.infotext import pnginfo_for
+from webui.engine.core.infotext import pnginfo_for
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +110,11 @@ def test_api_auth_guards_every_route(engine):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
-    from webui.api import sdapi
-
-    app = FastAPI()
+    from webui.api import ApiContext, mount
     from webui.auth import make_checker
 
-    sdapi.mount(app, engine, {}, make_checker([("ann", "s3cret")], {}), max_body_bytes=1000)
+    app = FastAPI()
+    mount(app, ApiContext(engine, check_login=make_checker([("ann", "s3cret")], {})), max_body_bytes=1000)
     client = TestClient(app)
     paths = [path for path in app.openapi()["paths"] if path.startswith("/sdapi/v1")]
     assert len(paths) >= 20

@@ -11,7 +11,7 @@ import requests
 
 @pytest.fixture(scope="module")
 def served_image(kiri_server) -> Path:
-    from webui.engine.requests import Txt2ImgRequest
+    from webui.engine.generation.requests import Txt2ImgRequest
 
     result = kiri_server["engine"].txt2img(Txt2ImgRequest("a circle", steps=1, width=64, height=64))
     return result.paths[0]
@@ -71,7 +71,8 @@ def test_small_load_no_lost_or_duplicated_images(kiri_server):
             for request_no in range(5):
                 seed = 1000 * number + request_no
                 response = session.post(url, json={"prompt": f"client {number}", "seed": seed, "steps": 1,
-                                                   "width": 64, "height": 64, "sampler_name": "Euler"}, timeout=300)
+                                                   "width": 64, "height": 64, "sampler_name": "Euler",
+                                                       "save_images": True}, timeout=300)
                 assert response.status_code == 200, response.text
                 seeds.extend(json.loads(response.json()["info"])["all_seeds"])
         return seeds

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from webui.engine.errors import InvalidRequest
-from webui.engine.requests import Txt2ImgRequest
-from webui.engine.xy_grid import parse_axis, xy_grid
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.requests import Txt2ImgRequest
+from webui.engine.generation.xy_grid import parse_axis, xy_grid
 
 
 def test_axis_syntax():

@@ -59,7 +59,7 @@ def builtin_samplers(flow: bool) -> list[tuple[str, object, dict | None]]:
 
     out = []
     try:
-        from webui.engine.samplers import BUILTIN_SAMPLERS
+        from webui.engine.samplers.registry import BUILTIN_SAMPLERS
 
         for s in BUILTIN_SAMPLERS:
             if getattr(s, "function", None) is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from webui.engine.devices import DEVICE_CHOICES
+from webui.engine.core.devices import DEVICE_CHOICES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-upload-mb", type=int, default=50, help="largest upload or API request body (default 50 MB)")
     p.add_argument("--api-auth", type=parse_auth, action="append", default=[], metavar="USER:PASS",
                    help="HTTP Basic login for the /sdapi/v1 API (default: the --auth logins)")
+    p.add_argument("--admin", action="append", default=[], metavar="USER",
+                   help="a login whose Interrupt/Skip from the API stop every user's running job (others stop only their own)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where models run (default: auto)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder holding checkpoints/ (default: models)")
     p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved (default: outputs)")

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from webui.engine.errors import KiriError
-from webui.engine.hooks import Hooks, UITab
-from webui.engine.samplers import NOISE_PREDICTION, Sampler, SamplerRegistry
+from webui.engine.context import Registries
+from webui.engine.core.errors import KiriError
+from webui.engine.core.hooks import UITab
+from webui.engine.generation.call import AddonFactory, AddonSpec
+from webui.engine.samplers.registry import NOISE_PREDICTION, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +112,10 @@ class ExtensionInfo:
 class KiriAPI:
     """What an extension's entry point receives: Kiri's registries, stamped with its name."""
 
-    def __init__(self, manifest: Manifest, samplers: SamplerRegistry, hooks: Hooks, info: ExtensionInfo):
+    def __init__(self, manifest: Manifest, registries: Registries, info: ExtensionInfo):
         self.name = manifest.name
-        self._manifest, self._samplers, self._hooks, self._info = manifest, samplers, hooks, info
+        self._manifest, self._info = manifest, info
+        self._samplers, self._hooks, self._addons = registries.samplers, registries.hooks, registries.addons
         self._staged: list[Callable[[], None]] = []  # applied only if the whole entry point succeeds
 
     def add_sampler(self, name: str, *, function: Callable[..., Any] | None = None, scheduler: type | str | Deferred | None = None,
@@ -122,6 +125,12 @@ class KiriAPI:
         or a diffusers-style `scheduler` class (ConfigMixin with set_timesteps/step)."""
         sampler = Sampler(name, scheduler, dict(options or {}), frozenset(fits), tuple(aliases), function, self.name)
         self._stage(lambda: self._samplers.register(sampler, override=self._manifest.override), f"sampler: {name}")
+
+    def add_addon(self, name: str, factory: AddonFactory, infotext_keys: tuple[str, ...] = ()) -> None:
+        """Add a pipeline add-on (see webui/engine/generation/call.py): factory(settings) -> Addon or None,
+        used when a request's `addons` names it."""
+        spec = AddonSpec(name, factory, tuple(infotext_keys), self.name)
+        self._stage(lambda: self._addons.register(spec, override=self._manifest.override), f"add-on: {name}")
 
     def later(self, reference: str) -> Deferred:
         """`"file.py:name"` in this extension's folder, imported on first use (see Deferred)."""
@@ -163,8 +172,8 @@ class KiriAPI:
 
 
 class ExtensionManager:
-    def __init__(self, samplers: SamplerRegistry, hooks: Hooks):
-        self.samplers, self.hooks = samplers, hooks
+    def __init__(self, registries: Registries):
+        self.registries = registries
         self.extensions: list[ExtensionInfo] = []
 
     def load_all(self, roots: list[tuple[Path, str]], disabled: set[str]) -> list[ExtensionInfo]:
@@ -186,7 +195,7 @@ class ExtensionManager:
             if any(e.name == manifest.name and e.status != "error" for e in self.extensions):
                 raise ExtensionError(f"another extension is already named {manifest.name!r}")
             entry = _import_entry(folder, manifest)
-            api = KiriAPI(manifest, self.samplers, self.hooks, info)
+            api = KiriAPI(manifest, self.registries, info)
             entry(api)
             api.commit()
         except Exception as exc:  # noqa: BLE001 - a broken extension must not stop Kiri

@@ -6,7 +6,7 @@ pipeline and tab, with progress and interrupt, and feeds it the job's seeded noi
 
 import torch
 
-from webui.engine.sampling import randn_like
+from webui.engine.samplers.sampling import randn_like
 
 
 def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0):

@@ -1,1 +1,36 @@
-"""REST routes (AUTOMATIC1111-compatible /sdapi/v1); they call the same engine functions as the UI."""
+"""Kiri's HTTP API: one router module per route family, all on the same engine as the UI.
+
+`server_app_kwargs()` hands the routes and the body-size middleware to the app Gradio creates,
+so they exist before the server answers its first request (adding them after launch() left a
+moment when the page was served and /sdapi/v1 answered 404).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import ApiContext
+from .middleware import BodyLimit
+
+DEFAULT_MAX_BODY = 50 * 2**20
+
+
+def routers(ctx: ApiContext) -> list:
+    from . import sdapi
+
+    return [sdapi.build_router(ctx)]
+
+
+def server_app_kwargs(ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY) -> dict[str, Any]:
+    """FastAPI constructor arguments: our routes and middleware, present from the first request."""
+    from starlette.middleware import Middleware
+
+    routes = [route for router in routers(ctx) for route in router.routes]
+    return {"docs_url": "/docs", "routes": routes, "middleware": [Middleware(BodyLimit, max_bytes=max_body_bytes)]}
+
+
+def mount(app, ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY) -> None:
+    """Add the routes and the body cap to a FastAPI app that is not serving yet (tests, embedding)."""
+    for router in routers(ctx):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -1,95 +1,65 @@
-"""The Engine: the services a UI tab or an API route needs, passed in rather than imported as globals."""
+"""The Engine: the services a UI tab or an API route needs, handed in by webui/bootstrap.py.
+
+Every piece of model work goes through `engine.jobs` (see core/jobs.py): a request becomes a job
+with an owner, the one worker runs it in fair turns, and the caller waits for the result (or
+reads its progress). The Engine imports no UI, HTTP or extension code; bootstrap builds the
+registries and loads extensions into them before the Engine is made.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
-from .catalog import Catalog
-from .devices import DeviceChoice, resolve_device
-from .jobs import Job, JobBoard
-from .queue import FairGate
-from .models import ModelManager
-from .requests import Txt2ImgRequest
-from .hooks import Hooks
-from .samplers import SamplerRegistry
-from .txt2img import GenerationResult, txt2img
+from webui.engine.core.devices import DeviceChoice, resolve_device
+from webui.engine.core.hooks import Hooks
+from webui.engine.core.jobs import Job, JobStore
+from webui.engine.generation.call import AddonRegistry
+from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
+from webui.engine.models.catalog import Catalog
+from webui.engine.models.manager import ModelManager
+from webui.engine.samplers.registry import SamplerRegistry
+from webui.engine.settings import Settings
+
+if TYPE_CHECKING:
+    from webui.engine.generation.img2img import Img2ImgRequest
+    from webui.engine.generation.runner import Task
 
 log = logging.getLogger(__name__)
 
-BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "builtin_extensions"
+PRELOAD_OWNER = "kiri:preload"
 
 
 @dataclass
-class Settings:
-    """What the user can change on the Settings tab; saved as JSON between runs."""
+class Registries:
+    """What built-ins and extensions register into, through the same calls."""
 
-    models_dir: Path = Path("models")
-    outputs_dir: Path = Path("outputs")
-    device: str = "auto"
-    allow_pickle: bool = False
-    model_cache_size: int = 1  # loaded models kept in memory (LRU)
-    default_model: str | None = None
-    save_images: bool = True
-    image_format: str = "png"
-    preview_every: int = 5  # live preview every N steps; 0 turns previews off
-    extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
-    disabled_extensions: list[str] = field(default_factory=list)
-    allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
-    max_pixels: int = 4096 * 4096  # bigger init images for Image to image are refused
-
-    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
-
-    def extensions_dirs(self) -> list[tuple[Path, str]]:
-        dirs = [(BUILTIN_EXTENSIONS, "built-in")]
-        if self.extensions_dir is not None:
-            dirs.append((Path(self.extensions_dir), "user"))
-        return dirs
-
-    def editable(self) -> dict:
-        return {k: getattr(self, k) for k in self.EDITABLE}
-
-    def save(self, path: Path) -> None:
-        data = {k: v for k, v in asdict(self).items() if k in self.EDITABLE}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
-
-    def load_saved(self, path: Path) -> None:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        names = {f.name for f in fields(self)}
-        for key, value in data.items():
-            if key in self.EDITABLE and key in names:
-                setattr(self, key, value)
+    samplers: SamplerRegistry = field(default_factory=SamplerRegistry)
+    hooks: Hooks = field(default_factory=Hooks)
+    addons: AddonRegistry = field(default_factory=AddonRegistry)
 
 
 class Engine:
-    """Catalog, models, samplers and jobs; built once by launch.py (or a test) and shared."""
+    """Catalog, models, samplers, add-ons and the job store; built once by webui/bootstrap.py."""
 
-    def __init__(self, settings: Settings, device: DeviceChoice | None = None):
+    def __init__(self, settings: Settings, registries: Registries | None = None, device: DeviceChoice | None = None,
+                 extensions: Any = None):
         self.settings = settings
+        registries = registries or Registries()
+        self.samplers, self.hooks, self.addons = registries.samplers, registries.hooks, registries.addons
+        self.extensions = extensions  # what bootstrap loaded, for the Extensions tab and the API
         self.catalog = Catalog(settings.models_dir)
-        self.samplers = SamplerRegistry()
-        self.hooks = Hooks()
-        # Built-in samplers, then extensions, all through the same loader and registries.
-        from webui.extensions import ExtensionManager
-
-        self.extensions = ExtensionManager(self.samplers, self.hooks)
-        self.extensions.load_all(settings.extensions_dirs(), set(settings.disabled_extensions))
-        self.jobs = JobBoard()
-        self.gate = FairGate()
+        self.jobs = JobStore()
         self._device = device
+        # The checkpoint asked for last (model picker, /options): what a request that names none uses,
+        # even while another user's job has another model loaded for its batches.
+        self.selected_model: str | None = None
         self._models: ModelManager | None = None
         self._models_lock = threading.Lock()
 
+    # --- models ----------------------------------------------------------------------------
     @property
     def models(self) -> ModelManager:
         # Created on first use: resolving the device imports torch, which the first page does not need.
@@ -99,19 +69,9 @@ class Engine:
                 self._models = ModelManager(
                     self.catalog, device, self.settings.allow_pickle, self.settings.model_cache_size,
                     on_loaded=lambda model: self.hooks.notify("on_model_loaded", model),
+                    memory_budget=self.settings.model_memory_budget_mb * 2**20,
                 )
             return self._models
-
-    @contextmanager
-    def turn(self, owner: str) -> Iterator[None]:
-        """A fair turn on the model (see queue.FairGate), holding the model lock meanwhile."""
-        with self.gate.turn(owner), self.models.lock:
-            yield
-
-    def load_model(self, name: str | None, owner: str = "local"):
-        """Switch models in turn: waits for running batches, keeps the previous model on failure."""
-        with self.turn(owner):
-            return self.models.get(name, preferred=self.settings.default_model)
 
     def models_if_created(self) -> ModelManager | None:
         return self._models
@@ -120,41 +80,101 @@ class Engine:
         return self.catalog.default_entry(self.settings.default_model)
 
     def current_entry(self):
-        """The loaded model's entry, else the one Kiri would load; never loads or imports torch."""
+        """The selected checkpoint's entry, else the loaded one's, else the one Kiri would load;
+        never loads or imports torch."""
+        if self.selected_model is not None:
+            entry = self.catalog.find(self.selected_model)
+            if entry is not None:
+                return entry
         models = self._models
         return models.current.entry if models is not None and models.current is not None else self.default_entry()
 
-    def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
-        job = job or Job(kind="txt2img")
-        request = self.hooks.transform("before_generate", request)
-        request.validate()  # a hook may have changed it
-        self.jobs.add(job)
-        try:
-            return txt2img(self, request, job)
-        finally:
-            self.jobs.remove(job)
+    def load_model(self, name: str | None, owner: str = "local"):
+        """Switch models as a job in the queue: waits its turn, keeps the previous model on failure."""
+        return self.run(owner, "load", lambda job: self._load(name))
 
-    def img2img(self, request, job: Job | None = None) -> GenerationResult:
-        """Image to image, inpainting and outpainting (see img2img.py), with the same hooks and jobs."""
-        from .img2img import img2img
+    def _load(self, name: str | None) -> Generator[None, None, Any]:
+        loaded = self.models.get(name or self.selected_model, preferred=self.settings.default_model)
+        self.selected_model = loaded.name
+        return loaded
+        yield  # noqa: unreachable - makes this a one-turn job
 
-        job = job or Job(kind="img2img")
-        request = self.hooks.transform("before_generate", request)
-        request.validate()
-        self.jobs.add(job)
-        try:
-            return img2img(self, request, job)
-        finally:
-            self.jobs.remove(job)
+    def unload_models(self, owner: str = "local") -> None:
+        self.run(owner, "unload", lambda job: self._unload())
+
+    def _unload(self) -> Generator[None, None, None]:
+        self.models.unload()
+        return
+        yield  # noqa: unreachable
+
+    # --- jobs ------------------------------------------------------------------------------
+    def run(self, owner: str, kind: str, work: Callable[[Job], Generator[None, None, Any]], job: Job | None = None) -> Any:
+        """Run `work` as a job of `owner` and wait for its result; inline when called from a job."""
+        job = job or Job(kind=kind, owner=owner)
+        job.work = work
+        return self.jobs.run(job)
+
+    def submit(self, work: Callable[[Job], Generator[None, None, Any]], job: Job) -> Job:
+        """Queue `work` as `job` and return at once; read job.status / job.result, or jobs.wait(job)."""
+        job.work = work
+        return self.jobs.submit(job)
 
     def interrupt(self, owner: str | None = None) -> int:
         return self.jobs.interrupt(owner)
 
+    def skip(self, owner: str | None = None) -> int:
+        return self.jobs.skip(owner)
+
+    # --- generation ------------------------------------------------------------------------
+    def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
+        from webui.engine.generation.txt2img import Txt2ImgTask
+
+        job = job or Job(kind="txt2img")
+        request = self.prepare_request(request)
+        return self.run(job.owner, job.kind, lambda j: self.stage(Txt2ImgTask(request), j), job)
+
+    def img2img(self, request: "Img2ImgRequest", job: Job | None = None) -> GenerationResult:
+        """Image to image, inpainting and outpainting (see generation/img2img.py)."""
+        job = job or Job(kind="img2img")
+        request = self.prepare_request(request)
+        warnings: list[str] = []
+        task = self.img2img_task(request, warnings)
+        return self.run(job.owner, job.kind, lambda j: self._with_warnings(self.stage(task, j), warnings), job)
+
+    def img2img_task(self, request: "Img2ImgRequest", warnings: list[str]):
+        """The task for an img2img request: the image and mask prepared (outside any turn)."""
+        from webui.engine.generation.img2img import Img2ImgTask, check_pixels, prepare
+
+        check_pixels(request.init_image, self.settings.max_pixels)
+        task = Img2ImgTask(request, prepare(request, warnings))
+        if task.denoise_steps == 0:
+            warnings.append("Denoising strength x steps is below one step: the init image is returned unchanged.")
+        return task
+
+    def stage(self, task: "Task", job: Job) -> Generator[None, None, GenerationResult]:
+        """A denoising task as turns of `job`: the whole job, or one stage of a bigger one
+        (`result = yield from engine.stage(task, job)` inside another job's work)."""
+        from webui.engine.generation.runner import run
+
+        return run(self, task, job)
+
+    @staticmethod
+    def _with_warnings(stage: Generator[None, None, GenerationResult], warnings: list[str]):
+        result = yield from stage
+        result.warnings[:0] = warnings
+        return result
+
+    def prepare_request(self, request):
+        """Hooks first (an extension may change the request), then validation."""
+        request = self.hooks.transform("before_generate", request)
+        request.validate()  # a hook may have changed it
+        return request
+
     def preload(self) -> None:
-        """Import torch and diffusers and load the default model; run in a background thread."""
+        """Import torch and diffusers and load the default model, as a job; run in a background thread."""
         try:
             self.catalog.scan()
-            self.models.get(None, preferred=self.settings.default_model)
+            self.load_model(None, owner=PRELOAD_OWNER)
             self.catalog.hash_all()  # big files the scan left unhashed, for the dropdown titles
         except Exception as exc:  # noqa: BLE001 - a failed preload is retried on first use
             log.warning("background model load did not finish: %s", exc)

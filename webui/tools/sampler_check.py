@@ -17,23 +17,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def build_registry(extensions_dir: Path | None):
     """Built-in samplers and the user's extensions, through the same loader Kiri uses at start."""
-    from webui.engine.context import BUILTIN_EXTENSIONS
-    from webui.engine.hooks import Hooks
-    from webui.engine.samplers import SamplerRegistry
+    from webui.bootstrap import build_registries
+    from webui.engine.settings import BUILTIN_EXTENSIONS
     from webui.extensions import ExtensionManager
 
-    registry = SamplerRegistry()
+    registries = build_registries()
     roots = [(BUILTIN_EXTENSIONS, "built-in")]
     if extensions_dir is not None:
         roots.append((extensions_dir, "user"))
-    for info in ExtensionManager(registry, Hooks()).load_all(roots, set()):
+    for info in ExtensionManager(registries).load_all(roots, set()):
         if info.status == "error":
             print(f"extension {info.name} failed to load: {info.error}")
-    return registry
+    return registries.samplers
 
 
 def main(argv: list[str] | None = None) -> int:
-    from webui.engine.sampler_check import DEFAULT_SAMPLES, PREDICTIONS, STEPS
+    from webui.engine.samplers.check import DEFAULT_SAMPLES, PREDICTIONS, STEPS
 
     p = argparse.ArgumentParser(prog="python -m webui.tools.sampler_check", description=__doc__.splitlines()[0])
     p.add_argument("names", nargs="*", metavar="NAME", help="samplers to check (default: all registered)")
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from webui.engine.sampler_check import check_samplers, render_plot, render_table
+    from webui.engine.samplers.check import check_samplers, render_plot, render_table
 
     from diffusers.utils import logging as diffusers_logging
 

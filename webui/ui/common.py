@@ -9,10 +9,11 @@ from typing import Any, Callable, Generator, Iterator
 import gradio as gr
 
 from webui.engine.context import Engine
-from webui.engine.errors import KiriError
+from webui.engine.core.errors import KiriError
 
-# Every event that runs a model joins this queue, so two users never run the model at once.
-GPU_QUEUE = "gpu"
+# Events that run models only submit a job and wait for it: the engine's job store takes the turns
+# (per user, one batch at a time), so Gradio must not serialise these events itself.
+JOB_EVENT = dict(concurrency_id="kiri-jobs", concurrency_limit=None)
 
 
 @contextmanager
@@ -25,6 +26,10 @@ def user_errors() -> Iterator[None]:
 
 
 def owner_of(request: gr.Request | None) -> str:
+    """Who takes turns and whose jobs Interrupt stops: the login if there is one, else the browser session."""
+    user = getattr(request, "username", None)
+    if user:
+        return f"user:{user}"
     return getattr(request, "session_hash", None) or "local"
 
 

@@ -8,14 +8,14 @@ from typing import Any
 
 import gradio as gr
 
-from webui.engine import requests as limits
 from webui.engine.context import Engine
-from webui.engine.errors import InvalidRequest
-from webui.engine.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
-from webui.engine.jobs import Job
-from webui.engine.samplers import SCHEDULES, default_sampler
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
+from webui.engine.core.jobs import Job
+from webui.engine.samplers.registry import default_sampler
 
-from .common import GPU_QUEUE, owner_of, stream_job, user_errors
+from .common import JOB_EVENT, owner_of, stream_job, user_errors
+from .components import generation_settings, request_fields, result_note, shown_images
 from .txt2img import Txt2ImgTab, _model_defaults
 
 TAB_ID = "img2img"
@@ -93,18 +93,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                     padding = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels")
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", type="index")
             strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img-strength")
-            with gr.Row():
-                sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", allow_custom_value=True)
-                schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type")
-            steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id="img2img-steps")
-            with gr.Row():
-                width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
-                height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
-            with gr.Row():
-                batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
-                batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
-            cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale")
-            seed = gr.Number(-1, label="Seed (-1 = random)", precision=0)
+            gen = generation_settings("img2img", samplers, sampler, size)
         with gr.Column(scale=4):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
@@ -117,17 +106,15 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         tab.select(lambda name=name: name, None, mode, api_visibility="private", queue=False)
 
     def run(mode, prompt, negative_prompt, init_image, editor, mask_upload, outpaint_image, left, right, up, down,
-            mask_blur, invert, fill, area, padding, resize_mode, strength, sampler_name, scheduler, steps, cfg_scale,
-            seed, width, height, batch_size, batch_count, request: gr.Request, progress: gr.Progress = gr.Progress()):
+            mask_blur, invert, fill, area, padding, resize_mode, strength, request: gr.Request,
+            progress: gr.Progress = gr.Progress(), **settings):
         """Image to image, inpaint or outpaint; yields live previews, then the images, the first infotext and a status."""
         job = Job(kind="img2img", owner=owner_of(request))
         started = time.perf_counter()
         with user_errors():
             fields: dict[str, Any] = dict(
-                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name or None,
-                scheduler=scheduler or None, steps=int(steps), cfg_scale=float(cfg_scale),
-                seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
-                batch_size=int(batch_size), n_iter=int(batch_count), denoising_strength=float(strength),
+                prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings),
+                denoising_strength=float(strength),
                 resize_mode=int(resize_mode or 0), mask_blur=int(mask_blur),
                 inpainting_mask_invert=int(invert == "Inpaint not masked"), inpainting_fill=MASKED_CONTENT.index(fill),
                 inpaint_full_res=area == "Only masked", inpaint_full_res_padding=int(padding),
@@ -153,21 +140,13 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                                            lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
         for warning in result.warnings:
             gr.Warning(warning)
-        note = f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s with {result.model_name}, {result.sampler_name}."
-        if result.interrupted:
-            note += " **Interrupted**: the finished images are kept."
-        if result.paths:
-            note += f" Saved to `{result.paths[0].parent}`."
-        shown = [str(p) for p in result.paths] if result.paths else result.images
-        yield shown, (result.infotexts[0] if result.infotexts else ""), note
+        yield shown_images(result), (result.infotexts[0] if result.infotexts else ""), result_note(result, time.perf_counter() - started)
 
     inputs = dict(mode=mode, prompt=prompt, negative_prompt=negative, init_image=init_image, editor=editor,
                   mask_upload=mask_upload, outpaint_image=outpaint_image, left=left, right=right, up=up, down=down,
                   mask_blur=mask_blur, invert=invert, fill=fill, area=area, padding=padding, resize_mode=resize_mode,
-                  strength=strength, sampler_name=sampler_dd, scheduler=schedule_dd, steps=steps, cfg_scale=cfg, seed=seed,
-                  width=width, height=height, batch_size=batch_size, batch_count=batch_count)
-    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img",
-                   concurrency_id=GPU_QUEUE, concurrency_limit=1)
+                  strength=strength, **gen.inputs(), model=model_picker)
+    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img", **JOB_EVENT)
 
     def stop(request: gr.Request) -> str:
         return "Interrupting after the current step…" if engine.interrupt(owner_of(request)) else "Nothing is running."
@@ -179,7 +158,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         prediction = entry.prediction if entry else "epsilon"
         return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
 
-    model_picker.change(on_model_change, model_picker, sampler_dd, api_visibility="private", queue=False)
+    model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
     if t2i is not None and tabs is not None and t2i.send_img2img is not None:
         _wire_send_buttons(t2i, tabs, modes, mode, init_image, editor, prompt, negative)
 

@@ -6,7 +6,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from .common import GPU_QUEUE, model_choices, owner_of, selected_title, user_errors
+from .common import JOB_EVENT, model_choices, owner_of, selected_title, user_errors
 
 NO_MODEL_HELP = (
     "**No checkpoint found.** Put a diffusers folder or a `.safetensors` file in "
@@ -35,7 +35,7 @@ def render(engine: Engine) -> gr.Dropdown:
         engine.catalog.scan()
         return gr.update(choices=model_choices(engine), value=selected_title(engine)), _status(engine)
 
-    dropdown.input(load, dropdown, status, api_name="load_model", concurrency_id=GPU_QUEUE)
+    dropdown.input(load, dropdown, status, api_name="load_model", **JOB_EVENT)
     refresh.click(rescan, None, [dropdown, status], api_name="refresh_models")
     return dropdown
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import gradio as gr
 
 from webui.engine.context import Engine
-from webui.engine.errors import KiriError
-from webui.engine.infotext import infotext_to_request_fields, parse_infotext, read_infotext
+from webui.engine.core.errors import KiriError
+from webui.engine.core.infotext import infotext_to_request_fields, parse_infotext, read_infotext
 
 from .txt2img import Txt2ImgTab
 
@@ -44,26 +44,29 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
         values = infotext_to_request_fields(parse_infotext(text or ""))
         if not values.get("prompt"):
             raise gr.Error("there are no parameters to send: drop an image made by Kiri or AUTOMATIC1111 first")
+        gen = txt2img.settings
         updates = {
             txt2img.prompt: values.get("prompt", gr.update()),
             txt2img.negative_prompt: values.get("negative_prompt", ""),
-            txt2img.steps: values.get("steps", gr.update()),
-            txt2img.cfg_scale: values.get("cfg_scale", gr.update()),
-            txt2img.seed: values.get("seed", gr.update()),
-            txt2img.width: values.get("width", gr.update()),
-            txt2img.height: values.get("height", gr.update()),
+            gen.steps: values.get("steps", gr.update()),
+            gen.cfg_scale: values.get("cfg_scale", gr.update()),
+            gen.seed: values.get("seed", gr.update()),
+            gen.width: values.get("width", gr.update()),
+            gen.height: values.get("height", gr.update()),
+            gen.clip_skip: values.get("clip_skip", 1),
             tabs: gr.Tabs(selected=txt2img_tab_id),
         }
         sampler = values.get("sampler_name")
         if sampler:
             try:
                 found, schedule = engine.samplers.resolve(str(sampler), values.get("scheduler"))
-                updates[txt2img.sampler] = gr.update(value=found.name)
-                updates[txt2img.schedule] = gr.update(value=schedule)
+                updates[gen.sampler] = gr.update(value=found.name)
+                updates[gen.schedule] = gr.update(value=schedule)
             except KiriError:
                 gr.Warning(f"Sampler {sampler!r} is not available in Kiri; keeping the current one.")
         return updates
 
-    targets = [txt2img.prompt, txt2img.negative_prompt, txt2img.steps, txt2img.cfg_scale, txt2img.seed,
-               txt2img.width, txt2img.height, txt2img.sampler, txt2img.schedule, tabs]
+    gen = txt2img.settings
+    targets = [txt2img.prompt, txt2img.negative_prompt, gen.steps, gen.cfg_scale, gen.seed, gen.width, gen.height,
+               gen.sampler, gen.schedule, gen.clip_skip, tabs]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)

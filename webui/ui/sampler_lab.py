@@ -13,8 +13,8 @@ from pathlib import Path
 import gradio as gr
 
 from webui.engine.context import Engine
-from webui.engine.errors import InvalidRequest
-from webui.engine.samplers import SCHEDULES
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.samplers.registry import SCHEDULES
 
 DEFAULT_PICK = ("Euler", "Euler a", "Heun", "DPM++ 2M", "DDIM", "UniPC", "Flow Euler")
 PREDICTIONS = {"Noise (epsilon)": "epsilon", "v-prediction": "v_prediction", "Rectified flow": "flow"}
@@ -45,7 +45,7 @@ def render(engine: Engine) -> None:
             table = gr.Markdown(elem_id="lab-table")
 
     def check(samplers: list[str], kind_label: str, schedule_name: str, steps_text: str):
-        from webui.engine.sampler_check import check_samplers, render_plot, render_table
+        from webui.engine.samplers.check import check_samplers, render_plot, render_table
 
         if not samplers:
             raise gr.Error("pick at least one sampler")

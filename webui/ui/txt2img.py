@@ -7,15 +7,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from webui.engine import requests as limits
 from webui.engine.context import Engine
-from webui.engine.errors import KiriError
-from webui.engine.jobs import Job
-from webui.engine.requests import Txt2ImgRequest
-from webui.engine.samplers import SCHEDULES, default_sampler
-from webui.engine.xy_grid import AXES, NOTHING, xy_grid
+from webui.engine.core.errors import KiriError
+from webui.engine.core.jobs import Job
+from webui.engine.generation.requests import Txt2ImgRequest
+from webui.engine.samplers.registry import default_sampler
+from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
-from .common import GPU_QUEUE, owner_of, stream_job, user_errors
+from .common import JOB_EVENT, owner_of, stream_job, user_errors
+from .components import GenerationSettings, generation_settings, request_fields, result_note, shown_images
 
 
 @dataclass
@@ -24,13 +24,7 @@ class Txt2ImgTab:
 
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
-    sampler: gr.Dropdown
-    schedule: gr.Dropdown
-    steps: gr.Slider
-    cfg_scale: gr.Slider
-    seed: gr.Number
-    width: gr.Slider
-    height: gr.Slider
+    settings: GenerationSettings
     gallery: gr.Gallery
     send_img2img: gr.Button | None = None  # wired by the Image to image tab
     send_inpaint: gr.Button | None = None
@@ -55,21 +49,8 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             example_prompts = gr.Dataset(components=[prompt], samples=[[e] for e in examples], label="Example prompts for this model",
                                          visible=bool(examples), elem_id="txt2img-examples")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
-            with gr.Row():
-                # Custom values pass through so the engine, which knows the loaded model, names the valid ones.
-                sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id="txt2img-sampler", allow_custom_value=True)
-                schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id="txt2img-schedule")
-            steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps")
-            with gr.Row():
-                width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
-                height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
-            with gr.Row():
-                batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
-                batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
-            cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale")
-            with gr.Row():
-                seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, scale=4)
-                random_seed = gr.Button("Random", scale=0, min_width=80)
+            gen = generation_settings("txt2img", samplers, sampler, size)
+            random_seed = gr.Button("Random seed", size="sm", min_width=80)
             with gr.Accordion("X/Y grid: compare samplers, steps, CFG...", open=False, elem_id="xy-grid"):
                 with gr.Row():
                     x_axis = gr.Dropdown(list(AXES), value="Sampler", label="X axis")
@@ -90,39 +71,29 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
             status = gr.Markdown(elem_id="txt2img-status")
 
-    def run(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count,
-            request: gr.Request, progress: gr.Progress = gr.Progress()):
+    def run(prompt, negative_prompt, request: gr.Request, progress: gr.Progress = gr.Progress(), **settings):
         """Generate images from text; yields live previews, then the images, the first infotext and a status line."""
         job = Job(kind="txt2img", owner=owner_of(request))
         started = time.perf_counter()
         with user_errors():
-            req = _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count)
+            req = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings))
             result = yield from stream_job(lambda: engine.txt2img(req, job), job, progress,
                                            lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
         for warning in result.warnings:
             gr.Warning(warning)
-        elapsed = time.perf_counter() - started
-        note = f"{len(result.images)} image(s) in {elapsed:.1f} s with {result.model_name}, {result.sampler_name}."
-        if result.interrupted:
-            note += " **Interrupted**: the finished images are kept."
-        if result.paths:
-            note += f" Saved to `{result.paths[0].parent}`."
-        shown = [str(p) for p in result.paths] if result.paths else result.images
-        yield shown, (result.infotexts[0] if result.infotexts else ""), note
+        yield shown_images(result), (result.infotexts[0] if result.infotexts else ""), result_note(result, time.perf_counter() - started)
 
-    inputs = dict(prompt=prompt, negative_prompt=negative, sampler_name=sampler_dd, scheduler=schedule_dd, steps=steps, cfg_scale=cfg,
-                  seed=seed, width=width, height=height, batch_size=batch_size, batch_count=batch_count)
-    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="txt2img",
-                   concurrency_id=GPU_QUEUE, concurrency_limit=1)
-    prompt.submit(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_visibility="private",
-                  concurrency_id=GPU_QUEUE, concurrency_limit=1)
+    inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker)
+    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT)
+    prompt.submit(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_visibility="private", **JOB_EVENT)
 
-    def run_grid(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, x_axis, x_values,
-                 y_axis, y_values, request: gr.Request, progress: gr.Progress = gr.Progress()):
+    def run_grid(prompt, negative_prompt, x_axis, x_values, y_axis, y_values, request: gr.Request,
+                 progress: gr.Progress = gr.Progress(), **settings):
         """One image per X/Y cell with the same seed, and the labelled grid first in the gallery."""
         job = _job_with_progress("xy_grid", request, progress)
         with user_errors():
-            base = _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, 1, 1)
+            fields = request_fields(**{**settings, "batch_size": 1, "batch_count": 1})
+            base = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields)
             result = xy_grid(engine, base, x_axis, x_values or "", y_axis, y_values or "", job)
         for warning in result.warnings:
             gr.Warning(warning)
@@ -135,7 +106,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
     grid_inputs = {k: v for k, v in inputs.items() if k not in ("batch_size", "batch_count")}
     grid_inputs.update(x_axis=x_axis, x_values=x_values, y_axis=y_axis, y_values=y_values)
     grid_button.click(run_grid, inputs_kwargs=grid_inputs, outputs=[gallery, infotext, status], api_name="txt2img_xy_grid",
-                      concurrency_id=GPU_QUEUE, concurrency_limit=1)
+                      **JOB_EVENT)
 
     def stop(request: gr.Request) -> str:
         told = engine.interrupt(owner_of(request))
@@ -144,11 +115,11 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
     interrupt.click(stop, None, status, api_name="interrupt", queue=False)
 
     def skip_batch(request: gr.Request) -> str:
-        told = engine.jobs.skip(owner_of(request))
+        told = engine.skip(owner_of(request))
         return "Skipping the current batch…" if told else "Nothing is running."
 
     skip.click(skip_batch, None, status, api_name="skip", queue=False)
-    random_seed.click(lambda: -1, None, seed, api_visibility="private", queue=False)
+    random_seed.click(lambda: -1, None, gen.seed, api_visibility="private", queue=False)
 
     def show_selected(evt: gr.SelectData) -> str:
         return _infotext_of(evt.value)
@@ -164,9 +135,8 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         return (gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction)),
                 gr.update(samples=[[e] for e in examples], visible=bool(examples)))
 
-    model_picker.change(on_model_change, model_picker, [sampler_dd, example_prompts], api_visibility="private", queue=False)
-    return Txt2ImgTab(prompt, negative, sampler_dd, schedule_dd, steps, cfg, seed, width, height, gallery,
-                      send_img2img, send_inpaint)
+    model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts], api_visibility="private", queue=False)
+    return Txt2ImgTab(prompt, negative, gen, gallery, send_img2img, send_inpaint)
 
 
 def _job_with_progress(kind: str, request: gr.Request, progress: gr.Progress) -> Job:
@@ -175,20 +145,10 @@ def _job_with_progress(kind: str, request: gr.Request, progress: gr.Progress) ->
     return job
 
 
-def _request(prompt, negative_prompt, sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size,
-             batch_count) -> Txt2ImgRequest:
-    return Txt2ImgRequest(
-        prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name or None,
-        scheduler=scheduler or None,
-        steps=int(steps), cfg_scale=float(cfg_scale), seed=int(seed if seed is not None else -1),
-        width=int(width), height=int(height), batch_size=int(batch_size), n_iter=int(batch_count),
-    )
-
-
 def _infotext_of(value) -> str:
     from PIL import Image
 
-    from webui.engine.infotext import read_infotext
+    from webui.engine.core.infotext import read_infotext
 
     path = (value or {}).get("image", {}).get("path") if isinstance(value, dict) else None
     if not path:

@@ -1,6 +1,6 @@
 """Kiri's own samplers, registered through the same API every extension uses."""
 
-from webui.engine.samplers import BUILTIN_SAMPLERS
+from webui.engine.samplers.registry import BUILTIN_SAMPLERS
 
 
 def register(kiri) -> None:

@@ -1,7 +1,9 @@
-"""Loading checkpoints with diffusers, keeping a small LRU cache of loaded pipelines.
+"""Loading models of every kind, with one LRU cache and one memory budget shared between them.
 
-One lock covers loading and generating, so switching models while a job runs waits for it.
-A load that fails leaves the previous model loaded.
+Checkpoints load with diffusers (below); other kinds (upscalers, segmenters, motion modules, ...)
+load through the loader their capability registers with `add_loader(kind, loader)`. All of it
+runs on the job store's worker, so switching models waits for the running batch. A load that
+fails leaves the previous model loaded.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .catalog import Catalog, CatalogEntry
-from .devices import DeviceChoice, free_memory
-from .errors import ModelLoadError, ModelNotFound, PickleRefused
-from .families import FAMILIES, UnknownFamily, family_from_keys
+from webui.engine.models.catalog import Catalog, CatalogEntry
+from webui.engine.core.devices import DeviceChoice, free_memory
+from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
+from webui.engine.models.families import FAMILIES, UnknownFamily, family_from_keys
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,23 @@ SINGLE_FILE_PIPELINES = {
     "sd3": ("StableDiffusion3Pipeline", "stabilityai/stable-diffusion-3-medium-diffusers"),
     "flux": ("FluxPipeline", "black-forest-labs/FLUX.1-dev"),
 }
+
+
+@dataclass
+class LoadedThing:
+    """A loaded model of a kind other than checkpoint: what its capability's loader returned."""
+
+    entry: CatalogEntry
+    model: Any
+    device: str
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+# (entry, device choice, allow_pickle) -> the loaded object; raises ModelLoadError with a reason.
+Loader = Callable[[CatalogEntry, DeviceChoice, bool], Any]
 
 
 @dataclass
@@ -62,7 +81,7 @@ class LoadedModel:
     @property
     def previewer(self):
         if self._previewer is None:
-            from .preview import LatentPreviewer
+            from webui.engine.generation.preview import LatentPreviewer
 
             tiny = self.entry.path.parent.parent / "taesd" / self.family  # models/taesd/<family>/
             self._previewer = LatentPreviewer(self.pipeline, tiny)
@@ -77,13 +96,17 @@ class ModelManager:
         allow_pickle: bool = False,
         cache_size: int = 1,
         on_loaded: Callable[[LoadedModel], None] | None = None,
+        memory_budget: int = 0,
     ):
         self.catalog = catalog
         self.device = device
         self.allow_pickle = allow_pickle
         self.cache_size = max(1, cache_size)
-        self.lock = threading.RLock()  # held while loading or generating
+        self.memory_budget = memory_budget  # bytes for everything loaded; 0: only cache_size counts
+        self.lock = threading.RLock()  # held while loading
+        self.loaders: dict[str, Loader] = {}
         self._cache: OrderedDict[Path, LoadedModel] = OrderedDict()
+        self._things: OrderedDict[Path, LoadedThing] = OrderedDict()
         self._current: LoadedModel | None = None
         self._on_loaded = on_loaded
         self.loading: CatalogEntry | None = None  # the model being read from disk, for status lines
@@ -132,7 +155,7 @@ class ModelManager:
                 self.loading = None
             self._cache[entry.path] = loaded
             self._activate(loaded)
-            self._evict()
+            self._evict(keep=entry.path)
             if self._on_loaded is not None:
                 self._on_loaded(loaded)
             return loaded
@@ -140,8 +163,50 @@ class ModelManager:
     def unload(self) -> None:
         with self.lock:
             self._cache.clear()
+            self._things.clear()
             self._current = None
             free_memory(self.device.device)
+
+    # --- other kinds -------------------------------------------------------------------------
+    def add_loader(self, kind: str, loader: Loader) -> None:
+        self.loaders[kind] = loader
+
+    def get_of_kind(self, kind: str, name: str) -> LoadedThing:
+        """The loaded model of `kind` named `name`, loading it (and evicting others past the budget)."""
+        with self.lock:
+            entry = self.catalog.find_of_kind(kind, name)
+            if entry is None:
+                self.catalog.scan()
+                entry = self.catalog.find_of_kind(kind, name)
+            if entry is None:
+                names = ", ".join(e.name for e in self.catalog.of_kind(kind)) or "(none)"
+                raise ModelNotFound(f"unknown {kind} {name!r}; available: {names}")
+            cached = self._things.get(entry.path)
+            if cached is not None:
+                self._things.move_to_end(entry.path)
+                return cached
+            if kind not in self.loaders:
+                raise ModelLoadError(f"Kiri cannot load {kind} models yet ({entry.name})")
+            if entry.format == "pickle" and not self.allow_pickle:
+                raise PickleRefused(f"{entry.path.name} is a pickle file, which can run arbitrary code when loaded. "
+                                    "Use a .safetensors file, or start Kiri with --allow-pickle.")
+            try:
+                model = self.loaders[kind](entry, self.device, self.allow_pickle)
+            except ModelLoadError:
+                raise
+            except Exception as exc:
+                log.exception("loading %s failed", entry.path)
+                raise ModelLoadError(f"could not load {entry.name}: {_short_reason(exc)}") from exc
+            thing = self._things[entry.path] = LoadedThing(entry, model, self.device.device)
+            self._evict(keep=entry.path)
+            return thing
+
+    def loaded_bytes(self) -> int:
+        return sum(m.entry.size_bytes for m in self._cache.values()) + sum(t.entry.size_bytes for t in self._things.values())
+
+    def loaded(self) -> list[CatalogEntry]:
+        """Everything in memory now, checkpoints first, least recently used first."""
+        return [m.entry for m in self._cache.values()] + [t.entry for t in self._things.values()]
 
     def _activate(self, model: LoadedModel) -> None:
         if self._current is not None and self._current is not model and self.device.device != "cpu":
@@ -150,10 +215,19 @@ class ModelManager:
         self._cache.move_to_end(model.entry.path)
         self._current = model
 
-    def _evict(self) -> None:
+    def _evict(self, keep: Path | None = None) -> None:
+        """Drop least recently used models: checkpoints past cache_size, then anything past the
+        memory budget (never the current checkpoint, nor what was just loaded)."""
         while len(self._cache) > self.cache_size:
             path, dropped = self._cache.popitem(last=False)
             log.info("dropping %s from the model cache", dropped.name)
+        while self.memory_budget and self.loaded_bytes() > self.memory_budget:
+            current = self._current.entry.path if self._current is not None else None
+            victims = [p for p in self._things if p != keep] + [p for p in self._cache if p not in (current, keep)]
+            if not victims:
+                break
+            dropped = self._things.pop(victims[0], None) or self._cache.pop(victims[0])
+            log.info("dropping %s: loaded models are over the memory budget", dropped.name)
         free_memory(self.device.device)
 
     @staticmethod
@@ -163,7 +237,7 @@ class ModelManager:
             model.device = device
 
     def _load_uncached(self, entry: CatalogEntry) -> LoadedModel:
-        if entry.kind == "pickle" and not self.allow_pickle:
+        if entry.format == "pickle" and not self.allow_pickle:
             raise PickleRefused(
                 f"{entry.path.name} is a pickle checkpoint, which can run arbitrary code when loaded. "
                 "Convert it to .safetensors, or start Kiri with --allow-pickle to load it "
@@ -172,7 +246,7 @@ class ModelManager:
         if entry.problem:
             raise ModelLoadError(f"cannot load {entry.name}: {entry.problem}")
         sha256 = self.catalog.full_hash(entry)
-        if entry.kind == "diffusers":
+        if entry.format == "diffusers":
             pipeline = self._load_folder(entry)
             family = entry.family
         else:
@@ -204,7 +278,7 @@ class ModelManager:
         import diffusers
 
         family = entry.family
-        if entry.kind == "pickle":
+        if entry.format == "pickle":
             family = self._pickle_family(entry.path)
         if family not in SINGLE_FILE_PIPELINES:
             raise ModelLoadError(

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
-from .errors import InvalidRequest
-from .infotext import build_infotext
-from .jobs import Job
-from .outputs import dated_dir, save_image
-from .requests import Txt2ImgRequest, random_seed
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.infotext import build_infotext
+from webui.engine.core.jobs import Job
+from webui.engine.core.outputs import dated_dir, save_image
+from webui.engine.generation.requests import Txt2ImgRequest, random_seed
+from webui.engine.generation.txt2img import Txt2ImgTask
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .context import Engine
+    from webui.engine.context import Engine
 
 MAX_CELLS = 64
 # Axis name -> (request field, parser of one value).
@@ -94,20 +95,29 @@ def xy_grid(engine: "Engine", base: Txt2ImgRequest, x_axis: str, x_text: str, y_
                 changes[AXES[axis][0]] = value
         requests.append(replace(base, **changes))  # replace() re-validates each cell
     job = job or Job(kind="xy_grid")
+    requests = [engine.prepare_request(request) for request in requests]
+    return engine.run(job.owner, "xy_grid", lambda j: _cells(engine, base, requests, seed, (x_axis, x_text, xs), (y_axis, y_text, ys), j), job)
+
+
+def _cells(engine: "Engine", base: Txt2ImgRequest, requests: list[Txt2ImgRequest], seed: int, x: tuple, y: tuple,
+           job: Job) -> Generator[None, None, GridResult]:
+    """Each cell is a stage of the grid's job: one Interrupt stops the grid, and other users get
+    turns between cells."""
+    (x_axis, x_text, xs), (y_axis, y_text, ys) = x, y
     result = GridResult()
     for number, request in enumerate(requests, 1):
-        # Each cell is its own job, sharing the grid's listeners and interrupt flag.
-        cell_job = Job(kind="xy_grid", owner=job.owner, listeners=job.listeners, label=f"Cell {number}/{len(requests)}",
-                       _interrupt=job._interrupt)
-        cell = engine.txt2img(request, cell_job)
+        job.label = f"Cell {number}/{len(requests)}"
+        cell = yield from engine.stage(Txt2ImgTask(request), job)
         result.warnings.extend(w for w in cell.warnings if w not in result.warnings)
         if cell.interrupted or not cell.images:
             result.interrupted = True
             break
         result.images.extend(cell.images)
         result.infotexts.extend(cell.infotexts)
+        if number < len(requests):
+            yield
     if result.images:
-        result.grid = draw_grid(result.images, [_label(x_axis, x) for x in xs], [_label(y_axis, y) for y in ys])
+        result.grid = draw_grid(result.images, [_label(x_axis, v) for v in xs], [_label(y_axis, v) for v in ys])
         info = build_infotext(base.prompt, base.negative_prompt, {
             "Seed": seed, "Size": f"{base.width}x{base.height}",
             "X/Y grid": f"{x_axis}: {x_text}" + (f"; {y_axis}: {y_text}" if y_axis != NOTHING else ""),

@@ -204,6 +204,8 @@ def infotext_to_request_fields(info: Infotext) -> dict[str, object]:
         fields["height"] = int(size.group(2))
     if "Denoising strength" in p and (strength := _to_float(p["Denoising strength"])) is not None:
         fields["denoising_strength"] = strength
+    if "Clip skip" in p and (clip := _to_int(p["Clip skip"])) is not None:
+        fields["clip_skip"] = clip
     return fields
 
 

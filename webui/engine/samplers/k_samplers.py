@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampling import randn_like
+from webui.engine.samplers.sampling import randn_like
 
 
 @torch.no_grad()

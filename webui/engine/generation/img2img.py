@@ -13,20 +13,17 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import Interrupted, InvalidRequest, Skipped
-from .hooks import StepInfo
-from .infotext import build_infotext
-from .jobs import Job
-from .outputs import dated_dir, save_image
-from .requests import Txt2ImgRequest, _require_range, random_seed
-from .samplers import check_fits, default_sampler
-from .txt2img import GenerationResult, _fit_prompt, _generators, _preview
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.call import PipelineCall
+from webui.engine.generation.requests import Txt2ImgRequest, require_range
+from webui.engine.generation.runner import common_infotext, version_param
+from webui.engine.samplers.registry import Sampler
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .context import Engine
-    from .models import LoadedModel
+    from webui.engine.context import Engine
+    from webui.engine.models.manager import LoadedModel
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
@@ -57,12 +54,12 @@ class Img2ImgRequest(Txt2ImgRequest):
             raise InvalidRequest("init_image", "the init image is missing or is not an image: upload a PNG, JPEG or WebP picture")
         if not isinstance(self.denoising_strength, (int, float)) or not 0 <= self.denoising_strength <= 1:
             raise InvalidRequest("denoising_strength", f"denoising strength must be between 0 and 1 (got {self.denoising_strength!r})")
-        _require_range("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
-        _require_range("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
-        _require_range("inpainting_mask_invert", int(self.inpainting_mask_invert) if isinstance(self.inpainting_mask_invert, bool)
+        require_range("resize_mode", self.resize_mode, 0, len(RESIZE_MODES) - 1)
+        require_range("mask_blur", self.mask_blur, 0, MAX_MASK_BLUR)
+        require_range("inpainting_mask_invert", int(self.inpainting_mask_invert) if isinstance(self.inpainting_mask_invert, bool)
                        else self.inpainting_mask_invert, 0, 1)
-        _require_range("inpainting_fill", self.inpainting_fill, 0, len(MASKED_CONTENT) - 1)
-        _require_range("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_PADDING)
+        require_range("inpainting_fill", self.inpainting_fill, 0, len(MASKED_CONTENT) - 1)
+        require_range("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_PADDING)
         if self.mask is not None and not isinstance(self.mask, Image.Image):
             raise InvalidRequest("mask", "the mask is not an image: upload a black and white picture (white = repaint)")
 
@@ -73,75 +70,56 @@ def check_pixels(image: "Image.Image", max_pixels: int, field: str = "init_image
                                     f"the limit is {max_pixels} (Settings: max_pixels)")
 
 
-def img2img(engine: "Engine", request: Img2ImgRequest, job: Job | None = None) -> GenerationResult:
-    job = job or Job(kind="img2img")
-    job.image_count, job.batch_count = request.total_images, request.n_iter
-    result = GenerationResult()
-    # 1. Check the images and prepare what the model will see: base picture, mask, crop box.
-    check_pixels(request.init_image, engine.settings.max_pixels)
-    plan = prepare(request, result.warnings)
-    with engine.turn(job.owner):
-        # 2. The model and the sampler, as for Text to image.
-        model = engine.models.get(request.model, preferred=engine.settings.default_model)
-        sampler_name = request.sampler_name or default_sampler(model.prediction)
-        sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
-        check_fits(engine.samplers, sampler, model.prediction)
-        probe = sampler.build(model.base_scheduler_config, schedule, model.prediction)
-        getattr(probe, "close", lambda: None)()
+@dataclass
+class Img2ImgTask:
+    """Image to image, inpainting and outpainting as a task of the generation runner."""
+
+    request: Img2ImgRequest
+    plan: "Plan"
+    kind: str = "img2img"
+
+    def check(self, model: "LoadedModel", sampler: Sampler, probe: Any, engine: "Engine") -> None:
         # The init image is noised by the sampler: add_noise for SD pipelines, scale_noise for flow ones.
         if not hasattr(probe, "scale_noise" if model.prediction == "flow" else "add_noise"):
             fitting = [n for n in engine.samplers.names(model.prediction) if n != sampler.name]
             raise InvalidRequest("sampler_name", f"sampler {sampler.name!r} cannot start from an init image yet; "
                                                  f"choose another, e.g. {', '.join(fitting[:4])}")
-        result.model_name, result.sampler_name, result.schedule = model.name, sampler.name, schedule
-        prompt = _fit_prompt(model, request.prompt, "prompt", result.warnings)
-        negative = _fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
 
-    steps = int(request.steps * request.denoising_strength)
-    if steps == 0:
-        result.warnings.append("Denoising strength x steps is below one step: the init image is returned unchanged.")
-    # 3. Denoise batch after batch, each image's noise from its own seed.
-    base_seed = request.seed if request.seed != -1 else random_seed()
-    out_dir = dated_dir(engine.settings.outputs_dir, "img2img")
-    for batch_no in range(1, request.n_iter + 1):
-        first = base_seed + (batch_no - 1) * request.batch_size
-        seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
-        with engine.turn(job.owner):
-            if job.interrupted:
-                result.interrupted = True
-                break
-            model = engine.models.get(result.model_name)
-            job.start_batch(batch_no, max(steps, 1))
-            generators = _generators(seeds)
-            scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
-            try:
-                if steps == 0:
-                    images = [plan.model_image.copy() for _ in seeds]
-                else:
-                    images = _run_pipeline(model, scheduler, prompt, negative, request, plan, seeds, generators, job, engine)
-                images = [plan.paste_back(image) for image in images]
-                images = engine.hooks.transform("after_generate", images, request)
-            except Interrupted:
-                result.interrupted = True
-                break
-            except Skipped:
-                job.finish_images(0)
-                continue
-            finally:
-                getattr(scheduler, "close", lambda: None)()
-            job.finish_images(len(images))
-        # 4. Save each image with its parameters, the mask settings included.
-        for seed, image in zip(seeds, images):
-            info = build_infotext(prompt, negative, _infotext_params(request, model, sampler.name, schedule, seed))
-            if engine.settings.save_images:
-                result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
-            result.images.append(image)
-            result.infotexts.append(info)
-            result.seeds.append(seed)
-        if job.interrupted:
-            result.interrupted = True
-            break
-    return result
+    @property
+    def denoise_steps(self) -> int:
+        return int(self.request.steps * self.request.denoising_strength)
+
+    def steps_per_batch(self) -> int:
+        return max(self.denoise_steps, 1)
+
+    def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]) -> PipelineCall:
+        from PIL import Image
+
+        r, plan = self.request, self.plan
+        if self.denoise_steps == 0:
+            return PipelineCall(model.pipeline, passthrough=[plan.model_image.copy() for _ in seeds])
+        pipeline, dedicated = _derived_pipeline(model, plan.model_mask is not None)
+        if plan.model_mask is not None and not dedicated and not _inpaint_fits(pipeline):
+            # The inpainting pipeline refuses this model's latent layout (SD3's wants 16 channels):
+            # denoise the prepared image with image to image; Kiri's paste-back still keeps the outside.
+            pipeline, dedicated = _derived_pipeline(model, False)
+        mask = plan.model_mask
+        if mask is None and dedicated:
+            mask = Image.new("L", plan.model_image.size, 255)  # an inpainting model repaints everything
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt, negative_prompt=negative or None, image=plan.model_image, strength=r.denoising_strength,
+            num_inference_steps=r.steps, guidance_scale=r.cfg_scale, width=r.width, height=r.height,
+            num_images_per_prompt=r.batch_size, generator=generators, output_type="pil",
+        )
+        if mask is not None:
+            kwargs["mask_image"] = mask
+        return PipelineCall(pipeline, kwargs)
+
+    def finish(self, images: list[Any]) -> list[Any]:
+        return [self.plan.paste_back(image) for image in images]
+
+    def infotext_params(self, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
+        return {**_infotext_params(self.request, model, sampler, schedule, seed), **version_param()}
 
 
 # --- image and mask preparation -------------------------------------------------------------
@@ -301,7 +279,7 @@ def outpaint_canvas(image: "Image.Image", left: int, right: int, up: int, down: 
     from PIL import Image
 
     for name, value in (("left", left), ("right", right), ("up", up), ("down", down)):
-        _require_range(f"outpaint_{name}", value, 0, MAX_OUTPAINT)
+        require_range(f"outpaint_{name}", value, 0, MAX_OUTPAINT)
     if not left + right + up + down:
         raise InvalidRequest("outpaint_left", "choose at least one direction to extend the canvas by some pixels")
     array = np.asarray(image.convert("RGB"))
@@ -325,73 +303,20 @@ def _derived_pipeline(model: "LoadedModel", inpaint: bool) -> Any:
     return derived, dedicated
 
 
-def _run_pipeline(model: "LoadedModel", scheduler: Any, prompt: str, negative: str, request: Img2ImgRequest, plan: Plan,
-                  seeds: list[int], generators: list[Any], job: Job, engine: "Engine") -> list["Image.Image"]:
-    import torch
-    from PIL import Image
-
-    pipeline, dedicated = _derived_pipeline(model, plan.model_mask is not None)
-    pipeline.scheduler = scheduler
-    preview_every = engine.settings.preview_every
-
-    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        if preview_every and job.preview_step >= 0 and (step + 1) % preview_every == 0 and "latents" in tensors:
-            _preview(model, tensors["latents"], request, job, step + 1)
-        job.advance(step + 1)
-        if engine.hooks.on_step and "latents" in tensors:
-            engine.hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, tensors["latents"].detach().clone()))
-        if job.interrupted:
-            raise Interrupted()
-        if job.take_skip():
-            raise Skipped()
-        return tensors
-
-    mask = plan.model_mask
-    if mask is None and dedicated:
-        mask = Image.new("L", plan.model_image.size, 255)  # an inpainting model repaints everything
-    kwargs: dict[str, Any] = dict(
-        prompt=prompt,
-        negative_prompt=negative or None,
-        image=plan.model_image,
-        mask_image=mask,
-        strength=request.denoising_strength,
-        num_inference_steps=request.steps,
-        guidance_scale=request.cfg_scale,
-        width=request.width,
-        height=request.height,
-        num_images_per_prompt=request.batch_size,
-        generator=generators,
-        callback_on_step_end=on_step_end,
-        output_type="pil",
-    )
-    accepted = inspect.signature(pipeline.__call__).parameters
-    kwargs = {k: v for k, v in kwargs.items() if k in accepted and (v is not None or k == "negative_prompt")}
-    with torch.inference_mode():
-        try:
-            return list(pipeline(**kwargs).images)
-        except ValueError as exc:
-            if plan.model_mask is None or dedicated or "input channels" not in str(exc):
-                raise
-        # The inpainting pipeline refuses this model's latent layout (SD3's wants 16 channels):
-        # denoise the prepared image with image to image; Kiri's paste-back still keeps the outside.
-        pipeline, _ = _derived_pipeline(model, False)
-        pipeline.scheduler = scheduler
-        accepted = inspect.signature(pipeline.__call__).parameters
-        return list(pipeline(**{k: v for k, v in kwargs.items() if k in accepted}).images)
+def _inpaint_fits(pipeline: Any) -> bool:
+    """Whether this model's denoiser has a channel count the inpainting pipeline takes (diffusers
+    checks it only mid-call: UNets 4 or 9, SD3 transformers 16 or 33)."""
+    unet, transformer = getattr(pipeline, "unet", None), getattr(pipeline, "transformer", None)
+    if unet is not None:
+        return unet.config.in_channels in (4, 9)
+    if transformer is not None and type(pipeline).__name__.startswith("StableDiffusion3"):
+        return transformer.config.in_channels in (16, 33)
+    return True
 
 
 def _infotext_params(request: Img2ImgRequest, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
-    from webui import __version__
-
     params: dict[str, object] = {
-        "Steps": request.steps,
-        "Sampler": sampler,
-        "Schedule type": None if schedule == "Automatic" else schedule,
-        "CFG scale": request.cfg_scale,
-        "Seed": seed,
-        "Size": f"{request.width}x{request.height}",
-        "Model hash": model.short_hash,
-        "Model": model.name,
+        **common_infotext(request, model, sampler, schedule, seed),
         "Denoising strength": request.denoising_strength,
         "Resize mode": RESIZE_MODES[request.resize_mode] if request.resize_mode else None,
     }
@@ -403,5 +328,4 @@ def _infotext_params(request: Img2ImgRequest, model: "LoadedModel", sampler: str
             "Inpaint area": "Only masked" if request.inpaint_full_res else "Whole picture",
             "Only masked padding": request.inpaint_full_res_padding if request.inpaint_full_res else None,
         })
-    params["Version"] = f"Kiri v{__version__}"
     return params

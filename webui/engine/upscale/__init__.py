@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import InvalidRequest
+from webui.engine.core.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from PIL import Image

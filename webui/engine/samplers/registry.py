@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import InvalidRequest
+from webui.engine.core.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Sampler:
             )
         prediction = prediction or _prediction_of(base_config)
         if self.function is not None:
-            from .sampling import FunctionScheduler
+            from webui.engine.samplers.sampling import FunctionScheduler
 
             return FunctionScheduler(self.function, base_config, SCHEDULES[schedule], prediction, generator)
         cls = self.scheduler_class()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from .errors import InvalidRequest
+from webui.engine.core.errors import InvalidRequest
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
@@ -35,6 +37,8 @@ class Txt2ImgRequest:
     batch_size: int = 1  # images per denoising batch
     n_iter: int = 1  # batch count: batches run one after another
     model: str | None = None  # catalog name; None keeps the loaded model
+    addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}, e.g. {"clip_skip": 2}
+    save_images: bool | None = None  # None: the Settings tab decides
 
     def __post_init__(self) -> None:
         self.validate()
@@ -44,29 +48,46 @@ class Txt2ImgRequest:
             raise InvalidRequest("prompt", "the prompt is empty: describe the image you want")
         for name in ("width", "height"):
             value = getattr(self, name)
-            _require_int(name, value)
+            require_int(name, value)
             if not MIN_SIZE <= value <= MAX_SIZE or value % 8:
                 raise InvalidRequest(name, f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
-        _require_range("steps", self.steps, 1, MAX_STEPS)
-        _require_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        _require_range("n_iter", self.n_iter, 1, MAX_BATCH_COUNT)
+        require_range("steps", self.steps, 1, MAX_STEPS)
+        require_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        require_range("n_iter", self.n_iter, 1, MAX_BATCH_COUNT)
         if not isinstance(self.cfg_scale, (int, float)) or not 0 <= self.cfg_scale <= MAX_CFG:
             raise InvalidRequest("cfg_scale", f"CFG scale must be between 0 and {MAX_CFG:g} (got {self.cfg_scale})")
-        _require_int("seed", self.seed)
+        require_int("seed", self.seed)
         if not -1 <= self.seed <= SEED_MAX:
             raise InvalidRequest("seed", f"seed must be -1 (random) or between 0 and {SEED_MAX} (got {self.seed})")
+
+        if not isinstance(self.addons, dict):
+            raise InvalidRequest("addons", "addons must be an object of {name: settings}")
 
     @property
     def total_images(self) -> int:
         return self.batch_size * self.n_iter
 
 
-def _require_int(name: str, value: object) -> None:
+@dataclass
+class GenerationResult:
+    images: list[Any] = field(default_factory=list)  # PIL images
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    model_name: str = ""
+    model_hash: str = ""
+    sampler_name: str = ""
+    schedule: str = "Automatic"
+
+
+def require_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(name, f"{name} must be a whole number (got {value!r})")
 
 
-def _require_range(name: str, value: object, low: int, high: int) -> None:
-    _require_int(name, value)
+def require_range(name: str, value: object, low: int, high: int) -> None:
+    require_int(name, value)
     if not low <= value <= high:  # type: ignore[operator]
         raise InvalidRequest(name, f"{name} must be between {low} and {high} (got {value})")

@@ -17,8 +17,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .analytic import FLOW, AnalyticModel, GaussianMixture, ring_mixture
-from .samplers import Sampler, SamplerRegistry
+from webui.engine.samplers.analytic import FLOW, AnalyticModel, GaussianMixture, ring_mixture
+from webui.engine.samplers.registry import Sampler, SamplerRegistry
 
 PREDICTIONS = ("epsilon", "v_prediction", "flow")
 STEPS = (5, 10, 20, 50)

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from PIL import Image
 
-from webui.engine.infotext import exif_for, pnginfo_for
+from webui.engine.core.infotext import exif_for, pnginfo_for
 
 __all__ = ["save_image", "dated_dir", "next_sequence_number"]
 

@@ -1,4 +1,10 @@
-"""The model catalog: what checkpoints are on disk, their family, size and short hash."""
+"""The model catalog: every model file on disk by kind (checkpoints, VAEs, LoRAs, embeddings,
+upscalers, segmenters, motion modules, ControlNets), with family, size and short hash.
+
+Each kind has its folders under models/ (AUTOMATIC1111's folder names are accepted too) and a
+`describe` function that turns a path into an entry; a capability adds its kind with
+`Catalog.add_kind`, so a new kind of model is one registration, not edits across the code.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,10 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from .errors import NoModelAvailable
-from .families import (
+from webui.engine.core.errors import NoModelAvailable
+from webui.engine.models.families import (
     FAMILIES,
     NATIVE_SIZE,
     UnknownFamily,
@@ -32,12 +39,13 @@ _HASH_CHUNK = 1024 * 1024
 class CatalogEntry:
     name: str  # file or folder name without extension; what users and the API call it
     path: Path
-    kind: str  # "diffusers", "single_file" or "pickle"
+    format: str  # "diffusers", "single_file", "pickle" (checkpoints); "folder" or "file" for other kinds
     family: str | None  # a key of FAMILIES, None when it could not be read
     size_bytes: int
     prediction: str = "epsilon"
     problem: str | None = None  # why this entry cannot be loaded, shown in the UI
     native_size: int = 512  # the image side the model was trained at
+    kind: str = "checkpoint"  # a key of the catalog's kinds
 
     @property
     def family_label(self) -> str:
@@ -46,7 +54,7 @@ class CatalogEntry:
     @property
     def hash_source(self) -> Path:
         """The file whose sha256 is the model hash: the file itself, or a folder's denoiser."""
-        if self.kind != "diffusers":
+        if self.format != "diffusers":
             return self.path
         for sub in ("unet", "transformer"):
             for weights in sorted((self.path / sub).glob("*.safetensors")):
@@ -55,7 +63,7 @@ class CatalogEntry:
 
     def example_prompts(self) -> list[str]:
         """Prompts the model is known to understand, from a kiri_examples.json beside its weights."""
-        source = self.path / "kiri_examples.json" if self.kind == "diffusers" else self.path.with_suffix(".examples.json")
+        source = self.path / "kiri_examples.json" if self.format == "diffusers" else self.path.with_suffix(".examples.json")
         try:
             prompts = json.loads(source.read_text())
         except (OSError, ValueError):
@@ -93,6 +101,43 @@ def describe(path: Path) -> CatalogEntry | None:
     if suffix in PICKLE_SUFFIXES:
         return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size)
     return None
+
+
+def describe_file(path: Path, kind: str) -> CatalogEntry | None:
+    """A model of a kind other than checkpoints: a weights file, or a folder with a config."""
+    if path.name.startswith("."):
+        return None
+    if path.is_dir():
+        if not any((path / name).exists() for name in ("config.json", "model_index.json")):
+            return None
+        return CatalogEntry(path.name, path, "folder", None, _folder_size(path), kind=kind)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return CatalogEntry(path.stem, path, "file", None, path.stat().st_size, kind=kind)
+    if suffix in PICKLE_SUFFIXES:
+        return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size, kind=kind)
+    return None
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    folders: tuple[str, ...]  # under models/; the first is Kiri's own name, the rest AUTOMATIC1111's
+    describe: Callable[[Path, str], CatalogEntry | None] = describe_file
+    label: str = ""
+
+
+def builtin_kinds() -> list[ModelKind]:
+    return [
+        ModelKind("checkpoint", ("checkpoints", "Stable-diffusion"), lambda path, kind: describe(path), "Checkpoint"),
+        ModelKind("vae", ("vae", "VAE"), label="VAE"),
+        ModelKind("lora", ("lora", "Lora", "LyCORIS"), label="LoRA"),
+        ModelKind("embedding", ("embeddings",), label="Embedding"),
+        ModelKind("upscaler", ("upscalers", "ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"), label="Upscaler"),
+        ModelKind("segmenter", ("segmentation",), label="Segmenter"),
+        ModelKind("motion", ("motion",), label="Motion module"),
+        ModelKind("controlnet", ("controlnet", "ControlNet"), label="ControlNet"),
+    ]
 
 
 class HashCache:
@@ -138,34 +183,55 @@ class HashCache:
 
 
 class Catalog:
-    """Scans `<models_dir>/checkpoints` and finds entries by name, title or hash."""
+    """Scans the kinds' folders under `models_dir` and finds entries by name, title or hash."""
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, kinds: list[ModelKind] | None = None):
         self.models_dir = Path(models_dir)
         self.checkpoints_dir = self.models_dir / "checkpoints"
         self.hashes = HashCache(self.models_dir / ".kiri-hashes.json")
-        self._entries: list[CatalogEntry] = []
+        self.kinds: dict[str, ModelKind] = {k.name: k for k in (kinds or builtin_kinds())}
+        self._by_kind: dict[str, list[CatalogEntry]] = {}
         self._lock = threading.Lock()
 
+    def add_kind(self, kind: ModelKind) -> None:
+        self.kinds[kind.name] = kind
+
     def scan(self) -> list[CatalogEntry]:
-        found = []
-        if self.checkpoints_dir.is_dir():
-            for path in sorted(self.checkpoints_dir.iterdir(), key=lambda p: p.name.lower()):
-                entry = describe(path)
-                if entry is not None:
-                    found.append(entry)
+        """Scan every kind's folders; returns the checkpoints (what most callers want)."""
+        found: dict[str, list[CatalogEntry]] = {}
+        for kind in self.kinds.values():
+            entries: list[CatalogEntry] = []
+            for folder in kind.folders:
+                directory = self.models_dir / folder
+                if not directory.is_dir():
+                    continue
+                for path in sorted(directory.iterdir(), key=lambda p: p.name.lower()):
+                    entry = kind.describe(path, kind.name)
+                    if entry is not None and all(e.name != entry.name for e in entries):
+                        entries.append(entry)
+            found[kind.name] = entries
         with self._lock:
-            self._entries = found
-        for entry in found:
+            self._by_kind = found
+        for entry in found.get("checkpoint", []):
             source = entry.hash_source
             if source.exists() and source.stat().st_size <= HASH_INLINE_BYTES:
                 self.hashes.sha256(source)
-        return list(found)
+        return list(found.get("checkpoint", []))
 
     @property
     def entries(self) -> list[CatalogEntry]:
+        """The checkpoints."""
+        return self.of_kind("checkpoint")
+
+    def of_kind(self, kind: str) -> list[CatalogEntry]:
         with self._lock:
-            return list(self._entries)
+            return list(self._by_kind.get(kind, []))
+
+    def find_of_kind(self, kind: str, name: str) -> CatalogEntry | None:
+        for entry in self.of_kind(kind):
+            if name.strip() in (entry.name, entry.path.name):
+                return entry
+        return None
 
     def short_hash(self, entry: CatalogEntry) -> str | None:
         full = self.hashes.cached(entry.hash_source)
@@ -211,7 +277,7 @@ class Catalog:
             found = self.find(preferred)
             if found is not None:
                 return found
-        usable = [e for e in entries if e.problem is None and e.kind != "pickle"]
+        usable = [e for e in entries if e.problem is None and e.format != "pickle"]
         for entry in usable:
             if entry.name == DEFAULT_MODEL_NAME:
                 return entry

@@ -1,0 +1,59 @@
+"""POST /sdapi/v1/txt2img and /img2img, and the progress, interrupt and skip routes."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from fastapi import APIRouter, Request
+
+from webui.engine.core.jobs import Job
+
+from ..common import ApiContext
+from . import mapping
+from .fields import Img2ImgBody, Txt2ImgBody
+
+
+def add_routes(router: APIRouter, ctx: ApiContext) -> None:
+    engine = ctx.engine
+
+    @router.post("/txt2img")
+    def txt2img(body: Txt2ImgBody, http: Request) -> dict:
+        request = mapping.txt2img_request(body)
+        return mapping.response(engine, body, engine.txt2img(request, Job(kind="txt2img", owner=ctx.owner(http))))
+
+    @router.post("/img2img")
+    def img2img(body: Img2ImgBody, http: Request) -> dict:
+        warnings: list[str] = []
+        request = mapping.img2img_request(body, warnings)
+        result = engine.img2img(request, Job(kind="img2img", owner=ctx.owner(http)))
+        result.warnings[:0] = warnings
+        return mapping.response(engine, body, result, body.init_images if body.include_init_images else ())
+
+    @router.get("/progress")
+    def progress(http: Request, skip_current_image: bool = False) -> dict:
+        jobs = engine.jobs.active()
+        mine = [j for j in jobs if j.owner == ctx.owner(http)]
+        job = (mine or jobs or [None])[0]
+        state = {"skipped": False, "interrupted": bool(job and job.interrupted), "job": job.kind if job else "",
+                 "job_count": len(jobs) + len(engine.jobs.queued()), "job_timestamp": "",
+                 "job_no": (job.batch_no - 1) if job else 0,
+                 "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
+        current = None
+        if job is not None and job.preview is not None and not skip_current_image:
+            buffer = io.BytesIO()
+            job.preview.save(buffer, format="PNG")
+            current = base64.b64encode(buffer.getvalue()).decode()
+        return {"progress": job.fraction if job else 0.0, "eta_relative": (job.eta_seconds or 0.0) if job else 0.0,
+                "state": state, "current_image": current, "textinfo": job.describe() if job else None}
+
+    @router.post("/interrupt")
+    def interrupt(http: Request) -> dict:
+        """Stop the caller's running job (an admin login: every running job); queued jobs are untouched."""
+        engine.interrupt(ctx.stop_scope(http))
+        return {}
+
+    @router.post("/skip")
+    def skip(http: Request) -> dict:
+        engine.skip(ctx.stop_scope(http))
+        return {}

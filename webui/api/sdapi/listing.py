@@ -1,0 +1,92 @@
+"""The lists: samplers, schedulers, models, upscalers, add-on kinds, extensions, memory; and model refreshes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from webui.engine.samplers.registry import SCHEDULES
+from webui.engine.upscale import builtin_upscalers
+
+from ..common import ApiContext
+from .options import api_title
+
+
+def add_routes(router: APIRouter, ctx: ApiContext) -> None:
+    engine = ctx.engine
+
+    @router.get("/samplers")
+    def samplers() -> list[dict]:
+        return [{"name": s.name, "aliases": list(s.aliases), "options": {"fits": sorted(s.fits), "source": s.source}}
+                for s in engine.samplers.all()]
+
+    @router.get("/schedulers")
+    def schedulers() -> list[dict]:
+        return [{"name": name.lower().replace(" ", "_"), "label": name, "aliases": None,
+                 "default_rho": 7.0 if name == "Karras" else -1, "need_inner_model": False} for name in SCHEDULES]
+
+    @router.get("/sd-models")
+    def sd_models() -> list[dict]:
+        engine.catalog.entries or engine.catalog.scan()
+        return [{"title": api_title(engine, e), "model_name": e.name, "hash": engine.catalog.short_hash(e),
+                 "sha256": engine.catalog.hashes.cached(e.hash_source), "filename": str(e.path), "config": None}
+                for e in engine.catalog.entries]
+
+    @router.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> dict:
+        engine.catalog.scan()
+        return {}
+
+    @router.post("/unload-checkpoint")
+    def unload_checkpoint(http: Request) -> dict:
+        engine.unload_models(owner=ctx.owner(http))
+        return {}
+
+    @router.post("/reload-checkpoint")
+    def reload_checkpoint(http: Request) -> dict:
+        engine.load_model(None, owner=ctx.owner(http))
+        return {}
+
+    @router.get("/sd-vae")
+    def sd_vae() -> list:
+        return []
+
+    @router.get("/upscalers")
+    def upscalers() -> list:
+        return [{"name": u.name, "model_name": None, "model_path": None, "model_url": None, "scale": 4 if u.resample else 1}
+                for u in builtin_upscalers()]
+
+    @router.get("/loras")
+    def loras() -> list:
+        return []
+
+    @router.get("/embeddings")
+    def embeddings() -> dict:
+        return {"loaded": {}, "skipped": {}}
+
+    @router.get("/scripts")
+    def scripts() -> dict:
+        return {"txt2img": [], "img2img": []}
+
+    @router.get("/extensions")
+    def extensions() -> list[dict]:
+        return [{"name": e.name, "remote": None, "branch": None, "commit_hash": None, "version": e.version,
+                 "commit_date": None, "enabled": e.enabled, "status": e.status, "error": e.error}
+                for e in (engine.extensions.extensions if engine.extensions else [])]
+
+    @router.get("/memory")
+    def memory() -> dict:
+        import psutil
+
+        vm = psutil.virtual_memory()
+        result: dict[str, Any] = {"ram": {"free": vm.available, "used": vm.used, "total": vm.total}, "cuda": {}}
+        models = engine.models_if_created()
+        if models is not None and models.device.device == "cuda":
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            result["cuda"] = {"system": {"free": free, "used": total - free, "total": total},
+                              "active": {"current": torch.cuda.memory_allocated(), "peak": torch.cuda.max_memory_allocated()}}
+        return result
+

@@ -1,0 +1,28 @@
+"""Start-up: settings -> registries -> built-in and user extensions -> Engine.
+
+Nothing else builds an Engine: launch.py, the tests and the tools all come through here, so the
+engine never imports the extension loader (an arrow up) and built-ins register exactly as
+extensions do.
+"""
+
+from __future__ import annotations
+
+from webui.engine.context import Engine, Registries
+from webui.engine.core.devices import DeviceChoice
+from webui.engine.generation.call import builtin_addons
+from webui.engine.settings import Settings
+from webui.extensions import ExtensionManager
+
+
+def build_registries() -> Registries:
+    registries = Registries()
+    for spec in builtin_addons():
+        registries.addons.register(spec)
+    return registries
+
+
+def build_engine(settings: Settings, device: DeviceChoice | None = None) -> Engine:
+    registries = build_registries()
+    extensions = ExtensionManager(registries)
+    extensions.load_all(settings.extensions_dirs(), set(settings.disabled_extensions))
+    return Engine(settings, registries, device, extensions)

@@ -1,0 +1,157 @@
+"""The pipeline call, and the add-ons that change it.
+
+A task (txt2img, img2img, inpaint, later hires fix and video frames) builds one `PipelineCall`
+per batch: which pipeline object to call, with which arguments, which components swapped in for
+this call only, and what the infotext should say. Add-ons (clip skip today; LoRA, ControlNet, VAE,
+embeddings, prompt weighting next) each get the call before it runs and undo what they did after:
+
+    prepare(model, request)  load weights, read files; once per job, before the first batch
+    apply(call)              change the call: kwargs, components, adapters, infotext
+    release(call)            leave the shared model as it was
+    infotext()               key: value pairs for the infotext (also in call.infotext)
+
+Add-ons register by name in an `AddonRegistry`, built-ins and extensions alike; a request names
+the add-ons it wants in `request.addons` ({name: settings}). This is diffusers' hook idea and
+ComfyUI's ModelPatcher idea (patches applied around a run, the base weights untouched).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from webui.engine.core.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineCall:
+    pipeline: Any  # the diffusers pipeline to call (shared: change it only through `components`)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    components: dict[str, Any] = field(default_factory=dict)  # swapped in for this call only (scheduler, vae, ...)
+    infotext: dict[str, object] = field(default_factory=dict)  # added after the task's own parameters
+    passthrough: list[Any] | None = None  # images to return without calling (nothing to denoise)
+
+    def accepts(self, name: str) -> bool:
+        return name in inspect.signature(self.pipeline.__call__).parameters
+
+    def run(self) -> list[Any]:
+        """Call the pipeline with the components swapped in, and put the shared ones back after."""
+        import torch
+
+        if self.passthrough is not None:
+            return list(self.passthrough)
+        accepted = inspect.signature(self.pipeline.__call__).parameters
+        kwargs = {k: v for k, v in self.kwargs.items() if k in accepted}
+        saved = {name: getattr(self.pipeline, name) for name in self.components}
+        try:
+            for name, component in self.components.items():
+                setattr(self.pipeline, name, component)
+            with torch.inference_mode():
+                return list(self.pipeline(**kwargs).images)
+        finally:
+            for name, component in saved.items():
+                setattr(self.pipeline, name, component)
+
+
+class Addon(Protocol):
+    name: str
+
+    def prepare(self, model: Any, request: Any) -> None: ...
+
+    def apply(self, call: PipelineCall) -> None: ...
+
+    def release(self, call: PipelineCall) -> None: ...
+
+    def infotext(self) -> dict[str, object]: ...
+
+
+# An add-on factory: (settings from request.addons[name]) -> Addon, or None when the settings ask for nothing.
+AddonFactory = Callable[[Any], "Addon | None"]
+
+
+@dataclass(frozen=True)
+class AddonSpec:
+    name: str
+    factory: AddonFactory
+    infotext_keys: tuple[str, ...] = ()  # infotext keys it writes, so PNG info can send them back
+    source: str = "built-in"
+
+
+class AddonRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, AddonSpec] = {}
+
+    def register(self, spec: AddonSpec, override: bool = False) -> None:
+        if spec.name in self._specs and not override:
+            raise ValueError(f"an add-on named {spec.name!r} is already registered by {self._specs[spec.name].source}")
+        self._specs[spec.name] = spec
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> AddonSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise InvalidRequest("addons", f"unknown add-on {name!r}; available: {', '.join(self._specs) or '(none)'}") from None
+
+    def build(self, wanted: dict[str, Any]) -> list[Addon]:
+        """The add-ons a request asks for, in registration order (so their effects compose the same way)."""
+        if not isinstance(wanted, dict):
+            raise InvalidRequest("addons", "addons must be an object of {name: settings}")
+        for name in wanted:
+            self.get(name)
+        addons = []
+        for name, spec in self._specs.items():
+            if name in wanted:
+                addon = spec.factory(wanted[name])
+                if addon is not None:
+                    addons.append(addon)
+        return addons
+
+
+class ClipSkip:
+    """AUTOMATIC1111's "Clip skip": condition on the text encoder's n-th last layer (1 = the last).
+
+    diffusers counts the layers skipped (clip_skip=1 is A1111's 2), so apply() adds n - 1."""
+
+    name = "clip_skip"
+    MAX = 12
+
+    def __init__(self, layers: int):
+        self.layers = layers
+
+    @classmethod
+    def from_settings(cls, value: Any) -> "ClipSkip | None":
+        if isinstance(value, dict):
+            value = value.get("value", value.get("layers"))
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= cls.MAX:
+            raise InvalidRequest("clip_skip", f"clip skip must be a whole number from 1 to {cls.MAX} (got {value!r})")
+        return None if value == 1 else cls(value)
+
+    def prepare(self, model: Any, request: Any) -> None:
+        encoder = getattr(model.pipeline, "text_encoder", None)
+        layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", None)
+        if layers is not None and self.layers > layers:
+            raise InvalidRequest("clip_skip", f"clip skip {self.layers} is more than this model's text encoder has "
+                                              f"layers ({layers})")
+
+    def apply(self, call: PipelineCall) -> None:
+        if not call.accepts("clip_skip"):
+            raise InvalidRequest("clip_skip", f"this model's pipeline ({type(call.pipeline).__name__}) has no clip skip")
+        call.kwargs["clip_skip"] = self.layers - 1
+        call.infotext.update(self.infotext())
+
+    def release(self, call: PipelineCall) -> None:
+        pass  # only the call's own arguments changed
+
+    def infotext(self) -> dict[str, object]:
+        return {"Clip skip": self.layers}
+
+
+def builtin_addons() -> list[AddonSpec]:
+    return [AddonSpec("clip_skip", ClipSkip.from_settings, ("Clip skip",))]

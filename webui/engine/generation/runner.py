@@ -1,0 +1,212 @@
+"""The one generation runner: seeds, batches, turns, the step callback, previews, Interrupt and
+Skip, and saving, for every task that denoises (txt2img, img2img, inpaint, and later hires fix,
+SD upscale and video frames as stages of one job).
+
+A task says only what differs: how it checks the model and sampler, what pipeline call a batch
+makes, what happens to the images after (paste-back), and its infotext. `run()` is a generator:
+it yields after the setup and after each batch, which is where the job store lets other users'
+jobs take a turn. A stage inside another job is `yield from run(...)` with the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Generator, Protocol
+
+from webui.engine.core.errors import Interrupted, KiriError, Skipped
+from webui.engine.core.hooks import StepInfo
+from webui.engine.core.infotext import build_infotext
+from webui.engine.core.jobs import Job
+from webui.engine.core.outputs import dated_dir, save_image
+from webui.engine.generation.call import Addon, PipelineCall
+from webui.engine.generation.requests import MAX_PROMPT_CHARS, GenerationResult, Txt2ImgRequest, random_seed
+from webui.engine.samplers.registry import Sampler, check_fits, default_sampler
+
+if TYPE_CHECKING:
+    from webui.engine.context import Engine
+    from webui.engine.models.manager import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteImage(KiriError):
+    """The sampler produced NaN or infinite values: the picture would be black or noise."""
+
+
+class Task(Protocol):
+    kind: str  # the outputs sub-folder and the job kind
+    request: Txt2ImgRequest
+
+    def check(self, model: "LoadedModel", sampler: Sampler, probe: Any, engine: "Engine") -> None: ...
+
+    def steps_per_batch(self) -> int: ...
+
+    def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]) -> PipelineCall: ...
+
+    def finish(self, images: list[Any]) -> list[Any]: ...
+
+    def infotext_params(self, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]: ...
+
+
+def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, GenerationResult]:
+    request = task.request
+    job.image_count, job.batch_count = request.total_images, request.n_iter
+    result = GenerationResult()
+
+    # 1. The model, pinned by name for every batch of this job, and the sampler.
+    model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+    sampler_name = request.sampler_name or default_sampler(model.prediction)
+    sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
+    check_fits(engine.samplers, sampler, model.prediction)
+    probe = sampler.build(model.base_scheduler_config, schedule, model.prediction)  # refuses a bad pair before any work
+    try:
+        task.check(model, sampler, probe, engine)
+    finally:
+        getattr(probe, "close", lambda: None)()
+    result.model_name, result.model_hash = model.name, model.short_hash
+    result.sampler_name, result.schedule = sampler.name, schedule
+
+    # 2. Add-ons, and the prompts checked against what the text encoder reads.
+    addons: list[Addon] = engine.addons.build(request.addons)
+    for addon in addons:
+        addon.prepare(model, request)
+    prompt = fit_prompt(model, request.prompt, "prompt", result.warnings)
+    negative = fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
+    save = engine.settings.save_images if request.save_images is None else request.save_images
+    out_dir = dated_dir(engine.settings.outputs_dir, task.kind)
+    yield  # the setup was one turn
+
+    # 3. Batch after batch, each a turn of its own; each image's noise comes from its own seed.
+    base_seed = request.seed if request.seed != -1 else random_seed()
+    for batch_no in range(1, request.n_iter + 1):
+        if job.interrupted:
+            result.interrupted = True
+            break
+        first = base_seed + (batch_no - 1) * request.batch_size
+        seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
+        model = engine.models.get(result.model_name)
+        job.start_batch(batch_no, task.steps_per_batch())
+        generators = [_generator(seed) for seed in seeds]
+        scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
+        call = task.call(model, prompt, negative, seeds, generators)
+        call.components["scheduler"] = scheduler
+        call.kwargs["callback_on_step_end"] = _step_callback(engine, model, request, job)
+        applied: list[Addon] = []
+        try:
+            for addon in addons:
+                addon.apply(call)
+                applied.append(addon)
+            images = task.finish(call.run())
+            images = engine.hooks.transform("after_generate", images, request)
+        except Interrupted:
+            result.interrupted = True
+            break
+        except Skipped:
+            job.finish_images(0)
+            continue
+        finally:
+            for addon in reversed(applied):
+                addon.release(call)
+            getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
+        job.finish_images(len(images))
+
+        # 4. Save each image whole, with its parameters, before the next batch.
+        for seed, image in zip(seeds, images):
+            params = task.infotext_params(model, sampler.name, schedule, seed)
+            version = params.pop("Version", None)
+            params.update(call.infotext)
+            params["Version"] = version
+            info = build_infotext(prompt, negative, params)
+            if save:
+                result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
+            result.images.append(image)
+            result.infotexts.append(info)
+            result.seeds.append(seed)
+        if job.interrupted:
+            result.interrupted = True
+            break
+        if batch_no < request.n_iter:
+            yield
+    return result
+
+
+def _generator(seed: int) -> Any:
+    """One CPU generator per image: the same seed gives the same noise on every device and batch."""
+    import torch
+
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job):
+    preview_every = engine.settings.preview_every
+    hooks = engine.hooks
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        latents = tensors.get("latents")
+        # NaN latents decode to a black picture. Checked at the last step (each step when the
+        # pipeline does not say how many), so a GPU waits for one sync per batch, not per step.
+        last = getattr(pipe, "_num_timesteps", None)
+        if latents is not None and (last is None or step + 1 >= last) and not bool(latents.isfinite().all()):
+            raise NonFiniteImage(
+                f"the sampler produced invalid values (NaN) at step {step + 1}: this sampler and schedule type do not "
+                f"work with {model.name}; choose another schedule type or sampler")
+        if preview_every and job.preview_step >= 0 and (step + 1) % preview_every == 0 and latents is not None:
+            _preview(model, latents, request, job, step + 1)
+        job.advance(step + 1)
+        if hooks.on_step and latents is not None:
+            hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, latents.detach().clone()))
+        if job.interrupted:
+            raise Interrupted()
+        if job.take_skip():
+            raise Skipped()
+        return tensors
+
+    return on_step_end
+
+
+def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: Job, step: int) -> None:
+    try:
+        job.preview, job.preview_step = model.previewer(latents, request.height, request.width), step
+    except Exception as exc:  # noqa: BLE001 - a preview must never stop a generation
+        log.warning("live preview failed, turning it off for this job: %s", exc)
+        job.preview_step = -1
+
+
+def fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str]) -> str:
+    """Warn when the text encoder will not read the whole prompt, rather than cut it silently."""
+    if len(text) > MAX_PROMPT_CHARS:
+        warnings.append(f"The {what} is {len(text)} characters long; only the first {MAX_PROMPT_CHARS} were read.")
+        text = text[:MAX_PROMPT_CHARS]
+    tokenizer = getattr(model.pipeline, "tokenizer", None)
+    if tokenizer is None or not text:
+        return text
+    limit = tokenizer.model_max_length
+    ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
+    if len(ids) > limit:
+        # The pipeline's tokenizer cuts the same way; the infotext keeps the whole prompt.
+        dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True)
+        warnings.append(
+            f"The {what} is {len(ids) - 2} tokens long and this model reads {limit - 2}; "
+            f"this part was ignored: {dropped[:200]!r}"
+        )
+    return text
+
+
+def common_infotext(request: Txt2ImgRequest, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
+    """The parameters every denoising task writes, in AUTOMATIC1111's order."""
+    return {
+        "Steps": request.steps,
+        "Sampler": sampler,
+        "Schedule type": None if schedule == "Automatic" else schedule,
+        "CFG scale": request.cfg_scale,
+        "Seed": seed,
+        "Size": f"{request.width}x{request.height}",
+        "Model hash": model.short_hash,
+        "Model": model.name,
+    }
+
+
+def version_param() -> dict[str, object]:
+    from webui import __version__
+
+    return {"Version": f"Kiri v{__version__}"}

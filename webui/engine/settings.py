@@ -1,0 +1,56 @@
+"""Settings: what the user can change on the Settings tab and the flags launch.py reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "builtin_extensions"
+
+
+@dataclass
+class Settings:
+    """What the user can change on the Settings tab; saved as JSON between runs."""
+
+    models_dir: Path = Path("models")
+    outputs_dir: Path = Path("outputs")
+    device: str = "auto"
+    allow_pickle: bool = False
+    model_cache_size: int = 1  # loaded checkpoints kept in memory (LRU)
+    model_memory_budget_mb: int = 0  # all loaded models together (checkpoints, upscalers, ...); 0: no limit
+    default_model: str | None = None
+    save_images: bool = True
+    image_format: str = "png"
+    preview_every: int = 5  # live preview every N steps; 0 turns previews off
+    extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
+    disabled_extensions: list[str] = field(default_factory=list)
+    allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
+    max_pixels: int = 4096 * 4096  # bigger init images for Image to image are refused
+
+    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
+
+    def extensions_dirs(self) -> list[tuple[Path, str]]:
+        dirs = [(BUILTIN_EXTENSIONS, "built-in")]
+        if self.extensions_dir is not None:
+            dirs.append((Path(self.extensions_dir), "user"))
+        return dirs
+
+    def editable(self) -> dict:
+        return {k: getattr(self, k) for k in self.EDITABLE}
+
+    def save(self, path: Path) -> None:
+        data = {k: v for k, v in asdict(self).items() if k in self.EDITABLE}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.replace(path)
+
+    def load_saved(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        names = {f.name for f in fields(self)}
+        for key, value in data.items():
+            if key in self.EDITABLE and key in names:
+                setattr(self, key, value)

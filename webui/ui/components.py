@@ -1,0 +1,77 @@
+"""Widget groups the generation tabs share: sampler, steps, size, batches, CFG, seed, clip skip;
+and the status line under the gallery. One place, so Text to image and Image to image stay alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from webui.engine.generation import requests as limits
+from webui.engine.generation.call import ClipSkip
+from webui.engine.samplers.registry import SCHEDULES
+
+
+@dataclass
+class GenerationSettings:
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    clip_skip: gr.Slider
+
+    def inputs(self) -> dict[str, Any]:
+        """Handler keyword -> component, for `inputs_kwargs`; the handler passes them to request_fields()."""
+        return dict(sampler_name=self.sampler, scheduler=self.schedule, steps=self.steps, cfg_scale=self.cfg_scale,
+                    seed=self.seed, width=self.width, height=self.height, batch_size=self.batch_size,
+                    batch_count=self.batch_count, clip_skip=self.clip_skip)
+
+
+def generation_settings(prefix: str, samplers: list[str], sampler: str, size: int) -> GenerationSettings:
+    with gr.Row():
+        # Custom values pass through so the engine, which knows the loaded model, names the valid ones.
+        sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id=f"{prefix}-sampler", allow_custom_value=True)
+        schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id=f"{prefix}-schedule")
+    steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}-steps")
+    with gr.Row():
+        width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
+        height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
+    with gr.Row():
+        batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
+        batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
+    with gr.Row():
+        cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale", scale=3)
+        clip_skip = gr.Slider(1, ClipSkip.MAX, value=1, step=1, label="Clip skip", scale=1, elem_id=f"{prefix}-clip-skip")
+    seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id=f"{prefix}-seed")
+    return GenerationSettings(sampler_dd, schedule_dd, steps, width, height, batch_count, batch_size, cfg, seed, clip_skip)
+
+
+def request_fields(sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count, clip_skip=1,
+                   model: str | None = None) -> dict[str, Any]:
+    """Widget values -> the generation request's fields (one mapping for every tab)."""
+    clip = int(clip_skip or 1)
+    return dict(
+        sampler_name=sampler_name or None, scheduler=scheduler or None, steps=int(steps), cfg_scale=float(cfg_scale),
+        seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
+        batch_size=int(batch_size), n_iter=int(batch_count), model=model or None,
+        addons={"clip_skip": clip} if clip != 1 else {},
+    )
+
+
+def result_note(result, elapsed: float) -> str:
+    note = f"{len(result.images)} image(s) in {elapsed:.1f} s with {result.model_name}, {result.sampler_name}."
+    if result.interrupted:
+        note += " **Interrupted**: the finished images are kept."
+    if result.paths:
+        note += f" Saved to `{result.paths[0].parent}`."
+    return note
+
+
+def shown_images(result) -> list:
+    return [str(p) for p in result.paths] if result.paths else result.images
