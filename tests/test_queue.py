@@ -134,3 +134,61 @@ def test_a_hires_fix_shaped_stage_runs_inside_one_job(engine):
     first, second, nested = engine.run("someone", "hires", hires)
     assert first.images[0].size == (64, 64) and second.images[0].size == (128, 128) and len(nested.images) == 1
     assert "Denoising strength: 0.5" in second.infotexts[0]
+
+
+def test_requests_and_results_go_through_plain_data(engine):
+    """What a worker in another process would receive and send back: JSON only."""
+    import json
+
+    from PIL import Image
+
+    from webui.engine.core.plain import dump, load
+    from webui.engine.generation.img2img import Img2ImgRequest
+    from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
+
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    request = Img2ImgRequest("a circle", steps=3, width=64, height=64, seed=3, init_image=Image.new("RGB", (64, 64), "red"),
+                             mask=mask, addons={"clip_skip": 2})
+    wire = json.loads(json.dumps(dump(request)))
+    back = load(Img2ImgRequest, wire)
+    assert back.addons == {"clip_skip": 2} and back.seed == 3
+    assert list(back.mask.getdata()) == list(mask.getdata()) and back.init_image.getpixel((0, 0)) == (255, 0, 0)
+
+    job = engine.submit_plain("txt2img", dump(Txt2ImgRequest("a dot", steps=2, width=64, height=64, seed=5)), "remote")
+    result = engine.jobs.wait(job, 120)
+    events = json.loads(json.dumps(job.snapshot()))
+    assert events["status"] == "done" and events["images_done"] == 1
+    returned = load(GenerationResult, json.loads(json.dumps(dump(result))))
+    assert returned.seeds == [5] and returned.images[0].size == (64, 64)
+    assert all(str(p) == str(q) for p, q in zip(returned.paths, result.paths))
+
+
+def test_kiri_jobs_api_queues_and_returns_a_result(kiri_server):
+    import base64
+    import io
+
+    import requests
+    from PIL import Image
+
+    base = kiri_server["url"] + "kiri/v1"
+    bad = requests.post(base + "/jobs", json={"kind": "paint", "request": {}})
+    assert bad.status_code == 422 and "kind" in bad.text
+    missing = requests.post(base + "/jobs", json={"kind": "txt2img", "request": {"prompt": "x", "steps": 0}})
+    assert missing.status_code == 422 and "steps" in missing.text
+    queued = requests.post(base + "/jobs", json={"kind": "txt2img", "request": {
+        "prompt": "a circle", "steps": 2, "width": 64, "height": 64, "seed": 11, "addons": {"clip_skip": 2}}})
+    assert queued.status_code == 200, queued.text
+    job_id = queued.json()["id"]
+    deadline = time.monotonic() + 120
+    while (answer := requests.get(f"{base}/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert answer["status"] == "done", answer
+    result = answer["result"]
+    assert result["seeds"] == [11] and "Clip skip: 2" in result["infotexts"][0]
+    image = Image.open(io.BytesIO(base64.b64decode(result["images"][0]["__image__"])))
+    assert image.size == (64, 64)
+    assert requests.get(f"{base}/jobs/nope").status_code == 404
+    assert "clip_skip" in requests.get(base + "/addons").json()
+    assert "checkpoint" in requests.get(base + "/models").json()

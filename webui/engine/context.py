@@ -170,6 +170,36 @@ class Engine:
         request.validate()  # a hook may have changed it
         return request
 
+    # --- jobs as plain data ----------------------------------------------------------------
+    def request_types(self) -> dict[str, type]:
+        """The job kinds a plain-data request can ask for, and the request class of each."""
+        from webui.engine.generation.img2img import Img2ImgRequest
+
+        return {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
+
+    def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
+        """Queue a job from plain data (what a remote client or another process sends); returns at once."""
+        from webui.engine.core.errors import InvalidRequest
+        from webui.engine.core.plain import load
+
+        types = self.request_types()
+        if kind not in types:
+            raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(types)}")
+        if not isinstance(data, dict):
+            raise InvalidRequest("request", "request must be an object of the task's fields")
+        try:
+            request = self.prepare_request(load(types[kind], data))
+        except TypeError as exc:
+            raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
+        job = Job(kind=kind, owner=owner)
+        if kind == "img2img":
+            warnings: list[str] = []
+            task = self.img2img_task(request, warnings)
+            return self.submit(lambda j: self._with_warnings(self.stage(task, j), warnings), job)
+        from webui.engine.generation.txt2img import Txt2ImgTask
+
+        return self.submit(lambda j: self.stage(Txt2ImgTask(request), j), job)
+
     def preload(self) -> None:
         """Import torch and diffusers and load the default model, as a job; run in a background thread."""
         try:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Iterator
 
@@ -30,6 +30,7 @@ Work = Callable[["Job"], Generator[None, None, Any]]
 EventListener = Callable[[dict], None]
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+KEEP_FINISHED = 200  # finished jobs kept for clients that fetch results later
 
 
 @dataclass
@@ -145,6 +146,7 @@ class JobStore:
         self._worker: threading.Thread | None = None
         self._current: Job | None = None  # the job whose turn runs now
         self._listeners: list[EventListener] = []
+        self._finished: OrderedDict[str, Job] = OrderedDict()
 
     # --- submitting and waiting -----------------------------------------------------------
     def submit(self, job: Job) -> Job:
@@ -196,8 +198,9 @@ class JobStore:
 
     # --- reading ---------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
+        """A queued, running or recently finished job."""
         with self._cond:
-            return self._jobs.get(job_id)
+            return self._jobs.get(job_id) or self._finished.get(job_id)
 
     def active(self) -> list[Job]:
         """Jobs that have started and not finished, the one running now first."""
@@ -245,6 +248,9 @@ class JobStore:
                             del self._queues[job.owner]
                     self._jobs.pop(job.id, None)
                     self._generators.pop(job.id, None)
+                    self._finished[job.id] = job
+                    while len(self._finished) > KEEP_FINISHED:
+                        self._finished.popitem(last=False)
                 self._cond.notify_all()
             if finished:
                 self._emit(job, job.status)

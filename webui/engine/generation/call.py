@@ -141,10 +141,29 @@ class ClipSkip:
                                               f"layers ({layers})")
 
     def apply(self, call: PipelineCall) -> None:
-        if not call.accepts("clip_skip"):
-            raise InvalidRequest("clip_skip", f"this model's pipeline ({type(call.pipeline).__name__}) has no clip skip")
-        call.kwargs["clip_skip"] = self.layers - 1
+        pipeline = call.pipeline
+        encoder = getattr(pipeline, "text_encoder", None)
+        single_clip = encoder is not None and getattr(pipeline, "text_encoder_2", None) is None
+        if single_clip and not hasattr(encoder, "text_model") and call.accepts("prompt_embeds"):
+            # diffusers' own clip_skip path reaches for `text_encoder.text_model`, which transformers 5
+            # no longer has: encode the prompts here, as diffusers would, from the n-th last layer.
+            for key, embeds_key in (("prompt", "prompt_embeds"), ("negative_prompt", "negative_prompt_embeds")):
+                call.kwargs[embeds_key] = self._encode(pipeline, call.kwargs.pop(key, None) or "")
+        elif call.accepts("clip_skip"):
+            call.kwargs["clip_skip"] = self.layers - 1
+        else:
+            raise InvalidRequest("clip_skip", f"this model's pipeline ({type(pipeline).__name__}) has no clip skip")
         call.infotext.update(self.infotext())
+
+    def _encode(self, pipeline: Any, text: str) -> Any:
+        import torch
+
+        tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(encoder.device)
+        with torch.inference_mode():
+            hidden = encoder(ids, output_hidden_states=True).hidden_states[-self.layers]
+            return encoder.final_layer_norm(hidden)
 
     def release(self, call: PipelineCall) -> None:
         pass  # only the call's own arguments changed

@@ -1,0 +1,67 @@
+"""Kiri's own routes under /kiri/v1: jobs as plain data, on the engine's own request schema.
+
+POST /kiri/v1/jobs {"kind": "txt2img", "request": {...Txt2ImgRequest fields...}} queues a job
+and answers at once with its id; GET /kiri/v1/jobs/{id} gives its progress and, once finished,
+its result (images as {"__image__": base64 PNG}). The request fields are the engine's dataclass
+fields, the same schema the UI fills in. /kiri/v1/models lists the catalog by kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from webui.engine.core.plain import dump
+
+from .common import ApiContext, KiriRoute
+
+
+class JobBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = "txt2img"
+    request: dict[str, Any] = Field(default_factory=dict)
+
+
+def build_router(ctx: ApiContext) -> APIRouter:
+    engine = ctx.engine
+    router = APIRouter(prefix="/kiri/v1", tags=["kiri"], dependencies=ctx.dependencies(), route_class=KiriRoute)
+
+    @router.post("/jobs")
+    def submit(body: JobBody, http: Request) -> dict:
+        job = engine.submit_plain(body.kind, body.request, ctx.owner(http))
+        return job.snapshot()
+
+    @router.get("/jobs/{job_id}")
+    def status(job_id: str) -> dict:
+        job = engine.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, detail=f"no job {job_id!r} (finished jobs are kept for a while, then dropped)")
+        answer = job.snapshot()
+        if job.status == "done":
+            answer["result"] = dump(job.result)
+        return answer
+
+    @router.post("/jobs/{job_id}/interrupt")
+    def interrupt(job_id: str, http: Request) -> dict:
+        job = engine.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, detail=f"no job {job_id!r}")
+        if ctx.stop_scope(http) not in (None, job.owner):
+            raise HTTPException(403, detail="only the job's owner (or an admin) can interrupt it")
+        job.interrupt()
+        return job.snapshot()
+
+    @router.get("/models")
+    def models() -> dict:
+        engine.catalog.entries or engine.catalog.scan()
+        return {kind: [{"name": e.name, "format": e.format, "family": e.family, "size_bytes": e.size_bytes}
+                       for e in engine.catalog.of_kind(kind)] for kind in engine.catalog.kinds}
+
+    @router.get("/addons")
+    def addons() -> list[str]:
+        return engine.addons.names()
+
+    return router

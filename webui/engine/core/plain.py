@@ -1,0 +1,68 @@
+"""Requests and results as plain data (JSON-able dicts), so a job can go to a worker in another
+process, or a Ray Serve replica, and its result come back.
+
+dump() turns dataclasses into dicts, PIL images into {"__image__": base64 PNG} and paths into
+strings; load(cls, data) builds the dataclass back, validating it as its constructor does.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+IMAGE_KEY = "__image__"
+
+
+def dump(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: dump(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, dict):
+        return {str(k): dump(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [dump(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if _is_image(value):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {IMAGE_KEY: base64.b64encode(buffer.getvalue()).decode()}
+    return value
+
+
+def load(cls: type[T], data: dict) -> T:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.init and f.name in data:
+            kwargs[f.name] = _restore(data[f.name], hints.get(f.name))
+    return cls(**kwargs)
+
+
+def _restore(value: Any, hint: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {IMAGE_KEY}:
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(base64.b64decode(value[IMAGE_KEY])))
+        image.load()
+        return image
+    if isinstance(value, list):
+        inner = typing.get_args(hint)[0] if typing.get_args(hint) else None
+        return [_restore(v, inner) for v in value]
+    if isinstance(value, dict):
+        return {k: _restore(v, None) for k, v in value.items()}
+    if isinstance(value, str) and hint is Path:
+        return Path(value)
+    return value
+
+
+def _is_image(value: Any) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(value, Image.Image)
