@@ -79,3 +79,37 @@ def test_api_routes_answer_the_instant_the_port_does(tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_a_checkpoint_switch_during_another_job_sticks(kiri_server):
+    """POST /options sd_model_checkpoint while another user's job runs on another model: that job keeps
+    its model for every batch, and the switch is not undone by its next batch."""
+    import threading
+
+    engine = kiri_server["engine"]
+    base = kiri_server["url"] + "sdapi/v1"
+    assert requests.post(base + "/options", json={"sd_model_checkpoint": "tiny-sd"}, timeout=120).status_code == 200
+    answers = {}
+
+    def long_job():
+        answers["long"] = requests.post(base + "/txt2img", timeout=300, auth=None, json={
+            "prompt": "a circle", "steps": 6, "width": 64, "height": 64, "n_iter": 6, "seed": 1,
+            "override_settings": {"sd_model_checkpoint": "tiny-sd"}})
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not any(j.batch_count == 6 and j.images_done >= 1 for j in engine.jobs.active()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # Another user's switch (the engine call behind POST /options; over HTTP this client would be the
+    # job's own owner and simply wait its turn): it takes a turn between two batches of the job.
+    engine.load_model("tiny-sd3", owner="api:another-client")
+    assert not answers, "the switch waited for the whole job"
+    worker.join(300)
+    info = answers["long"].json()["info"]
+    assert '"sd_model_name": "tiny-sd"' in info and len(answers["long"].json()["images"]) == 6
+    assert requests.get(base + "/options", timeout=30).json()["sd_model_checkpoint"].startswith("tiny-sd3")
+    after = requests.post(base + "/txt2img", timeout=120, json={"prompt": "a dot", "steps": 2, "width": 64, "height": 64})
+    assert '"sd_model_name": "tiny-sd3"' in after.json()["info"]
+    requests.post(base + "/options", json={"sd_model_checkpoint": "tiny-sd"}, timeout=120)
