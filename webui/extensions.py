@@ -21,7 +21,6 @@ from typing import Any, Callable
 
 from webui.engine.context import Registries
 from webui.engine.core.errors import KiriError
-from webui.engine.core.hooks import UITab
 from webui.engine.generation.call import AddonFactory, AddonSpec
 from webui.engine.samplers.registry import NOISE_PREDICTION, Sampler
 
@@ -93,6 +92,15 @@ class Manifest:
                    tuple(str(a) for a in data.get("adds", [])), bool(data.get("override", False)))
 
 
+@dataclass(frozen=True)
+class UITab:
+    """A tab an extension adds; the UI (not the engine) renders it: render(engine) inside a gr.Tab."""
+
+    title: str
+    render: Callable[..., None]
+    source: str
+
+
 @dataclass
 class ExtensionInfo:
     """One extension as the Extensions tab lists it."""
@@ -112,9 +120,9 @@ class ExtensionInfo:
 class KiriAPI:
     """What an extension's entry point receives: Kiri's registries, stamped with its name."""
 
-    def __init__(self, manifest: Manifest, registries: Registries, info: ExtensionInfo):
+    def __init__(self, manifest: Manifest, registries: Registries, info: ExtensionInfo, ui_tabs: list[UITab]):
         self.name = manifest.name
-        self._manifest, self._info = manifest, info
+        self._manifest, self._info, self._ui_tabs = manifest, info, ui_tabs
         self._samplers, self._hooks, self._addons = registries.samplers, registries.hooks, registries.addons
         self._staged: list[Callable[[], None]] = []  # applied only if the whole entry point succeeds
 
@@ -160,7 +168,7 @@ class KiriAPI:
 
     def add_tab(self, title: str, render: Callable[..., None]) -> None:
         """render(engine) is called inside a new gr.Tab of that title."""
-        self._stage(lambda: self._hooks.ui_tabs.append(UITab(title, render, self.name)), f"tab: {title}")
+        self._stage(lambda: self._ui_tabs.append(UITab(title, render, self.name)), f"tab: {title}")
 
     def _stage(self, apply: Callable[[], None], what: str) -> None:
         self._staged.append(apply)
@@ -175,6 +183,7 @@ class ExtensionManager:
     def __init__(self, registries: Registries):
         self.registries = registries
         self.extensions: list[ExtensionInfo] = []
+        self.ui_tabs: list[UITab] = []
 
     def load_all(self, roots: list[tuple[Path, str]], disabled: set[str]) -> list[ExtensionInfo]:
         for root, source in roots:
@@ -195,7 +204,7 @@ class ExtensionManager:
             if any(e.name == manifest.name and e.status != "error" for e in self.extensions):
                 raise ExtensionError(f"another extension is already named {manifest.name!r}")
             entry = _import_entry(folder, manifest)
-            api = KiriAPI(manifest, self.registries, info)
+            api = KiriAPI(manifest, self.registries, info, self.ui_tabs)
             entry(api)
             api.commit()
         except Exception as exc:  # noqa: BLE001 - a broken extension must not stop Kiri

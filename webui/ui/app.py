@@ -35,7 +35,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                 settings.render(engine, settings_file)
             with gr.Tab("Extensions", id="extensions"):
                 extensions_tab.render(engine, settings_file)
-            for tab in engine.hooks.ui_tabs:
+            for tab in (engine.extensions.ui_tabs if engine.extensions else []):
                 with gr.Tab(tab.title):
                     _render_extension_tab(tab, engine)
     return app

@@ -38,15 +38,11 @@ def model_choices(engine: Engine) -> list[str]:
 
 
 def selected_title(engine: Engine) -> str | None:
-    """The dropdown value: the loaded model, else the one Kiri would load first."""
-    models = engine.models_if_created()
-    if models is not None and models.current is not None:
-        return engine.catalog.title(models.current.entry)
+    """The dropdown value: the selected or loaded model, else the one Kiri would load first."""
     try:
-        entry = engine.default_entry()
+        return engine.catalog.title(engine.current_entry())
     except KiriError:
         return None
-    return engine.catalog.title(entry)
 
 
 def stream_job(work: Callable[[], Any], job: Any, progress: Any, show: Callable[[Any], Any]) -> Generator[Any, None, Any]:

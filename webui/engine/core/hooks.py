@@ -23,21 +23,13 @@ class StepInfo:
     latents: Any  # torch.Tensor, cloned; changing it changes nothing
 
 
-@dataclass(frozen=True)
-class UITab:
-    title: str
-    render: Callable[..., None]  # called inside a gr.Tab with the Engine
-    source: str
-
-
 @dataclass
 class Hooks:
     on_app_started: list[Callable[..., None]] = field(default_factory=list)  # (app, engine)
     on_model_loaded: list[Callable[..., None]] = field(default_factory=list)  # (loaded_model)
     before_generate: list[Callable[..., Any]] = field(default_factory=list)  # (request) -> request | None
-    after_generate: list[Callable[..., Any]] = field(default_factory=list)  # (request, result) -> result | None
+    after_generate: list[Callable[..., Any]] = field(default_factory=list)  # (request, images) -> images | None, per batch
     on_step: list[Callable[[StepInfo], None]] = field(default_factory=list)
-    ui_tabs: list[UITab] = field(default_factory=list)
 
     def notify(self, name: str, *args: Any) -> None:
         for hook in list(getattr(self, name)):

@@ -75,12 +75,12 @@ class Img2ImgTask:
     """Image to image, inpainting and outpainting as a task of the generation runner."""
 
     request: Img2ImgRequest
-    plan: "Plan"
+    plan: "ImagePlan"
     kind: str = "img2img"
 
-    def check(self, model: "LoadedModel", sampler: Sampler, probe: Any, engine: "Engine") -> None:
+    def check(self, model: "LoadedModel", sampler: Sampler, scheduler: Any, engine: "Engine") -> None:
         # The init image is noised by the sampler: add_noise for SD pipelines, scale_noise for flow ones.
-        if not hasattr(probe, "scale_noise" if model.prediction == "flow" else "add_noise"):
+        if not hasattr(scheduler, "scale_noise" if model.prediction == "flow" else "add_noise"):
             fitting = [n for n in engine.samplers.names(model.prediction) if n != sampler.name]
             raise InvalidRequest("sampler_name", f"sampler {sampler.name!r} cannot start from an init image yet; "
                                                  f"choose another, e.g. {', '.join(fitting[:4])}")
@@ -125,7 +125,7 @@ class Img2ImgTask:
 # --- image and mask preparation -------------------------------------------------------------
 
 @dataclass
-class Plan:
+class ImagePlan:
     """What the model denoises (model_image, model_mask) and how its output goes back into base."""
 
     base: "Image.Image"  # the picture the output is pasted into, at the output size
@@ -149,14 +149,14 @@ class Plan:
         return Image.composite(generated, self.base, self.paste_mask)
 
 
-def prepare(request: Img2ImgRequest, warnings: list[str]) -> Plan:
+def prepare(request: Img2ImgRequest, warnings: list[str]) -> ImagePlan:
     from PIL import Image, ImageFilter
 
     image = request.init_image.convert("RGB")
     width, height = request.width, request.height
     if request.mask is None:
         model_image = resize_image(image, request.resize_mode, width, height)
-        return Plan(model_image, model_image, None, None, None)
+        return ImagePlan(model_image, model_image, None, None, None)
 
     mask = request.mask
     if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
@@ -192,7 +192,7 @@ def prepare(request: Img2ImgRequest, warnings: list[str]) -> Plan:
     model_image = fill_masked(model_image, model_mask, request.inpainting_fill, request.seed)
     if request.mask_blur:
         model_mask = model_mask.filter(ImageFilter.GaussianBlur(request.mask_blur))
-    return Plan(base, model_image, model_mask, blurred, box)
+    return ImagePlan(base, model_image, model_mask, blurred, box)
 
 
 def resize_image(image: "Image.Image", mode: int, width: int, height: int) -> "Image.Image":

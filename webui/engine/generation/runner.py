@@ -37,7 +37,7 @@ class Task(Protocol):
     kind: str  # the outputs sub-folder and the job kind
     request: Txt2ImgRequest
 
-    def check(self, model: "LoadedModel", sampler: Sampler, probe: Any, engine: "Engine") -> None: ...
+    def check(self, model: "LoadedModel", sampler: Sampler, scheduler: Any, engine: "Engine") -> None: ...
 
     def steps_per_batch(self) -> int: ...
 
@@ -58,11 +58,11 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
     sampler_name = request.sampler_name or default_sampler(model.prediction)
     sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
     check_fits(engine.samplers, sampler, model.prediction)
-    probe = sampler.build(model.base_scheduler_config, schedule, model.prediction)  # refuses a bad pair before any work
+    trial = sampler.build(model.base_scheduler_config, schedule, model.prediction)  # refuses a bad pair before any work
     try:
-        task.check(model, sampler, probe, engine)
+        task.check(model, sampler, trial, engine)
     finally:
-        getattr(probe, "close", lambda: None)()
+        getattr(trial, "close", lambda: None)()
     result.model_name, result.model_hash = model.name, model.short_hash
     result.sampler_name, result.schedule = sampler.name, schedule
 

@@ -20,7 +20,7 @@ class Txt2ImgTask:
     request: Txt2ImgRequest
     kind: str = "txt2img"
 
-    def check(self, model: "LoadedModel", sampler: Sampler, probe: Any, engine: "Engine") -> None:
+    def check(self, model: "LoadedModel", sampler: Sampler, scheduler: Any, engine: "Engine") -> None:
         pass  # every sampler can start from noise
 
     def steps_per_batch(self) -> int:
