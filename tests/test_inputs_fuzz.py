@@ -128,9 +128,11 @@ def test_to_rgb_every_mode(image):
         finite = data[np.isfinite(data)]
         grey = np.asarray(rgb)[..., 0].astype(int)
         if finite.size and finite.min() < finite.max():
-            # the real range spans the output: darkest finite pixel darkest, brightest brightest
-            assert grey[data == finite.min()].min() == grey.min()
-            assert grey[data == finite.max()].max() == grey.max()
+            # order kept: the darkest finite pixel darkest of the finite ones, the brightest brightest
+            shown = grey[np.isfinite(data)]
+            assert grey[data == finite.min()].min() == shown.min()
+            assert grey[data == finite.max()].max() == shown.max()
+            assert (grey[np.isnan(data)] == shown.min()).all() or finite.max() <= 1 and finite.min() >= 0
             if image.mode == "F" and (finite.min() < 0 or finite.max() > 1):
                 assert grey.min() == 0 and grey.max() == 255  # stretched, not clipped
 
@@ -282,6 +284,23 @@ def test_img2img_on_any_init_image(client, drawn, strength, fill):
     else:
         assert json.loads(reply.json()["info"])["all_seeds"]
         assert reply.json()["parameters"]["init_images"] is None  # images are not echoed, as in A1111
+
+
+def _strict(text: str):
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_echoed_nan_and_surrogates_in_unused_fields_render(client):
+    """Fields Kiri ignores but echoes (A1111 does too) must not break the reply."""
+    content = ('{"prompt": "a", "steps": 1, "width": 64, "height": 64, "subseed_strength": NaN, '
+               '"denoising_strength": Infinity, "styles": ["\\ud83d"], "infotext": "\\udc00x"}')
+    reply = client.post("/sdapi/v1/txt2img", content=content, headers={"content-type": "application/json"})
+    assert reply.status_code == 200, reply.text[:300]
+    data = _strict(reply.text)
+    assert data["parameters"]["styles"] == ["\ud83d"] and data["parameters"]["subseed_strength"] == "NaN"
+    assert _strict(data["info"])["denoising_strength"] == "Infinity"
 
 
 def test_unexpected_error_is_a_json_500(client, engine, monkeypatch):

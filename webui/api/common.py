@@ -189,6 +189,11 @@ class KiriRoute(APIRoute):
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         if isinstance(kwargs.get("response_class", DefaultPlaceholder(JSONResponse)), DefaultPlaceholder):
             kwargs["response_class"] = DefaultPlaceholder(SafeJSONResponse)
+        if (isinstance(kwargs.get("response_model", DefaultPlaceholder(None)), DefaultPlaceholder)
+                and getattr(endpoint, "__annotations__", {}).get("return") in (dict, "dict")):
+            # A bare `-> dict` adds no schema but makes FastAPI serialize through pydantic, which
+            # fails (a 500) on a lone surrogate the client sent and the reply echoes back.
+            kwargs["response_model"] = None
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable:

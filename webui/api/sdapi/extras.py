@@ -72,8 +72,8 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.post("/png-info")
     def png_info(body: PngInfoBody) -> dict:
-        # Metadata only: the image stays lazily opened, its pixels never decoded, whatever its size.
-        image = decode_image(body.image, max_pixels=None, load=False)
+        # Metadata only: the image stays lazily opened and its pixels are never decoded.
+        image = decode_image(body.image, load=False)
         text = read_infotext(image) or ""
         parsed = parse_infotext(text) if text else None
         items = {"parameters": text} if text else {}

@@ -15,7 +15,7 @@ from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
 
-from ..common import decode_image, encode_png
+from ..common import decode_image, encode_png, json_safe
 from .fields import Img2ImgBody, Txt2ImgBody
 
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's setting name, sent in override_settings
@@ -99,4 +99,5 @@ def response(engine: Engine, body: Txt2ImgBody, result: GenerationResult, extra_
     parameters = body.model_dump()
     if "init_images" in parameters:  # A1111 echoes the request without its images (init_images, mask: None)
         parameters["init_images"], parameters["mask"] = None, None
-    return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+    # json_safe: a NaN the client sent in an unused field (subseed_strength) must not make info invalid JSON
+    return {"images": images, "parameters": parameters, "info": json.dumps(json_safe(info), allow_nan=False)}
