@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import ApiContext
+from .common import EXCEPTION_HANDLERS, ApiContext
 from .middleware import BodyLimit
 
 DEFAULT_MAX_BODY = 50 * 2**20
@@ -26,11 +26,15 @@ def server_app_kwargs(ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY) -
     from starlette.middleware import Middleware
 
     routes = [route for router in routers(ctx) for route in router.routes]
-    return {"docs_url": "/docs", "routes": routes, "middleware": [Middleware(BodyLimit, max_bytes=max_body_bytes)]}
+    return {"docs_url": "/docs", "routes": routes, "middleware": [Middleware(BodyLimit, max_bytes=max_body_bytes)],
+            # For the whole app: a 422 reply that renders whatever the client sent (raw NaN included).
+            "exception_handlers": dict(EXCEPTION_HANDLERS)}
 
 
 def mount(app, ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY) -> None:
     """Add the routes and the body cap to a FastAPI app that is not serving yet (tests, embedding)."""
     for router in routers(ctx):
         app.include_router(router)
+    for exc_class, handler in EXCEPTION_HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)

@@ -146,6 +146,8 @@ class Engine:
         from webui.engine.generation.img2img import Img2ImgTask, check_pixels, prepare
 
         check_pixels(request.init_image, self.settings.max_pixels)
+        if request.mask is not None:
+            check_pixels(request.mask, self.settings.max_pixels, "mask")
         task = Img2ImgTask(request, prepare(request, warnings))
         if task.denoise_steps == 0:
             warnings.append("Denoising strength x steps is below one step: the init image is returned unchanged.")

@@ -10,6 +10,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.images import to_rgb
 from webui.engine.generation.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
 from webui.engine.core.jobs import Job
 from webui.engine.samplers.registry import default_sampler
@@ -50,10 +51,10 @@ def _as_image(value: Any):
     if isinstance(value, str):
         try:
             with Image.open(value) as opened:
-                return opened.convert("RGB")
+                return to_rgb(opened, "init_image")
         except OSError as exc:
             raise InvalidRequest("init_image", f"the file is not an image Kiri can read: {exc}") from exc
-    return value if isinstance(value, Image.Image) else None
+    return to_rgb(value, "init_image") if isinstance(value, Image.Image) else None
 
 
 def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> None:
@@ -66,16 +67,16 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img-negative")
             with gr.Tabs() as modes:
                 with gr.Tab("Image to image", id="img2img") as tab_img2img:
-                    init_image = gr.Image(label="Init image", type="pil", image_mode="RGB", sources=["upload", "clipboard"],
+                    init_image = gr.Image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
                                           height=360, elem_id="img2img-image")
                 with gr.Tab("Inpaint", id="inpaint") as tab_inpaint:
                     editor = gr.ImageEditor(label="Image: paint the part to repaint", type="pil", height=360,
                                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
                                             eraser=gr.Eraser(), layers=False, elem_id="inpaint-editor")
                     mask_upload = gr.Image(label="Or upload a mask (white = repaint); it replaces the brush strokes",
-                                           type="pil", image_mode="L", height=160, elem_id="inpaint-mask")
+                                           type="pil", image_mode=None, height=160, elem_id="inpaint-mask")
                 with gr.Tab("Outpaint", id="outpaint") as tab_outpaint:
-                    outpaint_image = gr.Image(label="Image to extend", type="pil", image_mode="RGB", height=300,
+                    outpaint_image = gr.Image(label="Image to extend", type="pil", image_mode=None, height=300,
                                               elem_id="outpaint-image")
                     with gr.Row():
                         left = gr.Slider(0, MAX_OUTPAINT, value=0, step=8, label="Left (px)")
@@ -121,7 +122,8 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             )
             if mode == "inpaint":
                 image = _as_image(editor)
-                mask = mask_upload if mask_upload is not None else editor_mask(editor)
+                # image_mode=None above: Gradio's own convert would clip 16-bit and float uploads to white.
+                mask = to_rgb(mask_upload, "mask").convert("L") if mask_upload is not None else editor_mask(editor)
                 if image is None:
                     raise InvalidRequest("init_image", "upload an image to the Inpaint editor first")
                 if mask is None:

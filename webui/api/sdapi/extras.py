@@ -11,9 +11,10 @@ import io
 from fastapi import APIRouter, Request
 
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.images import to_rgb
 from webui.engine.core.infotext import parse_infotext, read_infotext
 from webui.engine.core.jobs import Job
-from webui.engine.upscale import target_size, upscale
+from webui.engine.upscale import find_upscaler, target_size, upscale
 
 from ..common import ApiContext, decode_image
 from .fields import ExtraBatchBody, ExtraSingleBody, PngInfoBody
@@ -22,7 +23,10 @@ from .fields import ExtraBatchBody, ExtraSingleBody, PngInfoBody
 def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     engine = ctx.engine
 
-    def extras(images: list, body: ExtraSingleBody, owner: str) -> list[tuple[str, str]]:
+    def extras(images: list, body: ExtraSingleBody, owner: str, field: str) -> list[tuple[str, str]]:
+        """Everything is checked on the images' headers (decode_image(load=False)) before any pixel is decoded."""
+        find_upscaler(body.upscaler_1, "upscaler_1")
+        find_upscaler(body.upscaler_2, "upscaler_2")
         sizes = []
         for image in images:
             if body.resize_mode == 1:
@@ -30,6 +34,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
                                          to_height=body.upscaling_resize_h))
             else:
                 sizes.append(target_size(image.width, image.height, scale=body.upscaling_resize))
+        images = [to_rgb(image, field) for image in images]
 
         def work(job: Job):
             job.image_count, job.batch_count = len(images), 1
@@ -54,19 +59,21 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.post("/extra-single-image")
     def extra_single_image(body: ExtraSingleBody, http: Request) -> dict:
-        (encoded, html), = extras([decode_image(body.image)], body, ctx.owner(http))
+        (encoded, html), = extras([decode_image(body.image, load=False)], body, ctx.owner(http), "image")
         return {"image": encoded, "html_info": html}
 
     @router.post("/extra-batch-images")
     def extra_batch_images(body: ExtraBatchBody, http: Request) -> dict:
         if not body.imageList:
             raise InvalidRequest("imageList", "imageList is empty")
-        results = extras([decode_image(item.data, "imageList") for item in body.imageList], body, ctx.owner(http))
+        results = extras([decode_image(item.data, "imageList", load=False) for item in body.imageList], body,
+                         ctx.owner(http), "imageList")
         return {"images": [encoded for encoded, _ in results], "html_info": results[0][1] if results else ""}
 
     @router.post("/png-info")
     def png_info(body: PngInfoBody) -> dict:
-        image = decode_image(body.image)
+        # Metadata only: the image stays lazily opened and its pixels are never decoded.
+        image = decode_image(body.image, load=False)
         text = read_infotext(image) or ""
         parsed = parse_infotext(text) if text else None
         items = {"parameters": text} if text else {}

@@ -15,7 +15,7 @@ from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
 
-from ..common import decode_image, encode_png
+from ..common import decode_image, encode_png, json_safe
 from .fields import Img2ImgBody, Txt2ImgBody
 
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's setting name, sent in override_settings
@@ -63,10 +63,11 @@ def img2img_request(body: Img2ImgBody, warnings: list[str]):
     try:
         return Img2ImgRequest(
             **common_fields(body),
-            init_image=decode_image(body.init_images[0], "init_images"),
+            # Opened, not decoded: the engine checks the size against Settings' max_pixels first.
+            init_image=decode_image(body.init_images[0], "init_images", load=False),
             denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
             resize_mode=resize_mode,
-            mask=decode_image(body.mask, "mask") if body.mask else None,
+            mask=decode_image(body.mask, "mask", load=False) if body.mask else None,
             mask_blur=mask_blur,
             inpainting_mask_invert=body.inpainting_mask_invert, inpainting_fill=body.inpainting_fill,
             inpaint_full_res=body.inpaint_full_res, inpaint_full_res_padding=body.inpaint_full_res_padding,
@@ -95,4 +96,8 @@ def response(engine: Engine, body: Txt2ImgBody, result: GenerationResult, extra_
     images = [encode_png(im, text) for im, text in zip(result.images, result.infotexts)] if body.send_images else []
     if body.send_images:
         images += list(extra_images)
-    return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+    parameters = body.model_dump()
+    if "init_images" in parameters:  # A1111 echoes the request without its images (init_images, mask: None)
+        parameters["init_images"], parameters["mask"] = None, None
+    # json_safe: a NaN the client sent in an unused field (subseed_strength) must not make info invalid JSON
+    return {"images": images, "parameters": parameters, "info": json.dumps(json_safe(info), allow_nan=False)}

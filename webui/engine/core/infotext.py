@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -60,8 +59,10 @@ _USER_COMMENT = 0x9286
 _UNICODE_PREFIX = b"UNICODE\0"
 _ASCII_PREFIX = b"ASCII\0\0\0"
 _JIS_PREFIX = b"JIS\0\0\0\0\0"
-_TIFF_LONG = 4
-_TIFF_UNDEFINED = 7
+# What piexif.load may be handed: EXIF with its "Exif\0\0" header, or a bare TIFF block. Any other
+# bytes piexif takes for a FILE NAME and opens, so a WebP whose EXIF chunk says "/etc/passwd"
+# would make it read a server file: such blocks are never passed to it.
+_EXIF_STARTS = (b"Exif\0\0", b"II*\0", b"MM\0*")
 
 
 @dataclass
@@ -210,14 +211,32 @@ def infotext_to_request_fields(info: Infotext) -> dict[str, object]:
 
 
 def encode_user_comment(text: str) -> bytes:
-    """EXIF UserComment bytes the way piexif (and so AUTOMATIC1111) writes them."""
-    return _UNICODE_PREFIX + text.encode("utf-16-be")
+    """EXIF UserComment bytes as piexif writes them for AUTOMATIC1111: "UNICODE\\0" + UTF-16BE.
+
+    A character UTF-16 cannot hold (a lone surrogate) becomes "?" rather than failing the save.
+    """
+    import piexif.helper
+
+    return piexif.helper.UserComment.dump(text, encoding="unicode")
 
 
-def decode_user_comment(raw: bytes | str) -> str:
-    """Read a UserComment whatever character code its 8-byte prefix names."""
+def decode_user_comment(raw: object) -> str:
+    """Read a UserComment whatever character code its 8-byte prefix names.
+
+    Lenient where piexif's own reader is strict (little-endian UTF-16 from Windows tools, UTF-8
+    behind the ASCII prefix); a value that is not text at all (an int, a float, a tuple of
+    numbers, as some writers store the tag with the wrong type) gives "" instead of an error.
+    """
     if isinstance(raw, str):
         return raw.rstrip("\0")
+    if isinstance(raw, (tuple, list)):
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in raw):
+            return ""
+        raw = bytes(raw)  # the tag stored as BYTE: piexif and PIL give a tuple of ints
+    if isinstance(raw, (bytearray, memoryview)):
+        raw = bytes(raw)
+    if not isinstance(raw, bytes):
+        return ""
     prefix, payload = raw[:8], raw[8:]
     if prefix == _UNICODE_PREFIX:
         if payload.startswith(b"\xfe\xff"):
@@ -241,19 +260,44 @@ def decode_user_comment(raw: bytes | str) -> str:
     return text.rstrip("\0")
 
 
+def _exif_user_comment(image: Image.Image) -> object:
+    """The raw UserComment value from the image's EXIF, read with piexif; None if there is none.
+
+    Only metadata is read: the EXIF bytes PIL found while opening (JPEG APP1, WebP EXIF, PNG
+    eXIf), else PIL's tag directory (TIFF), never the pixels.
+    """
+    import piexif
+
+    raw = (image.info or {}).get("exif")
+    if isinstance(raw, (bytes, bytearray)) and raw:
+        raw = bytes(raw)
+        if raw.startswith(_EXIF_STARTS):
+            try:
+                return piexif.load(raw).get("Exif", {}).get(piexif.ExifIFD.UserComment)
+            except Exception:  # noqa: BLE001 - a broken EXIF block must not stop the image from being used
+                return None
+    try:
+        # Image.getexif itself, not PngImageFile's, which decodes the pixels looking for eXIf after them.
+        return Image.Image.getexif(image).get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def read_infotext(image: Image.Image) -> str | None:
-    """The infotext stored in an image: PNG `parameters` chunk, else EXIF UserComment."""
+    """The infotext stored in an image: PNG `parameters` chunk, else EXIF UserComment.
+
+    Reads metadata only, so an image opened lazily (Image.open without load()) stays undecoded;
+    text chunks PNG writers put after the pixel data are not seen (AUTOMATIC1111 and Kiri write
+    them before it).
+    """
     value = (image.info or {}).get("parameters")
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     if isinstance(value, str) and value:
         return value
 
-    try:
-        comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    except Exception:  # a broken EXIF block must not stop the image from being used
-        return None
-    if not comment:
+    comment = _exif_user_comment(image)
+    if comment is None:
         return None
     text = decode_user_comment(comment)
     return text or None
@@ -269,17 +313,9 @@ def pnginfo_for(infotext: str) -> PngInfo:
 def exif_for(infotext: str) -> bytes:
     """An EXIF block (with `Exif\\0\\0` header) holding only UserComment, for JPEG/WebP saving.
 
-    Built by hand because PIL's Exif writer stores this tag as BYTE, which piexif (and so
-    AUTOMATIC1111's PNG Info) reads back as a tuple of ints and fails on; it must be UNDEFINED.
-    Layout (big-endian TIFF): header, IFD0 with the Exif IFD pointer, Exif IFD with UserComment,
-    then the comment bytes.
+    Written by piexif, as AUTOMATIC1111 does: the tag's type is UNDEFINED, which piexif (and so
+    AUTOMATIC1111's PNG Info) reads back as bytes. PIL's own Exif writer would store it as BYTE.
     """
-    comment = encode_user_comment(infotext)
-    ifd0 = 8
-    exif_ifd = ifd0 + 2 + 12 + 4
-    data = exif_ifd + 2 + 12 + 4
-    tiff = b"MM\x00\x2a" + struct.pack(">I", ifd0)
-    tiff += struct.pack(">HHHII", 1, _EXIF_IFD, _TIFF_LONG, 1, exif_ifd) + struct.pack(">I", 0)
-    tiff += struct.pack(">HHHII", 1, _USER_COMMENT, _TIFF_UNDEFINED, len(comment), data)
-    tiff += struct.pack(">I", 0) + comment
-    return b"Exif\x00\x00" + tiff
+    import piexif
+
+    return piexif.dump({"Exif": {piexif.ExifIFD.UserComment: encode_user_comment(infotext)}})

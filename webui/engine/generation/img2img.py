@@ -152,16 +152,20 @@ class ImagePlan:
 def prepare(request: Img2ImgRequest, warnings: list[str]) -> ImagePlan:
     from PIL import Image, ImageFilter
 
-    image = request.init_image.convert("RGB")
+    from webui.engine.core.images import to_rgba, to_rgb
+
+    # Decoded here, after the caller's check_pixels on the header; 16-bit and float by their real range.
+    image = to_rgb(request.init_image, "init_image")
     width, height = request.width, request.height
     if request.mask is None:
         model_image = resize_image(image, request.resize_mode, width, height)
         return ImagePlan(model_image, model_image, None, None, None)
 
-    mask = request.mask
-    if mask.mode in ("RGBA", "LA") and mask.getextrema()[-1][0] < 255:
+    mask = to_rgba(request.mask, "mask")
+    if mask.getextrema()[-1][0] < 255:
         mask = mask.getchannel("A")  # a brush layer: painted where opaque
-    mask = mask.convert("L")
+    else:
+        mask = mask.convert("L")
     if mask.size != image.size:
         warnings.append(f"The mask is {mask.width}x{mask.height} and the image {image.width}x{image.height}: "
                         "the mask was resized to the image.")

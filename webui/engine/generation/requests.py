@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,11 @@ MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_CFG = 30.0
-# Far beyond any tokenizer's window; longer text is cut before tokenizing, with a warning.
+# Far beyond any tokenizer's window (A1111 users write a few thousand at most); longer is refused.
 MAX_PROMPT_CHARS = 20_000
+# UTF-16 halves without their pair: no character at all, and no encoder (UTF-8, the tokenizer's,
+# PNG's iTXt) can write them.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SEED_MAX = 2**32 - 1
 
 
@@ -46,6 +50,12 @@ class Txt2ImgRequest:
     def validate(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InvalidRequest("prompt", "the prompt is empty: describe the image you want")
+        check_text("prompt", self.prompt)
+        if self.negative_prompt is None:
+            self.negative_prompt = ""
+        if not isinstance(self.negative_prompt, str):
+            raise InvalidRequest("negative_prompt", "the negative prompt must be text")
+        check_text("negative_prompt", self.negative_prompt)
         for name in ("width", "height"):
             value = getattr(self, name)
             require_int(name, value)
@@ -80,6 +90,23 @@ class GenerationResult:
     model_hash: str = ""
     sampler_name: str = ""
     schedule: str = "Automatic"
+
+
+def check_text(name: str, text: str) -> None:
+    """Refuse a prompt longer than MAX_PROMPT_CHARS, or holding a lone UTF-16 surrogate.
+
+    Refused rather than repaired: a surrogate is half of a character the client meant (an emoji
+    cut in two by its own string slicing), so any replacement would generate, and record in the
+    infotext, a prompt nobody wrote; the message says where it is so the client can fix its text.
+    """
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(name, f"the {name.replace('_', ' ')} is {len(text)} characters long; "
+                                   f"Kiri reads at most {MAX_PROMPT_CHARS}")
+    bad = _LONE_SURROGATE.search(text)
+    if bad:
+        raise InvalidRequest(name, f"the {name.replace('_', ' ')} holds half of a UTF-16 character pair "
+                                   f"(U+{ord(bad.group()):04X} at position {bad.start()}), not a character: "
+                                   "send whole characters (an emoji is two UTF-16 units)")
 
 
 def require_int(name: str, value: object) -> None:

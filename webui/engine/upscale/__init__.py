@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 MAX_OUTPUT_PIXELS = 8192 * 8192
+MAX_OUTPUT_SIDE = 16384  # a 1 x 67108864 target is within the pixel cap but not a picture anyone wants
+MAX_SCALE = 8
 
 
 @dataclass(frozen=True)
@@ -29,25 +31,36 @@ def builtin_upscalers() -> list[Upscaler]:
     return [Upscaler("None", None), Upscaler("Lanczos", Image.Resampling.LANCZOS), Upscaler("Nearest", Image.Resampling.NEAREST)]
 
 
-def find_upscaler(name: str | None) -> Upscaler:
+def find_upscaler(name: str | None, field: str = "upscaler_1") -> Upscaler:
+    """The upscaler called `name` (case-insensitive); an unknown one is an InvalidRequest naming `field`."""
+    if name is not None and not isinstance(name, str):
+        raise InvalidRequest(field, f"{field} must be an upscaler name (a string)")
     wanted = (name or "None").strip()
     for upscaler in builtin_upscalers():
         if upscaler.name.lower() == wanted.lower():
             return upscaler
     names = ", ".join(u.name for u in builtin_upscalers())
-    raise InvalidRequest("upscaler_1", f"unknown upscaler {wanted!r}; available: {names}")
+    raise InvalidRequest(field, f"unknown upscaler {wanted[:100]!r} in {field}; available: {names}")
 
 
 def target_size(width: int, height: int, scale: float | None = None, to_width: int | None = None,
                 to_height: int | None = None) -> tuple[int, int]:
-    if to_width and to_height:
-        size = (int(to_width), int(to_height))
+    """The output size: `to_width` x `to_height` when either is given (A1111's resize_mode 1),
+    else the input size times `scale`. Refused before any pixel work when out of range."""
+    if to_width is not None or to_height is not None:
+        for name, value in (("upscaling_resize_w", to_width), ("upscaling_resize_h", to_height)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_OUTPUT_SIDE:
+                raise InvalidRequest(name, f"{name} must be a whole number of pixels from 1 to {MAX_OUTPUT_SIDE} (got {value!r})")
+        size = (to_width, to_height)
+        field = "upscaling_resize_w"
     else:
-        if scale is None or not 0 < scale <= 8:
-            raise InvalidRequest("upscaling_resize", f"scale must be above 0 and at most 8 (got {scale})")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_SCALE:
+            raise InvalidRequest("upscaling_resize", f"scale must be above 0 and at most {MAX_SCALE} (got {scale!r})")
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
-        raise InvalidRequest("upscaling_resize", f"{size[0]}x{size[1]} is larger than Kiri makes")
+        field = "upscaling_resize"
+    if max(size) > MAX_OUTPUT_SIDE or size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise InvalidRequest(field, f"{size[0]}x{size[1]} is larger than Kiri makes (at most {MAX_OUTPUT_SIDE} "
+                                    f"pixels a side and {MAX_OUTPUT_PIXELS} in all)")
     return size
 
 
@@ -57,10 +70,14 @@ def upscale(image: "Image.Image", size: tuple[int, int], first: str | None, seco
     when a target size is given, cutting the overflow, as AUTOMATIC1111 does."""
     from PIL import Image
 
-    one = find_upscaler(first)
-    result = _resize(image.convert("RGB"), size, one, crop)
-    if second and second != "None" and second_visibility > 0:
-        other = _resize(image.convert("RGB"), size, find_upscaler(second), crop)
+    from webui.engine.core.images import to_rgb
+
+    one = find_upscaler(first, "upscaler_1")
+    two = find_upscaler(second, "upscaler_2")
+    rgb = to_rgb(image)  # 16-bit and float pictures by their real range, not clipped white
+    result = _resize(rgb, size, one, crop)
+    if two.resample is not None and second_visibility > 0:
+        other = _resize(rgb, size, two, crop)
         result = Image.blend(result, other, min(1.0, float(second_visibility)))
     return result
 
