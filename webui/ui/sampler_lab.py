@@ -16,6 +16,8 @@ from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.samplers.registry import SCHEDULES
 
+from .common import JOB_EVENT, owner_of, user_errors
+
 DEFAULT_PICK = ("Euler", "Euler a", "Heun", "DPM++ 2M", "DDIM", "UniPC", "Flow Euler")
 PREDICTIONS = {"Noise (epsilon)": "epsilon", "v-prediction": "v_prediction", "Rectified flow": "flow"}
 
@@ -44,7 +46,7 @@ def render(engine: Engine) -> None:
             plot = gr.Image(label="Distance to the true distribution (lower is better)", type="filepath", elem_id="lab-plot")
             table = gr.Markdown(elem_id="lab-table")
 
-    def check(samplers: list[str], kind_label: str, schedule_name: str, steps_text: str):
+    def check(samplers: list[str], kind_label: str, schedule_name: str, steps_text: str, request: gr.Request):
         from webui.engine.samplers.check import check_samplers, render_plot, render_table
 
         if not samplers:
@@ -57,12 +59,17 @@ def render(engine: Engine) -> None:
         fitting = [n for n in samplers if prediction in engine.samplers.get(n).fits]
         if not fitting:
             raise gr.Error(f"none of the picked samplers fits a {kind_label} model")
-        rows = check_samplers(engine.samplers, fitting, predictions=(prediction,), steps=counts, schedule=schedule_name)
+        def work(job):
+            # A job like any other: it takes turns with generation instead of fighting it for the cores.
+            return check_samplers(engine.samplers, fitting, predictions=(prediction,), steps=counts, schedule=schedule_name)
+            yield  # noqa: unreachable - a one-turn job
+
+        with user_errors():
+            rows = engine.run(owner_of(request), "sampler_check", work)
         out = Path(tempfile.mkdtemp(prefix="kiri-lab-")) / "sampler_check.png"
         render_plot(rows, out)
         skipped = sorted(set(samplers) - set(fitting))
         note = f"\n\nNot shown (they do not fit this model kind): {', '.join(skipped)}." if skipped else ""
         return str(out), render_table(rows) + note
 
-    run.click(check, [picked, kind, schedule, steps], [plot, table], api_name="sampler_check",
-              concurrency_id="sampler_lab", concurrency_limit=1)
+    run.click(check, [picked, kind, schedule, steps], [plot, table], api_name="sampler_check", **JOB_EVENT)

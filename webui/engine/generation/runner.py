@@ -19,7 +19,7 @@ from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.outputs import dated_dir, save_image
 from webui.engine.generation.call import Addon, PipelineCall
-from webui.engine.generation.requests import MAX_PROMPT_CHARS, GenerationResult, Txt2ImgRequest, random_seed
+from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
 from webui.engine.samplers.registry import Sampler, check_fits, default_sampler
 
 if TYPE_CHECKING:
@@ -174,9 +174,6 @@ def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: J
 
 def fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str]) -> str:
     """Warn when the text encoder will not read the whole prompt, rather than cut it silently."""
-    if len(text) > MAX_PROMPT_CHARS:
-        warnings.append(f"The {what} is {len(text)} characters long; only the first {MAX_PROMPT_CHARS} were read.")
-        text = text[:MAX_PROMPT_CHARS]
     tokenizer = getattr(model.pipeline, "tokenizer", None)
     if tokenizer is None or not text:
         return text
