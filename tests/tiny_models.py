@@ -292,7 +292,7 @@ def make_tiny_sd2(folder: Path) -> Path:
 
 def make_tiny_pixart(folder: Path) -> Path:
     """A PixArtSigmaPipeline folder: a DiT with adaLN-single, a tiny T5, learned sigma (8 out channels)."""
-    from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
 
     torch.manual_seed(0)
     transformer = PixArtTransformer2DModel(
@@ -302,8 +302,16 @@ def make_tiny_pixart(folder: Path) -> Path:
         norm_elementwise_affine=False, norm_eps=1e-6,
     )
     tokenizer = _t5_tokenizer()
+    torch.manual_seed(0)
+    # PixArt's pipeline bins sizes (a 64x64 request is made at 256x256 and resized), so its VAE
+    # downscales by 8 like the real one, which keeps the transformer at 16x16 patches.
+    vae = AutoencoderKL(
+        block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        norm_num_groups=8, sample_size=64,
+    )
     pipe = PixArtSigmaPipeline(
-        transformer=transformer, vae=_vae(), scheduler=DPMSolverMultistepScheduler(),
+        transformer=transformer, vae=vae, scheduler=DPMSolverMultistepScheduler(),
         text_encoder=_t5_encoder(len(tokenizer)), tokenizer=tokenizer,
     )
     pipe.save_pretrained(folder)

@@ -39,6 +39,10 @@ _PIPELINE_FAMILY = {
     "FluxInpaintPipeline": "flux",
 }
 
+# Families whose pipelines hand the scheduler a noise schedule of their own (Flux passes `sigmas`
+# to set_timesteps): a sampler must accept one to drive them.
+CUSTOM_SIGMA_FAMILIES = frozenset({"flux"})
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from webui.engine.models.catalog import Catalog, CatalogEntry
 from webui.engine.core.devices import DeviceChoice, DtypePlan, free_memory
 from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
-from webui.engine.models.families import FAMILIES, UnknownFamily, family_from_keys, prediction_from_config
+from webui.engine.models.families import CUSTOM_SIGMA_FAMILIES, FAMILIES, UnknownFamily, family_from_keys, prediction_from_config
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ class LoadedModel:
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
+
+    @property
+    def custom_sigmas(self) -> bool:
+        """Whether its pipeline hands the scheduler sigmas of its own (Flux): samplers must take them."""
+        return self.family in CUSTOM_SIGMA_FAMILIES
 
     @property
     def base_scheduler_config(self) -> dict:
@@ -370,7 +375,7 @@ def _apply_plan(pipeline: Any, plan: DtypePlan) -> None:
 
     for name, dtype in [(n, plan.torch_dtype("text_encoders")) for n in _TEXT_ENCODERS] + [("vae", plan.torch_dtype("vae"))]:
         module = getattr(pipeline, name, None)
-        if isinstance(module, torch.nn.Module) and getattr(module, "dtype", dtype) != dtype:
+        if isinstance(module, torch.nn.Module) and any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
             module.to(dtype)
     vae = getattr(pipeline, "vae", None)
     if vae is not None and hasattr(vae, "register_to_config") and "force_upcast" in getattr(vae, "config", {}):
