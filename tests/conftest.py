@@ -87,3 +87,22 @@ def v_models_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("v_models")
     tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd-v", prediction_type="v_prediction")
     return root
+
+
+@pytest.fixture(scope="session")
+def family_models_dir(tmp_path_factory) -> Path:
+    """models/ with tiny SDXL and SD 2.x (folder and single file, with configs/sdxl and configs/sd2),
+    PixArt-Sigma and Flux folders: the families detected from real checkpoints, built once per run."""
+    root = tmp_path_factory.mktemp("family_models")
+    checkpoints = root / "checkpoints"
+    checkpoints.mkdir()
+    (root / "configs").mkdir()
+    sdxl = tiny_models.make_tiny_sdxl(checkpoints / "tiny-sdxl")
+    sd2 = tiny_models.make_tiny_sd2(checkpoints / "tiny-sd2")
+    tiny_models.make_tiny_pixart(checkpoints / "tiny-pixart")
+    tiny_models.make_tiny_flux(checkpoints / "tiny-flux")
+    tiny_models.save_sdxl_single_file(sdxl, checkpoints / "tiny-sdxl-single.safetensors")
+    tiny_models.save_sd2_single_file(sd2, checkpoints / "tiny-sd2-single.safetensors")
+    tiny_models.save_config_folder(sdxl, root / "configs" / "sdxl")
+    tiny_models.save_config_folder(sd2, root / "configs" / "sd2")
+    return root

@@ -194,3 +194,223 @@ def make_tiny_sd_inpaint(folder: Path) -> Path:
     )
     pipe.save_pretrained(folder)
     return folder
+
+
+# --- the other families: SDXL, SD 2.x, PixArt, Flux --------------------------------------------
+# Sizes follow diffusers' own get_dummy_components() for these pipelines.
+
+def _t5_tokenizer():
+    """A tiny sentencepiece-style (unigram) T5 tokenizer built in memory: no hub, no file."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    words = "a red blue green circle square triangle cat dog on the of and in photo big small".split()
+    pieces += [("▁" + w, -3.0) for w in words]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789,.!?"]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def _t5_encoder(vocab_size: int):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(
+        vocab_size=vocab_size, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=32, dropout_rate=0.0,
+        feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=0, eos_token_id=1,
+    ))
+
+
+def make_tiny_sdxl(folder: Path) -> Path:
+    """A StableDiffusionXLPipeline folder: CLIP + CLIPWithProjection (pooled), size conditioning."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 size numbers x 8 + the 32-wide pooled text embedding
+        cross_attention_dim=80, norm_num_groups=32,  # 80 = the two encoders' 32 + 48, concatenated
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+        timestep_spacing="leading", prediction_type="epsilon",
+    )
+    pipe = StableDiffusionXLPipeline(
+        unet=unet, vae=_vae(), scheduler=scheduler,
+        text_encoder=_text_encoder(), tokenizer=_tokenizer(),
+        text_encoder_2=_sdxl_text_encoder_2(), tokenizer_2=_tokenizer(),
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _sdxl_text_encoder_2():
+    """SDXL's second encoder (OpenCLIP bigG): wider than the first, as in the real model. diffusers'
+    single-file loader tells the two apart by their width, so equal widths would load the wrong one."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    return CLIPTextModelWithProjection(CLIPTextConfig(
+        bos_token_id=96, eos_token_id=97, pad_token_id=97, hidden_size=48, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=98,
+        projection_dim=32, max_position_embeddings=77, hidden_act="gelu",
+    ))
+
+
+def make_tiny_sd2(folder: Path) -> Path:
+    """A StableDiffusionPipeline folder laid out like SD 2.x 768-v: v-prediction, linear projections,
+    per-level attention heads, and a GELU (OpenCLIP-style) text encoder."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, cross_attention_dim=32, norm_num_groups=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+    )
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=96, eos_token_id=97, pad_token_id=97, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=98,
+        projection_dim=32, max_position_embeddings=77, hidden_act="gelu",
+    ))
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=_vae(), text_encoder=text_encoder, tokenizer=_tokenizer(), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_pixart(folder: Path) -> Path:
+    """A PixArtSigmaPipeline folder: a DiT with adaLN-single, a tiny T5, learned sigma (8 out channels)."""
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=32, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6,
+    )
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(0)
+    # PixArt's pipeline bins sizes (a 64x64 request is made at 256x256 and resized), so its VAE
+    # downscales by 8 like the real one, which keeps the transformer at 16x16 patches.
+    vae = AutoencoderKL(
+        block_out_channels=[8, 8, 16, 16], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        norm_num_groups=8, sample_size=64,
+    )
+    pipe = PixArtSigmaPipeline(
+        transformer=transformer, vae=vae, scheduler=DPMSolverMultistepScheduler(),
+        text_encoder=_t5_encoder(len(tokenizer)), tokenizer=tokenizer,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_flux(folder: Path) -> Path:
+    """A FluxPipeline folder: CLIP (pooled) + T5 (sequence), packed 2x2 latents, guidance embedding."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,  # FLUX.1-dev's distilled guidance
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        norm_num_groups=32, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096,
+    )
+    tokenizer_2 = _t5_tokenizer()
+    pipe = FluxPipeline(
+        transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder=_text_encoder(), tokenizer=_tokenizer(),
+        text_encoder_2=_t5_encoder(len(tokenizer_2)), tokenizer_2=tokenizer_2,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _clip_to_ldm(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model in the original CLIP layout: <prefix>transformer.text_model.*"""
+    return {prefix + "transformer." + (k if k.startswith("text_model.") else "text_model." + k): v
+            for k, v in state.items() if not k.startswith("text_projection")}
+
+
+def _clip_to_open_clip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model in OpenCLIP's layout (SD 2.x, SDXL's second encoder):
+    resblocks with fused q/k/v, ln_final, positional_embedding, text_projection as a matrix."""
+    state = {k.removeprefix("text_model."): v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {
+        prefix + "token_embedding.weight": state["embeddings.token_embedding.weight"],
+        prefix + "positional_embedding": state["embeddings.position_embedding.weight"],
+        prefix + "ln_final.weight": state["final_layer_norm.weight"],
+        prefix + "ln_final.bias": state["final_layer_norm.bias"],
+    }
+    width = state["final_layer_norm.weight"].shape[0]
+    out[prefix + "text_projection"] = (state["text_projection.weight"].T if "text_projection.weight" in state
+                                       else torch.eye(width))
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
+    for n in range(layers):
+        hf, ldm = f"encoder.layers.{n}.", f"{prefix}transformer.resblocks.{n}."
+        for part in ("weight", "bias"):
+            out[f"{ldm}attn.in_proj_{part}"] = torch.cat([state[f"{hf}self_attn.{p}_proj.{part}"] for p in "qkv"])
+            out[f"{ldm}attn.out_proj.{part}"] = state[f"{hf}self_attn.out_proj.{part}"]
+            out[f"{ldm}ln_1.{part}"] = state[f"{hf}layer_norm1.{part}"]
+            out[f"{ldm}ln_2.{part}"] = state[f"{hf}layer_norm2.{part}"]
+            out[f"{ldm}mlp.c_fc.{part}"] = state[f"{hf}mlp.fc1.{part}"]
+            out[f"{ldm}mlp.c_proj.{part}"] = state[f"{hf}mlp.fc2.{part}"]
+    return out
+
+
+def _unet_vae_to_ldm(folder: Path) -> dict[str, torch.Tensor]:
+    import json
+
+    from safetensors.torch import load_file
+
+    layers = json.loads((folder / "unet" / "config.json").read_text())["layers_per_block"]
+    unet_state = load_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    # SDXL's size and pooled-text embedding is label_emb in the original layout.
+    unet_state = {k.replace("add_embedding.linear_1.", "label_emb.0.0.").replace("add_embedding.linear_2.", "label_emb.0.2."): v
+                  for k, v in unet_state.items()}
+    unet = _unet_to_ldm(unet_state, layers)
+    vae = _vae_to_ldm(load_file(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+    return {**unet, **vae}
+
+
+def save_sd2_single_file(folder: Path, out_file: Path) -> Path:
+    """A diffusers SD 2.x folder as one original-layout file (OpenCLIP text encoder under cond_stage_model.model.)."""
+    from safetensors.torch import load_file, save_file
+
+    text = _clip_to_open_clip(load_file(folder / "text_encoder" / "model.safetensors"), "cond_stage_model.model.")
+    save_file({k: v.contiguous() for k, v in {**_unet_vae_to_ldm(folder), **text}.items()}, out_file)
+    return out_file
+
+
+def save_sdxl_single_file(folder: Path, out_file: Path) -> Path:
+    """A diffusers SDXL folder as one original-layout file: conditioner.embedders.0 (CLIP-L layout)
+    and conditioner.embedders.1 (OpenCLIP-bigG layout)."""
+    from safetensors.torch import load_file, save_file
+
+    clip = _clip_to_ldm(load_file(folder / "text_encoder" / "model.safetensors"), "conditioner.embedders.0.")
+    open_clip = _clip_to_open_clip(load_file(folder / "text_encoder_2" / "model.safetensors"), "conditioner.embedders.1.model.")
+    save_file({k: v.contiguous() for k, v in {**_unet_vae_to_ldm(folder), **clip, **open_clip}.items()}, out_file)
+    return out_file

@@ -45,7 +45,8 @@ class PipelineCall:
         if self.passthrough is not None:
             return list(self.passthrough)
         accepted = inspect.signature(self.pipeline.__call__).parameters
-        kwargs = {k: v for k, v in self.kwargs.items() if k in accepted}
+        # None means "not given": the pipeline's own default applies (PixArt's negative_prompt is "" and fails on None).
+        kwargs = {k: v for k, v in self.kwargs.items() if k in accepted and v is not None}
         saved = {name: getattr(self.pipeline, name) for name in self.components}
         try:
             for name, component in self.components.items():

@@ -302,7 +302,12 @@ def _derived_pipeline(model: "LoadedModel", inpaint: bool) -> Any:
     pipeline = model.pipeline
     unet = getattr(pipeline, "unet", None)
     dedicated = unet is not None and unet.config.in_channels == 9
-    derived = (AutoPipelineForInpainting if dedicated or inpaint else AutoPipelineForImage2Image).from_pipe(pipeline)
+    try:
+        derived = (AutoPipelineForInpainting if dedicated or inpaint else AutoPipelineForImage2Image).from_pipe(pipeline)
+    except ValueError as exc:  # diffusers has no image-to-image / inpainting pipeline for this family (PixArt)
+        raise InvalidRequest("init_image", f"{model.name} is a {type(pipeline).__name__} model, and Kiri has no "
+                             f"{'inpainting' if inpaint else 'image to image'} pipeline for it yet; use text to image, "
+                             "or an SD 1.x, SD 2.x, SDXL, SD3 or Flux model") from exc
     derived.set_progress_bar_config(disable=True)  # Kiri reports progress itself; tqdm would spam the console
     return derived, dedicated
 

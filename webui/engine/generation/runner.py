@@ -60,6 +60,7 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
     check_fits(engine.samplers, sampler, model.prediction)
     trial = sampler.build(model.base_scheduler_config, schedule, model.prediction)  # refuses a bad pair before any work
     try:
+        _check_custom_sigmas(engine, model, sampler, schedule, trial)
         task.check(model, sampler, trial, engine)
     finally:
         getattr(trial, "close", lambda: None)()
@@ -128,6 +129,33 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
         if batch_no < request.n_iter:
             yield
     return result
+
+
+def _takes_sigmas(scheduler: Any) -> bool:
+    import inspect
+
+    return "sigmas" in inspect.signature(scheduler.set_timesteps).parameters
+
+
+def _check_custom_sigmas(engine: "Engine", model: "LoadedModel", sampler: Sampler, schedule: str, trial: Any) -> None:
+    """Flux pipelines pass their own sigmas to the scheduler; one that cannot take them would fail mid-call."""
+    from webui.engine.core.errors import InvalidRequest
+
+    if not getattr(model, "custom_sigmas", False) or _takes_sigmas(trial):
+        return
+    fitting = []
+    for other in engine.samplers.all():
+        if model.prediction not in other.fits or other.name == sampler.name:
+            continue
+        try:
+            candidate = other.build(model.base_scheduler_config, "Automatic", model.prediction)
+        except Exception:  # noqa: BLE001 - only listing alternatives
+            continue
+        if _takes_sigmas(candidate):
+            fitting.append(other.name)
+        getattr(candidate, "close", lambda: None)()
+    raise InvalidRequest("sampler_name", f"sampler {sampler.name!r} cannot follow the noise schedule that {model.name}'s "
+                                         f"pipeline sets; choose {', '.join(fitting) or 'another sampler'}")
 
 
 def _generator(seed: int) -> Any:

@@ -39,6 +39,10 @@ _PIPELINE_FAMILY = {
     "FluxInpaintPipeline": "flux",
 }
 
+# Families whose pipelines hand the scheduler a noise schedule of their own (Flux passes `sigmas`
+# to set_timesteps): a sampler must accept one to drive them.
+CUSTOM_SIGMA_FAMILIES = frozenset({"flux"})
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -107,9 +111,11 @@ def family_from_folder(folder: Path) -> str:
 def _sd1_or_sd2(folder: Path) -> str:
     unet_config = folder / "unet" / "config.json"
     if unet_config.exists():
-        cross = json.loads(unet_config.read_text()).get("cross_attention_dim")
-        # SD 2.x conditions on OpenCLIP-H (1024 wide); SD 1.x on CLIP-L (768) or smaller.
-        if cross == 1024:
+        config = json.loads(unet_config.read_text())
+        # SD 2.x conditions on OpenCLIP-H (1024 wide); SD 1.x on CLIP-L (768) or smaller. SD 2.x's
+        # transformers also project with linear layers where SD 1.x uses 1x1 convolutions, which
+        # tells them apart at any width (fine-tunes and pruned models keep the layout).
+        if config.get("cross_attention_dim") == 1024 or config.get("use_linear_projection") is True:
             return "sd2"
     return "sd1"
 
@@ -119,10 +125,17 @@ def prediction_type(folder: Path) -> str:
     config_path = folder / "scheduler" / "scheduler_config.json"
     if not config_path.exists():
         return "epsilon"
-    config = json.loads(config_path.read_text())
+    try:
+        return prediction_from_config(json.loads(config_path.read_text()))
+    except (ValueError, AttributeError):
+        return "epsilon"
+
+
+def prediction_from_config(config: dict) -> str:
+    """epsilon, v_prediction or flow, from a scheduler config (file or loaded scheduler)."""
     if "FlowMatch" in config.get("_class_name", ""):
         return "flow"
-    return config.get("prediction_type", "epsilon")
+    return config.get("prediction_type") or "epsilon"
 
 
 def native_size(folder: Path) -> int:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from webui.engine.models.catalog import Catalog, CatalogEntry
-from webui.engine.core.devices import DeviceChoice, free_memory
+from webui.engine.core.devices import DeviceChoice, DtypePlan, free_memory
 from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
-from webui.engine.models.families import FAMILIES, UnknownFamily, family_from_keys
+from webui.engine.models.families import CUSTOM_SIGMA_FAMILIES, FAMILIES, UnknownFamily, family_from_keys, prediction_from_config
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class LoadedModel:
     prediction: str
     sha256: str
     device: str
+    dtypes: DtypePlan | None = None  # what each component was loaded in (core.devices.dtype_policy)
 
     @property
     def name(self) -> str:
@@ -68,6 +69,11 @@ class LoadedModel:
     @property
     def short_hash(self) -> str:
         return self.sha256[:10]
+
+    @property
+    def custom_sigmas(self) -> bool:
+        """Whether its pipeline hands the scheduler sigmas of its own (Flux): samplers must take them."""
+        return self.family in CUSTOM_SIGMA_FAMILIES
 
     @property
     def base_scheduler_config(self) -> dict:
@@ -247,20 +253,25 @@ class ModelManager:
             raise ModelLoadError(f"cannot load {entry.name}: {entry.problem}")
         sha256 = self.catalog.full_hash(entry)
         if entry.format == "diffusers":
-            pipeline = self._load_folder(entry)
-            family = entry.family
+            family = entry.family or "sd1"
+            plan = self.device.plan_for(family, _vae_fp16_fix(entry.path))
+            pipeline = self._load_folder(entry, plan)
         else:
-            pipeline, family = self._load_single_file(entry)
+            pipeline, family, plan = self._load_single_file(entry)
+        _apply_plan(pipeline, plan)
         pipeline.set_progress_bar_config(disable=True)
-        return LoadedModel(entry, pipeline, family or "sd1", entry.prediction, sha256, "cpu")
+        # What the denoiser predicts comes from the scheduler config that was loaded: for a single
+        # file that is models/configs/<family>/ (an SD 2.x 768-v file is v-prediction), which the
+        # catalog's scan of weight names cannot know.
+        prediction = prediction_from_config(dict(pipeline.scheduler.config))
+        return LoadedModel(entry, pipeline, family or "sd1", prediction, sha256, "cpu", plan)
 
-    def _load_folder(self, entry: CatalogEntry) -> Any:
+    def _load_folder(self, entry: CatalogEntry, plan: DtypePlan) -> Any:
         import diffusers
 
-        dtype = self.device.dtype_for(entry.family or "sd1")
         index_class = _read_class_name(entry.path)
         pipeline_class = getattr(diffusers, index_class, None) or diffusers.DiffusionPipeline
-        kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
+        kwargs: dict[str, Any] = {"dtype": _dtype_map(plan), "local_files_only": True}
         parameters = inspect.signature(pipeline_class.__init__).parameters
         if "safety_checker" in parameters:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -274,7 +285,9 @@ class ModelManager:
             kwargs["use_safetensors"] = True
         return pipeline_class.from_pretrained(str(entry.path), **kwargs)
 
-    def _load_single_file(self, entry: CatalogEntry) -> tuple[Any, str]:
+    def _load_single_file(self, entry: CatalogEntry) -> tuple[Any, str, DtypePlan]:
+        import os
+
         import diffusers
 
         family = entry.family
@@ -287,7 +300,17 @@ class ModelManager:
             )
         class_name, hub_repo = SINGLE_FILE_PIPELINES[family]
         config_dir = self.catalog.models_dir / "configs" / family
-        kwargs: dict[str, Any] = {"dtype": self.device.dtype_for(family)}
+        missing = (
+            f"{entry.name} is a single-file {FAMILIES[family]} checkpoint, and loading it needs that family's "
+            f"configuration: add the folder models/configs/{family}/ ({config_dir}) holding the {FAMILIES[family]} "
+            f"diffusers folder without its weights (model_index.json, each component's config and the tokenizers, "
+            f"as on {hub_repo})"
+        )
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        if not config_dir.is_dir() and offline:
+            raise ModelLoadError(missing + ".")
+        plan = self.device.plan_for(family, _vae_fp16_fix(config_dir))
+        kwargs: dict[str, Any] = {"dtype": plan.torch_dtype("denoiser")}
         if config_dir.is_dir():
             kwargs.update(config=str(config_dir), local_files_only=True)
         else:
@@ -296,15 +319,15 @@ class ModelManager:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipeline_class = getattr(diffusers, class_name)
         try:
-            return pipeline_class.from_single_file(str(entry.path), **kwargs), family
-        except OSError as exc:
+            pipeline = pipeline_class.from_single_file(str(entry.path), **kwargs)
+        except Exception as exc:
             if not config_dir.is_dir():
-                raise ModelLoadError(
-                    f"{entry.name} needs the {FAMILIES[family]} configuration: put a diffusers folder "
-                    f"without weights at {config_dir}, or connect to the internet once so it can be "
-                    f"fetched from {hub_repo} ({_short_reason(exc)})"
-                ) from exc
+                # Fetching the configuration failed (no network, hub down): say what to add, not how the fetch broke.
+                log.info("fetching the %s configuration from %s failed: %s", family, hub_repo, exc)
+                raise ModelLoadError(missing + ", or connect to the internet once so Kiri can fetch it.") from None
             raise
+        _check_all_weights_loaded(entry, pipeline, family)
+        return pipeline, family, plan
 
     @staticmethod
     def _pickle_family(path: Path) -> str:
@@ -323,6 +346,57 @@ class ModelManager:
             return family_from_keys(list(state))
         except UnknownFamily as exc:
             raise ModelLoadError(f"{path.name}: {exc}") from exc
+
+
+def _vae_fp16_fix(folder: Path) -> bool:
+    """Whether a checkpoint's VAE is safe to decode in fp16: its config says force_upcast false
+    (as the fp16-fix VAEs' configs do)."""
+    try:
+        return json.loads((folder / "vae" / "config.json").read_text()).get("force_upcast", True) is False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def _dtype_map(plan: DtypePlan) -> dict[str, Any]:
+    """The plan as diffusers' per-component dtype map for from_pretrained."""
+    dtypes: dict[str, Any] = {"default": plan.torch_dtype("denoiser"), "vae": plan.torch_dtype("vae")}
+    dtypes.update({name: plan.torch_dtype("text_encoders") for name in _TEXT_ENCODERS})
+    return dtypes
+
+
+def _apply_plan(pipeline: Any, plan: DtypePlan) -> None:
+    """Give each component its planned dtype (single files load in one dtype) and tell the VAE
+    whether to decode in fp32: diffusers' SDXL pipelines upcast a fp16 VAE whose config says
+    force_upcast. The policy asks for it only for those (SDXL's VAE overflows in fp16)."""
+    import torch
+
+    for name, dtype in [(n, plan.torch_dtype("text_encoders")) for n in _TEXT_ENCODERS] + [("vae", plan.torch_dtype("vae"))]:
+        module = getattr(pipeline, name, None)
+        if isinstance(module, torch.nn.Module) and any(p.dtype != dtype for p in module.parameters() if p.is_floating_point()):
+            module.to(dtype)
+    vae = getattr(pipeline, "vae", None)
+    if vae is not None and hasattr(vae, "register_to_config") and "force_upcast" in getattr(vae, "config", {}):
+        vae.register_to_config(force_upcast=plan.vae_upcast)
+
+
+def _check_all_weights_loaded(entry: CatalogEntry, pipeline: Any, family: str) -> None:
+    """A single file that lacks some tensor the configuration asks for leaves that weight empty
+    (on the meta device), and the pipeline then makes NaN pictures: refuse it at load time."""
+    import torch
+
+    for name, module in pipeline.components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        empty = [key for key, tensor in module.state_dict().items() if tensor.is_meta]
+        if empty:
+            raise ModelLoadError(
+                f"{entry.name} does not match the {FAMILIES[family]} configuration in models/configs/{family}/: "
+                f"{len(empty)} weights of its {name} are missing from the file (e.g. {empty[0]}). "
+                "Check that the file is a complete checkpoint of that family."
+            )
 
 
 def _read_class_name(folder: Path) -> str:
