@@ -17,6 +17,7 @@ MAX_CFG = 30.0
 # Far beyond any tokenizer's window; longer text is cut before tokenizing, with a warning.
 MAX_PROMPT_CHARS = 20_000
 SEED_MAX = 2**32 - 1
+IMAGE_FORMATS = ("png", "jpg", "webp")
 
 
 def random_seed() -> int:
@@ -39,6 +40,7 @@ class Txt2ImgRequest:
     model: str | None = None  # catalog name; None keeps the loaded model
     addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}, e.g. {"clip_skip": 2}
     save_images: bool | None = None  # None: the Settings tab decides
+    image_format: str | None = None  # png, jpg or webp for the saved files; None: the Settings tab decides
 
     def __post_init__(self) -> None:
         self.validate()
@@ -60,6 +62,8 @@ class Txt2ImgRequest:
         if not -1 <= self.seed <= SEED_MAX:
             raise InvalidRequest("seed", f"seed must be -1 (random) or between 0 and {SEED_MAX} (got {self.seed})")
 
+        if self.image_format is not None and self.image_format not in IMAGE_FORMATS:
+            raise InvalidRequest("image_format", f"image format must be one of {', '.join(IMAGE_FORMATS)} (got {self.image_format!r})")
         if not isinstance(self.addons, dict):
             raise InvalidRequest("addons", "addons must be an object of {name: settings}")
 
