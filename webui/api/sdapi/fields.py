@@ -157,3 +157,18 @@ class ImageItem(BaseModel):
 class ExtraBatchBody(ExtraSingleBody):
     image: str = ""
     imageList: list[ImageItem] = Field(default_factory=list)
+
+
+class OptionsBody(Body):
+    """POST /options: the options Kiri has, each checked by options.py (so typed Any here: a wrong type
+    gets options.py's message naming the option); any other name is accepted and ignored, as A1111 does."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    sd_model_checkpoint: Any = None
+    sd_checkpoint_cache: Any = None
+    samples_save: Any = None
+    samples_format: Any = None
+    show_progress_every_n_steps: Any = None
+    send_seed: Any = None
+    send_size: Any = None

@@ -20,6 +20,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.requests import IMAGE_FORMATS
 
 from ..common import ApiContext
+from .fields import OptionsBody
 
 MAX_CHECKPOINT_CACHE = 32
 MAX_PREVIEW_EVERY = 1000
@@ -151,7 +152,8 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         }
 
     @router.post("/options")
-    def set_options(body: dict[str, Any], http: Request) -> dict:
+    def set_options(sent: OptionsBody, http: Request) -> dict:
+        body = sent.model_dump(exclude_unset=True)
         # Check every value first, so a bad one changes nothing.
         model = parse_model_name("sd_model_checkpoint", body["sd_model_checkpoint"]) if "sd_model_checkpoint" in body else None
         values = {name: options[name].parse(name, value) for name, value in body.items() if name in options}
