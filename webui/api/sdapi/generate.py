@@ -19,8 +19,11 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.post("/txt2img")
     def txt2img(body: Txt2ImgBody, http: Request) -> dict:
-        request = mapping.txt2img_request(body)
-        return mapping.response(engine, body, engine.txt2img(request, Job(kind="txt2img", owner=ctx.owner(http))))
+        warnings: list[str] = []
+        request = mapping.txt2img_request(body, warnings)
+        result = engine.txt2img(request, Job(kind="txt2img", owner=ctx.owner(http)))
+        result.warnings[:0] = warnings
+        return mapping.response(engine, body, result)
 
     @router.post("/img2img")
     def img2img(body: Img2ImgBody, http: Request) -> dict:

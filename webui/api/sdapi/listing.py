@@ -10,7 +10,7 @@ from webui.engine.samplers.registry import SCHEDULES
 from webui.engine.upscale import builtin_upscalers
 
 from ..common import ApiContext
-from .options import api_title
+from .options import api_title, shown_path
 
 
 def add_routes(router: APIRouter, ctx: ApiContext) -> None:
@@ -30,7 +30,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     def sd_models() -> list[dict]:
         engine.catalog.entries or engine.catalog.scan()
         return [{"title": api_title(engine, e), "model_name": e.name, "hash": engine.catalog.short_hash(e),
-                 "sha256": engine.catalog.hashes.cached(e.hash_source), "filename": str(e.path), "config": None}
+                 "sha256": engine.catalog.hashes.cached(e.hash_source), "filename": shown_path(ctx, e.path), "config": None}
                 for e in engine.catalog.entries]
 
     @router.post("/refresh-checkpoints")
@@ -64,6 +64,23 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.get("/embeddings")
     def embeddings() -> dict:
         return {"loaded": {}, "skipped": {}}
+
+    # Kinds of model A1111 has and Kiri does not (yet): its shapes, empty, so its clients work.
+    @router.get("/hypernetworks")
+    def hypernetworks() -> list:
+        return []  # [{name, path}]
+
+    @router.get("/face-restorers")
+    def face_restorers() -> list:
+        return []  # [{name, cmd_dir}]
+
+    @router.get("/realesrgan-models")
+    def realesrgan_models() -> list:
+        return []  # [{name, path, scale}]
+
+    @router.get("/prompt-styles")
+    def prompt_styles() -> list:
+        return []  # [{name, prompt, negative_prompt}] once Kiri has saved styles
 
     @router.get("/scripts")
     def scripts() -> dict:

@@ -13,36 +13,88 @@ from typing import Any
 from webui import __version__
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.call import ClipSkip
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
 
 from ..common import decode_image, encode_png, json_safe
 from .fields import Img2ImgBody, Txt2ImgBody
+from .options import parse_bool, parse_image_format, parse_int, parse_model_name
 
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's setting name, sent in override_settings
+MAX_NAMED = 10  # unknown scripts or settings named one by one in the warnings, at most
 
 
-def common_fields(body: Txt2ImgBody) -> dict[str, Any]:
-    """The engine request fields txt2img and img2img share; sd_model_checkpoint picks the model."""
+def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The engine request fields txt2img and img2img share.
+
+    override_settings apply to this request only (A1111's override_settings_restore_afterwards,
+    always): each one Kiri has becomes a field of the engine request, never a change to the
+    engine's settings; the others are named in `warnings`.
+    """
+    warnings = [] if warnings is None else warnings
     overrides = body.override_settings
-    model = overrides.get("sd_model_checkpoint")
-    if model is not None and not isinstance(model, str):
-        raise InvalidRequest("override_settings.sd_model_checkpoint", "sd_model_checkpoint must be a model name (a string)")
+    model = None
+    if "sd_model_checkpoint" in overrides and overrides["sd_model_checkpoint"] is not None:
+        model = parse_model_name("override_settings.sd_model_checkpoint", overrides["sd_model_checkpoint"])
     addons: dict[str, Any] = {}
     if CLIP_SKIP_OPTION in overrides:
-        addons["clip_skip"] = overrides[CLIP_SKIP_OPTION]
-    save = None
-    if body.save_images is not None or body.do_not_save_samples:
-        save = bool(body.save_images) and not body.do_not_save_samples
+        addons["clip_skip"] = parse_int(f"override_settings.{CLIP_SKIP_OPTION}", overrides[CLIP_SKIP_OPTION], 1, ClipSkip.MAX)
+    samples_save = (parse_bool("override_settings.samples_save", overrides["samples_save"])
+                    if "samples_save" in overrides else None)
+    image_format = (parse_image_format("override_settings.samples_format", overrides["samples_format"])
+                    if "samples_format" in overrides else None)
+    # As A1111: the API saves only when asked to (save_images) and the samples_save setting agrees.
+    save = samples_save if body.save_images and not body.do_not_save_samples else False
+    ignored = [k for k in overrides if k not in PER_REQUEST_SETTINGS
+               and not (k == "sd_vae" and overrides[k] in (None, "Automatic", "None"))]
+    if ignored:
+        warnings.append("override_settings not applied (Kiri has no such per-request setting): "
+                        + ", ".join(repr(k) for k in ignored[:MAX_NAMED]) + (" ..." if len(ignored) > MAX_NAMED else ""))
+    if overrides and not body.override_settings_restore_afterwards:
+        warnings.append("override_settings_restore_afterwards is false, but Kiri applies override_settings to this "
+                        "request only; change settings with POST /sdapi/v1/options")
+    unapplied_fields(body, warnings)
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt,
         sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
         steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
-        batch_size=body.batch_size, n_iter=body.n_iter, model=model or None, addons=addons, save_images=save,
+        batch_size=body.batch_size, n_iter=body.n_iter, model=model, addons=addons, save_images=save,
+        image_format=image_format,
     )
 
 
-def txt2img_request(body: Txt2ImgBody) -> Txt2ImgRequest:
-    return Txt2ImgRequest(**common_fields(body))
+PER_REQUEST_SETTINGS = ("sd_model_checkpoint", CLIP_SKIP_OPTION, "samples_save", "samples_format")
+
+
+def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
+    """Name each thing the request asks for that Kiri does not do: the reply is 200, as A1111 clients
+    expect, but says so in info["warnings"] instead of dropping it silently."""
+    def warn(asked: bool, text: str) -> None:
+        if asked:
+            warnings.append(text)
+
+    warn(bool(body.restore_faces), "restore_faces: Kiri has no face restorer; faces are as generated")
+    warn(bool(body.tiling), "tiling: Kiri does not make tileable images; the image was made without tiling")
+    warn(body.enable_hr, "enable_hr: hires fix is not in Kiri yet; the image was made at width x height only")
+    warn(bool(body.styles), f"styles {body.styles[:MAX_NAMED]!r}: Kiri has no saved styles yet; not applied")
+    warn(body.subseed_strength > 0, "subseed_strength: variation seeds are not in Kiri yet; only seed was used")
+    warn(body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed_resize_from_w/h: not applied")
+    # 1 and 0 are what the ancestral and DDIM samplers use anyway, and what clients send by default.
+    warn(body.eta is not None and body.eta not in (0, 1), f"eta {body.eta}: not applied; each sampler uses its own")
+    for name, neutral in (("s_churn", 0), ("s_tmin", 0), ("s_tmax", 0), ("s_noise", 1), ("s_min_uncond", 0)):
+        value = getattr(body, name)
+        warn(value is not None and value != neutral, f"{name} {value}: not applied; Kiri's samplers use their defaults")
+    warn(bool(body.refiner_checkpoint), "refiner_checkpoint: refiners are not in Kiri yet; not applied")
+    warn(bool(body.script_name), f"script_name {str(body.script_name)!r}: not a script Kiri has; "
+                                 "the request ran without it")
+    scripts = list(body.alwayson_scripts)
+    warn(bool(scripts), "alwayson_scripts not applied (Kiri has no such scripts): "
+                        + ", ".join(repr(k) for k in scripts[:MAX_NAMED]))
+    warn(body.infotext is not None, "infotext: reading parameters from an infotext is not done; the fields were used")
+
+
+def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None) -> Txt2ImgRequest:
+    return Txt2ImgRequest(**common_fields(body, warnings))
 
 
 def img2img_request(body: Img2ImgBody, warnings: list[str]):
@@ -62,7 +114,7 @@ def img2img_request(body: Img2ImgBody, warnings: list[str]):
         mask_blur, blur_field = max(body.mask_blur_x, body.mask_blur_y), "mask_blur_x" if body.mask_blur_x >= body.mask_blur_y else "mask_blur_y"
     try:
         return Img2ImgRequest(
-            **common_fields(body),
+            **common_fields(body, warnings),
             # Opened, not decoded: the engine checks the size against Settings' max_pixels first.
             init_image=decode_image(body.init_images[0], "init_images", load=False),
             denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,

@@ -21,6 +21,7 @@ MAX_PROMPT_CHARS = 20_000
 # PNG's iTXt) can write them.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SEED_MAX = 2**32 - 1
+IMAGE_FORMATS = ("png", "jpg", "webp")
 
 
 def random_seed() -> int:
@@ -43,6 +44,7 @@ class Txt2ImgRequest:
     model: str | None = None  # catalog name; None keeps the loaded model
     addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}, e.g. {"clip_skip": 2}
     save_images: bool | None = None  # None: the Settings tab decides
+    image_format: str | None = None  # png, jpg or webp for the saved files; None: the Settings tab decides
 
     def __post_init__(self) -> None:
         self.validate()
@@ -70,6 +72,8 @@ class Txt2ImgRequest:
         if not -1 <= self.seed <= SEED_MAX:
             raise InvalidRequest("seed", f"seed must be -1 (random) or between 0 and {SEED_MAX} (got {self.seed})")
 
+        if self.image_format is not None and self.image_format not in IMAGE_FORMATS:
+            raise InvalidRequest("image_format", f"image format must be one of {', '.join(IMAGE_FORMATS)} (got {self.image_format!r})")
         if not isinstance(self.addons, dict):
             raise InvalidRequest("addons", "addons must be an object of {name: settings}")
 

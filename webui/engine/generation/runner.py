@@ -119,7 +119,7 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
             params["Version"] = version
             info = build_infotext(prompt, negative, params)
             if save:
-                result.paths.append(save_image(image, out_dir, info, seed, engine.settings.image_format))
+                result.paths.append(save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format))
             result.images.append(image)
             result.infotexts.append(info)
             result.seeds.append(seed)
