@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -230,7 +231,9 @@ def test_extras_sizes_and_upscalers(client, w, h, scale, mode, second):
             "upscaling_resize": scale, "upscaler_1": "Nearest", "upscaler_2": second, "extras_upscaler_2_visibility": 0.5}
     reply = client.post("/sdapi/v1/extra-single-image", content=json.dumps(body), headers={"content-type": "application/json"})
     assert reply.status_code in (200, 422), reply.text[:300]
-    if second == "nope":
+    if not math.isfinite(scale):  # refused with the body, before any field is used
+        assert reply.status_code == 422 and _fields(reply) == {"upscaling_resize"}
+    elif second == "nope":
         assert reply.status_code == 422 and _fields(reply) == {"upscaler_2"}
     elif mode == 1 and not (1 <= w <= 16384 and 1 <= h <= 16384 and w * h <= 8192 * 8192):
         assert reply.status_code == 422 and _fields(reply) & {"upscaling_resize_w", "upscaling_resize_h"}
@@ -292,15 +295,14 @@ def _strict(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_echoed_nan_and_surrogates_in_unused_fields_render(client):
-    """Fields Kiri ignores but echoes (A1111 does too) must not break the reply."""
+def test_nan_and_surrogates_in_unused_fields_get_a_clean_422(client):
+    """Fields Kiri ignores but would echo (A1111 does too): refused by name, in a reply that is valid JSON."""
     content = ('{"prompt": "a", "steps": 1, "width": 64, "height": 64, "subseed_strength": NaN, '
                '"denoising_strength": Infinity, "styles": ["\\ud83d"], "infotext": "\\udc00x"}')
     reply = client.post("/sdapi/v1/txt2img", content=content, headers={"content-type": "application/json"})
-    assert reply.status_code == 200, reply.text[:300]
+    assert reply.status_code == 422, reply.text[:300]
     data = _strict(reply.text)
-    assert data["parameters"]["styles"] == ["\ud83d"] and data["parameters"]["subseed_strength"] == "NaN"
-    assert _strict(data["info"])["denoising_strength"] == "Infinity"
+    assert data["detail"][0]["loc"][-1] in ("subseed_strength", "denoising_strength", "styles", "infotext")
 
 
 def test_unexpected_error_is_a_json_500(client, engine, monkeypatch):
