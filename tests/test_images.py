@@ -152,7 +152,7 @@ def test_img2img_prepare_reads_16bit_init_image_by_range():
     assert np.asarray(plan.model_image)[..., 0].mean() == pytest.approx(64, abs=1)
 
 
-def test_png_info_reads_metadata_only(monkeypatch):
+def test_png_info_reads_metadata_only(monkeypatch, engine):
     """png-info on a PNG, JPEG and WebP with infotext must never decode the pixels."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
@@ -161,7 +161,7 @@ def test_png_info_reads_metadata_only(monkeypatch):
     from webui.engine.core.infotext import exif_for, pnginfo_for
 
     app = FastAPI()
-    mount(app, ApiContext(engine=None))  # png-info needs no engine
+    mount(app, ApiContext(engine))
     client = TestClient(app)
     text = "a cat\nNegative prompt: dog\nSteps: 3, Sampler: Euler, Seed: 5"
     bodies = [_b64(Image.new("RGB", (300, 200)), "PNG", pnginfo=pnginfo_for(text)),
