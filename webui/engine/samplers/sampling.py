@@ -242,7 +242,7 @@ def flow_spaced(cls: type, flag: str) -> type:
     alpha_t = 1 - sigma < 0, log(alpha_t) is NaN at the first step and the picture is black.
     This subclass spaces the noise levels the flag's way between the ends of the solver's own
     flow schedule (shift applied, the first kept below 1), as FlowMatchEulerDiscreteScheduler does
-    between its sigma_max and sigma_min, so "Karras" means the same on both.
+    between its own sigma_max and sigma_min.
     """
     key = (cls, flag)
     if key not in _flow_spaced_classes:
