@@ -77,7 +77,16 @@ class Sampler:
         return [name for name, opts in SCHEDULES.items() if all(k in params for k in opts)]
 
     def build(self, base_config: dict, schedule: str = "Automatic", prediction: str | None = None, generator: Any = None) -> Any:
-        """A fresh scheduler from the model's own config, with this sampler's and the schedule's options."""
+        """A fresh scheduler from the model's own config, with this sampler's and the schedule's options.
+
+        On a flow model, a scheduler whose noise levels leave [0, 1] is refused here, before any work.
+        """
+        scheduler = self._build(base_config, schedule, prediction, generator)
+        if (prediction or _prediction_of(base_config)) == FLOW:
+            self._check_flow_sigmas(scheduler, base_config, schedule)
+        return scheduler
+
+    def _build(self, base_config: dict, schedule: str, prediction: str | None, generator: Any) -> Any:
         schedule = schedule or "Automatic"
         if schedule not in SCHEDULES:
             raise InvalidRequest("scheduler", f"unknown schedule type {schedule!r}; valid: {', '.join(SCHEDULES)}")
@@ -98,9 +107,70 @@ class Sampler:
             # Brownian-tree samplers seed their own noise: derive one seed per image from the job's.
             options["noise_sampler_seed"] = _seeds_from(generator)
         if prediction == FLOW and "use_flow_sigmas" in params:
-            # Noise-prediction solvers (DPM-Solver, UniPC) also drive flow models on flow sigmas.
+            # Noise-prediction solvers (DPM-Solver, UniPC) also drive flow models on flow sigmas;
+            # their own spacing flags would space the wrong (variance-exploding) sigmas: NaN.
             options.update(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=base_config.get("shift", 1.0))
+            flag = next((k for k in _SPACING_FLAGS if options.get(k)), None)
+            if flag is not None:
+                from webui.engine.samplers.sampling import flow_spaced
+
+                options[flag] = False
+                cls = flow_spaced(cls, flag)
         return cls.from_config(base_config, **options)
+
+    def _check_flow_sigmas(self, scheduler: Any, base_config: dict, schedule: str) -> None:
+        """Refuse, before any work, a scheduler whose noise levels are not flow noise fractions.
+
+        A flow model sees x = (1 - sigma) x0 + sigma noise: a sigma outside [0, 1] or not finite
+        makes the solver's log(1 - sigma) NaN and the picture black. Probed at a few step counts.
+        """
+        bad = _bad_flow_sigmas(scheduler, base_config)
+        if bad is None:
+            return
+        works = [s for s in self.schedules() if s != schedule and _works_on_flow(self, base_config, s)]
+        raise InvalidRequest(
+            "scheduler",
+            f"{self.name} with {schedule} does not work with flow-matching models: its noise levels ({bad}) "
+            f"leave the 0..1 range of flow matching, which makes the picture black; with {self.name} use "
+            f"{', '.join(works) or 'another sampler'}, or the Flow Euler sampler",
+        )
+
+
+_SPACING_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+_PROBE_STEPS = (1, 4, 30)
+
+
+def _bad_flow_sigmas(scheduler: Any, base_config: dict) -> str | None:
+    """What is wrong with the scheduler's sigmas for a flow model, or None when they are fine."""
+    import copy
+
+    import torch
+
+    kwargs = {"mu": 0.0} if base_config.get("use_dynamic_shifting") else {}  # mu = 0: no shift
+    probe = copy.deepcopy(scheduler) if not hasattr(scheduler, "close") else scheduler
+    for steps in _PROBE_STEPS:
+        try:
+            probe.set_timesteps(steps, device="cpu", **kwargs)
+        except Exception:  # noqa: BLE001 - a probe the scheduler cannot take says nothing either way
+            return None
+        sigmas = getattr(probe, "sigmas", None)
+        if sigmas is None or not len(sigmas):
+            return None
+        sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+        if not bool(sigmas.isfinite().all()) or float(sigmas.min()) < 0 or float(sigmas.max()) > 1:
+            return f"{steps} steps: sigma from {float(sigmas.min()):.4g} to {float(sigmas.max()):.4g}"
+    return None
+
+
+def _works_on_flow(sampler: Sampler, base_config: dict, schedule: str) -> bool:
+    try:
+        scheduler = sampler._build(base_config, schedule, FLOW, None)
+    except InvalidRequest:
+        return False
+    try:
+        return _bad_flow_sigmas(scheduler, base_config) is None
+    finally:
+        getattr(scheduler, "close", lambda: None)()
 
 
 def _seeds_from(generator: Any) -> list[int] | int:

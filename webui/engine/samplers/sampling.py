@@ -10,6 +10,7 @@ evaluated. A dry run on a stand-in denoiser tells in advance at which sigmas it 
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from dataclasses import dataclass
@@ -218,3 +219,55 @@ def _dry_run(function: Callable[..., torch.Tensor], sigmas: torch.Tensor) -> lis
     x = torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * float(sigmas[0])
     function(stand_in, x, sigmas.to(torch.float64), generator=torch.Generator().manual_seed(0), callback=None)
     return calls
+
+
+# --- schedule spacings for noise-prediction solvers on flow models -----------------------------
+
+# The diffusers config flag of each spacing, and the helper every such scheduler has for it.
+_SPACINGS = {
+    "use_karras_sigmas": "_convert_to_karras",
+    "use_exponential_sigmas": "_convert_to_exponential",
+    "use_beta_sigmas": "_convert_to_beta",
+}
+_flow_spaced_classes: dict[tuple[type, str], type] = {}
+
+
+def flow_spaced(cls: type, flag: str) -> type:
+    """`cls` (a solver run with `use_flow_sigmas`) spacing its flow noise levels the `flag` way.
+
+    DPMSolverMultistepScheduler (Karras, Exponential, Beta) and UniPCMultistepScheduler
+    (Exponential, Beta) ignore `use_flow_sigmas` when a spacing flag is set: they space the
+    variance-exploding sigmas of the config's beta schedule (0.01 to 157 for the usual betas; a
+    flow model's betas are placeholders) and then read them as flow noise fractions, so
+    alpha_t = 1 - sigma < 0, log(alpha_t) is NaN at the first step and the picture is black.
+    This subclass spaces the noise levels the flag's way between the ends of the solver's own
+    flow schedule (shift applied, the first kept below 1), as FlowMatchEulerDiscreteScheduler does
+    between its own sigma_max and sigma_min.
+    """
+    key = (cls, flag)
+    if key not in _flow_spaced_classes:
+        convert_name = _SPACINGS[flag]
+        parent_set_timesteps = cls.set_timesteps
+
+        def set_timesteps(self: Any, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
+            if kwargs.get("sigmas") is not None or kwargs.get("timesteps") is not None:
+                return parent_set_timesteps(self, num_inference_steps, device, **kwargs)  # the caller chose
+            import numpy as np
+
+            # The ends of the model's flow schedule (shift applied): the solver's own sigmas at one
+            # step per training timestep, the first kept below 1 (log(1 - sigma) is finite).
+            parent_set_timesteps(self, self.config.num_train_timesteps, "cpu", **kwargs)
+            full = self.sigmas[:-1].to(torch.float64)
+            ends = np.array([float(full.max()), float(full[full > 0].min())])
+            parent_set_timesteps(self, num_inference_steps, device, **kwargs)
+            steps = len(self.timesteps)
+            spaced = np.asarray(getattr(self, convert_name)(in_sigmas=ends, num_inference_steps=steps), dtype=np.float64)
+            spaced = np.clip(spaced, ends[1], ends[0])
+            self.timesteps = torch.from_numpy(spaced * self.config.num_train_timesteps).to(device=device, dtype=self.timesteps.dtype)
+            self.sigmas = torch.cat([torch.from_numpy(spaced), self.sigmas[-1:].to(torch.float64)]).to(torch.float32)
+
+        set_timesteps.__signature__ = inspect.signature(parent_set_timesteps)  # pipelines read its parameters
+        set_timesteps.__doc__ = parent_set_timesteps.__doc__
+        name = f"Flow{flag.removeprefix('use_').removesuffix('_sigmas').title()}{cls.__name__}"
+        _flow_spaced_classes[key] = type(name, (cls,), {"set_timesteps": set_timesteps, "__module__": __name__})
+    return _flow_spaced_classes[key]
