@@ -81,3 +81,19 @@ def test_schedules_change_the_image(engine_with_examples, schedule):
     scheduled = engine_with_examples.txt2img(Txt2ImgRequest(**base, scheduler=schedule))
     assert f"Schedule type: {schedule}" in scheduled.infotexts[0]
     assert not np.array_equal(np.asarray(automatic), np.asarray(scheduled.images[0]))
+
+
+def test_a_combined_name_with_another_schedule_names_the_scheduler_field():
+    """'DPM++ 2M Karras' with scheduler 'exponential' is a conflict, not an unknown sampler."""
+    from webui.bootstrap import build_registries
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.settings import BUILTIN_EXTENSIONS
+    from webui.extensions import ExtensionManager
+
+    registries = build_registries()
+    ExtensionManager(registries).load_all([(BUILTIN_EXTENSIONS, "built-in")], set())
+    sampler, schedule = registries.samplers.resolve("DPM++ 2M Karras", "karras")
+    assert (sampler.name, schedule) == ("DPM++ 2M", "Karras")
+    with pytest.raises(InvalidRequest) as caught:
+        registries.samplers.resolve("DPM++ 2M Karras", "exponential")
+    assert caught.value.field == "scheduler" and "Karras" in str(caught.value)

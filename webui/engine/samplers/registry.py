@@ -224,7 +224,11 @@ class SamplerRegistry:
                 return sampler, schedule or "Automatic"
         for label in SCHEDULES:
             suffix = " " + label
-            if name.endswith(suffix) and name[: -len(suffix)] in samplers and schedule in (None, "Automatic", label):
+            if name.endswith(suffix) and name[: -len(suffix)] in samplers:
+                if schedule not in (None, "Automatic", label):
+                    raise InvalidRequest("scheduler", f"{name!r} already names the {label} schedule, but scheduler asks for "
+                                                      f"{schedule}; send sampler_name {name[: -len(suffix)]!r} with the "
+                                                      "schedule you want")
                 return samplers[name[: -len(suffix)]], label
         raise InvalidRequest("sampler_name", f"unknown sampler {name!r}; valid samplers: {', '.join(samplers)}")
 
