@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from schemathesis.checks import not_a_server_error
 
-GENERATING = r"^/sdapi/v1/(txt2img|img2img)$"
+GENERATING = r"^/(sdapi/v1/(txt2img|img2img)|kiri/v1/jobs)$"
+FUZZED_PATHS = r"^/(sdapi|kiri)/v1/"
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def api_schema(fuzz_app):
 
 
 def only_fuzzed(schema):
-    return schema.include(path_regex=r"^/sdapi/v1/").exclude(method="POST", path_regex=GENERATING)
+    return schema.include(path_regex=FUZZED_PATHS).exclude(method="POST", path_regex=GENERATING)
 
 
 schema = only_fuzzed(schemathesis.pytest.from_fixture("api_schema"))
@@ -69,13 +70,15 @@ def test_the_fuzzer_covers_every_sdapi_route(fuzz_app, api_schema):
     the two generating routes (fuzzed below)."""
     from webui.api import routers
 
+    prefixes = ("/sdapi/v1/", "/kiri/v1/")
     built = {(method, route.path) for router in routers(fuzz_app.state.kiri_ctx) for route in router.routes
-             for method in route.methods if route.path.startswith("/sdapi/v1/")}
+             for method in route.methods if route.path.startswith(prefixes)}
     documented = {(method.upper(), path) for path, ops in fuzz_app.openapi()["paths"].items()
-                  if path.startswith("/sdapi/v1/") for method in ops}
+                  if path.startswith(prefixes) for method in ops}
     fuzzed = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
-    assert built == documented and len(built) >= 25
-    assert fuzzed == {(m, p) for m, p in built if not (m == "POST" and p.rsplit("/", 1)[1] in ("txt2img", "img2img"))}
+    assert built == documented and len(built) >= 30
+    generating = {("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img"), ("POST", "/kiri/v1/jobs")}
+    assert fuzzed == built - generating
 
 
 # --- the generating routes: hypothesis on a narrow strategy ------------------------------------------
@@ -145,3 +148,18 @@ def test_txt2img_never_answers_5xx(fuzz_client, body):
                "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0]})
 def test_img2img_never_answers_5xx(fuzz_client, body):
     check_reply(fuzz_client.post("/sdapi/v1/img2img", json={"init_images": [tiny_png()], "denoising_strength": 0.5, **body}), body)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(kind=st.sampled_from(["txt2img", "img2img", "paint", ""]),
+       request=st.dictionaries(st.sampled_from(["prompt", "steps", "width", "height", "seed", "addons", "init_image", "nope"]),
+                               st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=5),
+                                         st.just({"clip_skip": 2}), st.just([1])), max_size=6))
+def test_kiri_jobs_never_answer_5xx(fuzz_client, kind, request):
+    """POST /kiri/v1/jobs on a narrow strategy (at most a 3-step, tiny job is ever valid)."""
+    reply = fuzz_client.post("/kiri/v1/jobs", json={"kind": kind, "request": request})
+    assert reply.status_code < 500, reply.text[:300]
+    if reply.status_code == 200:
+        job = reply.json()["id"]
+        fuzz_client.post(f"/kiri/v1/jobs/{job}/interrupt")
+        assert fuzz_client.get(f"/kiri/v1/jobs/{job}").status_code == 200
