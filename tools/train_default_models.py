@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools import kiri_world as W  # noqa: E402
+from tools.make_portable import make_portable  # noqa: E402
 from tools.training_kit import EMA, build_tokenizer, lr_at, plot_losses, save_ckpt  # noqa: E402
 
 TRAIN_DIR = ROOT / ".train"
@@ -400,6 +401,7 @@ def save_pipeline(pipe, out: Path, tok) -> None:
         if sub.is_dir():
             shutil.rmtree(sub)
     pipe.save_pretrained(out)
+    make_portable(out)  # text encoders with the text_model.* keys older transformers expect
     for folder in ("tokenizer", "tokenizer_2"):
         if (out / folder).is_dir():
             for name in ("vocab.json", "merges.txt"):
