@@ -483,8 +483,9 @@ POSITION_VARIANTS_EVAL: dict[str, tuple[str, ...]] = {
 # Words users add that mean nothing in this world. None of them is in vocabulary(): like any
 # unknown word they reach the model as character pieces, and training on them teaches the model
 # to ignore such pieces. FILLERS_EVAL never appear in training captions.
-FILLERS_TRAIN = ("cute", "nice", "simple", "cool", "flat", "plain", "neat", "bright")
-FILLERS_EVAL = ("lovely", "tidy", "pretty", "fancy", "glossy")
+# None may end in a vocabulary word either ("bright" would tokenize as b + "right").
+FILLERS_TRAIN = ("cute", "nice", "simple", "cool", "shiny", "soft", "bold", "happy")
+FILLERS_EVAL = ("lovely", "tidy", "pretty", "glossy", "funny")
 PREFIXES = ("a photo of", "a picture of", "an image of", "photo of", "image of")  # in vocabulary()
 
 
@@ -830,3 +831,33 @@ def is_held_out_phrasing(text: str) -> bool:
             return True
     first = next((_WORDS[w][0] for w in words if w in _WORDS and _WORDS[w][0] not in ("article", "prep")), None)
     return first == "position"  # position first: "on the left, a red circle"
+
+
+SPEC_KEYS = ("colour", "shape", "position", "size", "background")
+
+
+def score_spec(img: np.ndarray, spec: Spec) -> dict[str, float | None]:
+    """Adherence of a picture to what a caption states: for each key of SPEC_KEYS, the fraction of
+    the objects stating it whose matched detection agrees (background: the detected background
+    equals the stated one), or None where the caption does not state it. An object is matched to the
+    largest unmatched detection of its stated colour, else to the largest unmatched one."""
+    dets, bg = detect(img)
+    hits = {k: 0.0 for k in SPEC_KEYS}
+    counts = {k: 0 for k in SPEC_KEYS}
+    used: set[int] = set()
+    for obj in spec.objects:
+        cand = [i for i, d in enumerate(dets) if i not in used and obj.colour is not None and d.colour == obj.colour]
+        cand = cand or [i for i in range(len(dets)) if i not in used]
+        d = dets[cand[0]] if cand else None
+        if cand:
+            used.add(cand[0])
+        for key in ("colour", "shape", "position", "size"):
+            want = getattr(obj, key)
+            if want is None:
+                continue
+            counts[key] += 1
+            hits[key] += d is not None and getattr(d, key) == want
+    if spec.background is not None:
+        counts["background"] = 1
+        hits["background"] = float(tuple(bg) == tuple(spec.background))
+    return {k: (hits[k] / counts[k] if counts[k] else None) for k in SPEC_KEYS}
