@@ -140,6 +140,7 @@ def test_a_colour_names_the_object_unless_it_is_the_background():
     assert W.parse("on the left, a red circle") == W.Spec((W.ObjSpec("circle", "red", None, "left"),))
     assert W.parse("a circle on top and a blue star at the bottom") == \
         W.Spec((W.ObjSpec("circle", None, None, "top"), W.ObjSpec("star", "blue", None, "bottom")))
+    assert W.parse("drawn on a red star") == W.Spec((W.ObjSpec("star", "red"),))  # "on" + colour + shape: the object
     assert W.parse("a red sky") is None  # no shape named
 
 
