@@ -25,7 +25,9 @@ changes the text encoders' vocabulary, so start such a run without ``--resume``.
 
 DiT options for shape accuracy (defaults = the shipped architecture; none of them measured yet):
 ``--dit-patch 1`` (256 image tokens at 16x16 latents instead of 64: each token sees one latent
-pixel, so outlines are not averaged inside a patch; about 3-4x the compute per step),
+pixel, so outlines are not averaged inside a patch; the transformer's forward + backward at batch 64
+took 1.5x as long as with patch 2 on the shared 2-core CPU, 8.6 s against 5.7 s under a load of
+about 3, so expect roughly 1.5x the time per step),
 ``--dit-layers N`` / ``--dit-heads N`` (depth, width = heads x 32), ``--dit-logit-mean M`` (centre of
 the logit-normal timestep draw: M > 0 spends more steps at high noise, where the layout and the
 outline are decided), and a longer schedule with ``--steps``.
@@ -702,7 +704,7 @@ def main(argv=None) -> None:
                    help="also measure these families' held-out phrasings at each adherence check (free_colour, "
                         "free_shape, free_position in train_log.json; '' to skip)")
     p.add_argument("--dit-patch", type=int, choices=[1, 2], default=DIT_DEFAULT["patch"],
-                   help="DiT patch size: 2 = 64 image tokens (shipped), 1 = 256 tokens, finer outlines, ~3-4x a step")
+                   help="DiT patch size: 2 = 64 image tokens (shipped), 1 = 256 tokens, finer outlines, ~1.5x a step")
     p.add_argument("--dit-layers", type=int, default=DIT_DEFAULT["layers"], help="DiT joint blocks (shipped 4)")
     p.add_argument("--dit-heads", type=int, default=DIT_DEFAULT["heads"], help="DiT heads of 32 (shipped 3 = 96 wide)")
     p.add_argument("--dit-logit-mean", type=float, default=0.0,
