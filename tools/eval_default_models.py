@@ -4,12 +4,22 @@
     python tools/eval_default_models.py                     # both models, default sampler + every sampler
     python tools/eval_default_models.py --models ldm --n 48 --samplers "DPM++ 2M,Euler" --steps 5 10 20
     python tools/eval_default_models.py --markdown out.md   # also write the tables as Markdown
+    python tools/eval_default_models.py --phrasings template,bare,partial,reordered,synonyms,noisy --n 16
+    python tools/eval_default_models.py --bare-grid bare.png   # what "a red circle", "a blue star"... give
 
 Prompts are held-out captions: one object whose colour x shape x position combination never occurs
 in the training scenes (``kiri_world.HELD_OUT``), in either size, on plain or two-tone backgrounds.
 Each picture is generated through the real diffusers pipeline loaded from
 ``models/checkpoints/<model>`` and read back by the OpenCV detector of ``kiri_world``; the table gives
 the fraction of pictures whose detected object has the prompt's colour, shape, position and size.
+
+``--phrasings FAMILY[,FAMILY]`` evaluates the same held-out scenes with captions of each phrasing
+family of ``kiri_world.phrase`` (split "eval": the held-out phrasings too), at the default sampler
+and 20 steps, and prints one table per family. A caption that leaves an attribute out is judged
+only on what it states (``kiri_world.score_spec``); each cell gives the share and, in brackets, how
+many prompts stated it. "background" is whether the detected background is the stated one.
+``--bare-grid PATH`` saves a picture grid of bare prompts ("a red circle", ...), several seeds each,
+one block of columns per model, and prints how often colour and shape come out.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -143,6 +154,89 @@ def evaluate(model: str, args) -> dict:
     return result
 
 
+BARE_PROMPTS = ["a red circle", "a blue star", "a green square", "a yellow triangle", "a white ring", "a purple cross",
+                "an orange circle", "a black star"]
+
+
+def evaluate_phrasings(model: str, families: list[str], args) -> dict:
+    """One row per family: default sampler, DEFAULT_STEPS, held-out scenes, captions of the family."""
+    pipe = load(model, Path(args.models_dir))
+    scenes = W.eval_prompts(args.n, seed=args.seed)
+    seeds = list(range(args.seed, args.seed + args.n))
+    rows = {}
+    for fi, family in enumerate(families):
+        rng = random.Random(args.seed * 31 + fi)
+        pairs = [W.phrase(s, family, rng, split="eval") for s in scenes]
+        t0 = time.time()
+        imgs = generate(pipe, [c for c, _ in pairs], seeds, DEFAULT_STEPS, args.cfg)
+        scores = [W.score_spec(im, spec) for im, (_, spec) in zip(imgs, pairs)]
+        row = {"sec_per_image": (time.time() - t0) / args.n, "examples": [c for c, _ in pairs[:3]]}
+        for k in W.SPEC_KEYS:
+            vals = [s[k] for s in scores if s[k] is not None]
+            row[k] = float(np.mean(vals)) if vals else None
+            row[f"n_{k}"] = len(vals)
+        rows[family] = row
+        print(f"{MODELS[model]} [{family}] " + ", ".join(f"{k} {_pct(row[k])} ({row['n_' + k]})" for k in W.SPEC_KEYS)
+              + f"  e.g. {row['examples'][0]!r}", flush=True)
+    return {"model": MODELS[model], "n": args.n, "cfg": args.cfg, "sampler": type(pipe.scheduler).__name__, "families": rows}
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{v * 100:.0f}%"
+
+
+def phrasings_markdown(results: list[dict], families: list[str]) -> str:
+    lines = []
+    for family in families:
+        ex = next(iter(results))["families"][family]["examples"]
+        lines.append(f"**{family}** (e.g. " + "; ".join(f"`{e}`" for e in ex[:2]) + ")\n")
+        lines.append("| model | colour | shape | position | size | background |")
+        lines.append("|---|---|---|---|---|---|")
+        for r in results:
+            row = r["families"][family]
+            lines.append(f"| {r['model']} | " + " | ".join(f"{_pct(row[k])} ({row['n_' + k]})" for k in W.SPEC_KEYS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def bare_grid(models: list[str], path: Path, args, seeds_per_prompt: int = 6) -> dict:
+    """Rows: BARE_PROMPTS; columns: seeds, one block per model. Returns colour / shape hit rates."""
+    import cv2
+
+    blocks, stats = [], {}
+    for model in models:
+        pipe = load(model, Path(args.models_dir))
+        prompts = [p for p in BARE_PROMPTS for _ in range(seeds_per_prompt)]
+        seeds = [args.seed + i % seeds_per_prompt for i in range(len(prompts))]
+        imgs = generate(pipe, prompts, seeds, DEFAULT_STEPS, args.cfg)
+        specs = [W.parse(p) for p in prompts]
+        scores = [W.score_spec(im, sp) for im, sp in zip(imgs, specs)]
+        stats[MODELS[model]] = {k: float(np.mean([s[k] for s in scores])) for k in ("colour", "shape")}
+        print(f"{MODELS[model]} bare prompts: colour {stats[MODELS[model]]['colour'] * 100:.0f}%, "
+              f"shape {stats[MODELS[model]]['shape'] * 100:.0f}%", flush=True)
+        rows = [np.concatenate(list(imgs[i: i + seeds_per_prompt]), 1) for i in range(0, len(imgs), seeds_per_prompt)]
+        blocks.append(np.concatenate(rows, 0))
+    scale, label_w, gap = 2, 180, 8
+    h = blocks[0].shape[0] * scale
+    parts = [np.full((h, label_w, 3), 255, np.uint8)]
+    for i, (model, b) in enumerate(zip(models, blocks)):
+        parts.append(np.full((h, gap, 3), 255, np.uint8))
+        parts.append(cv2.resize(b, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
+    grid = np.concatenate(parts, 1)
+    head = np.full((24, grid.shape[1], 3), 255, np.uint8)
+    x = label_w + gap
+    for model, b in zip(models, blocks):
+        cv2.putText(head, MODELS[model], (x + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        x += b.shape[1] * scale + gap
+    for r, prompt in enumerate(BARE_PROMPTS):
+        cv2.putText(grid, prompt, (6, r * 64 * scale + 68), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    grid = np.concatenate([head, grid], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), grid[..., ::-1])
+    print(f"saved {path}")
+    return stats
+
+
 def fmt(row: dict) -> str:
     return ", ".join(f"{k} {row[k] * 100:.0f}%" for k in KEYS) + f", {row['sec_per_image'] * 1000:.0f} ms/img"
 
@@ -190,11 +284,32 @@ def main(argv=None) -> None:
     p.add_argument("--markdown", default=None, help="write Markdown tables here")
     p.add_argument("--save-grid", default=None, help="folder for a picture grid of the default run")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--phrasings", default=None,
+                   help=f"comma-separated phrasing families ({', '.join(W.FAMILIES)}): one table per family at the "
+                        "default sampler instead of the sampler sweep")
+    p.add_argument("--bare-grid", default=None, help="save a grid image of bare prompts ('a red circle', ...) to this PNG")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.no_samplers:
         args.samplers = "\0"
     models = args.models or [m for m, folder in MODELS.items() if (Path(args.models_dir) / folder / "model_index.json").exists()]
+    if args.phrasings or args.bare_grid:
+        out: dict = {}
+        if args.bare_grid:
+            out["bare_grid"] = bare_grid(models, Path(args.bare_grid), args)
+        if args.phrasings:
+            families = [f.strip() for f in args.phrasings.split(",") if f.strip()]
+            bad = [f for f in families if f not in W.FAMILIES]
+            if bad:
+                p.error(f"unknown phrasing families {bad}; one of {', '.join(W.FAMILIES)}")
+            out["phrasings"] = [evaluate_phrasings(m, families, args) for m in models]
+            md = phrasings_markdown(out["phrasings"], families)
+            if args.markdown:
+                Path(args.markdown).write_text(md)
+            print(md)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
+        return
     results = [evaluate(m, args) for m in models]
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -5,12 +5,32 @@
     python tools/train_default_models.py ldm            # text-to-image LDM (UNet2DConditionModel + CLIP)
     python tools/train_default_models.py dit            # SD3-style MMDiT trained with rectified flow
     options: --steps N  --minutes N (stop early, still saves)  --resume  --out FOLDER  --seed N
+             --phrasings MIX (caption families, see below)  --dit-patch 1|2 ... (DiT shape, see below)
 
 Everything is drawn by ``tools/kiri_world.py`` from a fixed seed, so a run reproduces the shipped
 weights (up to floating-point nondeterminism of the CPU kernels). ``ldm`` and ``dit`` train the VAE
 first if ``.train/vae`` is missing. Work files (checkpoints to resume from, cached latents) live in
 ``.train/``; the finished pipeline goes to ``models/checkpoints/kiri-shapes-{ldm,dit}`` together with
 ``loss_curve.png`` and ``train_log.json``.
+
+Captions: each step draws, for every picture of the batch, a fresh caption of its scene from the
+phrasing families of ``kiri_world.phrase`` (template, bare, partial, reordered, synonyms, noisy),
+weighted by ``--phrasings`` (default: kiri_world.DEFAULT_MIX; ``--phrasings template`` trains on the
+one template as the models shipped before issue 12 were). The draw is seeded by the step, so
+``--resume`` continues with the same captions; a checkpoint made with another mix is refused.
+Captions leave attributes out, and the scene shows a random value for each one left out. The
+tokenizer in ``.train/tokenizer`` is rebuilt when ``kiri_world.vocabulary()`` has words it does not
+hold as single tokens (the free phrasings add 35 words to the template's 30); a rebuilt tokenizer
+changes the text encoders' vocabulary, so start such a run without ``--resume``.
+
+DiT options for shape accuracy (defaults = the shipped architecture; none of them measured yet):
+``--dit-patch 1`` (256 image tokens at 16x16 latents instead of 64: each token sees one latent
+pixel, so outlines are not averaged inside a patch; the transformer's forward + backward at batch 64
+took 1.5x as long as with patch 2 on the shared 2-core CPU, 8.6 s against 5.7 s under a load of
+about 3, so expect roughly 1.5x the time per step),
+``--dit-layers N`` / ``--dit-heads N`` (depth, width = heads x 32), ``--dit-logit-mean M`` (centre of
+the logit-normal timestep draw: M > 0 spends more steps at high noise, where the layout and the
+outline are decided), and a longer schedule with ``--steps``.
 """
 
 from __future__ import annotations
@@ -56,7 +76,12 @@ def load_tokenizer():
     folder = TRAIN_DIR / "tokenizer"
     if not (folder / "tokenizer_config.json").exists():
         return build_tokenizer(folder, TRAIN_DIR, MAX_LEN)
-    return CLIPTokenizer.from_pretrained(folder)
+    tok = CLIPTokenizer.from_pretrained(folder)
+    missing = [w for w in W.vocabulary() if len(tok(w, add_special_tokens=False).input_ids) != 1]
+    if missing:  # made for an older caption grammar: the new words would reach the model as characters
+        print(f"rebuilding the tokenizer in {folder}: {len(missing)} caption words are not single tokens ({', '.join(missing[:8])}...)")
+        return build_tokenizer(folder, TRAIN_DIR, MAX_LEN)
+    return tok
 
 
 def tokenize(tok, texts: list[str]) -> torch.Tensor:
@@ -77,6 +102,45 @@ def training_data(n: int = N_TRAIN, seed: int = DATA_SEED) -> tuple[np.ndarray, 
     np.savez(path, images=images, captions=np.array(captions))
     print(f"rendered {n} scenes in {time.time() - t0:.0f} s")
     return images, captions
+
+
+def training_scenes(n: int = N_TRAIN, seed: int = DATA_SEED) -> list:
+    """The scenes behind ``training_data`` (the same random draws, without rendering)."""
+    rng = random.Random(seed)
+    return [W.sample_scene(rng, held_out="exclude") for _ in range(n)]
+
+
+def batch_captions(scenes: list, idx, step: int, seed: int, mix: dict[str, float]) -> list[str]:
+    """A caption for each picture of a step's batch, drawn from the phrasing families of ``mix``;
+    seeded by the step, so a resumed run draws the same captions."""
+    rng = random.Random(seed * 1_000_003 + step + 17)
+    return [W.sample_phrase(scenes[int(i)], rng, mix)[0] for i in idx]
+
+
+def format_mix(mix: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in mix.items())
+
+
+def check_resume_mix(st: dict, mix: dict[str, float]) -> None:
+    saved = st.get("phrasings", {"template": 1.0})  # checkpoints from before the free phrasings
+    if {k: round(v, 6) for k, v in saved.items()} != {k: round(v, 6) for k, v in mix.items()}:
+        raise SystemExit(f"the checkpoint was trained with --phrasings {format_mix(saved)}, not {format_mix(mix)}")
+
+
+def free_eval_set(families: list[str], n: int = 24, seed: int = 99) -> list[tuple[str, object]]:
+    """(caption, Spec) pairs: held-out scenes with held-out phrasings of the given families."""
+    rng = random.Random(seed + 1)
+    scenes = W.eval_prompts(n, seed=seed)
+    return [W.phrase(s, families[i % len(families)], rng, split="eval") for i, s in enumerate(scenes)]
+
+
+def free_adherence(images: np.ndarray, pairs: list) -> dict[str, float]:
+    scores = [W.score_spec(im, spec) for im, (_, spec) in zip(images, pairs)]
+    out = {}
+    for k in ("colour", "shape", "position"):
+        vals = [s[k] for s in scores if s[k] is not None]
+        out[f"free_{k}"] = float(np.mean(vals)) if vals else float("nan")
+    return out
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -294,8 +358,7 @@ def train_ldm(args) -> None:
     vae = load_vae()
     tok = load_tokenizer()
     lat = cached_latents(vae)
-    _, captions = training_data()
-    ids = tokenize(tok, captions)
+    scenes = training_scenes()
     empty = tokenize(tok, [""])[0]
     text_encoder = make_text_encoder(tok)
     unet = make_unet()
@@ -314,22 +377,27 @@ def train_ldm(args) -> None:
         st = torch.load(ckpt_path, weights_only=False)
         for name, m in modules.items():
             m.load_state_dict(st[name])
+        check_resume_mix(st, args.phrasings)
         ema.shadow = st["ema"]
         opt.load_state_dict(st["opt"])
         start, losses, evals, elapsed0 = st["step"], st["losses"], st["evals"], st["elapsed"]
         print(f"resumed at step {start}")
     eval_scenes = W.eval_prompts(24, seed=99)
     eval_caps = [s.caption for s in eval_scenes]
+    free_eval = free_eval_set(args.eval_phrasings) if args.eval_phrasings else []
 
     def checkpoint(step_done: int) -> None:
         save_ckpt(ckpt_path, unet=unet.state_dict(), text_encoder=text_encoder.state_dict(), ema=ema.shadow,
-                  opt=opt.state_dict(), step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0)
+                  opt=opt.state_dict(), step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
+                  phrasings=args.phrasings)
 
     def evaluate(step_done: int) -> dict:
         eu, et = make_unet(), make_text_encoder(tok)
         ema.copy_to({"unet": eu, "text_encoder": et})
         imgs = sample_ldm(eu.eval(), et.eval(), vae, tok, eval_caps, steps=10, cfg=5.0, seed=0)
         res = {"step": step_done, "minutes": round((elapsed0 + time.time() - t0) / 60, 1), **adherence(imgs, eval_scenes)}
+        if free_eval:
+            res.update(free_adherence(sample_ldm(eu.eval(), et.eval(), vae, tok, [c for c, _ in free_eval], steps=10, cfg=5.0, seed=0), free_eval))
         evals.append(res)
         tqdm.write(f"eval @ {step_done}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k not in ("step", "minutes")))
         return res
@@ -344,7 +412,7 @@ def train_ldm(args) -> None:
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         idx = torch.randint(0, len(lat), (batch,), generator=g)
         x0 = lat[idx]
-        c = ids[idx].clone()
+        c = tokenize(tok, batch_captions(scenes, idx, step, args.seed, args.phrasings))
         c[torch.rand(batch, generator=g) < 0.1] = empty  # text dropout: unconditional for CFG
         noise = torch.randn(x0.shape, generator=g)
         t = torch.randint(0, 1000, (batch,), generator=g)
@@ -459,14 +527,21 @@ class DedupJointAttnProcessor:
         return hs, enc
 
 
-def make_dit():
+DIT_DEFAULT = {"patch": 2, "layers": 4, "heads": 3}  # the shipped kiri-shapes-dit
+
+
+def make_dit(patch: int = 2, layers: int = 4, heads: int = 3):
     from diffusers import SD3Transformer2DModel
 
     return SD3Transformer2DModel(
-        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=4, attention_head_dim=32,
-        num_attention_heads=3, joint_attention_dim=2 * TEXT_DIM, caption_projection_dim=96,
-        pooled_projection_dim=2 * TEXT_DIM, pos_embed_max_size=16,
+        sample_size=16, patch_size=patch, in_channels=4, out_channels=4, num_layers=layers, attention_head_dim=32,
+        num_attention_heads=heads, joint_attention_dim=2 * TEXT_DIM, caption_projection_dim=32 * heads,
+        pooled_projection_dim=2 * TEXT_DIM, pos_embed_max_size=32 // patch,  # up to 32x32 latents = 128 px
     )
+
+
+def dit_arch(args) -> dict:
+    return {"patch": args.dit_patch, "layers": args.dit_layers, "heads": args.dit_heads}
 
 
 def dit_text(te1, te2, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -503,11 +578,11 @@ def train_dit(args) -> None:
     vae = load_vae()
     tok = load_tokenizer()
     lat = cached_latents(vae)
-    _, captions = training_data()
-    ids = tokenize(tok, captions)
+    scenes = training_scenes()
     empty = tokenize(tok, [""])[0]
     te1, te2 = make_text_encoder(tok, with_projection=True), make_text_encoder(tok, with_projection=True)
-    dit = make_dit()
+    arch = dit_arch(args)
+    dit = make_dit(**arch)
     dit.set_attn_processor(DedupJointAttnProcessor())
     modules = {"transformer": dit, "text_encoder": te1, "text_encoder_2": te2}
     params = [p for m in modules.values() for p in m.parameters()]
@@ -519,25 +594,32 @@ def train_dit(args) -> None:
     start, losses, evals, elapsed0 = 0, [], [], 0.0
     if args.resume and ckpt_path.exists():
         st = torch.load(ckpt_path, weights_only=False)
+        if st.get("arch", DIT_DEFAULT) != arch:
+            raise SystemExit(f"the checkpoint is a DiT with {st.get('arch', DIT_DEFAULT)}, not {arch}: pass the same --dit-* options")
         for name, m in modules.items():
             m.load_state_dict(st[name])
+        check_resume_mix(st, args.phrasings)
         ema.shadow = st["ema"]
         opt.load_state_dict(st["opt"])
         start, losses, evals, elapsed0 = st["step"], st["losses"], st["evals"], st["elapsed"]
         print(f"resumed at step {start}")
     eval_scenes = W.eval_prompts(24, seed=99)
     eval_caps = [s.caption for s in eval_scenes]
+    free_eval = free_eval_set(args.eval_phrasings) if args.eval_phrasings else []
 
     def checkpoint(step_done: int) -> None:
         save_ckpt(ckpt_path, **{n: m.state_dict() for n, m in modules.items()}, ema=ema.shadow, opt=opt.state_dict(),
-                  step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0)
+                  step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
+                  phrasings=args.phrasings, arch=arch, logit_mean=args.dit_logit_mean)
 
     def evaluate(step_done: int) -> dict:
-        ed, e1, e2 = make_dit(), make_text_encoder(tok, True), make_text_encoder(tok, True)
+        ed, e1, e2 = make_dit(**arch), make_text_encoder(tok, True), make_text_encoder(tok, True)
         ed.set_attn_processor(DedupJointAttnProcessor())
         ema.copy_to({"transformer": ed, "text_encoder": e1, "text_encoder_2": e2})
         imgs = sample_dit(ed.eval(), e1.eval(), e2.eval(), vae, tok, eval_caps, steps=10, cfg=5.0, seed=0)
         res = {"step": step_done, "minutes": round((elapsed0 + time.time() - t0) / 60, 1), **adherence(imgs, eval_scenes)}
+        if free_eval:
+            res.update(free_adherence(sample_dit(ed.eval(), e1.eval(), e2.eval(), vae, tok, [c for c, _ in free_eval], steps=10, cfg=5.0, seed=0), free_eval))
         evals.append(res)
         tqdm.write(f"eval @ {step_done}: " + ", ".join(f"{k} {v:.2f}" for k, v in res.items() if k not in ("step", "minutes")))
         return res
@@ -552,10 +634,10 @@ def train_dit(args) -> None:
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         idx = torch.randint(0, len(lat), (batch,), generator=g)
         x0 = lat[idx]
-        c = ids[idx].clone()
+        c = tokenize(tok, batch_captions(scenes, idx, step, args.seed, args.phrasings))
         c[torch.rand(batch, generator=g) < 0.1] = empty
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.sigmoid(torch.randn(batch, generator=g))  # logit-normal(0, 1)
+        t = torch.sigmoid(torch.randn(batch, generator=g) + args.dit_logit_mean)  # logit-normal(mean, 1)
         tt = t.view(-1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise  # sigma = t, as FlowMatchEulerDiscreteScheduler
         for group in opt.param_groups:
@@ -616,7 +698,23 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-every", type=int, default=300, help="held-out adherence check every N steps (0: off)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--phrasings", default=format_mix(W.DEFAULT_MIX), type=W.parse_mix,
+                   help=f"caption families and their weights, e.g. 'template=0.5,bare=0.5' ('template' alone: the "
+                        f"one-template captions of the models shipped before issue 12; families: {', '.join(W.FAMILIES)}; "
+                        f"default %(default)s)")
+    p.add_argument("--eval-phrasings", default="bare,noisy", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
+                   help="also measure these families' held-out phrasings at each adherence check (free_colour, "
+                        "free_shape, free_position in train_log.json; '' to skip)")
+    p.add_argument("--dit-patch", type=int, choices=[1, 2], default=DIT_DEFAULT["patch"],
+                   help="DiT patch size: 2 = 64 image tokens (shipped), 1 = 256 tokens, finer outlines, ~1.5x a step")
+    p.add_argument("--dit-layers", type=int, default=DIT_DEFAULT["layers"], help="DiT joint blocks (shipped 4)")
+    p.add_argument("--dit-heads", type=int, default=DIT_DEFAULT["heads"], help="DiT heads of 32 (shipped 3 = 96 wide)")
+    p.add_argument("--dit-logit-mean", type=float, default=0.0,
+                   help="centre of the DiT's logit-normal timestep draw (shipped 0; > 0 favours high noise, where layout and outline form)")
     args = p.parse_args(argv)
+    for f in args.eval_phrasings:
+        if f not in W.FAMILIES:
+            p.error(f"--eval-phrasings: unknown family {f!r}")
     torch.set_num_threads(args.threads)
     TRAIN_DIR.mkdir(parents=True, exist_ok=True)
     if args.model == "vae":
