@@ -133,10 +133,6 @@ class PngInfoBody(Body):
     image: str
 
 
-class ProgressQuery(BaseModel):
-    skip_current_image: bool = False
-
-
 class ExtraSingleBody(Body):
     image: str
     resize_mode: int = 0  # 0: by scale, 1: to width x height

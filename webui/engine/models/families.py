@@ -19,7 +19,6 @@ FAMILIES = {
 }
 
 # Architecture kind: UNet latent diffusion or diffusion transformer.
-ARCHITECTURE = {"sd1": "ldm", "sd2": "ldm", "sdxl": "ldm", "sd3": "dit", "pixart": "dit", "flux": "dit"}
 
 # Training resolution of each family's reference models, for single files without a config.
 NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "sd3": 1024, "pixart": 1024, "flux": 1024}

@@ -258,9 +258,10 @@ def default_sampler(prediction: str) -> str:
     return "Flow Euler" if prediction == FLOW else "DPM++ 2M"
 
 
-_D = "diffusers:"
-_FLOW_TOO = ALL_PREDICTIONS
-def _k(name: str) -> Callable[..., Any]:
+DIFFUSERS = "diffusers:"  # scheduler classes named "diffusers:Class" are imported on first use
+
+
+def k_function(name: str) -> Callable[..., Any]:
     """A sampling function of k_samplers, imported on first call (it needs torch; start-up does not)."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -273,24 +274,24 @@ def _k(name: str) -> Callable[..., Any]:
 
 
 BUILTIN_SAMPLERS = (
-    Sampler("DPM++ 2M", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, _FLOW_TOO, ("k_dpmpp_2m",)),
-    Sampler("DPM++ SDE", _D + "DPMSolverSDEScheduler", {}, aliases=("k_dpmpp_sde",)),
-    Sampler("DPM++ 2M SDE", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m_sde",)),
-    Sampler("DPM++ 2M SDE Heun", _D + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}),
-    Sampler("DPM++ 3M SDE", function=_k("sample_dpmpp_3m_sde"), aliases=("k_dpmpp_3m_sde",)),
-    Sampler("Euler a", _D + "EulerAncestralDiscreteScheduler", {}, aliases=("k_euler_a",)),
-    Sampler("Euler", _D + "EulerDiscreteScheduler", {}, aliases=("k_euler",)),
-    Sampler("LMS", _D + "LMSDiscreteScheduler", {}, aliases=("k_lms",)),
-    Sampler("Heun", _D + "HeunDiscreteScheduler", {}, aliases=("k_heun",)),
-    Sampler("DPM2", _D + "KDPM2DiscreteScheduler", {}, aliases=("k_dpm_2",)),
-    Sampler("DPM2 a", _D + "KDPM2AncestralDiscreteScheduler", {}, aliases=("k_dpm_2_a",)),
+    Sampler("DPM++ 2M", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ALL_PREDICTIONS, ("k_dpmpp_2m",)),
+    Sampler("DPM++ SDE", DIFFUSERS + "DPMSolverSDEScheduler", {}, aliases=("k_dpmpp_sde",)),
+    Sampler("DPM++ 2M SDE", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m_sde",)),
+    Sampler("DPM++ 2M SDE Heun", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}),
+    Sampler("DPM++ 3M SDE", function=k_function("sample_dpmpp_3m_sde"), aliases=("k_dpmpp_3m_sde",)),
+    Sampler("Euler a", DIFFUSERS + "EulerAncestralDiscreteScheduler", {}, aliases=("k_euler_a",)),
+    Sampler("Euler", DIFFUSERS + "EulerDiscreteScheduler", {}, aliases=("k_euler",)),
+    Sampler("LMS", DIFFUSERS + "LMSDiscreteScheduler", {}, aliases=("k_lms",)),
+    Sampler("Heun", DIFFUSERS + "HeunDiscreteScheduler", {}, aliases=("k_heun",)),
+    Sampler("DPM2", DIFFUSERS + "KDPM2DiscreteScheduler", {}, aliases=("k_dpm_2",)),
+    Sampler("DPM2 a", DIFFUSERS + "KDPM2AncestralDiscreteScheduler", {}, aliases=("k_dpm_2_a",)),
     # No x0 clipping: latents are not images in [-1, 1] (configs that omit it would clip).
-    Sampler("DDIM", _D + "DDIMScheduler", {"set_alpha_to_one": False, "clip_sample": False}),
-    Sampler("DDPM", _D + "DDPMScheduler", {"clip_sample": False}),
-    Sampler("PLMS", _D + "PNDMScheduler", {"skip_prk_steps": True}),
-    Sampler("UniPC", _D + "UniPCMultistepScheduler", {}, _FLOW_TOO),
-    Sampler("LCM", _D + "LCMScheduler", {}),
-    Sampler("TCD", _D + "TCDScheduler", {}),
-    Sampler("Flow Euler", _D + "FlowMatchEulerDiscreteScheduler", {}, frozenset({FLOW})),
-    Sampler("Flow Heun", _D + "FlowMatchHeunDiscreteScheduler", {}, frozenset({FLOW})),
+    Sampler("DDIM", DIFFUSERS + "DDIMScheduler", {"set_alpha_to_one": False, "clip_sample": False}),
+    Sampler("DDPM", DIFFUSERS + "DDPMScheduler", {"clip_sample": False}),
+    Sampler("PLMS", DIFFUSERS + "PNDMScheduler", {"skip_prk_steps": True}),
+    Sampler("UniPC", DIFFUSERS + "UniPCMultistepScheduler", {}, ALL_PREDICTIONS),
+    Sampler("LCM", DIFFUSERS + "LCMScheduler", {}),
+    Sampler("TCD", DIFFUSERS + "TCDScheduler", {}),
+    Sampler("Flow Euler", DIFFUSERS + "FlowMatchEulerDiscreteScheduler", {}, frozenset({FLOW})),
+    Sampler("Flow Heun", DIFFUSERS + "FlowMatchHeunDiscreteScheduler", {}, frozenset({FLOW})),
 )
