@@ -106,3 +106,20 @@ def family_models_dir(tmp_path_factory) -> Path:
     tiny_models.save_config_folder(sdxl, root / "configs" / "sdxl")
     tiny_models.save_config_folder(sd2, root / "configs" / "sd2")
     return root
+
+
+def make_api_app(models_dir: Path, outputs: Path, **context):
+    """A bare FastAPI app with Kiri's routes on a fresh engine over the tiny models (no UI, no port)."""
+    from fastapi import FastAPI
+
+    from webui.api import ApiContext, mount
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=models_dir, outputs_dir=outputs, default_model="tiny-sd", save_images=False)
+    engine = build_engine(settings, DeviceChoice("cpu"))
+    app = FastAPI()
+    app.state.kiri_ctx = ApiContext(engine, **context)
+    mount(app, app.state.kiri_ctx)
+    return app, engine

@@ -29,19 +29,9 @@ FUZZED_PATHS = r"^/(sdapi|kiri)/v1/"
 
 @pytest.fixture(scope="module")
 def fuzz_app(models_dir, tmp_path_factory):
-    from fastapi import FastAPI
+    from conftest import make_api_app
 
-    from webui.api import ApiContext, mount
-    from webui.bootstrap import build_engine
-    from webui.engine.core.devices import DeviceChoice
-    from webui.engine.settings import Settings
-
-    settings_ = Settings(models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("fuzz-outputs"),
-                         default_model="tiny-sd", save_images=False)
-    engine = build_engine(settings_, DeviceChoice("cpu"))
-    app = FastAPI()
-    app.state.kiri_ctx = ApiContext(engine, cmd_flags={"port": 7860})
-    mount(app, app.state.kiri_ctx)
+    app, engine = make_api_app(models_dir, tmp_path_factory.mktemp("fuzz-outputs"), cmd_flags={"port": 7860})
     yield app
     engine.interrupt(None)
 

@@ -14,19 +14,11 @@ USERS = [("u1", "p"), ("u2", "p"), ("u3", "p"), ("boss", "p")]
 
 @pytest.fixture(scope="module")
 def served(models_dir, tmp_path_factory):
-    from fastapi import FastAPI
-
-    from webui.api import ApiContext, mount
+    from conftest import make_api_app
     from webui.auth import make_checker
-    from webui.bootstrap import build_engine
-    from webui.engine.core.devices import DeviceChoice
-    from webui.engine.settings import Settings
 
-    settings = Settings(models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("stop-outputs"),
-                        default_model="tiny-sd", save_images=False)
-    engine = build_engine(settings, DeviceChoice("cpu"))
-    app = FastAPI()
-    mount(app, ApiContext(engine, check_login=make_checker(USERS, {}), admins={"boss"}))
+    app, engine = make_api_app(models_dir, tmp_path_factory.mktemp("stop-outputs"),
+                               check_login=make_checker(USERS, {}), admins={"boss"})
     yield app, engine
     engine.interrupt(None)
 
