@@ -49,5 +49,7 @@ def test_tiny_decoder_is_used_when_present(models_dir, tmp_path):
     engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", preview_every=1), DeviceChoice("cpu"))
     job = Job()
     engine.txt2img(Txt2ImgRequest("a red circle", steps=2, width=64, height=64), job)
-    assert engine.models.current.previewer.method == "taesd"
+    from webui.engine.generation.preview import previewer_for
+
+    assert previewer_for(engine.models.current).method == "taesd"
     assert job.preview is not None and job.preview.size[0] > 32  # decoded, not the latent-sized approximation

@@ -88,3 +88,13 @@ class LatentPreviewer:
         y = target.permute(0, 2, 3, 1).reshape(-1, 3)
         x = torch.cat([x, torch.ones(len(x), 1)], 1)
         return torch.linalg.lstsq(x, y).solution
+
+
+def previewer_for(model: Any) -> LatentPreviewer:
+    """The model's previewer, made once: a TAESD-style decoder from models/taesd/<family>/ if there
+    is one, else a latent-to-RGB map fitted to the model's own VAE."""
+    previewer = model.derived.get("previewer")
+    if previewer is None:
+        tiny = model.entry.path.parent.parent / "taesd" / model.family
+        previewer = model.derived["previewer"] = LatentPreviewer(model.pipeline, tiny)
+    return previewer

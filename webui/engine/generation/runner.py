@@ -19,6 +19,7 @@ from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.outputs import dated_dir, save_image
 from webui.engine.generation.call import Addon, PipelineCall
+from webui.engine.generation.preview import previewer_for
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
 from webui.engine.samplers.registry import Sampler, check_fits, default_sampler
 
@@ -194,7 +195,7 @@ def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgReque
 
 def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: Job, step: int) -> None:
     try:
-        job.preview, job.preview_step = model.previewer(latents, request.height, request.width), step
+        job.preview, job.preview_step = previewer_for(model)(latents, request.height, request.width), step
     except Exception as exc:  # noqa: BLE001 - a preview must never stop a generation
         log.warning("live preview failed, turning it off for this job: %s", exc)
         job.preview_step = -1

@@ -82,16 +82,9 @@ class LoadedModel:
     def __post_init__(self) -> None:
         # Samplers are built from the checkpoint's own scheduler config, kept before any swap.
         self._base_config = dict(self.pipeline.scheduler.config)
-        self._previewer = None
-
-    @property
-    def previewer(self):
-        if self._previewer is None:
-            from webui.engine.generation.preview import LatentPreviewer
-
-            tiny = self.entry.path.parent.parent / "taesd" / self.family  # models/taesd/<family>/
-            self._previewer = LatentPreviewer(self.pipeline, tiny)
-        return self._previewer
+        # What capabilities derive from this model once and reuse (the preview decoder, ...),
+        # dropped with the model; kept here so the models layer needs to know none of them.
+        self.derived: dict[str, Any] = {}
 
 
 class ModelManager:
