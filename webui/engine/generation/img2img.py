@@ -237,20 +237,19 @@ def crop_box(mask: "Image.Image", padding: int, width: int, height: int) -> tupl
     else:
         grow = round(w / ratio) - h
         y0, y1 = y0 - grow // 2, y1 + grow - grow // 2
-    W, H = mask.size
-    if x1 - x0 > W:
-        x0, x1 = 0, W
-    elif x0 < 0:
-        x0, x1 = 0, x1 - x0
-    elif x1 > W:
-        x0, x1 = x0 - (x1 - W), W
-    if y1 - y0 > H:
-        y0, y1 = 0, H
-    elif y0 < 0:
-        y0, y1 = 0, y1 - y0
-    elif y1 > H:
-        y0, y1 = y0 - (y1 - H), H
+    (x0, x1), (y0, y1) = _inside(x0, x1, mask.width), _inside(y0, y1, mask.height)
     return x0, y0, x1, y1
+
+
+def _inside(start: int, end: int, limit: int) -> tuple[int, int]:
+    """Slide the span [start, end) into [0, limit), keeping its length; the whole range if it is longer."""
+    if end - start > limit:
+        return 0, limit
+    if start < 0:
+        return 0, end - start
+    if end > limit:
+        return start - (end - limit), limit
+    return start, end
 
 
 def fill_masked(image: "Image.Image", mask: "Image.Image", mode: int, seed: int) -> "Image.Image":
