@@ -127,19 +127,24 @@ class Engine:
 
     # --- generation ------------------------------------------------------------------------
     def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
-        from webui.engine.generation.txt2img import Txt2ImgTask
-
         job = job or Job(kind="txt2img")
-        request = self.prepare_request(request)
-        return self.run(job.owner, job.kind, lambda j: self.stage(Txt2ImgTask(request), j), job)
+        return self.run(job.owner, job.kind, self._work("txt2img", self.prepare_request(request)), job)
 
     def img2img(self, request: "Img2ImgRequest", job: Job | None = None) -> GenerationResult:
         """Image to image, inpainting and outpainting (see generation/img2img.py)."""
         job = job or Job(kind="img2img")
-        request = self.prepare_request(request)
-        warnings: list[str] = []
-        task = self.img2img_task(request, warnings)
-        return self.run(job.owner, job.kind, lambda j: self._with_warnings(self.stage(task, j), warnings), job)
+        return self.run(job.owner, job.kind, self._work("img2img", self.prepare_request(request)), job)
+
+    def _work(self, kind: str, request) -> Callable[[Job], Generator[None, None, GenerationResult]]:
+        """A prepared request's work for the job store; img2img's image and mask are prepared here, in
+        the caller's thread, so a bad picture is refused before the job is queued."""
+        if kind == "img2img":
+            warnings: list[str] = []
+            task = self.img2img_task(request, warnings)
+            return lambda job: self._with_warnings(self.stage(task, job), warnings)
+        from webui.engine.generation.txt2img import Txt2ImgTask
+
+        return lambda job: self.stage(Txt2ImgTask(request), job)
 
     def img2img_task(self, request: "Img2ImgRequest", warnings: list[str]):
         """The task for an img2img request: the image and mask prepared (outside any turn)."""
@@ -193,14 +198,7 @@ class Engine:
             request = self.prepare_request(load(types[kind], data))
         except TypeError as exc:
             raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
-        job = Job(kind=kind, owner=owner)
-        if kind == "img2img":
-            warnings: list[str] = []
-            task = self.img2img_task(request, warnings)
-            return self.submit(lambda j: self._with_warnings(self.stage(task, j), warnings), job)
-        from webui.engine.generation.txt2img import Txt2ImgTask
-
-        return self.submit(lambda j: self.stage(Txt2ImgTask(request), j), job)
+        return self.submit(self._work(kind, request), Job(kind=kind, owner=owner))
 
     def preload(self) -> None:
         """Import torch and diffusers and load the default model, as a job; run in a background thread."""
