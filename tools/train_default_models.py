@@ -60,7 +60,7 @@ if str(ROOT) not in sys.path:
 
 from tools import kiri_world as W  # noqa: E402
 from tools.make_portable import make_portable  # noqa: E402
-from tools.training_kit import EMA, build_tokenizer, lr_at, plot_losses, save_ckpt  # noqa: E402
+from tools.training_kit import EMA, build_tokenizer, lr_at, plot_losses, save_ckpt, warm_start  # noqa: E402
 
 TRAIN_DIR = ROOT / ".train"
 CHECKPOINTS = ROOT / "models" / "checkpoints"
@@ -363,8 +363,11 @@ def train_ldm(args) -> None:
     text_encoder = make_text_encoder(tok)
     unet = make_unet()
     modules = {"unet": unet, "text_encoder": text_encoder}
+    if args.init_from and not args.resume:
+        words = warm_start(modules, Path(args.init_from), tok)
+        print(f"warm start from {args.init_from}; new words starting from a synonym's embedding: {', '.join(words)}")
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    peak = args.lr or 1e-3
+    peak = args.lr or (5e-4 if args.init_from else 1e-3)
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
     ema = EMA(modules, decay=0.998)
     noise_sched, _ = ldm_schedulers()
@@ -457,7 +460,8 @@ def train_ldm(args) -> None:
     log = {"model": "kiri-shapes-ldm", "steps": done, "batch": batch, "seconds": round(elapsed), "final_loss_avg50": float(np.mean(losses[-50:])),
            "unet_params": sum(p.numel() for p in unet.parameters()), "text_encoder_params": sum(p.numel() for p in text_encoder.parameters()),
            "vae_params": sum(p.numel() for p in vae.parameters()), "evals": evals, "final_eval": final,
-           "command": "python tools/train_default_models.py ldm" + (f" --steps {steps}" if args.steps else "")}
+           "command": "python tools/train_default_models.py ldm" + (f" --steps {steps}" if args.steps else "")
+           + (f" --init-from {args.init_from}" if args.init_from else "")}
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
     plot_losses(out / "loss_curve.png", losses, f"kiri-shapes-ldm: {done} steps, {elapsed / 60:.1f} min (min-SNR eps loss)", evals)
     print(json.dumps({k: v for k, v in log.items() if k != "evals"}))
@@ -585,8 +589,11 @@ def train_dit(args) -> None:
     dit = make_dit(**arch)
     dit.set_attn_processor(DedupJointAttnProcessor())
     modules = {"transformer": dit, "text_encoder": te1, "text_encoder_2": te2}
+    if args.init_from and not args.resume:
+        words = warm_start(modules, Path(args.init_from), tok)
+        print(f"warm start from {args.init_from}; new words starting from a synonym's embedding: {', '.join(words)}")
     params = [p for m in modules.values() for p in m.parameters()]
-    peak = args.lr or 1e-3
+    peak = args.lr or (5e-4 if args.init_from else 1e-3)
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
     ema = EMA(modules, decay=0.998)
     steps, batch = args.steps or 2400, args.batch or 64
@@ -678,7 +685,8 @@ def train_dit(args) -> None:
     log = {"model": "kiri-shapes-dit", "steps": done, "batch": batch, "seconds": round(elapsed), "final_loss_avg50": float(np.mean(losses[-50:])),
            "transformer_params": sum(p.numel() for p in dit.parameters()),
            "text_encoder_params": sum(p.numel() for p in te1.parameters()) * 2, "evals": evals, "final_eval": final,
-           "command": "python tools/train_default_models.py dit" + (f" --steps {steps}" if args.steps else "")}
+           "command": "python tools/train_default_models.py dit" + (f" --steps {steps}" if args.steps else "")
+           + (f" --init-from {args.init_from}" if args.init_from else "")}
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
     plot_losses(out / "loss_curve.png", losses, f"kiri-shapes-dit: {done} steps, {elapsed / 60:.1f} min (flow-matching loss)", evals)
     print(json.dumps({k: v for k, v in log.items() if k != "evals"}))
@@ -696,6 +704,9 @@ def main(argv=None) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in .train/")
     p.add_argument("--out", default=None, help="output folder (default models/checkpoints/kiri-shapes-ldm|dit)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-from", default=None, metavar="FOLDER",
+                   help="start from a trained pipeline folder of the same architecture (e.g. the template-only model) "
+                        "instead of random weights; new caption words start from their synonym's embedding")
     p.add_argument("--eval-every", type=int, default=300, help="held-out adherence check every N steps (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--phrasings", default=format_mix(W.DEFAULT_MIX), type=W.parse_mix,

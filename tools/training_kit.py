@@ -160,3 +160,55 @@ def plot_losses(path: Path, losses: list[float], title: str, evals: list[dict] |
         for i, (key, col) in enumerate(colours.items()):
             cv2.putText(img, key, (w - m - 240 + 80 * i, h - 20), font, 0.45, col, 1, cv2.LINE_AA)
     cv2.imwrite(str(path), img)
+
+
+# Words of the free phrasings that mean the same as a word of the template grammar: a warm start
+# gives them that word's embedding, so "center" starts where "centre" is.
+def _canonical_words() -> dict[str, str]:
+    canon = {alt: word for word, alts in W.SYNONYMS.items() for alt in alts}
+    canon.update({plural: canon.get(single, single) for single, plural in W.PLURALS.items()})
+    canon.update({"center": "centre", "middle": "centre", "upper": "top", "lower": "bottom", "an": "a"})
+    return canon
+
+
+def warm_start(modules: dict, folder: Path, tok) -> list[str]:
+    """Load the weights of a trained pipeline folder (the same architecture) into ``modules``
+    ({subfolder name: module}), mapping token embeddings from that folder's tokenizer to ``tok`` by
+    token text: tokens both hold keep their embedding, a synonym or plural of a known word takes that
+    word's, any other new token keeps its fresh initialisation. Returns the new words so initialised."""
+    import json as _json
+
+    from safetensors.torch import load_file
+
+    old_vocab = _json.loads((Path(folder) / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
+    new_vocab = tok.get_vocab()
+    canon = _canonical_words()
+    mapped: list[str] = []
+    for name, module in modules.items():
+        state = load_file(str(Path(folder) / name / "diffusion_pytorch_model.safetensors")) \
+            if (Path(folder) / name / "diffusion_pytorch_model.safetensors").exists() \
+            else load_file(str(Path(folder) / name / "model.safetensors"))
+        own = module.state_dict()
+        for key, value in list(state.items()):
+            if key not in own:  # portable key names (text_model.*) <-> this transformers version's
+                alt = key.removeprefix("text_model.") if key.startswith("text_model.") else f"text_model.{key}"
+                if alt in own:
+                    state[alt] = state.pop(key)
+        emb_key = next((k for k in own if k.endswith("token_embedding.weight")), None)
+        if emb_key is not None and emb_key in state:
+            old = state[emb_key]
+            fresh = own[emb_key].clone()
+            for text, i in new_vocab.items():
+                src = old_vocab.get(text)
+                if src is None and text.endswith("</w>") and text[:-4] in canon:
+                    src = old_vocab.get(canon[text[:-4]] + "</w>")
+                    if src is not None:
+                        mapped.append(text[:-4])
+                if src is not None:
+                    fresh[i] = old[src]
+            state[emb_key] = fresh
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise SystemExit(f"--init-from {folder}/{name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return sorted(set(mapped))
