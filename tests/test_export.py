@@ -149,6 +149,41 @@ def test_the_dit_file_is_in_the_sd3_layout_and_diffusers_converts_it_back(tmp_pa
         assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), component
 
 
+def test_kiris_single_file_loader_reads_the_dit_file_back_to_the_same_picture(tmp_path):
+    """The DiT's SD3 file (no T5, two CLIP encoders of one width) loads back through Kiri's own
+    single-file loader, which assembles it part by part (diffusers' pipeline loader cannot)."""
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.generation.requests import Txt2ImgRequest
+    from webui.engine.settings import Settings
+    from webui.tools.export_checkpoint import main
+
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    shutil.copytree(CHECKPOINTS / "kiri-shapes-dit", models / "checkpoints" / "kiri-shapes-dit")
+    out = models / "checkpoints" / "kiri-dit-single.safetensors"
+    assert main(["kiri-shapes-dit", "--models-dir", str(models), "--out", str(out), "--configs"]) == 0
+    engine = build_engine(Settings(models_dir=models, outputs_dir=tmp_path / "out", save_images=False), DeviceChoice("cpu"))
+    entries = {e.name: e for e in engine.catalog.scan()}
+    assert entries["kiri-dit-single"].format == "single_file" and entries["kiri-dit-single"].family == "sd3"
+
+    pictures = {}
+    for name in ("kiri-shapes-dit", "kiri-dit-single"):
+        result = engine.txt2img(Txt2ImgRequest(prompt=PROMPT, seed=5, steps=8, width=64, height=64, model=name))
+        assert not result.warnings, result.warnings
+        pictures[name] = np.asarray(result.images[0].convert("RGB")).astype(int)
+    folder, single = pictures["kiri-shapes-dit"], pictures["kiri-dit-single"]
+    assert folder.std() > 10
+    assert np.abs(folder - single).max() <= 1
+
+    a, b = engine.load_model("kiri-shapes-dit").pipeline, engine.load_model("kiri-dit-single").pipeline
+    for component in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        sa, sb = getattr(a, component).state_dict(), getattr(b, component).state_dict()
+        assert set(sa) == set(sb), component
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), component
+    assert b.text_encoder_3 is None and type(b.scheduler) is type(a.scheduler)
+
+
 def test_a_weight_with_no_place_in_the_layout_is_refused():
     from webui.tools.export_checkpoint import ExportError, unet_to_original
 

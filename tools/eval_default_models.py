@@ -18,7 +18,8 @@ family of ``kiri_world.phrase`` (split "eval": the held-out phrasings too), at t
 and 20 steps, and prints one table per family. A caption that leaves an attribute out is judged
 only on what it states (``kiri_world.score_spec``); each cell gives the share and, in brackets, how
 many prompts stated it. "background" is whether the detected background is the stated one.
-``--bare-grid PATH`` saves a picture grid of bare prompts ("a red circle", ...), several seeds each,
+``--negative red`` measures how often red appears (object or background) for prompts that name no
+colour, without and with "red" as the negative prompt. ``--bare-grid PATH`` saves a picture grid of bare prompts ("a red circle", ...), several seeds each,
 one block of columns per model, and prints how often colour and shape come out.
 """
 
@@ -45,6 +46,8 @@ if str(ROOT) not in sys.path:
 from tools import kiri_world as W  # noqa: E402
 
 MODELS = {"ldm": "kiri-shapes-ldm", "dit": "kiri-shapes-dit"}
+# Prompts that name no colour, for the negative prompt measurement.
+NEGATIVE_PROMPTS = ["a circle", "a square", "a triangle", "a star on the left", "a large ring", "a cross at the top"]
 DEFAULT_STEPS = 20
 KEYS = ("colour", "shape", "position", "size")
 
@@ -99,10 +102,13 @@ def load(model: str, models_dir: Path):
     return pipe
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float | None, batch: int = 16) -> np.ndarray:
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float | None, batch: int = 16,
+             negative: str | None = None) -> np.ndarray:
     out = []
     for i in range(0, len(prompts), batch):
         kw = {} if cfg is None else {"guidance_scale": cfg}
+        if negative:
+            kw["negative_prompt"] = [negative] * len(prompts[i: i + batch])
         res = pipe(prompts[i: i + batch], num_inference_steps=steps, height=64, width=64, output_type="np",
                    generator=[torch.Generator().manual_seed(s) for s in seeds[i: i + batch]], **kw)
         out.append((np.clip(res.images, 0, 1) * 255).round().astype(np.uint8))
@@ -237,6 +243,25 @@ def bare_grid(models: list[str], path: Path, args, seeds_per_prompt: int = 6) ->
     return stats
 
 
+def negative_effect(model: str, word: str, args, seeds_per_prompt: int = 8) -> dict:
+    """How often ``word`` (a colour) shows up, in an object or the background, for prompts that name
+    no colour ("a circle", "a star on the left", ...), without and with ``word`` as the negative prompt."""
+    pipe = load(model, Path(args.models_dir))
+    prompts = [p for p in NEGATIVE_PROMPTS for _ in range(seeds_per_prompt)]
+    seeds = [args.seed + i for i in range(len(prompts))]
+    res = {}
+    for label, negative in (("without", None), ("with", word)):
+        imgs = generate(pipe, prompts, seeds, DEFAULT_STEPS, args.cfg, negative=negative)
+        hits = []
+        for im in imgs:
+            objects, background = W.detect(im)
+            hits.append(any(o.colour == word for o in objects) or word in background)
+        res[label] = float(np.mean(hits))
+    print(f"{MODELS[model]}: {word!r} appears in {res['without'] * 100:.0f}% of {len(prompts)} pictures of colourless prompts, "
+          f"{res['with'] * 100:.0f}% with negative prompt {word!r}", flush=True)
+    return {"model": MODELS[model], "word": word, "pictures": len(prompts), **res}
+
+
 def fmt(row: dict) -> str:
     return ", ".join(f"{k} {row[k] * 100:.0f}%" for k in KEYS) + f", {row['sec_per_image'] * 1000:.0f} ms/img"
 
@@ -288,13 +313,17 @@ def main(argv=None) -> None:
                    help=f"comma-separated phrasing families ({', '.join(W.FAMILIES)}): one table per family at the "
                         "default sampler instead of the sampler sweep")
     p.add_argument("--bare-grid", default=None, help="save a grid image of bare prompts ('a red circle', ...) to this PNG")
+    p.add_argument("--negative", default=None, metavar="COLOUR",
+                   help="measure how often COLOUR appears for prompts naming no colour, without and with it as the negative prompt")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.no_samplers:
         args.samplers = "\0"
     models = args.models or [m for m, folder in MODELS.items() if (Path(args.models_dir) / folder / "model_index.json").exists()]
-    if args.phrasings or args.bare_grid:
+    if args.phrasings or args.bare_grid or args.negative:
         out: dict = {}
+        if args.negative:
+            out["negative"] = [negative_effect(m, args.negative, args) for m in models]
         if args.bare_grid:
             out["bare_grid"] = bare_grid(models, Path(args.bare_grid), args)
         if args.phrasings:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from webui.engine.models import sd3_file
 from webui.engine.models.catalog import Catalog, CatalogEntry
 from webui.engine.core.devices import DeviceChoice, DtypePlan, free_memory
 from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
@@ -311,6 +312,8 @@ class ModelManager:
         if family in ("sd1", "sd2"):
             kwargs.update(safety_checker=None, requires_safety_checker=False)
         pipeline_class = getattr(diffusers, class_name)
+        if family == "sd3" and config_dir.is_dir() and sd3_file.applies(config_dir):
+            return sd3_file.load(entry.path, config_dir, kwargs["dtype"]), family, plan
         try:
             pipeline = pipeline_class.from_single_file(str(entry.path), **kwargs)
         except Exception as exc:
