@@ -32,6 +32,14 @@ DEFAULT_MODEL_NAME = "kiri-shapes-ldm"
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 # Files this small are hashed during the scan; larger ones in the background.
 HASH_INLINE_BYTES = 256 * 1024 * 1024
+# diffusers pipelines that make clips, not pictures: their folders in checkpoints/ are "video" models,
+# listed by the Video tab and kept out of the image tabs' model picker.
+VIDEO_PIPELINES = frozenset({
+    "WanPipeline", "WanImageToVideoPipeline", "WanVideoToVideoPipeline", "LTXPipeline", "LTXImageToVideoPipeline",
+    "LTXConditionPipeline", "CogVideoXPipeline", "CogVideoXImageToVideoPipeline", "CogVideoXVideoToVideoPipeline",
+    "HunyuanVideoPipeline", "HunyuanVideoImageToVideoPipeline", "MochiPipeline", "LattePipeline", "AllegroPipeline",
+    "SkyReelsV2Pipeline", "CosmosTextToWorldPipeline", "ConsisIDPipeline", "EasyAnimatePipeline",
+})
 _HASH_CHUNK = 1024 * 1024
 
 
@@ -80,7 +88,7 @@ def describe(path: Path) -> CatalogEntry | None:
     if path.name.startswith("."):
         return None
     if path.is_dir():
-        if not (path / "model_index.json").exists():
+        if not (path / "model_index.json").exists() or is_video_folder(path):
             return None
         try:
             family, problem = family_from_folder(path), None
@@ -101,6 +109,24 @@ def describe(path: Path) -> CatalogEntry | None:
     if suffix in PICKLE_SUFFIXES:
         return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size)
     return None
+
+
+def is_video_folder(path: Path) -> bool:
+    """A diffusers folder whose pipeline makes clips (model_index.json's _class_name)."""
+    try:
+        name = json.loads((path / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(name, str) and (name in VIDEO_PIPELINES or name.endswith("VideoPipeline"))
+
+
+def describe_video(path: Path, kind: str) -> CatalogEntry | None:
+    """A video pipeline folder under checkpoints/: its own kind, so image tabs never see it."""
+    if path.name.startswith(".") or not path.is_dir() or not (path / "model_index.json").exists():
+        return None
+    if not is_video_folder(path):
+        return None
+    return CatalogEntry(path.name, path, "diffusers", None, _folder_size(path), prediction_type(path), kind=kind)
 
 
 def describe_file(path: Path, kind: str) -> CatalogEntry | None:
@@ -136,6 +162,7 @@ def builtin_kinds() -> list[ModelKind]:
         ModelKind("upscaler", ("upscalers", "ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT"), label="Upscaler"),
         ModelKind("segmenter", ("segmentation",), label="Segmenter"),
         ModelKind("motion", ("motion",), label="Motion module"),
+        ModelKind("video", ("checkpoints", "Stable-diffusion"), describe_video, "Video model"),
         ModelKind("controlnet", ("controlnet", "ControlNet"), label="ControlNet"),
     ]
 

@@ -1,0 +1,309 @@
+"""Video: text to video (AnimateDiff on a tiny SD 1.x with a tiny motion module, and a tiny native
+video pipeline), video to video with each consistency mode, interpolation, the clip files, caps,
+interrupt then resume, and the /kiri/v1 routes."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tiny_models
+
+SIZE = 64
+
+
+def moving_square_frames(count: int = 6, size: int = SIZE, step: int = 4):
+    from PIL import Image, ImageDraw
+
+    frames = []
+    for i in range(count):
+        image = Image.new("RGB", (size, size), (30, 60, 160))
+        draw = ImageDraw.Draw(image)
+        x = 8 + i * step
+        draw.rectangle([x, 20, x + 16, 36], fill=(230, 40, 40))
+        frames.append(image)
+    return frames
+
+
+def write_clip(path: Path, frames, fps: int = 8) -> Path:
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames[0].width, frames[0].height, "yuv420p"
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def decode(path_or_bytes) -> tuple[list, float, dict]:
+    import av
+
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    with av.open(source) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, float(stream.average_rate), dict(container.metadata)
+
+
+def make_tiny_motion_module(folder: Path, max_frames: int = 8) -> Path:
+    """A MotionAdapter for tiny_models' SD 1.x UNet: its block channels (32, 64), two layers a block."""
+    import torch
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(0)
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=32,
+                  motion_num_attention_heads=2, motion_max_seq_length=max_frames).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def video_models_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("video_models")
+    tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd")
+    tiny_models.make_tiny_sd3(root / "checkpoints" / "tiny-sd3")
+    make_tiny_motion_module(root / "motion" / "tiny-motion")
+    return root
+
+
+@pytest.fixture()
+def video_engine(video_models_dir, tmp_path):
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=video_models_dir, outputs_dir=tmp_path / "outputs", default_model="tiny-sd",
+                        save_images=False)
+    engine = build_engine(settings, DeviceChoice("cpu"))
+    engine.catalog.scan()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clips") / "square.mp4", moving_square_frames())
+
+
+# --- files in and out --------------------------------------------------------------------------
+
+def test_probe_and_read_an_mp4_a_gif_and_a_zip(clip, tmp_path):
+    import zipfile
+
+    from webui.engine.video import media
+
+    info = media.probe(clip.read_bytes())
+    assert (info.width, info.height, info.fps, info.frames) == (SIZE, SIZE, 8.0, 6)
+    assert len(list(media.read_frames(clip.read_bytes(), info))) == 6
+
+    frames = moving_square_frames(5)
+    gif = tmp_path / "a.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    info = media.probe(gif.read_bytes())
+    assert (info.format, info.frames, info.fps) == ("gif", 5, 10.0)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i, frame in enumerate(frames):
+            png = io.BytesIO()
+            frame.save(png, format="PNG")
+            archive.writestr(f"frame_{i:03d}.png", png.getvalue())
+    info = media.probe(buffer.getvalue())
+    assert (info.format, info.frames) == ("zip", 5)
+    read = [f.image for f in media.read_frames(buffer.getvalue(), info)]
+    assert np.array_equal(np.asarray(read[3]), np.asarray(frames[3]))
+
+
+def test_unreadable_and_empty_videos_are_refused_naming_the_field():
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.video import media
+
+    for data in (b"", b"this is not a video at all" * 10, b"PK\x03\x04broken zip"):
+        with pytest.raises(InvalidRequest) as caught:
+            media.probe(data)
+        assert caught.value.field == "video"
+
+
+def test_mp4_is_h264_yuv420p_with_even_sides_and_the_infotext(tmp_path):
+    import av
+
+    from webui.engine.video import media
+
+    frames = [f.resize((63, 45)) for f in moving_square_frames(4)]
+    path = media.write_mp4(frames, 12.0, tmp_path / "odd.mp4", "a red square\nSteps: 2, Seed: 5")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        assert (stream.codec_context.width, stream.codec_context.height) == (64, 46)
+        assert float(stream.average_rate) == 12.0
+        assert "Seed: 5" in container.metadata.get("comment", "")
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+# --- optical flow ------------------------------------------------------------------------------
+
+def test_flow_warping_lands_closer_to_the_next_frame_than_no_warping():
+    from webui.engine.video.flow import warp_onto
+
+    frames = moving_square_frames(2, step=5)
+    # The "previous output" is the previous frame restyled (colours changed); the warp must move it.
+    previous_output = frames[0].point(lambda v: 255 - v)
+    truth = np.asarray(frames[1].point(lambda v: 255 - v), dtype=np.float32)
+    warped = np.asarray(warp_onto(previous_output, frames[0], frames[1]), dtype=np.float32)
+    unwarped = np.asarray(previous_output, dtype=np.float32)
+    assert np.abs(warped - truth).mean() < 0.5 * np.abs(unwarped - truth).mean()
+
+
+def test_interpolation_doubles_and_quadruples_the_frame_rate(video_engine, clip):
+    from webui.engine.video.service import InterpolateRequest, interpolate
+
+    for factor in (2, 4):
+        result = interpolate(video_engine, InterpolateRequest(video=clip.read_bytes(), factor=factor))
+        frames, fps, _ = decode(result.path)
+        assert len(result.frame_paths) == len(frames) == 5 * factor + 1
+        assert fps == 8.0 * factor
+        assert frames[0].shape == (SIZE, SIZE, 3)
+    # The middle in-between of x2 sits between its neighbours: the square's centre moved half way.
+    images = [np.asarray(i) for i in result.frames()]
+    def centre(image):
+        xs = np.nonzero((image[..., 0] > 150) & (image[..., 2] < 100))[1]
+        return xs.mean()
+    assert centre(images[0]) < centre(images[2]) < centre(images[4])
+
+
+# --- text to video -----------------------------------------------------------------------------
+
+def test_txt2video_with_animatediff_keeps_frames_fps_and_size(video_engine):
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    request = Txt2VideoRequest(prompt="a red circle moving right", frames=4, fps=6, steps=2, width=SIZE, height=SIZE,
+                               seed=3, motion_module="tiny-motion", model="tiny-sd", sampler_name="Euler")
+    result = txt2video(video_engine, request)
+    frames, fps, meta = decode(result.path)
+    assert len(frames) == len(result.frame_paths) == 4 and fps == 6.0
+    assert frames[0].shape == (SIZE, SIZE, 3)
+    assert "Motion module: tiny-motion" in result.info and "Seed: 3" in result.info
+    assert "Motion module: tiny-motion" in meta.get("comment", "")
+    assert (result.folder / "clip.txt").read_text() == result.info
+    for path in (result.gif_path, result.webp_path, result.zip_path):
+        assert path.exists() and path.stat().st_size > 0
+
+
+def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
+    from webui.engine.video.pipelines import keyframes
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    assert keyframes("0: a red circle\n8: a blue circle", 16) == {0: "a red circle", 8: "a blue circle"}
+    assert keyframes("style: anime, a cat", 16) == {0: "style: anime, a cat"}
+    # 10 frames > the module's 8: FreeNoise windows; two keyframes: interpolated embeddings.
+    request = Txt2VideoRequest(prompt="0: a red circle\n5: a blue circle", frames=10, fps=8, steps=1, width=SIZE,
+                               height=SIZE, seed=1, motion_module="tiny-motion", model="tiny-sd", sampler_name="Euler")
+    result = txt2video(video_engine, request)
+    assert len(result.frame_paths) == 10
+    assert "Context: FreeNoise 8" in result.info and "Prompt travel: yes" in result.info
+
+
+def test_a_motion_module_for_another_family_is_refused(video_engine):
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    request = Txt2VideoRequest(prompt="a circle", frames=2, steps=1, width=SIZE, height=SIZE, model="tiny-sd3",
+                               motion_module="tiny-motion")
+    with pytest.raises(InvalidRequest) as caught:
+        txt2video(video_engine, request)
+    assert caught.value.field == "motion_module"
+
+
+def test_request_caps_name_their_field(clip):
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid2VidRequest
+
+    cases = [
+        (lambda: Txt2VideoRequest(prompt="x", frames=5000), "frames"),
+        (lambda: Txt2VideoRequest(prompt="x", fps=0), "fps"),
+        (lambda: Txt2VideoRequest(prompt="x", width=4096), "width"),
+        (lambda: Txt2VideoRequest(prompt="0: a\n40: b", frames=16), "prompt"),
+        (lambda: Vid2VidRequest(video=clip, prompt="x", consistency="magic"), "consistency"),
+        (lambda: Vid2VidRequest(video=clip, prompt="x", every_nth=0), "every_nth"),
+        (lambda: Vid2VidRequest(video=clip, prompt="x", start_time=2, end_time=1), "end_time"),
+        (lambda: Vid2VidRequest(video=None, prompt="x"), "video"),
+        (lambda: InterpolateRequest(video=clip, factor=3), "factor"),
+    ]
+    for make, field in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            make()
+        assert caught.value.field == field, field
+
+
+# --- video to video ----------------------------------------------------------------------------
+
+def _vid2vid_request(clip: Path, **changes):
+    from webui.engine.video.service import Vid2VidRequest
+
+    fields = dict(video=clip.read_bytes(), prompt="a red square, blue background", denoising_strength=0.5, steps=2,
+                  seed=7, model="tiny-sd", sampler_name="Euler", max_size=SIZE, consistency="flow")
+    fields.update(changes)
+    return Vid2VidRequest(**fields)
+
+
+def test_vid2vid_keeps_frame_count_fps_and_size_in_every_consistency_mode(video_engine, clip):
+    from webui.engine.video.service import vid2vid
+
+    for consistency in ("none", "blend", "flow"):
+        result = vid2vid(video_engine, _vid2vid_request(clip, consistency=consistency))
+        frames, fps, meta = decode(result.path)
+        assert len(frames) == 6 and fps == 8.0, consistency
+        assert frames[0].shape == (SIZE, SIZE, 3)
+        assert f"Consistency: {consistency}" in meta.get("comment", "")
+    halved = vid2vid(video_engine, _vid2vid_request(clip, every_nth=2, consistency="none"))
+    assert len(halved.frame_paths) == 3 and halved.fps == 4.0
+
+
+def test_vid2vid_mask_prompt_says_segmentation_is_missing(video_engine, clip):
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.video.service import vid2vid
+
+    with pytest.raises(InvalidRequest, match="segmentation is not available") as caught:
+        vid2vid(video_engine, _vid2vid_request(clip, mask_prompt="the square"))
+    assert caught.value.field == "mask_prompt"
+
+
+def test_interrupt_keeps_finished_frames_and_resume_gives_the_same_clip(video_engine, clip, tmp_path):
+    import shutil
+
+    from webui.engine.core.jobs import Job
+    from webui.engine.video.service import vid2vid
+
+    whole = vid2vid(video_engine, _vid2vid_request(clip))
+    expected = [np.asarray(f) for f in whole.frames()]
+    shutil.rmtree(whole.folder)
+
+    job = Job(kind="vid2vid", owner="tester")
+    job.listeners.append(lambda j: j.interrupt() if j.images_done >= 2 else None)
+    partial = vid2vid(video_engine, _vid2vid_request(clip), job)
+    assert partial.interrupted and 2 <= len(partial.frame_paths) < 6
+    frames, _, _ = decode(partial.path)  # the partial clip is written
+    assert len(frames) == len(partial.frame_paths)
+
+    resumed = vid2vid(video_engine, _vid2vid_request(clip))
+    assert not resumed.interrupted and resumed.resumed_frames == len(partial.frame_paths)
+    assert len(resumed.frame_paths) == 6
+    for got, want in zip((np.asarray(f) for f in resumed.frames()), expected):
+        assert np.array_equal(got, want)
+
+
+def test_video_jobs_report_progress_per_frame(video_engine, clip):
+    from webui.engine.core.jobs import Job
+    from webui.engine.video.service import vid2vid
+
+    seen = []
+    job = Job(kind="vid2vid", owner="tester")
+    job.listeners.append(lambda j: seen.append((j.batch_no, j.batch_count, j.label)))
+    vid2vid(video_engine, _vid2vid_request(clip, consistency="none", seed=11), job)
+    assert (6, 6, "Frame 6/6") in seen and any(b == 1 for b, _, _ in seen)

@@ -1,0 +1,212 @@
+"""Video files in and out: PyAV for MP4/WebM/MOV, PIL for GIF and animated WebP, zips of frames.
+
+Reading streams frames one at a time (the selection of time range, every Nth frame and max size
+applied as they come), so a long clip never sits in memory whole. Writing makes an H.264 MP4
+(yuv420p, even sides: what every browser plays) with the infotext as its `comment`, a GIF, an
+animated WebP and a zip of the PNG frames; each file appears under its final name only once
+complete (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from webui.engine.core.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+DEFAULT_ZIP_FPS = 8.0
+MAX_ZIP_MEMBERS = 10_000
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a probe of the file says, before any frame is decoded."""
+
+    format: str  # "video" (PyAV), "gif", "zip"
+    width: int
+    height: int
+    fps: float
+    frames: int  # counted or estimated from duration x fps
+    duration: float  # seconds
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # position in the source
+    time: float  # seconds from the start
+    image: "Image.Image"
+
+
+def sniff(data: bytes) -> str:
+    if data[:4] == b"PK\x03\x04":
+        return "zip"
+    if data[:4] == b"GIF8":
+        return "gif"
+    return "video"
+
+
+def probe(data: bytes, field: str = "video") -> VideoInfo:
+    """The clip's size, frame rate, frame count and duration; a clear error if it is not a video."""
+    if not data:
+        raise InvalidRequest(field, f"{field} is empty: upload an MP4, WebM, MOV or GIF file, or a zip of frames")
+    kind = sniff(data)
+    try:
+        if kind == "zip":
+            names = _zip_frames(data, field)
+            from PIL import Image
+
+            with zipfile.ZipFile(io.BytesIO(data)) as archive, archive.open(names[0]) as member:
+                first = Image.open(member)
+                width, height = first.size
+            return VideoInfo("zip", width, height, DEFAULT_ZIP_FPS, len(names), len(names) / DEFAULT_ZIP_FPS)
+        if kind == "gif":
+            from PIL import Image
+
+            with Image.open(io.BytesIO(data)) as gif:
+                count = getattr(gif, "n_frames", 1)
+                duration_ms = gif.info.get("duration") or 100
+                return VideoInfo("gif", gif.width, gif.height, 1000 / duration_ms, count, count * duration_ms / 1000)
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise InvalidRequest(field, f"{field} has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            fps = float(rate) if rate else 0.0
+            if stream.duration and stream.time_base:
+                duration = float(stream.duration * stream.time_base)
+            else:
+                duration = (container.duration or 0) / 1e6
+            frames = stream.frames or round(duration * fps)
+            width, height = stream.codec_context.width, stream.codec_context.height
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on user bytes is bad input
+        raise InvalidRequest(field, f"{field} is not a video Kiri can read ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if width < 1 or height < 1 or fps <= 0:
+        raise InvalidRequest(field, f"{field} has no readable frames (size {width}x{height}, {fps:g} fps)")
+    return VideoInfo("video", width, height, fps, frames, duration)
+
+
+def _zip_frames(data: bytes, field: str) -> list[str]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_ZIP_MEMBERS:
+            raise InvalidRequest(field, f"the zip holds {len(infos)} files; Kiri reads at most {MAX_ZIP_MEMBERS}")
+        names = sorted(i.filename for i in infos if not i.is_dir() and i.filename.lower().endswith(FRAME_SUFFIXES)
+                       and not Path(i.filename).name.startswith("."))
+    if not names:
+        raise InvalidRequest(field, f"the zip holds no frames (PNG, JPEG or WebP files)")
+    return names
+
+
+def read_frames(data: bytes, info: VideoInfo, field: str = "video") -> Iterator[Frame]:
+    """Every frame of the clip, decoded one at a time, as RGB."""
+    try:
+        if info.format == "zip":
+            from PIL import Image
+
+            names = _zip_frames(data, field)
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for index, name in enumerate(names):
+                    with archive.open(name) as member:
+                        yield Frame(index, index / info.fps, Image.open(member).convert("RGB"))
+            return
+        if info.format == "gif":
+            from PIL import Image, ImageSequence
+
+            with Image.open(io.BytesIO(data)) as gif:
+                elapsed = 0.0
+                for index, frame in enumerate(ImageSequence.Iterator(gif)):
+                    yield Frame(index, elapsed, frame.convert("RGB"))
+                    elapsed += (frame.info.get("duration") or 1000 / info.fps) / 1000
+            return
+        import av
+
+        with av.open(io.BytesIO(data)) as container:
+            stream = container.streams.video[0]
+            for index, frame in enumerate(container.decode(stream)):
+                time = float(frame.time) if frame.time is not None else index / info.fps
+                yield Frame(index, time, frame.to_image().convert("RGB"))
+    except InvalidRequest:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt clip part-way through
+        raise InvalidRequest(field, f"{field} could not be decoded: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def even_size(image: "Image.Image") -> "Image.Image":
+    """H.264 in yuv420p needs even sides: an odd edge row/column is repeated, never cut."""
+    if image.width % 2 == 0 and image.height % 2 == 0:
+        return image
+    from PIL import Image
+
+    canvas = Image.new("RGB", (image.width + image.width % 2, image.height + image.height % 2))
+    canvas.paste(image, (0, 0))
+    if image.width % 2:
+        canvas.paste(image.crop((image.width - 1, 0, image.width, image.height)), (image.width, 0))
+    if image.height % 2:
+        canvas.paste(canvas.crop((0, image.height - 1, canvas.width, image.height)), (0, image.height))
+    return canvas
+
+
+def _publish(tmp: Path, final: Path) -> Path:
+    os.replace(tmp, final)
+    return final
+
+
+def write_mp4(frames: list["Image.Image"] | Iterator["Image.Image"], fps: float, path: Path, comment: str = "") -> Path:
+    """H.264 MP4, yuv420p, with the infotext as the container's comment."""
+    import av
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        if comment:
+            container.metadata["comment"] = comment
+        stream = None
+        for image in frames:
+            image = even_size(image.convert("RGB"))
+            if stream is None:
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height, stream.pix_fmt = image.width, image.height, "yuv420p"
+                stream.options = {"crf": "18", "preset": "veryfast"}
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return _publish(tmp, path)
+
+
+def write_animation(frames: list["Image.Image"], fps: float, path: Path, fmt: str) -> Path:
+    """A looping GIF or animated WebP."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    duration = max(1, round(1000 / fps))
+    first, *rest = [f.convert("RGB") for f in frames]
+    options = {"lossless": False, "quality": 90} if fmt == "WEBP" else {"optimize": False}
+    first.save(tmp, format=fmt, save_all=True, append_images=rest, duration=duration, loop=0, **options)
+    return _publish(tmp, path)
+
+
+def write_zip(frame_paths: list[Path], path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for frame in frame_paths:
+            archive.write(frame, frame.name)
+    return _publish(tmp, path)
+
+
+def save_frame(image: "Image.Image", path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    return _publish(tmp, path)

@@ -1,0 +1,131 @@
+"""The pipelines that make clips: AnimateDiff on a loaded image checkpoint (a motion module from
+models/motion/), and native video pipelines (Wan, LTX-Video, CogVideoX, ...) from diffusers folders
+in models/checkpoints/. Also the loaders of those two kinds, and prompt travel.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from webui.engine.core.errors import InvalidRequest, ModelLoadError
+
+if TYPE_CHECKING:
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.models.catalog import CatalogEntry
+    from webui.engine.models.manager import LoadedModel, ModelManager
+
+_KEYFRAME = re.compile(r"^\s*(\d+)\s*:\s*(.*\S)\s*$")
+UNET_FAMILIES = {"sd1": "AnimateDiffPipeline", "sd2": "AnimateDiffPipeline", "sdxl": "AnimateDiffSDXLPipeline"}
+
+
+# --- loaders -------------------------------------------------------------------------------------
+
+def register_loaders(models: "ModelManager") -> None:
+    """The video capability's model kinds, loaded through the shared manager (cache, memory budget)."""
+    models.loaders.setdefault("motion", load_motion_module)
+    models.loaders.setdefault("video", load_video_pipeline)
+
+
+def load_motion_module(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> Any:
+    """A MotionAdapter: a diffusers folder, or an original AnimateDiff single file (mm_sd_v15_v2.safetensors)."""
+    from diffusers import MotionAdapter
+
+    if entry.format == "folder":
+        return MotionAdapter.from_pretrained(str(entry.path), local_files_only=True)
+    return MotionAdapter.from_single_file(str(entry.path), local_files_only=True)
+
+
+def load_video_pipeline(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> Any:
+    import diffusers
+    import torch
+
+    class_name = json.loads((entry.path / "model_index.json").read_text()).get("_class_name", "")
+    pipeline_class = getattr(diffusers, class_name, None)
+    if pipeline_class is None:
+        raise ModelLoadError(f"{entry.name} needs diffusers' {class_name}, which this diffusers version lacks")
+    dtype = torch.bfloat16 if device.bf16_supported() else torch.float32
+    pipeline = pipeline_class.from_pretrained(str(entry.path), torch_dtype=dtype, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device.device)
+
+
+# --- AnimateDiff ---------------------------------------------------------------------------------
+
+def animatediff_pipeline(model: "LoadedModel", adapter_name: str, adapter: Any) -> Any:
+    """The AnimateDiff pipeline over the loaded checkpoint's components, built once per (model, module)
+    and kept with the model (dropped with it). A module made for another UNet is refused."""
+    key = f"animatediff:{adapter_name}"
+    if key in model.derived:
+        return model.derived[key]
+    pipeline_name = UNET_FAMILIES.get(model.family)
+    unet = getattr(model.pipeline, "unet", None)
+    if pipeline_name is None or unet is None:
+        raise InvalidRequest("motion_module", f"motion modules animate UNet checkpoints (SD 1.x, SD 2.x, SDXL); "
+                                              f"{model.name} is a {model.family} model: choose another model or a "
+                                              "native video model")
+    wanted = tuple(unet.config.block_out_channels)
+    have = tuple(adapter.config.block_out_channels)
+    if have != wanted:
+        raise InvalidRequest("motion_module", f"motion module {adapter_name!r} is made for a UNet with block channels "
+                                              f"{list(have)}; {model.name} ({model.family}) has {list(wanted)}: "
+                                              "use a motion module of its family")
+    import diffusers
+
+    try:
+        pipeline = getattr(diffusers, pipeline_name).from_pipe(model.pipeline, motion_adapter=adapter)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise InvalidRequest("motion_module", f"motion module {adapter_name!r} does not fit {model.name}: "
+                                              f"{str(exc).splitlines()[0][:200]}") from exc
+    pipeline.set_progress_bar_config(disable=True)
+    model.derived[key] = pipeline
+    return pipeline
+
+
+def context_length(adapter: Any) -> int:
+    """How many frames the motion module sees at once (what it was trained on)."""
+    return int(getattr(adapter.config, "motion_max_seq_length", 32) or 32)
+
+
+def set_context(pipeline: Any, frames: int, window: int, travel: bool) -> bool:
+    """FreeNoise sliding windows for clips longer than the module's context, and for prompt travel
+    (diffusers interpolates the keyframes' embeddings only on that path); off otherwise."""
+    if frames > window or travel:
+        length = min(window, frames)
+        pipeline.enable_free_noise(context_length=length, context_stride=max(1, length // 4))
+        return True
+    if getattr(pipeline, "free_noise_enabled", False):
+        pipeline.disable_free_noise()
+    return False
+
+
+# --- prompt travel -------------------------------------------------------------------------------
+
+def keyframes(prompt: str, frames: int, field: str = "prompt") -> dict[int, str]:
+    """`0: a red circle` / `8: a blue circle` lines -> {0: ..., 8: ...}; any other text is one prompt
+    for every frame ({0: text}). Frames between keyframes get interpolated embeddings."""
+    lines = [line for line in prompt.splitlines() if line.strip()]
+    matches = [_KEYFRAME.match(line) for line in lines]
+    if not lines or not all(matches):
+        return {0: prompt.strip()}
+    keys: dict[int, str] = {}
+    for match in matches:
+        frame, text = int(match.group(1)), match.group(2)  # type: ignore[union-attr]
+        if frame >= frames:
+            raise InvalidRequest(field, f"keyframe {frame} is past the clip's last frame ({frames - 1})")
+        if frame in keys:
+            raise InvalidRequest(field, f"keyframe {frame} is given twice")
+        keys[frame] = text
+    keys = dict(sorted(keys.items()))
+    if 0 not in keys:
+        keys = {0: next(iter(keys.values())), **keys}
+    return keys
+
+
+def call_kwargs(pipeline: Any, **wanted: Any) -> dict[str, Any]:
+    """The arguments this pipeline's __call__ takes (video pipelines differ), None left out."""
+    import inspect
+
+    accepted = inspect.signature(pipeline.__call__).parameters
+    return {k: v for k, v in wanted.items() if k in accepted and v is not None}

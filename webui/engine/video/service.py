@@ -1,0 +1,618 @@
+"""Video: the public module. Typed requests, and the functions that run them as jobs.
+
+    txt2video(engine, Txt2VideoRequest(...), job)   AnimateDiff on an image checkpoint, or a native
+                                                    video pipeline (Wan, LTX-Video, CogVideoX, ...)
+    vid2vid(engine, Vid2VidRequest(...), job)       each frame through the engine's img2img, with
+                                                    optional blend or optical-flow consistency
+    interpolate(engine, InterpolateRequest(...))    x2 / x4 frame rate with flow-based in-betweens
+
+Each is a job of the fair queue: vid2vid's frames and interpolation's chunks are turns of their own,
+so another user's picture comes back between two frames. Frames stream to a job folder under
+outputs/video/ as PNGs; an Interrupt keeps the finished ones and writes the partial clip, and the
+same request run again (same seed) resumes from the frames on disk. The clip is written as an
+H.264 MP4 (infotext in its comment), a GIF, an animated WebP, a zip of the frames and a .txt sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generator
+
+from webui.engine.core.errors import Interrupted, InvalidRequest
+from webui.engine.core.infotext import build_infotext
+from webui.engine.core.jobs import Job
+from webui.engine.generation.requests import (
+    MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE, SEED_MAX, check_text, random_seed, require_int, require_range,
+)
+from webui.engine.video import media, pipelines
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from webui.engine.context import Engine
+
+MAX_FRAMES = 1000  # frames in one clip, made or read
+MAX_DURATION_S = 600.0  # seconds of source video read
+MAX_UPLOAD_BYTES = 512 * 2**20
+MAX_FPS = 60.0
+CONSISTENCY = ("none", "blend", "flow")
+FACTORS = (2, 4)
+INTERPOLATE_CHUNK = 8  # source frames per turn
+
+
+# --- requests -------------------------------------------------------------------------------------
+
+def _check_generation(r: Any) -> None:
+    if not isinstance(r.prompt, str) or not r.prompt.strip():
+        raise InvalidRequest("prompt", "the prompt is empty: describe the clip you want")
+    check_text("prompt", r.prompt)
+    if r.negative_prompt is None:
+        r.negative_prompt = ""
+    if not isinstance(r.negative_prompt, str):
+        raise InvalidRequest("negative_prompt", "the negative prompt must be text")
+    check_text("negative_prompt", r.negative_prompt)
+    require_range("steps", r.steps, 1, MAX_STEPS)
+    if isinstance(r.cfg_scale, bool) or not isinstance(r.cfg_scale, (int, float)) or not 0 <= r.cfg_scale <= MAX_CFG:
+        raise InvalidRequest("cfg_scale", f"CFG scale must be between 0 and {MAX_CFG:g} (got {r.cfg_scale!r})")
+    require_int("seed", r.seed)
+    if not -1 <= r.seed <= SEED_MAX:
+        raise InvalidRequest("seed", f"seed must be -1 (random) or between 0 and {SEED_MAX} (got {r.seed})")
+    for name in ("model", "sampler_name", "scheduler"):
+        value = getattr(r, name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidRequest(name, f"{name} must be a name (text)")
+
+
+def _check_fps(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= MAX_FPS:
+        raise InvalidRequest(name, f"{name} must be a number of frames per second above 0 and at most {MAX_FPS:g} (got {value!r})")
+
+
+@dataclass
+class Txt2VideoRequest:
+    prompt: str  # one prompt, or prompt travel: lines "frame: prompt" (`0: a red circle` / `8: a blue circle`)
+    negative_prompt: str = ""
+    frames: int = 16
+    fps: float = 8.0
+    steps: int = 20
+    sampler_name: str | None = None  # AnimateDiff: Kiri's samplers; a native video model keeps its own
+    scheduler: str | None = None
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    model: str | None = None  # an image checkpoint (with a motion module) or a video model; None: the selected one
+    motion_module: str | None = None  # a name under models/motion/; None: the first there
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_generation(self)
+        require_range("frames", self.frames, 1, MAX_FRAMES)
+        _check_fps("fps", self.fps)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            require_int(name, value)
+            if not MIN_SIZE <= value <= MAX_SIZE or value % 8:
+                raise InvalidRequest(name, f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
+        if self.motion_module is not None and not isinstance(self.motion_module, str):
+            raise InvalidRequest("motion_module", "motion_module must be a name (text)")
+        pipelines.keyframes(self.prompt, self.frames)
+
+
+@dataclass
+class Vid2VidRequest:
+    video: Any  # the clip: bytes, or a path to an MP4/WebM/MOV/GIF file or a zip of frames
+    prompt: str = ""
+    negative_prompt: str = ""
+    denoising_strength: float = 0.5
+    consistency: str = "none"  # none | blend (previous output into the next init) | flow (it, warped by optical flow)
+    consistency_strength: float = 0.5  # how much of the previous output goes into the next init
+    every_nth: int = 1
+    start_time: float = 0.0  # seconds
+    end_time: float | None = None
+    max_frames: int = 120
+    max_size: int = 512  # the longer side of the frames denoised (rounded down to a multiple of 8)
+    fps: float | None = None  # the output's; None: the source's divided by every_nth
+    steps: int = 20
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    cfg_scale: float = 7.0
+    seed: int = -1  # the same for every frame, so the style holds still
+    model: str | None = None
+    mask_prompt: str | None = None  # repaint only what the segmentation engine finds (when there is one)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_generation(self)
+        _check_source(self.video)
+        if isinstance(self.denoising_strength, bool) or not isinstance(self.denoising_strength, (int, float)) \
+                or not 0 <= self.denoising_strength <= 1:
+            raise InvalidRequest("denoising_strength", f"denoising strength must be between 0 and 1 (got {self.denoising_strength!r})")
+        if self.consistency not in CONSISTENCY:
+            raise InvalidRequest("consistency", f"consistency must be one of {', '.join(CONSISTENCY)} (got {self.consistency!r})")
+        if isinstance(self.consistency_strength, bool) or not isinstance(self.consistency_strength, (int, float)) \
+                or not 0 <= self.consistency_strength <= 1:
+            raise InvalidRequest("consistency_strength", "consistency strength must be between 0 and 1")
+        require_range("every_nth", self.every_nth, 1, MAX_FRAMES)
+        require_range("max_frames", self.max_frames, 1, MAX_FRAMES)
+        require_range("max_size", self.max_size, MIN_SIZE, MAX_SIZE)
+        _check_fps("fps", self.fps, optional=True)
+        for name in ("start_time", "end_time"):
+            value = getattr(self, name)
+            if value is None and name == "end_time":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 <= value <= MAX_DURATION_S:
+                raise InvalidRequest(name, f"{name} must be seconds between 0 and {MAX_DURATION_S:g} (got {value!r})")
+        if self.end_time is not None and self.end_time <= self.start_time:
+            raise InvalidRequest("end_time", f"end_time ({self.end_time}) must be after start_time ({self.start_time})")
+        if self.mask_prompt is not None and not isinstance(self.mask_prompt, str):
+            raise InvalidRequest("mask_prompt", "mask_prompt must be text")
+
+
+@dataclass
+class InterpolateRequest:
+    video: Any
+    factor: int = 2  # 2 or 4 times the frame rate
+    max_frames: int = MAX_FRAMES  # source frames read
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _check_source(self.video)
+        if isinstance(self.factor, bool) or self.factor not in FACTORS:
+            raise InvalidRequest("factor", f"factor must be 2 or 4 (got {self.factor!r})")
+        require_range("max_frames", self.max_frames, 2, MAX_FRAMES)
+
+
+def _check_source(video: Any) -> None:
+    if isinstance(video, (bytes, bytearray)):
+        if len(video) > MAX_UPLOAD_BYTES:
+            raise InvalidRequest("video", f"the video is {len(video) / 2**20:.0f} MB; Kiri reads at most {MAX_UPLOAD_BYTES // 2**20} MB")
+        return
+    if isinstance(video, (str, Path)) and str(video):
+        return
+    raise InvalidRequest("video", "the video is missing: upload an MP4, WebM, MOV or GIF file, or a zip of frames")
+
+
+@dataclass
+class VideoResult:
+    frame_paths: list[Path] = field(default_factory=list)
+    fps: float = 8.0
+    path: Path | None = None  # the MP4
+    gif_path: Path | None = None
+    webp_path: Path | None = None
+    zip_path: Path | None = None
+    info: str = ""  # the infotext (also in the MP4's comment and the .txt sidecar)
+    folder: Path | None = None  # the job folder: frames/ and the clip files
+    interrupted: bool = False
+    resumed_frames: int = 0  # frames found on disk from an earlier run of the same request
+    warnings: list[str] = field(default_factory=list)
+
+    def frames(self) -> list["Image.Image"]:
+        from PIL import Image
+
+        images = []
+        for path in self.frame_paths:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        return images
+
+
+# --- what the Video tab lists -----------------------------------------------------------------------
+
+def video_models(engine: "Engine") -> list[str]:
+    """Native video models first, then the image checkpoints AnimateDiff can animate."""
+    engine.catalog.entries or engine.catalog.scan()
+    natives = [e.name for e in engine.catalog.of_kind("video")]
+    unets = [e.name for e in engine.catalog.entries if e.family in pipelines.UNET_FAMILIES and e.problem is None]
+    return natives + unets
+
+
+def motion_modules(engine: "Engine") -> list[str]:
+    engine.catalog.entries or engine.catalog.scan()
+    return [e.name for e in engine.catalog.of_kind("motion")]
+
+
+def is_video_model(engine: "Engine", name: str | None) -> bool:
+    return bool(name) and engine.catalog.find_of_kind("video", name) is not None  # type: ignore[arg-type]
+
+
+# --- frame jobs: one frame's denoising as a stage of the video job --------------------------------
+
+@dataclass
+class FrameJob(Job):
+    """The job a frame's img2img stage reports to: its steps and stop requests are the video job's,
+    so progress reads "Frame 3/24, step 5/20" and Interrupt stops the clip."""
+
+    parent: Job | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.parent.interrupted if self.parent is not None else self.interrupt_requested
+
+    def take_skip(self) -> bool:
+        return self.parent.take_skip() if self.parent is not None else super().take_skip()
+
+    def start_batch(self, batch_no: int, steps: int) -> None:
+        if self.parent is not None:
+            self.parent.steps, self.parent.step = steps, 0
+            self.parent._notify()
+
+    def advance(self, step: int) -> None:
+        if self.parent is not None:
+            self.parent.preview = self.preview if self.preview is not None else self.parent.preview
+            self.parent.advance(step)
+
+    def finish_images(self, count: int) -> None:
+        pass  # the video job counts its frames itself
+
+
+# --- shared pieces ------------------------------------------------------------------------------
+
+def _read_source(video: Any) -> bytes:
+    if isinstance(video, (bytes, bytearray)):
+        return bytes(video)
+    path = Path(video)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InvalidRequest("video", f"the video file cannot be read: {exc.strerror or exc}") from exc
+    if size > MAX_UPLOAD_BYTES:
+        raise InvalidRequest("video", f"the video is {size / 2**20:.0f} MB; Kiri reads at most {MAX_UPLOAD_BYTES // 2**20} MB")
+    return path.read_bytes()
+
+
+def _job_folder(engine: "Engine", kind: str, fields: dict[str, Any], source: bytes = b"") -> Path:
+    """outputs/video/<kind>-<key>: the same request (same seed, same source) finds the same folder."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    digest.update(hashlib.sha256(source).digest())
+    folder = Path(engine.settings.outputs_dir) / "video" / f"{kind}-{digest.hexdigest()[:16]}"
+    (folder / "frames").mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _frame_path(folder: Path, index: int) -> Path:
+    return folder / "frames" / f"{index:05d}.png"
+
+
+def _version() -> str:
+    from webui import __version__
+
+    return f"Kiri v{__version__}"
+
+
+def _finish(folder: Path, frame_paths: list[Path], fps: float, info: str, result: VideoResult) -> VideoResult:
+    """The clip files, from the frames on disk (each complete before it appears)."""
+    from PIL import Image
+
+    result.frame_paths, result.fps, result.info, result.folder = list(frame_paths), fps, info, folder
+    if not frame_paths:
+        return result
+
+    def images():
+        for path in frame_paths:
+            with Image.open(path) as image:
+                yield image.convert("RGB")
+
+    result.path = media.write_mp4(images(), fps, folder / "clip.mp4", info)
+    frames = list(images())
+    result.gif_path = media.write_animation(frames, fps, folder / "clip.gif", "GIF")
+    result.webp_path = media.write_animation(frames, fps, folder / "clip.webp", "WEBP")
+    result.zip_path = media.write_zip(frame_paths, folder / "frames.zip")
+    sidecar = folder / "clip.txt"
+    tmp = sidecar.with_name(".clip.txt.tmp")
+    tmp.write_text(info, encoding="utf-8")
+    tmp.replace(sidecar)
+    return result
+
+
+def _with_seed(request: Any) -> Any:
+    return request if request.seed != -1 else replace(request, seed=random_seed())
+
+
+def _frame_count(job: Job, done: int, total: int) -> None:
+    job.batch_no, job.batch_count, job.image_count, job.images_done = done + 1, total, total, done
+    job.label = f"Frame {min(done + 1, total)}/{total}"
+
+
+# --- text to video -----------------------------------------------------------------------------------
+
+def txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job | None = None) -> VideoResult:
+    request.validate()
+    request = _with_seed(request)
+    job = job or Job(kind="txt2video")
+    return engine.run(job.owner, "txt2video", lambda j: _txt2video(engine, request, j), job)
+
+
+def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generator[None, None, VideoResult]:
+    import torch
+
+    pipelines.register_loaders(engine.models)
+    result = VideoResult(fps=request.fps)
+    keys = pipelines.keyframes(request.prompt, request.frames)
+    travel = len(keys) > 1
+    job.batch_count, job.image_count, job.batch_no, job.steps = 1, request.frames, 1, request.steps
+
+    # 1. The model: a native video pipeline, or an image checkpoint with a motion module.
+    native = is_video_model(engine, request.model)
+    params: dict[str, object] = {}
+    if native:
+        thing = engine.models.get_of_kind("video", request.model)  # type: ignore[arg-type]
+        pipeline, model_name, model_hash = thing.model, thing.name, None
+        if request.sampler_name:
+            result.warnings.append(f"{model_name} samples with its own scheduler; the sampler choice was not used.")
+        sampler_label, schedule = type(pipeline.scheduler).__name__, "Automatic"
+        motion_name = None
+    else:
+        model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+        motion_name = request.motion_module or next(iter(motion_modules(engine)), None)
+        if motion_name is None:
+            raise InvalidRequest("motion_module", "no motion module in models/motion/: add an AnimateDiff motion "
+                                                  "module there, or choose a native video model")
+        adapter = engine.models.get_of_kind("motion", motion_name)
+        pipeline = pipelines.animatediff_pipeline(model, adapter.name, adapter.model)
+        from webui.engine.samplers.registry import check_fits, default_sampler
+
+        sampler, schedule = engine.samplers.resolve(request.sampler_name or default_sampler(model.prediction), request.scheduler)
+        check_fits(engine.samplers, sampler, model.prediction)
+        sampler.build(model.base_scheduler_config, schedule, model.prediction)  # a bad pair is refused before any work
+        model_name, model_hash, sampler_label = model.name, model.short_hash, sampler.name
+        window = pipelines.context_length(adapter.model)
+        if request.frames > window:
+            params["Context"] = f"FreeNoise {window}"
+
+    fields = {k: v for k, v in asdict(request).items()}
+    folder = _job_folder(engine, "txt2video", {**fields, "model": model_name, "motion_module": motion_name})
+    params = {
+        "Steps": request.steps, "Sampler": sampler_label, "Schedule type": None if schedule == "Automatic" else schedule,
+        "CFG scale": request.cfg_scale, "Seed": request.seed, "Size": f"{request.width}x{request.height}",
+        "Model hash": model_hash, "Model": model_name, "Motion module": motion_name,
+        "Frames": request.frames, "FPS": f"{request.fps:g}", "Prompt travel": "yes" if travel else None, **params,
+        "Version": _version(),
+    }
+    info = build_infotext(request.prompt, request.negative_prompt, params)
+    paths = [_frame_path(folder, i) for i in range(request.frames)]
+    if all(p.exists() for p in paths):  # made before: the same request with the same seed
+        result.resumed_frames = len(paths)
+        job.finish_images(len(paths))
+        return _finish(folder, paths, request.fps, info, result)
+    yield  # the setup was one turn
+
+    # 2. The clip: all frames denoised together (the motion module attends across them).
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    swapped = None
+    if not native:
+        model = engine.models.get(model_name)  # pinned by name: another job may have loaded another model
+        pipeline = pipelines.animatediff_pipeline(model, adapter.name, adapter.model)
+        swapped = pipeline.scheduler
+        pipeline.scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, [generator])
+        pipelines.set_context(pipeline, request.frames, window, travel)
+    prompt: Any = keys if travel else keys[0]
+    kwargs = pipelines.call_kwargs(
+        pipeline, prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.frames,
+        height=request.height, width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+        generator=generator, output_type="pil", callback_on_step_end=_step_callback(job),
+    )
+    try:
+        with torch.inference_mode():
+            frames = list(pipeline(**kwargs).frames[0])
+    except Interrupted:
+        result.interrupted = True
+        return result
+    finally:
+        if swapped is not None:
+            getattr(pipeline.scheduler, "close", lambda: None)()
+            pipeline.scheduler = swapped
+    for index, image in enumerate(frames):
+        media.save_frame(image, paths[index])
+    job.finish_images(len(frames))
+    yield
+    return _finish(folder, paths[: len(frames)], request.fps, info, result)
+
+
+def _step_callback(job: Job):
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        job.advance(step + 1)
+        if job.interrupted:
+            raise Interrupted()
+        return tensors
+
+    return on_step_end
+
+
+# --- video to video --------------------------------------------------------------------------------
+
+@dataclass
+class _Plan:
+    data: bytes
+    info: media.VideoInfo
+    width: int
+    height: int
+    count: int  # frames that will be made
+    fps: float
+
+
+def plan_vid2vid(engine: "Engine", request: Vid2VidRequest) -> _Plan:
+    """Read the clip's header and apply the caps, in the caller's thread (a bad clip is refused before queueing)."""
+    data = _read_source(request.video)
+    info = media.probe(data)
+    if info.duration > MAX_DURATION_S and request.end_time is None:
+        raise InvalidRequest("video", f"the video is {info.duration:.0f} s long; Kiri reads at most {MAX_DURATION_S:g} s: "
+                                      "set end_time")
+    width, height = _fit(info.width, info.height, request.max_size)
+    if width * height > engine.settings.max_pixels:
+        raise InvalidRequest("max_size", f"frames of {width}x{height} are more pixels than the limit "
+                                         f"({engine.settings.max_pixels}; Settings: max_pixels)")
+    end = min(request.end_time if request.end_time is not None else info.duration, info.duration or math.inf)
+    in_range = max(0, round((end - request.start_time) * info.fps)) if info.duration else info.frames
+    count = min(request.max_frames, max(1, math.ceil(in_range / request.every_nth)) if in_range else 0)
+    if count == 0 or (info.duration and request.start_time >= info.duration):
+        raise InvalidRequest("start_time", f"no frames between {request.start_time:g} s and the end "
+                                           f"({info.duration:.2f} s)")
+    fps = request.fps or info.fps / request.every_nth
+    return _Plan(data, info, width, height, count, fps)
+
+
+def _fit(width: int, height: int, max_size: int) -> tuple[int, int]:
+    """The frame size denoised: the longer side at most max_size, both sides multiples of 8, at least 64."""
+    scale = min(1.0, max_size / max(width, height))
+    fit = lambda side: max(MIN_SIZE, int(side * scale) // 8 * 8)  # noqa: E731
+    return fit(width), fit(height)
+
+
+def _selected(plan: _Plan, request: Vid2VidRequest):
+    taken = kept = 0
+    for frame in media.read_frames(plan.data, plan.info):
+        if frame.time + 1e-6 < request.start_time:
+            continue
+        if request.end_time is not None and frame.time >= request.end_time:
+            break
+        if taken % request.every_nth == 0:
+            yield frame
+            kept += 1
+            if kept >= plan.count:
+                break
+        taken += 1
+
+
+def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -> VideoResult:
+    request.validate()
+    request = _with_seed(request)
+    if request.mask_prompt:
+        raise InvalidRequest("mask_prompt", "segmentation is not available in this Kiri: leave mask_prompt empty "
+                                            "to restyle whole frames")
+    plan = plan_vid2vid(engine, request)
+    job = job or Job(kind="vid2vid")
+    return engine.run(job.owner, "vid2vid", lambda j: _vid2vid(engine, request, plan, j), job)
+
+
+def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -> Generator[None, None, VideoResult]:
+    from PIL import Image
+
+    from webui.engine.generation.img2img import Img2ImgRequest
+    from webui.engine.video.flow import warp_onto
+
+    result = VideoResult(fps=plan.fps)
+    model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+    fields = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "video"}
+    folder = _job_folder(engine, "vid2vid", {**fields, "model": model.name}, plan.data)
+    _frame_count(job, 0, plan.count)
+    yield  # the setup (source read, model loaded) was one turn
+
+    paths: list[Path] = []
+    previous_in = previous_out = None
+    params: dict[str, object] = {}
+    for index, frame in enumerate(_selected(plan, request)):
+        _frame_count(job, index, plan.count)
+        path = _frame_path(folder, index)
+        source = frame.image.resize((plan.width, plan.height), Image.LANCZOS) if frame.image.size != (plan.width, plan.height) else frame.image
+        if path.exists():  # resumed: made by an earlier run of this request
+            with Image.open(path) as done:
+                output = done.convert("RGB")
+            result.resumed_frames += 1
+        else:
+            if job.interrupted:
+                result.interrupted = True
+                break
+            init = source
+            if previous_out is not None and request.consistency != "none" and request.consistency_strength > 0:
+                carried = previous_out if request.consistency == "blend" else warp_onto(previous_out, previous_in, source)
+                init = Image.blend(source, carried, request.consistency_strength)
+            frame_request = engine.prepare_request(Img2ImgRequest(
+                prompt=request.prompt, negative_prompt=request.negative_prompt, sampler_name=request.sampler_name,
+                scheduler=request.scheduler, steps=request.steps, cfg_scale=request.cfg_scale, seed=request.seed,
+                width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
+                denoising_strength=request.denoising_strength))
+            warnings: list[str] = []
+            stage = yield from engine.stage(engine.img2img_task(frame_request, warnings), FrameJob(kind="vid2vid", owner=job.owner, parent=job))
+            if stage.interrupted:
+                result.interrupted = True
+                break
+            output = stage.images[0] if stage.images else init  # Skip: the frame as it came in
+            params = {"Sampler": stage.sampler_name, "Model hash": stage.model_hash}
+            media.save_frame(output, path)
+            yield  # each frame is a turn: other users' jobs run in between
+        paths.append(path)
+        previous_in, previous_out = source, output
+        job.images_done = index + 1
+        job._notify()
+    if not paths:
+        if result.interrupted:
+            return result
+        raise InvalidRequest("video", "the video has no frames in the chosen range")
+    info = build_infotext(request.prompt, request.negative_prompt, {
+        "Steps": request.steps, "Sampler": params.get("Sampler") or request.sampler_name, "CFG scale": request.cfg_scale,
+        "Seed": request.seed, "Size": f"{plan.width}x{plan.height}", "Model hash": params.get("Model hash") or model.short_hash,
+        "Model": model.name, "Denoising strength": request.denoising_strength, "Frames": len(paths),
+        "FPS": f"{plan.fps:g}", "Consistency": request.consistency if request.consistency == "none"
+        else f"{request.consistency} {request.consistency_strength:g}", "Every nth": request.every_nth if request.every_nth > 1 else None,
+        "Version": _version(),
+    })
+    return _finish(folder, paths, plan.fps, info, result)
+
+
+# --- interpolation ---------------------------------------------------------------------------------
+
+def interpolate(engine: "Engine", request: InterpolateRequest, job: Job | None = None) -> VideoResult:
+    request.validate()
+    data = _read_source(request.video)
+    info = media.probe(data)
+    if info.duration > MAX_DURATION_S:
+        raise InvalidRequest("video", f"the video is {info.duration:.0f} s long; Kiri interpolates at most {MAX_DURATION_S:g} s")
+    if info.width * info.height > engine.settings.max_pixels:
+        raise InvalidRequest("video", f"the video is {info.width}x{info.height}, more pixels than the limit "
+                                      f"({engine.settings.max_pixels})")
+    fps = info.fps * request.factor
+    if fps > MAX_FPS * 4:
+        raise InvalidRequest("factor", f"{info.fps:g} fps x {request.factor} is above {MAX_FPS * 4:g} fps")
+    job = job or Job(kind="interpolate")
+    return engine.run(job.owner, "interpolate", lambda j: _interpolate(engine, request, data, info, fps, j), job)
+
+
+def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, info: media.VideoInfo, fps: float,
+                 job: Job) -> Generator[None, None, VideoResult]:
+    from webui.engine.video.flow import in_betweens
+
+    folder = _job_folder(engine, "interpolate", {"factor": request.factor, "max_frames": request.max_frames}, data)
+    total = min(info.frames, request.max_frames) or request.max_frames
+    result = VideoResult(fps=fps)
+    paths: list[Path] = []
+    previous = None
+    job.batch_no, job.batch_count, job.steps, job.step = 1, 1, total, 0
+    for index, frame in enumerate(media.read_frames(data, info)):
+        if index >= request.max_frames:
+            break
+        if job.interrupted:
+            result.interrupted = True
+            break
+        job.label = f"Frame {index + 1}/{total}"
+        images = [frame.image] if previous is None else [*in_betweens(previous, frame.image, request.factor - 1), frame.image]
+        for image in images:
+            paths.append(media.save_frame(image, _frame_path(folder, len(paths))))
+        previous = frame.image
+        job.advance(min(index + 1, total))
+        if (index + 1) % INTERPOLATE_CHUNK == 0:
+            yield
+    if not paths:
+        raise InvalidRequest("video", "the video has no frames")
+    text = build_infotext("", "", {"Interpolation": f"x{request.factor} optical flow", "Frames": len(paths),
+                                   "FPS": f"{fps:g}", "Source FPS": f"{info.fps:g}", "Version": _version()})
+    return _finish(folder, paths, fps, text, result)
+
+
+__all__ = [
+    "Txt2VideoRequest", "Vid2VidRequest", "InterpolateRequest", "VideoResult", "txt2video", "vid2vid", "interpolate",
+    "video_models", "motion_modules", "is_video_model", "plan_vid2vid", "CONSISTENCY", "FACTORS", "MAX_FRAMES",
+]
