@@ -307,3 +307,98 @@ def test_video_jobs_report_progress_per_frame(video_engine, clip):
     job.listeners.append(lambda j: seen.append((j.batch_no, j.batch_count, j.label)))
     vid2vid(video_engine, _vid2vid_request(clip, consistency="none", seed=11), job)
     assert (6, 6, "Frame 6/6") in seen and any(b == 1 for b, _, _ in seen)
+
+
+# --- the /kiri/v1 routes -----------------------------------------------------------------------
+
+@pytest.fixture()
+def video_api(video_models_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_api_app
+
+    app, engine = make_api_app(video_models_dir, tmp_path / "outputs")
+    engine.catalog.scan()
+    return TestClient(app), engine
+
+
+def test_api_txt2video_vid2vid_and_interpolate_answer_a_playable_mp4(video_api, clip):
+    client, _ = video_api
+    response = client.post("/kiri/v1/txt2video", json={"prompt": "a red circle", "frames": 3, "fps": 5, "steps": 1,
+                                                       "width": SIZE, "height": SIZE, "seed": 2, "model": "tiny-sd",
+                                                       "motion_module": "tiny-motion", "sampler_name": "Euler"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    frames, fps, _ = decode(base64.b64decode(body["video"]))
+    assert len(frames) == len(body["frames"]) == 3 and fps == body["fps"] == 5.0
+    assert "Seed: 2" in body["info"]
+
+    video = base64.b64encode(clip.read_bytes()).decode()
+    response = client.post("/kiri/v1/vid2vid", json={"video": video, "prompt": "a square", "steps": 2, "seed": 4,
+                                                     "denoising_strength": 0.4, "consistency": "flow", "model": "tiny-sd",
+                                                     "max_frames": 3, "max_size": SIZE, "sampler_name": "Euler"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["frames"]) == 3 and body["fps"] == 8.0
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(base64.b64decode(body["frames"][0]))).size == (SIZE, SIZE)
+
+    response = client.post("/kiri/v1/interpolate", json={"video": video, "factor": 2})
+    assert response.status_code == 200, response.text
+    assert len(response.json()["frames"]) == 11 and response.json()["fps"] == 16.0
+
+    listing = client.get("/kiri/v1/video-models").json()
+    assert "tiny-sd" in listing["models"] and "tiny-sd3" not in listing["models"]
+    assert listing["motion_modules"] == ["tiny-motion"]
+
+
+@pytest.mark.parametrize("route, payload, field", [
+    ("txt2video", {"prompt": "x", "frames": 0}, "frames"),
+    ("txt2video", {"prompt": ""}, "prompt"),
+    ("txt2video", {"prompt": "x", "width": 65}, "width"),
+    ("txt2video", {"prompt": "x", "frames": 2, "steps": 1, "width": SIZE, "height": SIZE, "model": "tiny-sd",
+                   "motion_module": "nope"}, None),
+    ("vid2vid", {"video": "!!not base64!!", "prompt": "x"}, "video"),
+    ("vid2vid", {"video": base64.b64encode(b"not a video" * 20).decode(), "prompt": "x"}, "video"),
+    ("vid2vid", {"video": "AAAA", "prompt": "x", "consistency": "wobble"}, "consistency"),
+    ("interpolate", {"video": "AAAA", "factor": 3}, "factor"),
+])
+def test_api_refuses_bad_fields_with_422_naming_them(video_api, route, payload, field):
+    client, _ = video_api
+    response = client.post(f"/kiri/v1/{route}", json=payload)
+    if field is None:  # an unknown motion module: not found
+        assert response.status_code == 404, response.text
+        assert "nope" in response.json()["detail"]
+        return
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_sdapi_progress_and_interrupt_see_video_jobs(video_api, clip):
+    import threading
+    import time
+
+    client, engine = video_api
+    video = base64.b64encode(clip.read_bytes()).decode()
+    outcome = {}
+
+    def long_job():
+        outcome["response"] = client.post("/kiri/v1/vid2vid", json={
+            "video": video, "prompt": "a square", "steps": 30, "seed": 9, "model": "tiny-sd", "max_size": SIZE,
+            "denoising_strength": 1.0, "sampler_name": "Euler"})
+
+    worker = threading.Thread(target=long_job)
+    worker.start()
+    deadline, seen = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        progress = client.get("/sdapi/v1/progress").json()
+        if progress["state"]["job"] == "vid2vid" and progress["state"]["sampling_step"] > 0:
+            seen = progress
+            break
+        time.sleep(0.05)
+    assert seen is not None and "Frame" in seen["textinfo"] and 0 < seen["progress"] < 1
+    client.post("/sdapi/v1/interrupt")
+    worker.join(60)
+    body = outcome["response"].json()
+    assert body["interrupted"] and len(body["frames"]) < 6

@@ -1,0 +1,118 @@
+"""/kiri/v1 video routes: text to video, video to video, interpolation.
+
+    POST /kiri/v1/txt2video    {prompt, negative_prompt, frames, fps, steps, sampler_name, scheduler, cfg_scale,
+                                seed, width, height, model?, motion_module?}
+    POST /kiri/v1/vid2vid      {video: base64, prompt, denoising_strength, consistency: none|blend|flow,
+                                every_nth?, max_frames?, mask_prompt?, ...the generation fields}
+    POST /kiri/v1/interpolate  {video: base64, factor: 2|4}
+    GET  /kiri/v1/video-models -> {models, motion_modules}: what the Video tab lists
+
+Each answers {"video": base64 H.264 MP4, "frames": [base64 PNG], "fps", "info"}. The jobs run in the
+same fair queue as every other; /sdapi/v1/progress and /sdapi/v1/interrupt see and stop them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.jobs import Job
+from webui.engine.video import service
+from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid2VidRequest, VideoResult
+
+from .common import ApiContext, KiriRoute
+
+
+class GenerationFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    cfg_scale: float = 7.0
+    seed: int = -1
+    model: str | None = None
+
+
+class Txt2VideoBody(GenerationFields):
+    frames: int = 16
+    fps: float = 8.0
+    width: int = 512
+    height: int = 512
+    motion_module: str | None = None
+
+
+class Vid2VidBody(GenerationFields):
+    video: str
+    denoising_strength: float = 0.5
+    consistency: str = "none"
+    consistency_strength: float = 0.5
+    every_nth: int = 1
+    start_time: float = 0.0
+    end_time: float | None = None
+    max_frames: int = 120
+    max_size: int = 512
+    fps: float | None = None
+    mask_prompt: str | None = None
+
+
+class InterpolateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    video: str
+    factor: int = 2
+    max_frames: int = service.MAX_FRAMES
+
+
+def decode_video(data: Any, field: str = "video") -> bytes:
+    """A base64 (or data: URL) video file, refused with 422 naming the field if it is not base64."""
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest(field, f"{field} must be a base64 string of an MP4, WebM, MOV or GIF file, or a zip of frames")
+    if data.startswith("data:") and "," in data[:200]:
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(field, f"{field} is not valid base64") from exc
+
+
+def answer(result: VideoResult) -> dict:
+    video = base64.b64encode(result.path.read_bytes()).decode() if result.path is not None else None
+    frames = [base64.b64encode(path.read_bytes()).decode() for path in result.frame_paths]
+    return {"video": video, "frames": frames, "fps": result.fps, "info": result.info,
+            "interrupted": result.interrupted, "warnings": result.warnings}
+
+
+def build_router(ctx: ApiContext) -> APIRouter:
+    engine = ctx.engine
+    router = APIRouter(prefix="/kiri/v1", tags=["video"], dependencies=ctx.dependencies(), route_class=KiriRoute)
+
+    @router.post("/txt2video")
+    def txt2video(body: Txt2VideoBody, http: Request) -> dict:
+        request = Txt2VideoRequest(**body.model_dump())
+        return answer(service.txt2video(engine, request, Job(kind="txt2video", owner=ctx.owner(http))))
+
+    @router.post("/vid2vid")
+    def vid2vid(body: Vid2VidBody, http: Request) -> dict:
+        fields = body.model_dump()
+        fields["video"] = decode_video(fields["video"])
+        request = Vid2VidRequest(**fields)
+        return answer(service.vid2vid(engine, request, Job(kind="vid2vid", owner=ctx.owner(http))))
+
+    @router.post("/interpolate")
+    def interpolate(body: InterpolateBody, http: Request) -> dict:
+        request = InterpolateRequest(video=decode_video(body.video), factor=body.factor, max_frames=body.max_frames)
+        return answer(service.interpolate(engine, request, Job(kind="interpolate", owner=ctx.owner(http))))
+
+    @router.get("/video-models")
+    def video_models() -> dict:
+        return {"models": service.video_models(engine), "motion_modules": service.motion_modules(engine)}
+
+    return router
