@@ -108,6 +108,17 @@ def family_models_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def video_models_dir(tmp_path_factory) -> Path:
+    """models/ for the Video tab: a tiny SD 1.x with a tiny motion module (models/motion/), and a tiny SD3
+    (a family no motion module animates)."""
+    root = tmp_path_factory.mktemp("video_models")
+    tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd")
+    tiny_models.make_tiny_sd3(root / "checkpoints" / "tiny-sd3")
+    tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
+    return root
+
+
 def make_api_app(models_dir: Path, outputs: Path, **context):
     """A bare FastAPI app with Kiri's routes on a fresh engine over the tiny models (no UI, no port)."""
     from fastapi import FastAPI

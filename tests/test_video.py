@@ -53,26 +53,6 @@ def decode(path_or_bytes) -> tuple[list, float, dict]:
         return frames, float(stream.average_rate), dict(container.metadata)
 
 
-def make_tiny_motion_module(folder: Path, max_frames: int = 8) -> Path:
-    """A MotionAdapter for tiny_models' SD 1.x UNet: its block channels (32, 64), two layers a block."""
-    import torch
-    from diffusers import MotionAdapter
-
-    torch.manual_seed(0)
-    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=32,
-                  motion_num_attention_heads=2, motion_max_seq_length=max_frames).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def video_models_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("video_models")
-    tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd")
-    tiny_models.make_tiny_sd3(root / "checkpoints" / "tiny-sd3")
-    make_tiny_motion_module(root / "motion" / "tiny-motion")
-    return root
-
-
 @pytest.fixture()
 def video_engine(video_models_dir, tmp_path):
     from webui.bootstrap import build_engine

@@ -414,3 +414,14 @@ def save_sdxl_single_file(folder: Path, out_file: Path) -> Path:
     open_clip = _clip_to_open_clip(load_file(folder / "text_encoder_2" / "model.safetensors"), "conditioner.embedders.1.model.")
     save_file({k: v.contiguous() for k, v in {**_unet_vae_to_ldm(folder), **clip, **open_clip}.items()}, out_file)
     return out_file
+
+
+def make_tiny_motion_module(folder: Path, max_frames: int = 8) -> Path:
+    """An AnimateDiff MotionAdapter for make_tiny_sd's UNet: block channels (32, 64), two layers a block;
+    `max_frames` is its context (FreeNoise windows beyond it)."""
+    from diffusers import MotionAdapter
+
+    torch.manual_seed(0)
+    MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=32,
+                  motion_num_attention_heads=2, motion_max_seq_length=max_frames).save_pretrained(folder)
+    return folder

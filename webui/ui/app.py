@@ -8,7 +8,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, settings, txt2img
+from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, settings, txt2img, video
 
 NOT_YET = "**{name}** is not built yet: it is planned, and this tab will hold it."
 TXT2IMG_TAB = "txt2img"
@@ -24,7 +24,12 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                 t2i = txt2img.render(engine, picker)
             with gr.Tab("Image to image / Inpaint", id=img2img.TAB_ID):
                 img2img.render(engine, picker, t2i, tabs)
-            for name in ("Super-resolution", "Video frames", "Segmentation"):
+            for name in ("Super-resolution",):
+                with gr.Tab(name):
+                    gr.Markdown(NOT_YET.format(name=name))
+            with gr.Tab("Video frames", id="video"):
+                video.render(engine)
+            for name in ("Segmentation",):
                 with gr.Tab(name):
                     gr.Markdown(NOT_YET.format(name=name))
             with gr.Tab("PNG info", id="png_info"):

@@ -1,0 +1,59 @@
+"""The Video frames tab in headless Chromium: a clip made from a prompt plays in the page's <video>."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def video_server(video_models_dir, tmp_path_factory):
+    import socket
+    import time
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+    from webui.server import ServeOptions, serve
+
+    outputs = tmp_path_factory.mktemp("video_outputs")
+    engine = build_engine(Settings(models_dir=video_models_dir, outputs_dir=outputs, default_model="tiny-sd"),
+                          DeviceChoice("cpu"))
+    engine.catalog.scan()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app, _ = serve(engine, ServeOptions(port=port, settings_file=tmp_path_factory.mktemp("settings") / "settings.json",
+                                        cmd_flags={"port": port}))
+    yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
+    engine.interrupt(None)
+    deadline = time.monotonic() + 60
+    while (engine.jobs.active() or engine.jobs.queued()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    app.close()
+
+
+def _set(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(video_server["url"])
+    page.get_by_role("tab", name="Video frames", exact=True).first.click()
+    page.locator("#txt2video-prompt textarea").fill("a red circle moving right, blue background")
+    for elem_id, value in (("txt2video-frames", "4"), ("txt2video-width", "64"), ("txt2video-height", "64"),
+                           ("txt2video-steps", "2"), ("txt2video-fps", "4")):
+        _set(page, elem_id, value)
+    page.locator("#txt2video-seed input").fill("5")
+    page.locator("#txt2video-generate").click()
+    page.wait_for_function("document.querySelector('#video-infotext textarea').value.includes('Motion module')",
+                           timeout=120_000)
+    page.wait_for_function("(() => { const v = document.querySelector('#video-output video');"
+                           " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=30_000)
+    duration = page.evaluate("document.querySelector('#video-output video').duration")
+    assert duration > 0
+    assert "Frames: 4" in page.locator("#video-infotext textarea").input_value()
+    page.screenshot(path=str(tmp_path / "video.png"))
+    page.close()

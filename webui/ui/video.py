@@ -1,0 +1,176 @@
+"""The Video frames tab: Text to video, Video to video and Interpolate, one clip player for all three."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import gradio as gr
+
+from webui.engine.context import Engine
+from webui.engine.core.jobs import Job
+from webui.engine.generation import requests as limits
+from webui.engine.video import service
+from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid2VidRequest
+
+from .common import JOB_EVENT, owner_of, stream_job, user_errors
+
+TRAVEL_HELP = ("One prompt for the whole clip, or **prompt travel**: one line per keyframe, `frame: prompt`, e.g. "
+               "`0: a red circle` and `8: a blue circle`; the frames in between blend the two.")
+
+
+def _run(engine: Engine, kind: str, call: Callable[[Job], Any], request: gr.Request, progress: gr.Progress):
+    """Run a video job, updating the progress bar; yields nothing until the clip is there."""
+    job = Job(kind=kind, owner=owner_of(request))
+    started = time.perf_counter()
+    with user_errors():
+        result = yield from stream_job(lambda: call(job), job, progress, lambda preview: (gr.skip(),) * 4)
+    for warning in result.warnings:
+        gr.Warning(warning)
+    note = f"{len(result.frame_paths)} frame(s) at {result.fps:g} fps in {time.perf_counter() - started:.1f} s."
+    if result.resumed_frames:
+        note += f" {result.resumed_frames} frame(s) were already on disk from an earlier run and were reused."
+    if result.interrupted:
+        note += " **Interrupted**: the finished frames are kept; run the same settings again to resume."
+    if result.folder is not None:
+        note += f" Saved to `{result.folder}`."
+    files = [str(p) for p in (result.gif_path, result.webp_path, result.zip_path) if p is not None]
+    yield (str(result.path) if result.path else None), files, result.info, note
+
+
+def render(engine: Engine) -> None:
+    models = service.video_models(engine)
+    modules = service.motion_modules(engine)
+    samplers = engine.samplers.names("epsilon")
+    with gr.Row():
+        model = gr.Dropdown(models, value=models[0] if models else None, label="Model (video model, or an image "
+                            "checkpoint animated by a motion module)", allow_custom_value=True, elem_id="video-model", scale=4)
+        motion = gr.Dropdown(modules, value=modules[0] if modules else None, label="Motion module (models/motion/)",
+                             allow_custom_value=True, elem_id="video-motion", scale=3)
+        refresh = gr.Button("Refresh", scale=0, min_width=80)
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Tabs():
+                with gr.Tab("Text to video", id="txt2video"):
+                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2video-prompt",
+                                        placeholder="a large red circle moving right, blue background")
+                    gr.Markdown(TRAVEL_HELP)
+                    negative = gr.Textbox(label="Negative prompt", lines=1)
+                    with gr.Row():
+                        frames = gr.Slider(1, 256, value=16, step=1, label="Frames", elem_id="txt2video-frames")
+                        fps = gr.Slider(1, service.MAX_FPS, value=8, step=1, label="FPS", elem_id="txt2video-fps")
+                    with gr.Row():
+                        width = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Width", elem_id="txt2video-width")
+                        height = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Height", elem_id="txt2video-height")
+                    t2v = _generation_widgets("txt2video", samplers)
+                    with gr.Row():
+                        t2v_go = gr.Button("Generate", variant="primary", elem_id="txt2video-generate", scale=3)
+                        t2v_stop = gr.Button("Interrupt", variant="stop", scale=1)
+                with gr.Tab("Video to video", id="vid2vid"):
+                    v_source = gr.Video(label="Source clip (MP4, WebM, MOV, GIF)", sources=["upload"], elem_id="vid2vid-source")
+                    v_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="vid2vid-prompt")
+                    v_negative = gr.Textbox(label="Negative prompt", lines=1)
+                    strength = gr.Slider(0, 1, value=0.5, step=0.01, label="Denoising strength")
+                    with gr.Row():
+                        consistency = gr.Radio(list(service.CONSISTENCY), value="flow", label="Consistency between frames",
+                                               info="blend: the previous output mixed into the next frame; flow: it, "
+                                                    "moved along the optical flow first")
+                        carry = gr.Slider(0, 1, value=0.5, step=0.05, label="Consistency strength")
+                    with gr.Row():
+                        every_nth = gr.Number(1, precision=0, label="Every Nth frame", minimum=1)
+                        start = gr.Number(0, label="Start (s)", minimum=0)
+                        end = gr.Number(None, label="End (s, empty: to the end)", minimum=0)
+                    with gr.Row():
+                        max_frames = gr.Number(120, precision=0, label="Max frames", minimum=1, maximum=service.MAX_FRAMES)
+                        max_size = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Max size (longer side)")
+                    mask_prompt = gr.Textbox(label="Mask prompt (repaint only this; needs the segmentation engine)", lines=1)
+                    v2v = _generation_widgets("vid2vid", samplers)
+                    with gr.Row():
+                        v2v_go = gr.Button("Generate", variant="primary", elem_id="vid2vid-generate", scale=3)
+                        v2v_stop = gr.Button("Interrupt", variant="stop", scale=1)
+                with gr.Tab("Interpolate", id="interpolate"):
+                    i_source = gr.Video(label="Source clip", sources=["upload"], elem_id="interpolate-source")
+                    factor = gr.Radio([2, 4], value=2, label="Frame rate x", elem_id="interpolate-factor")
+                    gr.Markdown("In-between frames from optical flow (OpenCV); no model is needed.")
+                    with gr.Row():
+                        i_go = gr.Button("Interpolate", variant="primary", elem_id="interpolate-generate", scale=3)
+                        i_stop = gr.Button("Interrupt", variant="stop", scale=1)
+        with gr.Column(scale=4):
+            clip = gr.Video(label="Clip", interactive=False, autoplay=True, loop=True, elem_id="video-output")
+            downloads = gr.File(label="GIF, WebP and the frames as PNGs (zip)", file_count="multiple", interactive=False,
+                                elem_id="video-downloads")
+            info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="video-infotext")
+            status = gr.Markdown(elem_id="video-status")
+    outputs = [clip, downloads, info, status]
+
+    def text_to_video(prompt, negative, frames, fps, width, height, sampler, steps, cfg, seed, model, motion,
+                      request: gr.Request, progress: gr.Progress = gr.Progress()):
+        with user_errors():
+            req = Txt2VideoRequest(prompt=prompt or "", negative_prompt=negative or "", frames=int(frames), fps=float(fps),
+                                   width=int(width), height=int(height), sampler_name=sampler or None, steps=int(steps),
+                                   cfg_scale=float(cfg), seed=int(seed if seed is not None else -1), model=model or None,
+                                   motion_module=motion or None)
+        yield from _run(engine, "txt2video", lambda job: service.txt2video(engine, req, job), request, progress)
+
+    def video_to_video(source, prompt, negative, strength, consistency, carry, every_nth, start, end, max_frames,
+                       max_size, mask_prompt, sampler, steps, cfg, seed, model, request: gr.Request,
+                       progress: gr.Progress = gr.Progress()):
+        with user_errors():
+            req = Vid2VidRequest(video=_path(source), prompt=prompt or "", negative_prompt=negative or "",
+                                 denoising_strength=float(strength), consistency=consistency, consistency_strength=float(carry),
+                                 every_nth=int(every_nth or 1), start_time=float(start or 0),
+                                 end_time=float(end) if end not in (None, "") else None, max_frames=int(max_frames or 1),
+                                 max_size=int(max_size), mask_prompt=mask_prompt or None, sampler_name=sampler or None,
+                                 steps=int(steps), cfg_scale=float(cfg), seed=int(seed if seed is not None else -1),
+                                 model=_image_model(engine, model))
+        yield from _run(engine, "vid2vid", lambda job: service.vid2vid(engine, req, job), request, progress)
+
+    def interpolate(source, factor, request: gr.Request, progress: gr.Progress = gr.Progress()):
+        with user_errors():
+            req = InterpolateRequest(video=_path(source), factor=int(factor))
+        yield from _run(engine, "interpolate", lambda job: service.interpolate(engine, req, job), request, progress)
+
+    t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, *t2v, model, motion], outputs,
+                 api_name="txt2video", **JOB_EVENT)
+    v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
+                                  max_frames, max_size, mask_prompt, *v2v, model], outputs, api_name="vid2vid", **JOB_EVENT)
+    i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT)
+
+    def stop(request: gr.Request) -> str:
+        return "Interrupting after the current step; the finished frames are kept…" if engine.interrupt(owner_of(request)) \
+            else "Nothing is running."
+
+    for button in (t2v_stop, v2v_stop, i_stop):
+        button.click(stop, None, status, api_visibility="private", queue=False)
+
+    def rescan():
+        engine.catalog.scan()
+        names, motions = service.video_models(engine), service.motion_modules(engine)
+        return (gr.update(choices=names, value=names[0] if names else None),
+                gr.update(choices=motions, value=motions[0] if motions else None))
+
+    refresh.click(rescan, None, [model, motion], api_visibility="private")
+
+
+def _generation_widgets(prefix: str, samplers: list[str]) -> list:
+    with gr.Row():
+        sampler = gr.Dropdown(samplers, value="Euler", label="Sampler", allow_custom_value=True, elem_id=f"{prefix}-sampler")
+        steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}-steps")
+    with gr.Row():
+        cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale")
+        seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id=f"{prefix}-seed")
+    return [sampler, steps, cfg, seed]
+
+
+def _path(value: Any) -> Any:
+    """A gr.Video value: a file path (or a dict holding one)."""
+    if isinstance(value, dict):
+        value = value.get("video") or value.get("path")
+        if isinstance(value, dict):
+            value = value.get("path")
+    return value
+
+
+def _image_model(engine: Engine, name: str | None) -> str | None:
+    """Video to video restyles with an image checkpoint: a native video model there means the selected one."""
+    return None if not name or service.is_video_model(engine, name) else name
