@@ -110,10 +110,11 @@ def family_models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def video_models_dir(tmp_path_factory) -> Path:
-    """models/ for the Video tab: a tiny SD 1.x with a tiny motion module (models/motion/), and a tiny SD3
-    (a family no motion module animates)."""
+    """models/ for the Video tab: a tiny SD 1.x with a tiny motion module (models/motion/), a tiny SD3
+    (a family no motion module animates) and a tiny Wan (a native video pipeline in checkpoints/)."""
     root = tmp_path_factory.mktemp("video_models")
     tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd")
+    tiny_models.make_tiny_wan(root / "checkpoints" / "tiny-wan")
     tiny_models.make_tiny_sd3(root / "checkpoints" / "tiny-sd3")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
     return root

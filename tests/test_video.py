@@ -189,6 +189,21 @@ def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
     assert "Context: FreeNoise 8" in result.info and "Prompt travel: yes" in result.info
 
 
+def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
+    from webui.engine.video.service import Txt2VideoRequest, txt2video, video_models
+
+    assert "tiny-wan" not in [e.name for e in video_engine.catalog.entries]  # never in the image tabs
+    assert [e.name for e in video_engine.catalog.of_kind("video")] == ["tiny-wan"]
+    assert video_models(video_engine) == ["tiny-wan", "tiny-sd"]
+    request = Txt2VideoRequest(prompt="a red circle", frames=5, fps=8, steps=2, cfg_scale=3, width=SIZE, height=SIZE,
+                               seed=0, model="tiny-wan", sampler_name="Euler")
+    result = txt2video(video_engine, request)
+    frames, fps, _ = decode(result.path)
+    assert len(frames) == 5 and fps == 8.0 and frames[0].shape == (SIZE, SIZE, 3)
+    assert "Model: tiny-wan" in result.info and "Sampler: FlowMatchEulerDiscreteScheduler" in result.info
+    assert any("own scheduler" in w for w in result.warnings)
+
+
 def test_a_motion_module_for_another_family_is_refused(video_engine):
     from webui.engine.core.errors import InvalidRequest
     from webui.engine.video.service import Txt2VideoRequest, txt2video

@@ -425,3 +425,22 @@ def make_tiny_motion_module(folder: Path, max_frames: int = 8) -> Path:
     MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=32,
                   motion_num_attention_heads=2, motion_max_seq_length=max_frames).save_pretrained(folder)
     return folder
+
+
+def make_tiny_wan(folder: Path) -> Path:
+    """A WanPipeline folder (a native text-to-video DiT) with diffusers' dummy sizes; a T5 encoder
+    stands in for UMT5 (same layout), with the in-memory tokenizer."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16, text_dim=32,
+        freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    tokenizer = _t5_tokenizer()
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=_t5_encoder(len(tokenizer)), vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=transformer)
+    pipe.save_pretrained(folder)
+    return folder
