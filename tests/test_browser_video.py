@@ -42,6 +42,9 @@ def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(video_server["url"])
     page.get_by_role("tab", name="Video frames", exact=True).first.click()
+    model = page.locator("#video-model input")
+    model.fill("tiny-sd")
+    model.press("Enter")
     page.locator("#txt2video-prompt textarea").fill("a red circle moving right, blue background")
     for elem_id, value in (("txt2video-frames", "4"), ("txt2video-width", "64"), ("txt2video-height", "64"),
                            ("txt2video-steps", "2"), ("txt2video-fps", "4")):
@@ -56,4 +59,23 @@ def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
     assert duration > 0
     assert "Frames: 4" in page.locator("#video-infotext textarea").input_value()
     page.screenshot(path=str(tmp_path / "video.png"))
+    page.close()
+
+
+def test_an_uploaded_clip_is_interpolated_in_the_browser(video_server, browser, tmp_path):
+    from test_video import moving_square_frames, write_clip
+
+    clip = write_clip(tmp_path / "square.mp4", moving_square_frames())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(video_server["url"])
+    page.get_by_role("tab", name="Video frames", exact=True).first.click()
+    page.get_by_role("tab", name="Interpolate", exact=True).first.click()
+    page.locator("#interpolate-source input[type=file]").set_input_files(str(clip))
+    page.locator("#interpolate-source video").wait_for(timeout=30_000)
+    page.locator("#interpolate-generate").click()
+    page.wait_for_function("document.querySelector('#video-infotext textarea').value.includes('Interpolation: x2')",
+                           timeout=60_000)
+    page.wait_for_function("(() => { const v = document.querySelector('#video-output video');"
+                           " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=30_000)
+    assert "Frames: 11" in page.locator("#video-infotext textarea").input_value()
     page.close()

@@ -202,6 +202,11 @@ def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
     assert len(frames) == 5 and fps == 8.0 and frames[0].shape == (SIZE, SIZE, 3)
     assert "Model: tiny-wan" in result.info and "Sampler: FlowMatchEulerDiscreteScheduler" in result.info
     assert any("own scheduler" in w for w in result.warnings)
+    # Wan makes 4k + 1 frames: another count is rounded by the pipeline, and the clip says so.
+    result = txt2video(video_engine, Txt2VideoRequest(prompt="a red circle", frames=4, steps=1, width=SIZE, height=SIZE,
+                                                      seed=0, model="tiny-wan"))
+    assert len(result.frame_paths) == 5 and "Frames: 5," in result.info
+    assert any("5 frames for 4 asked" in w for w in result.warnings)
 
 
 def test_a_motion_module_for_another_family_is_refused(video_engine):

@@ -15,7 +15,7 @@ import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from webui.engine.core.errors import InvalidRequest
 
@@ -188,11 +188,14 @@ def write_mp4(frames: list["Image.Image"] | Iterator["Image.Image"], fps: float,
     return _publish(tmp, path)
 
 
-def write_animation(frames: list["Image.Image"], fps: float, path: Path, fmt: str) -> Path:
-    """A looping GIF or animated WebP."""
+def write_animation(frames: Iterable["Image.Image"], fps: float, path: Path, fmt: str) -> Path:
+    """A looping GIF or animated WebP. PIL writes a GIF from an iterator frame by frame; its WebP
+    writer holds every frame (the caller bounds how many)."""
     tmp = path.with_name(f".{path.name}.tmp")
     duration = max(1, round(1000 / fps))
-    first, *rest = [f.convert("RGB") for f in frames]
+    converted = (f.convert("RGB") for f in frames)
+    first = next(converted)
+    rest = list(converted) if fmt == "WEBP" else converted
     options = {"lossless": False, "quality": 90} if fmt == "WEBP" else {"optimize": False}
     first.save(tmp, format=fmt, save_all=True, append_images=rest, duration=duration, loop=0, **options)
     return _publish(tmp, path)

@@ -42,6 +42,7 @@ MAX_FPS = 60.0
 CONSISTENCY = ("none", "blend", "flow")
 FACTORS = (2, 4)
 INTERPOLATE_CHUNK = 8  # source frames per turn
+MAX_WEBP_FRAMES = 240
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -307,9 +308,11 @@ def _finish(folder: Path, frame_paths: list[Path], fps: float, info: str, result
                 yield image.convert("RGB")
 
     result.path = media.write_mp4(images(), fps, folder / "clip.mp4", info)
-    frames = list(images())
-    result.gif_path = media.write_animation(frames, fps, folder / "clip.gif", "GIF")
-    result.webp_path = media.write_animation(frames, fps, folder / "clip.webp", "WEBP")
+    result.gif_path = media.write_animation(images(), fps, folder / "clip.gif", "GIF")
+    if len(frame_paths) <= MAX_WEBP_FRAMES:  # PIL's WebP writer holds every frame in memory
+        result.webp_path = media.write_animation(images(), fps, folder / "clip.webp", "WEBP")
+    else:
+        result.warnings.append(f"No animated WebP: the clip has {len(frame_paths)} frames, more than {MAX_WEBP_FRAMES}.")
     result.zip_path = media.write_zip(frame_paths, folder / "frames.zip")
     sidecar = folder / "clip.txt"
     tmp = sidecar.with_name(".clip.txt.tmp")
@@ -415,11 +418,15 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         if swapped is not None:
             getattr(pipeline.scheduler, "close", lambda: None)()
             pipeline.scheduler = swapped
-    for index, image in enumerate(frames):
-        media.save_frame(image, paths[index])
+    if len(frames) != request.frames:  # native video models round the count to their own rule (Wan: 4k + 1)
+        result.warnings.append(f"{model_name} makes clips of {len(frames)} frames for {request.frames} asked.")
+        info = info.replace(f"Frames: {request.frames},", f"Frames: {len(frames)},")
+        paths = [_frame_path(folder, i) for i in range(len(frames))]
+    for image, path in zip(frames, paths):
+        media.save_frame(image, path)
     job.finish_images(len(frames))
     yield
-    return _finish(folder, paths[: len(frames)], request.fps, info, result)
+    return _finish(folder, paths, request.fps, info, result)
 
 
 def _step_callback(job: Job):
