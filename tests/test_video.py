@@ -175,6 +175,17 @@ def test_txt2video_with_animatediff_keeps_frames_fps_and_size(video_engine):
         assert path.exists() and path.stat().st_size > 0
 
 
+def test_txt2video_animates_sdxl_with_its_own_pipeline(video_engine):
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    request = Txt2VideoRequest(prompt="a red circle", frames=3, fps=8, steps=2, width=SIZE, height=SIZE, seed=1,
+                               model="tiny-sdxl", motion_module="tiny-motion-xl", sampler_name="Euler")
+    result = txt2video(video_engine, request)
+    assert len(result.frame_paths) == 3 and "Model: tiny-sdxl" in result.info
+    model = video_engine.models.get("tiny-sdxl")
+    assert type(model.derived["animatediff:tiny-motion-xl"]).__name__ == "AnimateDiffSDXLPipeline"
+
+
 def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
     from webui.engine.video.pipelines import keyframes
     from webui.engine.video.service import Txt2VideoRequest, txt2video
@@ -194,7 +205,7 @@ def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
 
     assert "tiny-wan" not in [e.name for e in video_engine.catalog.entries]  # never in the image tabs
     assert [e.name for e in video_engine.catalog.of_kind("video")] == ["tiny-wan"]
-    assert video_models(video_engine) == ["tiny-wan", "tiny-sd"]
+    assert video_models(video_engine) == ["tiny-wan", "tiny-sd", "tiny-sdxl"]
     request = Txt2VideoRequest(prompt="a red circle", frames=5, fps=8, steps=2, cfg_scale=3, width=SIZE, height=SIZE,
                                seed=0, model="tiny-wan", sampler_name="Euler")
     result = txt2video(video_engine, request)
@@ -350,7 +361,7 @@ def test_api_txt2video_vid2vid_and_interpolate_answer_a_playable_mp4(video_api, 
 
     listing = client.get("/kiri/v1/video-models").json()
     assert "tiny-sd" in listing["models"] and "tiny-sd3" not in listing["models"]
-    assert listing["motion_modules"] == ["tiny-motion"]
+    assert listing["motion_modules"] == ["tiny-motion", "tiny-motion-xl"]
 
 
 @pytest.mark.parametrize("route, payload, field", [

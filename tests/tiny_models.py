@@ -416,14 +416,16 @@ def save_sdxl_single_file(folder: Path, out_file: Path) -> Path:
     return out_file
 
 
-def make_tiny_motion_module(folder: Path, max_frames: int = 8) -> Path:
-    """An AnimateDiff MotionAdapter for make_tiny_sd's UNet: block channels (32, 64), two layers a block;
-    `max_frames` is its context (FreeNoise windows beyond it)."""
+def make_tiny_motion_module(folder: Path, max_frames: int = 8, sdxl: bool = False) -> Path:
+    """An AnimateDiff MotionAdapter for make_tiny_sd's UNet (or make_tiny_sdxl's: no mid-block motion
+    module, as SDXL's modules have): block channels (32, 64), two layers a block; `max_frames` is its
+    context (FreeNoise windows beyond it)."""
     from diffusers import MotionAdapter
 
     torch.manual_seed(0)
     MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=32,
-                  motion_num_attention_heads=2, motion_max_seq_length=max_frames).save_pretrained(folder)
+                  motion_num_attention_heads=2, motion_max_seq_length=max_frames,
+                  use_motion_mid_block=not sdxl).save_pretrained(folder)
     return folder
 
 
