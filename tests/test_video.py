@@ -220,6 +220,37 @@ def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
     assert any("5 frames for 4 asked" in w for w in result.warnings)
 
 
+def test_an_original_single_file_motion_module_loads_without_a_hub(video_models_dir, tmp_path):
+    """AnimateDiff's own .safetensors layout (temporal_transformer, attention_blocks, norms, pos_encoder)."""
+    import re
+
+    import torch
+    from diffusers import MotionAdapter
+    from safetensors.torch import save_file
+
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.models.catalog import describe_file
+    from webui.engine.video.pipelines import load_motion_module
+
+    source = MotionAdapter.from_pretrained(video_models_dir / "motion" / "tiny-motion")
+    original = {}
+    for key, value in source.state_dict().items():
+        if key.endswith("pos_embed.pe"):
+            key = key.replace("pos_embed.pe", "attention_blocks.0.pos_encoder.pe")
+        key = re.sub(r"(motion_modules\.\d+)\.", r"\1.temporal_transformer.", key)
+        for new, old in ((".norm1", ".norms.0"), (".norm2", ".norms.1"), (".norm3", ".ff_norm"),
+                         (".attn1", ".attention_blocks.0"), (".attn2", ".attention_blocks.1")):
+            key = key.replace(new, old)
+        original[key] = value.contiguous()
+    path = tmp_path / "mm_tiny.safetensors"
+    save_file(original, str(path))
+    loaded = load_motion_module(describe_file(path, "motion"), DeviceChoice("cpu"), False)
+    assert tuple(loaded.config.block_out_channels) == (32, 64) and loaded.config.motion_max_seq_length == 8
+    assert loaded.config.motion_layers_per_block == 2 and loaded.config.use_motion_mid_block
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
 def test_a_motion_module_for_another_family_is_refused(video_engine):
     from webui.engine.core.errors import InvalidRequest
     from webui.engine.video.service import Txt2VideoRequest, txt2video

@@ -29,12 +29,55 @@ def register_loaders(models: "ModelManager") -> None:
 
 
 def load_motion_module(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> Any:
-    """A MotionAdapter: a diffusers folder, or an original AnimateDiff single file (mm_sd_v15_v2.safetensors)."""
+    """A MotionAdapter: a diffusers folder, or an original AnimateDiff single file (mm_sd_v15_v2.safetensors,
+    .ckpt when pickles are allowed), its layout read from the weights (no hub config needed)."""
     from diffusers import MotionAdapter
 
     if entry.format == "folder":
         return MotionAdapter.from_pretrained(str(entry.path), local_files_only=True)
-    return MotionAdapter.from_single_file(str(entry.path), local_files_only=True)
+    if entry.format == "pickle":
+        import torch
+
+        state = torch.load(entry.path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    else:
+        from safetensors.torch import load_file
+
+        state = load_file(str(entry.path))
+    return adapter_from_original(state, entry.name)
+
+
+def adapter_from_original(state: dict, name: str = "motion module") -> Any:
+    """A MotionAdapter from an original AnimateDiff state dict: block channels from each block's
+    proj_in, layers from the module indices, context from the positional encoding's length."""
+    from diffusers import MotionAdapter
+    from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+    converted = convert_animatediff_checkpoint_to_diffusers(state)
+
+    def indices(prefix: str, at: int) -> list[int]:
+        return sorted({int(k.split(".")[at]) for k in converted if k.startswith(prefix) and k.split(".")[at].isdigit()})
+
+    blocks = indices("down_blocks.", 1)
+    if not blocks:
+        raise ModelLoadError(f"{name} is not an AnimateDiff motion module (no down_blocks.*.motion_modules weights)")
+    channels = [int(converted[f"down_blocks.{i}.motion_modules.0.proj_in.weight"].shape[0]) for i in blocks]
+    encodings = [v for k, v in state.items() if k.endswith("pos_encoder.pe")]
+    adapter = MotionAdapter(
+        block_out_channels=tuple(channels),
+        motion_layers_per_block=len(indices("down_blocks.0.motion_modules.", 3)),
+        motion_transformer_layers_per_block=len(indices("down_blocks.0.motion_modules.0.transformer_blocks.", 5)),
+        motion_max_seq_length=int(encodings[0].shape[1]) if encodings else 32,
+        use_motion_mid_block=any(k.startswith("mid_block.") for k in converted),
+        motion_mid_block_layers_per_block=max(1, len(indices("mid_block.motion_modules.", 2))),
+    )
+    missing, unexpected = adapter.load_state_dict(converted, strict=False)
+    # The positional encodings are sinusoids the adapter computes itself; anything else missing is a mismatch.
+    missing = [k for k in missing if not k.endswith("pos_embed.pe")]
+    if missing or unexpected:
+        raise ModelLoadError(f"{name} does not match the AnimateDiff layout: "
+                             f"{len(missing)} missing and {len(unexpected)} unexpected weights, e.g. {(missing + unexpected)[0]}")
+    return adapter
 
 
 def load_video_pipeline(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> Any:
