@@ -494,12 +494,23 @@ def _selected(plan: _Plan, request: Vid2VidRequest):
         taken += 1
 
 
+def check_masking(engine: "Engine") -> None:
+    """The hook point for mask_prompt: each frame would be inpainted inside the mask the segmentation
+    engine (webui/engine/segment) finds for the prompt. Refused until that engine exists and is wired here."""
+    import importlib.util
+
+    if importlib.util.find_spec("webui.engine.segment") is None:
+        raise InvalidRequest("mask_prompt", "segmentation is not available in this Kiri: leave mask_prompt empty "
+                                            "to restyle whole frames")
+    raise InvalidRequest("mask_prompt", "video to video does not use the segmentation engine yet: leave mask_prompt "
+                                        "empty to restyle whole frames")
+
+
 def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -> VideoResult:
     request.validate()
     request = _with_seed(request)
     if request.mask_prompt:
-        raise InvalidRequest("mask_prompt", "segmentation is not available in this Kiri: leave mask_prompt empty "
-                                            "to restyle whole frames")
+        check_masking(engine)
     plan = plan_vid2vid(engine, request)
     job = job or Job(kind="vid2vid")
     return engine.run(job.owner, "vid2vid", lambda j: _vid2vid(engine, request, plan, j), job)
