@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -79,3 +81,20 @@ def test_an_uploaded_clip_is_interpolated_in_the_browser(video_server, browser, 
                            " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=30_000)
     assert "Frames: 11" in page.locator("#video-infotext textarea").input_value()
     page.close()
+
+
+def test_video_to_video_from_gradio_client(video_server, tmp_path):
+    """The vid2vid handler by its api_name, as scripts call it: frames, fps and the consistency mode kept."""
+    from gradio_client import Client, handle_file
+
+    from test_video import decode, moving_square_frames, write_clip
+
+    clip = write_clip(tmp_path / "square.mp4", moving_square_frames(4))
+    client = Client(video_server["url"], verbose=False)
+    video, files, info, status = client.predict(
+        handle_file(str(clip)), "a red square, blue background", "", 0.4, "flow", 0.5, 1, 0, None, 120, 64,
+        "", "Euler", 2, 7, 3, "tiny-sd", api_name="/vid2vid")
+    path = video["video"] if isinstance(video, dict) else video
+    frames, fps, meta = decode(path)
+    assert len(frames) == 4 and fps == 8.0 and "Consistency: flow 0.5" in info
+    assert sorted(Path(f).suffix for f in files) == [".gif", ".webp", ".zip"]
