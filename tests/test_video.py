@@ -283,6 +283,35 @@ def test_request_caps_name_their_field(clip):
         assert caught.value.field == field, field
 
 
+def test_engine_caps_pixels_duration_and_upload_size_naming_the_field(video_models_dir, tmp_path):
+    import os
+    from fractions import Fraction
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.settings import Settings
+    from webui.engine.video.service import MAX_UPLOAD_BYTES, Txt2VideoRequest, txt2video, vid2vid
+
+    engine = build_engine(Settings(models_dir=video_models_dir, outputs_dir=tmp_path / "out", max_pixels=64 * 64),
+                          DeviceChoice("cpu"))
+    slow = write_clip(tmp_path / "slow.mp4", moving_square_frames(4, size=128), fps=Fraction(1, 200))  # 800 s
+    big = tmp_path / "big.mp4"
+    with open(big, "wb") as f:
+        f.truncate(MAX_UPLOAD_BYTES + 1)  # sparse: refused from its size, never read
+    cases = [
+        (lambda: txt2video(engine, Txt2VideoRequest(prompt="x", width=128, height=128)), "width"),
+        (lambda: vid2vid(engine, _vid2vid_request(slow, max_size=128, end_time=100.0)), "max_size"),
+        (lambda: vid2vid(engine, _vid2vid_request(slow, max_size=64)), "video"),
+        (lambda: vid2vid(engine, _vid2vid_request(slow, video=big)), "video"),
+    ]
+    for call, field in cases:
+        with pytest.raises(InvalidRequest) as caught:
+            call()
+        assert caught.value.field == field, (field, str(caught.value))
+    assert os.path.getsize(big) > MAX_UPLOAD_BYTES
+
+
 # --- video to video ----------------------------------------------------------------------------
 
 def _vid2vid_request(clip: Path, **changes):

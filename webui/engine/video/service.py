@@ -334,6 +334,9 @@ def _frame_count(job: Job, done: int, total: int) -> None:
 
 def txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job | None = None) -> VideoResult:
     request.validate()
+    if request.width * request.height > engine.settings.max_pixels:
+        raise InvalidRequest("width", f"frames of {request.width}x{request.height} are more pixels than the limit "
+                                      f"({engine.settings.max_pixels}; Settings: max_pixels)")
     request = _with_seed(request)
     job = job or Job(kind="txt2video")
     return engine.run(job.owner, "txt2video", lambda j: _txt2video(engine, request, j), job)
