@@ -203,16 +203,18 @@ def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
 def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
     from webui.engine.video.service import Txt2VideoRequest, txt2video, video_models
 
-    assert "tiny-wan" not in [e.name for e in video_engine.catalog.entries]  # never in the image tabs
-    assert [e.name for e in video_engine.catalog.of_kind("video")] == ["tiny-wan"]
-    assert video_models(video_engine) == ["tiny-wan", "tiny-sd", "tiny-sdxl"]
-    request = Txt2VideoRequest(prompt="a red circle", frames=5, fps=8, steps=2, cfg_scale=3, width=SIZE, height=SIZE,
-                               seed=0, model="tiny-wan", sampler_name="Euler")
-    result = txt2video(video_engine, request)
-    frames, fps, _ = decode(result.path)
-    assert len(frames) == 5 and fps == 8.0 and frames[0].shape == (SIZE, SIZE, 3)
-    assert "Model: tiny-wan" in result.info and "Sampler: FlowMatchEulerDiscreteScheduler" in result.info
-    assert any("own scheduler" in w for w in result.warnings)
+    natives = ["tiny-ltx", "tiny-wan"]
+    assert not set(natives) & {e.name for e in video_engine.catalog.entries}  # never in the image tabs
+    assert [e.name for e in video_engine.catalog.of_kind("video")] == natives
+    assert video_models(video_engine) == [*natives, "tiny-sd", "tiny-sdxl"]
+    for name, frames_made in (("tiny-wan", 5), ("tiny-ltx", 9)):
+        request = Txt2VideoRequest(prompt="a red circle", frames=frames_made, fps=8, steps=2, cfg_scale=3, width=SIZE,
+                                   height=SIZE, seed=0, model=name, sampler_name="Euler")
+        result = txt2video(video_engine, request)
+        frames, fps, _ = decode(result.path)
+        assert len(frames) == frames_made and fps == 8.0 and frames[0].shape == (SIZE, SIZE, 3), name
+        assert f"Model: {name}" in result.info and "Sampler: FlowMatchEulerDiscreteScheduler" in result.info
+        assert any("own scheduler" in w for w in result.warnings)
     # Wan makes 4k + 1 frames: another count is rounded by the pipeline, and the clip says so.
     result = txt2video(video_engine, Txt2VideoRequest(prompt="a red circle", frames=4, steps=1, width=SIZE, height=SIZE,
                                                       seed=0, model="tiny-wan"))

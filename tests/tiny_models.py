@@ -446,3 +446,26 @@ def make_tiny_wan(folder: Path) -> Path:
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), transformer=transformer)
     pipe.save_pretrained(folder)
     return folder
+
+
+def make_tiny_ltx(folder: Path) -> Path:
+    """An LTXPipeline folder (LTX-Video, a native text-to-video DiT) with diffusers' dummy sizes."""
+    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+
+    torch.manual_seed(0)
+    transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
+                                             attention_head_dim=8, cross_attention_dim=32, num_layers=1, caption_channels=32)
+    torch.manual_seed(0)
+    flat = (False, False, False, False)
+    vae = AutoencoderKLLTXVideo(
+        in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
+        decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(*flat, False), upsample_residual=flat,
+        upsample_factor=(1, 1, 1, 1), timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True,
+        decoder_causal=False,
+    )
+    tokenizer = _t5_tokenizer()
+    pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5_encoder(len(tokenizer)),
+                       tokenizer=tokenizer, transformer=transformer)
+    pipe.save_pretrained(folder)
+    return folder
