@@ -338,6 +338,15 @@ def test_vid2vid_keeps_frame_count_fps_and_size_in_every_consistency_mode(video_
     assert len(halved.frame_paths) == 3 and halved.fps == 4.0
 
 
+def test_vid2vid_refuses_a_video_model_naming_the_field(video_engine, clip):
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.video.service import vid2vid
+
+    with pytest.raises(InvalidRequest, match="image checkpoint") as caught:
+        vid2vid(video_engine, _vid2vid_request(clip, model="tiny-wan"))
+    assert caught.value.field == "model"
+
+
 def test_vid2vid_mask_prompt_says_segmentation_is_missing(video_engine, clip):
     from webui.engine.core.errors import InvalidRequest
     from webui.engine.video.service import vid2vid

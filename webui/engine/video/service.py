@@ -359,6 +359,8 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         pipeline, model_name, model_hash = thing.model, thing.name, None
         if request.sampler_name:
             result.warnings.append(f"{model_name} samples with its own scheduler; the sampler choice was not used.")
+        if request.motion_module:
+            result.warnings.append(f"{model_name} makes motion itself; the motion module was not used.")
         sampler_label, schedule = type(pipeline.scheduler).__name__, "Automatic"
         motion_name = None
     else:
@@ -514,6 +516,9 @@ def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -
     request = _with_seed(request)
     if request.mask_prompt:
         check_masking(engine)
+    if is_video_model(engine, request.model):
+        raise InvalidRequest("model", f"{request.model} is a video model; video to video restyles each frame with an "
+                                      "image checkpoint: choose one")
     plan = plan_vid2vid(engine, request)
     job = job or Job(kind="vid2vid")
     return engine.run(job.owner, "vid2vid", lambda j: _vid2vid(engine, request, plan, j), job)
