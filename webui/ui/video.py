@@ -31,7 +31,8 @@ def _run(engine: Engine, kind: str, call: Callable[[Job], Any], request: gr.Requ
     if result.resumed_frames:
         note += f" {result.resumed_frames} frame(s) were already on disk from an earlier run and were reused."
     if result.interrupted:
-        note += " **Interrupted**: the finished frames are kept; run the same settings again to resume."
+        again = f" with seed {result.seed}" if result.seed is not None else ""
+        note += f" **Interrupted**: the finished frames are kept; run the same settings{again} to resume."
     if result.folder is not None:
         note += f" Saved to `{result.folder}`."
     files = [str(p) for p in (result.gif_path, result.webp_path, result.zip_path) if p is not None]

@@ -199,6 +199,7 @@ class VideoResult:
     folder: Path | None = None  # the job folder: frames/ and the clip files
     interrupted: bool = False
     resumed_frames: int = 0  # frames found on disk from an earlier run of the same request
+    seed: int | None = None  # the seed used (a random one resolved): the same request with it resumes
     warnings: list[str] = field(default_factory=list)
 
     def frames(self) -> list["Image.Image"]:
@@ -346,7 +347,7 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     import torch
 
     pipelines.register_loaders(engine.models)
-    result = VideoResult(fps=request.fps)
+    result = VideoResult(fps=request.fps, seed=request.seed)
     keys = pipelines.keyframes(request.prompt, request.frames)
     travel = len(keys) > 1
     job.batch_count, job.image_count, job.batch_no, job.steps = 1, request.frames, 1, request.steps
@@ -530,7 +531,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
     from webui.engine.generation.img2img import Img2ImgRequest
     from webui.engine.video.flow import warp_onto
 
-    result = VideoResult(fps=plan.fps)
+    result = VideoResult(fps=plan.fps, seed=request.seed)
     model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
     fields = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "video"}
     folder = _job_folder(engine, "vid2vid", {**fields, "model": model.name}, plan.data)
