@@ -186,6 +186,20 @@ def test_txt2video_animates_sdxl_with_its_own_pipeline(video_engine):
     assert type(model.derived["animatediff:tiny-motion-xl"]).__name__ == "AnimateDiffSDXLPipeline"
 
 
+def test_interrupting_text_to_video_leaves_no_half_written_files(video_engine):
+    from webui.engine.core.jobs import Job
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    job = Job(kind="txt2video", owner="tester")
+    job.listeners.append(lambda j: j.interrupt() if j.step >= 1 else None)
+    request = Txt2VideoRequest(prompt="a red circle", frames=3, steps=4, width=SIZE, height=SIZE, seed=8,
+                               model="tiny-sd", motion_module="tiny-motion", sampler_name="Euler")
+    result = txt2video(video_engine, request, job)
+    assert result.interrupted and result.frame_paths == [] and result.path is None and result.seed == 8
+    outputs = Path(video_engine.settings.outputs_dir)
+    assert not [p for p in outputs.rglob("*") if p.is_file()]
+
+
 def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
     from webui.engine.video.pipelines import keyframes
     from webui.engine.video.service import Txt2VideoRequest, txt2video
