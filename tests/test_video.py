@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tiny_models
-
 SIZE = 64
 
 

@@ -376,14 +376,14 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
 
         sampler, schedule = engine.samplers.resolve(request.sampler_name or default_sampler(model.prediction), request.scheduler)
         check_fits(engine.samplers, sampler, model.prediction)
-        sampler.build(model.base_scheduler_config, schedule, model.prediction)  # a bad pair is refused before any work
+        trial = sampler.build(model.base_scheduler_config, schedule, model.prediction)  # a bad pair is refused here
+        getattr(trial, "close", lambda: None)()  # a function sampler's helper thread
         model_name, model_hash, sampler_label = model.name, model.short_hash, sampler.name
         window = pipelines.context_length(adapter.model)
         if request.frames > window:
             params["Context"] = f"FreeNoise {window}"
 
-    fields = {k: v for k, v in asdict(request).items()}
-    folder = _job_folder(engine, "txt2video", {**fields, "model": model_name, "motion_module": motion_name})
+    folder = _job_folder(engine, "txt2video", {**asdict(request), "model": model_name, "motion_module": motion_name})
     params = {
         "Steps": request.steps, "Sampler": sampler_label, "Schedule type": None if schedule == "Automatic" else schedule,
         "CFG scale": request.cfg_scale, "Seed": request.seed, "Size": f"{request.width}x{request.height}",
@@ -641,5 +641,6 @@ def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, inf
 
 __all__ = [
     "Txt2VideoRequest", "Vid2VidRequest", "InterpolateRequest", "VideoResult", "txt2video", "vid2vid", "interpolate",
-    "video_models", "motion_modules", "is_video_model", "plan_vid2vid", "CONSISTENCY", "FACTORS", "MAX_FRAMES",
+    "video_models", "motion_modules", "is_video_model", "plan_vid2vid", "check_masking", "CONSISTENCY", "FACTORS",
+    "MAX_FRAMES", "MAX_FPS",
 ]
