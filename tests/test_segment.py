@@ -343,3 +343,24 @@ def test_sd_webui_segment_anything_routes(api):
     assert (np.asarray(unb64(reply.json()["mask"])) > 127).sum() > (np.asarray(unb64(mask)) > 127).sum()
     reply = api.post("/sam/dilate-mask", json={"input_image": b64(image), "mask": b64(Image.new("L", (10, 10)))})
     assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "mask"]
+
+
+def test_train_segmenter_smoke_run_makes_a_folder_kiri_loads(tmp_path):
+    """A few steps of tools/train_segmenter.py: it resumes, and its folder is a text segmenter of the catalog."""
+    from tools import train_segmenter
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    out = tmp_path / "models" / "segmentation" / "kiri-segmenter"
+    common = ["--batch", "4", "--eval-every", "0", "--eval-n", "8", "--save-every", "1", "--work", str(tmp_path / "work"),
+              "--out", str(out), "--threads", "1"]
+    train_segmenter.main(["--steps", "2", "--fresh", *common])
+    result = train_segmenter.main(["--steps", "3", *common])
+    assert result["step"] == 3 and 0 <= result["mean_iou"] <= 1
+    assert sum(p.stat().st_size for p in out.iterdir()) < train_segmenter.MAX_BYTES
+    engine = build_engine(Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out"), DeviceChoice("cpu"))
+    image, _ = scene_image(1)
+    found = segment(engine, SegmentRequest(image, prompt="the red circle, the background", threshold=0.0))
+    assert found.info["model"] == "kiri-segmenter" and found.labels == ["the red circle", "the background"]
+    assert all(m.size == (64, 64) and m.mode == "L" for m in found.masks)
