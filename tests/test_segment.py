@@ -364,3 +364,26 @@ def test_train_segmenter_smoke_run_makes_a_folder_kiri_loads(tmp_path):
     found = segment(engine, SegmentRequest(image, prompt="the red circle, the background", threshold=0.0))
     assert found.info["model"] == "kiri-segmenter" and found.labels == ["the red circle", "the background"]
     assert all(m.size == (64, 64) and m.mode == "L" for m in found.masks)
+
+
+def test_segment_routes_take_the_api_login(seg_models_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_api_app
+
+    app, _ = make_api_app(seg_models_dir, tmp_path, check_login=lambda user, password: (user, password) == ("a", "b"))
+    client = TestClient(app)
+    for path in ("/kiri/v1/segmenters", "/sam/heartbeat", "/sam/sam-model"):
+        assert client.get(path).status_code == 401
+        assert client.get(path, auth=("a", "b")).status_code == 200
+
+
+def test_mask_from_words_in_inpaint(seg_engine):
+    from webui.ui.img2img import mask_from_words
+
+    image, _ = scene_image(1)
+    mask = mask_from_words(seg_engine, {"background": image, "layers": [], "composite": image}, "the circle, the star", "bob")
+    assert mask.mode == "L" and mask.size == image.size
+    with pytest.raises(InvalidRequest) as caught:
+        mask_from_words(seg_engine, {"background": image, "layers": []}, "  ", "bob")
+    assert caught.value.field == "prompt"

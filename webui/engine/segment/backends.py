@@ -87,7 +87,12 @@ def load(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> "
     found = detect(entry.path)
     if found.kind is None:
         raise ModelLoadError(f"cannot load {entry.name}: {found.problem}")
-    backend = BACKENDS[found.kind](entry.path, device.device)
+    try:
+        backend = BACKENDS[found.kind](entry.path, device.device)
+    except ImportError as exc:
+        # SAM 2's and SAM 3's image processors need torchvision, which Kiri does not require.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {entry.name}: {first} (pip install torchvision)") from exc
     backend.name = entry.name
     return backend
 
