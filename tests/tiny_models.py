@@ -414,3 +414,66 @@ def save_sdxl_single_file(folder: Path, out_file: Path) -> Path:
     open_clip = _clip_to_open_clip(load_file(folder / "text_encoder_2" / "model.safetensors"), "conditioner.embedders.1.model.")
     save_file({k: v.contiguous() for k, v in {**_unet_vae_to_ldm(folder), **clip, **open_clip}.items()}, out_file)
     return out_file
+
+
+# --- segmenters (models/segmentation/) -------------------------------------------------------
+
+def make_tiny_clipseg(folder: Path) -> Path:
+    """A CLIPSegForImageSegmentation folder (config, weights, processor and tokenizer) of random tiny weights."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessorPil
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = CLIPSegConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+                           image_size=64, patch_size=16),
+        projection_dim=32, reduce_dim=16, extract_layers=[1, 2], decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )
+    processor = CLIPSegProcessor(image_processor=ViTImageProcessorPil(size={"height": 64, "width": 64}, image_mean=[0.5] * 3,
+                                                                      image_std=[0.5] * 3), tokenizer=tokenizer)
+    CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_sam(folder: Path, version: int = 1) -> Path:
+    """A SamModel (version 1) or Sam2Model (2) folder with its processor, random tiny weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    if version == 1:
+        config = transformers.SamConfig(
+            vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, output_channels=32,
+                               image_size=64, patch_size=8, global_attn_indexes=[1], window_size=4, num_pos_feats=16),
+            prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4),
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                     iou_head_hidden_dim=32),
+        )
+        model = transformers.SamModel(config)
+        processor = transformers.SamProcessor(image_processor=transformers.SamImageProcessorPil(
+            size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16}))
+    else:
+        raise ValueError(f"no tiny SAM {version}")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_segformer(folder: Path) -> Path:
+    """A SegformerForSemanticSegmentation folder of three classes, random tiny weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    labels = {0: "background", 1: "circle", 2: "star"}
+    config = transformers.SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+        strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=3,
+        id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+    transformers.SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    transformers.SegformerImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+    return folder
