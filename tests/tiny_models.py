@@ -414,3 +414,21 @@ def save_sdxl_single_file(folder: Path, out_file: Path) -> Path:
     open_clip = _clip_to_open_clip(load_file(folder / "text_encoder_2" / "model.safetensors"), "conditioner.embedders.1.model.")
     save_file({k: v.contiguous() for k, v in {**_unet_vae_to_ldm(folder), **clip, **open_clip}.items()}, out_file)
     return out_file
+
+
+def make_tiny_upscaler(path, scale: int = 4, num_feat: int = 8, num_conv: int = 2, seed: int = 0):
+    """Real-ESRGAN's compact net (SRVGGNetCompact) with random weights, saved as safetensors with
+    spandrel's key names (body.N.weight ...). Its receptive field is num_conv + 2 pixels."""
+    import torch
+    from safetensors.torch import save_file
+
+    from webui.engine.upscale._models import SRVGGNetCompact
+
+    torch.manual_seed(seed)
+    model = SRVGGNetCompact(3, 3, num_feat, num_conv, scale)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
