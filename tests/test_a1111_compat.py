@@ -204,7 +204,7 @@ def test_legacy_txt2img_body_runs_without_warnings(client):
 
 
 def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
-    body = {**LEGACY_TXT2IMG, "restore_faces": True, "tiling": True, "enable_hr": True, "hr_scale": 2,
+    body = {**LEGACY_TXT2IMG, "restore_faces": True, "tiling": True,
             "styles": ["cinematic"], "subseed": 5, "subseed_strength": 0.3, "s_churn": 0.5, "eta": 0.5,
             "script_name": "x/y/z plot", "script_args": [1, "a", None],
             "alwayson_scripts": {"adetailer": {"args": []}, "controlnet": {"args": [{"enabled": True}]}},
@@ -213,7 +213,7 @@ def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     warnings = " | ".join(json.loads(response.json()["info"])["warnings"])
-    for name in ("restore_faces", "tiling", "enable_hr", "styles", "subseed_strength", "s_churn", "eta",
+    for name in ("restore_faces", "tiling", "styles", "subseed_strength", "s_churn", "eta",
                  "x/y/z plot", "adetailer", "controlnet", "refiner_checkpoint", "s_min_uncond"):
         assert name in warnings, f"{name} not named in {warnings}"
     assert len(response.json()["images"]) == 1

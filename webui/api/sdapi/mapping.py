@@ -14,7 +14,7 @@ from webui import __version__
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.call import ClipSkip
-from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
+from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2ImgRequest
 
 from ..common import decode_image, encode_png, json_safe
 from .fields import Img2ImgBody, Txt2ImgBody
@@ -75,7 +75,6 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
 
     warn(bool(body.restore_faces), "restore_faces: Kiri has no face restorer; faces are as generated")
     warn(bool(body.tiling), "tiling: Kiri does not make tileable images; the image was made without tiling")
-    warn(body.enable_hr, "enable_hr: hires fix is not in Kiri yet; the image was made at width x height only")
     warn(bool(body.styles), f"styles {body.styles[:MAX_NAMED]!r}: Kiri has no saved styles yet; not applied")
     warn(body.subseed_strength > 0, "subseed_strength: variation seeds are not in Kiri yet; only seed was used")
     warn(body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed_resize_from_w/h: not applied")
@@ -94,7 +93,25 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
 
 
 def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None) -> Txt2ImgRequest:
-    return Txt2ImgRequest(**common_fields(body, warnings))
+    fields = common_fields(body, warnings)
+    if body.enable_hr:
+        fields["hires"] = hires_fix(body, warnings if warnings is not None else [])
+    return Txt2ImgRequest(**fields)
+
+
+def hires_fix(body: Txt2ImgBody, warnings: list[str]) -> HiresFix:
+    """A1111's hr_* fields -> the request's hires fix (denoising_strength: A1111's 0.7 when not sent)."""
+    if body.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+        warnings.append("hr_checkpoint_name: the second pass uses the first pass's checkpoint in Kiri")
+    if body.hr_scheduler not in (None, "", "Use same scheduler") and body.hr_scheduler != body.scheduler:
+        warnings.append("hr_scheduler: the second pass uses the first pass's schedule type in Kiri")
+    sampler = body.hr_sampler_name if body.hr_sampler_name not in (None, "", "Use same sampler") else None
+    return HiresFix(
+        scale=body.hr_scale, upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
+        resize_x=body.hr_resize_x, resize_y=body.hr_resize_y,
+        denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.7,
+        sampler_name=sampler, prompt=body.hr_prompt or "", negative_prompt=body.hr_negative_prompt or "",
+    )
 
 
 def img2img_request(body: Img2ImgBody, warnings: list[str]):
