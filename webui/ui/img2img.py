@@ -57,7 +57,7 @@ def _as_image(value: Any):
     return to_rgb(value, "init_image") if isinstance(value, Image.Image) else None
 
 
-def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> None:
+def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> tuple[gr.Gallery, gr.Button]:
     samplers, sampler, size, _ = _model_defaults(engine)
     # A hidden radio rather than gr.State, so API clients can choose the mode too.
     mode = gr.Radio(list(MODES), value="img2img", visible=False, label="Mode", elem_id="img2img-mode")
@@ -100,6 +100,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="img2img-gallery")
+            send_sr = gr.Button("Send to Super-resolution", size="sm", elem_id="img2img-send-sr")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
             status = gr.Markdown(elem_id="img2img-status")
 
@@ -163,6 +164,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
     if t2i is not None and tabs is not None and t2i.send_img2img is not None:
         _wire_send_buttons(t2i, tabs, modes, mode, init_image, editor, prompt, negative)
+    return gallery, send_sr
 
 
 def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.Radio, init_image: gr.Image,
