@@ -141,6 +141,11 @@ class Engine:
     def _work(self, kind: str, request) -> Callable[[Job], Generator[None, None, GenerationResult]]:
         """A prepared request's work for the job store; img2img's image and mask are prepared here, in
         the caller's thread, so a bad picture is refused before the job is queued."""
+        if kind == "img2img" and getattr(request, "sd_upscale", None) is not None:
+            from webui.engine.upscale import check_sd_upscale, sd_upscale_work
+
+            check_sd_upscale(self, request)  # upscaler, picture and output size refused before the job is queued
+            return lambda job: sd_upscale_work(self, request, job)
         if kind == "img2img":
             warnings: list[str] = []
             task = self.img2img_task(request, warnings)

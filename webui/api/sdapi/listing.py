@@ -91,7 +91,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/scripts")
     def scripts() -> dict:
-        return {"txt2img": [], "img2img": []}
+        return {"txt2img": [], "img2img": ["sd upscale"]}
 
     @router.get("/extensions")
     def extensions() -> list[dict]:

@@ -419,6 +419,19 @@ def check_hires(engine: "Engine", request) -> None:
     check(engine, request)
 
 
+def sd_upscale_work(engine: "Engine", request, job: "Job"):
+    """SD upscale (an img2img request with sd_upscale set) as one job: see _sd_upscale.py."""
+    from ._sd_upscale import sd_upscale
+
+    return sd_upscale(engine, request, job)
+
+
+def check_sd_upscale(engine: "Engine", request) -> tuple[int, int]:
+    from ._sd_upscale import check
+
+    return check(engine, request)
+
+
 __all__ = ["Upscaler", "UpscaleRequest", "UpscaleResult", "LATENT_MODES", "all_upscalers", "builtin_upscalers",
            "find_upscaler", "target_size", "upscale_images", "prepare_upscale", "load_upscaler_entry", "hires_work",
-           "check_hires", "known_architectures"]
+           "check_hires", "sd_upscale_work", "check_sd_upscale", "known_architectures"]
