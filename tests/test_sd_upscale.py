@@ -188,3 +188,18 @@ def test_sd_upscale_script_args_errors_are_422_naming_script_args(kiri_server):
     assert reply.status_code == 422 and "script_args[1]" in reply.text
     scripts = requests.get(kiri_server["url"] + "sdapi/v1/scripts", timeout=30).json()
     assert "sd upscale" in scripts["img2img"]
+
+
+def test_sd_upscale_from_the_super_resolution_tab(kiri_server, tmp_path):
+    from gradio_client import Client, handle_file
+
+    path = tmp_path / "small.png"
+    _picture(40, 32).save(path)
+    client = Client(kiri_server["url"], verbose=False)
+    _, gallery, text, note = client.predict(image=handle_file(str(path)), upscaler_1="Lanczos", scale=2,
+                                            sd_prompt="a red circle", sd_denoise=0.4, sd_tile=64, sd_overlap=16,
+                                            sd_steps=2, sd_seed=3, sd_seam="Bands", sd_seam_denoise=0.2,
+                                            api_name="/sd_upscale")
+    assert len(gallery) == 1 and "SD upscale seam fix: Bands" in text and "Seed: 3" in text
+    with Image.open(gallery[0]["image"]) as out:
+        assert out.size == (80, 64)

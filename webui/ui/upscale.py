@@ -9,9 +9,11 @@ import gradio as gr
 
 from webui.engine.context import Engine
 from webui.engine.core.jobs import Job
+from webui.engine.generation.img2img import MAX_SD_UPSCALE, SEAM_FIXES, Img2ImgRequest, SDUpscale
+from webui.engine.generation.requests import MAX_SIZE, MAX_STEPS, MIN_SIZE
 from webui.engine.upscale import MAX_OVERLAP, MAX_SCALE, MAX_TILE, UpscaleRequest, all_upscalers, upscale_images
 
-from .common import JOB_EVENT, owner_of, user_errors
+from .common import JOB_EVENT, model_choices, owner_of, selected_title, user_errors
 
 TAB_ID = "upscale"
 
@@ -53,6 +55,25 @@ def render(engine: Engine) -> dict:
                 with gr.Row():
                     tile = gr.Slider(0, MAX_TILE, value=0, step=32, label="Tile size (0: from free memory)")
                     overlap = gr.Slider(0, MAX_OVERLAP, value=32, step=8, label="Tile overlap")
+            with gr.Accordion("SD upscale: repaint the upscaled picture tile by tile with a checkpoint", open=False,
+                              elem_id="sr-sd"):
+                with gr.Row():
+                    sd_model = gr.Dropdown(model_choices(engine), value=selected_title(engine), label="Checkpoint",
+                                           elem_id="sr-sd-model")
+                    sd_denoise = gr.Slider(0, 1, value=0.3, step=0.01, label="Denoising strength", elem_id="sr-sd-denoise")
+                sd_prompt = gr.Textbox("", label="Prompt (what the tiles show)", lines=2, elem_id="sr-sd-prompt")
+                sd_negative = gr.Textbox("", label="Negative prompt", lines=1)
+                with gr.Row():
+                    sd_tile = gr.Slider(MIN_SIZE, MAX_SIZE, value=_native_size(engine), step=8, label="Tile size",
+                                        elem_id="sr-sd-tile")
+                    sd_overlap = gr.Slider(0, MAX_SIZE // 2, value=_native_size(engine) // 8, step=8, label="Tile overlap")
+                    sd_steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Steps")
+                    sd_seed = gr.Number(-1, label="Seed (-1: random)", precision=0)
+                with gr.Row():
+                    sd_seam = gr.Radio(list(SEAM_FIXES), value="Half tile offset", label="Seam fix", elem_id="sr-sd-seam")
+                    sd_seam_denoise = gr.Slider(0, 1, value=0.25, step=0.01, label="Seam fix denoising strength")
+                    sd_seed_per_tile = gr.Checkbox(False, label="A seed per tile")
+                sd_button = gr.Button("SD upscale", variant="primary", elem_id="sr-sd-run")
         with gr.Column(scale=4):
             with gr.Row():
                 run_button = gr.Button("Upscale", variant="primary", elem_id="sr-run", scale=3)
@@ -94,6 +115,42 @@ def render(engine: Engine) -> dict:
     inputs = [image, files, upscaler_1, upscaler_2, visibility, scale, by_size, to_width, to_height, crop, tile, overlap]
     run_button.click(run, inputs, [slider, gallery, infotext, status], api_name="upscale", **JOB_EVENT)
 
+    def sd_run(image, upscaler_1, scale, sd_model, sd_prompt, sd_negative, sd_denoise, sd_tile, sd_overlap, sd_steps, sd_seed,
+               sd_seam, sd_seam_denoise, sd_seed_per_tile, request: gr.Request, progress: gr.Progress = gr.Progress()):
+        """SD upscale: upscale with the upscaler above, then image to image over tiles with the checkpoint."""
+        started = time.perf_counter()
+        job = Job(kind="img2img", owner=owner_of(request))
+        job.listeners.append(lambda j: progress((j.step, j.steps), desc=j.describe(), unit="steps") if j.steps else None)
+        with user_errors():
+            if image is None:
+                from webui.engine.core.errors import InvalidRequest
+
+                raise InvalidRequest("image", "no image to upscale: upload a picture in Single image")
+            tile = int(sd_tile)
+            req = Img2ImgRequest(
+                prompt=sd_prompt or "", negative_prompt=sd_negative or "", init_image=image, width=tile, height=tile,
+                steps=int(sd_steps), seed=int(sd_seed if sd_seed is not None else -1), model=sd_model or None,
+                denoising_strength=float(sd_denoise),
+                sd_upscale=SDUpscale(upscaler=upscaler_1 or "Lanczos", scale=min(float(scale or 2), MAX_SD_UPSCALE),
+                                     overlap=int(sd_overlap), seam_fix=sd_seam or "None",
+                                     seam_fix_denoise=float(sd_seam_denoise), seed_per_tile=bool(sd_seed_per_tile)),
+            )
+            result = engine.img2img(req, job)
+        for warning in result.warnings:
+            gr.Warning(warning)
+        shown = [str(p) for p in result.paths] if result.paths else result.images
+        note = f"{len(result.images)} image(s) in {time.perf_counter() - started:.1f} s."
+        if result.interrupted:
+            note += " **Interrupted**: finished tiles are kept."
+        if result.paths:
+            note += f" Saved to `{result.paths[0].parent}`."
+        before_after = (image, result.images[0]) if result.images else None
+        return before_after, shown, (result.infotexts[0] if result.infotexts else ""), note
+
+    sd_inputs = [image, upscaler_1, scale, sd_model, sd_prompt, sd_negative, sd_denoise, sd_tile, sd_overlap, sd_steps,
+                 sd_seed, sd_seam, sd_seam_denoise, sd_seed_per_tile]
+    sd_button.click(sd_run, sd_inputs, [slider, gallery, infotext, status], api_name="sd_upscale", **JOB_EVENT)
+
     def stop(request: gr.Request) -> str:
         return "Interrupting after the current tile…" if engine.interrupt(owner_of(request)) else "Nothing is running."
 
@@ -106,6 +163,14 @@ def render(engine: Engine) -> dict:
 
     refresh.click(rescan, None, [upscaler_1, upscaler_2], api_visibility="private", queue=False)
     return {"image": image}
+
+
+def _native_size(engine: Engine) -> int:
+    """The tile size SD upscale starts with: the checkpoint's own size (64 for Kiri's default models)."""
+    try:
+        return int(getattr(engine.current_entry(), "native_size", None) or 512)
+    except Exception:  # noqa: BLE001 - no checkpoint yet: A1111's 512
+        return 512
 
 
 def _pictures(image, files) -> tuple[list, list[str]]:
