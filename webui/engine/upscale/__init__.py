@@ -33,6 +33,7 @@ MAX_SCALE = 8
 MAX_TILE = 4096
 MAX_OVERLAP = 256
 MAX_BATCH = 100
+DIFFUSION_STEPS = 20  # a diffusion upscaler's denoising steps per tile
 MAX_MODEL_PASSES = 3  # a x2 model reaching x8 runs three times, as AUTOMATIC1111 does
 
 # AUTOMATIC1111's latent upscale modes for hires fix: (interpolation, antialias).
@@ -286,25 +287,28 @@ def _with(engine, upscaler: Upscaler, image, size, request: UpscaleRequest, job,
     cover = max(size[0] / image.width, size[1] / image.height)
     current = image
     for _ in range(MAX_MODEL_PASSES):
-        if loaded.pipeline is not None:
-            current = _diffusion_pass(loaded, current)
-            note["tiles"] += 1
-        else:
-            current = yield from model_pass(loaded, current, request.tile_size, request.tile_overlap, job, note)
+        current = yield from model_pass(loaded, current, request.tile_size, request.tile_overlap, job, note)
         if note["interrupted"] or current.width >= image.width * cover - 0.5:
             break
     return _fit(current, size, Image.Resampling.LANCZOS, request.crop)
 
 
 def model_pass(loaded, image: "Image.Image", tile_size: int, overlap: int, job, note: dict) -> Generator[None, None, "Image.Image"]:
-    """One run of a model upscaler over the picture in tiles; each tile a turn of the job."""
+    """One run of a model upscaler over the picture in tiles; each tile a turn of the job. A diffusion
+    upscaler runs its pipeline on each tile (DIFFUSION_TILE input pixels unless the request says)."""
     import numpy as np
     import torch
     from PIL import Image
 
+    from ._models import DIFFUSION_TILE
     from ._tiles import auto_tile_size, run_tiles_retrying
 
-    tile = tile_size or auto_tile_size(loaded.device, scale=loaded.scale)
+    if loaded.pipeline is not None:
+        tile = tile_size or DIFFUSION_TILE[loaded.pipeline_class]
+        network = lambda x: _diffusion_tile(loaded, x)  # noqa: E731
+    else:
+        tile = tile_size or auto_tile_size(loaded.device, scale=loaded.scale)
+        network = loaded
     array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     x = torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
@@ -316,7 +320,7 @@ def model_pass(loaded, image: "Image.Image", tile_size: int, overlap: int, job, 
             return not job.interrupted
         return True
 
-    out, run = yield from run_tiles_retrying(loaded, x, loaded.scale, tile, overlap, on_tile)
+    out, run = yield from run_tiles_retrying(network, x, loaded.scale, tile, overlap, on_tile)
     note["tiles"] += run.tiles_done
     note["tile"] = run.tile
     note["warnings"].extend(run.warnings)
@@ -338,10 +342,33 @@ def upscale_tensor_untiled(loaded, image: "Image.Image") -> "Image.Image":
     return Image.fromarray((out[0].permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8))
 
 
+def _diffusion_tile(loaded, x):
+    """A diffusion upscaler on one (1, 3, h, w) tile in 0..1: the pipeline on the tile as a picture,
+    back as a (1, 3, h * scale, w * scale) tensor (resized when the pipeline rounded the size)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    # Edges repeated up to a size the pipeline takes whole (its VAE and UNet halve it a few times).
+    step = {"StableDiffusionLatentUpscalePipeline": 64, "LDMSuperResolutionPipeline": 32}.get(loaded.pipeline_class, 16)
+    height, width = x.shape[-2:]
+    padded_h, padded_w = max(step, -(-height // step) * step), max(step, -(-width // step) * step)
+    padded = F.pad(x, (0, padded_w - width, 0, padded_h - height), mode="replicate") if (padded_h, padded_w) != (height, width) else x
+    picture = Image.fromarray((padded[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    out = _diffusion_pass(loaded, picture)
+    y = torch.from_numpy(np.asarray(out.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    full = (padded_h * loaded.scale, padded_w * loaded.scale)
+    if tuple(y.shape[-2:]) != full:
+        y = F.interpolate(y, size=full, mode="bicubic").clamp(0, 1)
+    return y[:, :, : height * loaded.scale, : width * loaded.scale]
+
+
 def _diffusion_pass(loaded, image: "Image.Image") -> "Image.Image":
     import torch
 
-    kwargs: dict[str, Any] = {"image": image, "num_inference_steps": 20, "generator": torch.Generator("cpu").manual_seed(0)}
+    kwargs: dict[str, Any] = {"image": image, "num_inference_steps": DIFFUSION_STEPS,
+                              "generator": torch.Generator("cpu").manual_seed(0)}
     if loaded.pipeline_class != "LDMSuperResolutionPipeline":
         kwargs.update(prompt="", guidance_scale=0 if loaded.pipeline_class == "StableDiffusionLatentUpscalePipeline" else 7.5)
     if loaded.pipeline_class == "StableDiffusionUpscalePipeline":

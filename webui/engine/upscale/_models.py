@@ -184,6 +184,8 @@ def diffusion_class(folder: Path) -> str | None:
     return name if name in DIFFUSION_UPSCALERS else None
 
 
+# A diffusion upscaler's default tile (input pixels): what its UNet was trained at (the x4's 128 -> 512).
+DIFFUSION_TILE = {"StableDiffusionUpscalePipeline": 128, "StableDiffusionLatentUpscalePipeline": 256, "LDMSuperResolutionPipeline": 128}
 DIFFUSION_SCALE = {"StableDiffusionUpscalePipeline": 4, "StableDiffusionLatentUpscalePipeline": 2, "LDMSuperResolutionPipeline": 4}
 
 
