@@ -53,3 +53,50 @@ def test_hires_fields_are_checked():
         Txt2ImgRequest(prompt="x", hires=HiresFix(denoising_strength=2))
     assert info.value.field == "denoising_strength"
     assert Txt2ImgRequest(prompt="x", width=64, height=64, hires=HiresFix(scale=1.5)).hires.target(64, 64) == (96, 96)
+
+
+def _engine_request(**kw):
+    fields = dict(prompt="a red circle", seed=11, steps=4, width=64, height=64, sampler_name="Euler", save_images=False)
+    fields.update(kw)
+    return Txt2ImgRequest(**fields)
+
+
+def test_latent_modes_hand_the_first_pass_latents_to_the_second(engine):
+    """Denoising 0 leaves the second pass nothing to denoise: the output is the first pass's own
+    latents (read at its last step), resized with nearest and decoded by the VAE, exactly."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from webui.engine.upscale._hires import decode_latents
+
+    seen = []
+    engine.hooks.on_step.append(lambda info: seen.append(info.latents))
+    try:
+        result = engine.txt2img(_engine_request(hires=HiresFix(scale=2, upscaler="Latent (nearest)", denoising_strength=0)))
+    finally:
+        engine.hooks.on_step.clear()
+    first = seen[-1]  # the first pass's last step (the second pass has none)
+    model = engine.models.get(result.model_name)
+    factor = model.pipeline.vae_scale_factor
+    assert first.shape == (1, 4, 64 // factor, 64 // factor) and len(seen) == 4
+    expected = decode_latents(model, F.interpolate(first, size=(128 // factor, 128 // factor), mode="nearest"))
+    got = result.images[0]
+    assert got.size == (128, 128)
+    assert np.abs(np.asarray(got, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+    assert "Hires upscaler: Latent (nearest)" in result.infotexts[0]
+
+
+def test_latent_mode_differs_from_resizing_the_picture(engine):
+    """The same first pass and second pass, from upscaled latents or from the upscaled picture."""
+    import numpy as np
+
+    hires = HiresFix(scale=2, upscaler="Latent", denoising_strength=0.5, steps=4)
+    latent = engine.txt2img(_engine_request(hires=hires))
+    pixel = engine.txt2img(_engine_request(hires=HiresFix(scale=2, upscaler="Bicubic", denoising_strength=0.5, steps=4)))
+    assert latent.images[0].size == pixel.images[0].size == (128, 128)
+    a, b = np.asarray(latent.images[0], dtype=float), np.asarray(pixel.images[0], dtype=float)
+    assert np.abs(a - b).mean() > 1.0
+    # and the second pass really ran on the latent path: not just the decoded latents
+    still = engine.txt2img(_engine_request(hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0)))
+    assert np.abs(a - np.asarray(still.images[0], dtype=float)).mean() > 1.0

@@ -6,8 +6,10 @@
    denoising strength, saved with A1111's infotext (Size of the first pass, Hires upscale,
    Hires steps, Hires upscaler, Denoising strength).
 
-The latent modes resize the first image with the mode's interpolation in pixel space, as an
-approximation of resizing its latent (the second pass then denoises it the same way).
+The latent modes keep the first pass as latents (output_type "latent"), resize them with the
+mode's interpolation (torch.nn.functional.interpolate), and hand them to the image-to-image
+pipeline as its `image` (diffusers takes a tensor with the latent channel count as latents), as
+AUTOMATIC1111 does. Pipelines whose latents are packed (Flux) get the pixel-space approximation.
 """
 
 from __future__ import annotations
@@ -33,12 +35,39 @@ def check(engine: "Engine", request: Txt2ImgRequest) -> None:
     find_upscaler(request.hires.upscaler, "hr_upscaler", engine.catalog, latent=True)
 
 
+# Pipelines whose output_type="latent" gives (N, C, h, w) latents their image-to-image sibling takes as `image`.
+LATENT_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
+
+
+@dataclass
+class LatentTxt2ImgTask(Txt2ImgTask):
+    """The first pass of a latent hires mode: its images are the latents, (C, h, w) each."""
+
+    makes_pictures: bool = False
+
+    def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]):
+        call = super().call(model, prompt, negative, seeds, generators)
+        call.kwargs["output_type"] = "latent"
+        return call
+
+
 @dataclass
 class HiresTask(Img2ImgTask):
-    """The second pass: image to image, with the first pass's infotext and the Hires keys."""
+    """The second pass: image to image, with the first pass's infotext and the Hires keys; from
+    the upscaled latents (1, C, h, w) when given, instead of the plan's picture."""
 
     first: Txt2ImgRequest | None = None
     first_sampler: str = ""
+    latents: Any = None
+
+    def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]):
+        call = super().call(model, prompt, negative, seeds, generators)
+        if self.latents is not None:
+            if call.passthrough is not None:  # no denoising step: the upscaled latents, decoded
+                call.passthrough = [decode_latents(model, self.latents)]
+            else:
+                call.kwargs["image"] = self.latents
+        return call
 
     def infotext_params(self, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
         hires: HiresFix = self.first.hires
@@ -60,12 +89,16 @@ class HiresTask(Img2ImgTask):
 
 
 def hires_fix(engine: "Engine", request: Txt2ImgRequest, job: "Job") -> Generator[None, None, GenerationResult]:
+    from PIL import Image
+
     hires = request.hires
     upscaler = find_upscaler(hires.upscaler, "hr_upscaler", engine.catalog, latent=True)
     size = hires.target(request.width, request.height)
 
-    # 1. The first pass, kept in memory only.
-    first = yield from engine.stage(Txt2ImgTask(replace(request, hires=None, save_images=False)), job)
+    # 1. The first pass, kept in memory only: as latents for a latent mode where the pipeline allows.
+    first_request = replace(request, hires=None, save_images=False)
+    latent = upscaler.kind == "latent" and _takes_latents(engine, request)
+    first = yield from engine.stage((LatentTxt2ImgTask if latent else Txt2ImgTask)(first_request), job)
     result = GenerationResult(warnings=list(first.warnings), model_name=first.model_name, model_hash=first.model_hash,
                               sampler_name=first.sampler_name, schedule=first.schedule, interrupted=first.interrupted)
     for image, seed in zip(first.images, first.seeds):
@@ -73,8 +106,15 @@ def hires_fix(engine: "Engine", request: Txt2ImgRequest, job: "Job") -> Generato
             result.interrupted = True
             break
         # 2. Upscale.
-        if upscaler.kind == "latent":
+        latents = None
+        if latent:
+            factor = engine.models.get(first.model_name).pipeline.vae_scale_factor
+            latents = upscale_latents(image, size, upscaler.name, factor)
+            big = Image.new("RGB", size)  # the request's picture; the pass starts from the latents
+        elif upscaler.kind == "latent":
             big = _latent_mode_resize(image, size, upscaler.name)
+            if not any("pixel space" in w for w in result.warnings):
+                result.warnings.append(f"{upscaler.name}: this model's latents are packed; resized in pixel space instead")
         else:
             note: dict[str, Any] = {}
             big, note = yield from upscale_one(engine, image, size, UpscaleRequest([image], upscaler.name, crop=False), job)
@@ -89,7 +129,7 @@ def hires_fix(engine: "Engine", request: Txt2ImgRequest, job: "Job") -> Generato
         )
         warnings: list[str] = []
         task = HiresTask(second_request, prepare(second_request, warnings), kind="txt2img", first=request,
-                         first_sampler=first.sampler_name)
+                         first_sampler=first.sampler_name, latents=latents)
         second = yield from engine.stage(task, job)
         result.images += second.images
         result.infotexts += second.infotexts
@@ -98,6 +138,37 @@ def hires_fix(engine: "Engine", request: Txt2ImgRequest, job: "Job") -> Generato
         result.warnings.extend(w for w in warnings + second.warnings if w not in result.warnings)
         result.interrupted = result.interrupted or second.interrupted
     return result
+
+
+def _takes_latents(engine: "Engine", request: Txt2ImgRequest) -> bool:
+    model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+    return type(model.pipeline).__name__ in LATENT_PIPELINES
+
+
+def upscale_latents(latents, size: tuple[int, int], mode: str, factor: int):
+    """(C, h, w) latents -> (1, C, height / factor, width / factor) with the mode's interpolation."""
+    import torch.nn.functional as F
+
+    interpolation, antialias = LATENT_MODES[mode]
+    kwargs: dict[str, Any] = {}
+    if interpolation in ("bilinear", "bicubic"):
+        kwargs.update(align_corners=False, antialias=antialias)
+    resized = F.interpolate(latents[None].float(), size=(size[1] // factor, size[0] // factor), mode=interpolation, **kwargs)
+    return resized.to(latents.dtype)
+
+
+def decode_latents(model: "LoadedModel", latents):
+    """Latents (1, C, h, w) in the denoiser's space -> a picture, through the model's VAE."""
+    import torch
+
+    pipeline = model.pipeline
+    vae = pipeline.vae
+    z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+    if getattr(vae.config, "shift_factor", None):
+        z = z + vae.config.shift_factor
+    with torch.inference_mode():
+        pixels = vae.decode(z).sample
+    return pipeline.image_processor.postprocess(pixels, output_type="pil")[0]
 
 
 def _latent_mode_resize(image, size: tuple[int, int], mode: str):
