@@ -327,8 +327,9 @@ def model_pass(loaded, image: "Image.Image", tile_size: int, overlap: int, job, 
     if run.interrupted:
         note["interrupted"] = True
         note["warnings"].append(f"Interrupted after {run.tiles_done} of {run.tiles_total} tiles: the rest is a bicubic upscale.")
-    pixels = (out[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(pixels[:, :, :3])
+    pixels = out[0, :3].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    del out
+    return Image.fromarray(pixels)
 
 
 def upscale_tensor_untiled(loaded, image: "Image.Image") -> "Image.Image":

@@ -26,11 +26,18 @@ class TileRun:
     warnings: list[str] = field(default_factory=list)
 
 
-def spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, end) spans of at most `tile` covering 0..length, neighbours sharing `overlap`."""
+def spans(length: int, tile: int, overlap: int, balanced: bool = False) -> list[tuple[int, int]]:
+    """[start, end) spans of `tile` covering 0..length, neighbours sharing at least `overlap`.
+
+    balanced: as few spans as cover the length, each shortened to what covering it takes and
+    spread evenly (512 pixels in tiles of 256 sharing 16: three of 182, not three of 256)."""
     if length <= tile:
         return [(0, length)]
     stride = max(1, tile - overlap)
+    if balanced:
+        count = -(-(length - overlap) // stride)
+        size = min(tile, -(-(length + (count - 1) * overlap) // count))
+        return [(i * (length - size) // (count - 1), i * (length - size) // (count - 1) + size) for i in range(count)]
     starts = list(range(0, length - tile, stride)) + [length - tile]
     return [(s, s + tile) for s in starts]
 
@@ -64,7 +71,7 @@ def run_tiles(fn: Callable[[Any], Any], x, scale: int, tile: int, overlap: int, 
 
     _, _, height, width = x.shape
     overlap = min(overlap, tile // 2)
-    rows, cols = spans(height, tile, overlap), spans(width, tile, overlap)
+    rows, cols = spans(height, tile, overlap, balanced=True), spans(width, tile, overlap, balanced=True)
     run.tiles_total, run.tiles_done = len(rows) * len(cols), 0
     out = None
     weight = torch.zeros(1, 1, height * scale, width * scale)
@@ -85,12 +92,14 @@ def run_tiles(fn: Callable[[Any], Any], x, scale: int, tile: int, overlap: int, 
             yield
         if run.interrupted:
             break
-    fallback = F.interpolate(x.float().cpu(), scale_factor=scale, mode="bicubic").clamp(0, 1)
-    if out is None:
-        return fallback
-    done = weight > 0
-    out = torch.where(done, out / weight.clamp_min(1e-8), fallback[:, : out.shape[1]])
-    return out
+    if out is None or run.interrupted:  # the tiles not done: a bicubic upscale of the input
+        fallback = F.interpolate(x.float().cpu(), scale_factor=scale, mode="bicubic").clamp(0, 1)
+        if out is None:
+            return fallback
+        done = weight > 0
+        return torch.where(done, out / weight.clamp_min(1e-8), fallback[:, : out.shape[1]])
+    # In place: a large picture holds the output and its weights, and no full-size temporaries.
+    return out.div_(weight.clamp_min_(1e-8))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
