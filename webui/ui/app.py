@@ -8,7 +8,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img
+from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale
 
 NOT_YET = "**{name}** is not built yet: it is planned, and this tab will hold it."
 TXT2IMG_TAB = "txt2img"
@@ -24,7 +24,11 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                 t2i = txt2img.render(engine, picker)
             with gr.Tab("Image to image / Inpaint", id=img2img.TAB_ID):
                 i2i = img2img.render(engine, picker, t2i, tabs)
-            for name in ("Super-resolution", "Video frames"):
+            with gr.Tab("Super-resolution", id=upscale.TAB_ID):
+                sr = upscale.render(engine)
+            upscale.wire_send(t2i.send_sr, t2i.gallery, sr["image"], tabs)
+            upscale.wire_send(i2i.send_sr, i2i.gallery, sr["image"], tabs)
+            for name in ("Video frames",):
                 with gr.Tab(name):
                     gr.Markdown(NOT_YET.format(name=name))
             with gr.Tab("Segmentation", id="segment"):

@@ -33,6 +33,8 @@ class Img2ImgTab:
     mask_upload: gr.Image
     modes: gr.Tabs
     mode: gr.Radio
+    gallery: gr.Gallery  # the results, and the button that sends them to Super-resolution
+    send_sr: gr.Button
     tab_id: str = TAB_ID
 
 
@@ -130,6 +132,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="img2img-gallery")
+            send_sr = gr.Button("Send to Super-resolution", size="sm", elem_id="img2img-send-sr")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
             status = gr.Markdown(elem_id="img2img-status")
 
@@ -199,7 +202,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             return mask_from_words(engine, editor_value, words, owner_of(request))
 
     mask_words_button.click(words_to_mask, [editor, mask_words], mask_upload, api_visibility="private", **JOB_EVENT)
-    return Img2ImgTab(editor, mask_upload, modes, mode)
+    return Img2ImgTab(editor, mask_upload, modes, mode, gallery, send_sr)
 
 
 def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.Radio, init_image: gr.Image,
