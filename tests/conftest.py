@@ -24,6 +24,7 @@ def models_dir(tmp_path_factory) -> Path:
     tiny_models.save_ldm_single_file(sd, checkpoints / "tiny-sd-single.safetensors")
     (root / "configs").mkdir()
     tiny_models.save_config_folder(sd, root / "configs" / "sd1")
+    tiny_models.make_tiny_upscaler(root / "upscalers" / "4x-tiny-compact.safetensors")
     return root
 
 
@@ -121,6 +122,7 @@ def video_models_dir(tmp_path_factory) -> Path:
     tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion-xl", sdxl=True)
+    tiny_models.make_tiny_clipseg(root / "segmentation" / "tiny-clipseg")  # for vid2vid's mask_prompt
     return root
 
 

@@ -204,7 +204,7 @@ def test_legacy_txt2img_body_runs_without_warnings(client):
 
 
 def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
-    body = {**LEGACY_TXT2IMG, "restore_faces": True, "tiling": True, "enable_hr": True, "hr_scale": 2,
+    body = {**LEGACY_TXT2IMG, "restore_faces": True, "tiling": True,
             "styles": ["cinematic"], "subseed": 5, "subseed_strength": 0.3, "s_churn": 0.5, "eta": 0.5,
             "script_name": "x/y/z plot", "script_args": [1, "a", None],
             "alwayson_scripts": {"adetailer": {"args": []}, "controlnet": {"args": [{"enabled": True}]}},
@@ -213,7 +213,7 @@ def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     warnings = " | ".join(json.loads(response.json()["info"])["warnings"])
-    for name in ("restore_faces", "tiling", "enable_hr", "styles", "subseed_strength", "s_churn", "eta",
+    for name in ("restore_faces", "tiling", "styles", "subseed_strength", "s_churn", "eta",
                  "x/y/z plot", "adetailer", "controlnet", "refiner_checkpoint", "s_min_uncond"):
         assert name in warnings, f"{name} not named in {warnings}"
     assert len(response.json()["images"]) == 1
@@ -236,12 +236,15 @@ def test_legacy_img2img_inpaint_with_a_script_kiri_lacks(client):
         "resize_mode": 0, "restore_faces": False, "s_churn": 0, "s_noise": 1, "s_tmax": 0, "s_tmin": 0,
         "sampler_index": "Euler a", "seed": -1, "seed_resize_from_h": -1, "seed_resize_from_w": -1, "steps": 2,
         "styles": [], "subseed": -1, "subseed_strength": 0, "tiling": False, "width": 64,
-        "script_name": "sd upscale", "script_args": ["", 8, "Lanczos", 2.0],
+        "script_name": "outpainting mk2", "script_args": ["", 8, "Lanczos", 2.0],
     }
     response = client.post("/sdapi/v1/img2img", json=body)
     assert response.status_code == 200, response.text
     warnings = json.loads(response.json()["info"])["warnings"]
-    assert any("sd upscale" in w for w in warnings) and len(response.json()["images"]) == 1
+    assert any("outpainting mk2" in w for w in warnings) and len(response.json()["images"]) == 1
+    # SD upscale is a script Kiri has; it works on the whole picture, so a mask with it is refused.
+    response = client.post("/sdapi/v1/img2img", json={**body, "script_name": "SD Upscale"})
+    assert response.status_code == 422 and "mask" in response.text
 
 
 @pytest.mark.parametrize("raw, field", [

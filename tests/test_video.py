@@ -359,12 +359,38 @@ def test_vid2vid_refuses_a_video_model_naming_the_field(video_engine, clip):
     assert caught.value.field == "model"
 
 
-def test_vid2vid_mask_prompt_says_segmentation_is_missing(video_engine, clip):
+def test_vid2vid_mask_prompt_repaints_only_what_segmentation_finds(video_engine, clip):
+    from PIL import Image, ImageFilter
+
+    from webui.engine.video.service import frame_mask, vid2vid
+
+    result = vid2vid(video_engine, _vid2vid_request(clip, mask_prompt="the red square", consistency="blend",
+                                                    denoising_strength=1.0))
+    assert len(result.frame_paths) == 6 and 'Mask prompt: the red square' in result.info
+    outputs = result.frames()
+    decoded, _, _ = decode(clip)
+    masked = 0
+    for source, output in zip(decoded, outputs):
+        source = Image.fromarray(source)
+        mask = frame_mask(video_engine, "the red square", source, "tester")
+        keep = np.ones((SIZE, SIZE), bool) if mask is None else \
+            np.asarray(mask.filter(ImageFilter.GaussianBlur(4))) == 0
+        assert np.array_equal(np.asarray(output)[keep], np.asarray(source)[keep])
+        masked += mask is not None
+    assert masked  # the tiny CLIPSeg finds something in some frames, so some pixels were repainted
+
+
+def test_vid2vid_mask_prompt_needs_a_segmenter_that_reads_words(tmp_path, clip):
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
     from webui.engine.core.errors import InvalidRequest
+    from webui.engine.settings import Settings
     from webui.engine.video.service import vid2vid
 
-    with pytest.raises(InvalidRequest, match="segmentation is not available") as caught:
-        vid2vid(video_engine, _vid2vid_request(clip, mask_prompt="the square"))
+    (tmp_path / "models").mkdir()
+    engine = build_engine(Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out"), DeviceChoice("cpu"))
+    with pytest.raises(InvalidRequest, match="no segmenter takes a text prompt") as caught:
+        vid2vid(engine, _vid2vid_request(clip, mask_prompt="the square"))
     assert caught.value.field == "mask_prompt"
 
 

@@ -416,6 +416,161 @@ def save_sdxl_single_file(folder: Path, out_file: Path) -> Path:
     return out_file
 
 
+# --- segmenters (models/segmentation/) -------------------------------------------------------
+
+def make_tiny_clipseg(folder: Path) -> Path:
+    """A CLIPSegForImageSegmentation folder (config, weights, processor and tokenizer) of random tiny weights."""
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, ViTImageProcessorPil
+
+    tokenizer = _tokenizer()
+    torch.manual_seed(0)
+    config = CLIPSegConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+                           image_size=64, patch_size=16),
+        projection_dim=32, reduce_dim=16, extract_layers=[1, 2], decoder_num_attention_heads=2, decoder_intermediate_size=32,
+    )
+    processor = CLIPSegProcessor(image_processor=ViTImageProcessorPil(size={"height": 64, "width": 64}, image_mean=[0.5] * 3,
+                                                                      image_std=[0.5] * 3), tokenizer=tokenizer)
+    CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_sam(folder: Path, version: int = 1) -> Path:
+    """A SamModel (version 1) or Sam2Model (2) folder with its processor, random tiny weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    if version == 1:
+        config = transformers.SamConfig(
+            vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_dim=64, output_channels=32,
+                               image_size=64, patch_size=8, global_attn_indexes=[1], window_size=4, num_pos_feats=16),
+            prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=8, mask_input_channels=4),
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                     iou_head_hidden_dim=32),
+        )
+        model = transformers.SamModel(config)
+        processor = transformers.SamProcessor(image_processor=transformers.SamImageProcessorPil(
+            size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
+            mask_pad_size={"height": 16, "width": 16}))
+    else:
+        raise ValueError(f"no tiny SAM {version}")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_segformer(folder: Path) -> Path:
+    """A SegformerForSemanticSegmentation folder of three classes, random tiny weights."""
+    import transformers
+
+    torch.manual_seed(0)
+    labels = {0: "background", 1: "circle", 2: "star"}
+    config = transformers.SegformerConfig(
+        num_channels=3, num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32], patch_sizes=[7, 3],
+        strides=[4, 2], num_attention_heads=[1, 2], mlp_ratios=[2, 2], decoder_hidden_size=32, num_labels=3,
+        id2label=labels, label2id={v: k for k, v in labels.items()},
+    )
+    transformers.SegformerForSemanticSegmentation(config).save_pretrained(folder)
+    transformers.SegformerImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+def make_tiny_upscaler(path, scale: int = 4, num_feat: int = 8, num_conv: int = 2, seed: int = 0):
+    """Real-ESRGAN's compact net (SRVGGNetCompact) with random weights, saved as safetensors with
+    spandrel's key names (body.N.weight ...). Its receptive field is num_conv + 2 pixels."""
+    import torch
+    from safetensors.torch import save_file
+
+    from webui.engine.upscale._models import SRVGGNetCompact
+
+    torch.manual_seed(seed)
+    model = SRVGGNetCompact(3, 3, num_feat, num_conv, scale)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def make_tiny_sd_x4_upscaler(folder: Path) -> Path:
+    """A StableDiffusionUpscalePipeline folder (SD x4 upscaler layout: a UNet taking 4 latent + 3
+    low-res image channels and the noise level as class label, a VAE with a factor 4) of random tiny weights."""
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64), layers_per_block=1, sample_size=32, in_channels=7, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, use_linear_projection=True,
+        only_cross_attention=(True, True, False), num_class_embeds=100, norm_num_groups=32,
+    )
+    torch.manual_seed(0)
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, norm_num_groups=32,
+    )
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=_text_encoder(), tokenizer=_tokenizer(), unet=unet,
+        low_res_scheduler=DDPMScheduler(), scheduler=DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_latent_upscaler(folder: Path) -> Path:
+    """A StableDiffusionLatentUpscalePipeline folder (SD x2 latent upscaler layout: UNet2DConditionModel
+    with 8 input channels and a Fourier time embedding, EulerDiscrete schedule) of random tiny weights."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionLatentUpscalePipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        act_fn="gelu", attention_head_dim=8, norm_num_groups=None, block_out_channels=[32, 32, 64, 64],
+        time_cond_proj_dim=160, conv_in_kernel=1, conv_out_kernel=1, cross_attention_dim=32,
+        down_block_types=("KDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D", "KCrossAttnDownBlock2D"),
+        in_channels=8, mid_block_type=None, only_cross_attention=False, out_channels=5, resnet_time_scale_shift="scale_shift",
+        time_embedding_type="fourier", timestep_post_act="gelu",
+        up_block_types=("KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KCrossAttnUpBlock2D", "KUpBlock2D"),
+    )
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    )
+    scheduler = EulerDiscreteScheduler(prediction_type="sample")
+    pipe = StableDiffusionLatentUpscalePipeline(vae=vae, text_encoder=_text_encoder(), tokenizer=_tokenizer(), unet=unet,
+                                                scheduler=scheduler)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_ldm_super_resolution(folder: Path) -> Path:
+    """An LDMSuperResolutionPipeline folder (CompVis' x4 layout: a VQ autoencoder with a factor 4 and a
+    UNet2DModel taking 3 latent + 3 low-res image channels) of random tiny weights."""
+    from diffusers import DDIMScheduler, LDMSuperResolutionPipeline, UNet2DModel, VQModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=6, out_channels=3,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+    torch.manual_seed(0)
+    vqvae = VQModel(
+        block_out_channels=[32, 32, 64], in_channels=3, out_channels=3, latent_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+    )
+    LDMSuperResolutionPipeline(vqvae=vqvae, unet=unet, scheduler=DDIMScheduler()).save_pretrained(folder)
+    return folder
+
+
+# --- video (motion modules in models/motion/, native video pipelines in checkpoints/) -----------------
+
 def make_tiny_motion_module(folder: Path, max_frames: int = 8, sdxl: bool = False) -> Path:
     """An AnimateDiff MotionAdapter for make_tiny_sd's UNet (or make_tiny_sdxl's: no mid-block motion
     module, as SDXL's modules have): block channels (32, 64), two layers a block; `max_frames` is its

@@ -339,13 +339,15 @@ def adherence(images: np.ndarray, scenes: list) -> dict[str, float]:
 
 
 def example_prompts() -> list[str]:
+    """The text box's examples: short, loose prompts as newcomers type them, then full captions."""
     return [
+        "a red circle",
+        "blue star on the left",
+        "a big yellow square in the middle, grey background",
+        "on a black background, a small white ring at the top",
         "a large red circle in the centre, blue background",
         "a small yellow star on the left, black background",
-        "a large white ring at the top, purple background",
         "a large green triangle at the bottom, white background",
-        "a small blue square on the right, yellow background",
-        "a large orange cross in the centre, gray background",
         "a large purple circle on the left and a large yellow square on the right, white background",
         "a small black star at the top and a large red ring at the bottom, green and white background",
     ]
@@ -544,6 +546,19 @@ def make_dit(patch: int = 2, layers: int = 4, heads: int = 3):
     )
 
 
+def adapt_dit_patch(key: str, old: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor | None:
+    """Warm start of a patch-1 DiT from a patch-2 one: the patch embedding sums the 2x2 kernel (a
+    1-pixel token embeds as a 2x2 block of that pixel did) and the output layer averages the four
+    sub-pixels of each channel (SD3 unpatchifies features as (p, p, channels)). The position table
+    is recomputed for the finer grid, so places are learnt again."""
+    if key == "pos_embed.proj.weight" and old.shape[2:] == (2, 2) and fresh.shape[2:] == (1, 1):
+        return old.sum(dim=(2, 3), keepdim=True)
+    if key in ("proj_out.weight", "proj_out.bias") and old.shape[0] == 4 * fresh.shape[0]:
+        channels = fresh.shape[0]
+        return old.reshape(4, channels, *old.shape[1:]).mean(dim=0)
+    return None
+
+
 def dit_arch(args) -> dict:
     return {"patch": args.dit_patch, "layers": args.dit_layers, "heads": args.dit_heads}
 
@@ -590,7 +605,7 @@ def train_dit(args) -> None:
     dit.set_attn_processor(DedupJointAttnProcessor())
     modules = {"transformer": dit, "text_encoder": te1, "text_encoder_2": te2}
     if args.init_from and not args.resume:
-        words = warm_start(modules, Path(args.init_from), tok)
+        words = warm_start(modules, Path(args.init_from), tok, adapt=adapt_dit_patch)
         print(f"warm start from {args.init_from}; new words starting from a synonym's embedding: {', '.join(words)}")
     params = [p for m in modules.values() for p in m.parameters()]
     peak = args.lr or (5e-4 if args.init_from else 1e-3)

@@ -171,11 +171,12 @@ def _canonical_words() -> dict[str, str]:
     return canon
 
 
-def warm_start(modules: dict, folder: Path, tok) -> list[str]:
+def warm_start(modules: dict, folder: Path, tok, adapt=None) -> list[str]:
     """Load the weights of a trained pipeline folder (the same architecture) into ``modules``
     ({subfolder name: module}), mapping token embeddings from that folder's tokenizer to ``tok`` by
     token text: tokens both hold keep their embedding, a synonym or plural of a known word takes that
-    word's, any other new token keeps its fresh initialisation. Returns the new words so initialised."""
+    word's, any other new token keeps its fresh initialisation. A tensor whose shape differs goes
+    through ``adapt(key, old, fresh)`` (None: keep the fresh one). Returns the new words so initialised."""
     import json as _json
 
     from safetensors.torch import load_file
@@ -207,6 +208,13 @@ def warm_start(modules: dict, folder: Path, tok) -> list[str]:
                 if src is not None:
                     fresh[i] = old[src]
             state[emb_key] = fresh
+        for key in [k for k in state if k in own and state[k].shape != own[k].shape]:
+            adapted = adapt(key, state[key], own[key]) if adapt else None
+            if adapted is None:
+                print(f"warm start: {name}.{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)} starts afresh")
+                state[key] = own[key]
+            else:
+                state[key] = adapted
         missing, unexpected = module.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:

@@ -71,6 +71,9 @@ class Engine:
                     on_loaded=lambda model: self.hooks.notify("on_model_loaded", model),
                     memory_budget=self.settings.model_memory_budget_mb * 2**20,
                 )
+                from webui.engine.upscale import load_upscaler_entry
+
+                self._models.add_loader("upscaler", load_upscaler_entry)
             return self._models
 
     def models_if_created(self) -> ModelManager | None:
@@ -138,10 +141,20 @@ class Engine:
     def _work(self, kind: str, request) -> Callable[[Job], Generator[None, None, GenerationResult]]:
         """A prepared request's work for the job store; img2img's image and mask are prepared here, in
         the caller's thread, so a bad picture is refused before the job is queued."""
+        if kind == "img2img" and getattr(request, "sd_upscale", None) is not None:
+            from webui.engine.upscale import check_sd_upscale, sd_upscale_work
+
+            check_sd_upscale(self, request)  # upscaler, picture and output size refused before the job is queued
+            return lambda job: sd_upscale_work(self, request, job)
         if kind == "img2img":
             warnings: list[str] = []
             task = self.img2img_task(request, warnings)
             return lambda job: self._with_warnings(self.stage(task, job), warnings)
+        if getattr(request, "hires", None) is not None:
+            from webui.engine.upscale import check_hires, hires_work
+
+            check_hires(self, request)  # an unknown hires upscaler is refused before the job is queued
+            return lambda job: hires_work(self, request, job)
         from webui.engine.generation.txt2img import Txt2ImgTask
 
         return lambda job: self.stage(Txt2ImgTask(request), job)

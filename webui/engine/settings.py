@@ -27,6 +27,7 @@ class Settings:
     disabled_extensions: list[str] = field(default_factory=list)
     allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
     max_pixels: int = 4096 * 4096  # bigger init images for Image to image are refused
+    max_output_pixels: int = 8192 * 8192  # bigger Super-resolution outputs are refused before any work
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
 

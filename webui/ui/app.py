@@ -8,9 +8,8 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, settings, txt2img, video
+from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale, video
 
-NOT_YET = "**{name}** is not built yet: it is planned, and this tab will hold it."
 TXT2IMG_TAB = "txt2img"
 CSS = "#model-status p {margin: 0.5em 0 0 0;} footer {display: none !important;}"
 
@@ -23,15 +22,15 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
             with gr.Tab("Text to image", id=TXT2IMG_TAB):
                 t2i = txt2img.render(engine, picker)
             with gr.Tab("Image to image / Inpaint", id=img2img.TAB_ID):
-                img2img.render(engine, picker, t2i, tabs)
-            for name in ("Super-resolution",):
-                with gr.Tab(name):
-                    gr.Markdown(NOT_YET.format(name=name))
+                i2i = img2img.render(engine, picker, t2i, tabs)
+            with gr.Tab("Super-resolution", id=upscale.TAB_ID):
+                sr = upscale.render(engine)
+            upscale.wire_send(t2i.send_sr, t2i.gallery, sr["image"], tabs)
+            upscale.wire_send(i2i.send_sr, i2i.gallery, sr["image"], tabs)
             with gr.Tab("Video frames", id="video"):
                 video.render(engine)
-            for name in ("Segmentation",):
-                with gr.Tab(name):
-                    gr.Markdown(NOT_YET.format(name=name))
+            with gr.Tab("Segmentation", id="segment"):
+                segment.render(engine, i2i, tabs)
             with gr.Tab("PNG info", id="png_info"):
                 png_info.render(engine, t2i, tabs, TXT2IMG_TAB)
             with gr.Tab("Sampler lab", id="sampler_lab"):

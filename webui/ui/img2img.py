@@ -4,6 +4,7 @@ same generation settings as Text to image."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -14,6 +15,7 @@ from webui.engine.core.images import to_rgb
 from webui.engine.generation.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
 from webui.engine.core.jobs import Job
 from webui.engine.samplers.registry import default_sampler
+from webui.engine.segment import SegmentRequest, mask_tools, segment
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
 from .components import generation_settings, request_fields, result_note, shown_images
@@ -21,6 +23,19 @@ from .txt2img import Txt2ImgTab, _model_defaults
 
 TAB_ID = "img2img"
 MODES = ("img2img", "inpaint", "outpaint")
+
+
+@dataclass
+class Img2ImgTab:
+    """The components other tabs fill in (Segmentation's "Send mask to Inpaint")."""
+
+    editor: gr.ImageEditor
+    mask_upload: gr.Image
+    modes: gr.Tabs
+    mode: gr.Radio
+    gallery: gr.Gallery  # the results, and the button that sends them to Super-resolution
+    send_sr: gr.Button
+    tab_id: str = TAB_ID
 
 
 def editor_mask(value: Any):
@@ -57,7 +72,20 @@ def _as_image(value: Any):
     return to_rgb(value, "init_image") if isinstance(value, Image.Image) else None
 
 
-def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> None:
+def mask_from_words(engine: Engine, editor: Any, words: str, owner: str):
+    """A mask of what the words name in the Inpaint picture (all the masks found, together)."""
+    image = _as_image(editor)
+    if image is None:
+        raise InvalidRequest("init_image", "upload a picture to the Inpaint editor first")
+    if not (words or "").strip():
+        raise InvalidRequest("prompt", "type what to mask, e.g. \"the red circle\"")
+    result = segment(engine, SegmentRequest(image, prompt=words), owner)
+    if not result.masks:
+        raise InvalidRequest("prompt", f"{result.info['model']} found nothing for {words!r}: try other words")
+    return mask_tools.to_image(mask_tools.union(result.arrays()))
+
+
+def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> Img2ImgTab:
     samplers, sampler, size, _ = _model_defaults(engine)
     # A hidden radio rather than gr.State, so API clients can choose the mode too.
     mode = gr.Radio(list(MODES), value="img2img", visible=False, label="Mode", elem_id="img2img-mode")
@@ -75,6 +103,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                                             eraser=gr.Eraser(), layers=False, elem_id="inpaint-editor")
                     mask_upload = gr.Image(label="Or upload a mask (white = repaint); it replaces the brush strokes",
                                            type="pil", image_mode=None, height=160, elem_id="inpaint-mask")
+                    with gr.Row():
+                        mask_words = gr.Textbox(label="Or make the mask from words", placeholder="the red circle",
+                                                elem_id="inpaint-mask-words", scale=4)
+                        mask_words_button = gr.Button("Mask it", size="sm", elem_id="inpaint-mask-words-run", scale=1)
                 with gr.Tab("Outpaint", id="outpaint") as tab_outpaint:
                     outpaint_image = gr.Image(label="Image to extend", type="pil", image_mode=None, height=300,
                                               elem_id="outpaint-image")
@@ -100,6 +132,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="img2img-gallery")
+            send_sr = gr.Button("Send to Super-resolution", size="sm", elem_id="img2img-send-sr")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
             status = gr.Markdown(elem_id="img2img-status")
 
@@ -163,6 +196,13 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
     if t2i is not None and tabs is not None and t2i.send_img2img is not None:
         _wire_send_buttons(t2i, tabs, modes, mode, init_image, editor, prompt, negative)
+
+    def words_to_mask(editor_value, words, request: gr.Request):
+        with user_errors():
+            return mask_from_words(engine, editor_value, words, owner_of(request))
+
+    mask_words_button.click(words_to_mask, [editor, mask_words], mask_upload, api_visibility="private", **JOB_EVENT)
+    return Img2ImgTab(editor, mask_upload, modes, mode, gallery, send_sr)
 
 
 def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.Radio, init_image: gr.Image,

@@ -10,7 +10,8 @@ import gradio as gr
 from webui.engine.context import Engine
 from webui.engine.core.errors import KiriError
 from webui.engine.core.jobs import Job
-from webui.engine.generation.requests import Txt2ImgRequest
+from webui.engine.generation.requests import HiresFix, Txt2ImgRequest
+from webui.engine.upscale import all_upscalers
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
@@ -28,6 +29,7 @@ class Txt2ImgTab:
     gallery: gr.Gallery
     send_img2img: gr.Button | None = None  # wired by the Image to image tab
     send_inpaint: gr.Button | None = None
+    send_sr: gr.Button | None = None  # wired by the app to the Super-resolution tab
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -51,6 +53,18 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             gen = generation_settings("txt2img", samplers, sampler, size)
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
+            with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
+                enable_hr = gr.Checkbox(False, label="Enable hires fix", elem_id="txt2img-enable-hr")
+                with gr.Row():
+                    hr_upscaler = gr.Dropdown([(u.label, u.name) for u in all_upscalers(engine.catalog, latent=True)],
+                                              value="Latent", label="Upscaler", elem_id="txt2img-hr-upscaler")
+                    hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by")
+                with gr.Row():
+                    hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same as sampling)")
+                    hr_denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength")
+                with gr.Row():
+                    hr_resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by scale)")
+                    hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by scale)")
             with gr.Accordion("X/Y grid: compare samplers, steps, CFG...", open=False, elem_id="xy-grid"):
                 with gr.Row():
                     x_axis = gr.Dropdown(list(AXES), value="Sampler", label="X axis")
@@ -68,6 +82,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             with gr.Row():
                 send_img2img = gr.Button("Send to Image to image", size="sm", elem_id="txt2img-send-img2img")
                 send_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id="txt2img-send-inpaint")
+                send_sr = gr.Button("Send to Super-resolution", size="sm", elem_id="txt2img-send-sr")
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
             status = gr.Markdown(elem_id="txt2img-status")
 
@@ -75,8 +90,10 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         """Generate images from text; yields live previews, then the images, the first infotext and a status line."""
         job = Job(kind="txt2img", owner=owner_of(request))
         started = time.perf_counter()
+        hires = _hires_fix(settings)
         with user_errors():
-            req = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings))
+            req = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings),
+                                 hires=hires)
             result = yield from stream_job(lambda: engine.txt2img(req, job), job, progress,
                                            lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
         for warning in result.warnings:
@@ -84,8 +101,10 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
         yield shown_images(result), (result.infotexts[0] if result.infotexts else ""), result_note(result, time.perf_counter() - started)
 
     inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker)
-    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT)
-    prompt.submit(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_visibility="private", **JOB_EVENT)
+    hires_inputs = dict(enable_hr=enable_hr, hr_upscaler=hr_upscaler, hr_scale=hr_scale, hr_steps=hr_steps,
+                        hr_denoise=hr_denoise, hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y)
+    generate.click(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT)
+    prompt.submit(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_visibility="private", **JOB_EVENT)
 
     def run_grid(prompt, negative_prompt, x_axis, x_values, y_axis, y_values, request: gr.Request,
                  progress: gr.Progress = gr.Progress(), **settings):
@@ -136,7 +155,18 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
                 gr.update(samples=[[e] for e in examples], visible=bool(examples)))
 
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts], api_visibility="private", queue=False)
-    return Txt2ImgTab(prompt, negative, gen, gallery, send_img2img, send_inpaint)
+    return Txt2ImgTab(prompt, negative, gen, gallery, send_img2img, send_inpaint, send_sr)
+
+
+def _hires_fix(settings: dict) -> HiresFix | None:
+    """Pops the Hires. fix widgets' values out of `settings`; the fix when enabled, else None."""
+    values = {k: settings.pop(k, None) for k in ("enable_hr", "hr_upscaler", "hr_scale", "hr_steps", "hr_denoise",
+                                                 "hr_resize_x", "hr_resize_y")}
+    if not values["enable_hr"]:
+        return None
+    return HiresFix(scale=float(values["hr_scale"] or 2), upscaler=values["hr_upscaler"] or "Latent",
+                    steps=int(values["hr_steps"] or 0), resize_x=int(values["hr_resize_x"] or 0),
+                    resize_y=int(values["hr_resize_y"] or 0), denoising_strength=float(values["hr_denoise"] or 0))
 
 
 def _job_with_progress(kind: str, request: gr.Request, progress: gr.Progress) -> Job:

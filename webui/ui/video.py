@@ -84,7 +84,7 @@ def render(engine: Engine) -> None:
                     with gr.Row():
                         max_frames = gr.Number(120, precision=0, label="Max frames", minimum=1, maximum=service.MAX_FRAMES)
                         max_size = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Max size (longer side)")
-                    mask_prompt = gr.Textbox(label="Mask prompt (repaint only this; needs the segmentation engine)", lines=1)
+                    mask_prompt = gr.Textbox(label="Mask prompt: repaint only this (needs a segmenter that reads words in models/segmentation/)", lines=1, elem_id="vid2vid-mask-prompt")
                     v2v = _generation_widgets("vid2vid", samplers)
                     with gr.Row():
                         v2v_go = gr.Button("Generate", variant="primary", elem_id="vid2vid-generate", scale=3)

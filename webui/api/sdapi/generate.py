@@ -28,8 +28,9 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.post("/img2img")
     def img2img(body: Img2ImgBody, http: Request) -> dict:
         warnings: list[str] = []
-        request = mapping.img2img_request(body, warnings)
-        result = engine.img2img(request, Job(kind="img2img", owner=ctx.owner(http)))
+        request = mapping.img2img_request(body, warnings, engine)
+        with mapping.script_errors():
+            result = engine.img2img(request, Job(kind="img2img", owner=ctx.owner(http)))
         result.warnings[:0] = warnings
         return mapping.response(engine, body, result, body.init_images if body.include_init_images else ())
 

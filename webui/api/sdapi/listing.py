@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from webui.engine.samplers.registry import SCHEDULES
-from webui.engine.upscale import builtin_upscalers
+from webui.engine.upscale import LATENT_MODES, all_upscalers
 
 from ..common import ApiContext
 from .options import api_title, shown_path
@@ -54,8 +54,15 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/upscalers")
     def upscalers() -> list:
-        return [{"name": u.name, "model_name": None, "model_path": None, "model_url": None, "scale": 4 if u.resample else 1}
-                for u in builtin_upscalers()]
+        engine.catalog.of_kind("upscaler") or engine.catalog.scan()
+        return [{"name": u.name, "model_name": None if u.kind == "classic" else u.name,
+                 "model_path": None if u.path is None else str(shown_path(ctx, u.path)), "model_url": None,
+                 "scale": u.scale if u.kind != "classic" else (1 if u.name == "None" else 4)}
+                for u in all_upscalers(engine.catalog)]
+
+    @router.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> list:
+        return [{"name": name} for name in LATENT_MODES]
 
     @router.get("/loras")
     def loras() -> list:
@@ -84,7 +91,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/scripts")
     def scripts() -> dict:
-        return {"txt2img": [], "img2img": []}
+        return {"txt2img": [], "img2img": ["sd upscale"]}
 
     @router.get("/extensions")
     def extensions() -> list[dict]:

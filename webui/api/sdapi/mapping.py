@@ -7,14 +7,16 @@ them (webui/ui/components.py) and this module maps A1111's JSON onto them.
 from __future__ import annotations
 
 import json
+import math
 import time
+from contextlib import contextmanager
 from typing import Any
 
 from webui import __version__
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.call import ClipSkip
-from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
+from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2ImgRequest
 
 from ..common import decode_image, encode_png, json_safe
 from .fields import Img2ImgBody, Txt2ImgBody
@@ -75,7 +77,6 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
 
     warn(bool(body.restore_faces), "restore_faces: Kiri has no face restorer; faces are as generated")
     warn(bool(body.tiling), "tiling: Kiri does not make tileable images; the image was made without tiling")
-    warn(body.enable_hr, "enable_hr: hires fix is not in Kiri yet; the image was made at width x height only")
     warn(bool(body.styles), f"styles {body.styles[:MAX_NAMED]!r}: Kiri has no saved styles yet; not applied")
     warn(body.subseed_strength > 0, "subseed_strength: variation seeds are not in Kiri yet; only seed was used")
     warn(body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed_resize_from_w/h: not applied")
@@ -85,8 +86,11 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
         value = getattr(body, name)
         warn(value is not None and value != neutral, f"{name} {value}: not applied; Kiri's samplers use their defaults")
     warn(bool(body.refiner_checkpoint), "refiner_checkpoint: refiners are not in Kiri yet; not applied")
-    warn(bool(body.script_name), f"script_name {str(body.script_name)!r}: not a script Kiri has; "
-                                 "the request ran without it")
+    if is_sd_upscale(body) and not isinstance(body, Img2ImgBody):
+        warn(True, "script_name 'SD upscale' is an img2img script; this txt2img request ran without it")
+    else:
+        warn(bool(body.script_name) and not is_sd_upscale(body), f"script_name {str(body.script_name)!r}: "
+                                                                 "not a script Kiri has; the request ran without it")
     scripts = list(body.alwayson_scripts)
     warn(bool(scripts), "alwayson_scripts not applied (Kiri has no such scripts): "
                         + ", ".join(repr(k) for k in scripts[:MAX_NAMED]))
@@ -94,10 +98,107 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
 
 
 def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None) -> Txt2ImgRequest:
-    return Txt2ImgRequest(**common_fields(body, warnings))
+    fields = common_fields(body, warnings)
+    if body.enable_hr:
+        fields["hires"] = hires_fix(body, warnings if warnings is not None else [])
+    return Txt2ImgRequest(**fields)
 
 
-def img2img_request(body: Img2ImgBody, warnings: list[str]):
+def hires_fix(body: Txt2ImgBody, warnings: list[str]) -> HiresFix:
+    """A1111's hr_* fields -> the request's hires fix (denoising_strength: A1111's 0.7 when not sent)."""
+    if body.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+        warnings.append("hr_checkpoint_name: the second pass uses the first pass's checkpoint in Kiri")
+    if body.hr_scheduler not in (None, "", "Use same scheduler") and body.hr_scheduler != body.scheduler:
+        warnings.append("hr_scheduler: the second pass uses the first pass's schedule type in Kiri")
+    sampler = body.hr_sampler_name if body.hr_sampler_name not in (None, "", "Use same sampler") else None
+    return HiresFix(
+        scale=body.hr_scale, upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
+        resize_x=body.hr_resize_x, resize_y=body.hr_resize_y,
+        denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.7,
+        sampler_name=sampler, prompt=body.hr_prompt or "", negative_prompt=body.hr_negative_prompt or "",
+    )
+
+
+SD_UPSCALE = "sd upscale"
+SEAM_FIX_NAMES = {"none": "None", "half tile offset": "Half tile offset", "half tile": "Half tile offset",
+                  "bands": "Bands", "band pass": "Bands"}
+
+
+def is_sd_upscale(body: Txt2ImgBody) -> bool:
+    return isinstance(body.script_name, str) and body.script_name.strip().lower() == SD_UPSCALE
+
+
+def sd_upscale_options(engine: Engine, body: Img2ImgBody):
+    """A1111's SD upscale script_args, [info, overlap, upscaler (name or index), scale], onto the
+    request's SDUpscale; Kiri also reads [4] seam fix ("None", "Half tile offset", "Bands") and [5]
+    its denoising strength. A bad argument is a 422 naming script_args and its index."""
+    from webui.engine.generation.img2img import SDUpscale
+    from webui.engine.upscale import all_upscalers, find_upscaler
+
+    args = list(body.script_args or [])
+    if len(args) > 6:
+        raise InvalidRequest("script_args", f"SD upscale takes at most 6 script_args (got {len(args)})")
+    defaults = ["", 64, "Lanczos", 2.0, "None", 0.35]
+    args += defaults[len(args):]
+    _, overlap, upscaler, scale, seam_fix, seam_denoise = args
+    if isinstance(upscaler, int) and not isinstance(upscaler, bool):
+        choices = all_upscalers(engine.catalog)
+        if not 0 <= upscaler < len(choices):
+            raise InvalidRequest("script_args", f"script_args[2]: upscaler index {upscaler} is not in 0..{len(choices) - 1}")
+        upscaler = choices[upscaler].name
+    if not isinstance(upscaler, str):
+        raise InvalidRequest("script_args", f"script_args[2] must be an upscaler name or index (got {upscaler!r})")
+    upscaler = find_upscaler(upscaler, "script_args", engine.catalog).name
+    if isinstance(seam_fix, str) and seam_fix.strip().lower() in SEAM_FIX_NAMES:
+        seam_fix = SEAM_FIX_NAMES[seam_fix.strip().lower()]
+    return SDUpscale(upscaler=upscaler, scale=parse_number(scale, 3), overlap=parse_whole(overlap, 1), seam_fix=seam_fix,
+                     seam_fix_denoise=parse_number(seam_denoise, 5))
+
+
+def parse_number(value: Any, index: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidRequest("script_args", f"script_args[{index}] must be a number (got {value!r})")
+    try:
+        number = float(value)
+    except (ValueError, OverflowError):
+        raise InvalidRequest("script_args", f"script_args[{index}] must be a number (got {str(value)[:50]!r})") from None
+    if not math.isfinite(number):
+        raise InvalidRequest("script_args", f"script_args[{index}] must be a finite number (got {value!r})")
+    return number
+
+
+def parse_whole(value: Any, index: int) -> int:
+    number = parse_number(value, index)
+    if number != int(number):
+        raise InvalidRequest("script_args", f"script_args[{index}] must be a whole number (got {value!r})")
+    return int(number)
+
+
+SD_UPSCALE_ARGS = {"sd_upscale.overlap": 1, "sd_upscale.upscaler": 2, "sd_upscale.scale": 3, "sd_upscale.seam_fix": 4,
+                   "sd_upscale.seam_fix_denoise": 5}
+
+
+@contextmanager
+def script_errors():
+    """The engine's SD upscale fields (sd_upscale.overlap, ...) named as A1111's script_args[i]."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        if exc.field.startswith("sd_upscale."):
+            index = SD_UPSCALE_ARGS.get(exc.field)
+            where = f"script_args[{index}]" if index is not None else "script_args"
+            raise InvalidRequest("script_args", f"{where}: {exc}") from exc
+        raise
+
+
+def img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | None = None):
+    """A1111's img2img fields onto Img2ImgRequest; script_name "SD upscale" (any case) with its
+    script_args sets the request's sd_upscale."""
+    with script_errors():
+        return _img2img_request(body, warnings, engine)
+
+
+def _img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | None):
     from webui.engine.generation.img2img import Img2ImgRequest
 
     if not body.init_images:
@@ -123,6 +224,7 @@ def img2img_request(body: Img2ImgBody, warnings: list[str]):
             mask_blur=mask_blur,
             inpainting_mask_invert=body.inpainting_mask_invert, inpainting_fill=body.inpainting_fill,
             inpaint_full_res=body.inpaint_full_res, inpaint_full_res_padding=body.inpaint_full_res_padding,
+            sd_upscale=sd_upscale_options(engine, body) if engine is not None and is_sd_upscale(body) else None,
         )
     except InvalidRequest as exc:
         if exc.field == "mask_blur" and blur_field != "mask_blur":

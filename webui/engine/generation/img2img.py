@@ -30,6 +30,42 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 MAX_MASK_BLUR = 64
 MAX_PADDING = 256
 MAX_OUTPAINT = 1024
+SEAM_FIXES = ("None", "Half tile offset", "Bands")
+MAX_SD_UPSCALE = 4
+
+
+@dataclass
+class SDUpscale:
+    """AUTOMATIC1111's SD upscale script on an img2img request: upscale the init image by `scale`
+    with `upscaler`, then image to image tile by tile (the request's width x height is the tile
+    size, its denoising strength, seed and checkpoint are the tiles'), tiles blended over `overlap`
+    pixels; `seam_fix` then denoises across the tile borders again (half-tile offset regions or
+    bands) at `seam_fix_denoise`. The upscaler name is checked by the upscale capability."""
+
+    upscaler: str = "Lanczos"
+    scale: float = 2.0
+    overlap: int = 64
+    seam_fix: str = "None"
+    seam_fix_denoise: float = 0.35
+    seam_fix_width: int = 64  # Bands: the band denoised fully across each border
+    seam_fix_padding: int = 16  # Bands: pixels each side where it fades out
+    seed_per_tile: bool = False  # False: every tile with the picture's seed (A1111); True: seed + tile number
+
+    def validate(self, width: int, height: int) -> None:
+        if not isinstance(self.upscaler, str) or not self.upscaler.strip():
+            raise InvalidRequest("sd_upscale.upscaler", "SD upscale needs an upscaler name")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 1 <= self.scale <= MAX_SD_UPSCALE:
+            raise InvalidRequest("sd_upscale.scale", f"SD upscale's scale must be between 1 and {MAX_SD_UPSCALE} (got {self.scale!r})")
+        require_range("sd_upscale.overlap", self.overlap, 0, min(width, height) // 2)
+        if self.seam_fix not in SEAM_FIXES:
+            raise InvalidRequest("sd_upscale.seam_fix", f"seam fix must be one of {', '.join(SEAM_FIXES)} (got {self.seam_fix!r})")
+        if isinstance(self.seam_fix_denoise, bool) or not isinstance(self.seam_fix_denoise, (int, float)) \
+                or not 0 <= self.seam_fix_denoise <= 1:
+            raise InvalidRequest("sd_upscale.seam_fix_denoise", f"seam fix denoising strength must be between 0 and 1 (got {self.seam_fix_denoise!r})")
+        require_range("sd_upscale.seam_fix_width", self.seam_fix_width, 8, min(width, height))
+        require_range("sd_upscale.seam_fix_padding", self.seam_fix_padding, 0, min(width, height) // 2)
+        if not isinstance(self.seed_per_tile, bool):
+            raise InvalidRequest("sd_upscale.seed_per_tile", "seed_per_tile must be true or false")
 
 
 @dataclass
@@ -45,6 +81,7 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpainting_fill: int = 1  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
     inpaint_full_res: bool = False  # True: "only masked"
     inpaint_full_res_padding: int = 32
+    sd_upscale: SDUpscale | None = None  # the SD upscale script (see SDUpscale)
 
     def validate(self) -> None:
         super().validate()
@@ -62,6 +99,14 @@ class Img2ImgRequest(Txt2ImgRequest):
         require_range("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_PADDING)
         if self.mask is not None and not isinstance(self.mask, Image.Image):
             raise InvalidRequest("mask", "the mask is not an image: upload a black and white picture (white = repaint)")
+        if isinstance(self.sd_upscale, dict):  # plain data (core/plain.py) keeps nested objects as dicts
+            self.sd_upscale = SDUpscale(**self.sd_upscale)
+        if self.sd_upscale is not None:
+            if not isinstance(self.sd_upscale, SDUpscale):
+                raise InvalidRequest("script_args", "sd_upscale must be the SD upscale settings")
+            if self.mask is not None:
+                raise InvalidRequest("mask", "SD upscale works on the whole picture: send no mask (or inpaint first)")
+            self.sd_upscale.validate(self.width, self.height)
 
 
 def check_pixels(image: "Image.Image", max_pixels: int, field: str = "init_image") -> None:

@@ -29,6 +29,53 @@ def random_seed() -> int:
 
 
 @dataclass
+class HiresFix:
+    """Text to image's second pass (AUTOMATIC1111's hires fix): upscale the first image, then
+    image to image at the bigger size. The upscaler is checked by the upscale capability."""
+
+    scale: float = 2.0
+    upscaler: str = "Latent"  # a latent mode or any upscaler name
+    steps: int = 0  # 0: the first pass's steps
+    resize_x: int = 0  # resize to (0: by scale); the other side follows the aspect ratio when 0
+    resize_y: int = 0
+    denoising_strength: float = 0.7
+    sampler_name: str | None = None  # None: the first pass's sampler
+    prompt: str = ""  # "": the first pass's prompt
+    negative_prompt: str = ""
+
+    def validate(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 1 <= self.scale <= 4:
+            raise InvalidRequest("hr_scale", f"hires upscale must be between 1 and 4 (got {self.scale!r})")
+        if not isinstance(self.upscaler, str) or not self.upscaler.strip():
+            raise InvalidRequest("hr_upscaler", "hr_upscaler must name an upscaler or a latent mode")
+        require_range("hr_second_pass_steps", self.steps, 0, MAX_STEPS)
+        require_range("hr_resize_x", self.resize_x, 0, MAX_SIZE)
+        require_range("hr_resize_y", self.resize_y, 0, MAX_SIZE)
+        if isinstance(self.denoising_strength, bool) or not isinstance(self.denoising_strength, (int, float)) \
+                or not 0 <= self.denoising_strength <= 1:
+            raise InvalidRequest("denoising_strength", f"denoising strength must be between 0 and 1 (got {self.denoising_strength!r})")
+        for name in ("prompt", "negative_prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise InvalidRequest(f"hr_{name}", f"hr_{name} must be text")
+            check_text(f"hr_{name}", value)
+
+    def target(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size, in multiples of 8 as the model needs, within MIN_SIZE..MAX_SIZE."""
+        if self.resize_x or self.resize_y:
+            w = self.resize_x or round(width * self.resize_y / height)
+            h = self.resize_y or round(height * self.resize_x / width)
+            field = "hr_resize_x"
+        else:
+            w, h = round(width * self.scale), round(height * self.scale)
+            field = "hr_scale"
+        w, h = max(MIN_SIZE, w // 8 * 8), max(MIN_SIZE, h // 8 * 8)
+        if w > MAX_SIZE or h > MAX_SIZE:
+            raise InvalidRequest(field, f"the hires pass would be {w}x{h}; at most {MAX_SIZE} a side")
+        return w, h
+
+
+@dataclass
 class Txt2ImgRequest:
     prompt: str
     negative_prompt: str = ""
@@ -45,6 +92,7 @@ class Txt2ImgRequest:
     addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}, e.g. {"clip_skip": 2}
     save_images: bool | None = None  # None: the Settings tab decides
     image_format: str | None = None  # png, jpg or webp for the saved files; None: the Settings tab decides
+    hires: HiresFix | None = None  # hires fix (Text to image only)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,6 +124,13 @@ class Txt2ImgRequest:
             raise InvalidRequest("image_format", f"image format must be one of {', '.join(IMAGE_FORMATS)} (got {self.image_format!r})")
         if not isinstance(self.addons, dict):
             raise InvalidRequest("addons", "addons must be an object of {name: settings}")
+        if isinstance(self.hires, dict):  # plain data (core/plain.py) keeps nested objects as dicts
+            self.hires = HiresFix(**self.hires)
+        if self.hires is not None:
+            if not isinstance(self.hires, HiresFix):
+                raise InvalidRequest("enable_hr", "hires must be the hires fix settings")
+            self.hires.validate()
+            self.hires.target(self.width, self.height)
 
     @property
     def total_images(self) -> int:

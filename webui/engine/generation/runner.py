@@ -99,7 +99,8 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
                 addon.apply(call)
                 applied.append(addon)
             images = task.finish(call.run())
-            images = engine.hooks.transform("after_generate", images, request)
+            if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
+                images = engine.hooks.transform("after_generate", images, request)
         except Interrupted:
             result.interrupted = True
             break

@@ -43,6 +43,7 @@ CONSISTENCY = ("none", "blend", "flow")
 FACTORS = (2, 4)
 INTERPOLATE_CHUNK = 8  # source frames per turn
 MAX_WEBP_FRAMES = 240
+MASK_BLUR = 4  # feather of a mask_prompt's mask, pixels
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Vid2VidRequest:
     cfg_scale: float = 7.0
     seed: int = -1  # the same for every frame, so the style holds still
     model: str | None = None
-    mask_prompt: str | None = None  # repaint only what the segmentation engine finds (when there is one)
+    mask_prompt: str | None = None  # repaint only what the segmentation engine finds for these words
 
     def __post_init__(self) -> None:
         self.validate()
@@ -501,15 +502,29 @@ def _selected(plan: _Plan, request: Vid2VidRequest):
 
 
 def check_masking(engine: "Engine") -> None:
-    """The hook point for mask_prompt: each frame would be inpainted inside the mask the segmentation
-    engine (webui/engine/segment) finds for the prompt. Refused until that engine exists and is wired here."""
-    import importlib.util
-
-    if importlib.util.find_spec("webui.engine.segment") is None:
+    """mask_prompt needs a segmenter that reads words (models/segmentation/: CLIPSeg, SAM 3, Grounding DINO)."""
+    try:
+        from webui.engine.segment import find_segmenter
+    except ImportError:
         raise InvalidRequest("mask_prompt", "segmentation is not available in this Kiri: leave mask_prompt empty "
-                                            "to restyle whole frames")
-    raise InvalidRequest("mask_prompt", "video to video does not use the segmentation engine yet: leave mask_prompt "
-                                        "empty to restyle whole frames")
+                                            "to restyle whole frames") from None
+    try:
+        find_segmenter(engine, None, ("text",))
+    except InvalidRequest as exc:
+        raise InvalidRequest("mask_prompt", f"{exc}; or leave mask_prompt empty to restyle whole frames") from None
+
+
+def frame_mask(engine: "Engine", prompt: str, frame: "Image.Image", owner: str) -> "Image.Image | None":
+    """What the segmentation engine finds for `prompt` in the frame (all of it, one L mask), or None.
+    Run from inside the video job, the segment job runs inline on the worker."""
+    from PIL import Image
+
+    from webui.engine.segment import SegmentRequest, mask_tools, segment
+
+    found = segment(engine, SegmentRequest(image=frame, prompt=prompt), owner=owner)
+    if not found.masks:
+        return None
+    return mask_tools.to_image(mask_tools.union(found.arrays())) if len(found.masks) > 1 else found.masks[0].convert("L")
 
 
 def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -> VideoResult:
@@ -526,7 +541,7 @@ def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -
 
 
 def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -> Generator[None, None, VideoResult]:
-    from PIL import Image
+    from PIL import Image, ImageFilter
 
     from webui.engine.generation.img2img import Img2ImgRequest
     from webui.engine.video.flow import warp_onto
@@ -557,18 +572,25 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
             if previous_out is not None and request.consistency != "none" and request.consistency_strength > 0:
                 carried = previous_out if request.consistency == "blend" else warp_onto(previous_out, previous_in, source)
                 init = Image.blend(source, carried, request.consistency_strength)
-            frame_request = engine.prepare_request(Img2ImgRequest(
-                prompt=request.prompt, negative_prompt=request.negative_prompt, sampler_name=request.sampler_name,
-                scheduler=request.scheduler, steps=request.steps, cfg_scale=request.cfg_scale, seed=request.seed,
-                width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
-                denoising_strength=request.denoising_strength))
-            warnings: list[str] = []
-            stage = yield from engine.stage(engine.img2img_task(frame_request, warnings), FrameJob(kind="vid2vid", owner=job.owner, parent=job))
-            if stage.interrupted:
-                result.interrupted = True
-                break
-            output = stage.images[0] if stage.images else init  # Skip: the frame as it came in
-            params = {"Sampler": stage.sampler_name, "Model hash": stage.model_hash}
+            mask = frame_mask(engine, request.mask_prompt, source, job.owner) if request.mask_prompt else None
+            if request.mask_prompt and mask is None:
+                output = source  # nothing to repaint in this frame
+            else:
+                frame_request = engine.prepare_request(Img2ImgRequest(
+                    prompt=request.prompt, negative_prompt=request.negative_prompt, sampler_name=request.sampler_name,
+                    scheduler=request.scheduler, steps=request.steps, cfg_scale=request.cfg_scale, seed=request.seed,
+                    width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
+                    denoising_strength=request.denoising_strength, mask=mask, mask_blur=MASK_BLUR))
+                warnings: list[str] = []
+                stage = yield from engine.stage(engine.img2img_task(frame_request, warnings),
+                                                FrameJob(kind="vid2vid", owner=job.owner, parent=job))
+                if stage.interrupted:
+                    result.interrupted = True
+                    break
+                output = stage.images[0] if stage.images else init  # Skip: the frame as it came in
+                if mask is not None:  # outside the mask the source frame stays exactly (not the blended init)
+                    output = Image.composite(output, source, mask.filter(ImageFilter.GaussianBlur(MASK_BLUR)))
+                params = {"Sampler": stage.sampler_name, "Model hash": stage.model_hash}
             media.save_frame(output, path)
             yield  # each frame is a turn: other users' jobs run in between
         paths.append(path)
@@ -585,6 +607,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
         "Model": model.name, "Denoising strength": request.denoising_strength, "Frames": len(paths),
         "FPS": f"{plan.fps:g}", "Consistency": request.consistency if request.consistency == "none"
         else f"{request.consistency} {request.consistency_strength:g}", "Every nth": request.every_nth if request.every_nth > 1 else None,
+        "Mask prompt": request.mask_prompt,
         "Version": _version(),
     })
     return _finish(folder, paths, plan.fps, info, result)
@@ -641,6 +664,6 @@ def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, inf
 
 __all__ = [
     "Txt2VideoRequest", "Vid2VidRequest", "InterpolateRequest", "VideoResult", "txt2video", "vid2vid", "interpolate",
-    "video_models", "motion_modules", "is_video_model", "plan_vid2vid", "check_masking", "CONSISTENCY", "FACTORS",
+    "video_models", "motion_modules", "is_video_model", "plan_vid2vid", "check_masking", "frame_mask", "CONSISTENCY", "FACTORS",
     "MAX_FRAMES", "MAX_FPS",
 ]

@@ -1,0 +1,366 @@
+"""Segmenters that have weights: a folder under models/segmentation/ with a transformers config.json.
+
+`detect(folder)` reads config.json (no torch) and says which backend runs it and which prompts it
+takes; `load(entry, device, allow_pickle)` is the loader the model manager calls (on the job
+store's worker) and returns a backend whose `run(image, request)` gives (mask, label, score)
+triples, masks as bool arrays of the image's size.
+
+Backends: CLIPSeg (text), SAM and SAM 2 (clicks, a box), SAM 3 (text concepts, a box),
+Grounding DINO (text -> boxes, each cut out by a SAM of the catalog when one is there),
+semantic segmentation (SegFormer, UperNet, ... : one mask per class present) and universal
+segmentation (Mask2Former, MaskFormer, OneFormer: one mask per panoptic segment).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from webui.engine.core.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.models.catalog import CatalogEntry
+
+Found = tuple[np.ndarray, str, float]  # (bool mask of the image's size, label, score)
+
+# model_type in config.json -> (kind, prompts it takes)
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "clipseg": ("clipseg", ("text",)),
+    "sam": ("sam", ("points", "box")),
+    "sam_hq": ("sam", ("points", "box")),
+    "sam2": ("sam2", ("points", "box")),
+    "sam2_video": ("sam2", ("points", "box")),
+    "sam3": ("sam3", ("text", "box")),
+    "sam3_video": ("sam3", ("text", "box")),
+    "grounding-dino": ("grounding-dino", ("text",)),
+    "mm-grounding-dino": ("grounding-dino", ("text",)),
+    "mask2former": ("universal", ("none",)),
+    "maskformer": ("universal", ("none",)),
+    "oneformer": ("universal", ("none",)),
+}
+SEMANTIC_TYPES = {"segformer", "upernet", "beit", "data2vec-vision", "dpt", "mobilevit", "mobilevitv2", "mobilenet_v2"}
+
+
+@dataclass(frozen=True)
+class Detected:
+    kind: str | None  # None: not a segmenter
+    prompts: tuple[str, ...] = ()
+    problem: str | None = None  # why it cannot be used
+
+
+def detect(path: Path) -> Detected:
+    """Which backend runs the folder at `path`, from its config.json; never imports torch."""
+    if not path.is_dir():
+        return Detected(None, problem=f"{path.name} is a single weights file: Kiri loads segmenters from a "
+                                      "transformers folder (config.json, weights, processor files)")
+    if (path / "model_index.json").exists() and not (path / "config.json").exists():
+        return Detected(None, problem=f"{path.name} is a diffusers pipeline, not a segmenter: it belongs in models/checkpoints")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return Detected(None, problem=f"{path.name}/config.json cannot be read ({exc})")
+    if not isinstance(config, dict):
+        return Detected(None, problem=f"{path.name}/config.json is not a transformers config")
+    model_type = str(config.get("model_type", ""))
+    architectures = [str(a) for a in config.get("architectures") or []]
+    if model_type in KINDS:
+        kind, prompts = KINDS[model_type]
+        return Detected(kind, prompts)
+    if model_type in SEMANTIC_TYPES or any(a.endswith("ForSemanticSegmentation") for a in architectures):
+        return Detected("semantic", ("none",))
+    what = architectures[0] if architectures else (model_type or "unknown")
+    return Detected(None, problem=f"{path.name} holds a {what} model, which is not a segmenter Kiri knows "
+                                  f"(CLIPSeg, SAM, SAM 2, SAM 3, Grounding DINO, SegFormer/UperNet, Mask2Former/OneFormer)")
+
+
+def load(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> "Backend":
+    """The manager's loader for the segmenter kind."""
+    found = detect(entry.path)
+    if found.kind is None:
+        raise ModelLoadError(f"cannot load {entry.name}: {found.problem}")
+    try:
+        backend = BACKENDS[found.kind](entry.path, device.device)
+    except ImportError as exc:
+        # SAM 2's and SAM 3's image processors need torchvision, which Kiri does not require.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {entry.name}: {first} (pip install torchvision)") from exc
+    backend.name = entry.name
+    return backend
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def split_phrases(prompt: str) -> list[str]:
+    """"cat, red ball; sky" -> three things to find."""
+    return [p.strip() for p in re.split(r"[,;\n]", prompt) if p.strip()]
+
+
+class Backend:
+    kind = ""
+    prompts: tuple[str, ...] = ()
+
+    def __init__(self, path: Path, device: str):
+        self.path, self.device, self.name = path, device, path.name
+
+    def to(self, device: str) -> "Backend":
+        self.model.to(device)
+        self.device = device
+        return self
+
+    def run(self, image: "Image.Image", request: Any, helper: Callable[[str], "Backend | None"] | None = None) -> list[Found]:
+        raise NotImplementedError
+
+
+class ClipSeg(Backend):
+    kind, prompts = "clipseg", ("text",)
+
+    def __init__(self, path: Path, device: str):
+        super().__init__(path, device)
+        from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+        self.processor = CLIPSegProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = CLIPSegForImageSegmentation.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    def probabilities(self, image: "Image.Image", phrases: list[str]):
+        """(len(phrases), H, W) probabilities at the image's size."""
+        import torch
+
+        max_length = self.model.config.text_config.max_position_embeddings
+        inputs = self.processor(text=phrases, images=[image] * len(phrases), padding=True, truncation=True,
+                                max_length=max_length, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits
+        logits = logits.reshape(len(phrases), 1, *logits.shape[-2:]).float()
+        logits = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits[:, 0]).cpu().numpy()
+
+    def run(self, image, request, helper=None) -> list[Found]:
+        phrases = split_phrases(request.prompt)
+        found = []
+        for phrase, probs in zip(phrases, self.probabilities(image, phrases)):
+            mask = probs >= request.threshold
+            if mask.any():
+                found.append((mask, phrase, float(probs[mask].mean())))
+        return found
+
+
+def _points_and_labels(request) -> tuple[list | None, list | None]:
+    if not request.points:
+        return None, None
+    return [[[[float(x), float(y)] for x, y, _ in request.points]]], [[[int(label) for _, _, label in request.points]]]
+
+
+class Sam(Backend):
+    """SAM: one prompt (all the clicks, and the box) -> three candidate masks with predicted IoU."""
+
+    kind, prompts = "sam", ("points", "box")
+    model_class, processor_class = "SamModel", "SamProcessor"
+
+    def __init__(self, path: Path, device: str):
+        super().__init__(path, device)
+        import transformers
+
+        self.processor = getattr(transformers, self.processor_class).from_pretrained(str(path), local_files_only=True)
+        self.model = getattr(transformers, self.model_class).from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    def _inputs(self, image, points, labels, boxes):
+        kwargs: dict[str, Any] = {"images": image, "return_tensors": "pt"}
+        if points is not None:
+            kwargs.update(input_points=points, input_labels=labels)
+        if boxes is not None:
+            kwargs["input_boxes"] = boxes
+        return self.processor(**kwargs)
+
+    def _post(self, pred_masks, inputs, threshold):
+        extra = {"reshaped_input_sizes": inputs["reshaped_input_sizes"].cpu()} if "reshaped_input_sizes" in inputs else {}
+        return self.processor.post_process_masks(pred_masks.cpu(), inputs["original_sizes"].cpu(),
+                                                 mask_threshold=_logit(threshold), binarize=True, **extra)[0]
+
+    def predict(self, image, points, labels, boxes, threshold, multimask: bool):
+        """(prompts, candidates, H, W) bool masks and (prompts, candidates) scores."""
+        import torch
+
+        inputs = self._inputs(image, points, labels, boxes)
+        model_inputs = {k: v.to(self.device) for k, v in inputs.items()
+                        if k in ("pixel_values", "input_points", "input_labels", "input_boxes")}
+        with torch.inference_mode():
+            out = self.model(**model_inputs, multimask_output=multimask)
+        masks = self._post(out.pred_masks, inputs, threshold).numpy().astype(bool)
+        return masks, out.iou_scores[0].float().cpu().numpy()
+
+    def run(self, image, request, helper=None) -> list[Found]:
+        points, labels = _points_and_labels(request)
+        boxes = [[[float(v) for v in request.box]]] if request.box else None
+        masks, scores = self.predict(image, points, labels, boxes, request.threshold, multimask=True)
+        order = np.argsort(-scores[0])
+        return [(masks[0, i], f"candidate {rank + 1}", float(scores[0, i])) for rank, i in enumerate(order) if masks[0, i].any()]
+
+
+class Sam2(Sam):
+    kind = "sam2"
+    model_class, processor_class = "Sam2Model", "Sam2Processor"
+
+
+class Sam3(Backend):
+    """SAM 3: every instance of a text concept (and/or inside a box)."""
+
+    kind, prompts = "sam3", ("text", "box")
+
+    def __init__(self, path: Path, device: str):
+        super().__init__(path, device)
+        from transformers import Sam3Model, Sam3Processor
+
+        self.processor = Sam3Processor.from_pretrained(str(path), local_files_only=True)
+        self.model = Sam3Model.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    def run(self, image, request, helper=None) -> list[Found]:
+        import torch
+
+        phrases = split_phrases(request.prompt) if request.prompt else [None]
+        found = []
+        for phrase in phrases:
+            kwargs: dict[str, Any] = {"images": image, "return_tensors": "pt"}
+            if phrase:
+                kwargs["text"] = phrase
+            if request.box:
+                kwargs.update(input_boxes=[[[float(v) for v in request.box]]], input_boxes_labels=[[1]])
+            inputs = self.processor(**kwargs).to(self.device)
+            with torch.inference_mode():
+                out = self.model(**inputs)
+            result = self.processor.post_process_instance_segmentation(
+                out, threshold=request.threshold, mask_threshold=0.5, target_sizes=[(image.height, image.width)])[0]
+            for mask, score in zip(result["masks"], result["scores"]):
+                mask = mask.cpu().numpy().astype(bool)
+                if mask.any():
+                    found.append((mask, phrase or "box", float(score)))
+        return found
+
+
+class GroundingDino(Backend):
+    """Grounding DINO finds boxes for the words; a SAM of the catalog (if any) cuts each box out,
+    else the box itself is the mask."""
+
+    kind, prompts = "grounding-dino", ("text",)
+
+    def __init__(self, path: Path, device: str):
+        super().__init__(path, device)
+        from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+        self.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = GroundingDinoForObjectDetection.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    def boxes(self, image, prompt: str, threshold: float) -> list[tuple[list[float], str, float]]:
+        import torch
+
+        # Grounding DINO's text format: lower case phrases, each ending with a dot.
+        text = " ".join(p.lower() + "." for p in split_phrases(prompt))
+        inputs = self.processor(images=image, text=text, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        result = self.processor.post_process_grounded_object_detection(
+            out, inputs["input_ids"], threshold=threshold, text_threshold=threshold,
+            target_sizes=[(image.height, image.width)])[0]
+        labels = result.get("text_labels", result.get("labels"))
+        return [(box.tolist(), str(label), float(score)) for box, label, score in zip(result["boxes"], labels, result["scores"])]
+
+    def run(self, image, request, helper=None) -> list[Found]:
+        found = []
+        sam = helper("box") if helper is not None else None
+        for box, label, score in self.boxes(image, request.prompt, request.threshold):
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(image.width, x1), min(image.height, y1)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            if isinstance(sam, Sam):
+                masks, scores = sam.predict(image, None, None, [[[x0, y0, x1, y1]]], 0.5, multimask=False)
+                mask = masks[0, 0]
+            else:
+                mask = np.zeros((image.height, image.width), bool)
+                mask[y0:y1, x0:x1] = True
+            if mask.any():
+                found.append((mask, label, score))
+        return found
+
+
+class Semantic(Backend):
+    """SegFormer, UperNet, ...: every pixel gets a class; one mask per class present."""
+
+    kind, prompts = "semantic", ("none",)
+
+    def __init__(self, path: Path, device: str):
+        super().__init__(path, device)
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+        self.processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = AutoModelForSemanticSegmentation.from_pretrained(str(path), local_files_only=True).to(device).eval()
+
+    def run(self, image, request, helper=None) -> list[Found]:
+        import torch
+
+        inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            logits = self.model(**inputs).logits.float()
+        logits = torch.nn.functional.interpolate(logits, size=(image.height, image.width), mode="bilinear", align_corners=False)
+        probs = logits.softmax(dim=1)[0]
+        best, labels = probs.max(dim=0)
+        labels, best = labels.cpu().numpy(), best.cpu().numpy()
+        names = self.model.config.id2label
+        found = []
+        for class_id in np.unique(labels):
+            mask = labels == class_id
+            found.append((mask, str(names.get(int(class_id), names.get(str(class_id), class_id))), float(best[mask].mean())))
+        return sorted(found, key=lambda f: -int(f[0].sum()))
+
+
+class Universal(Backend):
+    """Mask2Former / MaskFormer / OneFormer: panoptic segments, each a mask with its class and score."""
+
+    kind, prompts = "universal", ("none",)
+
+    def __init__(self, path: Path, device: str):
+        super().__init__(path, device)
+        import transformers
+
+        self.processor = transformers.AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        self.model = transformers.AutoModelForUniversalSegmentation.from_pretrained(str(path), local_files_only=True)
+        self.model = self.model.to(device).eval()
+
+    def run(self, image, request, helper=None) -> list[Found]:
+        import torch
+
+        kwargs: dict[str, Any] = {"images": image, "return_tensors": "pt"}
+        if self.model.config.model_type == "oneformer":
+            kwargs["task_inputs"] = ["panoptic"]
+        inputs = self.processor(**kwargs).to(self.device)
+        with torch.inference_mode():
+            out = self.model(**inputs)
+        post = getattr(self.processor, "image_processor", self.processor)
+        result = post.post_process_panoptic_segmentation(out, threshold=request.threshold,
+                                                         target_sizes=[(image.height, image.width)])[0]
+        segmentation = result["segmentation"].cpu().numpy()
+        names = self.model.config.id2label
+        found = []
+        for segment in result["segments_info"]:
+            mask = segmentation == segment["id"]
+            if mask.any():
+                label_id = int(segment["label_id"])
+                found.append((mask, str(names.get(label_id, names.get(str(label_id), label_id))), float(segment["score"])))
+        return found
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    "clipseg": ClipSeg, "sam": Sam, "sam2": Sam2, "sam3": Sam3, "grounding-dino": GroundingDino,
+    "semantic": Semantic, "universal": Universal,
+}
