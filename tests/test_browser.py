@@ -30,7 +30,7 @@ def test_every_tab_is_listed_and_built(kiri_server, browser):
     page.locator("#txt2video-generate").wait_for(timeout=10_000)
     assert page.get_by_text("is not built yet").count() == 0
     page.get_by_role("tab", name="Extensions", exact=True).first.click()
-    page.wait_for_function("document.querySelector('#extensions-table').innerText.includes('kiri-samplers')", timeout=10_000)
+    page.wait_for_function("document.querySelector('#extensions-table')?.innerText.includes('kiri-samplers')", timeout=10_000)
     assert page.get_by_text("Installing from the UI is off").first.is_visible()
     assert page.locator("#extensions-install").is_disabled()
     page.close()

@@ -32,7 +32,7 @@ def test_click_an_object_and_send_its_mask_to_inpaint(kiri_server, browser, tmp_
     top = box["y"] + (box["height"] - side) / 2
     page.mouse.click(left + side * obj.cx / 64, top + side * obj.cy / 64)
     page.locator("#segment-mask img").first.wait_for(state="visible", timeout=60_000)
-    page.wait_for_function("document.querySelector('#segment-status').innerText.includes('flood-fill')", timeout=30_000)
+    page.wait_for_function("document.querySelector('#segment-status')?.innerText.includes('flood-fill')", timeout=30_000)
     page.screenshot(path=str(tmp_path / "segmented.png"))
     page.locator("#segment-send-inpaint").click()
     page.locator("#inpaint-mask img").first.wait_for(state="visible", timeout=30_000)
