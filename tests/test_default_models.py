@@ -101,17 +101,21 @@ def test_weights_are_small_safetensors():
     assert total < 25 * 1024 * 1024
 
 
-def test_tokenizer_has_every_grammar_word_as_one_token(loaded):
-    # The template grammar's words; the free phrasings' words join once the models are retrained on them.
+def test_tokenizer_has_every_caption_word_as_one_token(loaded):
+    # The template grammar's words and the free phrasings' (synonyms, plurals, wordings of places).
     tokenizer = loaded[1].pipeline.tokenizer
-    for word in W.vocabulary(free=False):
+    for word in W.vocabulary():
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
-def test_example_prompts_follow_the_grammar(loaded):
+def test_example_prompts_show_short_and_long_phrasings(loaded):
     examples = loaded[1].entry.example_prompts()
     assert len(examples) >= 4
-    assert all(W.parse_caption(e) is not None for e in examples)
+    specs = [W.parse(e) for e in examples]
+    assert all(spec is not None and spec.objects for spec in specs), examples
+    # the range a newcomer needs: a bare prompt and a full template caption
+    assert any(len(e.split()) <= 3 for e in examples)
+    assert any(W.parse_caption(e) is not None for e in examples)
 
 
 def test_generates_64px_float32(loaded):
@@ -145,6 +149,29 @@ def test_follows_held_out_prompts(loaded):
     assert found >= 5, f"an object in only {found} of 6 pictures"
     assert colour >= 0.6, f"colour accuracy {colour:.2f}"
     assert position >= 0.6, f"position accuracy {position:.2f}"
+
+
+def test_follows_free_phrasings(loaded):
+    """Short and loose prompts: held-out scenes phrased as newcomers type them (bare, reordered,
+    synonyms, noisy; held-out phrasings included), judged only on what each prompt states."""
+    import random
+
+    engine = loaded[0]
+    rng = random.Random(5)
+    scenes = W.eval_prompts(12, seed=11)
+    families = ("bare", "reordered", "synonyms", "noisy")
+    pairs = [W.phrase(s, families[i % len(families)], rng, split="eval") for i, s in enumerate(scenes[:8])]
+    scores = [W.score_spec(_gen(engine, caption, 40 + i), spec) for i, (caption, spec) in enumerate(pairs)]
+
+    def share(key):
+        vals = [s[key] for s in scores if s[key] is not None]
+        return np.mean(vals) if vals else 1.0
+
+    # Over 16 such prompts per family the LDM scores colour 88-100% and the DiT 75-100%
+    # (models/README.md); before the retraining on free phrasings both scored 0-44% (bare: 0-6%).
+    assert share("colour") >= 0.6, (share("colour"), [c for c, _ in pairs])
+    if loaded[1].entry.name == "kiri-shapes-ldm":  # the DiT draws blobs (shape ~19%, a known limit)
+        assert share("shape") >= 0.4, (share("shape"), [c for c, _ in pairs])
 
 
 def test_the_text_to_image_tab_offers_the_models_example_prompts(kiri, tmp_path):
