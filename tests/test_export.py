@@ -38,6 +38,27 @@ def _prefixes(keys) -> set[str]:
     return out
 
 
+def _same_picture_and_weights(engine, folder_name: str, file_name: str, components: tuple[str, ...]):
+    """The folder and its single file give the same picture and hold the same weights; returns both pipelines."""
+    from webui.engine.generation.requests import Txt2ImgRequest
+
+    pictures = []
+    for name in (folder_name, file_name):
+        result = engine.txt2img(Txt2ImgRequest(prompt=PROMPT, seed=5, steps=8, width=64, height=64, model=name))
+        assert not result.warnings, result.warnings
+        pictures.append(np.asarray(result.images[0].convert("RGB")).astype(int))
+    folder, single = pictures
+    assert folder.std() > 10  # a picture, not a flat field
+    assert np.abs(folder - single).max() <= 1
+
+    a, b = engine.load_model(folder_name).pipeline, engine.load_model(file_name).pipeline
+    for component in components:
+        sa, sb = getattr(a, component).state_dict(), getattr(b, component).state_dict()
+        assert set(sa) == set(sb), component
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), component
+    return a, b
+
+
 @pytest.fixture(scope="module")
 def exported_ldm(tmp_path_factory):
     """A models folder with the LDM folder and its exported single file (+ models/configs/sd1)."""
@@ -73,7 +94,6 @@ def test_the_ldm_file_is_in_the_sd1_layout(exported_ldm):
 def test_kiris_single_file_loader_reads_it_back_to_the_same_picture(exported_ldm, tmp_path):
     from webui.bootstrap import build_engine
     from webui.engine.core.devices import DeviceChoice
-    from webui.engine.generation.requests import Txt2ImgRequest
     from webui.engine.settings import Settings
 
     models, out = exported_ldm
@@ -81,20 +101,7 @@ def test_kiris_single_file_loader_reads_it_back_to_the_same_picture(exported_ldm
     entries = {e.name: e for e in engine.catalog.scan()}
     assert entries["kiri-ldm-single"].format == "single_file" and entries["kiri-ldm-single"].family == "sd1"
 
-    pictures = {}
-    for name in ("kiri-shapes-ldm", "kiri-ldm-single"):
-        result = engine.txt2img(Txt2ImgRequest(prompt=PROMPT, seed=5, steps=8, width=64, height=64, model=name))
-        assert not result.warnings, result.warnings
-        pictures[name] = np.asarray(result.images[0].convert("RGB")).astype(int)
-    folder, single = pictures["kiri-shapes-ldm"], pictures["kiri-ldm-single"]
-    assert folder.std() > 10  # a picture, not a flat field
-    assert np.abs(folder - single).max() <= 1
-
-    a, b = engine.load_model("kiri-shapes-ldm").pipeline, engine.load_model("kiri-ldm-single").pipeline
-    for component in ("unet", "vae", "text_encoder"):
-        sa, sb = getattr(a, component).state_dict(), getattr(b, component).state_dict()
-        assert set(sa) == set(sb), component
-        assert all(torch.equal(sa[k], sb[k]) for k in sa), component
+    a, b = _same_picture_and_weights(engine, "kiri-shapes-ldm", "kiri-ldm-single", ("unet", "vae", "text_encoder"))
     assert b.vae.config.scaling_factor == a.vae.config.scaling_factor
     assert type(b.scheduler) is type(a.scheduler)
 
@@ -154,7 +161,6 @@ def test_kiris_single_file_loader_reads_the_dit_file_back_to_the_same_picture(tm
     single-file loader, which assembles it part by part (diffusers' pipeline loader cannot)."""
     from webui.bootstrap import build_engine
     from webui.engine.core.devices import DeviceChoice
-    from webui.engine.generation.requests import Txt2ImgRequest
     from webui.engine.settings import Settings
     from webui.tools.export_checkpoint import main
 
@@ -167,20 +173,7 @@ def test_kiris_single_file_loader_reads_the_dit_file_back_to_the_same_picture(tm
     entries = {e.name: e for e in engine.catalog.scan()}
     assert entries["kiri-dit-single"].format == "single_file" and entries["kiri-dit-single"].family == "sd3"
 
-    pictures = {}
-    for name in ("kiri-shapes-dit", "kiri-dit-single"):
-        result = engine.txt2img(Txt2ImgRequest(prompt=PROMPT, seed=5, steps=8, width=64, height=64, model=name))
-        assert not result.warnings, result.warnings
-        pictures[name] = np.asarray(result.images[0].convert("RGB")).astype(int)
-    folder, single = pictures["kiri-shapes-dit"], pictures["kiri-dit-single"]
-    assert folder.std() > 10
-    assert np.abs(folder - single).max() <= 1
-
-    a, b = engine.load_model("kiri-shapes-dit").pipeline, engine.load_model("kiri-dit-single").pipeline
-    for component in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-        sa, sb = getattr(a, component).state_dict(), getattr(b, component).state_dict()
-        assert set(sa) == set(sb), component
-        assert all(torch.equal(sa[k], sb[k]) for k in sa), component
+    a, b = _same_picture_and_weights(engine, "kiri-shapes-dit", "kiri-dit-single", ("transformer", "vae", "text_encoder", "text_encoder_2"))
     assert b.text_encoder_3 is None and type(b.scheduler) is type(a.scheduler)
 
 
