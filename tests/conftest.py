@@ -38,17 +38,18 @@ def engine(models_dir, tmp_path):
     return build_engine(settings, DeviceChoice("cpu"))
 
 
-@pytest.fixture(scope="session")
-def kiri_server(models_dir, tmp_path_factory):
-    """The real Gradio app on a free loopback port, as launch.py builds it; yields its URL."""
+def serve_kiri(models_dir: Path, tmp_path_factory, name: str = "outputs"):
+    """The real Gradio app on a free loopback port, as launch.py builds it: yields its URL, engine
+    and outputs folder, then stops running jobs and closes the server."""
     import socket
+    import time
 
     from webui.bootstrap import build_engine
     from webui.engine.core.devices import DeviceChoice
     from webui.engine.settings import Settings
     from webui.server import ServeOptions, serve
 
-    outputs = tmp_path_factory.mktemp("outputs")
+    outputs = tmp_path_factory.mktemp(name)
     settings = Settings(models_dir=models_dir, outputs_dir=outputs, default_model="tiny-sd")
     engine = build_engine(settings, DeviceChoice("cpu"))
     engine.catalog.scan()
@@ -59,13 +60,17 @@ def kiri_server(models_dir, tmp_path_factory):
                                         cmd_flags={"port": port}))
     yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
     # Stop and wait for running jobs: a torch thread alive at interpreter exit can abort it.
-    import time
-
     engine.interrupt(None)
     deadline = time.monotonic() + 60
     while (engine.jobs.active() or engine.jobs.queued()) and time.monotonic() < deadline:
         time.sleep(0.1)
     app.close()
+
+
+@pytest.fixture(scope="session")
+def kiri_server(models_dir, tmp_path_factory):
+    """The real Gradio app on the tiny models; yields its URL, engine and outputs folder."""
+    yield from serve_kiri(models_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

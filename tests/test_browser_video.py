@@ -9,29 +9,9 @@ import pytest
 
 @pytest.fixture(scope="module")
 def video_server(video_models_dir, tmp_path_factory):
-    import socket
-    import time
+    from conftest import serve_kiri
 
-    from webui.bootstrap import build_engine
-    from webui.engine.core.devices import DeviceChoice
-    from webui.engine.settings import Settings
-    from webui.server import ServeOptions, serve
-
-    outputs = tmp_path_factory.mktemp("video_outputs")
-    engine = build_engine(Settings(models_dir=video_models_dir, outputs_dir=outputs, default_model="tiny-sd"),
-                          DeviceChoice("cpu"))
-    engine.catalog.scan()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app, _ = serve(engine, ServeOptions(port=port, settings_file=tmp_path_factory.mktemp("settings") / "settings.json",
-                                        cmd_flags={"port": port}))
-    yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
-    engine.interrupt(None)
-    deadline = time.monotonic() + 60
-    while (engine.jobs.active() or engine.jobs.queued()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    app.close()
+    yield from serve_kiri(video_models_dir, tmp_path_factory, "video_outputs")
 
 
 def _set(page, elem_id: str, value: str) -> None:

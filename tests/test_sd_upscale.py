@@ -124,6 +124,10 @@ def _line_energy(image, lines, axis) -> float:
     return float(np.mean(steps))
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "known defect, issue 13: with the retrained kiri-shapes-ldm the half-tile seam fix leaves more gradient on the tile "
+    "borders than half a tile away (over 4 seeds, denoise 0.1: 117 vs 62; without the fix 94 vs 66), likely as it redraws "
+    "content centred on each border instead of blending across it"))
 def test_seam_fix_leaves_no_more_gradient_on_tile_borders_than_half_a_tile_away(tmp_path):
     """kiri-shapes-ldm, a 64 px picture upscaled x3 in 64 px tiles with 16 px overlap: with the
     half-tile seam fix, the squared step across the tile borders (the middle of each overlap) is no
