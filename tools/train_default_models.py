@@ -1,11 +1,17 @@
 #!/usr/bin/env python
-"""Train Kiri's embedded default models from scratch on a CPU.
+"""Train Kiri's embedded default models on a CPU.
 
     python tools/train_default_models.py vae            # the shared AutoencoderKL (64x64 px <-> 16x16x4)
     python tools/train_default_models.py ldm            # text-to-image LDM (UNet2DConditionModel + CLIP)
     python tools/train_default_models.py dit            # SD3-style MMDiT trained with rectified flow
     options: --steps N  --minutes N (stop early, still saves)  --resume  --out FOLDER  --seed N
-             --phrasings MIX (caption families, see below)  --dit-patch 1|2 ... (DiT shape, see below)
+             --phrasings MIX (caption families, see below)  --init-from FOLDER (warm start)
+             --dit-patch 1|2 ... (DiT shape, see below)
+
+The shipped models were made in two stages (models/README.md, "Training"): first on the template
+captions only (``--phrasings template --out .train/base/ldm-template``), then on the free phrasings
+starting from that model (``--init-from .train/base/ldm-template``; for the DiT also ``--dit-patch 1``).
+A warm start maps token embeddings by token text, a synonym starting from its word's embedding.
 
 Everything is drawn by ``tools/kiri_world.py`` from a fixed seed, so a run reproduces the shipped
 weights (up to floating-point nondeterminism of the CPU kernels). ``ldm`` and ``dit`` train the VAE
@@ -23,7 +29,8 @@ tokenizer in ``.train/tokenizer`` is rebuilt when ``kiri_world.vocabulary()`` ha
 hold as single tokens (the free phrasings add 35 words to the template's 30); a rebuilt tokenizer
 changes the text encoders' vocabulary, so start such a run without ``--resume``.
 
-DiT options for shape accuracy (defaults = the shipped architecture; none of them measured yet):
+DiT options for shape accuracy (defaults = stage 1's architecture; patch 1 measured: no better shapes
+at 1,800 steps, see models/README.md):
 ``--dit-patch 1`` (256 image tokens at 16x16 latents instead of 64: each token sees one latent
 pixel, so outlines are not averaged inside a patch; the transformer's forward + backward at batch 64
 took 1.5x as long as with patch 2 on the shared 2-core CPU, 8.6 s against 5.7 s under a load of
@@ -533,7 +540,7 @@ class DedupJointAttnProcessor:
         return hs, enc
 
 
-DIT_DEFAULT = {"patch": 2, "layers": 4, "heads": 3}  # the shipped kiri-shapes-dit
+DIT_DEFAULT = {"patch": 2, "layers": 4, "heads": 3}  # stage 1 of kiri-shapes-dit (stage 2, shipped, is --dit-patch 1)
 
 
 def make_dit(patch: int = 2, layers: int = 4, heads: int = 3):
@@ -732,7 +739,7 @@ def main(argv=None) -> None:
                    help="also measure these families' held-out phrasings at each adherence check (free_colour, "
                         "free_shape, free_position in train_log.json; '' to skip)")
     p.add_argument("--dit-patch", type=int, choices=[1, 2], default=DIT_DEFAULT["patch"],
-                   help="DiT patch size: 2 = 64 image tokens (shipped), 1 = 256 tokens, finer outlines, ~1.5x a step")
+                   help="DiT patch size: 2 = 64 image tokens (stage 1), 1 = 256 tokens (the shipped stage 2; with --init-from a patch-2 model, warm-started across patch sizes)")
     p.add_argument("--dit-layers", type=int, default=DIT_DEFAULT["layers"], help="DiT joint blocks (shipped 4)")
     p.add_argument("--dit-heads", type=int, default=DIT_DEFAULT["heads"], help="DiT heads of 32 (shipped 3 = 96 wide)")
     p.add_argument("--dit-logit-mean", type=float, default=0.0,
