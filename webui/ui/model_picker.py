@@ -35,6 +35,15 @@ def render(engine: Engine) -> gr.Dropdown:
         engine.catalog.scan()
         return gr.update(choices=model_choices(engine), value=selected_title(engine)), _status(engine)
 
+    # A page opened while a model loads (the first one, at start-up) would say "Loading" for good:
+    # poll until the load is over, then stop.
+    watch = gr.Timer(1.0, active=True)
+
+    def poll() -> tuple[str, gr.Timer]:
+        text = _status(engine)
+        return text, gr.Timer(active=text.startswith("Loading"))
+
+    watch.tick(poll, None, [status, watch], api_visibility="private", queue=False)
     dropdown.input(load, dropdown, status, api_name="load_model", **JOB_EVENT)
     refresh.click(rescan, None, [dropdown, status], api_name="refresh_models")
     return dropdown
