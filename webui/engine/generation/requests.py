@@ -150,6 +150,14 @@ class GenerationResult:
     sampler_name: str = ""
     schedule: str = "Automatic"
 
+    def add(self, image: Any, infotext: str, seed: int, path: Path | None = None) -> None:
+        """One finished picture with its infotext and seed (and the file it was saved to, if any)."""
+        if path is not None:
+            self.paths.append(path)
+        self.images.append(image)
+        self.infotexts.append(infotext)
+        self.seeds.append(seed)
+
 
 def check_text(name: str, text: str) -> None:
     """Refuse a prompt longer than MAX_PROMPT_CHARS, or holding a lone UTF-16 surrogate.

@@ -120,11 +120,8 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
             params.update(call.infotext)
             params["Version"] = version
             info = build_infotext(prompt, negative, params)
-            if save:
-                result.paths.append(save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format))
-            result.images.append(image)
-            result.infotexts.append(info)
-            result.seeds.append(seed)
+            path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
+            result.add(image, info, seed, path)
         if job.interrupted:
             result.interrupted = True
             break

@@ -130,11 +130,8 @@ def sd_upscale(engine: "Engine", request: Img2ImgRequest, job: "Job") -> Generat
                                    f"{upscaler.name} upscale.")
         if info is None:  # interrupted before any tile finished
             break
-        if save:
-            result.paths.append(save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format))
-        result.images.append(image)
-        result.infotexts.append(info)
-        result.seeds.append(seed)
+        path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
+        result.add(image, info, seed, path)
         if stage.interrupted:
             break
     job.label = ""
