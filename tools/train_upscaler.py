@@ -46,10 +46,15 @@ SCALE = 4
 HR = 64  # training crop (the input is 16 px)
 WORK = ROOT / ".train" / "upscaler_work"
 DEFAULT_OUT = ROOT / "models" / "upscalers" / "kiri-compact-x4.safetensors"
-PICTURE_DIRS = ["gradio/media_assets/images", "gradio/test_data", "networkx/drawing/tests/baseline"]
+PICTURE_DIRS = ["gradio/media_assets/images", "gradio/test_data", "networkx/drawing/tests/baseline", "skimage/data"]
+# scikit-image's bundled photographs (PNG files, so named here; its other pictures are drawings, text and
+# a microscope slide kept as "other pictures"). scikit-image is a training-only dependency
+# (requirements-train.txt): without it the script runs on the other pictures alone.
+PACKAGE_PHOTOS = {"astronaut", "camera", "chelsea", "coffee", "coins", "moon", "motorcycle_left", "motorcycle_right",
+                  "rocket", "hubble_deep_field", "retina", "brick", "grass", "gravel"}
 SHARE_DIRS = [Path("/usr/share/icons"), Path("/usr/share/doc"), Path("/usr/share/backgrounds"), Path("/usr/share/pixmaps"),
               Path("/usr/share/wallpapers")]
-HELD_OUT = 2  # photographs kept out of training (by file)
+HELD_OUT = 4  # photographs kept out of training (whole subjects, by file)
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -78,7 +83,8 @@ def find_pictures(limit: int = 400) -> tuple[list[Path], list[Path]]:
         if image is None or min(image.shape[:2]) < 96:
             continue
         seen.add(digest)
-        (photos if path.suffix.lower() in (".jpg", ".jpeg") else others).append(path)
+        is_photo = path.suffix.lower() in (".jpg", ".jpeg") or path.stem in PACKAGE_PHOTOS
+        (photos if is_photo else others).append(path)
     return photos, others
 
 
@@ -88,7 +94,7 @@ def held_out(photos: list[Path], count: int = HELD_OUT) -> list[Path]:
     import re
 
     def family(path: Path) -> str:
-        return re.sub(r"[\d_-]+|copy", "", path.stem.lower())
+        return re.sub(r"[\d_-]+|copy|left|right", "", path.stem.lower())  # a stereo pair is one subject
 
     families = sorted({family(p) for p in photos}, key=lambda f: hashlib.sha256(f.encode()).hexdigest())
     held: list[Path] = []
@@ -162,12 +168,22 @@ def drawn_pattern(rng: np.random.Generator, size: int = 96) -> np.ndarray:
     return canvas
 
 
+def bicubic_down(image: np.ndarray) -> np.ndarray:
+    """x4 bicubic downscale with the kernel widened to the output grid (antialiased), as MATLAB's
+    imresize and PIL do: the classic SR protocol. (OpenCV's INTER_CUBIC samples 4x4 input pixels and
+    aliases at x4.)"""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((w // SCALE, h // SCALE), Image.BICUBIC))
+
+
 def degrade(hr: np.ndarray, rng: np.random.Generator, mild: float) -> np.ndarray:
     """HR (h, w, 3) uint8 -> LR at a quarter size: bicubic, with mild blur or noise on a fraction `mild`."""
     image = hr
     if rng.random() < mild / 2:
         image = cv2.GaussianBlur(image, (0, 0), float(rng.uniform(0.3, 1.0)))
-    lr = cv2.resize(image, (hr.shape[1] // SCALE, hr.shape[0] // SCALE), interpolation=cv2.INTER_CUBIC)
+    lr = bicubic_down(image)
     if rng.random() < mild / 2:
         lr = np.clip(lr + rng.normal(0, rng.uniform(1, 4), lr.shape), 0, 255).astype(np.uint8)
     return lr
@@ -247,7 +263,7 @@ def evaluate(model: torch.nn.Module, sets: dict[str, list[np.ndarray]], border: 
         scores: dict[str, list[tuple[float, float]]] = {"model": [], "bicubic": [], "lanczos": []}
         for hr in images:
             hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
-            lr = cv2.resize(hr, (hr.shape[1] // SCALE, hr.shape[0] // SCALE), interpolation=cv2.INTER_CUBIC)
+            lr = bicubic_down(hr)
             size = (hr.shape[1], hr.shape[0])
             outs = {"model": upscale(model, lr),
                     "bicubic": np.asarray(Image.fromarray(lr).resize(size, Image.BICUBIC)),
@@ -291,7 +307,9 @@ def main() -> None:
     parser.add_argument("--ldm-samples", type=int, default=32, help="pictures drawn by kiri-shapes-ldm for training (cached)")
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     from tqdm import tqdm
 
@@ -339,6 +357,13 @@ def main() -> None:
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % args.eval_every == 0 and step < args.steps:
+            probe = SRVGGNetCompact(3, 3, args.features, args.convs, SCALE)
+            probe.load_state_dict(ema.shadow["net"])
+            report = evaluate(probe, eval_sets)
+            evals.append({"step": step, **report})
+            tqdm.write(f"eval @ {step}: " + "; ".join(f"{name}: " + ", ".join(f"{k} {v['psnr']:.2f} dB" for k, v in rows.items())
+                                                      for name, rows in report.items()))
         if step % args.eval_every == 0 or step == args.steps:
             save_ckpt(state_path, model=model.state_dict(), optimizer=optimizer.state_dict(), ema=ema.shadow, step=step,
                       losses=losses, evals=evals)
@@ -360,7 +385,7 @@ def main() -> None:
            "held_out_photographs": [p.name for p in held], "training_photographs": [p.name for p in train_photos],
            "other_pictures": len(others), "kiri_pictures": int(len(small)), "size_mb": round(size_mb, 2),
            "final_loss": round(float(np.mean(losses[-100:])), 5) if losses else None, "evaluation": report,
-           "losses_every_10": [round(v, 5) for v in losses[::10]]}
+           "losses_every_10": [round(v, 5) for v in losses[::10]], "evals": evals}
     (args.out.parent / "train_log.json").write_text(json.dumps(log, indent=2))
     plot_losses(args.out.parent / "loss_curve.png", losses, f"kiri-compact-x4: L1 loss, {step} steps")
     print(f"saved {args.out} ({size_mb:.2f} MB), train_log.json and loss_curve.png beside it")
