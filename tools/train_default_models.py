@@ -639,7 +639,7 @@ def train_dit(args) -> None:
     def checkpoint(step_done: int) -> None:
         save_ckpt(ckpt_path, **{n: m.state_dict() for n, m in modules.items()}, ema=ema.shadow, opt=opt.state_dict(),
                   step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
-                  phrasings=args.phrasings, arch=arch, logit_mean=args.dit_logit_mean)
+                  phrasings=args.phrasings, arch=arch, logit_mean=args.dit_logit_mean, time=args.dit_time)
 
     def evaluate(step_done: int) -> dict:
         ed, e1, e2 = make_dit(**arch), make_text_encoder(tok, True), make_text_encoder(tok, True)
@@ -666,7 +666,10 @@ def train_dit(args) -> None:
         c = tokenize(tok, batch_captions(scenes, idx, step, args.seed, args.phrasings))
         c[torch.rand(batch, generator=g) < 0.1] = empty
         noise = torch.randn(x0.shape, generator=g)
-        t = torch.sigmoid(torch.randn(batch, generator=g) + args.dit_logit_mean)  # logit-normal(mean, 1)
+        if args.dit_time == "uniform":  # as the LDM's DDPM steps: the low-noise end, where outlines sharpen, as often as the rest
+            t = torch.rand(batch, generator=g)
+        else:
+            t = torch.sigmoid(torch.randn(batch, generator=g) + args.dit_logit_mean)  # logit-normal(mean, 1)
         tt = t.view(-1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise  # sigma = t, as FlowMatchEulerDiscreteScheduler
         for group in opt.param_groups:
@@ -742,6 +745,8 @@ def main(argv=None) -> None:
                    help="DiT patch size: 2 = 64 image tokens (stage 1), 1 = 256 tokens (the shipped stage 2; with --init-from a patch-2 model, warm-started across patch sizes)")
     p.add_argument("--dit-layers", type=int, default=DIT_DEFAULT["layers"], help="DiT joint blocks (shipped 4)")
     p.add_argument("--dit-heads", type=int, default=DIT_DEFAULT["heads"], help="DiT heads of 32 (shipped 3 = 96 wide)")
+    p.add_argument("--dit-time", choices=["logit-normal", "uniform"], default="logit-normal",
+                   help="the DiT's training timestep draw (shipped logit-normal, as SD3)")
     p.add_argument("--dit-logit-mean", type=float, default=0.0,
                    help="centre of the DiT's logit-normal timestep draw (shipped 0; > 0 favours high noise, where layout and outline form)")
     args = p.parse_args(argv)
