@@ -125,7 +125,7 @@ def batch(rng: random.Random, size: int, tokenizer, held_out: str = "exclude"):
 
 # --- model --------------------------------------------------------------------------------------
 
-def build_model(tokenizer):
+def build_model(tokenizer, patch: int = 4):
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
     config = CLIPSegConfig(
@@ -134,11 +134,31 @@ def build_model(tokenizer):
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id),
         vision_config=dict(hidden_size=96, intermediate_size=192, num_attention_heads=3, num_hidden_layers=4,
-                           image_size=W.SIZE, patch_size=8),
+                           image_size=W.SIZE, patch_size=patch),
         projection_dim=64, reduce_dim=48, extract_layers=[1, 2, 3], decoder_num_attention_heads=3,
         decoder_intermediate_size=96, conditional_layer=0,
     )
     return CLIPSegForImageSegmentation(config)
+
+
+def warm_start_text(model, folder: Path) -> int:
+    """Load the default LDM's text encoder (same tokenizer, same 2-layer width-64 CLIP text config)
+    into CLIPSeg's text tower, so the segmenter starts out reading words as the image model does.
+    Returns the number of tensors loaded; 0 when the folder has no matching encoder."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return 0
+    source = load_file(str(files[0]))
+    own = model.state_dict()
+    loaded = {}
+    for key, value in source.items():
+        name = "clip." + (key if key.startswith("text_model.") else "text_model." + key)
+        if name in own and own[name].shape == value.shape:
+            loaded[name] = value
+    model.load_state_dict(loaded, strict=False)
+    return len(loaded)
 
 
 def build_processor(tokenizer):
@@ -183,13 +203,19 @@ def train(args) -> dict:
     torch.set_num_threads(args.threads)
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
     torch.manual_seed(args.seed)
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, args.patch)
+    resuming = (Path(args.work) / "ckpt.pt").exists() and not args.fresh
+    if args.text_init != "none" and not resuming:
+        count = warm_start_text(model, Path(args.text_init))
+        tqdm.write(f"text tower: {count} tensors from {args.text_init}" if count else f"text tower: nothing to load in {args.text_init}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     work = Path(args.work)
     checkpoint = work / "ckpt.pt"
     start, log = 0, {"steps": [], "evals": []}
     if checkpoint.exists() and not args.fresh:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("patch", 8) != args.patch:
+            raise SystemExit(f"the checkpoint in {work} is a patch-{state.get('patch', 8)} model: pass --patch {state.get('patch', 8)} or --fresh")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, log = state["step"], state["log"]
@@ -202,7 +228,7 @@ def train(args) -> dict:
     def save_checkpoint(step: int) -> None:
         work.mkdir(parents=True, exist_ok=True)
         tmp = checkpoint.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log}, tmp)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "log": log, "patch": args.patch}, tmp)
         tmp.replace(checkpoint)
 
     model.train()
@@ -269,6 +295,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default=str(WORK), help="checkpoint folder (resumed from unless --fresh)")
     p.add_argument("--fresh", action="store_true", help="start over, ignoring a checkpoint in --work")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--patch", type=int, choices=[4, 8], default=4, help="vision patch size (4: 16x16 tokens on 64 px)")
+    p.add_argument("--text-init", default=str(ROOT / "models" / "checkpoints" / "kiri-shapes-ldm" / "text_encoder"),
+                   help="a CLIP text encoder folder to start the text tower from ('none': random)")
     return train(p.parse_args(argv))
 
 
