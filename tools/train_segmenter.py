@@ -195,6 +195,43 @@ def evaluate(model, tokenizer, n: int = 200, seed: int = 1234) -> dict:
             "empty_right": float(np.mean(empty_ok)) if empty_ok else 1.0}
 
 
+@torch.no_grad()
+def evaluate_generated(model, tokenizer, n: int = 48, seed: int = 0) -> dict:
+    """Mean IoU on pictures the default LDM draws for the held-out prompts (W.eval_prompts, 20 steps):
+    the scene detector finds the object it drew; the truth is that detection's pixels of its colour.
+    Prompts whose object the detector does not find in the named colour are skipped (counted)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(ROOT / "models" / "checkpoints" / "kiri-shapes-ldm"),
+                                                   local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    model.eval()
+    scores, skipped = [], 0
+    for k, scene in enumerate(W.eval_prompts(n, seed=1234 + seed)):
+        obj = scene.objects[0]
+        image = np.asarray(pipe(W.caption(scene), num_inference_steps=20, width=W.SIZE, height=W.SIZE,
+                                generator=torch.Generator().manual_seed(k)).images[0].convert("RGB"))
+        found, _ = W.detect(image)
+        hit = next((d for d in found if d.colour == obj.colour), None)
+        if hit is None:
+            skipped += 1
+            continue
+        x, y, w, h = hit.bbox
+        labels = W.classify_pixels(image)
+        truth = np.zeros(labels.shape, bool)
+        truth[y:y + h, x:x + w] = labels[y:y + h, x:x + w] == list(W.COLOURS).index(obj.colour)
+        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
+        pixels = (pixels - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+        tokens = tokenizer([f"the {obj.colour} {obj.shape}"], padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt")
+        pred = (torch.sigmoid(model(pixel_values=pixels, **tokens).logits.reshape(W.SIZE, W.SIZE)) >= 0.5).numpy()
+        union = (pred | truth).sum()
+        scores.append(float((pred & truth).sum() / union) if union else 1.0)
+    model.train()
+    return {"generated_mean_iou": float(np.mean(scores)) if scores else 0.0, "generated_n": len(scores),
+            "generated_skipped": skipped}
+
+
 # --- training -----------------------------------------------------------------------------------
 
 def train(args) -> dict:
@@ -262,8 +299,11 @@ def train(args) -> dict:
     bar.close()
     save_checkpoint(step)
     final = {"step": step, **evaluate(model, tokenizer, args.eval_n)}
+    if args.eval_generated:
+        final.update(evaluate_generated(model, tokenizer, args.eval_generated))
     log["evals"].append(final)
-    tqdm.write(f"final eval @ {step}: mean IoU {final['mean_iou']:.3f}, empty right {final['empty_right']:.2f}")
+    tqdm.write(f"final eval @ {step}: mean IoU {final['mean_iou']:.3f}, empty right {final['empty_right']:.2f}"
+               + (f", on {final['generated_n']} generated pictures {final['generated_mean_iou']:.3f}" if args.eval_generated else ""))
     save_folder(model, tokenizer, Path(args.out), log)
     return final
 
@@ -295,10 +335,30 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default=str(WORK), help="checkpoint folder (resumed from unless --fresh)")
     p.add_argument("--fresh", action="store_true", help="start over, ignoring a checkpoint in --work")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--eval-generated", type=int, default=48,
+                   help="at the end, mean IoU on this many pictures kiri-shapes-ldm draws for held-out prompts (0: off)")
     p.add_argument("--patch", type=int, choices=[4, 8], default=4, help="vision patch size (4: 16x16 tokens on 64 px)")
     p.add_argument("--text-init", default=str(ROOT / "models" / "checkpoints" / "kiri-shapes-ldm" / "text_encoder"),
                    help="a CLIP text encoder folder to start the text tower from ('none': random)")
-    return train(p.parse_args(argv))
+    p.add_argument("--eval-only", default=None, metavar="FOLDER",
+                   help="no training: evaluate a saved segmenter folder (held-out drawn scenes and generated pictures)")
+    args = p.parse_args(argv)
+    if args.eval_only:
+        return eval_only(Path(args.eval_only), args)
+    return train(args)
+
+
+def eval_only(folder: Path, args) -> dict:
+    from transformers import CLIPSegForImageSegmentation, CLIPTokenizer
+
+    torch.set_num_threads(args.threads)
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    model = CLIPSegForImageSegmentation.from_pretrained(str(folder))
+    result = {**evaluate(model, tokenizer, args.eval_n)}
+    if args.eval_generated:
+        result.update(evaluate_generated(model, tokenizer, args.eval_generated))
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
