@@ -387,3 +387,27 @@ def test_mask_from_words_in_inpaint(seg_engine):
     with pytest.raises(InvalidRequest) as caught:
         mask_from_words(seg_engine, {"background": image, "layers": []}, "  ", "bob")
     assert caught.value.field == "prompt"
+
+
+def test_mask2former_panoptic_segments_through_the_catalog(tmp_path):
+    """A tiny Mask2Former (universal segmentation) is detected from its config, takes no prompt, and
+    gives one mask per panoptic segment, labelled with its class; the segments do not overlap."""
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    tiny_models.make_tiny_mask2former(tmp_path / "models" / "segmentation" / "tiny-mask2former")
+    engine = build_engine(Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", save_images=False),
+                          DeviceChoice("cpu"))
+    found = {s.name: s for s in segmenters(engine)}
+    assert (found["tiny-mask2former"].kind, found["tiny-mask2former"].prompts) == ("universal", ("none",))
+    image, _ = scene_image(2)
+    result = segment(engine, SegmentRequest(image, model="tiny-mask2former", threshold=0.0))
+    assert result.info["model"] == "tiny-mask2former" and result.masks
+    assert set(result.labels) <= {"circle", "star"} and all(isinstance(s, float) for s in result.scores)
+    arrays = [np.asarray(m) > 127 for m in result.masks]
+    assert all(m.size == image.size and m.mode == "L" for m in result.masks)
+    assert np.sum(arrays, axis=0).max() <= 1
+    with pytest.raises(InvalidRequest) as caught:
+        segment(engine, SegmentRequest(image, model="tiny-mask2former", prompt="the circle"))
+    assert caught.value.field == "prompt"

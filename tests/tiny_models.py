@@ -476,6 +476,36 @@ def make_tiny_segformer(folder: Path) -> Path:
     )
     transformers.SegformerForSemanticSegmentation(config).save_pretrained(folder)
     transformers.SegformerImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(folder)
+
+
+def make_tiny_mask2former(folder: Path) -> Path:
+    """A Mask2FormerForUniversalSegmentation folder (tiny Swin backbone, one query so that random masks cannot overlap, two classes), random
+    weights, with the PIL image processor (the default one needs torchvision)."""
+    import transformers
+
+    torch.manual_seed(0)
+    labels = {0: "circle", 1: "star"}
+    backbone = transformers.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                                       window_size=2, out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = transformers.Mask2FormerConfig(
+        backbone_config=backbone, feature_size=32, mask_feature_size=32, hidden_dim=32, encoder_feedforward_dim=64,
+        dim_feedforward=64, encoder_layers=1, decoder_layers=2, num_attention_heads=2, num_queries=1, common_stride=4,
+        id2label=labels, label2id={v: k for k, v in labels.items()}, use_pretrained_backbone=False,
+    )
+    model = transformers.Mask2FormerForUniversalSegmentation(config)
+    with torch.no_grad():
+        # Random weights give every query a class score near 0.5 and mask logits near 0, and
+        # transformers weighs the masks by the score before its 0.5 test, so nothing would come out:
+        # make "circle" sure and the masks sharp.
+        model.class_predictor.bias[0] = 10.0
+        model.class_predictor.bias[-1] = -10.0
+        last = model.model.transformer_module.decoder.mask_predictor.mask_embedder.get_submodule("2.0")
+        last.weight.mul_(200.0)
+    model.save_pretrained(folder)
+    transformers.Mask2FormerImageProcessorPil(size={"height": 64, "width": 64}, size_divisor=32).save_pretrained(folder)
+    return folder
+
+
 def make_tiny_upscaler(path, scale: int = 4, num_feat: int = 8, num_conv: int = 2, seed: int = 0):
     """Real-ESRGAN's compact net (SRVGGNetCompact) with random weights, saved as safetensors with
     spandrel's key names (body.N.weight ...). Its receptive field is num_conv + 2 pixels."""
