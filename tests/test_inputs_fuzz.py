@@ -225,7 +225,9 @@ def test_png_info_and_extras_on_any_image(client, drawn):
     assert extra.status_code in (200, 422), extra.text[:300]
     if extra.status_code == 200:
         out = Image.open(io.BytesIO(base64.b64decode(extra.json()["image"])))
-        assert out.size == image.size and out.mode == "RGB"
+        # An image with alpha keeps it (issue 13: upscaled separately); any other comes back RGB.
+        alpha = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+        assert out.size == image.size and out.mode == ("RGBA" if alpha else "RGB")
         if image.mode in ("I;16", "I;16B") and _decodes_to(data, image):  # by bit depth, not clipped white
             expected = np.rint(np.asarray(image).astype(np.float64) * 255 / 65535)
             assert np.abs(np.asarray(out)[..., 0].astype(float) - expected).max() <= 1
