@@ -353,7 +353,8 @@ def test_train_segmenter_smoke_run_makes_a_folder_kiri_loads(tmp_path):
     from webui.engine.settings import Settings
 
     out = tmp_path / "models" / "segmentation" / "kiri-segmenter"
-    common = ["--batch", "4", "--eval-every", "0", "--eval-n", "8", "--save-every", "1", "--work", str(tmp_path / "work"),
+    common = ["--batch", "4", "--eval-every", "0", "--eval-n", "8", "--eval-generated", "0", "--save-every", "1",
+              "--work", str(tmp_path / "work"),
               "--out", str(out), "--threads", "1"]
     train_segmenter.main(["--steps", "2", "--fresh", *common])
     result = train_segmenter.main(["--steps", "3", *common])

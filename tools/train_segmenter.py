@@ -116,11 +116,17 @@ def example(rng: random.Random, held_out: str = "exclude") -> tuple[np.ndarray, 
 
 def batch(rng: random.Random, size: int, tokenizer, held_out: str = "exclude"):
     pictures, phrases, targets = zip(*(example(rng, held_out) for _ in range(size)))
-    pixels = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 255.0
-    pixels = (pixels - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-    tokens = tokenizer(list(phrases), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
+    pixels, tokens = encode(np.stack(pictures), list(phrases), tokenizer)
     return pixels, tokens, torch.from_numpy(np.stack(targets)), list(phrases)
+
+
+def encode(pictures: np.ndarray, phrases: list[str], tokenizer):
+    """(N, H, W, 3) uint8 pictures and their phrases -> the model's pixel_values and token inputs."""
+    pixels = torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 255.0
+    pixels = (pixels - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    tokens = tokenizer(phrases, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                       return_tensors="pt")
+    return pixels, tokens
 
 
 # --- model --------------------------------------------------------------------------------------
@@ -220,10 +226,7 @@ def evaluate_generated(model, tokenizer, n: int = 48, seed: int = 0) -> dict:
         labels = W.classify_pixels(image)
         truth = np.zeros(labels.shape, bool)
         truth[y:y + h, x:x + w] = labels[y:y + h, x:x + w] == list(W.COLOURS).index(obj.colour)
-        pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-        pixels = (pixels - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-        tokens = tokenizer([f"the {obj.colour} {obj.shape}"], padding="max_length", max_length=tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt")
+        pixels, tokens = encode(image[None], [f"the {obj.colour} {obj.shape}"], tokenizer)
         pred = (torch.sigmoid(model(pixel_values=pixels, **tokens).logits.reshape(W.SIZE, W.SIZE)) >= 0.5).numpy()
         union = (pred | truth).sum()
         scores.append(float((pred & truth).sum() / union) if union else 1.0)
@@ -241,15 +244,15 @@ def train(args) -> dict:
     tokenizer = CLIPTokenizer.from_pretrained(str(TOKENIZER))
     torch.manual_seed(args.seed)
     model = build_model(tokenizer, args.patch)
-    resuming = (Path(args.work) / "ckpt.pt").exists() and not args.fresh
+    work = Path(args.work)
+    checkpoint = work / "ckpt.pt"
+    resuming = checkpoint.exists() and not args.fresh
     if args.text_init != "none" and not resuming:
         count = warm_start_text(model, Path(args.text_init))
         tqdm.write(f"text tower: {count} tensors from {args.text_init}" if count else f"text tower: nothing to load in {args.text_init}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    work = Path(args.work)
-    checkpoint = work / "ckpt.pt"
     start, log = 0, {"steps": [], "evals": []}
-    if checkpoint.exists() and not args.fresh:
+    if resuming:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if state.get("patch", 8) != args.patch:
             raise SystemExit(f"the checkpoint in {work} is a patch-{state.get('patch', 8)} model: pass --patch {state.get('patch', 8)} or --fresh")
