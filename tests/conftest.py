@@ -117,12 +117,13 @@ def family_models_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def video_models_dir(tmp_path_factory) -> Path:
     """models/ for the Video tab: a tiny SD 1.x with a tiny motion module (models/motion/), a tiny SD3
-    (a family no motion module animates), a tiny SDXL with its motion module, and a tiny Wan and LTX-Video
-    (native video pipelines in checkpoints/)."""
+    (a family no motion module animates), a tiny SDXL with its motion module, and a tiny Wan, LTX-Video and
+    LTX-Video image-to-video (native video pipelines in checkpoints/)."""
     root = tmp_path_factory.mktemp("video_models")
     tiny_models.make_tiny_sd(root / "checkpoints" / "tiny-sd")
     tiny_models.make_tiny_wan(root / "checkpoints" / "tiny-wan")
     tiny_models.make_tiny_ltx(root / "checkpoints" / "tiny-ltx")
+    tiny_models.make_tiny_ltx(root / "checkpoints" / "tiny-ltx-i2v", image_to_video=True)
     tiny_models.make_tiny_sd3(root / "checkpoints" / "tiny-sd3")
     tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")

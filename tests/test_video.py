@@ -184,7 +184,7 @@ def test_txt2video_animates_sdxl_with_its_own_pipeline(video_engine):
     assert type(model.derived["animatediff:tiny-motion-xl"]).__name__ == "AnimateDiffSDXLPipeline"
 
 
-def test_interrupting_text_to_video_leaves_no_half_written_files(video_engine):
+def test_interrupting_text_to_video_keeps_the_frames_at_that_step_and_the_rerun_starts_over(video_engine):
     from webui.engine.core.jobs import Job
     from webui.engine.video.service import Txt2VideoRequest, txt2video
 
@@ -193,9 +193,21 @@ def test_interrupting_text_to_video_leaves_no_half_written_files(video_engine):
     request = Txt2VideoRequest(prompt="a red circle", frames=3, steps=4, width=SIZE, height=SIZE, seed=8,
                                model="tiny-sd", motion_module="tiny-motion", sampler_name="Euler")
     result = txt2video(video_engine, request, job)
-    assert result.interrupted and result.frame_paths == [] and result.path is None and result.seed == 8
+    assert result.interrupted and result.seed == 8 and len(result.frame_paths) == 3
+    assert result.folder.name == "interrupted" and result.path == result.folder / "clip.mp4"
+    assert "Interrupted: step 1/4" in result.info and "Interrupted: step 1/4" in (result.folder / "clip.txt").read_text()
+    frames, fps, _ = decode(result.path)
+    assert len(frames) == 3 and fps == request.fps
     outputs = Path(video_engine.settings.outputs_dir)
-    assert not [p for p in outputs.rglob("*") if p.is_file()]
+    assert not [p for p in outputs.rglob("*") if p.is_file() and (p.name.startswith(".") or "tmp" in p.name)]
+    assert not list((result.folder.parent / "frames").iterdir())  # the full clip's frames: none yet
+
+    full = txt2video(video_engine, request, Job(kind="txt2video", owner="tester"))
+    assert not full.interrupted and full.resumed_frames == 0 and full.folder == result.folder.parent
+    assert len(full.frame_paths) == 3 and "Interrupted" not in full.info
+    stopped = [np.asarray(f) for f in result.frames()]
+    finished = [np.asarray(f) for f in full.frames()]
+    assert all(np.abs(a.astype(int) - b.astype(int)).mean() > 1 for a, b in zip(stopped, finished))  # step 1 of 4 is not the end
 
 
 def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
@@ -215,7 +227,7 @@ def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
 def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
     from webui.engine.video.service import Txt2VideoRequest, txt2video, video_models
 
-    natives = ["tiny-ltx", "tiny-wan"]
+    natives = ["tiny-ltx", "tiny-ltx-i2v", "tiny-wan"]
     assert not set(natives) & {e.name for e in video_engine.catalog.entries}  # never in the image tabs
     assert [e.name for e in video_engine.catalog.of_kind("video")] == natives
     assert video_models(video_engine) == [*natives, "tiny-sd", "tiny-sdxl"]
@@ -232,6 +244,29 @@ def test_a_native_video_pipeline_is_its_own_kind_and_makes_a_clip(video_engine):
                                                       seed=0, model="tiny-wan"))
     assert len(result.frame_paths) == 5 and "Frames: 5," in result.info
     assert any("5 frames for 4 asked" in w for w in result.warnings)
+
+
+def test_image_to_video_starts_the_clip_from_the_given_frame_and_other_models_refuse_one(video_engine):
+    from PIL import Image
+
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.video.service import Txt2VideoRequest, image_to_video_models, txt2video
+
+    assert image_to_video_models(video_engine) == ["tiny-ltx-i2v"]
+    red, blue = Image.new("RGB", (SIZE, SIZE), (220, 30, 30)), Image.new("RGB", (SIZE, SIZE), (30, 30, 220))
+    request = dict(prompt="a circle", frames=9, steps=2, width=SIZE, height=SIZE, seed=1, model="tiny-ltx-i2v")
+    from_red = txt2video(video_engine, Txt2VideoRequest(**request, image=red))
+    from_blue = txt2video(video_engine, Txt2VideoRequest(**request, image=blue))
+    assert len(from_red.frame_paths) == len(from_blue.frame_paths) == 9 and "First frame: given" in from_red.info
+    first_red, first_blue = (np.asarray(r.frames()[0], dtype=float) for r in (from_red, from_blue))
+    assert np.abs(first_red - first_blue).mean() > 1  # the frame given is what the clip starts from
+    assert from_red.folder != from_blue.folder  # and part of what a resumed run is matched on
+
+    for model, image, says in (("tiny-ltx-i2v", None, "give it the clip's first frame"),
+                               ("tiny-ltx", red, "tiny-ltx-i2v"), ("tiny-sd", red, "motion module animates from text")):
+        with pytest.raises(InvalidRequest) as refused:
+            txt2video(video_engine, Txt2VideoRequest(**{**request, "model": model}, image=image, motion_module="tiny-motion"))
+        assert refused.value.field == "image" and says in str(refused.value), model
 
 
 def test_an_original_single_file_motion_module_loads_without_a_hub(video_models_dir, tmp_path):
@@ -493,6 +528,38 @@ def test_api_refuses_bad_fields_with_422_naming_them(video_api, route, payload, 
         return
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_video_jobs_go_through_kiri_jobs_and_come_back_as_base64(video_api, clip):
+    import time
+
+    client, _ = video_api
+    video = base64.b64encode(clip.read_bytes()).decode()
+    submitted = {
+        "txt2video": {"prompt": "a red circle", "frames": 3, "fps": 6, "steps": 1, "width": SIZE, "height": SIZE,
+                      "seed": 3, "model": "tiny-sd", "motion_module": "tiny-motion", "sampler_name": "Euler"},
+        "vid2vid": {"video": video, "prompt": "a square", "steps": 1, "seed": 4, "model": "tiny-sd", "max_frames": 2,
+                    "max_size": SIZE, "sampler_name": "Euler"},
+        "interpolate": {"video": video, "factor": 2, "max_frames": 3},
+    }
+    ids = {}
+    for kind, request in submitted.items():
+        response = client.post("/kiri/v1/jobs", json={"kind": kind, "request": request})
+        assert response.status_code == 200, response.text
+        ids[kind] = response.json()["id"]
+    expected = {"txt2video": 3, "vid2vid": 2, "interpolate": 5}
+    for kind, job_id in ids.items():
+        deadline = time.monotonic() + 120
+        while (body := client.get(f"/kiri/v1/jobs/{job_id}").json())["status"] not in ("done", "failed"):
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        assert body["status"] == "done", body
+        result = body["result"]
+        frames, _, _ = decode(base64.b64decode(result["video"]))
+        assert len(frames) == len(result["frames"]) == expected[kind], kind
+    # A path on the server is not a video: plain data carries the file itself.
+    response = client.post("/kiri/v1/jobs", json={"kind": "interpolate", "request": {"video": str(clip)}})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "video", response.text
 
 
 def test_sdapi_progress_and_interrupt_see_video_jobs(video_api, clip):

@@ -633,9 +633,12 @@ def make_tiny_wan(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_ltx(folder: Path) -> Path:
-    """An LTXPipeline folder (LTX-Video, a native text-to-video DiT) with diffusers' dummy sizes."""
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+def make_tiny_ltx(folder: Path, image_to_video: bool = False) -> Path:
+    """An LTXPipeline folder (LTX-Video, a native text-to-video DiT) with diffusers' dummy sizes; with
+    image_to_video, the same weights as an LTXImageToVideoPipeline (the clip starts from a given frame)."""
+    from diffusers import (
+        AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXImageToVideoPipeline, LTXPipeline, LTXVideoTransformer3DModel,
+    )
 
     torch.manual_seed(0)
     transformer = LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=4,
@@ -650,7 +653,8 @@ def make_tiny_ltx(folder: Path) -> Path:
         decoder_causal=False,
     )
     tokenizer = _t5_tokenizer()
-    pipe = LTXPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5_encoder(len(tokenizer)),
-                       tokenizer=tokenizer, transformer=transformer)
+    pipeline_class = LTXImageToVideoPipeline if image_to_video else LTXPipeline
+    pipe = pipeline_class(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_t5_encoder(len(tokenizer)),
+                          tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(folder)
     return folder

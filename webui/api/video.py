@@ -1,7 +1,8 @@
 """/kiri/v1 video routes: text to video, video to video, interpolation.
 
     POST /kiri/v1/txt2video    {prompt, negative_prompt, frames, fps, steps, sampler_name, scheduler, cfg_scale,
-                                seed, width, height, model?, motion_module?}
+                                seed, width, height, model?, motion_module?, image? (base64 first frame,
+                                for an image-to-video model)}
     POST /kiri/v1/vid2vid      {video: base64, prompt, denoising_strength, consistency: none|blend|flow,
                                 every_nth?, max_frames?, mask_prompt?, ...the generation fields}
     POST /kiri/v1/interpolate  {video: base64, factor: 2|4}
@@ -13,19 +14,14 @@ same fair queue as every other; /sdapi/v1/progress and /sdapi/v1/interrupt see a
 
 from __future__ import annotations
 
-import base64
-import binascii
-from typing import Any
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
 
-from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.jobs import Job
 from webui.engine.video import service
-from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid2VidRequest, VideoResult
+from webui.engine.video.service import InterpolateRequest, decode_video, Txt2VideoRequest, Vid2VidRequest, VideoResult
 
-from .common import ApiContext, KiriRoute
+from .common import ApiContext, KiriRoute, decode_image
 
 
 class GenerationFields(BaseModel):
@@ -47,6 +43,7 @@ class Txt2VideoBody(GenerationFields):
     width: int = 512
     height: int = 512
     motion_module: str | None = None
+    image: str | None = None  # base64 first frame, for an image-to-video model
 
 
 class Vid2VidBody(GenerationFields):
@@ -71,23 +68,8 @@ class InterpolateBody(BaseModel):
     max_frames: int = service.MAX_FRAMES
 
 
-def decode_video(data: Any, field: str = "video") -> bytes:
-    """A base64 (or data: URL) video file, refused with 422 naming the field if it is not base64."""
-    if not isinstance(data, str) or not data:
-        raise InvalidRequest(field, f"{field} must be a base64 string of an MP4, WebM, MOV or GIF file, or a zip of frames")
-    if data.startswith("data:") and "," in data[:200]:
-        data = data.split(",", 1)[1]
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(field, f"{field} is not valid base64") from exc
-
-
 def answer(result: VideoResult) -> dict:
-    video = base64.b64encode(result.path.read_bytes()).decode() if result.path is not None else None
-    frames = [base64.b64encode(path.read_bytes()).decode() for path in result.frame_paths]
-    return {"video": video, "frames": frames, "fps": result.fps, "info": result.info,
-            "interrupted": result.interrupted, "warnings": result.warnings}
+    return result.plain()
 
 
 def build_router(ctx: ApiContext) -> APIRouter:
@@ -96,7 +78,10 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/txt2video")
     def txt2video(body: Txt2VideoBody, http: Request) -> dict:
-        request = Txt2VideoRequest(**body.model_dump())
+        fields = body.model_dump()
+        if fields["image"] is not None:
+            fields["image"] = decode_image(fields["image"], "image")
+        request = Txt2VideoRequest(**fields)
         return answer(service.txt2video(engine, request, Job(kind="txt2video", owner=ctx.owner(http))))
 
     @router.post("/vid2vid")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from webui.engine.core.devices import DeviceChoice, resolve_device
 from webui.engine.core.hooks import Hooks
+from webui.engine.core.job_kinds import JobKinds
 from webui.engine.core.jobs import Job, JobStore
 from webui.engine.generation.call import AddonRegistry
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
@@ -39,6 +40,7 @@ class Registries:
     samplers: SamplerRegistry = field(default_factory=SamplerRegistry)
     hooks: Hooks = field(default_factory=Hooks)
     addons: AddonRegistry = field(default_factory=AddonRegistry)
+    job_kinds: JobKinds = field(default_factory=JobKinds)  # what POST /kiri/v1/jobs can ask for beyond txt2img/img2img
 
 
 class Engine:
@@ -49,6 +51,7 @@ class Engine:
         self.settings = settings
         registries = registries or Registries()
         self.samplers, self.hooks, self.addons = registries.samplers, registries.hooks, registries.addons
+        self.job_kinds = registries.job_kinds
         self.extensions = extensions  # what bootstrap loaded, for the Extensions tab and the API
         self.catalog = Catalog(settings.models_dir)
         self.jobs = JobStore()
@@ -195,7 +198,8 @@ class Engine:
         """The job kinds a plain-data request can ask for, and the request class of each."""
         from webui.engine.generation.img2img import Img2ImgRequest
 
-        return {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest}
+        return {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
+                **{name: self.job_kinds.kinds[name].request_type for name in self.job_kinds.names()}}
 
     def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
         """Queue a job from plain data (what a remote client or another process sends); returns at once."""
@@ -207,11 +211,16 @@ class Engine:
             raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(types)}")
         if not isinstance(data, dict):
             raise InvalidRequest("request", "request must be an object of the task's fields")
+        registered = self.job_kinds.get(kind)
         try:
-            request = self.prepare_request(load(types[kind], data))
+            if registered is not None:
+                request = registered.request_from(data)
+            else:
+                request = self.prepare_request(load(types[kind], data))
         except TypeError as exc:
             raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
-        return self.submit(self._work(kind, request), Job(kind=kind, owner=owner))
+        work = registered.work(self, request) if registered is not None else self._work(kind, request)
+        return self.submit(work, Job(kind=kind, owner=owner))
 
     def preload(self) -> None:
         """Import torch and diffusers and load the default model, as a job; run in a background thread."""

@@ -32,7 +32,11 @@ def _run(engine: Engine, kind: str, call: Callable[[Job], Any], request: gr.Requ
         note += f" {result.resumed_frames} frame(s) were already on disk from an earlier run and were reused."
     if result.interrupted:
         again = f" with seed {result.seed}" if result.seed is not None else ""
-        note += f" **Interrupted**: the finished frames are kept; run the same settings{again} to resume."
+        if result.folder is not None and result.folder.name == "interrupted":
+            note += (f" **Interrupted**: every frame as it stood at that step is kept; run the same settings{again} "
+                     "to make the whole clip.")
+        else:
+            note += f" **Interrupted**: the finished frames are kept; run the same settings{again} to resume."
     if result.folder is not None:
         note += f" Saved to `{result.folder}`."
     files = [str(p) for p in (result.gif_path, result.webp_path, result.zip_path) if p is not None]
@@ -43,6 +47,7 @@ def render(engine: Engine) -> None:
     models = service.video_models(engine)
     modules = service.motion_modules(engine)
     samplers = engine.samplers.names("epsilon")
+    side = _native_size(engine, models[0] if models else None)
     with gr.Row():
         model = gr.Dropdown(models, value=models[0] if models else None, label="Model (video model, or an image "
                             "checkpoint animated by a motion module)", allow_custom_value=True, elem_id="video-model", scale=4)
@@ -61,8 +66,12 @@ def render(engine: Engine) -> None:
                         frames = gr.Slider(1, 256, value=16, step=1, label="Frames", elem_id="txt2video-frames")
                         fps = gr.Slider(1, service.MAX_FPS, value=8, step=1, label="FPS", elem_id="txt2video-fps")
                     with gr.Row():
-                        width = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Width", elem_id="txt2video-width")
-                        height = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Height", elem_id="txt2video-height")
+                        width = gr.Slider(limits.MIN_SIZE, 1024, value=side, step=8, label="Width", elem_id="txt2video-width")
+                        height = gr.Slider(limits.MIN_SIZE, 1024, value=side, step=8, label="Height", elem_id="txt2video-height")
+                    with gr.Accordion("First frame (image-to-video models)", open=False):
+                        first = gr.Image(label="The clip starts from this picture (LTX-Video, Wan or CogVideoX "
+                                               "image-to-video models)", type="pil", sources=["upload", "clipboard"],
+                                         elem_id="txt2video-first-frame")
                     t2v = _generation_widgets("txt2video", samplers)
                     with gr.Row():
                         t2v_go = gr.Button("Generate", variant="primary", elem_id="txt2video-generate", scale=3)
@@ -104,13 +113,13 @@ def render(engine: Engine) -> None:
             status = gr.Markdown(elem_id="video-status")
     outputs = [clip, downloads, info, status]
 
-    def text_to_video(prompt, negative, frames, fps, width, height, sampler, steps, cfg, seed, model, motion,
+    def text_to_video(prompt, negative, frames, fps, width, height, first, sampler, steps, cfg, seed, model, motion,
                       request: gr.Request, progress: gr.Progress = gr.Progress()):
         with user_errors():
             req = Txt2VideoRequest(prompt=prompt or "", negative_prompt=negative or "", frames=int(frames), fps=float(fps),
                                    width=int(width), height=int(height), sampler_name=sampler or None, steps=int(steps),
                                    cfg_scale=float(cfg), seed=int(seed if seed is not None else -1), model=model or None,
-                                   motion_module=motion or None)
+                                   motion_module=motion or None, image=first)
         yield from _run(engine, "txt2video", lambda job: service.txt2video(engine, req, job), request, progress)
 
     def video_to_video(source, prompt, negative, strength, consistency, carry, every_nth, start, end, max_frames,
@@ -131,7 +140,7 @@ def render(engine: Engine) -> None:
             req = InterpolateRequest(video=_path(source), factor=int(factor))
         yield from _run(engine, "interpolate", lambda job: service.interpolate(engine, req, job), request, progress)
 
-    t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, *t2v, model, motion], outputs,
+    t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion], outputs,
                  api_name="txt2video", **JOB_EVENT)
     v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
                                   max_frames, max_size, mask_prompt, *v2v, model], outputs, api_name="vid2vid", **JOB_EVENT)
@@ -152,6 +161,12 @@ def render(engine: Engine) -> None:
 
     refresh.click(rescan, None, [model, motion], api_visibility="private")
 
+    def size_for(name: str | None):
+        side = _native_size(engine, name)
+        return gr.update(value=side), gr.update(value=side)
+
+    model.change(size_for, model, [width, height], api_visibility="private", queue=False)
+
 
 def _generation_widgets(prefix: str, samplers: list[str]) -> list:
     with gr.Row():
@@ -170,6 +185,12 @@ def _path(value: Any) -> Any:
         if isinstance(value, dict):
             value = value.get("path")
     return value
+
+
+def _native_size(engine: Engine, name: str | None) -> int:
+    """The frame side the model was trained at (64 for Kiri's embedded models), 512 when unknown."""
+    entry = (engine.catalog.find(name) or engine.catalog.find_of_kind("video", name)) if name else None
+    return int(getattr(entry, "native_size", None) or 512)
 
 
 def _image_model(engine: Engine, name: str | None) -> str | None:

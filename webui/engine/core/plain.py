@@ -1,7 +1,7 @@
 """Requests and results as plain data (JSON-able dicts), so a job can go to a worker in another
 process, or a Ray Serve replica, and its result come back.
 
-dump() turns dataclasses into dicts, PIL images into {"__image__": base64 PNG} and paths into
+dump() turns dataclasses into dicts (or what their plain() method gives), PIL images into {"__image__": base64 PNG} and paths into
 strings; load(cls, data) builds the dataclass back, validating it as its constructor does.
 """
 
@@ -19,6 +19,9 @@ IMAGE_KEY = "__image__"
 
 
 def dump(value: Any) -> Any:
+    to_plain = getattr(value, "plain", None)
+    if callable(to_plain) and not isinstance(value, type):  # a result that says how it travels (VideoResult)
+        return dump(to_plain())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: dump(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
     if isinstance(value, dict):

@@ -9,12 +9,16 @@
 Each is a job of the fair queue: vid2vid's frames and interpolation's chunks are turns of their own,
 so another user's picture comes back between two frames. Frames stream to a job folder under
 outputs/video/ as PNGs; an Interrupt keeps the finished ones and writes the partial clip, and the
-same request run again (same seed) resumes from the frames on disk. The clip is written as an
+same request run again (same seed) resumes from the frames on disk. Text to video denoises all its
+frames together: an Interrupt there keeps every frame as it stood at that step, as a clip of its
+own (interrupted/), and the same request runs again from the start. The clip is written as an
 H.264 MP4 (infotext in its comment), a GIF, an animated WebP, a zip of the frames and a .txt sidecar.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import math
@@ -91,6 +95,7 @@ class Txt2VideoRequest:
     height: int = 512
     model: str | None = None  # an image checkpoint (with a motion module) or a video model; None: the selected one
     motion_module: str | None = None  # a name under models/motion/; None: the first there
+    image: Any = None  # the first frame, for an image-to-video model (LTX-Video, Wan, CogVideoX I2V); PIL image
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +103,8 @@ class Txt2VideoRequest:
     def validate(self) -> None:
         _check_generation(self)
         require_range("frames", self.frames, 1, MAX_FRAMES)
+        if self.image is not None and not (hasattr(self.image, "size") and hasattr(self.image, "convert")):
+            raise InvalidRequest("image", "image must be a picture (the clip's first frame) or left out")
         _check_fps("fps", self.fps)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -203,6 +210,14 @@ class VideoResult:
     seed: int | None = None  # the seed used (a random one resolved): the same request with it resumes
     warnings: list[str] = field(default_factory=list)
 
+    def plain(self) -> dict:
+        """What API clients get: the MP4 and the frames as base64, and what the run did."""
+        encode = lambda path: base64.b64encode(path.read_bytes()).decode()  # noqa: E731
+        return {"video": encode(self.path) if self.path is not None else None,
+                "frames": [encode(path) for path in self.frame_paths], "fps": self.fps, "info": self.info,
+                "interrupted": self.interrupted, "resumed_frames": self.resumed_frames, "seed": self.seed,
+                "warnings": self.warnings}
+
     def frames(self) -> list["Image.Image"]:
         from PIL import Image
 
@@ -213,6 +228,42 @@ class VideoResult:
         return images
 
 
+# --- plain data: POST /kiri/v1/jobs {"kind": "vid2vid", "request": {...}} --------------------------
+
+def decode_video(data: Any, field: str = "video") -> bytes:
+    """A base64 (or data: URL) video file; anything else is refused naming the field (a remote
+    client never names a path on the server)."""
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest(field, f"{field} must be a base64 string of an MP4, WebM, MOV or GIF file, or a zip of frames")
+    if data.startswith("data:") and "," in data[:200]:
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(field, f"{field} is not valid base64") from exc
+
+
+def _from_plain(cls: type):
+    def load(data: dict) -> Any:
+        from webui.engine.core.plain import load as load_plain
+
+        fields = dict(data)
+        if cls is not Txt2VideoRequest:
+            fields["video"] = decode_video(fields.get("video"))
+        return load_plain(cls, fields)
+
+    return load
+
+
+def job_kinds() -> list:
+    """The video jobs plain data can ask for, for the registries (webui/bootstrap.py)."""
+    from webui.engine.core.job_kinds import JobKind
+
+    return [JobKind("txt2video", Txt2VideoRequest, txt2video_work, _from_plain(Txt2VideoRequest)),
+            JobKind("vid2vid", Vid2VidRequest, vid2vid_work, _from_plain(Vid2VidRequest)),
+            JobKind("interpolate", InterpolateRequest, interpolate_work, _from_plain(InterpolateRequest))]
+
+
 # --- what the Video tab lists -----------------------------------------------------------------------
 
 def video_models(engine: "Engine") -> list[str]:
@@ -221,6 +272,20 @@ def video_models(engine: "Engine") -> list[str]:
     natives = [e.name for e in engine.catalog.of_kind("video")]
     unets = [e.name for e in engine.catalog.entries if e.family in pipelines.UNET_FAMILIES and e.problem is None]
     return natives + unets
+
+
+def image_to_video_models(engine: "Engine") -> list[str]:
+    """Native video models whose pipeline takes a first frame (an *ImageToVideo* pipeline class)."""
+    engine.catalog.entries or engine.catalog.scan()
+    found = []
+    for entry in engine.catalog.of_kind("video"):
+        try:
+            class_name = json.loads((entry.path / "model_index.json").read_text()).get("_class_name", "")
+        except (OSError, ValueError):
+            continue
+        if "ImageToVideo" in class_name:
+            found.append(entry.name)
+    return found
 
 
 def motion_modules(engine: "Engine") -> list[str]:
@@ -335,13 +400,18 @@ def _frame_count(job: Job, done: int, total: int) -> None:
 # --- text to video -----------------------------------------------------------------------------------
 
 def txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job | None = None) -> VideoResult:
+    job = job or Job(kind="txt2video")
+    return engine.run(job.owner, "txt2video", txt2video_work(engine, request), job)
+
+
+def txt2video_work(engine: "Engine", request: Txt2VideoRequest):
+    """The job's work, the request checked (and a random seed resolved) in the caller's thread."""
     request.validate()
     if request.width * request.height > engine.settings.max_pixels:
         raise InvalidRequest("width", f"frames of {request.width}x{request.height} are more pixels than the limit "
                                       f"({engine.settings.max_pixels}; Settings: max_pixels)")
     request = _with_seed(request)
-    job = job or Job(kind="txt2video")
-    return engine.run(job.owner, "txt2video", lambda j: _txt2video(engine, request, j), job)
+    return lambda job: _txt2video(engine, request, job)
 
 
 def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generator[None, None, VideoResult]:
@@ -365,7 +435,16 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
             result.warnings.append(f"{model_name} makes motion itself; the motion module was not used.")
         sampler_label, schedule = type(pipeline.scheduler).__name__, "Automatic"
         motion_name = None
+        takes_image = "image" in pipelines.call_kwargs(pipeline, image=True)
+        if takes_image and request.image is None:
+            raise InvalidRequest("image", f"{model_name} is an image-to-video model: give it the clip's first frame")
+        if request.image is not None and not takes_image:
+            raise InvalidRequest("image", f"{model_name} makes clips from text only; for a first frame choose an "
+                                          f"image-to-video model ({', '.join(image_to_video_models(engine)) or 'none in models/checkpoints/'})")
     else:
+        if request.image is not None:
+            raise InvalidRequest("image", "a motion module animates from text only; for a first frame choose an "
+                                          f"image-to-video model ({', '.join(image_to_video_models(engine)) or 'none in models/checkpoints/'})")
         model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
         motion_name = request.motion_module or next(iter(motion_modules(engine)), None)
         if motion_name is None:
@@ -384,12 +463,15 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         if request.frames > window:
             params["Context"] = f"FreeNoise {window}"
 
-    folder = _job_folder(engine, "txt2video", {**asdict(request), "model": model_name, "motion_module": motion_name})
+    first = request.image.convert("RGB").resize((request.width, request.height)) if request.image is not None else None
+    fields = {**asdict(request), "model": model_name, "motion_module": motion_name, "image": None}
+    folder = _job_folder(engine, "txt2video", fields, first.tobytes() if first is not None else b"")
     params = {
         "Steps": request.steps, "Sampler": sampler_label, "Schedule type": None if schedule == "Automatic" else schedule,
         "CFG scale": request.cfg_scale, "Seed": request.seed, "Size": f"{request.width}x{request.height}",
         "Model hash": model_hash, "Model": model_name, "Motion module": motion_name,
-        "Frames": request.frames, "FPS": f"{request.fps:g}", "Prompt travel": "yes" if travel else None, **params,
+        "Frames": request.frames, "FPS": f"{request.fps:g}", "Prompt travel": "yes" if travel else None,
+        "First frame": "given" if first is not None else None, **params,
         "Version": _version(),
     }
     info = build_infotext(request.prompt, request.negative_prompt, params)
@@ -410,16 +492,18 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         pipeline.scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, [generator])
         pipelines.set_context(pipeline, request.frames, window, travel)
     prompt: Any = keys if travel else keys[0]
+    stopped: list[int] = []
     kwargs = pipelines.call_kwargs(
         pipeline, prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.frames,
         height=request.height, width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-        generator=generator, output_type="pil", callback_on_step_end=_step_callback(job),
+        generator=generator, output_type="pil", callback_on_step_end=_step_callback(job, stopped), image=first,
     )
     try:
         with torch.inference_mode():
             frames = list(pipeline(**kwargs).frames[0])
     except Interrupted:
         result.interrupted = True
+        result.warnings.append(f"{model_name} cannot stop between steps and keep its frames: nothing was kept.")
         return result
     finally:
         if swapped is not None:
@@ -427,8 +511,18 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
             pipeline.scheduler = swapped
     if len(frames) != request.frames:  # native video models round the count to their own rule (Wan: 4k + 1)
         result.warnings.append(f"{model_name} makes clips of {len(frames)} frames for {request.frames} asked.")
-        info = info.replace(f"Frames: {request.frames},", f"Frames: {len(frames)},")
+        params["Frames"] = len(frames)
         paths = [_frame_path(folder, i) for i in range(len(frames))]
+    if stopped:
+        # Interrupted: every frame as it stood at that step (as A1111 keeps an interrupted picture),
+        # written as a clip of its own in interrupted/; frames/ stays for the full run, which the same
+        # request makes from the start.
+        result.interrupted = True
+        params["Interrupted"] = f"step {stopped[0]}/{request.steps}"
+        folder = folder / "interrupted"
+        (folder / "frames").mkdir(parents=True, exist_ok=True)
+        paths = [_frame_path(folder, i) for i in range(len(frames))]
+    info = build_infotext(request.prompt, request.negative_prompt, params)
     for image, path in zip(frames, paths):
         media.save_frame(image, path)
     job.finish_images(len(frames))
@@ -436,11 +530,17 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     return _finish(folder, paths, request.fps, info, result)
 
 
-def _step_callback(job: Job):
+def _step_callback(job: Job, stopped: list[int]):
+    """Progress per step; on Interrupt, a pipeline that can skip its remaining steps (diffusers' own
+    `_interrupt`) does so and still decodes its frames (the step is noted in `stopped`); one that
+    cannot is stopped at once."""
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
         job.advance(step + 1)
-        if job.interrupted:
-            raise Interrupted()
+        if job.interrupted and not stopped:
+            if not hasattr(pipe, "_interrupt"):
+                raise Interrupted()
+            stopped.append(step + 1)
+            pipe._interrupt = True
         return tensors
 
     return on_step_end
@@ -528,6 +628,12 @@ def frame_mask(engine: "Engine", prompt: str, frame: "Image.Image", owner: str) 
 
 
 def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -> VideoResult:
+    job = job or Job(kind="vid2vid")
+    return engine.run(job.owner, "vid2vid", vid2vid_work(engine, request), job)
+
+
+def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
+    """The job's work; the clip's header, the caps and the mask prompt's segmenter checked first."""
     request.validate()
     request = _with_seed(request)
     if request.mask_prompt:
@@ -536,8 +642,7 @@ def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -
         raise InvalidRequest("model", f"{request.model} is a video model; video to video restyles each frame with an "
                                       "image checkpoint: choose one")
     plan = plan_vid2vid(engine, request)
-    job = job or Job(kind="vid2vid")
-    return engine.run(job.owner, "vid2vid", lambda j: _vid2vid(engine, request, plan, j), job)
+    return lambda job: _vid2vid(engine, request, plan, job)
 
 
 def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -> Generator[None, None, VideoResult]:
@@ -616,6 +721,11 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
 # --- interpolation ---------------------------------------------------------------------------------
 
 def interpolate(engine: "Engine", request: InterpolateRequest, job: Job | None = None) -> VideoResult:
+    job = job or Job(kind="interpolate")
+    return engine.run(job.owner, "interpolate", interpolate_work(engine, request), job)
+
+
+def interpolate_work(engine: "Engine", request: InterpolateRequest):
     request.validate()
     data = _read_source(request.video)
     info = media.probe(data)
@@ -627,8 +737,7 @@ def interpolate(engine: "Engine", request: InterpolateRequest, job: Job | None =
     fps = info.fps * request.factor
     if fps > MAX_FPS * 4:
         raise InvalidRequest("factor", f"{info.fps:g} fps x {request.factor} is above {MAX_FPS * 4:g} fps")
-    job = job or Job(kind="interpolate")
-    return engine.run(job.owner, "interpolate", lambda j: _interpolate(engine, request, data, info, fps, j), job)
+    return lambda job: _interpolate(engine, request, data, info, fps, job)
 
 
 def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, info: media.VideoInfo, fps: float,
@@ -663,7 +772,8 @@ def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, inf
 
 
 __all__ = [
+    "txt2video_work", "vid2vid_work", "interpolate_work", "job_kinds", "decode_video",
     "Txt2VideoRequest", "Vid2VidRequest", "InterpolateRequest", "VideoResult", "txt2video", "vid2vid", "interpolate",
-    "video_models", "motion_modules", "is_video_model", "plan_vid2vid", "check_masking", "frame_mask", "CONSISTENCY", "FACTORS",
+    "video_models", "motion_modules", "image_to_video_models", "is_video_model", "plan_vid2vid", "check_masking", "frame_mask", "CONSISTENCY", "FACTORS",
     "MAX_FRAMES", "MAX_FPS",
 ]
