@@ -390,25 +390,77 @@ def test_mask_from_words_in_inpaint(seg_engine):
     assert caught.value.field == "prompt"
 
 
-def test_mask2former_panoptic_segments_through_the_catalog(tmp_path):
-    """A tiny Mask2Former (universal segmentation) is detected from its config, takes no prompt, and
-    gives one mask per panoptic segment, labelled with its class; the segments do not overlap."""
+def _engine_with(tmp_path, *makers):
     from webui.bootstrap import build_engine
     from webui.engine.core.devices import DeviceChoice
     from webui.engine.settings import Settings
 
-    tiny_models.make_tiny_mask2former(tmp_path / "models" / "segmentation" / "tiny-mask2former")
-    engine = build_engine(Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", save_images=False),
-                          DeviceChoice("cpu"))
+    for name, make in makers:
+        make(tmp_path / "models" / "segmentation" / name)
+    return build_engine(Settings(models_dir=tmp_path / "models", outputs_dir=tmp_path / "out", save_images=False),
+                        DeviceChoice("cpu"))
+
+
+@pytest.mark.parametrize("name, make", [("tiny-mask2former", tiny_models.make_tiny_mask2former),
+                                        ("tiny-oneformer", tiny_models.make_tiny_oneformer)])
+def test_universal_models_give_panoptic_segments_through_the_catalog(tmp_path, monkeypatch, name, make):
+    """A tiny Mask2Former or OneFormer (universal segmentation) is detected from its config, takes no
+    prompt, and gives one mask per panoptic segment, labelled with its class; the segments do not
+    overlap. OneFormer's config names a class-info file on the hub: Kiri loads it offline all the same."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = _engine_with(tmp_path, (name, make))
     found = {s.name: s for s in segmenters(engine)}
-    assert (found["tiny-mask2former"].kind, found["tiny-mask2former"].prompts) == ("universal", ("none",))
+    assert (found[name].kind, found[name].prompts) == ("universal", ("none",))
     image, _ = scene_image(2)
-    result = segment(engine, SegmentRequest(image, model="tiny-mask2former", threshold=0.0))
-    assert result.info["model"] == "tiny-mask2former" and result.masks
+    result = segment(engine, SegmentRequest(image, model=name, threshold=0.0))
+    assert result.info["model"] == name and result.masks
     assert set(result.labels) <= {"circle", "star"} and all(isinstance(s, float) for s in result.scores)
     arrays = [np.asarray(m) > 127 for m in result.masks]
     assert all(m.size == image.size and m.mode == "L" for m in result.masks)
     assert np.sum(arrays, axis=0).max() <= 1
     with pytest.raises(InvalidRequest) as caught:
-        segment(engine, SegmentRequest(image, model="tiny-mask2former", prompt="the circle"))
+        segment(engine, SegmentRequest(image, model=name, prompt="the circle"))
     assert caught.value.field == "prompt"
+
+
+def test_sam2_takes_clicks_and_boxes_and_cuts_out_grounding_dinos_boxes(tmp_path, monkeypatch):
+    """SAM 2 without torchvision (Kiri prepares its input as Sam2Processor does) and Grounding DINO
+    boxes cut out by it: each path runs through the catalog with masks of the picture's size."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = _engine_with(tmp_path, ("tiny-sam2", lambda f: tiny_models.make_tiny_sam(f, version=2)),
+                          ("tiny-grounding-dino", tiny_models.make_tiny_grounding_dino))
+    found = {s.name: s for s in segmenters(engine)}
+    assert (found["tiny-sam2"].kind, found["tiny-sam2"].prompts) == ("sam2", ("points", "box"))
+    assert (found["tiny-grounding-dino"].kind, found["tiny-grounding-dino"].prompts) == ("grounding-dino", ("text",))
+    image = Image.new("RGB", (80, 60), (200, 40, 40))
+    image.paste((20, 20, 220), (20, 10, 50, 40))
+    clicks = segment(engine, SegmentRequest(image, points=[[10, 12, 1], [40, 30, 0]], threshold=0.0))
+    assert clicks.info["model"] == "tiny-sam2" and len(clicks.masks) == 3  # the best segmenter for clicks
+    boxed = segment(engine, SegmentRequest(image, box=[4, 4, 50, 40], threshold=0.0))
+    assert boxed.info["model"] == "tiny-sam2" and len(boxed.masks) == 3
+    for mask in clicks.masks + boxed.masks:
+        assert mask.mode == "L" and mask.size == image.size and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+    # Sam2Processor's own arithmetic, which needs torchvision: the picture resized to the square input
+    # (64 here) with no padding, clicks and boxes scaled by 64 / width and 64 / height.
+    from webui.engine.segment.backends import Sam2
+
+    sam2 = Sam2(tmp_path / "models" / "segmentation" / "tiny-sam2", "cpu")
+    seen = {}
+    forward = sam2.model.forward
+    sam2.model.forward = lambda **kw: seen.update(kw) or forward(**kw)
+    sam2.predict(image, [[[[40.0, 30.0]]]], [[[1]]], [[[8.0, 6.0, 72.0, 54.0]]], 0.5, multimask=False)
+    assert tuple(seen["pixel_values"].shape) == (1, 3, 64, 64)
+    assert seen["input_points"].tolist() == [[[[32.0, 32.0]]]]
+    assert np.allclose(seen["input_boxes"].numpy(), [[[6.4, 6.4, 57.6, 57.6]]])
+
+    words = segment(engine, SegmentRequest(image, prompt="the red circle", threshold=0.0, model="tiny-grounding-dino"))
+    assert words.info["model"] == "tiny-grounding-dino" and words.masks  # threshold 0 keeps every box
+    for mask in words.masks:
+        assert mask.mode == "L" and mask.size == image.size
+    # Each box was cut out by SAM 2 (the best box segmenter present), not filled as a rectangle.
+    rectangles = 0
+    for array in words.arrays():
+        ys, xs = np.nonzero(array)
+        rectangles += bool(len(xs)) and array[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()
+    assert rectangles < len(words.masks)

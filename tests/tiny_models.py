@@ -8,6 +8,7 @@ it goes through diffusers' real conversion code.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -440,7 +441,8 @@ def make_tiny_clipseg(folder: Path) -> Path:
 
 
 def make_tiny_sam(folder: Path, version: int = 1) -> Path:
-    """A SamModel (version 1) or Sam2Model (2) folder with its processor, random tiny weights."""
+    """A SamModel (version 1, with its processor) or Sam2Model (2, with its preprocessor_config.json)
+    folder, random tiny weights."""
     import transformers
 
     torch.manual_seed(0)
@@ -456,6 +458,29 @@ def make_tiny_sam(folder: Path, version: int = 1) -> Path:
         processor = transformers.SamProcessor(image_processor=transformers.SamImageProcessorPil(
             size={"longest_edge": 64}, pad_size={"height": 64, "width": 64}, mask_size={"longest_edge": 16},
             mask_pad_size={"height": 16, "width": 16}))
+    elif version == 2:
+        # Hiera stages of 16, 8, 4 and 2 tokens a side on a 64 px input; a global-attention block may
+        # not be a stage's first (query-pooling) block.
+        backbone = dict(model_type="sam2_hiera_det_model", hidden_size=16, image_size=[64, 64], blocks_per_stage=[1, 1, 2, 1],
+                        embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
+                        window_size_per_stage=[8, 4, 4, 2], global_attention_blocks=[3],
+                        window_positional_embedding_background_size=[4, 4])
+        config = transformers.Sam2Config(
+            vision_config=dict(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+                               backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=32),
+            prompt_encoder_config=dict(hidden_size=32, image_size=64, patch_size=16, mask_input_channels=4),
+            mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                     iou_head_hidden_dim=32),
+        )
+        model = transformers.Sam2Model(config)
+        model.save_pretrained(folder)
+        # What facebook/sam2.1-* folders hold; Sam2Processor itself needs torchvision to be built.
+        (folder / "preprocessor_config.json").write_text(json.dumps({
+            "image_processor_type": "Sam2ImageProcessorFast", "processor_class": "Sam2Processor",
+            "size": {"height": 64, "width": 64}, "mask_size": {"height": 16, "width": 16},
+            "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_resize": True,
+            "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True}))
+        return folder
     else:
         raise ValueError(f"no tiny SAM {version}")
     model.save_pretrained(folder)
@@ -503,6 +528,69 @@ def make_tiny_mask2former(folder: Path) -> Path:
         last.weight.mul_(200.0)
     model.save_pretrained(folder)
     transformers.Mask2FormerImageProcessorPil(size={"height": 64, "width": 64}, size_divisor=32).save_pretrained(folder)
+    return folder
+
+
+def make_tiny_oneformer(folder: Path) -> Path:
+    """A OneFormerForUniversalSegmentation folder (tiny Swin backbone, tiny text encoder, two queries, two
+    classes) with its processor (PIL image processor, the tiny CLIP tokenizer); its config names a
+    class-info file on the hub that the folder lacks, as shi-labs' folders do."""
+    import transformers
+
+    torch.manual_seed(0)
+    labels = {0: "circle", 1: "star"}
+    backbone = transformers.SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                                       window_size=2, out_features=["stage1", "stage2", "stage3", "stage4"])
+    tokenizer = _tokenizer()
+    config = transformers.OneFormerConfig(
+        backbone_config=backbone, num_queries=2, task_seq_len=16, text_encoder_width=32, text_encoder_context_length=16,
+        text_encoder_num_layers=1, text_encoder_vocab_size=len(tokenizer), text_encoder_proj_layers=1, text_encoder_n_ctx=4,
+        conv_dim=32, mask_dim=32, hidden_dim=32, encoder_feedforward_dim=64, encoder_layers=1, decoder_layers=2,
+        num_attention_heads=2, dim_feedforward=64, query_dec_layers=1, id2label=labels,
+        label2id={v: k for k, v in labels.items()}, use_pretrained_backbone=False, is_training=False,
+    )
+    model = transformers.OneFormerForUniversalSegmentation(config)
+    with torch.no_grad():  # as for the tiny Mask2Former: one sure class, sharp masks
+        head = next(m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == len(labels) + 1)
+        head.bias[0], head.bias[-1] = 10.0, -10.0
+        for name, module in model.named_modules():
+            if name.endswith("mask_embed.layers.2.0"):
+                module.weight.mul_(200.0)
+    model.save_pretrained(folder)
+    image_processor = transformers.OneFormerImageProcessorPil(size={"height": 64, "width": 64}, class_info_file=None,
+                                                              num_text=2, do_reduce_labels=False)
+    transformers.OneFormerProcessor(image_processor=image_processor, tokenizer=tokenizer, max_seq_length=16,
+                                    task_seq_length=16).save_pretrained(folder)
+    config_path = folder / "processor_config.json"
+    saved = json.loads(config_path.read_text())
+    saved["image_processor"]["class_info_file"] = "ade20k_panoptic.json"  # on the hub, not in the folder
+    config_path.write_text(json.dumps(saved))
+    return folder
+
+
+def make_tiny_grounding_dino(folder: Path) -> Path:
+    """A GroundingDinoForObjectDetection folder (tiny Swin backbone, tiny BERT over a word list), random
+    weights, with its processor (PIL image processor)."""
+    import transformers
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import GroundingDinoImageProcessorPil
+
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "the", "a", "red", "blue", "circle", "square", "star", "sky"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = transformers.BertTokenizer(str(folder / "vocab.txt"))
+    config = transformers.GroundingDinoConfig(
+        backbone_config=dict(model_type="swin", image_size=64, patch_size=4, embed_dim=8, depths=[1, 1, 1, 1],
+                             num_heads=[1, 1, 1, 1], window_size=2, out_features=["stage2", "stage3", "stage4"]),
+        text_config=dict(model_type="bert", vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64),
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=10, num_feature_levels=4, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=32,
+    )
+    transformers.GroundingDinoForObjectDetection(config).save_pretrained(folder)
+    image_processor = GroundingDinoImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 96})
+    transformers.GroundingDinoProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
 
 

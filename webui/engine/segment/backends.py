@@ -90,7 +90,7 @@ def load(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> "
     try:
         backend = BACKENDS[found.kind](entry.path, device.device)
     except ImportError as exc:
-        # SAM 2's and SAM 3's image processors need torchvision, which Kiri does not require.
+        # SAM 3's image processor needs torchvision, which Kiri does not require.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {entry.name}: {first} (pip install torchvision)") from exc
     backend.name = entry.name
@@ -209,8 +209,53 @@ class Sam(Backend):
 
 
 class Sam2(Sam):
+    """SAM 2 (Sam2Model). Its image processor needs torchvision, which Kiri does not require, so the
+    picture is prepared here from the folder's preprocessor_config.json as that processor does:
+    resized to the model's square input (no padding), rescaled to 0..1 and normalised; clicks and
+    boxes scaled to that square; the low-resolution masks scaled back up to the picture."""
+
     kind = "sam2"
-    model_class, processor_class = "Sam2Model", "Sam2Processor"
+    IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    def __init__(self, path: Path, device: str):
+        Backend.__init__(self, path, device)
+        import json
+
+        from transformers import Sam2Model
+
+        self.model = Sam2Model.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        try:
+            config = json.loads((path / "preprocessor_config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        size = config.get("size") or {}
+        backbone = self.model.config.vision_config.backbone_config
+        self.side = int(size.get("height") or size.get("longest_edge") or list(backbone.image_size)[0])
+        self.mean = np.array(config.get("image_mean", self.IMAGENET_MEAN), np.float32)
+        self.std = np.array(config.get("image_std", self.IMAGENET_STD), np.float32)
+
+    def predict(self, image, points, labels, boxes, threshold, multimask: bool):
+        import torch
+        from PIL import Image
+
+        width, height = image.size
+        sx, sy = self.side / width, self.side / height
+        pixels = np.asarray(image.convert("RGB").resize((self.side, self.side), Image.BILINEAR), np.float32) / 255.0
+        pixels = (pixels - self.mean) / self.std
+        dtype = self.model.dtype
+        kwargs: dict[str, Any] = {"pixel_values": torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, dtype)}
+        if points is not None:
+            scaled = [[[[x * sx, y * sy] for x, y in prompt] for prompt in batch] for batch in points]
+            kwargs["input_points"] = torch.tensor(scaled, dtype=dtype, device=self.device)
+            kwargs["input_labels"] = torch.tensor(labels, dtype=torch.long, device=self.device)
+        if boxes is not None:
+            scaled = [[[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in batch] for batch in boxes]
+            kwargs["input_boxes"] = torch.tensor(scaled, dtype=dtype, device=self.device)
+        with torch.inference_mode():
+            out = self.model(**kwargs, multimask_output=multimask)
+        logits = torch.nn.functional.interpolate(out.pred_masks[0].float(), size=(height, width), mode="bilinear",
+                                                 align_corners=False)
+        return (logits > _logit(threshold)).cpu().numpy(), out.iou_scores[0].float().cpu().numpy()
 
 
 class Sam3(Backend):
@@ -333,9 +378,32 @@ class Universal(Backend):
         super().__init__(path, device)
         import transformers
 
-        self.processor = transformers.AutoProcessor.from_pretrained(str(path), local_files_only=True)
+        self.processor = transformers.AutoProcessor.from_pretrained(str(path), local_files_only=True,
+                                                                    **self._metadata_kwargs(path))
         self.model = transformers.AutoModelForUniversalSegmentation.from_pretrained(str(path), local_files_only=True)
         self.model = self.model.to(device).eval()
+        # OneFormer's PIL image processor post-processes with torchvision; its outputs (class and mask
+        # logits per query) are Mask2Former's, whose PIL post-processing needs none.
+        self.post = (transformers.Mask2FormerImageProcessorPil() if self.model.config.model_type == "oneformer"
+                     else getattr(self.processor, "image_processor", self.processor))
+
+    @staticmethod
+    def _metadata_kwargs(path: Path) -> dict[str, Any]:
+        """OneFormer's processor reads a class-info JSON named in its config from the hub
+        (shi-labs/oneformer_demo) when the folder lacks it; inference does not need it, and Kiri never
+        downloads, so it is read from the folder or left out."""
+        import json
+
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            try:
+                config = json.loads((path / name).read_text())
+            except (OSError, ValueError):
+                continue
+            config = config.get("image_processor", config)
+            info = config.get("class_info_file")
+            if info and config.get("image_processor_type", "").startswith("OneFormer"):
+                return {"repo_path": str(path), "class_info_file": info} if (path / info).is_file() else {"class_info_file": None}
+        return {}
 
     def run(self, image, request, helper=None) -> list[Found]:
         import torch
@@ -346,8 +414,7 @@ class Universal(Backend):
         inputs = self.processor(**kwargs).to(self.device)
         with torch.inference_mode():
             out = self.model(**inputs)
-        post = getattr(self.processor, "image_processor", self.processor)
-        result = post.post_process_panoptic_segmentation(out, threshold=request.threshold,
+        result = self.post.post_process_panoptic_segmentation(out, threshold=request.threshold,
                                                          target_sizes=[(image.height, image.width)])[0]
         segmentation = result["segmentation"].cpu().numpy()
         names = self.model.config.id2label
