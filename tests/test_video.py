@@ -453,6 +453,40 @@ def test_interrupt_keeps_finished_frames_and_resume_gives_the_same_clip(video_en
         assert np.array_equal(got, want)
 
 
+def test_vid2vid_through_the_motion_module_restyles_windows_and_resumes_after_the_finished_ones(video_engine, tmp_path):
+    import shutil
+
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.core.jobs import Job
+    from webui.engine.video.service import Vid2VidRequest, vid2vid
+
+    long_clip = write_clip(tmp_path / "long.mp4", moving_square_frames(12, step=2))
+    request = lambda **extra: Vid2VidRequest(  # noqa: E731
+        video=long_clip, prompt="a square", steps=2, seed=6, model="tiny-sd", max_size=SIZE, max_frames=12,
+        denoising_strength=0.5, sampler_name="Euler", motion_module="tiny-motion", **extra)
+    whole = vid2vid(video_engine, request())
+    assert len(whole.frame_paths) == 12 and "Motion module: tiny-motion" in whole.info and "Window: 8" in whole.info
+    expected = [np.asarray(f) for f in whole.frames()]
+    shutil.rmtree(whole.folder)
+
+    job = Job(kind="vid2vid", owner="tester")
+    job.listeners.append(lambda j: j.interrupt() if j.images_done >= 8 else None)
+    partial = vid2vid(video_engine, request(), job)
+    assert partial.interrupted and len(partial.frame_paths) == 8  # the first window, whole
+    resumed = vid2vid(video_engine, request())
+    assert not resumed.interrupted and resumed.resumed_frames == 8 and len(resumed.frame_paths) == 12
+    for got, want in zip((np.asarray(f) for f in resumed.frames()), expected):
+        assert np.array_equal(got, want)
+
+    with pytest.raises(InvalidRequest) as refused:
+        request(mask_prompt="the square")
+    assert refused.value.field == "mask_prompt"
+    with pytest.raises(InvalidRequest) as refused:
+        vid2vid(video_engine, Vid2VidRequest(video=long_clip, prompt="x", steps=1, model="tiny-sdxl", max_size=SIZE,
+                                             max_frames=2, motion_module="tiny-motion-xl"))
+    assert refused.value.field == "motion_module" and "SD 1.x or 2.x" in str(refused.value)
+
+
 def test_video_jobs_report_progress_per_frame(video_engine, clip):
     from webui.engine.core.jobs import Job
     from webui.engine.video.service import vid2vid

@@ -58,6 +58,7 @@ class Vid2VidBody(GenerationFields):
     max_size: int = 512
     fps: float | None = None
     mask_prompt: str | None = None
+    motion_module: str | None = None  # restyle with AnimateDiff video-to-video, windows of frames together
 
 
 class InterpolateBody(BaseModel):

@@ -94,6 +94,9 @@ def render(engine: Engine) -> None:
                         max_frames = gr.Number(120, precision=0, label="Max frames", minimum=1, maximum=service.MAX_FRAMES)
                         max_size = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Max size (longer side)")
                     mask_prompt = gr.Textbox(label="Mask prompt: repaint only this (needs a segmenter that reads words in models/segmentation/)", lines=1, elem_id="vid2vid-mask-prompt")
+                    use_motion = gr.Checkbox(False, label="Restyle through the motion module (AnimateDiff video to video: "
+                                             "windows of frames denoised together; SD 1.x/2.x models)",
+                                             elem_id="vid2vid-use-motion")
                     v2v = _generation_widgets("vid2vid", samplers)
                     with gr.Row():
                         v2v_go = gr.Button("Generate", variant="primary", elem_id="vid2vid-generate", scale=3)
@@ -123,7 +126,7 @@ def render(engine: Engine) -> None:
         yield from _run(engine, "txt2video", lambda job: service.txt2video(engine, req, job), request, progress)
 
     def video_to_video(source, prompt, negative, strength, consistency, carry, every_nth, start, end, max_frames,
-                       max_size, mask_prompt, sampler, steps, cfg, seed, model, request: gr.Request,
+                       max_size, mask_prompt, use_motion, sampler, steps, cfg, seed, model, motion, request: gr.Request,
                        progress: gr.Progress = gr.Progress()):
         with user_errors():
             req = Vid2VidRequest(video=_path(source), prompt=prompt or "", negative_prompt=negative or "",
@@ -132,7 +135,7 @@ def render(engine: Engine) -> None:
                                  end_time=float(end) if end not in (None, "") else None, max_frames=int(max_frames or 1),
                                  max_size=int(max_size), mask_prompt=mask_prompt or None, sampler_name=sampler or None,
                                  steps=int(steps), cfg_scale=float(cfg), seed=int(seed if seed is not None else -1),
-                                 model=_image_model(engine, model))
+                                 model=_image_model(engine, model), motion_module=(motion or None) if use_motion else None)
         yield from _run(engine, "vid2vid", lambda job: service.vid2vid(engine, req, job), request, progress)
 
     def interpolate(source, factor, request: gr.Request, progress: gr.Progress = gr.Progress()):
@@ -143,7 +146,8 @@ def render(engine: Engine) -> None:
     t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion], outputs,
                  api_name="txt2video", **JOB_EVENT)
     v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
-                                  max_frames, max_size, mask_prompt, *v2v, model], outputs, api_name="vid2vid", **JOB_EVENT)
+                                  max_frames, max_size, mask_prompt, use_motion, *v2v, model, motion], outputs,
+                 api_name="vid2vid", **JOB_EVENT)
     i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT)
 
     def stop(request: gr.Request) -> str:

@@ -137,6 +137,7 @@ class Vid2VidRequest:
     seed: int = -1  # the same for every frame, so the style holds still
     model: str | None = None
     mask_prompt: str | None = None  # repaint only what the segmentation engine finds for these words
+    motion_module: str | None = None  # restyle in windows with AnimateDiff's video-to-video pipeline, not frame by frame
 
     def __post_init__(self) -> None:
         self.validate()
@@ -167,6 +168,11 @@ class Vid2VidRequest:
             raise InvalidRequest("end_time", f"end_time ({self.end_time}) must be after start_time ({self.start_time})")
         if self.mask_prompt is not None and not isinstance(self.mask_prompt, str):
             raise InvalidRequest("mask_prompt", "mask_prompt must be text")
+        if self.motion_module is not None and not isinstance(self.motion_module, str):
+            raise InvalidRequest("motion_module", "motion_module must be a name (text)")
+        if self.motion_module and self.mask_prompt:
+            raise InvalidRequest("mask_prompt", "a mask prompt repaints frame by frame; leave the motion module out to "
+                                                "use it")
 
 
 @dataclass
@@ -655,6 +661,10 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
     model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
     fields = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "video"}
     folder = _job_folder(engine, "vid2vid", {**fields, "model": model.name}, plan.data)
+    if request.motion_module:
+        from webui.engine.video import motion_v2v
+
+        return (yield from motion_v2v.run(engine, request, plan, job, folder, result))
     _frame_count(job, 0, plan.count)
     yield  # the setup (source read, model loaded) was one turn
 
