@@ -464,3 +464,27 @@ def test_sam2_takes_clicks_and_boxes_and_cuts_out_grounding_dinos_boxes(tmp_path
         ys, xs = np.nonzero(array)
         rectangles += bool(len(xs)) and array[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()
     assert rectangles < len(words.masks)
+
+
+def test_sam3_finds_a_concept_by_words_and_says_what_a_box_needs(tmp_path, monkeypatch):
+    """SAM 3 without torchvision: Kiri prepares its picture and words as Sam3Processor does and
+    post-processes as Sam3ImageProcessor does; a box, which the model pools with torchvision's
+    roi_align, is refused with the field named while torchvision is not installed."""
+    import importlib.util
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = _engine_with(tmp_path, ("tiny-sam3", lambda f: tiny_models.make_tiny_sam(f, version=3)))
+    found = {s.name: s for s in segmenters(engine)}
+    assert (found["tiny-sam3"].kind, found["tiny-sam3"].prompts) == ("sam3", ("text", "box"))
+    image = Image.new("RGB", (80, 60), (200, 40, 40))
+    result = segment(engine, SegmentRequest(image, prompt="red, blue", threshold=0.0, model="tiny-sam3"))
+    assert result.info["model"] == "tiny-sam3" and result.masks  # threshold 0 keeps every query
+    assert set(result.labels) == {"red", "blue"} and len(result.masks) <= 16  # 8 queries a phrase
+    for mask in result.masks:
+        assert mask.mode == "L" and mask.size == image.size and set(np.unique(np.asarray(mask))) <= {0, 255}
+    none = segment(engine, SegmentRequest(image, prompt="red", threshold=1.0, model="tiny-sam3"))
+    assert none.masks == []
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(InvalidRequest) as refused:
+            segment(engine, SegmentRequest(image, prompt="red", box=[4, 4, 50, 40], model="tiny-sam3"))
+        assert refused.value.field == "box" and "torchvision" in str(refused.value)

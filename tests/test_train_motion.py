@@ -57,3 +57,75 @@ def test_the_module_fits_the_embedded_image_model_and_starts_as_identity():
         frames = unet(sample[0].permute(1, 0, 2, 3), 10, encoder_hidden_states=text).sample
     # Zero output projections: frame by frame, the untrained module leaves the image model's output as it was.
     assert torch.allclose(video[0].permute(1, 0, 2, 3), frames, atol=1e-4)
+
+
+def _image_model_before_the_motion_words(folder):
+    """The shipped LDM's tokenizer and text encoder as they were before extend_vocabulary (the added
+    words and their embedding rows taken off again)."""
+    import json
+    import shutil
+
+    from transformers import CLIPTextModel
+
+    shutil.copytree(T.IMAGE_MODEL / "tokenizer", folder / "tokenizer")
+    for name in ("tokenizer.json", "added_tokens.json"):
+        (folder / "tokenizer" / name).unlink(missing_ok=True)
+    config_path = folder / "tokenizer" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("added_tokens_decoder", None)
+    config_path.write_text(json.dumps(config))
+    vocab = json.loads((folder / "tokenizer" / "vocab.json").read_text())
+    encoder = CLIPTextModel.from_pretrained(str(T.IMAGE_MODEL / "text_encoder"))
+    encoder.resize_token_embeddings(len(vocab))
+    encoder.save_pretrained(str(folder / "text_encoder"))
+
+
+def test_the_motion_words_join_the_vocabulary_and_every_old_prompt_reads_as_before(tmp_path):
+    import shutil
+
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    _image_model_before_the_motion_words(tmp_path)
+    before_tok = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
+    before_enc = CLIPTextModel.from_pretrained(str(tmp_path / "text_encoder")).eval()
+    rng = random.Random(5)
+    prompts = [T.W.sample_phrase(T.W.sample_scene(rng), rng)[0] for _ in range(60)]
+    prompts += ["cup of tea", "uppercase downtown", "a red circle on the right", "a red circle on the top"]
+
+    assert T.extend_vocabulary(tmp_path) == list(T.MOTION_WORDS)
+    assert T.extend_vocabulary(tmp_path) == []  # once only
+    after_tok = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
+    after_enc = CLIPTextModel.from_pretrained(str(tmp_path / "text_encoder")).eval()
+    assert len(after_tok) == len(before_tok) + len(T.MOTION_WORDS)
+    for word in T.MOTION_WORDS:
+        assert len(after_tok(word, add_special_tokens=False).input_ids) == 1 and len(before_tok.tokenize(word)) > 1
+
+    def features(tok, enc, texts):
+        ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return ids, enc(ids)[0]
+
+    old_ids, old = features(before_tok, before_enc, prompts)
+    new_ids, new = features(after_tok, after_enc, prompts)
+    assert torch.equal(old_ids, new_ids) and torch.equal(old, new)
+    # Each new word means to the image model what its source word does.
+    _, moving_up = features(after_tok, after_enc, ["a red circle moving up", "a red circle growing"])
+    _, to_top = features(after_tok, after_enc, ["a red circle to top", "a red circle large"])
+    assert torch.allclose(moving_up, to_top)
+    # Without tokenizer.json (what transformers 4's slow CLIPTokenizer reads: vocab.json, merges.txt and
+    # the added words in added_tokens.json / tokenizer_config.json) the words tokenize the same.
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tmp_path / "tokenizer", legacy)
+    (legacy / "tokenizer.json").unlink()
+    legacy_tok = CLIPTokenizer.from_pretrained(str(legacy))
+    for text in prompts + ["a red circle moving up", "Green square SHRINKING, white background", "cup"]:
+        assert legacy_tok(text).input_ids == after_tok(text).input_ids, text
+    # The shipped LDM is exactly that extension.
+    shipped = CLIPTextModel.from_pretrained(str(T.IMAGE_MODEL / "text_encoder"))
+    assert torch.equal(shipped.get_input_embeddings().weight, after_enc.get_input_embeddings().weight)
+    # The text encoder keeps the key names every transformers version reads.
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "text_encoder" / "model.safetensors"), "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())

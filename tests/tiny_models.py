@@ -441,8 +441,8 @@ def make_tiny_clipseg(folder: Path) -> Path:
 
 
 def make_tiny_sam(folder: Path, version: int = 1) -> Path:
-    """A SamModel (version 1, with its processor) or Sam2Model (2, with its preprocessor_config.json)
-    folder, random tiny weights."""
+    """A SamModel (version 1, with its processor), Sam2Model (2) or Sam3Model (3, with its tokenizer)
+    folder with its preprocessor_config.json, random tiny weights."""
     import transformers
 
     torch.manual_seed(0)
@@ -480,6 +480,31 @@ def make_tiny_sam(folder: Path, version: int = 1) -> Path:
             "size": {"height": 64, "width": 64}, "mask_size": {"height": 16, "width": 16},
             "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_resize": True,
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True}))
+        return folder
+    elif version == 3:
+        # A 56 px ViT in 14 px patches (4x4 tokens), one-layer DETR encoder and decoder of 8 queries,
+        # the tiny CLIP tokenizer's text tower.
+        tokenizer = _tokenizer()
+        vit = dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=2, image_size=56, patch_size=14, window_size=2, global_attn_indexes=[1],
+                   pretrain_image_size=56)
+        small = dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64)
+        config = transformers.Sam3Config(
+            vision_config=dict(backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]]),
+            text_config=dict(model_type="clip_text_model", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32, projection_dim=32,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id),
+            geometry_encoder_config=small, detr_encoder_config=small,
+            detr_decoder_config={**small, "num_queries": 8},
+            mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2, num_attention_heads=2),
+        )
+        transformers.Sam3Model(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps({  # as facebook/sam3's, at 56 px
+            "image_processor_type": "Sam3ImageProcessorFast", "processor_class": "Sam3Processor",
+            "size": {"height": 56, "width": 56}, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True}))
         return folder
     else:
         raise ValueError(f"no tiny SAM {version}")

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from webui.engine.core.errors import ModelLoadError
+from webui.engine.core.errors import InvalidRequest, ModelLoadError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -90,7 +90,7 @@ def load(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> "
     try:
         backend = BACKENDS[found.kind](entry.path, device.device)
     except ImportError as exc:
-        # SAM 3's image processor needs torchvision, which Kiri does not require.
+        # A model whose own code needs a package Kiri does not require (e.g. torchvision).
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {entry.name}: {first} (pip install torchvision)") from exc
     backend.name = entry.name
@@ -219,15 +219,10 @@ class Sam2(Sam):
 
     def __init__(self, path: Path, device: str):
         Backend.__init__(self, path, device)
-        import json
-
         from transformers import Sam2Model
 
         self.model = Sam2Model.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        try:
-            config = json.loads((path / "preprocessor_config.json").read_text())
-        except (OSError, ValueError):
-            config = {}
+        config = _preprocessor_config(path)
         size = config.get("size") or {}
         backbone = self.model.config.vision_config.backbone_config
         self.side = int(size.get("height") or size.get("longest_edge") or list(backbone.image_size)[0])
@@ -236,14 +231,11 @@ class Sam2(Sam):
 
     def predict(self, image, points, labels, boxes, threshold, multimask: bool):
         import torch
-        from PIL import Image
 
         width, height = image.size
         sx, sy = self.side / width, self.side / height
-        pixels = np.asarray(image.convert("RGB").resize((self.side, self.side), Image.BILINEAR), np.float32) / 255.0
-        pixels = (pixels - self.mean) / self.std
         dtype = self.model.dtype
-        kwargs: dict[str, Any] = {"pixel_values": torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.device, dtype)}
+        kwargs: dict[str, Any] = {"pixel_values": _square_pixels(image, self.side, self.mean, self.std).to(self.device, dtype)}
         if points is not None:
             scaled = [[[[x * sx, y * sy] for x, y in prompt] for prompt in batch] for batch in points]
             kwargs["input_points"] = torch.tensor(scaled, dtype=dtype, device=self.device)
@@ -258,38 +250,86 @@ class Sam2(Sam):
         return (logits > _logit(threshold)).cpu().numpy(), out.iou_scores[0].float().cpu().numpy()
 
 
+def _preprocessor_config(path: Path) -> dict:
+    """A model folder's image-processor settings (preprocessor_config.json, or processor_config.json's
+    image_processor part), {} when it has neither."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        try:
+            config = json.loads((path / name).read_text())
+        except (OSError, ValueError):
+            continue
+        return config.get("image_processor", config)
+    return {}
+
+
+def _square_pixels(image: "Image.Image", side: int, mean, std):
+    """The picture as a SAM 2 / SAM 3 image processor gives it: resized to side x side (no padding),
+    rescaled to 0..1 and normalised; (1, 3, side, side) float32."""
+    import torch
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR), np.float32) / 255.0
+    pixels = (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(pixels).permute(2, 0, 1)[None]
+
+
 class Sam3(Backend):
-    """SAM 3: every instance of a text concept (and/or inside a box)."""
+    """SAM 3: every instance of a text concept (and/or inside a box). Its image processor needs
+    torchvision, so the picture and the words are prepared here as Sam3Processor does (square resize,
+    normalise; the CLIP tokenizer padded to 32; boxes as normalised centre-size), and its instance
+    post-processing is Sam3ImageProcessor's (presence x query scores, sigmoid masks scaled up). Box
+    prompts run inside the model through torchvision's roi_align, so they need torchvision installed."""
 
     kind, prompts = "sam3", ("text", "box")
 
     def __init__(self, path: Path, device: str):
         super().__init__(path, device)
-        from transformers import Sam3Model, Sam3Processor
+        from transformers import AutoTokenizer, Sam3Model
 
-        self.processor = Sam3Processor.from_pretrained(str(path), local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = Sam3Model.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        config = _preprocessor_config(path)
+        size = config.get("size") or {}
+        self.side = int(size.get("height") or size.get("longest_edge") or self.model.config.vision_config.image_size)
+        self.mean = config.get("image_mean", (0.5, 0.5, 0.5))
+        self.std = config.get("image_std", (0.5, 0.5, 0.5))
 
     def run(self, image, request, helper=None) -> list[Found]:
+        import importlib.util
+
         import torch
 
-        phrases = split_phrases(request.prompt) if request.prompt else [None]
+        if request.box and importlib.util.find_spec("torchvision") is None:
+            raise InvalidRequest("box", f"{self.name} (SAM 3) takes a box only with torchvision installed (its model "
+                                        "pools the box with torchvision's roi_align): pip install torchvision, or give "
+                                        "the box to a SAM or SAM 2 model")
+        width, height = image.size
+        dtype = self.model.dtype
+        pixels = _square_pixels(image, self.side, self.mean, self.std).to(self.device, dtype)
+        phrases = split_phrases(request.prompt) if request.prompt else ["visual"]  # Sam3Processor's word for "box only"
         found = []
         for phrase in phrases:
-            kwargs: dict[str, Any] = {"images": image, "return_tensors": "pt"}
-            if phrase:
-                kwargs["text"] = phrase
+            text = self.tokenizer(phrase, padding="max_length", max_length=32, truncation=True, return_tensors="pt")
+            kwargs: dict[str, Any] = {"pixel_values": pixels, "input_ids": text.input_ids.to(self.device),
+                                      "attention_mask": text.attention_mask.to(self.device)}
             if request.box:
-                kwargs.update(input_boxes=[[[float(v) for v in request.box]]], input_boxes_labels=[[1]])
-            inputs = self.processor(**kwargs).to(self.device)
+                x0, y0, x1, y1 = (float(v) for v in request.box)
+                box = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+                kwargs.update(input_boxes=torch.tensor([[box]], dtype=dtype, device=self.device),
+                              input_boxes_labels=torch.tensor([[1]], device=self.device))
             with torch.inference_mode():
-                out = self.model(**inputs)
-            result = self.processor.post_process_instance_segmentation(
-                out, threshold=request.threshold, mask_threshold=0.5, target_sizes=[(image.height, image.width)])[0]
-            for mask, score in zip(result["masks"], result["scores"]):
-                mask = mask.cpu().numpy().astype(bool)
+                out = self.model(**kwargs)
+            scores = out.pred_logits[0].float().sigmoid()
+            if out.presence_logits is not None:
+                scores = scores * out.presence_logits[0].float().sigmoid()
+            keep = scores > request.threshold
+            if not keep.any():
+                continue
+            masks = torch.nn.functional.interpolate(out.pred_masks[0][keep][None].float().sigmoid(), size=(height, width),
+                                                    mode="bilinear", align_corners=False)[0] > 0.5
+            for mask, score in zip(masks.cpu().numpy(), scores[keep].cpu().tolist()):
                 if mask.any():
-                    found.append((mask, phrase or "box", float(score)))
+                    found.append((mask, phrase if request.prompt else "box", float(score)))
         return found
 
 
