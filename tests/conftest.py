@@ -129,6 +129,7 @@ def video_models_dir(tmp_path_factory) -> Path:
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion-xl", sdxl=True)
     tiny_models.make_tiny_clipseg(root / "segmentation" / "tiny-clipseg")  # for vid2vid's mask_prompt
+    tiny_models.make_tiny_sam2_video(root / "segmentation" / "tiny-sam2-video")  # for vid2vid's mask_points
     return root
 
 

@@ -488,3 +488,20 @@ def test_sam3_finds_a_concept_by_words_and_says_what_a_box_needs(tmp_path, monke
         with pytest.raises(InvalidRequest) as refused:
             segment(engine, SegmentRequest(image, prompt="red", box=[4, 4, 50, 40], model="tiny-sam3"))
         assert refused.value.field == "box" and "torchvision" in str(refused.value)
+
+
+def test_a_sam2_video_model_answers_clicks_on_a_picture_and_follows_them_through_frames(tmp_path, monkeypatch):
+    from webui.engine.segment import track, trackers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    engine = _engine_with(tmp_path, ("tiny-sam2-video", tiny_models.make_tiny_sam2_video))
+    assert trackers(engine) == ["tiny-sam2-video"]
+    image = Image.new("RGB", (80, 60), (200, 40, 40))
+    result = segment(engine, SegmentRequest(image, points=[[30, 20, 1]], threshold=0.0))
+    assert result.info["model"] == "tiny-sam2-video" and len(result.masks) <= 1
+    frames = [image.copy() for _ in range(5)]
+    masks = list(track(engine, iter(frames), [[30, 20, 1]]))
+    assert len(masks) == 5 and all(m.shape == (60, 80) and m.dtype == bool for m in masks)
+    seen = []
+    stopped = list(track(engine, iter(frames), [[30, 20, 1]], keep_going=lambda: len(seen.append(1) or seen) < 2))
+    assert len(stopped) == 2  # Interrupt: the tracker stops where it is asked to

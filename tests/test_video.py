@@ -487,6 +487,39 @@ def test_vid2vid_through_the_motion_module_restyles_windows_and_resumes_after_th
     assert refused.value.field == "motion_module" and "SD 1.x or 2.x" in str(refused.value)
 
 
+def test_a_click_on_the_first_frame_is_followed_by_sam2_video_and_only_that_object_is_repainted(video_engine, clip):
+    from PIL import Image
+
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.segment import track, trackers
+    from webui.engine.video import media
+    from webui.engine.video.service import MASK_BLUR, Vid2VidRequest, vid2vid
+
+    assert trackers(video_engine) == ["tiny-sam2-video"]
+    click = [[16, 28, 1]]  # inside the red square of the first frame
+    request = Vid2VidRequest(video=clip, prompt="a blue square", steps=2, seed=3, model="tiny-sd", max_size=SIZE,
+                             denoising_strength=1.0, sampler_name="Euler", mask_points=click)
+    result = vid2vid(video_engine, request)
+    assert len(result.frame_paths) == 6 and "Mask points: " in result.info
+    sources = [f.image.convert("RGB") for f in media.read_frames(clip.read_bytes(), media.probe(clip.read_bytes()))]
+    masks = list(track(video_engine, iter(sources), click))
+    assert len(masks) == 6 and all(m.shape == (SIZE, SIZE) for m in masks)
+    import cv2
+
+    for source, mask, made in zip(sources, masks, result.frames()):
+        outside = cv2.dilate(mask.astype(np.uint8), np.ones((4 * MASK_BLUR + 1,) * 2, np.uint8)) == 0
+        diff = np.abs(np.asarray(made, dtype=int) - np.asarray(source, dtype=int)).max(axis=2)
+        assert diff[outside].max() <= 2  # beyond the feathered edge of the followed object: the frame as it came
+        if mask.sum() > 20:
+            assert diff[mask].mean() > 2  # inside it: repainted
+
+    for bad, says in (([[16, 28, 5]], "mask_points"), ([[500, 28, 1]], "outside")):
+        with pytest.raises(InvalidRequest) as refused:
+            vid2vid(video_engine, Vid2VidRequest(video=clip, prompt="x", steps=1, model="tiny-sd", max_size=SIZE,
+                                                 mask_points=bad))
+        assert refused.value.field == "mask_points" and says in str(refused.value)
+
+
 def test_video_jobs_report_progress_per_frame(video_engine, clip):
     from webui.engine.core.jobs import Job
     from webui.engine.video.service import vid2vid

@@ -440,6 +440,35 @@ def make_tiny_clipseg(folder: Path) -> Path:
     return folder
 
 
+def make_tiny_sam2_video(folder: Path) -> Path:
+    """A Sam2VideoModel folder (SAM 2 with memory: it tracks through a clip), random tiny weights. The
+    memory attention's key width is fixed at 64 in transformers, and the object pointers are split
+    into memory-width pieces, so the mask decoder is 128 wide here."""
+    import transformers
+
+    torch.manual_seed(0)
+    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=16, image_size=[64, 64], blocks_per_stage=[1, 1, 2, 1],
+                    embed_dim_per_stage=[16, 32, 64, 128], num_attention_heads_per_stage=[1, 1, 2, 2],
+                    window_size_per_stage=[8, 4, 4, 2], global_attention_blocks=[3],
+                    window_positional_embedding_background_size=[4, 4])
+    config = transformers.Sam2VideoConfig(
+        vision_config=dict(backbone_config=backbone, backbone_channel_list=[128, 64, 32, 16],
+                           backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]], fpn_hidden_size=128),
+        prompt_encoder_config=dict(hidden_size=128, image_size=64, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_hidden_layers=2, num_attention_heads=2,
+                                 iou_head_hidden_dim=32),
+        image_size=64, memory_attention_hidden_size=128, memory_encoder_hidden_size=128, memory_encoder_output_channels=64,
+        memory_attention_num_layers=1, memory_fuser_intermediate_dim=64, memory_fuser_embed_dim=128,
+        mask_downsampler_embed_dim=128, num_maskmem=2, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[4, 4],
+    )
+    transformers.Sam2VideoModel(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Sam2ImageProcessorFast", "size": {"height": 64, "width": 64},
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    return folder
+
+
 def make_tiny_sam(folder: Path, version: int = 1) -> Path:
     """A SamModel (version 1, with its processor), Sam2Model (2) or Sam3Model (3, with its tokenizer)
     folder with its preprocessor_config.json, random tiny weights."""

@@ -4,7 +4,8 @@
                                 seed, width, height, model?, motion_module?, image? (base64 first frame,
                                 for an image-to-video model)}
     POST /kiri/v1/vid2vid      {video: base64, prompt, denoising_strength, consistency: none|blend|flow,
-                                every_nth?, max_frames?, mask_prompt?, ...the generation fields}
+                                every_nth?, max_frames?, mask_prompt?, mask_points?, motion_module?,
+                                ...the generation fields}
     POST /kiri/v1/interpolate  {video: base64, factor: 2|4}
     GET  /kiri/v1/video-models -> {models, motion_modules}: what the Video tab lists
 
@@ -58,6 +59,7 @@ class Vid2VidBody(GenerationFields):
     max_size: int = 512
     fps: float | None = None
     mask_prompt: str | None = None
+    mask_points: list[list[float]] | None = None  # [[x, y, 1 | 0], ...] on the first frame, followed by SAM 2 video
     motion_module: str | None = None  # restyle with AnimateDiff video-to-video, windows of frames together
 
 

@@ -94,6 +94,15 @@ def render(engine: Engine) -> None:
                         max_frames = gr.Number(120, precision=0, label="Max frames", minimum=1, maximum=service.MAX_FRAMES)
                         max_size = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Max size (longer side)")
                     mask_prompt = gr.Textbox(label="Mask prompt: repaint only this (needs a segmenter that reads words in models/segmentation/)", lines=1, elem_id="vid2vid-mask-prompt")
+                    with gr.Accordion("Repaint one object: click it on the first frame (needs a SAM 2 video model "
+                                      "in models/segmentation/)", open=False):
+                        first_frame = gr.Image(label="First frame: click the object to follow", type="pil",
+                                               interactive=False, elem_id="vid2vid-first-frame")
+                        with gr.Row():
+                            clicks = gr.Textbox(label="Clicks (x, y, 1 = object / 0 = not)", interactive=False,
+                                                elem_id="vid2vid-clicks", scale=4)
+                            click_kind = gr.Radio([1, 0], value=1, label="Next click", scale=1)
+                            clear_clicks = gr.Button("Clear clicks", scale=1, min_width=80)
                     use_motion = gr.Checkbox(False, label="Restyle through the motion module (AnimateDiff video to video: "
                                              "windows of frames denoised together; SD 1.x/2.x models)",
                                              elem_id="vid2vid-use-motion")
@@ -126,8 +135,8 @@ def render(engine: Engine) -> None:
         yield from _run(engine, "txt2video", lambda job: service.txt2video(engine, req, job), request, progress)
 
     def video_to_video(source, prompt, negative, strength, consistency, carry, every_nth, start, end, max_frames,
-                       max_size, mask_prompt, use_motion, sampler, steps, cfg, seed, model, motion, request: gr.Request,
-                       progress: gr.Progress = gr.Progress()):
+                       max_size, mask_prompt, clicked, use_motion, sampler, steps, cfg, seed, model, motion,
+                       request: gr.Request, progress: gr.Progress = gr.Progress()):
         with user_errors():
             req = Vid2VidRequest(video=_path(source), prompt=prompt or "", negative_prompt=negative or "",
                                  denoising_strength=float(strength), consistency=consistency, consistency_strength=float(carry),
@@ -135,7 +144,8 @@ def render(engine: Engine) -> None:
                                  end_time=float(end) if end not in (None, "") else None, max_frames=int(max_frames or 1),
                                  max_size=int(max_size), mask_prompt=mask_prompt or None, sampler_name=sampler or None,
                                  steps=int(steps), cfg_scale=float(cfg), seed=int(seed if seed is not None else -1),
-                                 model=_image_model(engine, model), motion_module=(motion or None) if use_motion else None)
+                                 model=_image_model(engine, model), motion_module=(motion or None) if use_motion else None,
+                                 mask_points=_parse_clicks(clicked))
         yield from _run(engine, "vid2vid", lambda job: service.vid2vid(engine, req, job), request, progress)
 
     def interpolate(source, factor, request: gr.Request, progress: gr.Progress = gr.Progress()):
@@ -146,9 +156,20 @@ def render(engine: Engine) -> None:
     t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion], outputs,
                  api_name="txt2video", **JOB_EVENT)
     v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
-                                  max_frames, max_size, mask_prompt, use_motion, *v2v, model, motion], outputs,
+                                  max_frames, max_size, mask_prompt, clicks, use_motion, *v2v, model, motion], outputs,
                  api_name="vid2vid", **JOB_EVENT)
     i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT)
+
+    def show_first_frame(source):
+        return _first_frame(_path(source)), ""
+
+    def add_click(clicked: str, kind, evt: gr.SelectData):
+        x, y = evt.index
+        return "; ".join(filter(None, [clicked, f"{x}, {y}, {int(kind)}"]))
+
+    v_source.change(show_first_frame, v_source, [first_frame, clicks], api_visibility="private", queue=False)
+    first_frame.select(add_click, [clicks, click_kind], clicks, api_visibility="private", queue=False)
+    clear_clicks.click(lambda: "", None, clicks, api_visibility="private", queue=False)
 
     def stop(request: gr.Request) -> str:
         return "Interrupting after the current step; the finished frames are kept…" if engine.interrupt(owner_of(request)) \
@@ -189,6 +210,32 @@ def _path(value: Any) -> Any:
         if isinstance(value, dict):
             value = value.get("path")
     return value
+
+
+def _first_frame(path: Any):
+    """The clip's first frame at its own size (clicks on it are in source pixels), or None."""
+    if not path:
+        return None
+    from webui.engine.video import media
+
+    try:
+        data = open(path, "rb").read()
+        return next(iter(media.read_frames(data, media.probe(data)))).image.convert("RGB")
+    except Exception:  # noqa: BLE001 - an unreadable upload shows no frame; Generate says why
+        return None
+
+
+def _parse_clicks(text: str | None) -> list | None:
+    """"12, 30, 1; 40, 8, 0" -> [[12, 30, 1], [40, 8, 0]] (None when empty)."""
+    if not text or not text.strip():
+        return None
+    clicks = []
+    for part in text.split(";"):
+        values = [v.strip() for v in part.split(",")]
+        if len(values) != 3:
+            raise gr.Error(f"a click is x, y, 1 or 0; got {part.strip()!r}")
+        clicks.append([float(values[0]), float(values[1]), int(values[2])])
+    return clicks
 
 
 def _native_size(engine: Engine, name: str | None) -> int:

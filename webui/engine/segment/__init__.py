@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from webui.engine.context import Engine
 
 __all__ = ["SegmentRequest", "SegmentResult", "Segmenter", "segmenters", "find_segmenter", "segment", "save_result",
+           "trackers", "track",
            "mask_tools", "PROMPT_KINDS", "FLOOD_FILL", "GRABCUT"]
 
 KIND = "segmenter"  # the catalog's model kind (models/segmentation/)
@@ -287,6 +288,40 @@ def _helper(engine: "Engine", prompt_kind: str):
 
 
 # --- saving ---------------------------------------------------------------------------------
+
+def trackers(engine: "Engine") -> list[str]:
+    """Segmenters that follow a clicked object through a clip: SAM 2 video models (config model_type
+    sam2_video, as facebook/sam2.1-* folders are)."""
+    import json
+
+    found = []
+    for segmenter in segmenters(engine):
+        entry = engine.catalog.find_of_kind(KIND, segmenter.name) if segmenter.kind == "sam2" else None
+        if entry is None or segmenter.problem is not None:
+            continue
+        try:
+            if json.loads((entry.path / "config.json").read_text()).get("model_type") == "sam2_video":
+                found.append(segmenter.name)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def track(engine: "Engine", frames, points: list | None = None, box: list | None = None, model: str | None = None,
+          keep_going=lambda: True):
+    """Masks (H x W bool arrays) of the object clicked ([[x, y, 1 | 0], ...]) or boxed on the first of
+    `frames`, through all of them; a generator, run inside the caller's job (the Video tab's turns)."""
+    names = trackers(engine)
+    name = model or (names[0] if names else None)
+    if name is None or name not in names:
+        raise InvalidRequest("mask_points", "following a click through a clip needs a SAM 2 video model in "
+                                            "models/segmentation/ (config model_type sam2_video, e.g. facebook/sam2.1-*)"
+                             + (f"; {name!r} is not one" if name else ""))
+    backend = _models(engine).get_of_kind(KIND, name).model
+    points = points or []
+    return backend.track(frames, [[float(x), float(y)] for x, y, _ in points], [int(label) for _, _, label in points],
+                         box, keep_going)
+
 
 def save_result(result: SegmentResult, image: "Image.Image", outputs_dir: Path) -> list[Path]:
     """The picture and each mask beside it (`00012-0.png`, `00012-0-mask1.png`, ...), each mask's PNG

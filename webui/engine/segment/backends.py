@@ -219,9 +219,13 @@ class Sam2(Sam):
 
     def __init__(self, path: Path, device: str):
         Backend.__init__(self, path, device)
-        from transformers import Sam2Model
+        import transformers
 
-        self.model = Sam2Model.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        # A sam2_video folder (facebook/sam2.1-*) is SAM 2 with memory: it also tracks through a clip.
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        self.video = model_type == "sam2_video"
+        model_class = transformers.Sam2VideoModel if self.video else transformers.Sam2Model
+        self.model = model_class.from_pretrained(str(path), local_files_only=True).to(device).eval()
         config = _preprocessor_config(path)
         size = config.get("size") or {}
         backbone = self.model.config.vision_config.backbone_config
@@ -229,7 +233,61 @@ class Sam2(Sam):
         self.mean = np.array(config.get("image_mean", self.IMAGENET_MEAN), np.float32)
         self.std = np.array(config.get("image_std", self.IMAGENET_STD), np.float32)
 
+    TRACK_WINDOW = 32  # frames held at once while tracking; the next window starts from the last mask
+
+    def track(self, frames, points, labels, box=None, keep_going=lambda: True):
+        """Masks of the object clicked (points, labels: [[x, y], ...], [1 | 0, ...]) or boxed on the first
+        frame, through every frame (a SAM 2 video model). `frames` is any iterable of same-size pictures,
+        read a window at a time, so memory holds one window. Yields one (H, W) bool mask per frame;
+        stops early when keep_going() turns False."""
+        import itertools
+
+        import torch
+        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+        if not self.video:
+            raise InvalidRequest("mask_points", f"{self.name} is a SAM 2 image model; tracking a click needs a SAM 2 "
+                                                "video model (config model_type sam2_video, e.g. facebook/sam2.1-*)")
+        frames = iter(frames)
+        dtype = self.model.dtype
+        seed_mask = None
+        while window := list(itertools.islice(frames, self.TRACK_WINDOW)):
+            width, height = window[0].size
+            sx, sy = self.side / width, self.side / height
+            video = torch.cat([_square_pixels(f, self.side, self.mean, self.std) for f in window]).to(self.device, dtype)
+            session = Sam2VideoInferenceSession(video=video, video_height=height, video_width=width,
+                                                inference_device=self.device, video_storage_device=self.device,
+                                                inference_state_device=self.device, dtype=dtype)
+            obj = session.obj_id_to_idx(1)
+            if seed_mask is None:
+                coords = [[x * sx, y * sy] for x, y in (points or [])]
+                kinds = list(labels or [])
+                if box is not None:  # a box is two corner points labelled 2 and 3, before any click
+                    coords = [[box[0] * sx, box[1] * sy], [box[2] * sx, box[3] * sy], *coords]
+                    kinds = [2, 3, *kinds]
+                session.add_point_inputs(obj, 0, {
+                    "point_coords": torch.tensor([[coords]], dtype=dtype, device=self.device),
+                    "point_labels": torch.tensor([[kinds]], dtype=torch.int32, device=self.device)})
+            else:
+                small = torch.nn.functional.interpolate(torch.from_numpy(seed_mask)[None, None].float(),
+                                                        size=(self.side, self.side), mode="bilinear", align_corners=False)
+                session.add_mask_inputs(obj, 0, (small >= 0.5).to(self.device, dtype))
+            session.obj_with_new_inputs = [1]
+            with torch.inference_mode():
+                self.model(inference_session=session, frame_idx=0)
+                for out in self.model.propagate_in_video_iterator(session):
+                    logits = torch.nn.functional.interpolate(out.pred_masks[:1].float(), size=(height, width),
+                                                             mode="bilinear", align_corners=False)
+                    seed_mask = (logits[0, 0] > 0).cpu().numpy()
+                    yield seed_mask
+                    if not keep_going():
+                        return
+
     def predict(self, image, points, labels, boxes, threshold, multimask: bool):
+        if self.video:  # a video model answers a picture as a one-frame clip: one mask
+            mask = next(iter(self.track([image], points[0][0] if points else None, labels[0][0] if labels else None,
+                                        boxes[0][0] if boxes else None)))
+            return mask[None, None], np.ones((1, 1), np.float32)
         import torch
 
         width, height = image.size

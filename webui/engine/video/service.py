@@ -138,6 +138,8 @@ class Vid2VidRequest:
     model: str | None = None
     mask_prompt: str | None = None  # repaint only what the segmentation engine finds for these words
     motion_module: str | None = None  # restyle in windows with AnimateDiff's video-to-video pipeline, not frame by frame
+    mask_points: list | None = None  # [[x, y, 1 | 0], ...] clicks on the first frame (source pixels): repaint only
+    #                                  that object, followed through the clip by a SAM 2 video model
 
     def __post_init__(self) -> None:
         self.validate()
@@ -173,6 +175,16 @@ class Vid2VidRequest:
         if self.motion_module and self.mask_prompt:
             raise InvalidRequest("mask_prompt", "a mask prompt repaints frame by frame; leave the motion module out to "
                                                 "use it")
+        if self.mask_points is not None:
+            points = self.mask_points
+            if not isinstance(points, list) or not points or len(points) > 64 or not all(
+                    isinstance(p, (list, tuple)) and len(p) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                      for v in p) and p[2] in (0, 1) for p in points):
+                raise InvalidRequest("mask_points", "mask_points must be 1 to 64 clicks [x, y, 1 (object) or 0 (not)] "
+                                                    "on the first frame")
+            if self.mask_prompt or self.motion_module:
+                raise InvalidRequest("mask_points", "give either mask_points or a mask prompt, and no motion module "
+                                                    "(the clicked object is repainted frame by frame)")
 
 
 @dataclass
@@ -582,6 +594,9 @@ def plan_vid2vid(engine: "Engine", request: Vid2VidRequest) -> _Plan:
         raise InvalidRequest("start_time", f"no frames between {request.start_time:g} s and the end "
                                            f"({info.duration:.2f} s)")
     fps = request.fps or info.fps / request.every_nth
+    for x, y, _ in request.mask_points or []:
+        if not (0 <= x < info.width and 0 <= y < info.height):
+            raise InvalidRequest("mask_points", f"the click ({x:g}, {y:g}) is outside the {info.width}x{info.height} frame")
     return _Plan(data, info, width, height, count, fps)
 
 
@@ -605,6 +620,25 @@ def _selected(plan: _Plan, request: Vid2VidRequest):
             if kept >= plan.count:
                 break
         taken += 1
+
+
+def _tracked_masks(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job):
+    """The clicked object's mask in each selected frame (at the size denoised), from a SAM 2 video model
+    reading the frames a window at a time; the clicks scaled from source pixels."""
+    from PIL import Image
+
+    from webui.engine.segment import track
+
+    sx, sy = plan.width / plan.info.width, plan.height / plan.info.height
+    frames = (f.image.convert("RGB").resize((plan.width, plan.height), Image.LANCZOS) for f in _selected(plan, request))
+    points = [[x * sx, y * sy, label] for x, y, label in request.mask_points]
+    return iter(track(engine, frames, points, keep_going=lambda: not job.interrupted))
+
+
+def _mask_image(mask) -> "Image.Image | None":
+    from PIL import Image
+
+    return Image.fromarray(mask.astype("uint8") * 255, "L") if mask.any() else None
 
 
 def check_masking(engine: "Engine") -> None:
@@ -644,6 +678,12 @@ def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
     request = _with_seed(request)
     if request.mask_prompt:
         check_masking(engine)
+    if request.mask_points:
+        from webui.engine.segment import trackers
+
+        if not trackers(engine):
+            raise InvalidRequest("mask_points", "following a click through a clip needs a SAM 2 video model in "
+                                                "models/segmentation/ (config model_type sam2_video, e.g. facebook/sam2.1-*)")
     if is_video_model(engine, request.model):
         raise InvalidRequest("model", f"{request.model} is a video model; video to video restyles each frame with an "
                                       "image checkpoint: choose one")
@@ -671,6 +711,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
     paths: list[Path] = []
     previous_in = previous_out = None
     params: dict[str, object] = {}
+    tracked = _tracked_masks(engine, request, plan, job) if request.mask_points else None
     for index, frame in enumerate(_selected(plan, request)):
         _frame_count(job, index, plan.count)
         path = _frame_path(folder, index)
@@ -679,6 +720,8 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
             with Image.open(path) as done:
                 output = done.convert("RGB")
             result.resumed_frames += 1
+            if tracked is not None:
+                next(tracked)  # the tracker still follows the object through this frame
         else:
             if job.interrupted:
                 result.interrupted = True
@@ -688,7 +731,9 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
                 carried = previous_out if request.consistency == "blend" else warp_onto(previous_out, previous_in, source)
                 init = Image.blend(source, carried, request.consistency_strength)
             mask = frame_mask(engine, request.mask_prompt, source, job.owner) if request.mask_prompt else None
-            if request.mask_prompt and mask is None:
+            if tracked is not None:
+                mask = _mask_image(next(tracked))
+            if (request.mask_prompt or tracked is not None) and mask is None:
                 output = source  # nothing to repaint in this frame
             else:
                 frame_request = engine.prepare_request(Img2ImgRequest(
@@ -723,6 +768,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
         "FPS": f"{plan.fps:g}", "Consistency": request.consistency if request.consistency == "none"
         else f"{request.consistency} {request.consistency_strength:g}", "Every nth": request.every_nth if request.every_nth > 1 else None,
         "Mask prompt": request.mask_prompt,
+        "Mask points": json.dumps(request.mask_points) if request.mask_points else None,
         "Version": _version(),
     })
     return _finish(folder, paths, plan.fps, info, result)
