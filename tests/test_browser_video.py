@@ -73,8 +73,41 @@ def test_video_to_video_from_gradio_client(video_server, tmp_path):
     client = Client(video_server["url"], verbose=False)
     video, files, info, status = client.predict(
         handle_file(str(clip)), "a red square, blue background", "", 0.4, "flow", 0.5, 1, 0, None, 120, 64,
-        "", "Euler", 2, 7, 3, "tiny-sd", api_name="/vid2vid")
+        "", "", False, "Euler", 2, 7, 3, "tiny-sd", "tiny-motion", api_name="/vid2vid")
     path = video["video"] if isinstance(video, dict) else video
     frames, fps, meta = decode(path)
     assert len(frames) == 4 and fps == 8.0 and "Consistency: flow 0.5" in info
     assert sorted(Path(f).suffix for f in files) == [".gif", ".webp", ".zip"]
+
+
+def test_click_an_object_on_the_first_frame_and_repaint_only_it(video_server, browser, tmp_path):
+    """Video to video with a click: the first frame appears, a click on the red square is noted in source
+    pixels, and the clip comes back with the followed object's clicks in its parameters."""
+    from test_video import moving_square_frames, write_clip
+
+    clip = write_clip(tmp_path / "square.mp4", moving_square_frames(4))
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.goto(video_server["url"])
+    page.get_by_role("tab", name="Video frames", exact=True).first.click()
+    model = page.locator("#video-model input")
+    model.fill("tiny-sd")
+    model.press("Enter")
+    page.get_by_role("tab", name="Video to video", exact=True).first.click()
+    page.locator("#vid2vid-source input[type=file]").set_input_files(str(clip))
+    page.locator("#vid2vid-source video").wait_for(timeout=30_000)
+    page.get_by_text("Repaint one object").first.click()
+    shown = page.locator("#vid2vid-first-frame img")
+    shown.wait_for(timeout=30_000)
+    box = shown.bounding_box()
+    # the square of the first frame spans x 8..24, y 20..36 of 64: click its middle
+    page.mouse.click(box["x"] + box["width"] * 16 / 64, box["y"] + box["height"] * 28 / 64)
+    page.wait_for_function("document.querySelector('#vid2vid-clicks textarea').value.endsWith(', 1')", timeout=10_000)
+    x, y, kind = (float(v) for v in page.locator("#vid2vid-clicks textarea").input_value().split(","))
+    assert abs(x - 16) <= 2 and abs(y - 28) <= 2 and kind == 1
+    page.locator("#vid2vid-prompt textarea").fill("a blue square")
+    _set(page, "vid2vid-steps", "2")
+    page.locator("#vid2vid-generate").click()
+    page.wait_for_function("document.querySelector('#video-infotext textarea').value.includes('Mask points')",
+                           timeout=120_000)
+    assert "Frames: 4" in page.locator("#video-infotext textarea").input_value()
+    page.close()

@@ -89,7 +89,7 @@ def render(engine: Engine) -> None:
                     with gr.Row():
                         every_nth = gr.Number(1, precision=0, label="Every Nth frame", minimum=1)
                         start = gr.Number(0, label="Start (s)", minimum=0)
-                        end = gr.Number(None, label="End (s, empty: to the end)", minimum=0)
+                        end = gr.Number(None, label="End (s; empty or 0: to the end)", minimum=0)
                     with gr.Row():
                         max_frames = gr.Number(120, precision=0, label="Max frames", minimum=1, maximum=service.MAX_FRAMES)
                         max_size = gr.Slider(limits.MIN_SIZE, 1024, value=512, step=8, label="Max size (longer side)")
@@ -141,7 +141,7 @@ def render(engine: Engine) -> None:
             req = Vid2VidRequest(video=_path(source), prompt=prompt or "", negative_prompt=negative or "",
                                  denoising_strength=float(strength), consistency=consistency, consistency_strength=float(carry),
                                  every_nth=int(every_nth or 1), start_time=float(start or 0),
-                                 end_time=float(end) if end not in (None, "") else None, max_frames=int(max_frames or 1),
+                                 end_time=float(end) if end not in (None, "") and float(end) > 0 else None, max_frames=int(max_frames or 1),
                                  max_size=int(max_size), mask_prompt=mask_prompt or None, sampler_name=sampler or None,
                                  steps=int(steps), cfg_scale=float(cfg), seed=int(seed if seed is not None else -1),
                                  model=_image_model(engine, model), motion_module=(motion or None) if use_motion else None,
