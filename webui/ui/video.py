@@ -61,9 +61,13 @@ def render(engine: Engine) -> None:
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2video-prompt",
                                         placeholder="a large red circle moving right, blue background")
                     gr.Markdown(TRAVEL_HELP)
+                    t2v_examples = gr.Dataset(components=[prompt], samples=[[e] for e in _motion_examples(
+                        engine, modules[0] if modules else None)] or [[""]], label="Example prompts for this motion module",
+                        elem_id="txt2video-examples")
                     negative = gr.Textbox(label="Negative prompt", lines=1)
                     with gr.Row():
-                        frames = gr.Slider(1, 256, value=16, step=1, label="Frames", elem_id="txt2video-frames")
+                        frames = gr.Slider(1, 256, value=_motion_frames(engine, modules[0] if modules else None), step=1,
+                                           label="Frames", elem_id="txt2video-frames")
                         fps = gr.Slider(1, service.MAX_FPS, value=8, step=1, label="FPS", elem_id="txt2video-fps")
                     with gr.Row():
                         width = gr.Slider(limits.MIN_SIZE, 1024, value=side, step=8, label="Width", elem_id="txt2video-width")
@@ -191,6 +195,10 @@ def render(engine: Engine) -> None:
         return gr.update(value=side), gr.update(value=side)
 
     model.change(size_for, model, [width, height], api_visibility="private", queue=False)
+    motion.change(lambda name: (gr.update(value=_motion_frames(engine, name)),
+                                gr.Dataset(samples=[[e] for e in _motion_examples(engine, name)] or [[""]])),
+                  motion, [frames, t2v_examples], api_visibility="private", queue=False)
+    t2v_examples.click(lambda sample: sample[0], t2v_examples, prompt, api_visibility="private", queue=False)
 
 
 def _generation_widgets(prefix: str, samplers: list[str]) -> list:
@@ -236,6 +244,25 @@ def _parse_clicks(text: str | None) -> list | None:
             raise gr.Error(f"a click is x, y, 1 or 0; got {part.strip()!r}")
         clicks.append([float(values[0]), float(values[1]), int(values[2])])
     return clicks
+
+
+def _motion_examples(engine: Engine, name: str | None) -> list[str]:
+    """Prompts the motion module is known to follow (its kiri_examples.json), for the examples row."""
+    entry = engine.catalog.find_of_kind("motion", name) if name else None
+    return entry.example_prompts() if entry is not None else []
+
+
+def _motion_frames(engine: Engine, name: str | None) -> int:
+    """Frames to offer with a motion module: the clip length it sees at once (its config's
+    motion_max_seq_length: 8 for Kiri's embedded module, 32 for AnimateDiff's), at most 16."""
+    import json
+
+    entry = engine.catalog.find_of_kind("motion", name) if name else None
+    try:
+        length = json.loads((entry.path / "config.json").read_text()).get("motion_max_seq_length")
+    except (AttributeError, OSError, ValueError):
+        length = None
+    return min(16, int(length)) if isinstance(length, int) and length > 0 else 16
 
 
 def _native_size(engine: Engine, name: str | None) -> int:

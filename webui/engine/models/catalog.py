@@ -71,7 +71,7 @@ class CatalogEntry:
 
     def example_prompts(self) -> list[str]:
         """Prompts the model is known to understand, from a kiri_examples.json beside its weights."""
-        source = self.path / "kiri_examples.json" if self.format == "diffusers" else self.path.with_suffix(".examples.json")
+        source = self.path / "kiri_examples.json" if self.path.is_dir() else self.path.with_suffix(".examples.json")
         try:
             prompts = json.loads(source.read_text())
         except (OSError, ValueError):
