@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Generator
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
+from webui.engine.core.errors import Interrupted
+from webui.engine.video import frames as plumbing
 from webui.engine.video import media, pipelines
 
 if TYPE_CHECKING:
@@ -59,7 +61,6 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
     from PIL import Image
 
     from webui.engine.samplers.registry import check_fits, default_sampler
-    from webui.engine.video import service
 
     pipelines.register_loaders(engine.models)
     model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
@@ -71,14 +72,14 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
     if request.consistency != "none":
         result.warnings.append("The motion module keeps the frames of a window together; the consistency option "
                                "was not used.")
-    service._frame_count(job, 0, plan.count)
+    plumbing.frame_count(job, 0, plan.count)
     yield  # the setup (source read, models loaded) was one turn
 
     paths: list[Path] = []
-    for chunk in windows(service._selected(plan, request), size):
+    for chunk in windows(plumbing.selected(plan, request), size):
         start = len(paths)
-        chunk_paths = [service._frame_path(folder, start + i) for i in range(len(chunk))]
-        service._frame_count(job, start, plan.count)
+        chunk_paths = [plumbing.frame_path(folder, start + i) for i in range(len(chunk))]
+        plumbing.frame_count(job, start, plan.count)
         if all(p.exists() for p in chunk_paths):  # resumed: made by an earlier run of this request
             result.resumed_frames += len(chunk)
             paths += chunk_paths
@@ -98,11 +99,11 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
             pipeline, video=frames, prompt=request.prompt, negative_prompt=request.negative_prompt or None,
             height=plan.height, width=plan.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
             strength=request.denoising_strength, generator=generator, output_type="pil",
-            callback_on_step_end=service._step_callback(job, stopped))
+            callback_on_step_end=plumbing.step_callback(job, stopped))
         try:
             with torch.inference_mode():
                 made = list(pipeline(**kwargs).frames[0])
-        except service.Interrupted:
+        except Interrupted:
             stopped.append(0)
             made = []
         finally:
@@ -126,6 +127,6 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
         "Size": f"{plan.width}x{plan.height}", "Model hash": model.short_hash, "Model": model.name,
         "Denoising strength": request.denoising_strength, "Motion module": adapter.name, "Window": size,
         "Frames": len(paths), "FPS": f"{plan.fps:g}", "Every nth": request.every_nth if request.every_nth > 1 else None,
-        "Version": service._version(),
+        "Version": plumbing.version(),
     })
-    return service._finish(folder, paths, plan.fps, info, result)
+    return plumbing.finish(folder, paths, plan.fps, info, result)

@@ -33,6 +33,13 @@ from webui.engine.generation.requests import (
     MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE, SEED_MAX, check_text, random_seed, require_int, require_range,
 )
 from webui.engine.video import media, pipelines
+from webui.engine.video.frames import MAX_WEBP_FRAMES  # noqa: F401 - part of the module's public limits
+from webui.engine.video.frames import finish as _finish
+from webui.engine.video.frames import frame_count as _frame_count
+from webui.engine.video.frames import frame_path as _frame_path
+from webui.engine.video.frames import selected as _selected
+from webui.engine.video.frames import step_callback as _step_callback
+from webui.engine.video.frames import version as _version
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -46,7 +53,6 @@ MAX_FPS = 60.0
 CONSISTENCY = ("none", "blend", "flow")
 FACTORS = (2, 4)
 INTERPOLATE_CHUNK = 8  # source frames per turn
-MAX_WEBP_FRAMES = 240
 MASK_BLUR = 4  # feather of a mask_prompt's mask, pixels
 
 
@@ -369,50 +375,8 @@ def _job_folder(engine: "Engine", kind: str, fields: dict[str, Any], source: byt
     return folder
 
 
-def _frame_path(folder: Path, index: int) -> Path:
-    return folder / "frames" / f"{index:05d}.png"
-
-
-def _version() -> str:
-    from webui import __version__
-
-    return f"Kiri v{__version__}"
-
-
-def _finish(folder: Path, frame_paths: list[Path], fps: float, info: str, result: VideoResult) -> VideoResult:
-    """The clip files, from the frames on disk (each complete before it appears)."""
-    from PIL import Image
-
-    result.frame_paths, result.fps, result.info, result.folder = list(frame_paths), fps, info, folder
-    if not frame_paths:
-        return result
-
-    def images():
-        for path in frame_paths:
-            with Image.open(path) as image:
-                yield image.convert("RGB")
-
-    result.path = media.write_mp4(images(), fps, folder / "clip.mp4", info)
-    result.gif_path = media.write_animation(images(), fps, folder / "clip.gif", "GIF")
-    if len(frame_paths) <= MAX_WEBP_FRAMES:  # PIL's WebP writer holds every frame in memory
-        result.webp_path = media.write_animation(images(), fps, folder / "clip.webp", "WEBP")
-    else:
-        result.warnings.append(f"No animated WebP: the clip has {len(frame_paths)} frames, more than {MAX_WEBP_FRAMES}.")
-    result.zip_path = media.write_zip(frame_paths, folder / "frames.zip")
-    sidecar = folder / "clip.txt"
-    tmp = sidecar.with_name(".clip.txt.tmp")
-    tmp.write_text(info, encoding="utf-8")
-    tmp.replace(sidecar)
-    return result
-
-
 def _with_seed(request: Any) -> Any:
     return request if request.seed != -1 else replace(request, seed=random_seed())
-
-
-def _frame_count(job: Job, done: int, total: int) -> None:
-    job.batch_no, job.batch_count, job.image_count, job.images_done = done + 1, total, total, done
-    job.label = f"Frame {min(done + 1, total)}/{total}"
 
 
 # --- text to video -----------------------------------------------------------------------------------
@@ -548,22 +512,6 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     return _finish(folder, paths, request.fps, info, result)
 
 
-def _step_callback(job: Job, stopped: list[int]):
-    """Progress per step; on Interrupt, a pipeline that can skip its remaining steps (diffusers' own
-    `_interrupt`) does so and still decodes its frames (the step is noted in `stopped`); one that
-    cannot is stopped at once."""
-    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        job.advance(step + 1)
-        if job.interrupted and not stopped:
-            if not hasattr(pipe, "_interrupt"):
-                raise Interrupted()
-            stopped.append(step + 1)
-            pipe._interrupt = True
-        return tensors
-
-    return on_step_end
-
-
 # --- video to video --------------------------------------------------------------------------------
 
 @dataclass
@@ -605,21 +553,6 @@ def _fit(width: int, height: int, max_size: int) -> tuple[int, int]:
     scale = min(1.0, max_size / max(width, height))
     fit = lambda side: max(MIN_SIZE, int(side * scale) // 8 * 8)  # noqa: E731
     return fit(width), fit(height)
-
-
-def _selected(plan: _Plan, request: Vid2VidRequest):
-    taken = kept = 0
-    for frame in media.read_frames(plan.data, plan.info):
-        if frame.time + 1e-6 < request.start_time:
-            continue
-        if request.end_time is not None and frame.time >= request.end_time:
-            break
-        if taken % request.every_nth == 0:
-            yield frame
-            kept += 1
-            if kept >= plan.count:
-                break
-        taken += 1
 
 
 def _tracked_masks(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job):
