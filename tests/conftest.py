@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a hub
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import tiny_models  # noqa: E402  (tests/ is on sys.path through rootdir conftest)
+import tiny_segmenters  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -128,8 +129,8 @@ def video_models_dir(tmp_path_factory) -> Path:
     tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion-xl", sdxl=True)
-    tiny_models.make_tiny_clipseg(root / "segmentation" / "tiny-clipseg")  # for vid2vid's mask_prompt
-    tiny_models.make_tiny_sam2_video(root / "segmentation" / "tiny-sam2-video")  # for vid2vid's mask_points
+    tiny_segmenters.make_tiny_clipseg(root / "segmentation" / "tiny-clipseg")  # for vid2vid's mask_prompt
+    tiny_segmenters.make_tiny_sam2_video(root / "segmentation" / "tiny-sam2-video")  # for vid2vid's mask_points
     return root
 
 

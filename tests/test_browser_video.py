@@ -20,13 +20,19 @@ def _set(page, elem_id: str, value: str) -> None:
     box.press("Enter")
 
 
-def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(video_server["url"])
+def _video_tab(browser, url: str, height: int = 1000):
+    """A page on the Video frames tab with the tiny SD 1.x model picked."""
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url)
     page.get_by_role("tab", name="Video frames", exact=True).first.click()
     model = page.locator("#video-model input")
     model.fill("tiny-sd")
     model.press("Enter")
+    return page
+
+
+def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
+    page = _video_tab(browser, video_server["url"])
     page.locator("#txt2video-prompt textarea").fill("a red circle moving right, blue background")
     for elem_id, value in (("txt2video-frames", "4"), ("txt2video-width", "64"), ("txt2video-height", "64"),
                            ("txt2video-steps", "2"), ("txt2video-fps", "4")):
@@ -86,12 +92,7 @@ def test_click_an_object_on_the_first_frame_and_repaint_only_it(video_server, br
     from test_video import moving_square_frames, write_clip
 
     clip = write_clip(tmp_path / "square.mp4", moving_square_frames(4))
-    page = browser.new_page(viewport={"width": 1400, "height": 1200})
-    page.goto(video_server["url"])
-    page.get_by_role("tab", name="Video frames", exact=True).first.click()
-    model = page.locator("#video-model input")
-    model.fill("tiny-sd")
-    model.press("Enter")
+    page = _video_tab(browser, video_server["url"], height=1200)
     page.get_by_role("tab", name="Video to video", exact=True).first.click()
     page.locator("#vid2vid-source input[type=file]").set_input_files(str(clip))
     page.locator("#vid2vid-source video").wait_for(timeout=30_000)

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 import tiny_models
+import tiny_segmenters
 from tools import kiri_world as kw
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.segment import SegmentRequest, mask_tools, segment, segmenters
@@ -25,9 +26,9 @@ def seg_models_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg_models")
     seg = root / "segmentation"
     seg.mkdir()
-    tiny_models.make_tiny_clipseg(seg / "tiny-clipseg")
-    tiny_models.make_tiny_sam(seg / "tiny-sam")
-    tiny_models.make_tiny_segformer(seg / "tiny-segformer")
+    tiny_segmenters.make_tiny_clipseg(seg / "tiny-clipseg")
+    tiny_segmenters.make_tiny_sam(seg / "tiny-sam")
+    tiny_segmenters.make_tiny_segformer(seg / "tiny-segformer")
     (seg / "a-bert").mkdir()
     (seg / "a-bert" / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     (seg / "a-pipeline").mkdir()
@@ -401,8 +402,8 @@ def _engine_with(tmp_path, *makers):
                         DeviceChoice("cpu"))
 
 
-@pytest.mark.parametrize("name, make", [("tiny-mask2former", tiny_models.make_tiny_mask2former),
-                                        ("tiny-oneformer", tiny_models.make_tiny_oneformer)])
+@pytest.mark.parametrize("name, make", [("tiny-mask2former", tiny_segmenters.make_tiny_mask2former),
+                                        ("tiny-oneformer", tiny_segmenters.make_tiny_oneformer)])
 def test_universal_models_give_panoptic_segments_through_the_catalog(tmp_path, monkeypatch, name, make):
     """A tiny Mask2Former or OneFormer (universal segmentation) is detected from its config, takes no
     prompt, and gives one mask per panoptic segment, labelled with its class; the segments do not
@@ -427,8 +428,8 @@ def test_sam2_takes_clicks_and_boxes_and_cuts_out_grounding_dinos_boxes(tmp_path
     """SAM 2 without torchvision (Kiri prepares its input as Sam2Processor does) and Grounding DINO
     boxes cut out by it: each path runs through the catalog with masks of the picture's size."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    engine = _engine_with(tmp_path, ("tiny-sam2", lambda f: tiny_models.make_tiny_sam(f, version=2)),
-                          ("tiny-grounding-dino", tiny_models.make_tiny_grounding_dino))
+    engine = _engine_with(tmp_path, ("tiny-sam2", lambda f: tiny_segmenters.make_tiny_sam(f, version=2)),
+                          ("tiny-grounding-dino", tiny_segmenters.make_tiny_grounding_dino))
     found = {s.name: s for s in segmenters(engine)}
     assert (found["tiny-sam2"].kind, found["tiny-sam2"].prompts) == ("sam2", ("points", "box"))
     assert (found["tiny-grounding-dino"].kind, found["tiny-grounding-dino"].prompts) == ("grounding-dino", ("text",))
@@ -473,7 +474,7 @@ def test_sam3_finds_a_concept_by_words_and_says_what_a_box_needs(tmp_path, monke
     import importlib.util
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    engine = _engine_with(tmp_path, ("tiny-sam3", lambda f: tiny_models.make_tiny_sam(f, version=3)))
+    engine = _engine_with(tmp_path, ("tiny-sam3", lambda f: tiny_segmenters.make_tiny_sam(f, version=3)))
     found = {s.name: s for s in segmenters(engine)}
     assert (found["tiny-sam3"].kind, found["tiny-sam3"].prompts) == ("sam3", ("text", "box"))
     image = Image.new("RGB", (80, 60), (200, 40, 40))
@@ -494,7 +495,7 @@ def test_a_sam2_video_model_answers_clicks_on_a_picture_and_follows_them_through
     from webui.engine.segment import track, trackers
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    engine = _engine_with(tmp_path, ("tiny-sam2-video", tiny_models.make_tiny_sam2_video))
+    engine = _engine_with(tmp_path, ("tiny-sam2-video", tiny_segmenters.make_tiny_sam2_video))
     assert trackers(engine) == ["tiny-sam2-video"]
     image = Image.new("RGB", (80, 60), (200, 40, 40))
     result = segment(engine, SegmentRequest(image, points=[[30, 20, 1]], threshold=0.0))
