@@ -98,14 +98,7 @@ class Txt2ImgRequest:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InvalidRequest("prompt", "the prompt is empty: describe the image you want")
-        check_text("prompt", self.prompt)
-        if self.negative_prompt is None:
-            self.negative_prompt = ""
-        if not isinstance(self.negative_prompt, str):
-            raise InvalidRequest("negative_prompt", "the negative prompt must be text")
-        check_text("negative_prompt", self.negative_prompt)
+        check_prompts(self)
         for name in ("width", "height"):
             value = getattr(self, name)
             require_int(name, value)
@@ -174,6 +167,19 @@ def check_text(name: str, text: str) -> None:
         raise InvalidRequest(name, f"the {name.replace('_', ' ')} holds half of a UTF-16 character pair "
                                    f"(U+{ord(bad.group()):04X} at position {bad.start()}), not a character: "
                                    "send whole characters (an emoji is two UTF-16 units)")
+
+
+def check_prompts(request: Any, subject: str = "image") -> None:
+    """A request's prompt (non-empty text) and negative prompt (text; None becomes ""), both within
+    check_text's limits; `subject` is what the empty-prompt message asks the user to describe."""
+    if not isinstance(request.prompt, str) or not request.prompt.strip():
+        raise InvalidRequest("prompt", f"the prompt is empty: describe the {subject} you want")
+    check_text("prompt", request.prompt)
+    if request.negative_prompt is None:
+        request.negative_prompt = ""
+    if not isinstance(request.negative_prompt, str):
+        raise InvalidRequest("negative_prompt", "the negative prompt must be text")
+    check_text("negative_prompt", request.negative_prompt)
 
 
 def require_int(name: str, value: object) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.requests import (
-    MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE, SEED_MAX, check_text, require_int, require_range,
+    MAX_CFG, MAX_SIZE, MAX_STEPS, MIN_SIZE, SEED_MAX, check_prompts, require_int, require_range,
 )
 from webui.engine.video import pipelines
 
@@ -27,14 +27,7 @@ MASK_BLUR = 4  # feather of a mask_prompt's mask, pixels
 # --- requests -------------------------------------------------------------------------------------
 
 def _check_generation(r: Any) -> None:
-    if not isinstance(r.prompt, str) or not r.prompt.strip():
-        raise InvalidRequest("prompt", "the prompt is empty: describe the clip you want")
-    check_text("prompt", r.prompt)
-    if r.negative_prompt is None:
-        r.negative_prompt = ""
-    if not isinstance(r.negative_prompt, str):
-        raise InvalidRequest("negative_prompt", "the negative prompt must be text")
-    check_text("negative_prompt", r.negative_prompt)
+    check_prompts(r, "clip")
     require_range("steps", r.steps, 1, MAX_STEPS)
     if isinstance(r.cfg_scale, bool) or not isinstance(r.cfg_scale, (int, float)) or not 0 <= r.cfg_scale <= MAX_CFG:
         raise InvalidRequest("cfg_scale", f"CFG scale must be between 0 and {MAX_CFG:g} (got {r.cfg_scale!r})")
