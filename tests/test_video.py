@@ -210,6 +210,59 @@ def test_interrupting_text_to_video_keeps_the_frames_at_that_step_and_the_rerun_
     assert all(np.abs(a.astype(int) - b.astype(int)).mean() > 1 for a, b in zip(stopped, finished))  # step 1 of 4 is not the end
 
 
+def test_free_init_makes_the_clip_again_from_its_low_frequencies_and_an_interrupt_keeps_that_step(video_engine):
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.core.jobs import Job
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    fields = dict(prompt="a red circle", frames=3, steps=2, width=SIZE, height=SIZE, seed=5, model="tiny-sd",
+                  motion_module="tiny-motion", sampler_name="Euler")
+    plain = txt2video(video_engine, Txt2VideoRequest(**fields))
+    job = Job(kind="txt2video", owner="tester")
+    steps_seen = []
+    job.listeners.append(lambda j: steps_seen.append((j.step, j.steps)))
+    free = txt2video(video_engine, Txt2VideoRequest(**fields, free_init_iterations=3), job)
+    assert max(steps_seen) == (6, 6)  # three iterations of two steps, one progress bar
+    assert "FreeInit: 3" in free.info and "FreeInit" not in plain.info
+    assert free.folder != plain.folder and len(free.frame_paths) == 3
+    a, b = ([np.asarray(f, dtype=int) for f in r.frames()] for r in (plain, free))
+    assert np.mean([np.abs(x - y).mean() for x, y in zip(a, b)]) > 1  # re-initialised: another clip
+    # A FreeInit run leaves nothing behind in the pipeline kept with the model.
+    again = txt2video(video_engine, Txt2VideoRequest(**{**fields, "seed": 6}))
+    assert "FreeInit" not in again.info
+    assert again.folder != plain.folder
+
+    # Interrupted in the second round: the frames at that step, neither the first round's clip (the
+    # plain one: same first noise) nor the finished one, which the same request then makes.
+    job = Job(kind="txt2video", owner="tester")
+    job.listeners.append(lambda j: j.interrupt() if j.step >= 3 else None)
+    request = Txt2VideoRequest(**{**fields, "seed": 9}, free_init_iterations=3)
+    cut = txt2video(video_engine, request, job)
+    assert cut.interrupted and "Interrupted: step 3/6" in cut.info and len(cut.frame_paths) == 3
+    first_round = txt2video(video_engine, Txt2VideoRequest(**{**fields, "seed": 9}))
+    full = txt2video(video_engine, request)
+    assert not full.interrupted and full.resumed_frames == 0
+    c, p, f = ([np.asarray(x, dtype=int) for x in r.frames()] for r in (cut, first_round, full))
+    assert np.mean([np.abs(x - y).mean() for x, y in zip(c, p)]) > 1
+    assert np.mean([np.abs(x - y).mean() for x, y in zip(c, f)]) > 1
+    with pytest.raises(InvalidRequest) as info:
+        Txt2VideoRequest(**fields, free_init_iterations=9)
+    assert info.value.field == "free_init_iterations"
+
+
+def test_free_init_starts_from_the_plain_clips_noise(video_engine):
+    """Stopped at the end of FreeInit's first round, the clip is the plain request's, pixel for pixel."""
+    from webui.engine.core.jobs import Job
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+    fields = dict(prompt="a red circle", frames=3, steps=2, width=SIZE, height=SIZE, seed=11, model="tiny-sd",
+                  motion_module="tiny-motion", sampler_name="Euler")
+    job = Job(kind="txt2video", owner="t"); job.listeners.append(lambda j: j.interrupt() if j.step >= 2 else None)
+    cut = txt2video(video_engine, Txt2VideoRequest(**fields, free_init_iterations=2), job)
+    plain = txt2video(video_engine, Txt2VideoRequest(**fields))
+    assert "Interrupted: step 2/4" in cut.info
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(cut.frames(), plain.frames()))
+
+
 def test_prompt_travel_and_clips_longer_than_the_motion_context(video_engine):
     from webui.engine.video.pipelines import keyframes
     from webui.engine.video.service import Txt2VideoRequest, txt2video
@@ -548,12 +601,13 @@ def test_api_txt2video_vid2vid_and_interpolate_answer_a_playable_mp4(video_api, 
     client, _ = video_api
     response = client.post("/kiri/v1/txt2video", json={"prompt": "a red circle", "frames": 3, "fps": 5, "steps": 1,
                                                        "width": SIZE, "height": SIZE, "seed": 2, "model": "tiny-sd",
-                                                       "motion_module": "tiny-motion", "sampler_name": "Euler"})
+                                                       "motion_module": "tiny-motion", "sampler_name": "Euler",
+                                                       "free_init_iterations": 2})
     assert response.status_code == 200, response.text
     body = response.json()
     frames, fps, _ = decode(base64.b64decode(body["video"]))
     assert len(frames) == len(body["frames"]) == 3 and fps == body["fps"] == 5.0
-    assert "Seed: 2" in body["info"]
+    assert "Seed: 2" in body["info"] and "FreeInit: 2" in body["info"]
 
     video = base64.b64encode(clip.read_bytes()).decode()
     response = client.post("/kiri/v1/vid2vid", json={"video": video, "prompt": "a square", "steps": 2, "seed": 4,
@@ -579,6 +633,7 @@ def test_api_txt2video_vid2vid_and_interpolate_answer_a_playable_mp4(video_api, 
     ("txt2video", {"prompt": "x", "frames": 0}, "frames"),
     ("txt2video", {"prompt": ""}, "prompt"),
     ("txt2video", {"prompt": "x", "width": 65}, "width"),
+    ("txt2video", {"prompt": "x", "free_init_iterations": 6}, "free_init_iterations"),
     ("txt2video", {"prompt": "x", "frames": 2, "steps": 1, "width": SIZE, "height": SIZE, "model": "tiny-sd",
                    "motion_module": "nope"}, None),
     ("vid2vid", {"video": "!!not base64!!", "prompt": "x"}, "video"),

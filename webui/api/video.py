@@ -45,6 +45,7 @@ class Txt2VideoBody(GenerationFields):
     height: int = 512
     motion_module: str | None = None
     image: str | None = None  # base64 first frame, for an image-to-video model
+    free_init_iterations: int = 0  # AnimateDiff's FreeInit: the clip made this many times, steadier (0/1: off)
 
 
 class Vid2VidBody(GenerationFields):

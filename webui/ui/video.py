@@ -77,6 +77,10 @@ def render(engine: Engine) -> None:
                                                "image-to-video models)", type="pil", sources=["upload", "clipboard"],
                                          elem_id="txt2video-first-frame")
                     t2v = _generation_widgets("txt2video", samplers)
+                    free_init = gr.Slider(0, service.MAX_FREE_INIT, value=0, step=1, label="FreeInit iterations",
+                                          info="motion modules: make the clip this many times, each from the last "
+                                               "one's low frequencies; objects change less between frames, each "
+                                               "iteration costs a full run (0: off)", elem_id="txt2video-free-init")
                     with gr.Row():
                         t2v_go = gr.Button("Generate", variant="primary", elem_id="txt2video-generate", scale=3)
                         t2v_stop = gr.Button("Interrupt", variant="stop", scale=1)
@@ -130,12 +134,12 @@ def render(engine: Engine) -> None:
     outputs = [clip, downloads, info, status]
 
     def text_to_video(prompt, negative, frames, fps, width, height, first, sampler, steps, cfg, seed, model, motion,
-                      request: gr.Request, progress: gr.Progress = gr.Progress()):
+                      free_init, request: gr.Request, progress: gr.Progress = gr.Progress()):
         with user_errors():
             req = Txt2VideoRequest(prompt=prompt or "", negative_prompt=negative or "", frames=int(frames), fps=float(fps),
                                    width=int(width), height=int(height), sampler_name=sampler or None, steps=int(steps),
                                    cfg_scale=float(cfg), seed=int(seed if seed is not None else -1), model=model or None,
-                                   motion_module=motion or None, image=first)
+                                   motion_module=motion or None, image=first, free_init_iterations=int(free_init or 0))
         yield from _run(engine, "txt2video", lambda job: service.txt2video(engine, req, job), request, progress)
 
     def video_to_video(source, prompt, negative, strength, consistency, carry, every_nth, start, end, max_frames,
@@ -157,7 +161,7 @@ def render(engine: Engine) -> None:
             req = InterpolateRequest(video=_path(source), factor=int(factor))
         yield from _run(engine, "interpolate", lambda job: service.interpolate(engine, req, job), request, progress)
 
-    t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion], outputs,
+    t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion, free_init], outputs,
                  api_name="txt2video", **JOB_EVENT)
     v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
                                   max_frames, max_size, mask_prompt, clicks, use_motion, *v2v, model, motion], outputs,

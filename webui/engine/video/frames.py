@@ -57,15 +57,18 @@ def frame_count(job: Job, done: int, total: int) -> None:
 
 
 def step_callback(job: Job, stopped: list[int]):
-    """Progress per step; on Interrupt, a pipeline that can skip its remaining steps (diffusers' own
-    `_interrupt`) does so and still decodes its frames (the step is noted in `stopped`); one that
-    cannot is stopped at once."""
+    """Progress per step (every step of every FreeInit iteration); on Interrupt, a pipeline that can
+    skip its remaining steps (diffusers' own `_interrupt`) does so and still decodes its frames (the
+    steps done are noted in `stopped`); one that cannot is stopped at once."""
+    done = [0]
+
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        job.advance(step + 1)
+        done[0] += 1  # counted, not `step + 1`: FreeInit runs the steps once per iteration
+        job.advance(done[0])
         if job.interrupted and not stopped:
             if not hasattr(pipe, "_interrupt"):
                 raise Interrupted()
-            stopped.append(step + 1)
+            stopped.append(done[0])
             pipe._interrupt = True
         return tensors
 

@@ -143,6 +143,57 @@ def set_context(pipeline: Any, frames: int, window: int, travel: bool) -> bool:
     return False
 
 
+def has_free_init(pipeline: Any) -> bool:
+    """AnimateDiff's pipelines carry diffusers' FreeInit frequency filter (FreeInitMixin)."""
+    return hasattr(pipeline, "_get_free_init_freq_filter") and hasattr(pipeline, "_apply_freq_filter")
+
+
+def call_with_free_init(pipeline: Any, kwargs: dict[str, Any], rounds: int, stopped: list[int]) -> Any:
+    """FreeInit (Wu et al. 2023): make the clip `rounds` times; each time after the first starts from
+    the last clip's latents noised back to the schedule's first step, keeping their low frequencies
+    (in space and time: the layout and what each object is) and taking fresh noise for the high
+    ones, which steadies what objects look like from frame to frame.
+
+    diffusers' `enable_free_init` noises to timestep 999 through the sampler's `add_noise`, which a
+    sigma sampler on a "leading" schedule (Euler at few steps: 501, 1) cannot look up, and scales the
+    noise for DDIM-like samplers only; here the noise goes to the first step the sampler will take,
+    in its own parametrisation, and the frequency filter is diffusers'. Every round decodes its frames
+    (the last step's latents are taken by the step callback), so an interrupt in any round ends with
+    the frames of that step, as without FreeInit."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    inner = kwargs["callback_on_step_end"]
+    final: dict[str, Any] = {}
+
+    def keep_latents(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        out = inner(pipe, step, timestep, tensors)
+        final["latents"] = out.get("latents", tensors.get("latents"))
+        return out
+
+    generator, steps = kwargs["generator"], kwargs["num_inference_steps"]
+    unet, device = pipeline.unet, pipeline._execution_device
+    channels, scale = unet.config.in_channels, pipeline.vae_scale_factor
+    shape = (1, channels, kwargs["num_frames"], kwargs["height"] // scale, kwargs["width"] // scale)
+    pipeline.scheduler.set_timesteps(steps, device=device)
+    # The pipeline's own first noise (FreeNoise's shuffled windows included), at unit scale: it scales what it is given.
+    noise = pipeline.prepare_latents(1, channels, shape[2], kwargs["height"], kwargs["width"], torch.float32, device,
+                                     generator) / pipeline.scheduler.init_noise_sigma
+    low_pass = pipeline._get_free_init_freq_filter(shape=(1, *shape[1:]), device=device, filter_type="butterworth",
+                                                    order=4, spatial_stop_frequency=0.25, temporal_stop_frequency=0.25)
+    latents = noise
+    for round_no in range(rounds):
+        out = pipeline(**{**kwargs, "latents": latents.to(unet.dtype), "callback_on_step_end": keep_latents})
+        if stopped or round_no == rounds - 1:
+            return out
+        scheduler = pipeline.scheduler
+        scheduler.set_timesteps(steps, device=device)
+        noised = scheduler.add_noise(final["latents"].float(), noise, scheduler.timesteps[:1]) / scheduler.init_noise_sigma
+        fresh = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        latents = pipeline._apply_freq_filter(noised, fresh, low_pass)
+    return out
+
+
 # --- prompt travel -------------------------------------------------------------------------------
 
 def keyframes(prompt: str, frames: int, field: str = "prompt") -> dict[int, str]:

@@ -22,6 +22,7 @@ CONSISTENCY = ("none", "blend", "flow")
 FACTORS = (2, 4)
 INTERPOLATE_CHUNK = 8  # source frames per turn
 MASK_BLUR = 4  # feather of a mask_prompt's mask, pixels
+MAX_FREE_INIT = 5  # FreeInit iterations (each one a full run of the steps)
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -63,6 +64,7 @@ class Txt2VideoRequest:
     model: str | None = None  # an image checkpoint (with a motion module) or a video model; None: the selected one
     motion_module: str | None = None  # a name under models/motion/; None: the first there
     image: Any = None  # the first frame, for an image-to-video model (LTX-Video, Wan, CogVideoX I2V); PIL image
+    free_init_iterations: int = 0  # AnimateDiff: FreeInit, the clip made this many times (steadier objects); 0/1 off
 
     def __post_init__(self) -> None:
         self.validate()
@@ -73,6 +75,7 @@ class Txt2VideoRequest:
         if self.image is not None and not (hasattr(self.image, "size") and hasattr(self.image, "convert")):
             raise InvalidRequest("image", "image must be a picture (the clip's first frame) or left out")
         _check_fps("fps", self.fps)
+        require_range("free_init_iterations", self.free_init_iterations, 0, MAX_FREE_INIT)
         for name in ("width", "height"):
             value = getattr(self, name)
             require_int(name, value)

@@ -40,7 +40,7 @@ from webui.engine.video.frames import step_callback as _step_callback
 from webui.engine.video.frames import version as _version
 
 from webui.engine.video.requests import (  # noqa: F401 - the requests and limits, re-exported: the public module
-    CONSISTENCY, FACTORS, INTERPOLATE_CHUNK, MASK_BLUR, MAX_DURATION_S, MAX_FPS, MAX_FRAMES, MAX_UPLOAD_BYTES,
+    CONSISTENCY, FACTORS, INTERPOLATE_CHUNK, MASK_BLUR, MAX_DURATION_S, MAX_FPS, MAX_FRAMES, MAX_FREE_INIT, MAX_UPLOAD_BYTES,
     InterpolateRequest, Txt2VideoRequest, Vid2VidRequest,
 )
 
@@ -233,7 +233,8 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     result = VideoResult(fps=request.fps, seed=request.seed)
     keys = pipelines.keyframes(request.prompt, request.frames)
     travel = len(keys) > 1
-    job.batch_count, job.image_count, job.batch_no, job.steps = 1, request.frames, 1, request.steps
+    rounds = max(1, request.free_init_iterations)  # FreeInit runs the steps once per iteration
+    job.batch_count, job.image_count, job.batch_no, job.steps = 1, request.frames, 1, request.steps * rounds
 
     # 1. The model: a native video pipeline, or an image checkpoint with a motion module.
     native = is_video_model(engine, request.model)
@@ -245,6 +246,9 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
             result.warnings.append(f"{model_name} samples with its own scheduler; the sampler choice was not used.")
         if request.motion_module:
             result.warnings.append(f"{model_name} makes motion itself; the motion module was not used.")
+        if rounds > 1 and not pipelines.has_free_init(pipeline):
+            result.warnings.append(f"{model_name} has no FreeInit; the clip was made once.")
+            rounds, job.steps = 1, request.steps
         sampler_label, schedule = type(pipeline.scheduler).__name__, "Automatic"
         motion_name = None
         takes_image = "image" in pipelines.call_kwargs(pipeline, image=True)
@@ -274,6 +278,8 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         window = pipelines.context_length(adapter.model)
         if request.frames > window:
             params["Context"] = f"FreeNoise {window}"
+    if rounds > 1:
+        params["FreeInit"] = rounds
 
     first = request.image.convert("RGB").resize((request.width, request.height)) if request.image is not None else None
     fields = {**asdict(request), "model": model_name, "motion_module": motion_name, "image": None}
@@ -312,7 +318,10 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     )
     try:
         with torch.inference_mode():
-            frames = list(pipeline(**kwargs).frames[0])
+            if rounds > 1:
+                frames = list(pipelines.call_with_free_init(pipeline, kwargs, rounds, stopped).frames[0])
+            else:
+                frames = list(pipeline(**kwargs).frames[0])
     except Interrupted:
         result.interrupted = True
         result.warnings.append(f"{model_name} cannot stop between steps and keep its frames: nothing was kept.")
@@ -330,7 +339,7 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         # written as a clip of its own in interrupted/; frames/ stays for the full run, which the same
         # request makes from the start.
         result.interrupted = True
-        params["Interrupted"] = f"step {stopped[0]}/{request.steps}"
+        params["Interrupted"] = f"step {stopped[0]}/{request.steps * rounds}"
         folder = folder / "interrupted"
         (folder / "frames").mkdir(parents=True, exist_ok=True)
         paths = [_frame_path(folder, i) for i in range(len(frames))]
