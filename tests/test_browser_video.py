@@ -102,7 +102,7 @@ def test_click_an_object_on_the_first_frame_and_repaint_only_it(video_server, br
     box = shown.bounding_box()
     # the square of the first frame spans x 8..24, y 20..36 of 64: click its middle
     page.mouse.click(box["x"] + box["width"] * 16 / 64, box["y"] + box["height"] * 28 / 64)
-    page.wait_for_function("document.querySelector('#vid2vid-clicks textarea').value.endsWith(', 1')", timeout=10_000)
+    page.wait_for_function("document.querySelector('#vid2vid-clicks textarea').value.endsWith(', 1')", timeout=30_000)
     x, y, kind = (float(v) for v in page.locator("#vid2vid-clicks textarea").input_value().split(","))
     assert abs(x - 16) <= 2 and abs(y - 28) <= 2 and kind == 1
     page.locator("#vid2vid-prompt textarea").fill("a blue square")
