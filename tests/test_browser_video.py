@@ -35,7 +35,7 @@ def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
     page = _video_tab(browser, video_server["url"])
     page.locator("#txt2video-prompt textarea").fill("a red circle moving right, blue background")
     for elem_id, value in (("txt2video-frames", "4"), ("txt2video-width", "64"), ("txt2video-height", "64"),
-                           ("txt2video-steps", "2"), ("txt2video-fps", "4")):
+                           ("txt2video-steps", "2"), ("txt2video-fps", "4"), ("txt2video-free-init", "2")):
         _set(page, elem_id, value)
     page.locator("#txt2video-seed input").fill("5")
     page.locator("#txt2video-generate").click()
@@ -45,7 +45,8 @@ def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
                            " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=30_000)
     duration = page.evaluate("document.querySelector('#video-output video').duration")
     assert duration > 0
-    assert "Frames: 4" in page.locator("#video-infotext textarea").input_value()
+    text = page.locator("#video-infotext textarea").input_value()
+    assert "Frames: 4" in text and "FreeInit: 2" in text
     page.screenshot(path=str(tmp_path / "video.png"))
     page.close()
 
