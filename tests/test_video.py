@@ -173,6 +173,40 @@ def test_txt2video_with_animatediff_keeps_frames_fps_and_size(video_engine):
         assert path.exists() and path.stat().st_size > 0
 
 
+def test_a_clip_leaves_a_half_precision_checkpoint_in_its_dtype_and_it_still_draws(video_models_dir, tmp_path):
+    """diffusers' from_pipe cast every shared component to fp32 (its default) in place, so after the
+    first clip a checkpoint loaded in fp16/bf16 failed its next txt2img on mixed dtypes, and its motion
+    UNet was left on the CPU. bf16 on the CPU shows it without a GPU."""
+    import torch
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice, DtypePlan
+    from webui.engine.generation.requests import Txt2ImgRequest
+    from webui.engine.settings import Settings
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    class Bf16(DeviceChoice):
+        def plan_for(self, family, vae_fp16_fix=False):
+            return DtypePlan("bfloat16", "bfloat16", "bfloat16")
+
+    engine = build_engine(Settings(models_dir=video_models_dir, outputs_dir=tmp_path / "out", save_images=False), Bf16("cpu"))
+    engine.catalog.scan()
+    # Prompt travel: FreeNoise's prompt interpolation also reads the pipeline's dtype.
+    result = txt2video(engine, Txt2VideoRequest(prompt="0: a red circle\n1: a blue circle", frames=2, fps=4, steps=1, width=64,
+                                                height=64, seed=1, model="tiny-sd", motion_module="tiny-motion",
+                                                sampler_name="Euler"))
+    assert len(result.frame_paths) == 2 and "Prompt travel: yes" in result.info
+    model = engine.models.get("tiny-sd")
+    clip_pipeline = model.derived["animatediff:tiny-motion"]
+    for owner in (model.pipeline, clip_pipeline):
+        for part in ("unet", "text_encoder", "vae"):
+            assert {p.dtype for p in getattr(owner, part).parameters()} == {torch.bfloat16}, part
+    assert type(clip_pipeline.unet).__name__ == "UNetMotionModel" and clip_pipeline.dtype == torch.bfloat16
+    picture = engine.txt2img(Txt2ImgRequest(prompt="a red circle", steps=1, width=64, height=64, seed=1, model="tiny-sd",
+                                            sampler_name="Euler", save_images=False)).images[0]
+    assert picture.size == (64, 64)
+
+
 def test_txt2video_animates_sdxl_with_its_own_pipeline(video_engine):
     from webui.engine.video.service import Txt2VideoRequest, txt2video
 

@@ -46,10 +46,11 @@ def video_to_video_pipeline(model: "LoadedModel", adapter_name: str, adapter: An
         raise InvalidRequest("motion_module", f"video to video with a motion module needs an SD 1.x or 2.x checkpoint; "
                                               f"{model.name} is a {model.family} model: leave the motion module out to "
                                               "restyle frame by frame")
-    pipelines.animatediff_pipeline(model, adapter_name, adapter)  # the same fit checks (block channels)
+    text_to_video = pipelines.animatediff_pipeline(model, adapter_name, adapter)  # the same fit checks (block channels)
     from diffusers import AnimateDiffVideoToVideoPipeline
 
-    pipeline = AnimateDiffVideoToVideoPipeline.from_pipe(model.pipeline, motion_adapter=adapter)
+    # Its motion UNet is text to video's: one copy of the weights for both.
+    pipeline = pipelines.motion_pipeline(AnimateDiffVideoToVideoPipeline, model.pipeline, adapter, unet=text_to_video.unet)
     pipeline.set_progress_bar_config(disable=True)
     model.derived[key] = pipeline
     return pipeline

@@ -117,13 +117,40 @@ def animatediff_pipeline(model: "LoadedModel", adapter_name: str, adapter: Any) 
     import diffusers
 
     try:
-        pipeline = getattr(diffusers, pipeline_name).from_pipe(model.pipeline, motion_adapter=adapter)
+        pipeline = motion_pipeline(getattr(diffusers, pipeline_name), model.pipeline, adapter)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise InvalidRequest("motion_module", f"motion module {adapter_name!r} does not fit {model.name}: "
                                               f"{str(exc).splitlines()[0][:200]}") from exc
     pipeline.set_progress_bar_config(disable=True)
     model.derived[key] = pipeline
     return pipeline
+
+
+class AdapterSettings:
+    """What an AnimateDiff pipeline reads of its motion adapter once the motion UNet is made: the
+    config (FreeNoise's context length). Not a torch module, so diffusers reads the pipeline's device
+    and dtype from the modules that run, not from the catalog's adapter (on the CPU, in fp32)."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+
+def motion_pipeline(pipeline_class: Any, base: Any, adapter: Any, unet: Any = None) -> Any:
+    """``pipeline_class`` (an AnimateDiff pipeline) over ``base``'s components, with a motion UNet made
+    from the base UNet and ``adapter`` (or ``unet``, a motion UNet already made) on the base UNet's
+    device and in its dtype. Not ``from_pipe``: that casts every component, the shared ones in place,
+    to one dtype (fp32 unless told), which left the checkpoint's fp16 text encoder and VAE in fp32
+    (its next txt2img failed on mixed dtypes) and the motion UNet on the CPU."""
+    from diffusers import UNetMotionModel
+
+    if unet is None:
+        unet = UNetMotionModel.from_unet2d(base.unet, adapter)
+    unet.to(device=base.unet.device, dtype=base.unet.dtype)
+    expected, optional = pipeline_class._get_signature_keys(pipeline_class)
+    parts = {name: component for name, component in base.components.items() if name in expected}
+    parts.update(motion_adapter=AdapterSettings(adapter.config), unet=unet)
+    parts.update({name: base.config[name] for name in optional if name in base.config})
+    return pipeline_class(**parts)
 
 
 def context_length(adapter: Any) -> int:
