@@ -67,3 +67,38 @@ def test_training_script_lists_its_commands():
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert all(word in done.stdout for word in ("vae", "ldm", "dit", "--resume"))
+
+
+def test_dit_batches_made_by_worker_processes_are_the_batches_made_in_the_training_process(tmp_path):
+    """--workers (the GPU run's batch makers, spawned) must not change what the DiT trains on: each
+    step's pictures, captions (with the curriculum's mix), dropped captions, noise and timesteps."""
+    import random
+
+    from tools import train_default_models as T
+
+    tok = build_tokenizer(tmp_path / "tokenizer", tmp_path / "work", max_len=T.MAX_LEN)
+    rng = random.Random(0)
+    scenes = [W.sample_scene(rng, held_out="exclude") for _ in range(64)]
+    saved = dict(T._BATCHES)
+    T._BATCHES.update(seed=3, n=len(scenes), batch=16, scenes=scenes, tokenize=T.CachedTokenizer(tok),
+                      empty=T.tokenize(tok, [""])[0], shape=(4, 16, 16), time="uniform", logit_mean=0.0)
+    try:
+        def mix_for(step):
+            return T.TEMPLATE_ONLY if step < 2 else W.DEFAULT_MIX
+
+        here = [T.dit_batch(step, mix_for(step)) for step in range(4)]
+        source = T.BatchSource(workers=1, depth=4)
+        try:
+            made = [source.get(step, mix_for) for step in range(4)]
+            assert source.pool is not None  # the worker answered: nothing fell back to this process
+        finally:
+            source.close()
+    finally:
+        T._BATCHES.clear()
+        T._BATCHES.update(saved)
+    for ours, theirs in zip(here, made):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+    assert not torch.equal(here[0][1], here[3][1])  # steps differ, and the template steps' captions are template ones
+    captions = [tok.decode(ids, skip_special_tokens=True) for ids in here[0][1]]
+    assert all(c == "" or "background" in c for c in captions)

@@ -38,6 +38,12 @@ about 3, so expect roughly 1.5x the time per step),
 ``--dit-layers N`` / ``--dit-heads N`` (depth, width = heads x 32), ``--dit-logit-mean M`` (centre of
 the logit-normal timestep draw: M > 0 spends more steps at high noise, where the layout and the
 outline are decided), and a longer schedule with ``--steps``.
+
+On a GPU (DiT): ``--device cuda --workers 8 --batch 512 --budget-minutes N`` trains there, with the
+captions, tokens and noise made ahead by spawned worker processes (the same batches as without them),
+and the step count fitted to N minutes from the measured pace; ``--curriculum F`` trains on template
+captions for the first fraction F of the steps, then on ``--phrasings`` (both stages in one run).
+Measured on a lent H200 (models/README.md, the DiT's card): 61 ms a step at batch 512.
 """
 
 from __future__ import annotations
@@ -263,8 +269,8 @@ def load_vae():
     return vae
 
 
-def cached_latents(vae) -> torch.Tensor:
-    """Scaled latent means of the training pictures, encoded once."""
+def cached_latents(vae, device: str = "cpu") -> torch.Tensor:
+    """Scaled latent means of the training pictures, encoded once (on ``device``; returned on the CPU)."""
     path = TRAIN_DIR / f"latents_{N_TRAIN}_{DATA_SEED}.pt"
     stamp = (TRAIN_DIR / "vae" / "diffusion_pytorch_model.safetensors").stat().st_mtime
     if path.exists():
@@ -273,9 +279,12 @@ def cached_latents(vae) -> torch.Tensor:
             return st["latents"]
     images, _ = training_data()
     out = []
+    vae.to(device)
     with torch.no_grad():
         for i in tqdm(range(0, len(images), 500), desc="encoding latents"):
-            out.append(vae.encode(to_tensor(images[i: i + 500])).latent_dist.mean * vae.config.scaling_factor)
+            batch = to_tensor(images[i: i + 500]).to(device)
+            out.append((vae.encode(batch).latent_dist.mean * vae.config.scaling_factor).cpu())
+    vae.to("cpu")
     lat = torch.cat(out)
     torch.save({"latents": lat, "vae_mtime": stamp}, path)
     return lat
@@ -529,7 +538,7 @@ class DedupJointAttnProcessor:
         if attn.norm_added_k is not None:
             ek = attn.norm_added_k(ek)
         q, k, v = torch.cat([q, eq], 2), torch.cat([k, ek], 2), torch.cat([v, ev], 2)
-        bias = torch.zeros(k.shape[2], dtype=q.dtype)
+        bias = torch.zeros(k.shape[2], dtype=q.dtype, device=q.device)
         bias[-1] = self.log_copies
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.view(1, 1, 1, -1))
         out = out.transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1])
@@ -577,7 +586,7 @@ def dit_text(te1, te2, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     o2 = te2(ids, output_hidden_states=True)
     emb = torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1)
     pooled = torch.cat([o1.text_embeds, o2.text_embeds], -1)
-    emb = torch.cat([emb, torch.zeros(emb.shape[0], 1, emb.shape[2])], 1)
+    emb = torch.cat([emb, emb.new_zeros(emb.shape[0], 1, emb.shape[2])], 1)
     return emb, pooled
 
 
@@ -596,16 +605,101 @@ def sample_dit(dit, te1, te2, vae, tok, prompts, steps=10, cfg=5.0, seed=0):
     return to_uint8(vae.decode(x / vae.config.scaling_factor).sample)
 
 
+_BATCHES: dict = {}  # what dit_batch needs, set before worker processes fork
+
+
+def dit_batch(step: int, mix: dict[str, float]) -> tuple[torch.Tensor, ...]:
+    """Step ``step``'s batch: picture indices, caption tokens (10% empty), noise and timesteps, each
+    drawn from generators seeded by the step, so a resumed run, or one whose batches are made by
+    worker processes (``--workers``), trains on the same data."""
+    b = _BATCHES
+    g = torch.Generator().manual_seed(b["seed"] * 1_000_003 + step)
+    idx = torch.randint(0, b["n"], (b["batch"],), generator=g)
+    c = b["tokenize"](batch_captions(b["scenes"], idx, step, b["seed"], mix))
+    c[torch.rand(b["batch"], generator=g) < 0.1] = b["empty"]
+    noise = torch.randn((b["batch"], *b["shape"]), generator=g)
+    if b["time"] == "uniform":  # as the LDM's DDPM steps: the low-noise end, where outlines sharpen, as often as the rest
+        t = torch.rand(b["batch"], generator=g)
+    else:
+        t = torch.sigmoid(torch.randn(b["batch"], generator=g) + b["logit_mean"])  # logit-normal(mean, 1)
+    return idx, c, noise, t
+
+
+class CachedTokenizer:
+    """tokenize() with a memory of captions already seen: the grammar repeats them, and the
+    tokenizer, not the model, was the slowest part of a GPU step."""
+
+    def __init__(self, tok):
+        self.tok, self.cache = tok, {}
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        new = sorted({t for t in texts if t not in self.cache})
+        if new:
+            self.cache.update(zip(new, tokenize(self.tok, new)))
+        return torch.stack([self.cache[t] for t in texts])
+
+
+def _init_batch_worker(state: dict) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    torch.set_num_threads(1)
+    _BATCHES.update(state)
+
+
+class BatchSource:
+    """Batches for the coming steps, made ``depth`` steps ahead by ``workers`` processes (0: made in
+    the training process when asked). The caption mix is fixed when a step is handed out. Workers
+    are spawned, not forked: a fork of a process that has started CUDA (and its threads) hung on a
+    GPU machine before making one batch. A worker that does not answer within ``patience`` seconds
+    is given up, and the batches are made in the training process from then on."""
+
+    def __init__(self, workers: int, depth: int = 12, patience: float = 45.0):
+        from concurrent.futures import ProcessPoolExecutor
+        import multiprocessing
+
+        self.pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_batch_worker, initargs=(dict(_BATCHES),)) if workers else None)
+        self.depth, self.pending, self.patience = depth, {}, patience
+
+    def get(self, step: int, mix_for) -> tuple[torch.Tensor, ...]:
+        if self.pool is not None:
+            for ahead in range(step, step + self.depth):
+                if ahead not in self.pending:
+                    self.pending[ahead] = self.pool.submit(dit_batch, ahead, mix_for(ahead))
+            try:
+                return self.pending.pop(step).result(timeout=self.patience)
+            except Exception as exc:  # noqa: BLE001 - a stuck or broken worker: carry on without them
+                tqdm.write(f"batch workers gave up at step {step} ({type(exc).__name__}); making batches here")
+                self.close()
+        return dit_batch(step, mix_for(step))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool, self.pending = None, {}
+
+
+TEMPLATE_ONLY = {"template": 1.0}
+
+
 def train_dit(args) -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
     from diffusers.models.attention_processor import JointAttnProcessor2_0
 
     torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     vae = load_vae()
     tok = load_tokenizer()
-    lat = cached_latents(vae)
+    lat = cached_latents(vae, args.device)
     scenes = training_scenes()
     empty = tokenize(tok, [""])[0]
+    steps, batch = args.steps or 2400, args.batch or 64
+    _BATCHES.update(seed=args.seed, n=len(lat), batch=batch, scenes=scenes, tokenize=CachedTokenizer(tok), empty=empty,
+                    shape=tuple(lat.shape[1:]), time=args.dit_time, logit_mean=args.dit_logit_mean)
+    source = BatchSource(args.workers)
+    lat = lat.to(dev)
     te1, te2 = make_text_encoder(tok, with_projection=True), make_text_encoder(tok, with_projection=True)
     arch = dit_arch(args)
     dit = make_dit(**arch)
@@ -614,32 +708,41 @@ def train_dit(args) -> None:
     if args.init_from and not args.resume:
         words = warm_start(modules, Path(args.init_from), tok, adapt=adapt_dit_patch)
         print(f"warm start from {args.init_from}; new words starting from a synonym's embedding: {', '.join(words)}")
+    for m in modules.values():
+        m.to(dev)
     params = [p for m in modules.values() for p in m.parameters()]
     peak = args.lr or (5e-4 if args.init_from else 1e-3)
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
     ema = EMA(modules, decay=0.998)
-    steps, batch = args.steps or 2400, args.batch or 64
     ckpt_path = TRAIN_DIR / "dit_work" / "ckpt.pt"
     start, losses, evals, elapsed0 = 0, [], [], 0.0
     if args.resume and ckpt_path.exists():
-        st = torch.load(ckpt_path, weights_only=False)
+        st = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         if st.get("arch", DIT_DEFAULT) != arch:
             raise SystemExit(f"the checkpoint is a DiT with {st.get('arch', DIT_DEFAULT)}, not {arch}: pass the same --dit-* options")
         for name, m in modules.items():
             m.load_state_dict(st[name])
         check_resume_mix(st, args.phrasings)
-        ema.shadow = st["ema"]
+        if st.get("curriculum", 0.0) != args.curriculum:
+            raise SystemExit(f"the checkpoint was trained with --curriculum {st.get('curriculum', 0.0)}, not {args.curriculum}")
+        ema.shadow = {n: {k: v.to(dev) for k, v in sd.items()} for n, sd in st["ema"].items()}
         opt.load_state_dict(st["opt"])
         start, losses, evals, elapsed0 = st["step"], st["losses"], st["evals"], st["elapsed"]
+        steps = st.get("steps", steps) if args.budget_minutes else steps
         print(f"resumed at step {start}")
     eval_scenes = W.eval_prompts(24, seed=99)
     eval_caps = [s.caption for s in eval_scenes]
     free_eval = free_eval_set(args.eval_phrasings) if args.eval_phrasings else []
 
+    def mix_for(step: int) -> dict[str, float]:
+        """The curriculum: template captions for the first part of the run, then the free phrasings."""
+        return TEMPLATE_ONLY if step < args.curriculum * steps else args.phrasings
+
     def checkpoint(step_done: int) -> None:
         save_ckpt(ckpt_path, **{n: m.state_dict() for n, m in modules.items()}, ema=ema.shadow, opt=opt.state_dict(),
-                  step=step_done, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
-                  phrasings=args.phrasings, arch=arch, logit_mean=args.dit_logit_mean, time=args.dit_time)
+                  step=step_done, steps=steps, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
+                  phrasings=args.phrasings, curriculum=args.curriculum, arch=arch, logit_mean=args.dit_logit_mean,
+                  time=args.dit_time)
 
     def evaluate(step_done: int) -> dict:
         ed, e1, e2 = make_dit(**arch), make_text_encoder(tok, True), make_text_encoder(tok, True)
@@ -658,18 +761,20 @@ def train_dit(args) -> None:
     for m in modules.values():
         m.train()
     bar = tqdm(total=steps, initial=start, desc="dit", dynamic_ncols=True)
+    pending: list[torch.Tensor] = []  # losses still on the device: read in groups, so the GPU is not waited on each step
+
+    def flush_losses() -> None:
+        if pending:
+            losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+
+    timed_from = None
     step = start
-    for step in range(start, steps):
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(lat), (batch,), generator=g)
-        x0 = lat[idx]
-        c = tokenize(tok, batch_captions(scenes, idx, step, args.seed, args.phrasings))
-        c[torch.rand(batch, generator=g) < 0.1] = empty
-        noise = torch.randn(x0.shape, generator=g)
-        if args.dit_time == "uniform":  # as the LDM's DDPM steps: the low-noise end, where outlines sharpen, as often as the rest
-            t = torch.rand(batch, generator=g)
-        else:
-            t = torch.sigmoid(torch.randn(batch, generator=g) + args.dit_logit_mean)  # logit-normal(mean, 1)
+    while step < steps:
+        idx, c, noise, t = source.get(step, mix_for)
+        x0 = lat[idx.to(dev)]
+        c, noise, t = c.to(dev), noise.to(dev), t.to(dev)
         tt = t.view(-1, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise  # sigma = t, as FlowMatchEulerDiscreteScheduler
         for group in opt.param_groups:
@@ -682,38 +787,56 @@ def train_dit(args) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         ema.update(modules, step)
-        losses.append(loss.item())
+        pending.append(loss.detach())
         bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
-        done = step + 1
-        if args.eval_every and done % args.eval_every == 0 and done < steps:
-            evaluate(done)
+        step += 1
+        if step % 50 == 0:
+            flush_losses()
+        if args.budget_minutes and step == start + 20:
+            timed_from = (step, time.time())
+        if args.budget_minutes and timed_from and step == timed_from[0] + 200:
+            # Fit the schedule (learning-rate decay, curriculum) to the time left, from the measured pace.
+            per_step = (time.time() - timed_from[1]) / 200
+            left = args.budget_minutes * 60 - (elapsed0 + time.time() - t0)
+            fitted = step + max(0, int(0.95 * left / per_step))
+            steps = min(args.steps or fitted, fitted)
+            bar.total = steps
+            tqdm.write(f"{per_step * 1000:.0f} ms a step: {steps} steps fit --budget-minutes {args.budget_minutes:g}")
+        if args.eval_every and step % args.eval_every == 0 and step < steps:
+            flush_losses()
+            evaluate(step)
         if time.time() - last_save > 180:
-            checkpoint(done)
+            flush_losses()
+            checkpoint(step)
             last_save = time.time()
         if args.minutes and elapsed0 + time.time() - t0 > args.minutes * 60:
-            tqdm.write(f"time limit reached at step {done}")
+            tqdm.write(f"time limit reached at step {step}")
             break
-    done = step + 1 if steps > start else start
+    source.close()
+    flush_losses()
+    done = step
     bar.close()
     final = evaluate(done)
     checkpoint(done)
     elapsed = elapsed0 + time.time() - t0
 
     ema.copy_to(modules)
+    for m in modules.values():
+        m.to("cpu")
     dit.set_attn_processor(JointAttnProcessor2_0())
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     pipe = StableDiffusion3Pipeline(transformer=dit.eval(), scheduler=sched, vae=vae, text_encoder=te1.eval(), tokenizer=tok,
                                     text_encoder_2=te2.eval(), tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
     out = Path(args.out) if args.out else CHECKPOINTS / "kiri-shapes-dit"
     save_pipeline(pipe, out, tok)
-    log = {"model": "kiri-shapes-dit", "steps": done, "batch": batch, "seconds": round(elapsed), "final_loss_avg50": float(np.mean(losses[-50:])),
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} threads"
+    log = {"model": "kiri-shapes-dit", "steps": done, "batch": batch, "seconds": round(elapsed), "device": device_name,
+           "final_loss_avg50": float(np.mean(losses[-50:])),
            "transformer_params": sum(p.numel() for p in dit.parameters()),
            "text_encoder_params": sum(p.numel() for p in te1.parameters()) * 2, "evals": evals, "final_eval": final,
-           "command": "python tools/train_default_models.py dit" + (f" --steps {steps}" if args.steps else "")
-           + (f" --init-from {args.init_from}" if args.init_from else "")}
+           "command": "python tools/train_default_models.py " + (" ".join(sys.argv[1:]) or "dit")}
     (out / "train_log.json").write_text(json.dumps(log, indent=1))
-    plot_losses(out / "loss_curve.png", losses, f"kiri-shapes-dit: {done} steps, {elapsed / 60:.1f} min (flow-matching loss)", evals)
+    plot_losses(out / "loss_curve.png", losses, f"kiri-shapes-dit: {done} steps, {elapsed / 60:.1f} min on {device_name} (flow-matching loss)", evals)
     print(json.dumps({k: v for k, v in log.items() if k != "evals"}))
 
 
@@ -734,6 +857,14 @@ def main(argv=None) -> None:
                         "instead of random weights; new caption words start from their synonym's embedding")
     p.add_argument("--eval-every", type=int, default=300, help="held-out adherence check every N steps (0: off)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the DiT trains: cpu (the budgeted runs) or cuda (a GPU, when one is lent)")
+    p.add_argument("--workers", type=int, default=0, help="DiT: processes making the batches (captions, tokens, noise) ahead of the "
+                   "training step; 0 on a 2-core CPU, a few beside a GPU")
+    p.add_argument("--budget-minutes", type=float, default=None, help="DiT: fit the run to this many minutes: after 220 steps "
+                   "the step count is set from the measured pace (--steps then caps it), so the learning rate and the "
+                   "curriculum end in time")
+    p.add_argument("--curriculum", type=float, default=0.0, help="DiT: train on template captions for this fraction of the "
+                   "steps, then on --phrasings (both stages of the shipped models in one run; 0: off)")
     p.add_argument("--phrasings", default=format_mix(W.DEFAULT_MIX), type=W.parse_mix,
                    help=f"caption families and their weights, e.g. 'template=0.5,bare=0.5' ('template' alone: the "
                         f"one-template captions of the models shipped before issue 12; families: {', '.join(W.FAMILIES)}; "

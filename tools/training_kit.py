@@ -94,13 +94,18 @@ class EMA:
     @torch.no_grad()
     def update(self, modules: dict[str, torch.nn.Module], step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
+        floats, targets = [], []
         for name, m in modules.items():
             sh = self.shadow[name]
             for k, v in m.state_dict().items():
                 if v.dtype.is_floating_point:
-                    sh[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                    floats.append(sh[k])
+                    targets.append(v.detach())
                 else:
                     sh[k].copy_(v)
+        if floats:  # one fused update (a few kernels on a GPU, not two per tensor)
+            torch._foreach_mul_(floats, d)
+            torch._foreach_add_(floats, targets, alpha=1 - d)
 
     def copy_to(self, modules: dict[str, torch.nn.Module]) -> None:
         for name, m in modules.items():
