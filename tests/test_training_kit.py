@@ -75,27 +75,28 @@ def test_dit_batches_made_by_worker_processes_are_the_batches_made_in_the_traini
     import random
 
     from tools import train_default_models as T
+    from tools import train_dit as D
 
     tok = build_tokenizer(tmp_path / "tokenizer", tmp_path / "work", max_len=T.MAX_LEN)
     rng = random.Random(0)
     scenes = [W.sample_scene(rng, held_out="exclude") for _ in range(64)]
-    saved = dict(T._BATCHES)
-    T._BATCHES.update(seed=3, n=len(scenes), batch=16, scenes=scenes, tokenize=T.CachedTokenizer(tok),
+    saved = dict(D._BATCHES)
+    D._BATCHES.update(seed=3, n=len(scenes), batch=16, scenes=scenes, tokenize=D.CachedTokenizer(tok),
                       empty=T.tokenize(tok, [""])[0], shape=(4, 16, 16), time="uniform", logit_mean=0.0)
     try:
         def mix_for(step):
-            return T.TEMPLATE_ONLY if step < 2 else W.DEFAULT_MIX
+            return D.TEMPLATE_ONLY if step < 2 else W.DEFAULT_MIX
 
-        here = [T.dit_batch(step, mix_for(step)) for step in range(4)]
-        source = T.BatchSource(workers=1, depth=4)
+        here = [D.dit_batch(step, mix_for(step)) for step in range(4)]
+        source = D.BatchSource(workers=1, depth=4)
         try:
             made = [source.get(step, mix_for) for step in range(4)]
             assert source.pool is not None  # the worker answered: nothing fell back to this process
         finally:
             source.close()
     finally:
-        T._BATCHES.clear()
-        T._BATCHES.update(saved)
+        D._BATCHES.clear()
+        D._BATCHES.update(saved)
     for ours, theirs in zip(here, made):
         for a, b in zip(ours, theirs):
             assert torch.equal(a, b)
