@@ -134,6 +134,20 @@ def video_models_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture()
+def video_engine(video_models_dir, tmp_path):
+    """An engine on the video models folder, on the CPU (tiny-sd selected)."""
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=video_models_dir, outputs_dir=tmp_path / "outputs", default_model="tiny-sd",
+                        save_images=False)
+    engine = build_engine(settings, DeviceChoice("cpu"))
+    engine.catalog.scan()
+    return engine
+
+
 def make_api_app(models_dir: Path, outputs: Path, **context):
     """A bare FastAPI app with Kiri's routes on a fresh engine over the tiny models (no UI, no port)."""
     from fastapi import FastAPI

@@ -52,7 +52,7 @@ def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
 
 
 def test_an_uploaded_clip_is_interpolated_in_the_browser(video_server, browser, tmp_path):
-    from test_video import moving_square_frames, write_clip
+    from video_clips import moving_square_frames, write_clip
 
     clip = write_clip(tmp_path / "square.mp4", moving_square_frames())
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -74,7 +74,7 @@ def test_video_to_video_from_gradio_client(video_server, tmp_path):
     """The vid2vid handler by its api_name, as scripts call it: frames, fps and the consistency mode kept."""
     from gradio_client import Client, handle_file
 
-    from test_video import decode, moving_square_frames, write_clip
+    from video_clips import decode, moving_square_frames, write_clip
 
     clip = write_clip(tmp_path / "square.mp4", moving_square_frames(4))
     client = Client(video_server["url"], verbose=False)
@@ -90,7 +90,7 @@ def test_video_to_video_from_gradio_client(video_server, tmp_path):
 def test_click_an_object_on_the_first_frame_and_repaint_only_it(video_server, browser, tmp_path):
     """Video to video with a click: the first frame appears, a click on the red square is noted in source
     pixels, and the clip comes back with the followed object's clicks in its parameters."""
-    from test_video import moving_square_frames, write_clip
+    from video_clips import moving_square_frames, write_clip
 
     clip = write_clip(tmp_path / "square.mp4", moving_square_frames(4))
     page = _video_tab(browser, video_server["url"], height=1200)

@@ -168,7 +168,7 @@ def test_family_on_cuda(cuda, gpu_models_dir, tmp_path, name, dtype):
 
 def _clip_arrays(result, frames: int, fps: float) -> np.ndarray:
     """The clip's MP4 and frame PNGs: `frames` frames of SIZE at `fps`, finite and not flat."""
-    from test_video import decode
+    from video_clips import decode
 
     decoded, decoded_fps, _ = decode(result.path)
     assert len(decoded) == len(result.frame_paths) == frames and decoded_fps == fps
@@ -236,7 +236,7 @@ def test_native_video_on_cuda(cuda, video_models_dir, tmp_path, name, frames):
 def test_vid2vid_on_cuda(cuda, video_models_dir, tmp_path, dtype, motion):
     """Video to video in the checkpoint's dtype: frame by frame through img2img (optical-flow
     consistency), or in one window through AnimateDiff's video-to-video pipeline."""
-    from test_video import moving_square_frames, write_clip
+    from video_clips import moving_square_frames, write_clip
 
     from webui.engine.video.service import Vid2VidRequest, vid2vid
 
