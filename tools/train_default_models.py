@@ -72,7 +72,7 @@ if str(ROOT) not in sys.path:
 
 from tools import kiri_world as W  # noqa: E402
 from tools.make_portable import make_portable  # noqa: E402
-from tools.training_kit import EMA, build_tokenizer, lr_at, plot_losses, save_ckpt, warm_start  # noqa: E402
+from tools.training_kit import EMA, build_tokenizer, lr_at, optimise, plot_losses, save_ckpt, warm_start  # noqa: E402
 
 TRAIN_DIR = ROOT / ".train"
 CHECKPOINTS = ROOT / "models" / "checkpoints"
@@ -216,10 +216,7 @@ def train_vae(args) -> None:
         rec = vae.decode(z).sample
         kl = post.kl().mean() / x[0].numel()
         loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimise(opt, loss, vae.parameters())
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", kl=f"{float(kl):.2f}", full=int(full))
@@ -444,10 +441,7 @@ def train_ldm(args) -> None:
         snr = acp[t] / (1 - acp[t])
         weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 weighting (epsilon prediction)
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimise(opt, loss, params)
         ema.update(modules, step)
         losses.append(loss.item())
         bar.update(1)

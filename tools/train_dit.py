@@ -24,7 +24,7 @@ from tools.train_default_models import (
     free_adherence, free_eval_set, load_tokenizer, load_vae, make_text_encoder, save_pipeline, to_uint8, tokenize,
     training_scenes,
 )
-from tools.training_kit import EMA, lr_at, plot_losses, warm_start, save_ckpt
+from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt, warm_start
 
 
 T5_TOKENS = 256  # StableDiffusion3Pipeline pads the prompt with this many zero "T5" tokens (max_sequence_length)
@@ -306,10 +306,7 @@ def train_dit(args) -> None:
         emb, pooled = dit_text(te1, te2, c)
         pred = dit(xt, emb, pooled, t * 1000).sample
         loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimise(opt, loss, params)
         ema.update(modules, step)
         pending.append(loss.detach())
         bar.update(1)

@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools import kiri_world as W  # noqa: E402
-from tools.training_kit import EMA, lr_at, plot_losses, save_ckpt  # noqa: E402
+from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt  # noqa: E402
 
 TRAIN_DIR = ROOT / ".train"
 WORK = TRAIN_DIR / "motion_work"
@@ -460,10 +460,7 @@ def main(argv=None) -> None:
         snr = acp[t] / (1 - acp[t])
         weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 (epsilon prediction)
         loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3, 4))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimise(opt, loss, params)
         sync_adapter()
         ema.update(modules, step)
         losses.append(loss.item())

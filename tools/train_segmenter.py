@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools import kiri_world as W  # noqa: E402
+from tools.training_kit import optimise  # noqa: E402
 
 TOKENIZER = ROOT / "models" / "checkpoints" / "kiri-shapes-ldm" / "tokenizer"
 WORK = ROOT / ".train" / "segmenter_work"
@@ -282,10 +283,7 @@ def train(args) -> dict:
             group["lr"] = learning_rate(step)
         logits = model(pixel_values=pixels, **tokens).logits.reshape(target.shape)
         loss = loss_of(logits, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimise(optimizer, loss, model.parameters())
         step += 1
         log["steps"].append([step, round(loss.item(), 5)])
         bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{learning_rate(step - 1):.2e}")

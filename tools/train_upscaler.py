@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools import kiri_world as W  # noqa: E402
-from tools.training_kit import EMA, lr_at, plot_losses, save_ckpt  # noqa: E402
+from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt  # noqa: E402
 from webui.engine.upscale._models import SRVGGNetCompact  # noqa: E402
 
 SCALE = 4
@@ -348,10 +348,7 @@ def main() -> None:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup=min(200, args.steps // 10 + 1))
         lr, hr = crops.batch(args.batch, args.mild)
         loss = F.l1_loss(model(lr), hr)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        optimise(optimizer, loss, model.parameters())
         ema.update({"net": model}, step)
         losses.append(loss.item())
         step += 1

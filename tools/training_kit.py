@@ -112,6 +112,14 @@ class EMA:
             m.load_state_dict(self.shadow[name])
 
 
+def optimise(opt: torch.optim.Optimizer, loss: torch.Tensor, params, clip: float = 1.0) -> None:
+    """One optimizer step on ``loss``: gradients from zero, clipped to norm ``clip``, applied."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int = 100, floor: float = 0.1) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
