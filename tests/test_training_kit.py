@@ -73,6 +73,7 @@ def test_dit_batches_made_by_worker_processes_are_the_batches_made_in_the_traini
     """--workers (the GPU run's batch makers, spawned) must not change what the DiT trains on: each
     step's pictures, captions (with the curriculum's mix), dropped captions, noise and timesteps."""
     import random
+    from functools import partial
 
     from tools import train_default_models as T
     from tools import train_dit as D
@@ -81,7 +82,7 @@ def test_dit_batches_made_by_worker_processes_are_the_batches_made_in_the_traini
     rng = random.Random(0)
     scenes = [W.sample_scene(rng, held_out="exclude") for _ in range(64)]
     saved = dict(D._BATCHES)
-    D._BATCHES.update(seed=3, n=len(scenes), batch=16, scenes=scenes, tokenize=D.CachedTokenizer(tok),
+    D._BATCHES.update(seed=3, n=len(scenes), batch=16, scenes=scenes, tokenize=partial(T.tokenize, tok),
                       empty=T.tokenize(tok, [""])[0], shape=(4, 16, 16), time="uniform", logit_mean=0.0)
     try:
         def mix_for(step):

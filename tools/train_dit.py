@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -149,20 +150,6 @@ def dit_batch(step: int, mix: dict[str, float]) -> tuple[torch.Tensor, ...]:
     return idx, c, noise, t
 
 
-class CachedTokenizer:
-    """tokenize() with a memory of captions already seen: the grammar repeats them, and the
-    tokenizer, not the model, was the slowest part of a GPU step."""
-
-    def __init__(self, tok):
-        self.tok, self.cache = tok, {}
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        new = sorted({t for t in texts if t not in self.cache})
-        if new:
-            self.cache.update(zip(new, tokenize(self.tok, new)))
-        return torch.stack([self.cache[t] for t in texts])
-
-
 def _init_batch_worker(state: dict) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     torch.set_num_threads(1)
@@ -220,7 +207,7 @@ def train_dit(args) -> None:
     scenes = training_scenes()
     empty = tokenize(tok, [""])[0]
     steps, batch = args.steps or 2400, args.batch or 64
-    _BATCHES.update(seed=args.seed, n=len(lat), batch=batch, scenes=scenes, tokenize=CachedTokenizer(tok), empty=empty,
+    _BATCHES.update(seed=args.seed, n=len(lat), batch=batch, scenes=scenes, tokenize=partial(tokenize, tok), empty=empty,
                     shape=tuple(lat.shape[1:]), time=args.dit_time, logit_mean=args.dit_logit_mean)
     source = BatchSource(args.workers)
     lat = lat.to(dev)
