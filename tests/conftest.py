@@ -39,9 +39,10 @@ def engine(models_dir, tmp_path):
     return build_engine(settings, DeviceChoice("cpu"))
 
 
-def serve_kiri(models_dir: Path, tmp_path_factory, name: str = "outputs"):
+def serve_kiri(models_dir: Path, tmp_path_factory, name: str = "outputs", **options):
     """The real Gradio app on a free loopback port, as launch.py builds it: yields its URL, engine
-    and outputs folder, then stops running jobs and closes the server."""
+    and outputs folder, then stops running jobs and closes the server. `options`: more ServeOptions
+    (ui_login, api_login, admins)."""
     import socket
     import time
 
@@ -58,7 +59,7 @@ def serve_kiri(models_dir: Path, tmp_path_factory, name: str = "outputs"):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app, _ = serve(engine, ServeOptions(port=port, settings_file=tmp_path_factory.mktemp("settings") / "settings.json",
-                                        cmd_flags={"port": port}))
+                                        cmd_flags={"port": port}, **options))
     yield {"url": f"http://127.0.0.1:{port}/", "engine": engine, "outputs": outputs}
     # Stop and wait for running jobs: a torch thread alive at interpreter exit can abort it.
     engine.interrupt(None)

@@ -57,7 +57,7 @@ def wait_for(condition, what: str, results: dict, timeout: float = 120) -> None:
 
 
 def running(engine, user: str) -> bool:
-    return any(j.owner == f"api:{user}" and j.step > 0 for j in engine.jobs.active())
+    return any(j.owner == f"user:{user}" and j.step > 0 for j in engine.jobs.active())
 
 
 def test_a_third_clients_skip_and_interrupt_leave_others_jobs_whole(served):
@@ -66,7 +66,7 @@ def test_a_third_clients_skip_and_interrupt_leave_others_jobs_whole(served):
     first = post_in_thread(app, "u1", tiny(steps=6, n_iter=2, seed=1), results)
     wait_for(lambda: running(engine, "u1"), "u1's job to run", results)
     second = post_in_thread(app, "u2", tiny(steps=2, n_iter=1, seed=2), results)
-    wait_for(lambda: any(j.owner == "api:u2" for j in engine.jobs.queued() + engine.jobs.active()), "u2's job", results)
+    wait_for(lambda: any(j.owner == "user:u2" for j in engine.jobs.queued() + engine.jobs.active()), "u2's job", results)
 
     presser = client_for(app, "u3")
     assert presser.post("/sdapi/v1/skip").status_code == 200

@@ -40,6 +40,6 @@ def serve(engine: Engine, options: ServeOptions):
         share=options.share, server_name=options.host, server_port=options.port, auth=options.ui_login, css=CSS,
         max_file_size=f"{options.max_upload_mb}mb", allowed_paths=[str(Path(engine.settings.outputs_dir).resolve())],
         prevent_thread_lock=True, quiet=options.quiet, footer_links=[],
-        app_kwargs=server_app_kwargs(ctx, options.max_upload_mb * 2**20),
+        app_kwargs=server_app_kwargs(ctx, options.max_upload_mb * 2**20, ui_logins=options.ui_login is not None),
     )
     return app, server_app

@@ -21,12 +21,18 @@ def routers(ctx: ApiContext) -> list:
     return [sdapi.build_router(ctx), kiri.build_router(ctx), segment.build_router(ctx), video.build_router(ctx)]
 
 
-def server_app_kwargs(ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY) -> dict[str, Any]:
-    """FastAPI constructor arguments: our routes and middleware, present from the first request."""
+def server_app_kwargs(ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY, ui_logins: bool = False) -> dict[str, Any]:
+    """FastAPI constructor arguments: our routes and middleware, present from the first request.
+    `ui_logins`: the browser UI has logins, so Gradio's file route serves each login only its own
+    outputs (api/files.py)."""
     from starlette.middleware import Middleware
 
+    from .files import OutputFiles
+
     routes = [route for router in routers(ctx) for route in router.routes]
-    return {"docs_url": "/docs", "routes": routes, "middleware": [Middleware(BodyLimit, max_bytes=max_body_bytes)],
+    middleware = [Middleware(BodyLimit, max_bytes=max_body_bytes),
+                  Middleware(OutputFiles, outputs_dir=ctx.engine.settings.outputs_dir, logins=ui_logins, admins=ctx.admins)]
+    return {"docs_url": "/docs", "routes": routes, "middleware": middleware,
             # For the whole app: a 422 reply that renders whatever the client sent (raw NaN included).
             "exception_handlers": dict(EXCEPTION_HANDLERS)}
 

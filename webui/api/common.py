@@ -22,6 +22,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest, KiriError, ModelNotFound
 from webui.engine.core.infotext import pnginfo_for
+from webui.engine.core.owners import Viewer, of_login
 
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a decoded upload larger than this is refused (decompression bombs)
 MAX_ECHOED_CHARS = 200  # a value quoted back in an error reply is cut to this
@@ -43,16 +44,27 @@ class ApiContext:
         return [Depends(basic_auth(self.check_login))] if self.check_login else []
 
     def owner(self, http: Request) -> str:
-        """Who is asking, for fair turns and Interrupt: the login if any, else the client's address."""
-        login = login_of(http)
+        """Who is asking, for fair turns, Interrupt and outputs: the login (`user:<login>`, the same
+        owner as that login's browser session) if the API has logins, else the client's address."""
+        login = self.login(http)
         if login is not None:
-            return "api:" + login
+            return of_login(login)
         return f"api:{http.client.host if http.client else 'unknown'}"
+
+    def login(self, http: Request) -> str | None:
+        """The checked login of this request; None when the API takes no logins."""
+        return login_of(http) if self.check_login is not None else None
+
+    def viewer(self, http: Request) -> Viewer:
+        """Whose jobs, progress and files this client may see: its own, everyone's for an admin or
+        on a server without logins."""
+        login = self.login(http)
+        return Viewer(self.owner(http), login, login is not None and login in self.admins)
 
     def stop_scope(self, http: Request) -> str | None:
         """Whose jobs an Interrupt or Skip from this client may touch: its own, or everyone's for an admin."""
-        login = login_of(http)
-        return None if login is not None and login in self.admins else self.owner(http)
+        viewer = self.viewer(http)
+        return None if viewer.admin else viewer.owner
 
 
 def login_of(http: Request) -> str | None:

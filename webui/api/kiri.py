@@ -34,11 +34,22 @@ def build_router(ctx: ApiContext) -> APIRouter:
         job = engine.submit_plain(body.kind, body.request, ctx.owner(http))
         return job.snapshot()
 
-    @router.get("/jobs/{job_id}")
-    def status(job_id: str) -> dict:
+    def visible_job(job_id: str, http: Request):
+        """The job, if the asker may see it; another login's job answers as if it did not exist."""
         job = engine.jobs.get(job_id)
-        if job is None:
-            raise HTTPException(404, detail=f"no job {job_id!r} (finished jobs are kept for a while, then dropped)")
+        if job is None or not ctx.viewer(http).may_see(job.owner):
+            raise HTTPException(404, detail=f"no job {job_id!r} of yours (finished jobs are kept for a while, then dropped)")
+        return job
+
+    @router.get("/jobs")
+    def list_jobs(http: Request) -> list[dict]:
+        """The asker's queued, running and recently finished jobs (everyone's for an admin), newest first."""
+        viewer = ctx.viewer(http)
+        return [job.snapshot() for job in engine.jobs.all() if viewer.may_see(job.owner)]
+
+    @router.get("/jobs/{job_id}")
+    def status(job_id: str, http: Request) -> dict:
+        job = visible_job(job_id, http)
         answer = job.snapshot()
         if job.status == "done":
             answer["result"] = dump(job.result)
@@ -46,9 +57,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/jobs/{job_id}/interrupt")
     def interrupt(job_id: str, http: Request) -> dict:
-        job = engine.jobs.get(job_id)
-        if job is None:
-            raise HTTPException(404, detail=f"no job {job_id!r}")
+        job = visible_job(job_id, http)
         if ctx.stop_scope(http) not in (None, job.owner):
             raise HTTPException(403, detail="only the job's owner (or an admin) can interrupt it")
         job.interrupt()

@@ -25,6 +25,8 @@ from webui.engine.samplers.registry import SamplerRegistry
 from webui.engine.settings import Settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from webui.engine.generation.img2img import Img2ImgRequest
     from webui.engine.generation.runner import Task
 
@@ -124,6 +126,12 @@ class Engine:
         """Queue `work` as `job` and return at once; read job.status / job.result, or jobs.wait(job)."""
         job.work = work
         return self.jobs.submit(job)
+
+    def outputs_for(self, owner: str) -> "Path":
+        """Where `owner`'s files go: outputs/<login>/ for a login, outputs/ without logins (core/owners.py)."""
+        from webui.engine.core.owners import outputs_root
+
+        return outputs_root(self.settings.outputs_dir, owner)
 
     def interrupt(self, owner: str | None = None) -> int:
         return self.jobs.interrupt(owner)

@@ -10,6 +10,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 from webui.engine.core.errors import KiriError
+from webui.engine.core.owners import of_login
 
 # Events that run models only submit a job and wait for it: the engine's job store takes the turns
 # (per user, one batch at a time), so Gradio must not serialise these events itself.
@@ -29,7 +30,7 @@ def owner_of(request: gr.Request | None) -> str:
     """Who takes turns and whose jobs Interrupt stops: the login if there is one, else the browser session."""
     user = getattr(request, "username", None)
     if user:
-        return f"user:{user}"
+        return of_login(user)
     return getattr(request, "session_hash", None) or "local"
 
 

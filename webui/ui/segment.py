@@ -79,7 +79,7 @@ def run_segment(engine: Engine, image, prompts: Prompts, prompt: str, model: str
                              None if model in (None, "", AUTOMATIC) else model, float(threshold))
     result = segment(engine, request, owner)
     if engine.settings.save_images and result.masks:
-        save_result(result, request.image, engine.settings.outputs_dir)
+        save_result(result, request.image, engine.outputs_for(owner))
     return result, result.arrays()
 
 

@@ -36,11 +36,15 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/progress")
     def progress(http: Request, skip_current_image: bool = False) -> dict:
-        jobs = engine.jobs.active()
-        mine = [j for j in jobs if j.owner == ctx.owner(http)]
+        viewer = ctx.viewer(http)
+        # Only what the asker may see: its own jobs (with logins, another login's job, step and live
+        # preview stay hidden: an idle answer, as A1111 gives when nothing runs); everyone's for an
+        # admin or on a server without logins, its own first.
+        jobs = [j for j in engine.jobs.active() if viewer.may_see(j.owner)]
+        mine = [j for j in jobs if j.owner == viewer.owner]
         job = (mine or jobs or [None])[0]
         state = {"skipped": False, "interrupted": bool(job and job.interrupted), "job": job.kind if job else "",
-                 "job_count": len(jobs) + len(engine.jobs.queued()), "job_timestamp": "",
+                 "job_count": len(jobs) + len([j for j in engine.jobs.queued() if viewer.may_see(j.owner)]), "job_timestamp": "",
                  "job_no": (job.batch_no - 1) if job else 0,
                  "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
         current = None

@@ -202,6 +202,12 @@ class JobStore:
         with self._cond:
             return self._jobs.get(job_id) or self._finished.get(job_id)
 
+    def all(self) -> list[Job]:
+        """Queued, running and recently finished jobs, the newest submitted first."""
+        with self._cond:
+            jobs = list(self._jobs.values()) + list(self._finished.values())
+        return sorted(jobs, key=lambda j: j.submitted_at, reverse=True)
+
     def active(self) -> list[Job]:
         """Jobs that have started and not finished, the one running now first."""
         with self._cond:

@@ -75,7 +75,7 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
     prompt = fit_prompt(model, request.prompt, "prompt", result.warnings)
     negative = fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
     save = engine.settings.save_images if request.save_images is None else request.save_images
-    out_dir = dated_dir(engine.settings.outputs_dir, task.kind)
+    out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
     yield  # the setup was one turn
 
     # 3. Batch after batch, each a turn of its own; each image's noise comes from its own seed.

@@ -123,7 +123,7 @@ def _cells(engine: "Engine", base: Txt2ImgRequest, requests: list[Txt2ImgRequest
             "X/Y grid": f"{x_axis}: {x_text}" + (f"; {y_axis}: {y_text}" if y_axis != NOTHING else ""),
         })
         if engine.settings.save_images:
-            result.path = save_image(result.grid, dated_dir(engine.settings.outputs_dir, "txt2img-grids"), info, seed)
+            result.path = save_image(result.grid, dated_dir(engine.outputs_for(job.owner), "txt2img-grids"), info, seed)
     return result
 
 

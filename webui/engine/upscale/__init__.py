@@ -225,7 +225,7 @@ def upscale_work(engine: "Engine", request: UpscaleRequest, sizes: list[tuple[in
     result = UpscaleResult()
     job.image_count, job.batch_count = len(request.images), len(request.images)
     save = engine.settings.save_images if request.save_images is None else request.save_images
-    out_dir = dated_dir(engine.settings.outputs_dir, "extras")
+    out_dir = dated_dir(engine.outputs_for(job.owner), "extras")
     for number, (image, size) in enumerate(zip(request.images, sizes), 1):
         if job.interrupted:
             result.interrupted = True

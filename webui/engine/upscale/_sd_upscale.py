@@ -102,7 +102,7 @@ def sd_upscale(engine: "Engine", request: Img2ImgRequest, job: "Job") -> Generat
              "SD upscale seam fix denoise": options.seam_fix_denoise if options.seam_fix != "None" else None,
              "SD upscale seed per tile": True if options.seed_per_tile else None}
     save = engine.settings.save_images if request.save_images is None else request.save_images
-    out_dir = dated_dir(engine.settings.outputs_dir, "img2img")
+    out_dir = dated_dir(engine.outputs_for(job.owner), "img2img")
     base_seed = request.seed if request.seed != -1 else random_seed()
     model = request.model
     total = len(grid) + sum(len(p) for p in seams)

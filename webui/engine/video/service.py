@@ -196,11 +196,12 @@ def _read_source(video: Any) -> bytes:
     return path.read_bytes()
 
 
-def _job_folder(engine: "Engine", kind: str, fields: dict[str, Any], source: bytes = b"") -> Path:
-    """outputs/video/<kind>-<key>: the same request (same seed, same source) finds the same folder."""
+def _job_folder(engine: "Engine", kind: str, fields: dict[str, Any], source: bytes, owner: str) -> Path:
+    """outputs/video/<kind>-<key> (outputs/<login>/video/... with logins): the same request (same seed,
+    same source) of the same owner finds the same folder."""
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
     digest.update(hashlib.sha256(source).digest())
-    folder = Path(engine.settings.outputs_dir) / "video" / f"{kind}-{digest.hexdigest()[:16]}"
+    folder = engine.outputs_for(owner) / "video" / f"{kind}-{digest.hexdigest()[:16]}"
     (folder / "frames").mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -283,7 +284,7 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
 
     first = request.image.convert("RGB").resize((request.width, request.height)) if request.image is not None else None
     fields = {**asdict(request), "model": model_name, "motion_module": motion_name, "image": None}
-    folder = _job_folder(engine, "txt2video", fields, first.tobytes() if first is not None else b"")
+    folder = _job_folder(engine, "txt2video", fields, first.tobytes() if first is not None else b"", job.owner)
     params = {
         "Steps": request.steps, "Sampler": sampler_label, "Schedule type": None if schedule == "Automatic" else schedule,
         "CFG scale": request.cfg_scale, "Seed": request.seed, "Size": f"{request.width}x{request.height}",
@@ -472,7 +473,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
     result = VideoResult(fps=plan.fps, seed=request.seed)
     model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
     fields = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "video"}
-    folder = _job_folder(engine, "vid2vid", {**fields, "model": model.name}, plan.data)
+    folder = _job_folder(engine, "vid2vid", {**fields, "model": model.name}, plan.data, job.owner)
     if request.motion_module:
         from webui.engine.video import motion_v2v
 
@@ -572,7 +573,7 @@ def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, inf
                  job: Job) -> Generator[None, None, VideoResult]:
     from webui.engine.video.flow import in_betweens
 
-    folder = _job_folder(engine, "interpolate", {"factor": request.factor, "max_frames": request.max_frames}, data)
+    folder = _job_folder(engine, "interpolate", {"factor": request.factor, "max_frames": request.max_frames}, data, job.owner)
     total = min(info.frames, request.max_frames) or request.max_frames
     result = VideoResult(fps=fps)
     paths: list[Path] = []
