@@ -36,7 +36,8 @@ def test_held_out_photographs_are_whole_families():
 def test_the_saved_model_loads_as_kiris_compact_x4(tmp_path):
     import torch
 
-    from webui.engine.upscale._models import BUILTIN_ARCHITECTURES, SRVGGNetCompact, load_upscaler
+    from webui.engine.upscale._compact import SRVGGNetCompact
+    from webui.engine.upscale._models import BUILTIN_ARCHITECTURES, load_upscaler
 
     model = SRVGGNetCompact(3, 3, 48, 10, 4)
     path = tmp_path / "kiri-compact-x4.safetensors"

@@ -424,7 +424,7 @@ def make_tiny_upscaler(path, scale: int = 4, num_feat: int = 8, num_conv: int = 
     import torch
     from safetensors.torch import save_file
 
-    from webui.engine.upscale._models import SRVGGNetCompact
+    from webui.engine.upscale._compact import SRVGGNetCompact
 
     torch.manual_seed(seed)
     model = SRVGGNetCompact(3, 3, num_feat, num_conv, scale)

@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from tools import kiri_world as W  # noqa: E402
 from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt  # noqa: E402
-from webui.engine.upscale._models import SRVGGNetCompact  # noqa: E402
+from webui.engine.upscale._compact import SRVGGNetCompact  # noqa: E402
 
 SCALE = 4
 HR = 64  # training crop (the input is 16 px)

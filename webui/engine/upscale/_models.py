@@ -137,43 +137,14 @@ def _builtin(state: dict):
     scale = round((out_total / in_ch) ** 0.5)
     if scale * scale * in_ch != out_total:
         return None
+    from ._compact import SRVGGNetCompact  # torch: imported when a file is loaded, never for the lists
+
     model = SRVGGNetCompact(in_ch, in_ch, int(num_feat), (last - 2) // 2, scale)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         return None
     return model, scale, BUILTIN_ARCHITECTURES[0]
-
-
-def _module_base():
-    import torch
-
-    return torch.nn.Module
-
-
-class SRVGGNetCompact(_module_base()):
-    """Real-ESRGAN's compact net (xinntao, BSD-3): convs with PReLU at low resolution, a pixel
-    shuffle, plus the nearest-upsampled input. Same layout and key names as spandrel's."""
-
-    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_conv: int = 16, upscale: int = 4):
-        import torch
-
-        super().__init__()
-        self.upscale = upscale
-        layers: list[torch.nn.Module] = [torch.nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), torch.nn.PReLU(num_parameters=num_feat)]
-        for _ in range(num_conv):
-            layers += [torch.nn.Conv2d(num_feat, num_feat, 3, 1, 1), torch.nn.PReLU(num_parameters=num_feat)]
-        layers.append(torch.nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
-        self.body = torch.nn.ModuleList(layers)
-        self.upsampler = torch.nn.PixelShuffle(upscale)
-
-    def forward(self, x):
-        import torch.nn.functional as F
-
-        out = x
-        for layer in self.body:
-            out = layer(out)
-        return self.upsampler(out) + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
 
 
 def diffusion_class(folder: Path) -> str | None:
@@ -211,15 +182,27 @@ def guess_scale(path: Path) -> int:
     if path.is_dir():
         return DIFFUSION_SCALE.get(diffusion_class(path) or "", 4)
     if path.suffix.lower() == ".safetensors":
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(path), "pt") as f:
-                keys = [k for k in f.keys() if re.fullmatch(r"body\.\d+\.weight", k)]
-                if keys:
-                    last = max(keys, key=lambda k: int(k.split(".")[1]))
-                    out, first_in = f.get_slice(last).get_shape()[0], f.get_slice("body.0.weight").get_shape()[1]
-                    return max(1, round((out / first_in) ** 0.5))
-        except Exception:  # noqa: BLE001 - only a guess for the list
-            pass
+        shapes = safetensors_shapes(path)
+        keys = [k for k in shapes if re.fullmatch(r"body\.\d+\.weight", k)]
+        if keys and "body.0.weight" in shapes:
+            last = max(keys, key=lambda k: int(k.split(".")[1]))
+            out, first_in = shapes[last][0], shapes["body.0.weight"][1]
+            return max(1, round((out / first_in) ** 0.5))
     return 4
+
+
+def safetensors_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a .safetensors header (8-byte length, then JSON), without torch: listing the
+    upscalers for the page must not import it. {} for a file that is not one."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if not 2 <= length <= 100 * 2**20:
+                return {}
+            header = json.loads(f.read(length))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(header, dict):
+        return {}
+    return {k: v["shape"] for k, v in header.items()
+            if isinstance(v, dict) and isinstance(v.get("shape"), list) and len(v["shape"]) >= 2}
