@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from webui.engine.context import Registries
 from webui.engine.core.errors import KiriError
-from webui.engine.generation.call import AddonFactory, AddonSpec
+from webui.engine.core.addons import AddonFactory, AddonSpec
 from webui.engine.samplers.registry import NOISE_PREDICTION, Sampler
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from webui.engine.core.devices import DeviceChoice, resolve_device
 from webui.engine.core.hooks import Hooks
 from webui.engine.core.job_kinds import JobKinds
 from webui.engine.core.jobs import Job, JobStore
-from webui.engine.generation.call import AddonRegistry
+from webui.engine.core.addons import AddonRegistry
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
 from webui.engine.models.catalog import Catalog
 from webui.engine.models.manager import ModelManager

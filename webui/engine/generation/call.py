@@ -1,18 +1,10 @@
-"""The pipeline call, and the add-ons that change it.
+"""The pipeline call, and clip skip, the first add-on.
 
-A task (txt2img, img2img, inpaint, later hires fix and video frames) builds one `PipelineCall`
-per batch: which pipeline object to call, with which arguments, which components swapped in for
-this call only, and what the infotext should say. Add-ons (clip skip today; LoRA, ControlNet, VAE,
-embeddings, prompt weighting next) each get the call before it runs and undo what they did after:
-
-    prepare(model, request)  load weights, read files; once per job, before the first batch
-    apply(call)              change the call: kwargs, components, adapters, infotext
-    release(call)            leave the shared model as it was
-    infotext()               key: value pairs for the infotext (also in call.infotext)
-
-Add-ons register by name in an `AddonRegistry`, built-ins and extensions alike; a request names
-the add-ons it wants in `request.addons` ({name: settings}). This is diffusers' hook idea and
-ComfyUI's ModelPatcher idea (patches applied around a run, the base weights untouched).
+A task (txt2img, img2img, inpaint, hires fix and SD upscale passes, video frames) builds one
+`PipelineCall` per batch: which pipeline object to call, with which arguments, which components
+swapped in for this call only, and what the infotext should say. Add-ons change the call around
+each run, with per-model, per-job and per-step lifetimes too: see core/addons.py, where `Addon`,
+`AddonSpec` and `AddonRegistry` live (re-exported here for extensions written against this module).
 """
 
 from __future__ import annotations
@@ -20,9 +12,12 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any
 
+from webui.engine.core.addons import Addon, AddonFactory, AddonRegistry, AddonSpec
 from webui.engine.core.errors import InvalidRequest
+
+__all__ = ["Addon", "AddonFactory", "AddonRegistry", "AddonSpec", "ClipSkip", "PipelineCall", "builtin_addons"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +29,7 @@ class PipelineCall:
     components: dict[str, Any] = field(default_factory=dict)  # swapped in for this call only (scheduler, vae, ...)
     infotext: dict[str, object] = field(default_factory=dict)  # added after the task's own parameters
     passthrough: list[Any] | None = None  # images to return without calling (nothing to denoise)
+    tensor_inputs: list[str] = field(default_factory=list)  # what the step callback reads (beyond latents)
 
     def accepts(self, name: str) -> bool:
         return name in inspect.signature(self.pipeline.__call__).parameters
@@ -47,6 +43,13 @@ class PipelineCall:
         accepted = inspect.signature(self.pipeline.__call__).parameters
         # None means "not given": the pipeline's own default applies (PixArt's negative_prompt is "" and fails on None).
         kwargs = {k: v for k, v in self.kwargs.items() if k in accepted and v is not None}
+        if "callback_on_step_end" in kwargs and "callback_on_step_end_tensor_inputs" in accepted:
+            offered = list(getattr(self.pipeline, "_callback_tensor_inputs", ["latents"]))
+            missing = [name for name in self.tensor_inputs if name not in offered]
+            if missing:
+                raise InvalidRequest("addons", f"{type(self.pipeline).__name__} does not hand its step callback "
+                                               f"{', '.join(missing)} (it offers {', '.join(offered)})")
+            kwargs["callback_on_step_end_tensor_inputs"] = [n for n in offered if n == "latents" or n in self.tensor_inputs]
         saved = {name: getattr(self.pipeline, name) for name in self.components}
         try:
             for name, component in self.components.items():
@@ -58,64 +61,7 @@ class PipelineCall:
                 setattr(self.pipeline, name, component)
 
 
-class Addon(Protocol):
-    name: str
-
-    def prepare(self, model: Any, request: Any) -> None: ...
-
-    def apply(self, call: PipelineCall) -> None: ...
-
-    def release(self, call: PipelineCall) -> None: ...
-
-    def infotext(self) -> dict[str, object]: ...
-
-
-# An add-on factory: (settings from request.addons[name]) -> Addon, or None when the settings ask for nothing.
-AddonFactory = Callable[[Any], "Addon | None"]
-
-
-@dataclass(frozen=True)
-class AddonSpec:
-    name: str
-    factory: AddonFactory
-    infotext_keys: tuple[str, ...] = ()  # infotext keys it writes, so PNG info can send them back
-    source: str = "built-in"
-
-
-class AddonRegistry:
-    def __init__(self) -> None:
-        self._specs: dict[str, AddonSpec] = {}
-
-    def register(self, spec: AddonSpec, override: bool = False) -> None:
-        if spec.name in self._specs and not override:
-            raise ValueError(f"an add-on named {spec.name!r} is already registered by {self._specs[spec.name].source}")
-        self._specs[spec.name] = spec
-
-    def names(self) -> list[str]:
-        return list(self._specs)
-
-    def get(self, name: str) -> AddonSpec:
-        try:
-            return self._specs[name]
-        except KeyError:
-            raise InvalidRequest("addons", f"unknown add-on {name!r}; available: {', '.join(self._specs) or '(none)'}") from None
-
-    def build(self, wanted: dict[str, Any]) -> list[Addon]:
-        """The add-ons a request asks for, in registration order (so their effects compose the same way)."""
-        if not isinstance(wanted, dict):
-            raise InvalidRequest("addons", "addons must be an object of {name: settings}")
-        for name in wanted:
-            self.get(name)
-        addons = []
-        for name, spec in self._specs.items():
-            if name in wanted:
-                addon = spec.factory(wanted[name])
-                if addon is not None:
-                    addons.append(addon)
-        return addons
-
-
-class ClipSkip:
+class ClipSkip(Addon):
     """AUTOMATIC1111's "Clip skip": condition on the text encoder's n-th last layer (1 = the last).
 
     diffusers counts the layers skipped (clip_skip=1 is A1111's 2), so apply() adds n - 1."""
@@ -165,9 +111,6 @@ class ClipSkip:
         with torch.inference_mode():
             hidden = encoder(ids, output_hidden_states=True).hidden_states[-self.layers]
             return encoder.final_layer_norm(hidden)
-
-    def release(self, call: PipelineCall) -> None:
-        pass  # only the call's own arguments changed
 
     def infotext(self) -> dict[str, object]:
         return {"Clip skip": self.layers}

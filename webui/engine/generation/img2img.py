@@ -346,6 +346,9 @@ def _derived_pipeline(model: "LoadedModel", inpaint: bool) -> Any:
     pipeline = model.pipeline
     unet = getattr(pipeline, "unet", None)
     dedicated = unet is not None and unet.config.in_channels == 9
+    key = ("pipeline", "inpaint" if dedicated or inpaint else "image2image", type(pipeline).__name__, ())
+    if key in model.derived:  # built once per loaded model (the same components), dropped with it
+        return model.derived[key], dedicated
     try:
         derived = (AutoPipelineForInpainting if dedicated or inpaint else AutoPipelineForImage2Image).from_pipe(pipeline)
     except ValueError as exc:  # diffusers has no image-to-image / inpainting pipeline for this family (PixArt)
@@ -353,6 +356,7 @@ def _derived_pipeline(model: "LoadedModel", inpaint: bool) -> Any:
                              f"{'inpainting' if inpaint else 'image to image'} pipeline for it yet; use text to image, "
                              "or an SD 1.x, SD 2.x, SDXL, SD3 or Flux model") from exc
     derived.set_progress_bar_config(disable=True)  # Kiri reports progress itself; tqdm would spam the console
+    model.derived[key] = derived
     return derived, dedicated
 
 

@@ -11,14 +11,17 @@ jobs take a turn. A stage inside another job is `yield from run(...)` with the s
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any, Generator, Protocol
 
+from webui.engine.core.addons import AddonContext, AddonSession, StepState
 from webui.engine.core.errors import Interrupted, KiriError, Skipped
 from webui.engine.core.hooks import StepInfo
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.outputs import dated_dir, save_image
-from webui.engine.generation.call import Addon, PipelineCall
+from webui.engine.generation.call import PipelineCall
+from webui.engine.generation.pipelines import pipeline_for
 from webui.engine.generation.preview import previewer_for
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
 from webui.engine.samplers.registry import Sampler, check_fits, default_sampler
@@ -68,17 +71,24 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
     result.model_name, result.model_hash = model.name, model.short_hash
     result.sampler_name, result.schedule = sampler.name, schedule
 
-    # 2. Add-ons, and the prompts checked against what the text encoder reads.
-    addons: list[Addon] = engine.addons.build(request.addons)
-    for addon in addons:
-        addon.prepare(model, request)
-    prompt = fit_prompt(model, request.prompt, "prompt", result.warnings)
-    negative = fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
-    save = engine.settings.save_images if request.save_images is None else request.save_images
-    out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
-    yield  # the setup was one turn
+    # 2. Add-ons (per job: entered here, exited after the last batch, on failure, Interrupt or a
+    #    dropped job), and the prompts checked against what the text encoder reads.
+    session = AddonSession(engine.addons.build(request.addons), addon_context(engine, job))
+    with ExitStack() as stack:
+        session.enter(model, request, stack)
+        prompt = fit_prompt(model, request.prompt, "prompt", result.warnings)
+        negative = fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
+        save = engine.settings.save_images if request.save_images is None else request.save_images
+        out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
+        yield  # the setup was one turn
+        yield from _batches(engine, task, job, session, result, sampler, schedule, prompt, negative, save, out_dir)
+    return result
 
-    # 3. Batch after batch, each a turn of its own; each image's noise comes from its own seed.
+
+def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, result: GenerationResult, sampler: Sampler,
+             schedule: str, prompt: str, negative: str, save: bool, out_dir) -> Generator[None, None, None]:
+    """3. Batch after batch, each a turn of its own; each image's noise comes from its own seed."""
+    request = task.request
     base_seed = request.seed if request.seed != -1 else random_seed()
     for batch_no in range(1, request.n_iter + 1):
         if job.interrupted:
@@ -86,18 +96,23 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
             break
         first = base_seed + (batch_no - 1) * request.batch_size
         seeds = [(first + i) % 2**32 for i in range(request.batch_size)]
+        # Other users' turns ran since the last batch: the model is fetched again (cached), and with it
+        # each add-on's per-model state, loaded once per loaded model.
         model = engine.models.get(result.model_name)
+        session.state(model)
         job.start_batch(batch_no, task.steps_per_batch())
         generators = [_generator(seed) for seed in seeds]
         scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
         call = task.call(model, prompt, negative, seeds, generators)
+        extra = session.components(model)
+        if extra:
+            call.pipeline = pipeline_for(model, None, extra, call.pipeline)
         call.components["scheduler"] = scheduler
-        call.kwargs["callback_on_step_end"] = _step_callback(engine, model, request, job)
-        applied: list[Addon] = []
+        call.tensor_inputs = session.tensor_inputs()
+        call.kwargs["callback_on_step_end"] = _step_callback(engine, model, request, job, session)
+        applied: list = []
         try:
-            for addon in addons:
-                addon.apply(call)
-                applied.append(addon)
+            applied = session.apply(call)
             images = task.finish(call.run())
             if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
                 images = engine.hooks.transform("after_generate", images, request)
@@ -108,8 +123,7 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
             job.finish_images(0)
             continue
         finally:
-            for addon in reversed(applied):
-                addon.release(call)
+            session.release(call, applied)
             getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
         job.finish_images(len(images))
 
@@ -127,7 +141,10 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
             break
         if batch_no < request.n_iter:
             yield
-    return result
+
+
+def addon_context(engine: "Engine", job: Job) -> AddonContext:
+    return AddonContext(engine.catalog, engine.models, engine.models.device.device, engine.settings, job)
 
 
 def _takes_sigmas(scheduler: Any) -> bool:
@@ -164,11 +181,15 @@ def _generator(seed: int) -> Any:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job):
+def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job,
+                   session: AddonSession | None = None):
     preview_every = engine.settings.preview_every
     hooks = engine.hooks
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if session is not None and session.addons:
+            # The add-ons' step callbacks first (they may swap the conditioning for the next step).
+            tensors = session.on_step(StepState(step, getattr(pipe, "_num_timesteps", 0) or 0, timestep, tensors, pipe))
         latents = tensors.get("latents")
         # NaN latents decode to a black picture. Checked at the last step (each step when the
         # pipeline does not say how many), so a GPU waits for one sync per batch, not per step.

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from webui.engine.models import sd3_file
 from webui.engine.models.catalog import Catalog, CatalogEntry
+from webui.engine.core.addons import derived_bytes
 from webui.engine.core.devices import DeviceChoice, DtypePlan, free_memory
 from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
 from webui.engine.models.families import CUSTOM_SIGMA_FAMILIES, FAMILIES, UnknownFamily, family_from_keys, prediction_from_config
@@ -202,7 +203,9 @@ class ModelManager:
             return thing
 
     def loaded_bytes(self) -> int:
-        return sum(m.entry.size_bytes for m in self._cache.values()) + sum(t.entry.size_bytes for t in self._things.values())
+        """Every loaded model's size, plus what add-ons keep on the checkpoints (LoRA weights, ...)."""
+        return (sum(m.entry.size_bytes + derived_bytes(m) for m in self._cache.values())
+                + sum(t.entry.size_bytes for t in self._things.values()))
 
     def loaded(self) -> list[CatalogEntry]:
         """Everything in memory now, checkpoints first, least recently used first."""

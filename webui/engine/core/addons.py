@@ -1,0 +1,287 @@
+"""The add-on seam: what a request names in `addons` to change how a model denoises (clip skip
+today; VAE, LoRA, ControlNet, IP-Adapter, prompt editing and step caching next), built-ins and
+extensions alike, each in a folder of its own.
+
+An add-on has four lifetimes, each optional (ComfyUI's ModelPatcher, InvokeAI's extensions and
+diffusers' hooks, in Kiri's terms):
+
+    per model  state_key() / load_state(ctx, model)
+               loaded once for a loaded model and kept as derived state of it (LoadedModel.derived),
+               dropped when the model is evicted; its tensors count in the memory budget. The next
+               job with the same key gets it back without a load.
+    per job    job(ctx, model, request): a context manager entered before the first batch and exited
+               after the last, on failure, on Interrupt and when the job is dropped; a failure while
+               entering exits what was entered. It must leave the shared model as it found it: other
+               users' turns run between batches (that is what per call is for).
+    per call   apply(call) / release(call) around each pipeline call; release runs in reverse order,
+               also when the call fails. A kwarg an add-on sets that the pipeline does not take is an
+               error naming the add-on, never dropped.
+    per step   on_step(step) for every denoising step, with the tensors named in `tensor_inputs`
+               (e.g. "prompt_embeds" to swap the conditioning from step k on); it may return
+               replacements. Every add-on's step callback composes with the runner's own.
+
+`pipeline_components(ctx, model)` hands the resolver modules the pipeline must take (a ControlNet):
+the runner then calls the family's pipeline for the task that takes them, built from the loaded
+components, not copies (generation/pipelines.py).
+
+Add-ons register by name in an `AddonRegistry` (bootstrap for built-ins, `kiri.add_addon` for
+extensions); a request names the ones it wants in `request.addons` ({name: settings}).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterator
+
+from webui.engine.core.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Addon", "AddonContext", "AddonFactory", "AddonRegistry", "AddonSession", "AddonSpec", "StepState", "derived_bytes"]
+
+
+@dataclass
+class AddonContext:
+    """The services an add-on may use: the catalog, the model manager (loaders, cache, memory
+    budget), the device, the settings, and the job it runs for."""
+
+    catalog: Any
+    models: Any
+    device: str
+    settings: Any
+    job: Any = None
+
+
+@dataclass
+class StepState:
+    """One denoising step, as an add-on's `on_step` sees it."""
+
+    step: int  # 0-based index of the step just done
+    steps: int  # steps in this call (the pipeline's count), 0 if it does not say
+    timestep: Any
+    tensors: dict[str, Any]  # the tensors the add-ons asked for, by name (plus latents)
+    pipeline: Any = None
+
+
+class Addon:
+    """A base with nothing to do in every lifetime: an add-on overrides what it needs. Objects that
+    do not inherit from it work too (duck typing), including the older prepare/apply/release shape."""
+
+    name: str = ""
+    tensor_inputs: tuple[str, ...] = ()  # tensors on_step reads or replaces
+
+    # per model
+    def state_key(self) -> Hashable | None:
+        return None  # None: no per-model state
+
+    def load_state(self, ctx: AddonContext, model: Any) -> Any:
+        return None
+
+    # per job
+    def prepare(self, model: Any, request: Any) -> None:
+        """The older per-job hook: checks and reads before the first batch (job() calls it)."""
+
+    @contextmanager
+    def job(self, ctx: AddonContext, model: Any, request: Any) -> Iterator[None]:
+        self.prepare(model, request)
+        yield
+
+    # per call
+    def pipeline_components(self, ctx: AddonContext, model: Any) -> dict[str, Any]:
+        return {}
+
+    def apply(self, call: Any) -> None:
+        pass
+
+    def release(self, call: Any) -> None:
+        pass
+
+    # per step
+    def on_step(self, step: StepState) -> dict[str, Any] | None:
+        return None
+
+    def infotext(self) -> dict[str, object]:
+        return {}
+
+
+# An add-on factory: (settings from request.addons[name]) -> Addon, or None when the settings ask for nothing.
+AddonFactory = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class AddonSpec:
+    name: str
+    factory: AddonFactory
+    infotext_keys: tuple[str, ...] = ()  # infotext keys it writes, so PNG info can send them back
+    source: str = "built-in"
+
+
+class AddonRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, AddonSpec] = {}
+
+    def register(self, spec: AddonSpec, override: bool = False) -> None:
+        if spec.name in self._specs and not override:
+            raise ValueError(f"an add-on named {spec.name!r} is already registered by {self._specs[spec.name].source}")
+        self._specs[spec.name] = spec
+
+    def names(self) -> list[str]:
+        return list(self._specs)
+
+    def get(self, name: str) -> AddonSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            raise InvalidRequest("addons", f"unknown add-on {name!r}; available: {', '.join(self._specs) or '(none)'}") from None
+
+    def build(self, wanted: dict[str, Any]) -> list[Any]:
+        """The add-ons a request asks for, in registration order (so their effects compose the same way)."""
+        if not isinstance(wanted, dict):
+            raise InvalidRequest("addons", "addons must be an object of {name: settings}")
+        for name in wanted:
+            self.get(name)
+        addons = []
+        for name, spec in self._specs.items():
+            if name in wanted:
+                addon = spec.factory(wanted[name])
+                if addon is not None:
+                    addons.append(addon)
+        return addons
+
+
+def _label(addon: Any) -> str:
+    return getattr(addon, "name", "") or type(addon).__name__
+
+
+def state_bytes(value: Any) -> int:
+    """Bytes of the tensors in an add-on's per-model state (tensors, modules, dicts and lists of them)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return 0
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, torch.nn.Module):
+        return sum(t.numel() * t.element_size() for t in [*value.parameters(), *value.buffers()])
+    if isinstance(value, dict):
+        return sum(state_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(state_bytes(v) for v in value)
+    return 0
+
+
+class AddonSession:
+    """The add-ons of one job, through their lifetimes; the runner drives it:
+
+        with ExitStack() as stack:
+            session.enter(model, request, stack)          # per job
+            for each batch:
+                session.state(model)                      # per model (cached on the model)
+                applied = session.apply(call)             # per call
+                ... call.run() with session.on_step in the step callback ...
+                session.release(call, applied)
+    """
+
+    DERIVED = "addon-state"
+
+    def __init__(self, addons: list[Any], ctx: AddonContext):
+        self.addons, self.ctx = list(addons), ctx
+
+    # per job
+    def enter(self, model: Any, request: Any, stack: ExitStack) -> None:
+        for addon in self.addons:
+            job = getattr(addon, "job", None)
+            if job is not None:
+                stack.enter_context(job(self.ctx, model, request))
+            elif hasattr(addon, "prepare"):
+                addon.prepare(model, request)
+
+    # per model
+    def state(self, model: Any) -> dict[str, Any]:
+        """Each add-on's per-model state for `model`, loaded the first time and kept on the model."""
+        states: dict[str, Any] = {}
+        derived = getattr(model, "derived", None)
+        for addon in self.addons:
+            key = addon.state_key() if hasattr(addon, "state_key") else None
+            if key is None:
+                continue
+            slot = (self.DERIVED, _label(addon), key)
+            if derived is None:
+                states[_label(addon)] = addon.load_state(self.ctx, model)
+                continue
+            if slot not in derived:
+                value = addon.load_state(self.ctx, model)
+                derived[slot] = value
+                sizes = derived.setdefault((self.DERIVED, "bytes"), {})
+                sizes[slot] = state_bytes(value)
+            states[_label(addon)] = derived[slot]
+        return states
+
+    def components(self, model: Any) -> dict[str, Any]:
+        """Modules the pipeline must take (by its argument name), from every add-on."""
+        found: dict[str, Any] = {}
+        for addon in self.addons:
+            get = getattr(addon, "pipeline_components", None)
+            for name, module in (get(self.ctx, model) if get is not None else {}).items():
+                if name in found and found[name] is not module:
+                    raise InvalidRequest("addons", f"add-ons {_label(addon)!r} and another both set the pipeline's {name}")
+                found[name] = module
+        return found
+
+    # per call
+    def apply(self, call: Any) -> list[Any]:
+        """Each add-on's apply, in order; a kwarg an add-on set that the pipeline does not take is an
+        InvalidRequest naming the add-on (what was applied is released first)."""
+        applied: list[Any] = []
+        try:
+            for addon in self.addons:
+                before = dict(call.kwargs)
+                if hasattr(addon, "apply"):
+                    addon.apply(call)
+                applied.append(addon)
+                added = [k for k, v in call.kwargs.items() if (k not in before or before[k] is not v) and v is not None]
+                refused = [k for k in added if not call.accepts(k)]
+                if refused:
+                    raise InvalidRequest(_label(addon), f"the add-on {_label(addon)!r} set {', '.join(refused)}, which "
+                                                        f"{type(call.pipeline).__name__} does not take")
+        except BaseException:
+            self.release(call, applied)
+            raise
+        return applied
+
+    def release(self, call: Any, applied: list[Any]) -> None:
+        for addon in reversed(applied):
+            if hasattr(addon, "release"):
+                try:
+                    addon.release(call)
+                except Exception:  # noqa: BLE001 - one failed release must not keep the others from running
+                    log.exception("add-on %s failed to release", _label(addon))
+
+    # per step
+    def tensor_inputs(self) -> list[str]:
+        names: list[str] = []
+        for addon in self.addons:
+            for name in getattr(addon, "tensor_inputs", ()):
+                if name not in names:
+                    names.append(name)
+        return names
+
+    def on_step(self, step: StepState) -> dict[str, Any]:
+        """Every add-on's on_step in order, each seeing the previous ones' replacements."""
+        for addon in self.addons:
+            hook = getattr(addon, "on_step", None)
+            if hook is None:
+                continue
+            changed = hook(step)
+            if changed:
+                step.tensors.update(changed)
+        return step.tensors
+
+
+
+def derived_bytes(model: Any) -> int:
+    """Bytes of every add-on's per-model state kept on `model`, for the memory budget."""
+    derived = getattr(model, "derived", None) or {}
+    return sum(derived.get((AddonSession.DERIVED, "bytes"), {}).values())
