@@ -20,11 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from webui.engine.context import Engine
+from webui.engine.core import limits
 from webui.engine.core.errors import InvalidRequest, KiriError, ModelNotFound
+from webui.engine.core.limits import DEFAULT_MAX_PIXELS
 from webui.engine.core.infotext import pnginfo_for
 from webui.engine.core.owners import Viewer, of_login
 
-MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # a decoded upload larger than this is refused (decompression bombs)
 MAX_ECHOED_CHARS = 200  # a value quoted back in an error reply is cut to this
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,11 @@ class ApiContext:
         login = self.login(http)
         return Viewer(self.owner(http), login, login is not None and login in self.admins)
 
+    @property
+    def max_pixels(self) -> int:
+        """The pixel budget every route decodes pictures and videos with (Settings.max_pixels)."""
+        return self.engine.settings.max_pixels
+
     def stop_scope(self, http: Request) -> str | None:
         """Whose jobs an Interrupt or Skip from this client may touch: its own, or everyone's for an admin."""
         viewer = self.viewer(http)
@@ -88,15 +94,14 @@ def basic_auth(check_login: Callable[[str, str], bool]) -> Callable[..., None]:
     return check
 
 
-def decode_image(data: str, field: str = "image", *, max_pixels: int | None = MAX_IMAGE_PIXELS, load: bool = True):
-    """A base64 (or data: URL) image, refused with 422 if it is not one or is too large.
+def decode_image(data: str, field: str = "image", *, max_pixels: int | None = DEFAULT_MAX_PIXELS, load: bool = True):
+    """A base64 (or data: URL) image, refused with 422 if it is not one or is over the pixel budget.
 
-    The size is checked on the header, before any pixel is decoded. `load=False` returns the image
-    still lazily opened (its mode and pixels untouched): for png-info, which reads only metadata,
-    and for img2img, whose engine checks its own pixel limit before decoding (core/images.to_rgb).
+    Routes pass Settings.max_pixels (`ctx.max_pixels`): the one budget of core/limits.py, checked on
+    the header before any pixel is decoded. `load=False` returns the image still lazily opened (its
+    mode and pixels untouched): for png-info, which reads only metadata, and for img2img and
+    extras, whose engine checks the budget again before decoding (core/images.to_rgb).
     """
-    from PIL import Image
-
     if not isinstance(data, str):
         raise InvalidRequest(field, f"{field} must be a base64 string")
     if "," in data[:100] and data.startswith("data:"):
@@ -105,20 +110,8 @@ def decode_image(data: str, field: str = "image", *, max_pixels: int | None = MA
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidRequest(field, f"{field} is not valid base64") from exc
-    try:
-        image = Image.open(io.BytesIO(raw))
-    except Exception as exc:  # noqa: BLE001 - any decoder failure on client bytes is bad input, not a bug
-        raise InvalidRequest(field, f"{field} is not an image Kiri can read") from exc
-    if image.width < 1 or image.height < 1:
-        raise InvalidRequest(field, f"{field} is {image.width}x{image.height}: it has no pixels")
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        raise InvalidRequest(field, f"{field} is {image.width}x{image.height}, more pixels than Kiri accepts ({max_pixels})")
-    if load:
-        try:
-            image.load()
-        except Exception as exc:  # noqa: BLE001
-            raise InvalidRequest(field, f"{field} is not an image Kiri can read") from exc
-    return image
+    image = limits.open_image(raw, field, limit=max_pixels)
+    return limits.load_image(image, field) if load else image
 
 
 def encode_png(image, infotext: str | None = None) -> str:

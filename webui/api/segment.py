@@ -73,8 +73,8 @@ class DilateMaskBody(BaseModel):
     dilate_amount: int = 10
 
 
-def _image(data: str, field: str):
-    return to_rgb(decode_image(data, field), field)
+def _image(data: str, field: str, max_pixels: int):
+    return to_rgb(decode_image(data, field, max_pixels=max_pixels), field)
 
 
 def build_router(ctx: ApiContext) -> APIRouter:
@@ -83,7 +83,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/kiri/v1/segment")
     def kiri_segment(body: SegmentBody, http: Request) -> dict:
-        request = SegmentRequest(_image(body.image, "image"), body.prompt, body.points, body.box, body.model, body.threshold)
+        request = SegmentRequest(_image(body.image, "image", ctx.max_pixels), body.prompt, body.points, body.box, body.model, body.threshold)
         result = segment(engine, request, ctx.owner(http))
         return {"masks": [encode_png(m) for m in result.masks], "labels": result.labels, "scores": result.scores,
                 "info": result.info}
@@ -95,12 +95,12 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.post("/kiri/v1/masks")
     def kiri_masks(body: MasksBody) -> dict:
         """Combine masks (union, intersect, subtract: the first minus the rest), then apply tools in order."""
-        image = _image(body.image, "image") if body.image is not None else None
+        image = _image(body.image, "image", ctx.max_pixels) if body.image is not None else None
         size = image.size if image is not None else None
         arrays = []
         for index, data in enumerate(body.masks):
-            mask = decode_image(data, f"masks[{index}]")
-            arrays.append(mask_tools.to_array(mask, f"masks[{index}]", size or mask.size))
+            mask = decode_image(data, f"masks[{index}]", max_pixels=ctx.max_pixels)
+            arrays.append(mask_tools.to_array(mask, f"masks[{index}]", size or mask.size, ctx.max_pixels))
             size = size or mask.size
         combined = mask_tools.combine(arrays, body.operation)
         for index, tool in enumerate(body.tools):
@@ -123,7 +123,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/sam/sam-predict")
     def sam_predict(body: SamPredictBody, http: Request) -> dict:
-        image = _image(body.input_image, "input_image")
+        image = _image(body.input_image, "input_image", ctx.max_pixels)
         names = {s.name for s in segmenters(engine)}
         note = ""
         if body.dino_enabled:
@@ -161,8 +161,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.post("/sam/dilate-mask")
     def sam_dilate(body: DilateMaskBody) -> dict:
-        image = _image(body.input_image, "input_image")
-        mask = mask_tools.to_array(decode_image(body.mask, "mask"), "mask", image.size)
+        image = _image(body.input_image, "input_image", ctx.max_pixels)
+        mask = mask_tools.to_array(decode_image(body.mask, "mask", max_pixels=ctx.max_pixels), "mask", image.size,
+                                     ctx.max_pixels)
         grown = mask_tools.grow(mask, body.dilate_amount, "dilate_amount")
         return {"blended_image": encode_png(mask_tools.overlay(image, [grown])),
                 "mask": encode_png(mask_tools.to_image(grown)), "masked_image": encode_png(mask_tools.cut_out(image, grown))}

@@ -84,7 +84,7 @@ def build_router(ctx: ApiContext) -> APIRouter:
     def txt2video(body: Txt2VideoBody, http: Request) -> dict:
         fields = body.model_dump()
         if fields["image"] is not None:
-            fields["image"] = decode_image(fields["image"], "image")
+            fields["image"] = decode_image(fields["image"], "image", max_pixels=ctx.max_pixels)
         request = Txt2VideoRequest(**fields)
         return answer(service.txt2video(engine, request, Job(kind="txt2video", owner=ctx.owner(http))))
 

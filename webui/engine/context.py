@@ -222,9 +222,9 @@ class Engine:
         registered = self.job_kinds.get(kind)
         try:
             if registered is not None:
-                request = registered.request_from(data)
+                request = registered.request_from(data, self.settings.max_pixels)
             else:
-                request = self.prepare_request(load(types[kind], data))
+                request = self.prepare_request(load(types[kind], data, self.settings.max_pixels))
         except TypeError as exc:
             raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
         work = registered.work(self, request) if registered is not None else self._work(kind, request)

@@ -26,8 +26,10 @@ class Settings:
     extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
     disabled_extensions: list[str] = field(default_factory=list)
     allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
-    max_pixels: int = 4096 * 4096  # bigger init images for Image to image are refused
-    max_output_pixels: int = 8192 * 8192  # bigger Super-resolution outputs are refused before any work
+    # The pixel budget (core/limits.py), checked on headers before any decoding and before a job is queued:
+    max_pixels: int = 4096 * 4096  # a picture or a video frame taken in, by any route or tab
+    max_output_pixels: int = 8192 * 8192  # a picture a job makes, or makes on the way (an upscaler model's output)
+    max_video_pixels: int = 256 * 4096 * 4096  # frames x width x height of all the frames a video job decodes
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
 

@@ -20,7 +20,7 @@ def read_parameters(path: str | None) -> tuple[str, dict]:
     try:
         with Image.open(path) as image:
             text = read_infotext(image)
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise gr.Error(f"this file is not an image Kiri can read ({exc})") from exc
     if not text:
         return "This image carries no generation parameters.", {}

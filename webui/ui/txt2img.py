@@ -183,5 +183,8 @@ def _infotext_of(value) -> str:
     path = (value or {}).get("image", {}).get("path") if isinstance(value, dict) else None
     if not path:
         return ""
-    with Image.open(path) as image:
-        return read_infotext(image) or ""
+    try:
+        with Image.open(path) as image:  # metadata only: no pixel is decoded
+            return read_infotext(image) or ""
+    except (OSError, Image.DecompressionBombError):  # not a picture Kiri can read: no infotext to show
+        return ""

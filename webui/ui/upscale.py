@@ -92,7 +92,7 @@ def render(engine: Engine) -> dict:
         job = Job(kind="extras", owner=owner_of(request))
         job.listeners.append(lambda j: progress((j.step, j.steps), desc=j.describe(), unit="tiles") if j.steps else None)
         with user_errors():
-            pictures, names = _pictures(image, files)
+            pictures, names = _pictures(image, files, engine.settings.max_pixels)
             req = UpscaleRequest(
                 images=pictures, upscaler_1=upscaler_1 or "None", upscaler_2=upscaler_2 or "None",
                 upscaler_2_visibility=float(visibility or 0), scale=float(scale or 1),
@@ -173,14 +173,14 @@ def _native_size(engine: Engine) -> int:
         return 512
 
 
-def _pictures(image, files) -> tuple[list, list[str]]:
-    """The batch's pictures (a .zip is opened), else the single image."""
+def _pictures(image, files, max_pixels: int) -> tuple[list, list[str]]:
+    """The batch's pictures (a .zip is opened), else the single image. Each is opened lazily and
+    checked against the pixel budget on its header (core/limits.py); the engine decodes it."""
     import zipfile
     from pathlib import Path
 
-    from PIL import Image
-
     from webui.engine.core.errors import InvalidRequest
+    from webui.engine.core.limits import open_image
 
     pictures, names = [], []
     for item in files or []:
@@ -190,18 +190,14 @@ def _pictures(image, files) -> tuple[list, list[str]]:
                 for info in archive.infolist():
                     if info.is_dir() or Path(info.filename).suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
                         continue
-                    with archive.open(info) as stream:
-                        opened = Image.open(stream)
-                        opened.load()
-                    pictures.append(opened)
+                    pictures.append(open_image(archive.read(info), f"image ({info.filename})", limit=max_pixels))
                     names.append(Path(info.filename).name)
             continue
         try:
-            opened = Image.open(path)
-            opened.load()
+            raw = path.read_bytes()
         except OSError as exc:
             raise InvalidRequest("image", f"{path.name} is not a picture Kiri can read: {exc}") from exc
-        pictures.append(opened)
+        pictures.append(open_image(raw, f"image ({path.name})", limit=max_pixels))
         names.append(path.name)
     if not pictures and image is not None:
         pictures, names = [image], ["image.png"]

@@ -169,7 +169,7 @@ def render(engine: Engine) -> None:
     i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT)
 
     def show_first_frame(source):
-        return _first_frame(_path(source)), ""
+        return _first_frame(engine, _path(source)), ""
 
     def add_click(clicked: str, kind, evt: gr.SelectData):
         x, y = evt.index
@@ -224,16 +224,15 @@ def _path(value: Any) -> Any:
     return value
 
 
-def _first_frame(path: Any):
+def _first_frame(engine: Engine, path: Any):
     """The clip's first frame at its own size (clicks on it are in source pixels), or None."""
     if not path:
         return None
-    from webui.engine.video import media
+    from webui.engine.video.service import first_frame
 
     try:
-        data = open(path, "rb").read()
-        return next(iter(media.read_frames(data, media.probe(data)))).image.convert("RGB")
-    except Exception:  # noqa: BLE001 - an unreadable upload shows no frame; Generate says why
+        return first_frame(engine, path)  # within the pixel budget, checked on the clip's header
+    except Exception:  # noqa: BLE001 - an unreadable or oversized upload shows no frame; Generate says why
         return None
 
 

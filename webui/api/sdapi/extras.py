@@ -40,7 +40,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.post("/extra-single-image")
     def extra_single_image(body: ExtraSingleBody, http: Request) -> dict:
-        result = extras([decode_image(body.image, load=False)], body, ctx.owner(http))
+        result = extras([decode_image(body.image, max_pixels=ctx.max_pixels, load=False)], body, ctx.owner(http))
         return {"image": _png(result.images[0], result.infotexts[0]) if result.images else "",
                 "html_info": result.infotexts[0] if result.infotexts else ""}
 
@@ -48,7 +48,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     def extra_batch_images(body: ExtraBatchBody, http: Request) -> dict:
         if not body.imageList:
             raise InvalidRequest("imageList", "imageList is empty")
-        images = [decode_image(item.data, "imageList", load=False) for item in body.imageList]
+        images = [decode_image(item.data, "imageList", max_pixels=ctx.max_pixels, load=False) for item in body.imageList]
         result = extras(images, body, ctx.owner(http), [item.name for item in body.imageList])
         return {"images": [_png(image, text) for image, text in zip(result.images, result.infotexts)],
                 "html_info": result.infotexts[0] if result.infotexts else ""}
@@ -56,7 +56,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.post("/png-info")
     def png_info(body: PngInfoBody) -> dict:
         # Metadata only: the image stays lazily opened and its pixels are never decoded.
-        image = decode_image(body.image, load=False)
+        image = decode_image(body.image, max_pixels=ctx.max_pixels, load=False)
         text = read_infotext(image) or ""
         parsed = parse_infotext(text) if text else None
         items = {"parameters": text} if text else {}

@@ -18,6 +18,8 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.call import ClipSkip
 from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2ImgRequest
 
+from webui.engine.core.limits import DEFAULT_MAX_PIXELS
+
 from ..common import decode_image, encode_png, json_safe
 from .fields import Img2ImgBody, Txt2ImgBody
 from .options import parse_bool, parse_image_format, parse_int, parse_model_name
@@ -213,14 +215,15 @@ def _img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | No
         mask_blur, blur_field = body.mask_blur, "mask_blur"
     else:
         mask_blur, blur_field = max(body.mask_blur_x, body.mask_blur_y), "mask_blur_x" if body.mask_blur_x >= body.mask_blur_y else "mask_blur_y"
+    max_pixels = engine.settings.max_pixels if engine is not None else DEFAULT_MAX_PIXELS
     try:
         return Img2ImgRequest(
             **common_fields(body, warnings),
             # Opened, not decoded: the engine checks the size against Settings' max_pixels first.
-            init_image=decode_image(body.init_images[0], "init_images", load=False),
+            init_image=decode_image(body.init_images[0], "init_images", max_pixels=max_pixels, load=False),
             denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,
             resize_mode=resize_mode,
-            mask=decode_image(body.mask, "mask", load=False) if body.mask else None,
+            mask=decode_image(body.mask, "mask", max_pixels=max_pixels, load=False) if body.mask else None,
             mask_blur=mask_blur,
             inpainting_mask_invert=body.inpainting_mask_invert, inpainting_fill=body.inpainting_fill,
             inpaint_full_res=body.inpaint_full_res, inpaint_full_res_padding=body.inpaint_full_res_padding,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from webui.engine.core.limits import DEFAULT_MAX_PIXELS
 from webui.engine.core.plain import load as load_plain
 
 
@@ -25,8 +26,10 @@ class JobKind:
     # plain dict -> request; the default builds the dataclass from its fields (images as __image__).
     load: Callable[[dict], Any] | None = None
 
-    def request_from(self, data: dict) -> Any:
-        return self.load(data) if self.load is not None else load_plain(self.request_type, data)
+    def request_from(self, data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+        """The request; images in it checked against `max_pixels` before decoding (a custom `load`
+        decodes with plain.load's default budget, and the kind's work checks Settings again)."""
+        return self.load(data) if self.load is not None else load_plain(self.request_type, data, max_pixels)
 
 
 @dataclass

@@ -8,11 +8,15 @@ strings; load(cls, data) builds the dataclass back, validating it as its constru
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 import io
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.limits import DEFAULT_MAX_PIXELS, decode_image
 
 T = TypeVar("T")
 IMAGE_KEY = "__image__"
@@ -37,27 +41,32 @@ def dump(value: Any) -> Any:
     return value
 
 
-def load(cls: type[T], data: dict) -> T:
+def load(cls: type[T], data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> T:
+    """`cls` from plain data; every image is checked against `max_pixels` (Settings.max_pixels) on
+    its header before it is decoded, and refused naming its field (core/limits.py)."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.init and f.name in data:
-            kwargs[f.name] = _restore(data[f.name], hints.get(f.name))
+            kwargs[f.name] = _restore(data[f.name], hints.get(f.name), f.name, max_pixels)
     return cls(**kwargs)
 
 
-def _restore(value: Any, hint: Any) -> Any:
+def _restore(value: Any, hint: Any, field: str, max_pixels: int) -> Any:
     if isinstance(value, dict) and set(value) == {IMAGE_KEY}:
-        from PIL import Image
-
-        image = Image.open(io.BytesIO(base64.b64decode(value[IMAGE_KEY])))
-        image.load()
-        return image
+        encoded = value[IMAGE_KEY]
+        if not isinstance(encoded, str):
+            raise InvalidRequest(field, f"{field} must be a base64 string")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(field, f"{field} is not valid base64") from exc
+        return decode_image(raw, field, limit=max_pixels)
     if isinstance(value, list):
         inner = typing.get_args(hint)[0] if typing.get_args(hint) else None
-        return [_restore(v, inner) for v in value]
+        return [_restore(v, inner, field, max_pixels) for v in value]
     if isinstance(value, dict):
-        return {k: _restore(v, None) for k, v in value.items()}
+        return {k: _restore(v, None, f"{field}.{k}", max_pixels) for k, v in value.items()}
     if isinstance(value, str) and hint is Path:
         return Path(value)
     return value

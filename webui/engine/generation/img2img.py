@@ -110,9 +110,10 @@ class Img2ImgRequest(Txt2ImgRequest):
 
 
 def check_pixels(image: "Image.Image", max_pixels: int, field: str = "init_image") -> None:
-    if image.width * image.height > max_pixels:
-        raise InvalidRequest(field, f"the image is {image.width}x{image.height} = {image.width * image.height} pixels; "
-                                    f"the limit is {max_pixels} (Settings: max_pixels)")
+    """The pixel budget (core/limits.py) on the image's header, before it is decoded."""
+    from webui.engine.core.limits import check_input
+
+    check_input(field, image.width, image.height, limit=max_pixels)
 
 
 @dataclass

@@ -232,11 +232,10 @@ def _check_takes(segmenter: Segmenter, kinds: tuple[str, ...], field: str) -> No
 def segment(engine: "Engine", request: SegmentRequest, owner: str = "local", job: Job | None = None) -> SegmentResult:
     """Segment as a job of `owner` in the fair queue; checks the request in the caller's thread first."""
     from webui.engine.core.images import to_rgb
+    from webui.engine.core.limits import check_input
 
     request.validate()
-    if request.image.width * request.image.height > engine.settings.max_pixels:
-        raise InvalidRequest("image", f"the image is {request.image.width}x{request.image.height}; the limit is "
-                                      f"{engine.settings.max_pixels} pixels (Settings: max_pixels)")
+    check_input("image", request.image.width, request.image.height, limit=engine.settings.max_pixels)
     request.image = to_rgb(request.image, "image")
     segmenter = find_segmenter(engine, request.model, request.prompt_kinds())
     job = job or Job(kind="segment", owner=owner)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import numpy as np
 
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.limits import DEFAULT_MAX_PIXELS, check_input
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -22,11 +23,17 @@ OPERATIONS = ("union", "intersect", "subtract")
 TOOLS = ("grow", "shrink", "feather", "fill holes", "keep largest", "invert")
 
 
-def to_array(mask: "Image.Image | np.ndarray", field: str = "mask", size: tuple[int, int] | None = None) -> np.ndarray:
-    """A mask as a bool array (True inside: values above 127); `size` (width, height) must match."""
+def to_array(mask: "Image.Image | np.ndarray", field: str = "mask", size: tuple[int, int] | None = None,
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A mask as a bool array (True inside: values above 127); `size` (width, height) must match.
+    A picture is checked against the pixel budget (Settings.max_pixels) on its header, before decoding."""
     from PIL import Image
 
     if isinstance(mask, Image.Image):
+        check_input(field, mask.width, mask.height, limit=max_pixels)
+        if size is not None and mask.size != tuple(size):  # refused before decoding, not after
+            raise InvalidRequest(field, f"{field} is {mask.width}x{mask.height} but the image is {size[0]}x{size[1]}: "
+                                        "a mask must have the image's size")
         if mask.mode in ("RGBA", "LA"):
             # A painted layer: alpha says where the strokes are.
             mask = mask.getchannel("A")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator
 
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.limits import DEFAULT_MAX_OUTPUT_PIXELS, check_input, check_output
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from webui.engine.core.jobs import Job
     from webui.engine.models.catalog import Catalog
 
-MAX_OUTPUT_PIXELS = 8192 * 8192
+MAX_OUTPUT_PIXELS = DEFAULT_MAX_OUTPUT_PIXELS  # the ceiling of Settings.max_output_pixels here
 MAX_OUTPUT_SIDE = 16384  # a 1 x 67108864 target is within the pixel cap but not a picture anyone wants
 MAX_SCALE = 8
 MAX_TILE = 4096
@@ -132,11 +133,29 @@ def target_size(width: int, height: int, scale: float | None = None, to_width: i
             raise InvalidRequest("upscaling_resize", f"scale must be above 0 and at most {MAX_SCALE} (got {scale!r})")
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         field = "upscaling_resize"
-    limit = min(max_pixels, MAX_OUTPUT_PIXELS)
-    if max(size) > MAX_OUTPUT_SIDE or size[0] * size[1] > limit:
-        raise InvalidRequest(field, f"{size[0]}x{size[1]} is larger than Kiri makes (at most {MAX_OUTPUT_SIDE} "
-                                    f"pixels a side and {limit} in all; Settings: max_output_pixels)")
+    if max(size) > MAX_OUTPUT_SIDE:
+        raise InvalidRequest(field, f"{field} would make a picture of {size[0]}x{size[1]}; Kiri makes at most "
+                                    f"{MAX_OUTPUT_SIDE} pixels a side")
+    check_output(field, size[0], size[1], limit=min(max_pixels, MAX_OUTPUT_PIXELS))
     return size
+
+
+def check_model_passes(upscaler: Upscaler, width: int, height: int, size: tuple[int, int], field: str,
+                       max_pixels: int = MAX_OUTPUT_PIXELS) -> None:
+    """Every picture a model upscaler makes on the way from width x height to `size` fits the output
+    budget: each pass makes the whole picture x the model's scale (a x4 model on 8000x8000 makes
+    32000x32000 before the resize down to the target), repeated as _with() does until it covers
+    the target. Classic resamplers make only the target."""
+    if upscaler.kind not in ("model", "diffusion"):
+        return
+    limit = min(max_pixels, MAX_OUTPUT_PIXELS)
+    cover = max(size[0] / width, size[1] / height)
+    w, h = width, height
+    for _ in range(MAX_MODEL_PASSES):
+        w, h = w * upscaler.scale, h * upscaler.scale
+        check_output(field, w, h, limit=limit, what=f"an intermediate picture ({upscaler.name} is x{upscaler.scale})")
+        if w >= width * cover - 0.5:
+            break
 
 
 # --- requests and results --------------------------------------------------------------------
@@ -200,12 +219,24 @@ class UpscaleResult:
 
 
 def prepare_upscale(engine: "Engine", request: UpscaleRequest) -> list[tuple[int, int]]:
-    """Everything checked before any pixel work (on the images' headers): the upscalers and each output size."""
+    """Everything checked before any pixel work, on the images' headers (core/limits.py): the
+    upscalers, each picture against Settings.max_pixels, each output and every model pass's own
+    output against Settings.max_output_pixels."""
     request.validate()
-    find_upscaler(request.upscaler_1, "upscaler_1", engine.catalog)
-    find_upscaler(request.upscaler_2, "upscaler_2", engine.catalog)
-    limit = getattr(engine.settings, "max_output_pixels", MAX_OUTPUT_PIXELS)
-    return [request.size_for(image, limit) for image in request.images]
+    one = find_upscaler(request.upscaler_1, "upscaler_1", engine.catalog)
+    two = find_upscaler(request.upscaler_2, "upscaler_2", engine.catalog)
+    blends = two.name != "None" and request.upscaler_2_visibility > 0
+    limit = engine.settings.max_output_pixels
+    field = "imageList" if len(request.images) > 1 or request.names else "image"
+    sizes = []
+    for image in request.images:
+        check_input(field, image.width, image.height, limit=engine.settings.max_pixels)
+        size = request.size_for(image, limit)
+        check_model_passes(one, image.width, image.height, size, "upscaler_1", limit)
+        if blends:
+            check_model_passes(two, image.width, image.height, size, "upscaler_2", limit)
+        sizes.append(size)
+    return sizes
 
 
 def upscale_images(engine: "Engine", request: UpscaleRequest, job: "Job | None" = None) -> UpscaleResult:
@@ -266,6 +297,7 @@ def upscale_one(engine: "Engine", image: "Image.Image", size: tuple[int, int], r
     result = yield from _with(engine, one, rgb, size, request, job, note)
     two = find_upscaler(request.upscaler_2, "upscaler_2", engine.catalog)
     if two.name != "None" and request.upscaler_2_visibility > 0 and not note["interrupted"]:
+        note["second"] = True
         other = yield from _with(engine, two, rgb, size, request, job, note)
         result = Image.blend(result, other, min(1.0, float(request.upscaler_2_visibility)))
     if alpha is not None:
@@ -286,7 +318,12 @@ def _with(engine, upscaler: Upscaler, image, size, request: UpscaleRequest, job,
     # Model passes until the picture covers the target (at most MAX_MODEL_PASSES), then Lanczos to the exact size.
     cover = max(size[0] / image.width, size[1] / image.height)
     current = image
+    limit = engine.settings.max_output_pixels
     for _ in range(MAX_MODEL_PASSES):
+        # The list's scale was read from the file without loading it; the loaded model's is the real one.
+        check_output("upscaler_2" if note.get("second") else "upscaler_1", current.width * loaded.scale,
+                     current.height * loaded.scale, limit=min(limit, MAX_OUTPUT_PIXELS),
+                     what=f"an intermediate picture ({upscaler.name} is x{loaded.scale})")
         current = yield from model_pass(loaded, current, request.tile_size, request.tile_overlap, job, note)
         if note["interrupted"] or current.width >= image.width * cover - 0.5:
             break
@@ -461,5 +498,5 @@ def check_sd_upscale(engine: "Engine", request) -> tuple[int, int]:
 
 
 __all__ = ["Upscaler", "UpscaleRequest", "UpscaleResult", "LATENT_MODES", "all_upscalers", "builtin_upscalers",
-           "find_upscaler", "target_size", "upscale_images", "prepare_upscale", "load_upscaler_entry", "hires_work",
+           "find_upscaler", "target_size", "check_model_passes", "upscale_images", "prepare_upscale", "load_upscaler_entry", "hires_work",
            "check_hires", "sd_upscale_work", "check_sd_upscale", "known_architectures"]

@@ -22,7 +22,7 @@ from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2Img
 from webui.engine.generation.runner import common_infotext, version_param
 from webui.engine.generation.txt2img import Txt2ImgTask
 
-from . import LATENT_MODES, UpscaleRequest, find_upscaler, upscale_one
+from . import LATENT_MODES, UpscaleRequest, check_model_passes, find_upscaler, upscale_one
 
 if TYPE_CHECKING:
     from webui.engine.context import Engine
@@ -31,8 +31,11 @@ if TYPE_CHECKING:
 
 
 def check(engine: "Engine", request: Txt2ImgRequest) -> None:
-    """Refused before the job is queued: an unknown hires upscaler names hr_upscaler."""
-    find_upscaler(request.hires.upscaler, "hr_upscaler", engine.catalog, latent=True)
+    """Refused before the job is queued: an unknown hires upscaler names hr_upscaler, and so does one
+    whose model passes would make a picture over the output budget (core/limits.py)."""
+    upscaler = find_upscaler(request.hires.upscaler, "hr_upscaler", engine.catalog, latent=True)
+    size = request.hires.target(request.width, request.height)
+    check_model_passes(upscaler, request.width, request.height, size, "hr_upscaler", engine.settings.max_output_pixels)
 
 
 # Pipelines whose output_type="latent" gives (N, C, h, w) latents their image-to-image sibling takes as `image`.

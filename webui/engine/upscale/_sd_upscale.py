@@ -24,7 +24,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.img2img import Img2ImgRequest, Img2ImgTask, check_pixels, prepare
 from webui.engine.generation.requests import MAX_SIZE, MIN_SIZE, GenerationResult, random_seed
 
-from . import MAX_OUTPUT_PIXELS, UpscaleRequest, find_upscaler, target_size, upscale_one
+from . import UpscaleRequest, check_model_passes, find_upscaler, target_size, upscale_one
 from ._tiles import spans
 
 if TYPE_CHECKING:
@@ -38,13 +38,16 @@ if TYPE_CHECKING:
 def check(engine: "Engine", request: Img2ImgRequest) -> tuple[int, int]:
     """Refused before the job is queued: the upscaler, the picture's size, the output's size."""
     options = request.sd_upscale
-    find_upscaler(options.upscaler, "sd_upscale.upscaler", engine.catalog)
+    upscaler = find_upscaler(options.upscaler, "sd_upscale.upscaler", engine.catalog)
     check_pixels(request.init_image, engine.settings.max_pixels)
-    limit = getattr(engine.settings, "max_output_pixels", MAX_OUTPUT_PIXELS)
+    limit = engine.settings.max_output_pixels
+    width, height = request.init_image.width, request.init_image.height
     try:
-        return target_size(request.init_image.width, request.init_image.height, scale=options.scale, max_pixels=limit)
+        size = target_size(width, height, scale=options.scale, max_pixels=limit)
     except InvalidRequest as exc:
-        raise InvalidRequest("sd_upscale.scale", str(exc)) from exc
+        raise InvalidRequest("sd_upscale.scale", str(exc).replace("upscaling_resize", "sd_upscale.scale")) from exc
+    check_model_passes(upscaler, width, height, size, "sd_upscale.upscaler", limit)
+    return size
 
 
 @dataclass

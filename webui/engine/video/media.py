@@ -37,6 +37,12 @@ class VideoInfo:
     fps: float
     frames: int  # counted or estimated from duration x fps
     duration: float  # seconds
+    largest: tuple[int, int] | None = None  # the largest frame when they differ (a zip); None: width x height
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """The largest frame's size, for the pixel budget; read_frames() refuses any frame larger."""
+        return self.largest or (self.width, self.height)
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ def sniff(data: bytes) -> str:
 
 
 def probe(data: bytes, field: str = "video") -> VideoInfo:
-    """The clip's size, frame rate, frame count and duration; a clear error if it is not a video."""
+    """The clip's size, frame rate, frame count and duration, from headers only (no frame decoded);
+    a clear error if it is not a video. A zip's every frame header is read (the largest is kept)."""
     if not data:
         raise InvalidRequest(field, f"{field} is empty: upload an MP4, WebM, MOV or GIF file, or a zip of frames")
     kind = sniff(data)
@@ -64,10 +71,15 @@ def probe(data: bytes, field: str = "video") -> VideoInfo:
             names = _zip_frames(data, field)
             from PIL import Image
 
-            with zipfile.ZipFile(io.BytesIO(data)) as archive, archive.open(names[0]) as member:
-                first = Image.open(member)
-                width, height = first.size
-            return VideoInfo("zip", width, height, DEFAULT_ZIP_FPS, len(names), len(names) / DEFAULT_ZIP_FPS)
+            sizes = []
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                for name in names:
+                    with archive.open(name) as member:
+                        sizes.append(Image.open(member).size)  # the header only
+            width, height = sizes[0]
+            largest = max(sizes, key=lambda size: size[0] * size[1])
+            return VideoInfo("zip", width, height, DEFAULT_ZIP_FPS, len(names), len(names) / DEFAULT_ZIP_FPS,
+                             largest if largest != sizes[0] else None)
         if kind == "gif":
             from PIL import Image
 
@@ -110,8 +122,17 @@ def _zip_frames(data: bytes, field: str) -> list[str]:
     return names
 
 
+def _within_probe(info: VideoInfo, width: int, height: int, field: str) -> None:
+    """A frame larger than the probe said (a stream that changes size) is refused before conversion:
+    the pixel budget was checked on the probe's size."""
+    largest = info.frame_size
+    if width * height > largest[0] * largest[1]:
+        raise InvalidRequest(field, f"{field} has a frame of {width}x{height}, larger than its header says "
+                                    f"({largest[0]}x{largest[1]})")
+
+
 def read_frames(data: bytes, info: VideoInfo, field: str = "video") -> Iterator[Frame]:
-    """Every frame of the clip, decoded one at a time, as RGB."""
+    """Every frame of the clip, decoded one at a time, as RGB; none larger than the probe said."""
     try:
         if info.format == "zip":
             from PIL import Image
@@ -120,7 +141,9 @@ def read_frames(data: bytes, info: VideoInfo, field: str = "video") -> Iterator[
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
                 for index, name in enumerate(names):
                     with archive.open(name) as member:
-                        yield Frame(index, index / info.fps, Image.open(member).convert("RGB"))
+                        image = Image.open(member)
+                        _within_probe(info, image.width, image.height, field)
+                        yield Frame(index, index / info.fps, image.convert("RGB"))
             return
         if info.format == "gif":
             from PIL import Image, ImageSequence
@@ -128,6 +151,7 @@ def read_frames(data: bytes, info: VideoInfo, field: str = "video") -> Iterator[
             with Image.open(io.BytesIO(data)) as gif:
                 elapsed = 0.0
                 for index, frame in enumerate(ImageSequence.Iterator(gif)):
+                    _within_probe(info, frame.width, frame.height, field)
                     yield Frame(index, elapsed, frame.convert("RGB"))
                     elapsed += (frame.info.get("duration") or 1000 / info.fps) / 1000
             return
@@ -136,6 +160,7 @@ def read_frames(data: bytes, info: VideoInfo, field: str = "video") -> Iterator[
         with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
             for index, frame in enumerate(container.decode(stream)):
+                _within_probe(info, frame.width, frame.height, field)
                 time = float(frame.time) if frame.time is not None else index / info.fps
                 yield Frame(index, time, frame.to_image().convert("RGB"))
     except InvalidRequest:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Generator
 
 from webui.engine.core.errors import Interrupted, InvalidRequest
 from webui.engine.core.infotext import build_infotext
+from webui.engine.core.limits import check_input, check_output, check_video
 from webui.engine.core.jobs import Job
 from webui.engine.generation.requests import MIN_SIZE, random_seed
 from webui.engine.video import media, pipelines
@@ -206,6 +207,22 @@ def _job_folder(engine: "Engine", kind: str, fields: dict[str, Any], source: byt
     return folder
 
 
+def check_source(engine: "Engine", info: media.VideoInfo, frames: int, field: str = "video") -> None:
+    """The pixel budget (core/limits.py) on the clip's header, before any frame is decoded: each
+    frame within Settings.max_pixels, the `frames` the job will read within max_video_pixels."""
+    width, height = info.frame_size
+    check_video(field, width, height, frames, max_pixels=engine.settings.max_pixels,
+                max_video_pixels=engine.settings.max_video_pixels)
+
+
+def first_frame(engine: "Engine", video: Any) -> "Image.Image":
+    """The clip's first frame at its own size (the Video tab shows it for clicks), within the budget."""
+    data = _read_source(video)
+    info = media.probe(data)
+    check_source(engine, info, 1)
+    return next(iter(media.read_frames(data, info))).image
+
+
 def _with_seed(request: Any) -> Any:
     return request if request.seed != -1 else replace(request, seed=random_seed())
 
@@ -220,9 +237,10 @@ def txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job | None = Non
 def txt2video_work(engine: "Engine", request: Txt2VideoRequest):
     """The job's work, the request checked (and a random seed resolved) in the caller's thread."""
     request.validate()
-    if request.width * request.height > engine.settings.max_pixels:
-        raise InvalidRequest("width", f"frames of {request.width}x{request.height} are more pixels than the limit "
-                                      f"({engine.settings.max_pixels}; Settings: max_pixels)")
+    check_output("width", request.width, request.height, limit=engine.settings.max_pixels, what="frames",
+                 setting="max_pixels")
+    if request.image is not None:  # the first frame, on its header before it is decoded
+        check_input("image", request.image.width, request.image.height, limit=engine.settings.max_pixels)
     request = _with_seed(request)
     return lambda job: _txt2video(engine, request, job)
 
@@ -372,15 +390,16 @@ def plan_vid2vid(engine: "Engine", request: Vid2VidRequest) -> _Plan:
         raise InvalidRequest("video", f"the video is {info.duration:.0f} s long; Kiri reads at most {MAX_DURATION_S:g} s: "
                                       "set end_time")
     width, height = _fit(info.width, info.height, request.max_size)
-    if width * height > engine.settings.max_pixels:
-        raise InvalidRequest("max_size", f"frames of {width}x{height} are more pixels than the limit "
-                                         f"({engine.settings.max_pixels}; Settings: max_pixels)")
+    check_output("max_size", width, height, limit=engine.settings.max_pixels, what="frames", setting="max_pixels")
     end = min(request.end_time if request.end_time is not None else info.duration, info.duration or math.inf)
     in_range = max(0, round((end - request.start_time) * info.fps)) if info.duration else info.frames
     count = min(request.max_frames, max(1, math.ceil(in_range / request.every_nth)) if in_range else 0)
     if count == 0 or (info.duration and request.start_time >= info.duration):
         raise InvalidRequest("start_time", f"no frames between {request.start_time:g} s and the end "
                                            f"({info.duration:.2f} s)")
+    # The frames read to make `count`: those skipped before start_time and between every_nth ones too.
+    read = math.ceil(request.start_time * info.fps) + count * request.every_nth
+    check_source(engine, info, min(read, info.frames) if info.frames else read)
     fps = request.fps or info.fps / request.every_nth
     for x, y, _ in request.mask_points or []:
         if not (0 <= x < info.width and 0 <= y < info.height):
@@ -560,9 +579,7 @@ def interpolate_work(engine: "Engine", request: InterpolateRequest):
     info = media.probe(data)
     if info.duration > MAX_DURATION_S:
         raise InvalidRequest("video", f"the video is {info.duration:.0f} s long; Kiri interpolates at most {MAX_DURATION_S:g} s")
-    if info.width * info.height > engine.settings.max_pixels:
-        raise InvalidRequest("video", f"the video is {info.width}x{info.height}, more pixels than the limit "
-                                      f"({engine.settings.max_pixels})")
+    check_source(engine, info, min(info.frames, request.max_frames) or request.max_frames)
     fps = info.fps * request.factor
     if fps > MAX_FPS * 4:
         raise InvalidRequest("factor", f"{info.fps:g} fps x {request.factor} is above {MAX_FPS * 4:g} fps")
@@ -603,6 +620,6 @@ def _interpolate(engine: "Engine", request: InterpolateRequest, data: bytes, inf
 __all__ = [
     "txt2video_work", "vid2vid_work", "interpolate_work", "job_kinds", "decode_video",
     "Txt2VideoRequest", "Vid2VidRequest", "InterpolateRequest", "VideoResult", "txt2video", "vid2vid", "interpolate",
-    "video_models", "motion_modules", "image_to_video_models", "is_video_model", "plan_vid2vid", "check_masking", "frame_mask", "CONSISTENCY", "FACTORS",
+    "video_models", "motion_modules", "image_to_video_models", "is_video_model", "plan_vid2vid", "check_source", "first_frame", "check_masking", "frame_mask", "CONSISTENCY", "FACTORS",
     "MAX_FRAMES", "MAX_FPS",
 ]
