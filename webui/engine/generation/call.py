@@ -30,6 +30,7 @@ class PipelineCall:
     infotext: dict[str, object] = field(default_factory=dict)  # added after the task's own parameters
     passthrough: list[Any] | None = None  # images to return without calling (nothing to denoise)
     tensor_inputs: list[str] = field(default_factory=list)  # what the step callback reads (beyond latents)
+    conditioning: Any = None  # the prompt schedule (conditioning.PromptSchedule) the runner encodes after apply()
 
     def accepts(self, name: str) -> bool:
         return name in inspect.signature(self.pipeline.__call__).parameters
@@ -88,29 +89,13 @@ class ClipSkip(Addon):
                                               f"layers ({layers})")
 
     def apply(self, call: PipelineCall) -> None:
-        pipeline = call.pipeline
-        encoder = getattr(pipeline, "text_encoder", None)
-        single_clip = encoder is not None and getattr(pipeline, "text_encoder_2", None) is None
-        if single_clip and not hasattr(encoder, "text_model") and call.accepts("prompt_embeds"):
-            # diffusers' own clip_skip path reaches for `text_encoder.text_model`, which transformers 5
-            # no longer has: encode the prompts here, as diffusers would, from the n-th last layer.
-            for key, embeds_key in (("prompt", "prompt_embeds"), ("negative_prompt", "negative_prompt_embeds")):
-                call.kwargs[embeds_key] = self._encode(pipeline, call.kwargs.pop(key, None) or "")
+        if call.conditioning is not None:  # the conditioning stage encodes from the n-th last layer
+            call.conditioning.clip_skip = self.layers
         elif call.accepts("clip_skip"):
             call.kwargs["clip_skip"] = self.layers - 1
         else:
-            raise InvalidRequest("clip_skip", f"this model's pipeline ({type(pipeline).__name__}) has no clip skip")
+            raise InvalidRequest("clip_skip", f"this model's pipeline ({type(call.pipeline).__name__}) has no clip skip")
         call.infotext.update(self.infotext())
-
-    def _encode(self, pipeline: Any, text: str) -> Any:
-        import torch
-
-        tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
-        ids = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids.to(encoder.device)
-        with torch.inference_mode():
-            hidden = encoder(ids, output_hidden_states=True).hidden_states[-self.layers]
-            return encoder.final_layer_norm(hidden)
 
     def infotext(self) -> dict[str, object]:
         return {"Clip skip": self.layers}

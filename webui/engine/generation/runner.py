@@ -21,6 +21,8 @@ from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.outputs import dated_dir, save_image
 from webui.engine.generation.call import PipelineCall
+from webui.engine.generation.conditioning import PromptSchedule, StepSwap, chunked_families
+from webui.engine.generation.conditioning import encode as encode_conditioning
 from webui.engine.generation.pipelines import pipeline_for
 from webui.engine.generation.preview import previewer_for
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
@@ -108,11 +110,15 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         if extra:
             call.pipeline = pipeline_for(model, None, extra, call.pipeline)
         call.components["scheduler"] = scheduler
-        call.tensor_inputs = session.tensor_inputs()
-        call.kwargs["callback_on_step_end"] = _step_callback(engine, model, request, job, session)
+        if "prompt" in call.kwargs:  # the conditioning stage: add-ons may edit the schedule in apply()
+            call.conditioning = PromptSchedule.single(call.kwargs["prompt"], call.kwargs.get("negative_prompt") or "")
         applied: list = []
         try:
             applied = session.apply(call)
+            swap = encode_conditioning(call)
+            call.tensor_inputs = session.tensor_inputs() + [n for n in (swap.tensor_inputs if swap else [])
+                                                            if n not in session.tensor_inputs()]
+            call.kwargs["callback_on_step_end"] = _step_callback(engine, model, request, job, session, swap)
             images = task.finish(call.run())
             if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
                 images = engine.hooks.transform("after_generate", images, request)
@@ -182,7 +188,7 @@ def _generator(seed: int) -> Any:
 
 
 def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job,
-                   session: AddonSession | None = None):
+                   session: AddonSession | None = None, swap: StepSwap | None = None):
     preview_every = engine.settings.preview_every
     hooks = engine.hooks
 
@@ -190,6 +196,8 @@ def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgReque
         if session is not None and session.addons:
             # The add-ons' step callbacks first (they may swap the conditioning for the next step).
             tensors = session.on_step(StepState(step, getattr(pipe, "_num_timesteps", 0) or 0, timestep, tensors, pipe))
+        if swap is not None:  # the prompt schedule's next entry, from the next step on
+            tensors.update(swap.on_step(step, tensors, bool(getattr(pipe, "do_classifier_free_guidance", False))))
         latents = tensors.get("latents")
         # NaN latents decode to a black picture. Checked at the last step (each step when the
         # pipeline does not say how many), so a GPU waits for one sync per batch, not per step.
@@ -221,9 +229,10 @@ def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: J
 
 
 def fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str]) -> str:
-    """Warn when the text encoder will not read the whole prompt, rather than cut it silently."""
+    """Warn when the text encoder will not read the whole prompt, rather than cut it silently (SD
+    1.x/2.x and SDXL read long prompts in chunks of 75 tokens: conditioning.py)."""
     tokenizer = getattr(model.pipeline, "tokenizer", None)
-    if tokenizer is None or not text:
+    if tokenizer is None or not text or chunked_families(model.pipeline):
         return text
     limit = tokenizer.model_max_length
     ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]

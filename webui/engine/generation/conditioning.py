@@ -1,0 +1,243 @@
+"""The conditioning stage: the request's prompt and negative prompt turned into what the pipeline
+takes, as a schedule over the steps.
+
+A `PromptSchedule` says which prompt and negative prompt hold from which step on: one entry for a
+plain request; several for the prompt language's editing (`[cat:dog:0.5]`) and alternation, which
+add-ons write into `call.conditioning` before the call. `encode()` then replaces the call's
+`prompt`/`negative_prompt` with embeddings and returns a `StepSwap` that hands the pipeline the next
+entry's embeddings at its first step, through the step callback, for every sampler (a diffusers
+scheduler or one of Kiri's function samplers alike).
+
+- SD 1.x / 2.x and SDXL are encoded here, as AUTOMATIC1111 does: a prompt past 75 tokens is read in
+  chunks of 75, each encoded on its own (BOS + 75 + EOS) and the chunks concatenated, so nothing
+  is cut at 77; the positive and negative sides are padded with empty chunks to the same length.
+  Clip skip (A1111's count: 1 = the last layer) picks the encoder layer. SDXL reads both encoders
+  (the second's penultimate layer, its pooled output from the first chunk).
+- SD3, Flux and PixArt encode through their pipeline's own `encode_prompt` (T5 reads long prompts
+  itself); with one schedule entry the pipeline is handed the text, exactly as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from webui.engine.core.errors import InvalidRequest
+
+CHUNK = 75  # tokens per chunk, without BOS/EOS, as AUTOMATIC1111 counts
+
+
+@dataclass(frozen=True)
+class ScheduleEntry:
+    start: int  # the first step (0-based) this prompt holds for
+    prompt: str
+    negative: str
+
+
+@dataclass
+class PromptSchedule:
+    entries: list[ScheduleEntry]
+    clip_skip: int = 1  # AUTOMATIC1111's count: 1 = the last layer
+
+    @classmethod
+    def single(cls, prompt: str, negative: str) -> "PromptSchedule":
+        return cls([ScheduleEntry(0, prompt or "", negative or "")])
+
+    def at(self, step: int) -> ScheduleEntry:
+        current = self.entries[0]
+        for entry in self.entries:
+            if entry.start <= step:
+                current = entry
+        return current
+
+    def with_entries(self, entries: list[ScheduleEntry]) -> "PromptSchedule":
+        return replace(self, entries=sorted(entries, key=lambda e: e.start))
+
+
+def chunked_families(pipeline: Any) -> bool:
+    """Whether Kiri encodes this pipeline's prompts itself: the CLIP-only Stable Diffusion pipelines
+    (SD 1.x/2.x and SDXL, for every task), not SD3, Flux or PixArt."""
+    name = type(pipeline).__name__
+    return (name.startswith("StableDiffusion") and not name.startswith("StableDiffusion3")
+            and getattr(pipeline, "text_encoder", None) is not None and getattr(pipeline, "tokenizer", None) is not None)
+
+
+def _is_flux(pipeline: Any) -> bool:
+    return type(pipeline).__name__.startswith("Flux")
+
+
+def _is_sdxl(pipeline: Any) -> bool:
+    return getattr(pipeline, "text_encoder_2", None) is not None and not _is_flux(pipeline)
+
+
+@dataclass
+class StepSwap:
+    """Hands the pipeline the next schedule entry's embeddings at its first step."""
+
+    starts: list[int]  # the steps at which a new entry begins (after the first)
+    tensors: list[dict[str, Any]]  # for each of those: name -> (negative, positive) or positive tensor
+    tensor_inputs: list[str] = field(default_factory=list)
+
+    def on_step(self, step: int, tensors: dict[str, Any], cfg: bool) -> dict[str, Any]:
+        """After step `step` (0-based) the next step is step + 1: swap in the entry starting there."""
+        import torch
+
+        nxt = step + 1
+        if nxt not in self.starts:
+            return {}
+        out = {}
+        for name, value in self.tensors[self.starts.index(nxt)].items():
+            current = tensors[name]
+            if isinstance(value, tuple):
+                negative, positive = value
+                parts = (negative, positive) if cfg else (positive,)
+                batch = current.shape[0] // len(parts)
+                out[name] = torch.cat([p.repeat(batch, *([1] * (p.dim() - 1))) for p in parts]).to(current.device, current.dtype)
+            else:
+                batch = current.shape[0] // value.shape[0]
+                out[name] = value.repeat(batch, *([1] * (value.dim() - 1))).to(current.device, current.dtype)
+        return out
+
+
+def encode(call: Any) -> StepSwap | None:
+    """Replace the call's prompt text with embeddings of its schedule (call.conditioning); returns the
+    step swap for a schedule of several entries, None for one."""
+    schedule: PromptSchedule | None = getattr(call, "conditioning", None)
+    if schedule is None:
+        return None
+    pipeline = call.pipeline
+    if chunked_families(pipeline):
+        return _encode_clip(call, schedule)
+    if len(schedule.entries) == 1:
+        entry = schedule.entries[0]
+        call.kwargs["prompt"], call.kwargs["negative_prompt"] = entry.prompt, entry.negative or None
+        if schedule.clip_skip > 1:
+            if not call.accepts("clip_skip"):
+                raise InvalidRequest("clip_skip", f"this model's pipeline ({type(pipeline).__name__}) has no clip skip")
+            call.kwargs["clip_skip"] = schedule.clip_skip - 1
+        return None
+    return _encode_own(call, schedule)
+
+
+# --- SD 1.x / 2.x / SDXL: A1111's chunks -------------------------------------------------------------
+
+def _encode_clip(call: Any, schedule: PromptSchedule) -> StepSwap | None:
+    pipeline = call.pipeline
+    sdxl = _is_sdxl(pipeline)
+    texts = [t for e in schedule.entries for t in (e.prompt, e.negative)]
+    chunks = max(_chunk_count(pipeline.tokenizer, t) for t in texts)
+    encoded = [(_clip_embeds(pipeline, e.prompt, chunks, schedule.clip_skip, sdxl),
+                _clip_embeds(pipeline, e.negative, chunks, schedule.clip_skip, sdxl, negative=True))
+               for e in schedule.entries]
+    call.kwargs.pop("prompt", None)
+    call.kwargs.pop("negative_prompt", None)
+    (positive, pooled), (negative, negative_pooled) = encoded[0]
+    call.kwargs["prompt_embeds"], call.kwargs["negative_prompt_embeds"] = positive, negative
+    if sdxl:
+        call.kwargs["pooled_prompt_embeds"], call.kwargs["negative_pooled_prompt_embeds"] = pooled, negative_pooled
+    if len(encoded) == 1:
+        return None
+    tensors = []
+    for (pos, pos_pooled), (neg, neg_pooled) in encoded[1:]:
+        entry = {"prompt_embeds": (neg, pos)}
+        if sdxl:
+            entry["add_text_embeds"] = (neg_pooled, pos_pooled)
+        tensors.append(entry)
+    names = ["prompt_embeds"] + (["add_text_embeds"] if sdxl else [])
+    return StepSwap([e.start for e in schedule.entries[1:]], tensors, names)
+
+
+def _chunk_count(tokenizer: Any, text: str) -> int:
+    ids = tokenizer(text or "", truncation=False, add_special_tokens=False)["input_ids"]
+    return max(1, -(-len(ids) // CHUNK))
+
+
+def _chunk_ids(tokenizer: Any, text: str, chunks: int) -> list[list[int]]:
+    """BOS + 75 tokens + EOS, padded with the tokenizer's pad token, per chunk; empty chunks to fill."""
+    ids = tokenizer(text or "", truncation=False, add_special_tokens=False)["input_ids"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    length = CHUNK + 2
+    out = []
+    for index in range(chunks):
+        part = ids[index * CHUNK:(index + 1) * CHUNK]
+        row = [bos, *part, eos]
+        out.append(row + [pad] * (length - len(row)))
+    return out
+
+
+def _clip_embeds(pipeline: Any, text: str, chunks: int, clip_skip: int, sdxl: bool, negative: bool = False):
+    """(embeds (1, 77 * chunks, dim), pooled or None) for one text, as diffusers' encode_prompt does
+    per chunk (SD: the last layer, or the n-th last through the final layer norm for clip skip;
+    SDXL: both encoders' penultimate layers side by side, the second's pooled output)."""
+    import torch
+
+    if sdxl and negative and not text and getattr(pipeline.config, "force_zeros_for_empty_prompt", False):
+        positive, pooled = _clip_embeds(pipeline, "", chunks, clip_skip, sdxl)
+        return torch.zeros_like(positive), torch.zeros_like(pooled)
+    device = pipeline._execution_device
+    pairs = [(pipeline.tokenizer, pipeline.text_encoder)]
+    if sdxl:
+        pairs.append((pipeline.tokenizer_2, pipeline.text_encoder_2))
+    per_encoder, pooled = [], None
+    with torch.inference_mode():
+        for tokenizer, encoder in pairs:
+            rows = []
+            for index, ids in enumerate(_chunk_ids(tokenizer, text, chunks)):
+                tensor = torch.tensor([ids], device=device)
+                mask = torch.ones_like(tensor) if getattr(encoder.config, "use_attention_mask", False) else None
+                output = encoder(tensor, attention_mask=mask, output_hidden_states=True)
+                if sdxl:
+                    hidden = output.hidden_states[-(clip_skip + 1)]
+                    if encoder is pairs[-1][1] and index == 0:
+                        pooled = output[0]
+                elif clip_skip == 1:
+                    hidden = output[0]
+                else:
+                    norm = getattr(getattr(encoder, "text_model", encoder), "final_layer_norm")
+                    hidden = norm(output.hidden_states[-clip_skip])
+                rows.append(hidden)
+            per_encoder.append(torch.cat(rows, dim=1))
+    embeds = torch.cat(per_encoder, dim=-1) if sdxl else per_encoder[0]
+    dtype = (pipeline.text_encoder_2 if sdxl else pipeline.text_encoder).dtype
+    return embeds.to(device=device, dtype=dtype), (pooled.to(device=device, dtype=dtype) if pooled is not None else None)
+
+
+# --- SD3 / Flux / PixArt: the pipeline's own encoder, for a schedule --------------------------------
+
+def _encode_own(call: Any, schedule: PromptSchedule) -> StepSwap:
+    pipeline = call.pipeline
+    name = type(pipeline).__name__
+    cfg = call.kwargs.get("guidance_scale", 1.0) > 1.0
+    encoded = []
+    with _no_grad():
+        for entry in schedule.entries:
+            if name.startswith("StableDiffusion3"):
+                skip = {"clip_skip": schedule.clip_skip - 1} if schedule.clip_skip > 1 else {}
+                pe, npe, ppe, nppe = pipeline.encode_prompt(entry.prompt, None, None, do_classifier_free_guidance=cfg,
+                                                            negative_prompt=entry.negative or "", **skip)
+                encoded.append({"prompt_embeds": (npe, pe), "pooled_prompt_embeds": (nppe, ppe)} if cfg
+                               else {"prompt_embeds": pe, "pooled_prompt_embeds": ppe})
+            elif _is_flux(pipeline):
+                pe, ppe, _ = pipeline.encode_prompt(entry.prompt, None)
+                encoded.append({"prompt_embeds": pe, "pooled_prompt_embeds": ppe})
+            else:
+                raise InvalidRequest("prompt", f"{name} cannot change its prompt during the steps (its pipeline has no "
+                                               "step callback for it)")
+    first = encoded[0]
+    call.kwargs.pop("prompt", None)
+    call.kwargs.pop("negative_prompt", None)
+    for key, value in first.items():
+        if isinstance(value, tuple):
+            call.kwargs["negative_" + key], call.kwargs[key] = value
+        else:
+            call.kwargs[key] = value
+    swap_names = [n for n in ("prompt_embeds", "pooled_prompt_embeds") if n in getattr(pipeline, "_callback_tensor_inputs", [])]
+    tensors = [{k: v for k, v in e.items() if k in swap_names} for e in encoded[1:]]
+    return StepSwap([e.start for e in schedule.entries[1:]], tensors, swap_names)
+
+
+def _no_grad():
+    import torch
+
+    return torch.inference_mode()
