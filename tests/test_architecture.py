@@ -1,8 +1,10 @@
 """The layering of docs/architecture.md, checked on the import graph of webui/.
 
-- no two modules import each other, directly or through a loop (imports under TYPE_CHECKING
-  are for type hints only and do not count);
+- no two modules import each other, directly or through a loop, counting every import: lazy ones
+  inside functions and those under TYPE_CHECKING (a type hint still says which layer knows which);
 - webui/engine imports nothing above it (no UI, API, extension loader, gradio or HTTP);
+- the Engine and the shared services below the capabilities (core/, models/, samplers/, and the
+  engine's own modules: context, registries, settings) import no capability, not even lazily;
 - engine capabilities (generation, upscale, ...) do not import each other both ways.
 """
 
@@ -94,7 +96,33 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles():
-    assert _cycles(import_graph()) == []
+    assert _cycles(import_graph(type_hints_too=True)) == []
+
+
+SERVICES = ("core", "models", "samplers")
+
+
+def test_the_services_import_no_capability():
+    engine = PACKAGE / "engine"
+    capabilities = {p.name for p in engine.iterdir() if p.is_dir() and (p / "__init__.py").exists()} - set(SERVICES)
+    assert {"generation", "upscale", "segment", "video"} <= capabilities
+    for module, targets in import_graph(type_hints_too=True).items():
+        parts = module.split(".")
+        root_file = len(parts) == 3 and (engine / f"{parts[2]}.py").exists()  # context, registries, settings
+        low = root_file or (len(parts) > 2 and parts[2] in SERVICES)
+        if module.startswith("webui.engine.") and low:
+            reached = {t.split(".")[2] for t in targets if t.startswith("webui.engine.") and len(t.split(".")) > 2}
+            assert not reached & capabilities, f"{module} imports {sorted(reached & capabilities)}"
+
+
+def test_every_capability_registers_itself():
+    from webui.bootstrap import build_registries
+
+    registries = build_registries()
+    assert {"txt2img", "img2img", "txt2video", "vid2vid", "interpolate"} <= set(registries.job_kinds.names())
+    assert {"upscaler", "segmenter", "motion", "video"} <= set(registries.loaders)
+    assert [v.source for v in registries.job_kinds.variants["txt2img"]] == ["built-in"]
+    assert "clip_skip" in registries.addons.names()
 
 
 def test_the_cycle_check_can_fail():

@@ -13,6 +13,7 @@ from PIL import Image, ImageFile
 
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.images import to_rgb, to_rgba
+from webui.engine.generation.jobs import img2img_task
 
 
 def _reopen(image: Image.Image, fmt: str = "PNG", **save) -> Image.Image:
@@ -133,13 +134,13 @@ def test_img2img_checks_max_pixels_before_decoding(engine, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size))
     request = Img2ImgRequest(prompt="a", init_image=image, width=64, height=64)
     with pytest.raises(InvalidRequest) as caught:
-        engine.img2img_task(request, [])
+        img2img_task(engine, request, [])
     assert caught.value.field == "init_image" and decoded == []
     engine.settings.max_pixels = 4096
     small = _reopen(Image.new("RGB", (40, 30)))
     mask = _reopen(Image.new("L", (80, 60), 255))
     with pytest.raises(InvalidRequest) as caught:
-        engine.img2img_task(Img2ImgRequest(prompt="a", init_image=small, mask=mask, width=64, height=64), [])
+        img2img_task(engine, Img2ImgRequest(prompt="a", init_image=small, mask=mask, width=64, height=64), [])
     assert caught.value.field == "mask" and decoded == []
 
 

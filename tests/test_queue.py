@@ -8,6 +8,7 @@ import time
 import pytest
 
 from webui.engine.core.jobs import DONE, Job, JobStore
+from webui.engine.generation.jobs import img2img_task, stage
 
 
 def _steps(label: str, turns: int, order: list[str], inside: list[str], hold: threading.Event | None = None):
@@ -123,11 +124,11 @@ def test_a_hires_fix_shaped_stage_runs_inside_one_job(engine):
     from webui.engine.generation.txt2img import Txt2ImgTask
 
     def hires(job):
-        first = yield from engine.stage(Txt2ImgTask(Txt2ImgRequest("a circle", steps=2, width=64, height=64, seed=1)), job)
+        first = yield from stage(engine, Txt2ImgTask(Txt2ImgRequest("a circle", steps=2, width=64, height=64, seed=1)), job)
         upscaled = first.images[0].resize((128, 128))
         request = Img2ImgRequest("a circle", steps=4, width=128, height=128, seed=1, init_image=upscaled,
                                  denoising_strength=0.5)
-        second = yield from engine.stage(engine.img2img_task(request, []), job)
+        second = yield from stage(engine, img2img_task(engine, request, []), job)
         nested = engine.txt2img(Txt2ImgRequest("a dot", steps=1, width=64, height=64, seed=2))  # blocking call, inline
         return first, second, nested
 

@@ -1,26 +1,28 @@
-"""Start-up: settings -> registries -> built-in and user extensions -> Engine.
+"""Start-up: settings -> registries -> built-in capabilities and user extensions -> Engine.
 
-Nothing else builds an Engine: launch.py, the tests and the tools all come through here, so the
-engine never imports the extension loader (an arrow up) and built-ins register exactly as
-extensions do.
+Nothing else builds an Engine: launch.py, the tests and the tools all come through here. Each
+capability registers itself with its `register(registries)`, with the same verbs an extension's
+KiriAPI has, so the engine never imports a capability or the extension loader.
 """
 
 from __future__ import annotations
 
+from webui.engine import segment, upscale
+from webui.engine.generation import jobs as generation
 from webui.engine.context import Engine, Registries
 from webui.engine.core.devices import DeviceChoice
-from webui.engine.generation.call import builtin_addons
 from webui.engine.settings import Settings
-from webui.engine.video.service import job_kinds as video_job_kinds
+from webui.engine.video import service as video
 from webui.extensions import ExtensionManager
+
+# The built-in capabilities, in the order they register (upscale extends generation's job kinds).
+CAPABILITIES = (generation.register, upscale.register, segment.register, video.register)
 
 
 def build_registries() -> Registries:
     registries = Registries()
-    for spec in builtin_addons():
-        registries.addons.register(spec)
-    for kind in video_job_kinds():
-        registries.job_kinds.register(kind)
+    for register in CAPABILITIES:
+        register(registries)
     return registries
 
 

@@ -10,39 +10,24 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from webui.engine.core.devices import DeviceChoice, resolve_device
-from webui.engine.core.hooks import Hooks
-from webui.engine.core.job_kinds import JobKinds
 from webui.engine.core.jobs import Job, JobStore
-from webui.engine.core.addons import AddonRegistry
-from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
+from webui.engine.registries import Registries
 from webui.engine.models.catalog import Catalog
 from webui.engine.models.manager import ModelManager
-from webui.engine.samplers.registry import SamplerRegistry
 from webui.engine.settings import Settings
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from webui.engine.generation.img2img import Img2ImgRequest
-    from webui.engine.generation.runner import Task
 
 log = logging.getLogger(__name__)
 
 PRELOAD_OWNER = "kiri:preload"
 
 
-@dataclass
-class Registries:
-    """What built-ins and extensions register into, through the same calls."""
-
-    samplers: SamplerRegistry = field(default_factory=SamplerRegistry)
-    hooks: Hooks = field(default_factory=Hooks)
-    addons: AddonRegistry = field(default_factory=AddonRegistry)
-    job_kinds: JobKinds = field(default_factory=JobKinds)  # what POST /kiri/v1/jobs can ask for beyond txt2img/img2img
+__all__ = ["Engine", "Registries", "PRELOAD_OWNER"]
 
 
 class Engine:
@@ -54,8 +39,11 @@ class Engine:
         registries = registries or Registries()
         self.samplers, self.hooks, self.addons = registries.samplers, registries.hooks, registries.addons
         self.job_kinds = registries.job_kinds
+        self._loaders = dict(registries.loaders)  # handed to the model manager when it is made
         self.extensions = extensions  # what bootstrap loaded, for the Extensions tab and the API
         self.catalog = Catalog(settings.models_dir)
+        for kind in registries.model_kinds:
+            self.catalog.add_kind(kind)
         self.jobs = JobStore()
         self._device = device
         # The checkpoint asked for last (model picker, /options): what a request that names none uses,
@@ -76,9 +64,8 @@ class Engine:
                     on_loaded=lambda model: self.hooks.notify("on_model_loaded", model),
                     memory_budget=self.settings.model_memory_budget_mb * 2**20,
                 )
-                from webui.engine.upscale import load_upscaler_entry
-
-                self._models.add_loader("upscaler", load_upscaler_entry)
+                for kind, loader in self._loaders.items():
+                    self._models.add_loader(kind, loader)
             return self._models
 
     def models_if_created(self) -> ModelManager | None:
@@ -139,61 +126,27 @@ class Engine:
     def skip(self, owner: str | None = None) -> int:
         return self.jobs.skip(owner)
 
-    # --- generation ------------------------------------------------------------------------
-    def txt2img(self, request: Txt2ImgRequest, job: Job | None = None) -> GenerationResult:
-        job = job or Job(kind="txt2img")
-        return self.run(job.owner, job.kind, self._work("txt2img", self.prepare_request(request)), job)
+    # --- job kinds -------------------------------------------------------------------------
+    def run_kind(self, kind: str, request: Any, job: Job | None = None) -> Any:
+        """Run a request of a registered job kind and wait for its result (inline from a job)."""
+        job = job or Job(kind=kind)
+        request, work = self._work_for(kind, request)
+        return self.run(job.owner, job.kind, work, job)
 
-    def img2img(self, request: "Img2ImgRequest", job: Job | None = None) -> GenerationResult:
-        """Image to image, inpainting and outpainting (see generation/img2img.py)."""
-        job = job or Job(kind="img2img")
-        return self.run(job.owner, job.kind, self._work("img2img", self.prepare_request(request)), job)
+    def txt2img(self, request: Any, job: Job | None = None) -> Any:
+        """Text to image (generation/), with a hires fix when asked (upscale/'s variant)."""
+        return self.run_kind("txt2img", request, job or Job(kind="txt2img"))
 
-    def _work(self, kind: str, request) -> Callable[[Job], Generator[None, None, GenerationResult]]:
-        """A prepared request's work for the job store; img2img's image and mask are prepared here, in
-        the caller's thread, so a bad picture is refused before the job is queued."""
-        if kind == "img2img" and getattr(request, "sd_upscale", None) is not None:
-            from webui.engine.upscale import check_sd_upscale, sd_upscale_work
+    def img2img(self, request: Any, job: Job | None = None) -> Any:
+        """Image to image, inpainting and outpainting (generation/img2img.py); SD upscale (upscale/)."""
+        return self.run_kind("img2img", request, job or Job(kind="img2img"))
 
-            check_sd_upscale(self, request)  # upscaler, picture and output size refused before the job is queued
-            return lambda job: sd_upscale_work(self, request, job)
-        if kind == "img2img":
-            warnings: list[str] = []
-            task = self.img2img_task(request, warnings)
-            return lambda job: self._with_warnings(self.stage(task, job), warnings)
-        if getattr(request, "hires", None) is not None:
-            from webui.engine.upscale import check_hires, hires_work
+    def _work_for(self, kind: str, request: Any) -> tuple[Any, Callable]:
+        from webui.engine.core.errors import InvalidRequest
 
-            check_hires(self, request)  # an unknown hires upscaler is refused before the job is queued
-            return lambda job: hires_work(self, request, job)
-        from webui.engine.generation.txt2img import Txt2ImgTask
-
-        return lambda job: self.stage(Txt2ImgTask(request), job)
-
-    def img2img_task(self, request: "Img2ImgRequest", warnings: list[str]):
-        """The task for an img2img request: the image and mask prepared (outside any turn)."""
-        from webui.engine.generation.img2img import Img2ImgTask, check_pixels, prepare
-
-        check_pixels(request.init_image, self.settings.max_pixels)
-        if request.mask is not None:
-            check_pixels(request.mask, self.settings.max_pixels, "mask")
-        task = Img2ImgTask(request, prepare(request, warnings))
-        if task.denoise_steps == 0:
-            warnings.append("Denoising strength x steps is below one step: the init image is returned unchanged.")
-        return task
-
-    def stage(self, task: "Task", job: Job) -> Generator[None, None, GenerationResult]:
-        """A denoising task as turns of `job`: the whole job, or one stage of a bigger one
-        (`result = yield from engine.stage(task, job)` inside another job's work)."""
-        from webui.engine.generation.runner import run
-
-        return run(self, task, job)
-
-    @staticmethod
-    def _with_warnings(stage: Generator[None, None, GenerationResult], warnings: list[str]):
-        result = yield from stage
-        result.warnings[:0] = warnings
-        return result
+        if self.job_kinds.get(kind) is None:
+            raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(self.job_kinds.names())}")
+        return self.job_kinds.work_for(self, kind, request)
 
     def prepare_request(self, request):
         """Hooks first (an extension may change the request), then validation."""
@@ -204,30 +157,22 @@ class Engine:
     # --- jobs as plain data ----------------------------------------------------------------
     def request_types(self) -> dict[str, type]:
         """The job kinds a plain-data request can ask for, and the request class of each."""
-        from webui.engine.generation.img2img import Img2ImgRequest
-
-        return {"txt2img": Txt2ImgRequest, "img2img": Img2ImgRequest,
-                **{name: self.job_kinds.kinds[name].request_type for name in self.job_kinds.names()}}
+        return {name: self.job_kinds.kinds[name].request_type for name in self.job_kinds.names()}
 
     def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
         """Queue a job from plain data (what a remote client or another process sends); returns at once."""
         from webui.engine.core.errors import InvalidRequest
-        from webui.engine.core.plain import load
 
-        types = self.request_types()
-        if kind not in types:
-            raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(types)}")
+        registered = self.job_kinds.get(kind)
+        if registered is None:
+            raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(self.job_kinds.names())}")
         if not isinstance(data, dict):
             raise InvalidRequest("request", "request must be an object of the task's fields")
-        registered = self.job_kinds.get(kind)
         try:
-            if registered is not None:
-                request = registered.request_from(data, self.settings.max_pixels)
-            else:
-                request = self.prepare_request(load(types[kind], data, self.settings.max_pixels))
+            request = registered.request_from(data, self.settings.max_pixels)
         except TypeError as exc:
             raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
-        work = registered.work(self, request) if registered is not None else self._work(kind, request)
+        _, work = self._work_for(kind, request)
         return self.submit(work, Job(kind=kind, owner=owner))
 
     def preload(self) -> None:

@@ -1,10 +1,13 @@
 """Job kinds that plain data can ask for (POST /kiri/v1/jobs, a Ray Serve worker): each a request
 class, how to build it from plain data, and its work for the job store.
 
-Built-in capabilities register here exactly as an extension would; the engine's own txt2img and
-img2img need no entry (Engine.submit_plain knows them).
+Every kind is registered by its capability's `register(registries)`, exactly as an extension
+would (generation: txt2img, img2img; video: txt2video, vid2vid, interpolate). Another capability
+can extend a kind with a variant for the requests it serves (upscale: txt2img with a hires fix,
+img2img with SD upscale), so the kind's owner need not know it:
 
-    registries.job_kinds.register(JobKind("txt2video", Txt2VideoRequest, txt2video_work, load=...))
+    registries.add_job_kind(JobKind("txt2video", Txt2VideoRequest, txt2video_work, load=...))
+    registries.extend_job_kind("txt2img", when=lambda r: r.hires is not None, work=hires_job)
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ class JobKind:
     work: Callable[[Any, Any], Callable]
     # plain dict -> request; the default builds the dataclass from its fields (images as __image__).
     load: Callable[[dict], Any] | None = None
+    # (engine, request) -> request, before a variant is chosen and the work made (generation: the
+    # before_generate hooks, then validation).
+    prepare: Callable[[Any, Any], Any] | None = None
 
     def request_from(self, data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         """The request; images in it checked against `max_pixels` before decoding (a custom `load`
@@ -32,9 +38,32 @@ class JobKind:
         return self.load(data) if self.load is not None else load_plain(self.request_type, data, max_pixels)
 
 
+@dataclass(frozen=True)
+class Variant:
+    when: Callable[[Any], bool]  # request -> whether this variant serves it
+    work: Callable[[Any, Any], Callable]  # as JobKind.work
+    source: str = "built-in"
+
+
 @dataclass
 class JobKinds:
     kinds: dict[str, JobKind] = field(default_factory=dict)
+    variants: dict[str, list[Variant]] = field(default_factory=dict)
+
+    def extend(self, name: str, variant: Variant) -> None:
+        """A variant of kind `name` for the requests `variant.when` picks (the first registered wins)."""
+        self.variants.setdefault(name, []).append(variant)
+
+    def work_for(self, engine: Any, name: str, request: Any) -> tuple[Any, Callable]:
+        """(the prepared request, its work): the kind's prepare, then the first variant that serves it,
+        else the kind's own work. Raises KeyError for an unknown kind."""
+        kind = self.kinds[name]
+        if kind.prepare is not None:
+            request = kind.prepare(engine, request)
+        for variant in self.variants.get(name, []):
+            if variant.when(request):
+                return request, variant.work(engine, request)
+        return request, kind.work(engine, request)
 
     def register(self, kind: JobKind) -> None:
         if kind.name in self.kinds:

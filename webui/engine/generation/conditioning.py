@@ -24,7 +24,13 @@ from typing import Any
 
 from webui.engine.core.errors import InvalidRequest
 
-CHUNK = 75  # tokens per chunk, without BOS/EOS, as AUTOMATIC1111 counts
+CHUNK = 75  # tokens per chunk, without BOS/EOS, as AUTOMATIC1111 counts (the text encoder's 77 less two)
+
+
+def _chunk_size(tokenizer: Any) -> int:
+    """Tokens per chunk: the tokenizer's window less BOS and EOS (75 for every released CLIP)."""
+    window = getattr(tokenizer, "model_max_length", CHUNK + 2)
+    return max(1, min(CHUNK + 2, int(window)) - 2) if isinstance(window, int) and window > 2 else CHUNK
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ def _encode_clip(call: Any, schedule: PromptSchedule) -> StepSwap | None:
 
 def _chunk_count(tokenizer: Any, text: str) -> int:
     ids = tokenizer(text or "", truncation=False, add_special_tokens=False)["input_ids"]
-    return max(1, -(-len(ids) // CHUNK))
+    return max(1, -(-len(ids) // _chunk_size(tokenizer)))
 
 
 def _chunk_ids(tokenizer: Any, text: str, chunks: int) -> list[list[int]]:
@@ -157,10 +163,11 @@ def _chunk_ids(tokenizer: Any, text: str, chunks: int) -> list[list[int]]:
     ids = tokenizer(text or "", truncation=False, add_special_tokens=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    length = CHUNK + 2
+    size = _chunk_size(tokenizer)
+    length = size + 2
     out = []
     for index in range(chunks):
-        part = ids[index * CHUNK:(index + 1) * CHUNK]
+        part = ids[index * size:(index + 1) * size]
         row = [bos, *part, eos]
         out.append(row + [pad] * (length - len(row)))
     return out

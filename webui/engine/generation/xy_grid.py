@@ -10,6 +10,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.outputs import dated_dir, save_image
+from webui.engine.generation.jobs import stage
 from webui.engine.generation.requests import Txt2ImgRequest, random_seed
 from webui.engine.generation.txt2img import Txt2ImgTask
 
@@ -107,7 +108,7 @@ def _cells(engine: "Engine", base: Txt2ImgRequest, requests: list[Txt2ImgRequest
     result = GridResult()
     for number, request in enumerate(requests, 1):
         job.label = f"Cell {number}/{len(requests)}"
-        cell = yield from engine.stage(Txt2ImgTask(request), job)
+        cell = yield from stage(engine, Txt2ImgTask(request), job)
         result.warnings.extend(w for w in cell.warnings if w not in result.warnings)
         if cell.interrupted or not cell.images:
             result.interrupted = True

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from webui.engine.context import Engine
+    from webui.engine.registries import Registries
 
 __all__ = ["SegmentRequest", "SegmentResult", "Segmenter", "segmenters", "find_segmenter", "segment", "save_result",
            "trackers", "track",
@@ -269,13 +270,19 @@ def _work(engine: "Engine", request: SegmentRequest, segmenter: Segmenter, job: 
 
 
 def _models(engine: "Engine"):
-    """The model manager, with the segmenter loader registered (the manager is made on first use)."""
+    """The model manager, which loads segmenters through the loader register() added."""
+    return engine.models
+
+
+def _load(entry, device, allow_pickle: bool):
     from .backends import load
 
-    models = engine.models
-    if KIND not in models.loaders:
-        models.add_loader(KIND, load)
-    return models
+    return load(entry, device, allow_pickle)
+
+
+def register(registries: "Registries") -> None:
+    """Segmenter folders for the model manager (models/segmentation/, catalogued as kind segmenter)."""
+    registries.add_loader(KIND, _load)
 
 
 def _helper(engine: "Engine", prompt_kind: str):

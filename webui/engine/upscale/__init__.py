@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from webui.engine.context import Engine
     from webui.engine.core.jobs import Job
+    from webui.engine.registries import Registries
     from webui.engine.models.catalog import Catalog
 
 MAX_OUTPUT_PIXELS = DEFAULT_MAX_OUTPUT_PIXELS  # the ceiling of Settings.max_output_pixels here
@@ -500,3 +501,23 @@ def check_sd_upscale(engine: "Engine", request) -> tuple[int, int]:
 __all__ = ["Upscaler", "UpscaleRequest", "UpscaleResult", "LATENT_MODES", "all_upscalers", "builtin_upscalers",
            "find_upscaler", "target_size", "check_model_passes", "upscale_images", "prepare_upscale", "load_upscaler_entry", "hires_work",
            "check_hires", "sd_upscale_work", "check_sd_upscale", "known_architectures"]
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+def _hires_job(engine: "Engine", request):
+    check_hires(engine, request)  # an unknown hires upscaler is refused before the job is queued
+    return lambda job: hires_work(engine, request, job)
+
+
+def _sd_upscale_job(engine: "Engine", request):
+    check_sd_upscale(engine, request)  # upscaler, picture and output size refused before the job is queued
+    return lambda job: sd_upscale_work(engine, request, job)
+
+
+def register(registries: "Registries") -> None:
+    """Upscaler files for the model manager, and the variants upscaling adds to generation's jobs:
+    text to image with a hires fix, image to image with SD upscale."""
+    registries.add_loader("upscaler", load_upscaler_entry)
+    registries.extend_job_kind("txt2img", lambda r: getattr(r, "hires", None) is not None, _hires_job)
+    registries.extend_job_kind("img2img", lambda r: getattr(r, "sd_upscale", None) is not None, _sd_upscale_job)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generator
 
 from webui.engine.generation.img2img import Img2ImgRequest, Img2ImgTask, prepare
+from webui.engine.generation.jobs import stage
 from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2ImgRequest
 from webui.engine.generation.runner import common_infotext, version_param
 from webui.engine.generation.txt2img import Txt2ImgTask
@@ -101,7 +102,7 @@ def hires_fix(engine: "Engine", request: Txt2ImgRequest, job: "Job") -> Generato
     # 1. The first pass, kept in memory only: as latents for a latent mode where the pipeline allows.
     first_request = replace(request, hires=None, save_images=False)
     latent = upscaler.kind == "latent" and _takes_latents(engine, request)
-    first = yield from engine.stage((LatentTxt2ImgTask if latent else Txt2ImgTask)(first_request), job)
+    first = yield from stage(engine, (LatentTxt2ImgTask if latent else Txt2ImgTask)(first_request), job)
     result = GenerationResult(warnings=list(first.warnings), model_name=first.model_name, model_hash=first.model_hash,
                               sampler_name=first.sampler_name, schedule=first.schedule, interrupted=first.interrupted)
     for image, seed in zip(first.images, first.seeds):
@@ -133,7 +134,7 @@ def hires_fix(engine: "Engine", request: Txt2ImgRequest, job: "Job") -> Generato
         warnings: list[str] = []
         task = HiresTask(second_request, prepare(second_request, warnings), kind="txt2img", first=request,
                          first_sampler=first.sampler_name, latents=latents)
-        second = yield from engine.stage(task, job)
+        second = yield from stage(engine, task, job)
         result.images += second.images
         result.infotexts += second.infotexts
         result.seeds += second.seeds

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generator
 
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.generation.img2img import Img2ImgRequest, Img2ImgTask, check_pixels, prepare
+from webui.engine.generation.jobs import stage
 from webui.engine.generation.requests import MAX_SIZE, MIN_SIZE, GenerationResult, random_seed
 
 from . import UpscaleRequest, check_model_passes, find_upscaler, target_size, upscale_one
@@ -199,7 +200,7 @@ class _Stage:
         # The picture's infotext is the first tile's: Size is the tile size, as A1111 writes it.
         task = SDUpscaleTileTask(tile_request, prepare(tile_request, warnings), extra=self.extra,
                                  tile=(r.width, r.height), picture_seed=self.seed)
-        out = yield from self.engine.stage(task, self.job)
+        out = yield from stage(self.engine, task, self.job)
         self.warnings.extend(w for w in warnings + out.warnings if w not in self.warnings)
         if out.interrupted:
             self.interrupted = True

@@ -63,7 +63,6 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
 
     from webui.engine.samplers.registry import check_fits, default_sampler
 
-    pipelines.register_loaders(engine.models)
     model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
     adapter = engine.models.get_of_kind("motion", request.motion_module)
     video_to_video_pipeline(model, adapter.name, adapter.model)

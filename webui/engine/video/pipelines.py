@@ -22,12 +22,6 @@ UNET_FAMILIES = {"sd1": "AnimateDiffPipeline", "sd2": "AnimateDiffPipeline", "sd
 
 # --- loaders -------------------------------------------------------------------------------------
 
-def register_loaders(models: "ModelManager") -> None:
-    """The video capability's model kinds, loaded through the shared manager (cache, memory budget)."""
-    models.loaders.setdefault("motion", load_motion_module)
-    models.loaders.setdefault("video", load_video_pipeline)
-
-
 def load_motion_module(entry: "CatalogEntry", device: "DeviceChoice", allow_pickle: bool) -> Any:
     """A MotionAdapter: a diffusers folder, or an original AnimateDiff single file (mm_sd_v15_v2.safetensors,
     .ckpt when pickles are allowed), its layout read from the weights (no hub config needed)."""

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from webui.engine.context import Engine
+    from webui.engine.registries import Registries
+
 
 @dataclass
 class VideoResult:
@@ -111,12 +113,20 @@ def _from_plain(cls: type):
 
 
 def job_kinds() -> list:
-    """The video jobs plain data can ask for, for the registries (webui/bootstrap.py)."""
+    """The video jobs plain data can ask for."""
     from webui.engine.core.job_kinds import JobKind
 
     return [JobKind("txt2video", Txt2VideoRequest, txt2video_work, _from_plain(Txt2VideoRequest)),
             JobKind("vid2vid", Vid2VidRequest, vid2vid_work, _from_plain(Vid2VidRequest)),
             JobKind("interpolate", InterpolateRequest, interpolate_work, _from_plain(InterpolateRequest))]
+
+
+def register(registries: "Registries") -> None:
+    """The video jobs, and motion modules and video pipelines for the model manager."""
+    for kind in job_kinds():
+        registries.add_job_kind(kind)
+    registries.add_loader("motion", pipelines.load_motion_module)
+    registries.add_loader("video", pipelines.load_video_pipeline)
 
 
 # --- what the Video tab lists -----------------------------------------------------------------------
@@ -248,7 +258,6 @@ def txt2video_work(engine: "Engine", request: Txt2VideoRequest):
 def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generator[None, None, VideoResult]:
     import torch
 
-    pipelines.register_loaders(engine.models)
     result = VideoResult(fps=request.fps, seed=request.seed)
     keys = pipelines.keyframes(request.prompt, request.frames)
     travel = len(keys) > 1
@@ -487,6 +496,8 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
     from PIL import Image, ImageFilter
 
     from webui.engine.generation.img2img import Img2ImgRequest
+    from webui.engine.generation.jobs import img2img_task
+    from webui.engine.generation.jobs import stage as run_stage
     from webui.engine.video.flow import warp_onto
 
     result = VideoResult(fps=plan.fps, seed=request.seed)
@@ -534,7 +545,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
                     width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
                     denoising_strength=request.denoising_strength, mask=mask, mask_blur=MASK_BLUR))
                 warnings: list[str] = []
-                stage = yield from engine.stage(engine.img2img_task(frame_request, warnings),
+                stage = yield from run_stage(engine, img2img_task(engine, frame_request, warnings),
                                                 FrameJob(kind="vid2vid", owner=job.owner, parent=job))
                 if stage.interrupted:
                     result.interrupted = True
