@@ -11,6 +11,7 @@ from webui.engine.context import Engine, Registries
 from webui.engine.core.devices import DeviceChoice
 from webui.engine.generation.call import builtin_addons
 from webui.engine.settings import Settings
+from webui.engine import stepcache
 from webui.engine.video.service import job_kinds as video_job_kinds
 from webui.extensions import ExtensionManager
 
@@ -19,6 +20,7 @@ def build_registries() -> Registries:
     registries = Registries()
     for spec in builtin_addons():
         registries.addons.register(spec)
+    stepcache.register(registries)
     for kind in video_job_kinds():
         registries.job_kinds.register(kind)
     return registries

@@ -196,9 +196,13 @@ class Engine:
         return result
 
     def prepare_request(self, request):
-        """Hooks first (an extension may change the request), then validation."""
+        """Hooks first (an extension may change the request), then validation, then the settings' add-on defaults."""
         request = self.hooks.transform("before_generate", request)
         request.validate()  # a hook may have changed it
+        default = self.settings.step_cache
+        if default and "step_cache" not in request.addons and "step_cache" in self.addons.names():
+            request.addons = {**request.addons, "step_cache": default}  # the setting, when the request names none
+        self.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
         return request
 
     # --- jobs as plain data ----------------------------------------------------------------
