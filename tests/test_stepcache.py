@@ -114,3 +114,28 @@ def test_step_cache_through_the_jobs_api(models_dir, tmp_path):
         bad = client.post("/kiri/v1/jobs", json={"kind": "txt2img", "request": {**request, "addons": {
             "step_cache": {"method": "nope"}}}})
         assert bad.status_code == 422 and "step_cache.method" in bad.text
+
+
+def test_step_cache_from_sdapi_and_the_browser(kiri_server, browser):
+    import requests
+
+    body = {"prompt": "a red circle", "steps": 4, "width": 64, "height": 64, "seed": 21,
+            "override_settings": {"step_cache": "taylorseer 2 warmup=1"}}
+    response = requests.post(kiri_server["url"] + "sdapi/v1/txt2img", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert "Step cache: taylorseer 2 warmup=1" in response.json()["info"]
+    bad = requests.post(kiri_server["url"] + "sdapi/v1/txt2img",
+                        json={**body, "override_settings": {"step_cache": "taylorseer 0"}}, timeout=60)
+    assert bad.status_code == 422 and "step_cache.interval" in bad.text
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(kiri_server["url"])
+    page.get_by_label("Prompt", exact=True).fill("a red circle")
+    page.get_by_text("Step cache: faster, slightly different pictures").click()
+    page.locator("#txt2img-step-cache input").click()
+    page.get_by_role("option", name="TaylorSeer").click()
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function("document.querySelector('#txt2img-infotext textarea').value.includes('Seed:')",
+                           timeout=120_000)
+    assert "Step cache: taylorseer 5" in page.locator("#txt2img-infotext textarea").input_value()
+    page.close()
