@@ -149,9 +149,11 @@ class Engine:
         return self.job_kinds.work_for(self, kind, request)
 
     def prepare_request(self, request):
-        """Hooks first (an extension may change the request), then validation."""
+        """Hooks first (an extension may change the request), then validation, then the settings' add-on defaults."""
         request = self.hooks.transform("before_generate", request)
         request.validate()  # a hook may have changed it
+        request.addons = self.addons.with_defaults(request.addons, self.settings)  # settings' add-ons, unless named
+        self.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
         return request
 
     # --- jobs as plain data ----------------------------------------------------------------

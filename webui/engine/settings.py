@@ -30,8 +30,11 @@ class Settings:
     max_pixels: int = 4096 * 4096  # a picture or a video frame taken in, by any route or tab
     max_output_pixels: int = 8192 * 8192  # a picture a job makes, or makes on the way (an upscaler model's output)
     max_video_pixels: int = 256 * 4096 * 4096  # frames x width x height of all the frames a video job decodes
+    # The step cache a request that names none gets (the add-on's text, "taylorseer 5"); "": off
+    step_cache: str = ""
 
-    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every")
+    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every",
+                "step_cache")
 
     def extensions_dirs(self) -> list[tuple[Path, str]]:
         dirs = [(BUILTIN_EXTENSIONS, "built-in")]

@@ -11,6 +11,7 @@ import gradio as gr
 from webui.engine.generation import requests as limits
 from webui.engine.generation.call import ClipSkip
 from webui.engine.samplers.registry import SCHEDULES
+from webui.engine.stepcache import METHODS as STEP_CACHES
 
 
 @dataclass
@@ -25,12 +26,14 @@ class GenerationSettings:
     cfg_scale: gr.Slider
     seed: gr.Number
     clip_skip: gr.Slider
+    step_cache: gr.Dropdown | None = None
 
     def inputs(self) -> dict[str, Any]:
         """Handler keyword -> component, for `inputs_kwargs`; the handler passes them to request_fields()."""
         return dict(sampler_name=self.sampler, scheduler=self.schedule, steps=self.steps, cfg_scale=self.cfg_scale,
                     seed=self.seed, width=self.width, height=self.height, batch_size=self.batch_size,
-                    batch_count=self.batch_count, clip_skip=self.clip_skip)
+                    batch_count=self.batch_count, clip_skip=self.clip_skip,
+                    **({"step_cache": self.step_cache} if self.step_cache is not None else {}))
 
 
 def generation_settings(prefix: str, samplers: list[str], sampler: str, size: int) -> GenerationSettings:
@@ -52,15 +55,25 @@ def generation_settings(prefix: str, samplers: list[str], sampler: str, size: in
     return GenerationSettings(sampler_dd, schedule_dd, steps, width, height, batch_count, batch_size, cfg, seed, clip_skip)
 
 
+def step_cache_choice(prefix: str) -> gr.Dropdown:
+    """Step caching for this request: the Settings tab's default, off, or one method at its defaults."""
+    choices = [("Settings default", ""), ("Off", "off"), *[(m.label, m.name) for m in STEP_CACHES.values()]]
+    with gr.Accordion("Step cache: faster, slightly different pictures", open=False):
+        return gr.Dropdown(choices, value="", label="Step cache", elem_id=f"{prefix}-step-cache")
+
+
 def request_fields(sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count, clip_skip=1,
-                   model: str | None = None) -> dict[str, Any]:
+                   model: str | None = None, step_cache: str = "") -> dict[str, Any]:
     """Widget values -> the generation request's fields (one mapping for every tab)."""
     clip = int(clip_skip or 1)
+    addons: dict[str, Any] = {"clip_skip": clip} if clip != 1 else {}
+    if step_cache:
+        addons["step_cache"] = step_cache
     return dict(
         sampler_name=sampler_name or None, scheduler=scheduler or None, steps=int(steps), cfg_scale=float(cfg_scale),
         seed=int(seed if seed is not None else -1), width=int(width), height=int(height),
         batch_size=int(batch_size), n_iter=int(batch_count), model=model or None,
-        addons={"clip_skip": clip} if clip != 1 else {},
+        addons=addons,
     )
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import gradio as gr
 
 from webui.engine.context import Engine
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.stepcache import METHODS, parse, text_of
 
 
 def render(engine: Engine, settings_file: Path) -> None:
@@ -16,10 +18,18 @@ def render(engine: Engine, settings_file: Path) -> None:
     default_model = gr.Textbox(s.default_model or "", label="Model to load at start (empty: Kiri's default)")
     save_images = gr.Checkbox(s.save_images, label="Save every generated image to the outputs folder")
     image_format = gr.Radio(["png", "jpg", "webp"], value=s.image_format, label="Image format")
+    step_cache = gr.Dropdown([("Off", ""), *[(m.label, text_of(parse(m.name))) for m in METHODS.values()]],
+                             value=s.step_cache, allow_custom_value=True, elem_id="settings-step-cache",
+                             label="Step cache for requests that name none (method and parameters, e.g. taylorseer 5 warmup=3)")
     save = gr.Button("Apply settings", variant="primary")
     result = gr.Markdown()
 
-    def apply(cache_size, default_name, save_all, fmt) -> str:
+    def apply(cache_size, default_name, save_all, fmt, cache_method) -> str:
+        try:
+            checked = parse(cache_method or "")
+        except InvalidRequest as exc:
+            return f"Not saved: {exc}"
+        s.step_cache = text_of(checked) if checked else ""
         s.model_cache_size = int(cache_size)
         s.default_model = (default_name or "").strip() or None
         s.save_images, s.image_format = bool(save_all), fmt
@@ -29,4 +39,4 @@ def render(engine: Engine, settings_file: Path) -> None:
         s.save(settings_file)
         return "Settings saved."
 
-    save.click(apply, [cache, default_model, save_images, image_format], result, api_name="apply_settings")
+    save.click(apply, [cache, default_model, save_images, image_format, step_cache], result, api_name="apply_settings")

@@ -16,7 +16,8 @@ from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
-from .components import GenerationSettings, generation_settings, request_fields, result_note, shown_images
+from .components import (GenerationSettings, generation_settings, request_fields, result_note, shown_images,
+                         step_cache_choice)
 
 
 @dataclass
@@ -53,6 +54,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             gen = generation_settings("txt2img", samplers, sampler, size)
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
+            gen.step_cache = step_cache_choice("txt2img")
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
                 enable_hr = gr.Checkbox(False, label="Enable hires fix", elem_id="txt2img-enable-hr")
                 with gr.Row():

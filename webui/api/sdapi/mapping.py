@@ -25,6 +25,7 @@ from .fields import Img2ImgBody, Txt2ImgBody
 from .options import parse_bool, parse_image_format, parse_int, parse_model_name
 
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's setting name, sent in override_settings
+STEP_CACHE_OPTION = "step_cache"  # Kiri's own, as in /sdapi/v1/options: "taylorseer 5", {"method": ...} or "off"
 MAX_NAMED = 10  # unknown scripts or settings named one by one in the warnings, at most
 
 
@@ -43,6 +44,8 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[
     addons: dict[str, Any] = {}
     if CLIP_SKIP_OPTION in overrides:
         addons["clip_skip"] = parse_int(f"override_settings.{CLIP_SKIP_OPTION}", overrides[CLIP_SKIP_OPTION], 1, ClipSkip.MAX)
+    if STEP_CACHE_OPTION in overrides:
+        addons["step_cache"] = overrides[STEP_CACHE_OPTION]  # checked, naming the field, before the job is queued
     samples_save = (parse_bool("override_settings.samples_save", overrides["samples_save"])
                     if "samples_save" in overrides else None)
     image_format = (parse_image_format("override_settings.samples_format", overrides["samples_format"])
@@ -67,7 +70,7 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[
     )
 
 
-PER_REQUEST_SETTINGS = ("sd_model_checkpoint", CLIP_SKIP_OPTION, "samples_save", "samples_format")
+PER_REQUEST_SETTINGS = ("sd_model_checkpoint", CLIP_SKIP_OPTION, STEP_CACHE_OPTION, "samples_save", "samples_format")
 
 
 def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:

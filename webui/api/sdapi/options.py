@@ -17,6 +17,7 @@ from typing import Any, Callable
 from fastapi import APIRouter, Request
 
 from webui.engine.core.errors import InvalidRequest
+from webui.engine import stepcache
 from webui.engine.generation.requests import IMAGE_FORMATS
 
 from ..common import ApiContext
@@ -126,7 +127,13 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     def set_preview(value: int) -> None:
         settings.preview_every = max(0, value)  # A1111's -1 (only at the end): no live preview
 
+    def parse_step_cache(field: str, value: Any) -> str:
+        checked = stepcache.parse(value)
+        return stepcache.text_of(checked) if checked else ""
+
     options: dict[str, Option] = {
+        # Kiri's own: the step cache a request that names none gets ("taylorseer 5", "" for off)
+        "step_cache": Option(lambda: settings.step_cache, parse_step_cache, lambda v: setattr(settings, "step_cache", v)),
         "sd_checkpoint_cache": Option(lambda: settings.model_cache_size,
                                       lambda f, v: parse_int(f, v, 0, MAX_CHECKPOINT_CACHE), set_cache),
         "samples_save": Option(lambda: settings.save_images, parse_bool,

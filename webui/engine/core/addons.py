@@ -116,6 +116,8 @@ class AddonSpec:
     factory: AddonFactory
     infotext_keys: tuple[str, ...] = ()  # infotext keys it writes, so PNG info can send them back
     source: str = "built-in"
+    # settings -> the add-on's settings when a request names none (a Settings default), or None
+    default: Callable[[Any], Any] | None = None
 
 
 class AddonRegistry:
@@ -135,6 +137,18 @@ class AddonRegistry:
             return self._specs[name]
         except KeyError:
             raise InvalidRequest("addons", f"unknown add-on {name!r}; available: {', '.join(self._specs) or '(none)'}") from None
+
+    def with_defaults(self, wanted: dict[str, Any], settings: Any) -> dict[str, Any]:
+        """`wanted` plus the add-ons whose defaults the settings turn on, for those it does not name."""
+        if not isinstance(wanted, dict):
+            return wanted  # build() refuses it, naming the field
+        out = dict(wanted)
+        for name, spec in self._specs.items():
+            if name not in out and spec.default is not None:
+                value = spec.default(settings)
+                if value:
+                    out[name] = value
+        return out
 
     def build(self, wanted: dict[str, Any]) -> list[Any]:
         """The add-ons a request asks for, in registration order (so their effects compose the same way)."""
