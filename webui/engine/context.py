@@ -204,7 +204,7 @@ class Engine:
     def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
         """Queue a job from plain data (what a remote client or another process sends); returns at once."""
         from webui.engine.core.errors import InvalidRequest
-        from webui.engine.core.plain import load
+        from webui.engine.core.plain import check_fields, load
 
         types = self.request_types()
         if kind not in types:
@@ -212,11 +212,12 @@ class Engine:
         if not isinstance(data, dict):
             raise InvalidRequest("request", "request must be an object of the task's fields")
         registered = self.job_kinds.get(kind)
+        check_fields(types[kind], data, kind)  # every kind, whatever its loader: a misspelt key is an error
         try:
             if registered is not None:
                 request = registered.request_from(data)
             else:
-                request = self.prepare_request(load(types[kind], data))
+                request = self.prepare_request(load(types[kind], data, kind))
         except TypeError as exc:
             raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
         work = registered.work(self, request) if registered is not None else self._work(kind, request)
