@@ -279,3 +279,42 @@ def test_paths_are_relative_on_an_exposed_server_and_absolute_locally(api_engine
     everything = json.dumps([shown, flags_shown, exposed.get("/sdapi/v1/options").json()])
     for secret in (str(models_dir), str(settings.outputs_dir), "/srv/kiri"):
         assert secret not in everything
+
+
+# --- scripts and hires checkpoints: an unknown name is a 422, as A1111 answers it ------------------
+@pytest.mark.parametrize("route, script", [
+    ("img2img", "../../etc/passwd"), ("img2img", "no such script"), ("txt2img", "../../etc/passwd"),
+    ("txt2img", "loopback"),  # an img2img script: A1111 does not find it on txt2img either
+    ("txt2img", "adetailer"),
+])
+def test_an_unknown_script_name_is_a_422_naming_script_name(client, route, script):
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 1, "script_name": script}
+    if route == "img2img":
+        body["init_images"] = [png_b64(Image.new("RGB", (64, 64), "navy"))]
+    response = client.post(f"/sdapi/v1/{route}", json=body)
+    assert response.status_code == 422, response.text
+    assert named(response) == "script_name" and "Script not found" in response.text
+
+
+@pytest.mark.parametrize("script", ["X/Y/Z plot", "Prompt matrix", "", None])
+def test_a1111_scripts_kiri_lacks_still_run_without_them(client, script):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 1,
+                                                      "script_name": script})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("name", ["no-such-model", "../tiny-sd", "tiny-sd.safetensors.bak"])
+def test_an_unknown_hr_checkpoint_name_is_a_422_naming_it(client, name):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 1,
+                                                      "enable_hr": True, "hr_checkpoint_name": name})
+    assert response.status_code == 422, response.text
+    assert named(response) == "hr_checkpoint_name" and "tiny-sd" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("name", ["Use same checkpoint", "", None, "tiny-sd"])
+def test_a_known_or_same_hr_checkpoint_name_runs(client, name):
+    response = client.post("/sdapi/v1/txt2img", json={"prompt": "x", "width": 64, "height": 64, "steps": 1,
+                                                      "enable_hr": True, "hr_scale": 1.5, "hr_checkpoint_name": name})
+    assert response.status_code == 200, response.text
+    warned = any("hr_checkpoint_name" in w for w in json.loads(response.json()["info"])["warnings"])
+    assert warned == (name == "tiny-sd")  # the second pass runs on the first pass's checkpoint: said so

@@ -77,3 +77,40 @@ def test_unreadable_files_are_listed_with_the_problem(tmp_path):
     assert "invalid safetensors header" in describe(garbage).problem
     with pytest.raises(UnknownFamily):
         family_from_keys(["some.other.model.weight"])
+
+
+def test_a_single_file_beside_its_namesake_folder_is_listed_and_found_apart(models_dir, tmp_path):
+    """kiri-shapes-ldm/ and kiri-shapes-ldm.safetensors: both listed; the folder keeps the bare name
+    (Kiri's default is found as before), the file is called by its file name, as A1111 titles it."""
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    shutil.copy(root / "checkpoints" / "tiny-sd-single.safetensors", root / "checkpoints" / "tiny-sd.safetensors")
+    catalog = Catalog(root)
+    entries = {e.name: e for e in catalog.scan()}
+    assert {"tiny-sd", "tiny-sd.safetensors"} <= set(entries)
+    folder, single = entries["tiny-sd"], entries["tiny-sd.safetensors"]
+    assert folder.format == "diffusers" and single.format == "single_file" and single.path.name == "tiny-sd.safetensors"
+    assert catalog.find("tiny-sd") == folder
+    assert catalog.find("tiny-sd.safetensors") == single
+    assert catalog.find(catalog.title(single)) == single and catalog.find(catalog.title(folder)) == folder
+    assert catalog.find(f"tiny-sd.safetensors [{catalog.short_hash(single)}]") == single  # A1111's title
+    assert catalog.find(f"tiny-sd [{catalog.short_hash(folder)}]") == folder
+
+
+def test_sd_models_lists_both_and_either_title_selects_it(models_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_api_app
+
+    root = tmp_path / "models"
+    shutil.copytree(models_dir, root)
+    shutil.copy(root / "checkpoints" / "tiny-sd-single.safetensors", root / "checkpoints" / "tiny-sd.safetensors")
+    app, engine = make_api_app(root, tmp_path / "outputs")
+    client = TestClient(app)
+    listed = {m["title"].split(" [")[0]: m for m in client.get("/sdapi/v1/sd-models").json()}
+    assert {"tiny-sd", "tiny-sd.safetensors"} <= set(listed)
+    assert listed["tiny-sd.safetensors"]["model_name"] == "tiny-sd"  # A1111's: the file name without extension
+    for shown in ("tiny-sd.safetensors", "tiny-sd"):
+        title = listed[shown]["title"]
+        assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": title}).status_code == 200
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == title

@@ -193,3 +193,30 @@ def test_kiri_jobs_api_queues_and_returns_a_result(kiri_server):
     assert requests.get(f"{base}/jobs/nope").status_code == 404
     assert "clip_skip" in requests.get(base + "/addons").json()
     assert "checkpoint" in requests.get(base + "/models").json()
+
+
+@pytest.mark.parametrize("kind, body, key, hint", [
+    ("txt2img", {"prompt": "x", "stepz": 5}, "request.stepz", "did you mean steps?"),
+    ("img2img", {"prompt": "x", "denoise": 0.5}, "request.denoise", "img2img"),
+    ("txt2video", {"prompt": "x", "frame": 2}, "request.frame", "did you mean frames?"),
+    ("vid2vid", {"video": "AAAA", "prompt": "x", "every_n": 2}, "request.every_n", "vid2vid"),
+    ("interpolate", {"video": "AAAA", "fator": 2}, "request.fator", "did you mean factor?"),
+])
+def test_an_unknown_key_in_a_plain_request_is_refused_naming_it(engine, kind, body, key, hint):
+    from webui.engine.core.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as caught:
+        engine.submit_plain(kind, body, "tester")
+    assert caught.value.field == key and hint in str(caught.value) and kind in str(caught.value)
+
+
+def test_kiri_jobs_route_answers_an_unknown_request_key_with_a_422_naming_it(models_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_api_app
+
+    app, engine = make_api_app(models_dir, tmp_path / "outputs")
+    reply = TestClient(app).post("/kiri/v1/jobs", json={"kind": "txt2img", "request": {"prompt": "x", "stepz": 5}})
+    assert reply.status_code == 422, reply.text
+    detail = reply.json()["detail"][0]
+    assert detail["loc"][-1] == "request.stepz" and "did you mean steps?" in detail["msg"]

@@ -301,9 +301,15 @@ def test_api_segment_and_segmenters(api):
     ({"points": [[1, 1, 1]], "model": "tiny-clipseg"}, "points"),
     ({"points": [[1, 1, 1]], "model": "a-bert"}, "model"),
     ({"image": "not base64!", "points": [[1, 1, 1]]}, "image"),
+    ({"prompt": "\ud800 x"}, "prompt"),  # a lone surrogate: the tokenizer would fail on it (a 500)
+    ({"prompt": "x\udfff", "model": "tiny-clipseg"}, "prompt"),
+    ({"prompt": "a" * 1001}, "prompt"),
 ])
 def test_api_422_names_the_field(api, body, field):
-    reply = api.post("/kiri/v1/segment", json={"image": b64(Image.new("RGB", (64, 64))), **body})
+    import json
+
+    raw = json.dumps({"image": b64(Image.new("RGB", (64, 64))), **body})  # ASCII: a lone surrogate as \\ud800
+    reply = api.post("/kiri/v1/segment", content=raw, headers={"content-type": "application/json"})
     assert reply.status_code == 422, reply.text
     assert reply.json()["detail"][0]["loc"] == ["body", field]
 

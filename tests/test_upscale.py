@@ -43,7 +43,7 @@ def test_the_catalog_lists_the_model_upscaler_with_kind_and_scale(engine):
 
 def test_tiled_output_equals_untiled_output(engine):
     """Tolerance: 1/255 per channel (rounding to 8 bits); the tiny net's receptive field (4 px)
-    is within the dead quarter of a 32-pixel overlap, so the float outputs agree to ~1e-5."""
+    is within the dead quarter of a 24-pixel overlap (half the 48-pixel tile), so the float outputs agree to ~1e-5."""
     from webui.engine.upscale import upscale_tensor_untiled
 
     engine.catalog.scan()
@@ -51,7 +51,7 @@ def test_tiled_output_equals_untiled_output(engine):
     loaded = engine.models.get_of_kind("upscaler", TINY).model
     whole = np.asarray(upscale_tensor_untiled(loaded, image), dtype=int)
     job = Job(kind="extras")
-    result = upscale_images(engine, UpscaleRequest([image], TINY, scale=4, tile_size=48, tile_overlap=32,
+    result = upscale_images(engine, UpscaleRequest([image], TINY, scale=4, tile_size=48, tile_overlap=24,
                                                    save_images=False), job)
     tiled = np.asarray(result.images[0], dtype=int)
     assert tiled.shape == whole.shape == (360, 400, 3)
@@ -213,3 +213,38 @@ def test_extra_batch_images(kiri_server):
     assert reply.status_code == 200, reply.text
     images = [Image.open(io.BytesIO(base64.b64decode(i))) for i in reply.json()["images"]]
     assert [i.size for i in images] == [(40, 20), (40, 20)]
+
+
+@pytest.fixture(scope="module")
+def extras_client(models_dir, tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_api_app
+
+    app, _ = make_api_app(models_dir, tmp_path_factory.mktemp("extras-out"))
+    return TestClient(app)
+
+
+@pytest.mark.parametrize("fields, field", [
+    ({"tile_size": -1}, "tile_size"), ({"tile_size": 1}, "tile_size"), ({"tile_size": 10**9}, "tile_size"),
+    ({"tile_size": 64, "tile_overlap": 100}, "tile_overlap"), ({"tile_overlap": -5}, "tile_overlap"),
+    ({"tile_size": 48, "tile_overlap": 25}, "tile_overlap"), ({"tile_overlap": 10**6}, "tile_overlap"),
+])
+def test_extras_tiles_out_of_range_are_a_422_naming_the_field(extras_client, fields, field):
+    buffer = io.BytesIO()
+    _picture(40, 32).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    for route, body in (("extra-single-image", {"image": image}), ("extra-batch-images", {"imageList": [{"data": image}]})):
+        response = extras_client.post(f"/sdapi/v1/{route}", json={**body, "upscaler_1": TINY, "upscaling_resize": 4, **fields})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_extras_tiles_in_range_are_used(extras_client):
+    buffer = io.BytesIO()
+    _picture(40, 32).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+    response = extras_client.post("/sdapi/v1/extra-single-image", json={
+        "image": image, "upscaler_1": TINY, "upscaling_resize": 4, "tile_size": 32, "tile_overlap": 16})
+    assert response.status_code == 200, response.text
+    assert "Tile size: 32" in response.json()["html_info"] and "Tile overlap: 16" in response.json()["html_info"]

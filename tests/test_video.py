@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 
 from video_clips import SIZE, decode, moving_square_frames, write_clip  # noqa: E402
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.video import media
+from webui.engine.video.service import Txt2VideoRequest
 
 
 @pytest.fixture(scope="session")
@@ -451,3 +454,81 @@ def test_sdapi_progress_and_interrupt_see_video_jobs(video_api, clip):
     worker.join(60)
     body = outcome["response"].json()
     assert body["interrupted"] and len(body["frames"]) < 6
+
+
+# --- frame rates and files that are not clips -------------------------------------------------------
+
+def _image_bytes(fmt: str) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (SIZE, SIZE), "teal").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fps", [0.001, 0.5, 0, 61, float("nan")])
+def test_a_frame_rate_outside_1_to_60_is_refused_before_any_work(video_api, clip, fps):
+    client, _ = video_api
+    video = base64.b64encode(clip.read_bytes()).decode()
+    for route, payload in (("txt2video", {"prompt": "x", "frames": 2}), ("vid2vid", {"video": video, "prompt": "x"})):
+        if fps != fps:  # NaN is not JSON: the request class itself
+            with pytest.raises(InvalidRequest) as caught:
+                Txt2VideoRequest(prompt="x", fps=fps)
+            assert caught.value.field == "fps"
+            continue
+        response = client.post(f"/kiri/v1/{route}", json={**payload, "fps": fps})
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][-1] == "fps"
+
+
+def test_vid2vid_fps_from_the_source_below_1_is_refused_up_front(video_api, clip):
+    client, engine = video_api
+    video = base64.b64encode(clip.read_bytes()).decode()  # 8 fps: every 10th frame is 0.8 fps
+    response = client.post("/kiri/v1/vid2vid", json={"video": video, "prompt": "x", "every_nth": 10})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == "fps" and "every_nth" in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("fps", [0.001, 1e-9, 0, -3, float("nan"), float("inf")])
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_write_animation_stores_any_frame_rate_within_what_the_format_holds(tmp_path, fps, fmt):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue")]
+    path = media.write_animation(iter(frames), fps, tmp_path / f"clip.{fmt.lower()}", fmt)
+    with Image.open(path) as written:
+        assert written.n_frames == 2
+    assert 1 <= media.frame_duration_ms(fps, fmt) <= media.MAX_FRAME_MS[fmt]
+
+
+@pytest.mark.parametrize("fmt, name", [("PNG", "PNG"), ("JPEG", "JPEG"), ("WEBP", "WebP"), ("GIF", "GIF")])
+def test_a_still_image_sent_as_video_is_refused_as_such(video_api, fmt, name):
+    client, _ = video_api
+    still = base64.b64encode(_image_bytes(fmt)).decode()
+    for route, payload in (("interpolate", {"factor": 2}), ("vid2vid", {"prompt": "x"})):
+        response = client.post(f"/kiri/v1/{route}", json={**payload, "video": still})
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"][0]
+        assert detail["loc"][-1] == "video" and f"{name} image" in detail["msg"] and "not a video" in detail["msg"]
+
+
+def test_random_bytes_as_video_are_refused_naming_video(video_api):
+    import random
+
+    client, _ = video_api
+    noise = base64.b64encode(random.Random(3).randbytes(4000)).decode()
+    response = client.post("/kiri/v1/interpolate", json={"video": noise, "factor": 2})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][-1] == "video"
+
+
+def test_several_frame_gifs_and_zips_of_frames_stay_clips(tmp_path):
+    import zipfile
+
+    frames = moving_square_frames(3)
+    gif = tmp_path / "a.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert media.probe(gif.read_bytes()).frames == 3
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("0001.png", _image_bytes("PNG"))
+    assert media.probe(buffer.getvalue()).format == "zip"

@@ -164,12 +164,14 @@ class Engine:
     def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
         """Queue a job from plain data (what a remote client or another process sends); returns at once."""
         from webui.engine.core.errors import InvalidRequest
+        from webui.engine.core.plain import check_fields
 
         registered = self.job_kinds.get(kind)
         if registered is None:
             raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(self.job_kinds.names())}")
         if not isinstance(data, dict):
             raise InvalidRequest("request", "request must be an object of the task's fields")
+        check_fields(registered.request_type, data, kind)  # every kind, whatever its loader: a misspelt key is an error
         try:
             request = registered.request_from(data, self.settings.max_pixels)
         except TypeError as exc:

@@ -26,7 +26,8 @@ def upscale_request(body: ExtraSingleBody, images: list, names: list[str] | None
         images=images, upscaler_1=body.upscaler_1 or "None", upscaler_2=body.upscaler_2 or "None",
         upscaler_2_visibility=body.extras_upscaler_2_visibility, scale=body.upscaling_resize,
         width=body.upscaling_resize_w if by_size else None, height=body.upscaling_resize_h if by_size else None,
-        crop=body.upscaling_crop, names=names or [], save_images=False,
+        crop=body.upscaling_crop, tile_size=body.tile_size, tile_overlap=body.tile_overlap, names=names or [],
+        save_images=False,
     )
 
 

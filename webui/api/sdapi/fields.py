@@ -143,6 +143,10 @@ class ExtraSingleBody(Body):
     upscaler_1: str = "None"
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = 0
+    # Kiri's own: the model upscalers' tiles (A1111 reads them from its ESRGAN_tile options); checked by
+    # UpscaleRequest.validate, so a value out of range is a 422 naming the field, never ignored.
+    tile_size: int = 0  # 0: from free memory
+    tile_overlap: int = 32
 
 
 class ImageItem(BaseModel):

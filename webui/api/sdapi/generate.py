@@ -20,7 +20,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     @router.post("/txt2img")
     def txt2img(body: Txt2ImgBody, http: Request) -> dict:
         warnings: list[str] = []
-        request = mapping.txt2img_request(body, warnings)
+        request = mapping.txt2img_request(body, warnings, engine)
         result = engine.txt2img(request, Job(kind="txt2img", owner=ctx.owner(http)))
         result.warnings[:0] = warnings
         return mapping.response(engine, body, result)

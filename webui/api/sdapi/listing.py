@@ -26,10 +26,15 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         return [{"name": name.lower().replace(" ", "_"), "label": name, "aliases": None,
                  "default_rho": 7.0 if name == "Karras" else -1, "need_inner_model": False} for name in SCHEDULES]
 
+    def a1111_model_name(entry) -> str:
+        """A1111's model_name: the file name without its extension (a folder's name as it is); the
+        title, `file name [hash]`, is what tells a folder and its namesake file apart."""
+        return entry.path.stem if entry.path.is_file() else entry.path.name
+
     @router.get("/sd-models")
     def sd_models() -> list[dict]:
         engine.catalog.entries or engine.catalog.scan()
-        return [{"title": api_title(engine, e), "model_name": e.name, "hash": engine.catalog.short_hash(e),
+        return [{"title": api_title(engine, e), "model_name": a1111_model_name(e), "hash": engine.catalog.short_hash(e),
                  "sha256": engine.catalog.hashes.cached(e.hash_source), "filename": shown_path(ctx, e.path), "config": None}
                 for e in engine.catalog.entries]
 

@@ -93,7 +93,7 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
     warn(bool(body.refiner_checkpoint), "refiner_checkpoint: refiners are not in Kiri yet; not applied")
     if is_sd_upscale(body) and not isinstance(body, Img2ImgBody):
         warn(True, "script_name 'SD upscale' is an img2img script; this txt2img request ran without it")
-    else:
+    else:  # an A1111 script Kiri lacks (check_script refused any other name)
         warn(bool(body.script_name) and not is_sd_upscale(body), f"script_name {str(body.script_name)!r}: "
                                                                  "not a script Kiri has; the request ran without it")
     scripts = list(body.alwayson_scripts)
@@ -102,16 +102,47 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
     warn(body.infotext is not None, "infotext: reading parameters from an infotext is not done; the fields were used")
 
 
-def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None) -> Txt2ImgRequest:
+# AUTOMATIC1111's own scripts, by tab, as its script_name lookup reads them (lower case). Kiri runs
+# "sd upscale" (img2img); the others run without the script, with a warning. Any other name is
+# refused, as A1111 refuses it: "Script not found".
+A1111_SCRIPTS = {
+    "txt2img": ("prompt matrix", "prompts from file or textbox", "x/y/z plot", "x/y plot"),
+    "img2img": ("img2img alternative test", "loopback", "outpainting mk2", "poor man's outpainting", "prompt matrix",
+                "prompts from file or textbox", "sd upscale", "x/y/z plot", "x/y plot"),
+}
+
+
+def check_script(body: Txt2ImgBody) -> None:
+    """script_name must be one of A1111's scripts for the tab (or empty): anything else is a 422."""
+    if not body.script_name:
+        return
+    tab = "img2img" if isinstance(body, Img2ImgBody) else "txt2img"
+    known = A1111_SCRIPTS[tab] + ((SD_UPSCALE,) if tab == "txt2img" else ())  # txt2img: run without it, warned
+    if body.script_name.strip().lower() not in known:
+        shown = body.script_name if len(body.script_name) <= 60 else body.script_name[:57] + "..."
+        runs = "'SD upscale'" if tab == "img2img" else "none (SD upscale is on img2img)"
+        raise InvalidRequest("script_name", f"Script not found: {shown!r} is not a {tab} script; Kiri runs {runs}, "
+                                            "see GET /sdapi/v1/scripts")
+
+
+def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None, engine: Engine | None = None) -> Txt2ImgRequest:
+    check_script(body)
     fields = common_fields(body, warnings)
     if body.enable_hr:
-        fields["hires"] = hires_fix(body, warnings if warnings is not None else [])
+        fields["hires"] = hires_fix(body, warnings if warnings is not None else [], engine)
     return Txt2ImgRequest(**fields)
 
 
-def hires_fix(body: Txt2ImgBody, warnings: list[str]) -> HiresFix:
-    """A1111's hr_* fields -> the request's hires fix (denoising_strength: A1111's 0.7 when not sent)."""
+def hires_fix(body: Txt2ImgBody, warnings: list[str], engine: Engine | None = None) -> HiresFix:
+    """A1111's hr_* fields -> the request's hires fix (denoising_strength: A1111's 0.7 when not sent).
+    hr_checkpoint_name must name a checkpoint the catalog has; the second pass still runs on the
+    first pass's (its latents are that model's), which the warning says."""
     if body.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+        name = parse_model_name("hr_checkpoint_name", body.hr_checkpoint_name)
+        if engine is not None and not _known_checkpoint(engine, name):
+            names = ", ".join(e.name for e in engine.catalog.entries[:MAX_NAMED]) or "(none)"
+            raise InvalidRequest("hr_checkpoint_name", f"hr_checkpoint_name: no checkpoint {name!r}; "
+                                                       f"'Use same checkpoint' or one of: {names}")
         warnings.append("hr_checkpoint_name: the second pass uses the first pass's checkpoint in Kiri")
     if body.hr_scheduler not in (None, "", "Use same scheduler") and body.hr_scheduler != body.scheduler:
         warnings.append("hr_scheduler: the second pass uses the first pass's schedule type in Kiri")
@@ -122,6 +153,13 @@ def hires_fix(body: Txt2ImgBody, warnings: list[str]) -> HiresFix:
         denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.7,
         sampler_name=sampler, prompt=body.hr_prompt or "", negative_prompt=body.hr_negative_prompt or "",
     )
+
+
+def _known_checkpoint(engine: Engine, name: str) -> bool:
+    if engine.catalog.find(name) is not None:
+        return True
+    engine.catalog.scan()  # a file added since the last scan
+    return engine.catalog.find(name) is not None
 
 
 SD_UPSCALE = "sd upscale"
@@ -204,6 +242,7 @@ def img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | Non
 
 
 def _img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | None):
+    check_script(body)
     from webui.engine.generation.img2img import Img2ImgRequest
 
     if not body.init_images:

@@ -41,9 +41,26 @@ def dump(value: Any) -> Any:
     return value
 
 
-def load(cls: type[T], data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> T:
-    """`cls` from plain data; every image is checked against `max_pixels` (Settings.max_pixels) on
-    its header before it is decoded, and refused naming its field (core/limits.py)."""
+def check_fields(cls: type, data: dict, kind: str | None = None, where: str = "request") -> None:
+    """Refuse a key that is not an init field of `cls`, naming it (`request.stepz`) with the closest
+    field's name: a misspelt key would otherwise run as if it were not there."""
+    import difflib
+
+    from webui.engine.core.errors import InvalidRequest
+
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; its fields are {', '.join(names)}"
+            raise InvalidRequest(f"{where}.{key}", f"{where}.{key} is not a field of {kind or cls.__name__}{hint}")
+
+
+def load(cls: type[T], data: dict, max_pixels: int = DEFAULT_MAX_PIXELS, kind: str | None = None) -> T:
+    """`cls` from plain data; a key it has no field for is refused (check_fields), and every image is
+    checked against `max_pixels` (Settings.max_pixels) on its header before it is decoded, refused
+    naming its field (core/limits.py)."""
+    check_fields(cls, data, kind)
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]

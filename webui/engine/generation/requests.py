@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.text import MAX_PROMPT_CHARS, check_text  # noqa: F401 - re-exported: generation's rules
 
 MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_CFG = 30.0
-# Far beyond any tokenizer's window (A1111 users write a few thousand at most); longer is refused.
-MAX_PROMPT_CHARS = 20_000
-# UTF-16 halves without their pair: no character at all, and no encoder (UTF-8, the tokenizer's,
-# PNG's iTXt) can write them.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 SEED_MAX = 2**32 - 1
 IMAGE_FORMATS = ("png", "jpg", "webp")
 
@@ -150,23 +145,6 @@ class GenerationResult:
         self.images.append(image)
         self.infotexts.append(infotext)
         self.seeds.append(seed)
-
-
-def check_text(name: str, text: str) -> None:
-    """Refuse a prompt longer than MAX_PROMPT_CHARS, or holding a lone UTF-16 surrogate.
-
-    Refused rather than repaired: a surrogate is half of a character the client meant (an emoji
-    cut in two by its own string slicing), so any replacement would generate, and record in the
-    infotext, a prompt nobody wrote; the message says where it is so the client can fix its text.
-    """
-    if len(text) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(name, f"the {name.replace('_', ' ')} is {len(text)} characters long; "
-                                   f"Kiri reads at most {MAX_PROMPT_CHARS}")
-    bad = _LONE_SURROGATE.search(text)
-    if bad:
-        raise InvalidRequest(name, f"the {name.replace('_', ' ')} holds half of a UTF-16 character pair "
-                                   f"(U+{ord(bad.group()):04X} at position {bad.start()}), not a character: "
-                                   "send whole characters (an emoji is two UTF-16 units)")
 
 
 def check_prompts(request: Any, subject: str = "image") -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -145,6 +145,17 @@ def describe_file(path: Path, kind: str) -> CatalogEntry | None:
     return None
 
 
+def _unique(entry: CatalogEntry, folder: str, taken: set[str]) -> CatalogEntry | None:
+    """The entry under a name no earlier one has: its own; else, beside a namesake (the folder
+    kiri-shapes-ldm/ and the file kiri-shapes-ldm.safetensors), its file name, as A1111 titles it;
+    else its path under models/. The first keeps the bare name, so finding it by that is unchanged
+    (a folder sorts before its namesake files)."""
+    for name in (entry.name, entry.path.name, f"{folder}/{entry.path.name}"):
+        if name not in taken:
+            return entry if name == entry.name else replace(entry, name=name)
+    return None
+
+
 @dataclass(frozen=True)
 class ModelKind:
     name: str
@@ -234,7 +245,9 @@ class Catalog:
                     continue
                 for path in sorted(directory.iterdir(), key=lambda p: p.name.lower()):
                     entry = kind.describe(path, kind.name)
-                    if entry is not None and all(e.name != entry.name for e in entries):
+                    if entry is not None:
+                        entry = _unique(entry, folder, {e.name for e in entries})
+                    if entry is not None:
                         entries.append(entry)
             found[kind.name] = entries
         with self._lock:
@@ -286,9 +299,12 @@ class Catalog:
         for entry in self.entries:
             if wanted in (entry.name, entry.path.name, self.title(entry)):
                 return entry
-        base = wanted.split(" · ")[0].split(" [")[0]
+        base = wanted.split(" · ")[0].split(" [")[0]  # Kiri's dropdown title or A1111's `file name [hash]`
         for entry in self.entries:
             if base == entry.name:
+                return entry
+        for entry in self.entries:
+            if base == entry.path.name:
                 return entry
         if len(wanted) >= 8:
             for entry in self.entries:

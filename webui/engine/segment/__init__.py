@@ -28,6 +28,7 @@ import numpy as np
 
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.jobs import Job
+from webui.engine.core.text import check_text
 
 from . import masks as mask_tools
 from .backends import Detected, detect
@@ -103,8 +104,8 @@ class SegmentRequest:
             raise InvalidRequest("prompt", "prompt must be text")
         if self.prompt is not None:
             self.prompt = self.prompt.strip() or None
-        if self.prompt is not None and len(self.prompt) > MAX_PROMPT_CHARS:
-            raise InvalidRequest("prompt", f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        if self.prompt is not None:
+            check_text("prompt", self.prompt, MAX_PROMPT_CHARS)  # a lone surrogate would fail in the tokenizer
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
                 or not math.isfinite(self.threshold) or not 0 <= self.threshold <= 1:
             raise InvalidRequest("threshold", f"threshold must be a number from 0 to 1 (got {self.threshold!r})")

@@ -196,6 +196,9 @@ class UpscaleRequest:
                 raise InvalidRequest(name, f"{name} must be a whole number from {low} to {high} (got {value!r})")
         if self.tile_size and self.tile_size < 32:
             raise InvalidRequest("tile_size", f"tile_size must be 0 (automatic) or at least 32 (got {self.tile_size})")
+        if self.tile_size and 2 * self.tile_overlap > self.tile_size:  # else tiles would overlap past the next one
+            raise InvalidRequest("tile_overlap", f"tile_overlap must be at most half the tile size "
+                                                 f"({self.tile_size // 2} for {self.tile_size}-pixel tiles; got {self.tile_overlap})")
 
     def size_for(self, image: "Image.Image", max_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
         if self.width is not None or self.height is not None:

@@ -10,6 +10,7 @@ complete (temp file, then rename).
 from __future__ import annotations
 
 import io
+import math
 import os
 import zipfile
 from dataclasses import dataclass
@@ -52,6 +53,16 @@ class Frame:
     image: "Image.Image"
 
 
+# Still-image files by their first bytes: FFmpeg opens each as a one-frame "video", so they are
+# named and refused before it sees them (a WebP is a still unless it holds an ANIM chunk).
+STILL_IMAGES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+                (b"MM\x00*", "TIFF"), (b"\x00\x00\x01\x00", "ICO"), (b"qoif", "QOI"))
+
+
+# FFmpeg's demuxers of single pictures (besides the "*_pipe" ones).
+IMAGE_DEMUXERS = frozenset({"image2"})
+
+
 def sniff(data: bytes) -> str:
     if data[:4] == b"PK\x03\x04":
         return "zip"
@@ -60,12 +71,30 @@ def sniff(data: bytes) -> str:
     return "video"
 
 
+def still_image(data: bytes) -> str | None:
+    """The image format of a still picture's bytes (PNG, JPEG, WebP...), or None."""
+    for magic, name in STILL_IMAGES:
+        if data.startswith(magic):
+            return None if name == "PNG" and b"acTL" in data[:4096] else name  # an APNG is a clip
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and b"ANIM" not in data[12:4096]:
+        return "WebP"
+    return None
+
+
+def _not_a_clip(field: str, what: str) -> InvalidRequest:
+    return InvalidRequest(field, f"{field} is {what}, not a video: upload an MP4, WebM, MOV or GIF file, "
+                                 "or a zip of frames")
+
+
 def probe(data: bytes, field: str = "video") -> VideoInfo:
     """The clip's size, frame rate, frame count and duration, from headers only (no frame decoded);
     a clear error if it is not a video. A zip's every frame header is read (the largest is kept)."""
     if not data:
         raise InvalidRequest(field, f"{field} is empty: upload an MP4, WebM, MOV or GIF file, or a zip of frames")
     kind = sniff(data)
+    image_format = still_image(data)
+    if image_format is not None:
+        raise _not_a_clip(field, f"a {image_format} image")
     try:
         if kind == "zip":
             names = _zip_frames(data, field)
@@ -85,6 +114,8 @@ def probe(data: bytes, field: str = "video") -> VideoInfo:
 
             with Image.open(io.BytesIO(data)) as gif:
                 count = getattr(gif, "n_frames", 1)
+                if count < 2:
+                    raise _not_a_clip(field, "a GIF image of one frame")
                 duration_ms = gif.info.get("duration") or 100
                 return VideoInfo("gif", gif.width, gif.height, 1000 / duration_ms, count, count * duration_ms / 1000)
         import av
@@ -92,6 +123,10 @@ def probe(data: bytes, field: str = "video") -> VideoInfo:
         with av.open(io.BytesIO(data)) as container:
             if not container.streams.video:
                 raise InvalidRequest(field, f"{field} has no video stream")
+            if container.format.name.endswith("_pipe") or container.format.name in IMAGE_DEMUXERS:
+                animated_webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+                raise _not_a_clip(field, "an animated WebP, which Kiri does not read as a clip" if animated_webp
+                                  else f"a still image ({container.format.name})")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
@@ -217,13 +252,26 @@ def write_animation(frames: Iterable["Image.Image"], fps: float, path: Path, fmt
     """A looping GIF or animated WebP. PIL writes a GIF from an iterator frame by frame; its WebP
     writer holds every frame (the caller bounds how many)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    duration = max(1, round(1000 / fps))
+    duration = frame_duration_ms(fps, fmt)
     converted = (f.convert("RGB") for f in frames)
     first = next(converted)
     rest = list(converted) if fmt == "WEBP" else converted
     options = {"lossless": False, "quality": 90} if fmt == "WEBP" else {"optimize": False}
     first.save(tmp, format=fmt, save_all=True, append_images=rest, duration=duration, loop=0, **options)
     return _publish(tmp, path)
+
+
+# The longest frame each format stores: GIF in hundredths of a second in 16 bits, WebP in ms in 24 bits.
+MAX_FRAME_MS = {"GIF": 65_535 * 10, "WEBP": 2**24 - 1}
+
+
+def frame_duration_ms(fps: float, fmt: str) -> int:
+    """One frame's duration in ms at `fps`, within what `fmt` can store (so no rate makes the writer
+    fail after a whole job; requests keep fps from 1 to 60, this guards every other caller)."""
+    longest = MAX_FRAME_MS.get(fmt, MAX_FRAME_MS["GIF"])
+    if not isinstance(fps, (int, float)) or math.isnan(fps) or fps <= 0:
+        return longest
+    return min(longest, max(1, round(1000 / fps)))
 
 
 def write_zip(frame_paths: list[Path], path: Path) -> Path:

@@ -17,7 +17,7 @@ from webui.engine.video import pipelines
 MAX_FRAMES = 1000  # frames in one clip, made or read
 MAX_DURATION_S = 600.0  # seconds of source video read
 MAX_UPLOAD_BYTES = 512 * 2**20
-MAX_FPS = 60.0
+MIN_FPS, MAX_FPS = 1.0, 60.0  # a clip's frame rate, asked for or derived from the source
 CONSISTENCY = ("none", "blend", "flow")
 FACTORS = (2, 4)
 INTERPOLATE_CHUNK = 8  # source frames per turn
@@ -44,8 +44,10 @@ def _check_generation(r: Any) -> None:
 def _check_fps(name: str, value: Any, optional: bool = False) -> None:
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= MAX_FPS:
-        raise InvalidRequest(name, f"{name} must be a number of frames per second above 0 and at most {MAX_FPS:g} (got {value!r})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not MIN_FPS <= value <= MAX_FPS:
+        raise InvalidRequest(name, f"{name} must be a number of frames per second from {MIN_FPS:g} to {MAX_FPS:g} "
+                                   f"(got {value!r})")
 
 
 @dataclass

@@ -42,6 +42,7 @@ from webui.engine.video.frames import version as _version
 
 from webui.engine.video.requests import (  # noqa: F401 - the requests and limits, re-exported: the public module
     CONSISTENCY, FACTORS, INTERPOLATE_CHUNK, MASK_BLUR, MAX_DURATION_S, MAX_FPS, MAX_FRAMES, MAX_FREE_INIT, MAX_UPLOAD_BYTES,
+    MIN_FPS,
     InterpolateRequest, Txt2VideoRequest, Vid2VidRequest,
 )
 
@@ -410,6 +411,10 @@ def plan_vid2vid(engine: "Engine", request: Vid2VidRequest) -> _Plan:
     read = math.ceil(request.start_time * info.fps) + count * request.every_nth
     check_source(engine, info, min(read, info.frames) if info.frames else read)
     fps = request.fps or info.fps / request.every_nth
+    if fps < MIN_FPS:  # refused before any frame is made: a clip this slow is a slide show, and GIF cannot hold it
+        raise InvalidRequest("fps", f"the source's {info.fps:g} fps taking every {request.every_nth} frames makes "
+                                    f"{fps:.3g} fps, below {MIN_FPS:g}: set fps ({MIN_FPS:g} to {MAX_FPS:g}) or a "
+                                    "smaller every_nth")
     for x, y, _ in request.mask_points or []:
         if not (0 <= x < info.width and 0 <= y < info.height):
             raise InvalidRequest("mask_points", f"the click ({x:g}, {y:g}) is outside the {info.width}x{info.height} frame")
