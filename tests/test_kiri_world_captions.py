@@ -188,7 +188,7 @@ def test_the_tokenizer_the_training_script_builds_covers_every_word(tmp_path):
 
 def test_the_training_scripts_captions_follow_the_mix_and_the_scenes():
     pytest.importorskip("torch")
-    from tools import train_default_models as T
+    from tools import ldm_kit as T
 
     scenes = T.training_scenes(300, seed=0)
     _, captions, _ = W.dataset(300, seed=0)

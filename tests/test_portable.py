@@ -178,7 +178,7 @@ def test_retraining_saves_the_portable_layout(tmp_path, monkeypatch):
     """The training script's save step writes what make_portable would (so a retrain keeps it)."""
     from diffusers import StableDiffusionPipeline
 
-    from tools import train_default_models as T
+    from tools import ldm_kit as T
     from webui.engine.models.families import read_safetensors_keys
 
     train_dir = tmp_path / "train"

@@ -75,7 +75,7 @@ def test_dit_batches_made_by_worker_processes_are_the_batches_made_in_the_traini
     import random
     from functools import partial
 
-    from tools import train_default_models as T
+    from tools import ldm_kit as T
     from tools import train_dit as D
 
     tok = build_tokenizer(tmp_path / "tokenizer", tmp_path / "work", max_len=T.MAX_LEN)

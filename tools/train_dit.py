@@ -1,7 +1,7 @@
 """The DiT of Kiri's default models (``kiri-shapes-dit``): an SD3-style MMDiT trained with rectified
 flow, on the CPU or, when one is lent, on a GPU. Run it through ``python tools/train_default_models.py
-dit`` (options there); the data, the VAE, the tokenizer, the text encoders and the export are that
-script's, and are shared with the LDM.
+dit`` (options there); the data, the VAE, the tokenizer, the text encoders and the export are
+tools/ldm_kit.py's, shared with the LDM.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tools import kiri_world as W
-from tools.train_default_models import (
+from tools.ldm_kit import (
     CHECKPOINTS, DIT_DEFAULT, TEXT_DIM, TRAIN_DIR, adherence, batch_captions, cached_latents, check_resume_mix,
     free_adherence, free_eval_set, load_tokenizer, load_vae, make_text_encoder, save_pipeline, to_uint8, tokenize,
     training_scenes,
