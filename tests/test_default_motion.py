@@ -26,10 +26,9 @@ def engine(tmp_path_factory):
 
 def test_the_video_tab_offers_the_embedded_module_and_its_clip_length(engine):
     from webui.engine.video.service import motion_modules
-    from webui.engine.video.pipelines import context_length, register_loaders
+    from webui.engine.video.pipelines import context_length
 
     assert motion_modules(engine) == ["kiri-motion"]
-    register_loaders(engine.models)
     adapter = engine.models.get_of_kind("motion", "kiri-motion").model
     assert context_length(adapter) == 8  # what it was trained on: longer clips run in FreeNoise windows
 
