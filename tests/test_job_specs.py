@@ -188,6 +188,20 @@ def test_a_caller_waiting_after_the_job_finished_gets_its_result_back_from_disk(
     assert isinstance(result, GenerationResult) and result.seeds == [8] and result.images[0].size == (64, 64)
 
 
+def test_a_job_run_by_a_waiting_caller_drops_its_result_once_the_caller_has_it(engine):
+    from webui.engine.core.jobs import Job
+    from webui.engine.generation.requests import Txt2ImgRequest
+
+    engine.settings.preview_every = 1
+    job = Job(kind="txt2img", owner="someone")
+    result = engine.txt2img(Txt2ImgRequest(**tiny(9)), job)
+    assert result.images[0].size == (64, 64)  # the caller has its pictures...
+    assert job.result is None and job.result_dropped and not holds_pictures(job)  # ...the job no longer
+    assert job.preview.size == (32, 32)  # the last preview, kept as PNG bytes, still reads as a picture
+    assert not (Path(engine.settings.outputs_dir) / ".jobs").exists()  # nothing kept: its caller took it
+    assert engine.jobs.result_plain(job) is None
+
+
 def test_skip_by_job_id_with_the_owner_check(served):
     app, engine, _ = served
     u1, u2, boss = (client_for(app, user) for user in ("u1", "u2", "boss"))

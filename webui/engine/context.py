@@ -46,8 +46,9 @@ class Engine:
         self.catalog = Catalog(settings.models_dir)
         for kind in registries.model_kinds:
             self.catalog.add_kind(kind)
-        # Finished results of the plain-data kinds go to outputs/<owner>/.jobs/<id>/ (core/results.py).
-        archive = ResultArchive(self.outputs_for, KEEP_FINISHED, wants=lambda job: self.job_kinds.get(job.kind) is not None)
+        # Finished results of jobs that came as plain data (a JobSpec: /kiri/v1/jobs, a worker) go to
+        # outputs/<owner>/.jobs/<id>/ (core/results.py); a UI tab or /sdapi call takes its own result.
+        archive = ResultArchive(self.outputs_for, KEEP_FINISHED, wants=lambda job: job.spec is not None)
         self.jobs = JobStore(archive, load_result=self._result_from_plain)
         self._device = device
         # The checkpoint asked for last (model picker, /options): what a request that names none uses,

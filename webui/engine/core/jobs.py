@@ -16,7 +16,9 @@ on one job by its id, as a job spec's sender does (core/specs.py).
 The store sends plain-dict events (queued, started, progress, preview, done, failed: core/specs.py)
 to its subscribers. A finished job's result goes to disk as plain data (core/results.py) and the
 job drops it once its waiting caller has taken it (or at once, when no caller waits): 200 finished
-jobs no longer hold their pictures in memory.
+jobs no longer hold their pictures in memory. Which results go to disk is the archive's choice
+(the Engine's: jobs that came as plain data, a JobSpec; a UI tab or /sdapi hands its result to the
+caller that waits for it).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class Job:
     preview_listeners: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
     spec: dict | None = field(default=None, repr=False)  # the job spec (core/specs.py) it came from, if any
     result_file: str | None = None  # the result as plain data on disk (core/results.py), once finished
-    result_dropped: bool = False  # the result was taken by its caller and lives on disk only
+    result_taken: bool = False  # a waiting caller has had the result
+    result_dropped: bool = False  # the job let go of its result (on disk only, if it was kept there)
     waiters: int = field(default=0, repr=False)  # callers waiting for the result (JobStore.wait)
     # (the latest live preview as a PIL image, {format: its encoded bytes}); once the job finishes, only
     # its PNG bytes are kept: `preview` decodes them if asked.
@@ -260,6 +263,7 @@ class JobStore:
                         raise TimeoutError(f"job {job.id} did not finish in {timeout} s")
                     self._cond.wait(left)
                 result, dropped = job.result, job.result_dropped
+                job.result_taken = True
             if job.error is not None:
                 raise job.error
             if dropped and self.results is not None:
@@ -273,9 +277,11 @@ class JobStore:
         """A finished job's result as plain data, pictures as {"__image__": base64}: from memory while its
         caller has not taken it, else from disk (FileNotFoundError once the record was removed)."""
         with self._cond:
-            result, dropped = job.result, job.result_dropped
-        if not dropped or self.results is None:
+            result, dropped, kept = job.result, job.result_dropped, job.result_file is not None
+        if not dropped:
             return dump(result)
+        if not kept or self.results is None:
+            return None  # a job run by a waiting caller (a UI tab, /sdapi) handed its result to that caller
         from webui.engine.core.results import inline_files
 
         return inline_files(self.results.read(job))
@@ -286,8 +292,9 @@ class JobStore:
             self._drop_result(job)
 
     def _drop_result(self, job: Job) -> None:
-        """Forget the in-memory result of a finished job that no caller waits for, once it is on disk."""
-        if job.finished and job.waiters == 0 and job.result_file is not None and not job.result_dropped:
+        """Forget the in-memory result of a finished job that no caller waits for, once it is on disk
+        or a caller has had it."""
+        if job.finished and job.waiters == 0 and not job.result_dropped and (job.result_file is not None or job.result_taken):
             job.result_dropped = True
             job.result = None
 
