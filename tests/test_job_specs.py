@@ -222,3 +222,31 @@ def test_commands_by_id_refuse_an_unknown_command(served):
     with pytest.raises(ValueError):
         engine.jobs.command("any", "pause")
     assert engine.jobs.command("nope", "skip") is None
+
+
+def test_the_disk_keeps_the_results_of_the_last_finished_jobs_only(tmp_path, monkeypatch):
+    import os
+
+    from webui.engine.core import jobs as jobs_module
+    from webui.engine.core.jobs import Job, JobStore
+    from webui.engine.core.results import ResultArchive
+
+    monkeypatch.setattr(jobs_module, "KEEP_FINISHED", 2)
+    stale = tmp_path / ".jobs" / "from-an-earlier-run"
+    stale.mkdir(parents=True)
+    os.utime(stale, (1, 1))
+    store = JobStore(ResultArchive(lambda owner: tmp_path, keep=2))
+
+    def work(n):
+        def run(job):
+            return {"n": n, "picture": Image.new("RGB", (8, 8), (n, 0, 0))}
+            yield  # pragma: no cover
+        return run
+
+    made = [store.submit(Job(owner="a", work=work(n))) for n in range(3)]
+    while not all(job.finished for job in made) or store.get(made[0].id) is not None:
+        time.sleep(0.01)
+    kept = sorted(p.name for p in (tmp_path / ".jobs").iterdir())
+    assert kept == sorted(job.id for job in made[1:])  # the oldest job and the earlier run's record are gone
+    assert store.result_plain(made[2])["n"] == 2 and made[2].result is None
+    assert not list((tmp_path / ".jobs").rglob("*.tmp"))  # written whole
