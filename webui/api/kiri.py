@@ -2,7 +2,8 @@
 
 POST /kiri/v1/jobs {"kind": "txt2img", "request": {...Txt2ImgRequest fields...}} queues a job
 and answers at once with its id; GET /kiri/v1/jobs/{id} gives its progress and, once finished,
-its result (images as {"__image__": base64 PNG}). The request fields are the engine's dataclass
+its result (images as {"__image__": base64 PNG}, read back from the result kept on disk:
+core/results.py). POST /kiri/v1/jobs/{id}/interrupt and /skip stop one job by its id. The request fields are the engine's dataclass
 fields, the same schema the UI fills in. /kiri/v1/models lists the catalog by kind.
 """
 
@@ -12,8 +13,6 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
-
-from webui.engine.core.plain import dump
 
 from .common import ApiContext, KiriRoute
 
@@ -52,16 +51,28 @@ def build_router(ctx: ApiContext) -> APIRouter:
         job = visible_job(job_id, http)
         answer = job.snapshot()
         if job.status == "done":
-            answer["result"] = dump(job.result)
+            try:
+                answer["result"] = engine.jobs.result_plain(job)
+            except FileNotFoundError:
+                raise HTTPException(410, detail=f"the result of job {job_id!r} was removed from the outputs folder") from None
         return answer
+
+    def command(job_id: str, name: str, http: Request) -> dict:
+        job = visible_job(job_id, http)
+        if ctx.stop_scope(http) not in (None, job.owner):
+            raise HTTPException(403, detail=f"only the job's owner (or an admin) can {name} it")
+        engine.jobs.command(job.id, name)
+        return job.snapshot()
 
     @router.post("/jobs/{job_id}/interrupt")
     def interrupt(job_id: str, http: Request) -> dict:
-        job = visible_job(job_id, http)
-        if ctx.stop_scope(http) not in (None, job.owner):
-            raise HTTPException(403, detail="only the job's owner (or an admin) can interrupt it")
-        job.interrupt()
-        return job.snapshot()
+        """Stop the job (what it finished is kept)."""
+        return command(job_id, "interrupt", http)
+
+    @router.post("/jobs/{job_id}/skip")
+    def skip(job_id: str, http: Request) -> dict:
+        """Drop the batch the job works on and go on with the next."""
+        return command(job_id, "skip", http)
 
     @router.get("/models")
     def models() -> dict:

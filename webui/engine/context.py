@@ -13,7 +13,9 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from webui.engine.core.devices import DeviceChoice, resolve_device
-from webui.engine.core.jobs import Job, JobStore
+from webui.engine.core.jobs import KEEP_FINISHED, Job, JobStore
+from webui.engine.core.results import ResultArchive
+from webui.engine.core.specs import JobSpec
 from webui.engine.registries import Registries
 from webui.engine.models.catalog import Catalog
 from webui.engine.models.manager import ModelManager
@@ -44,7 +46,10 @@ class Engine:
         self.catalog = Catalog(settings.models_dir)
         for kind in registries.model_kinds:
             self.catalog.add_kind(kind)
-        self.jobs = JobStore()
+        # Finished results of jobs that came as plain data (a JobSpec: /kiri/v1/jobs, a worker) go to
+        # outputs/<owner>/.jobs/<id>/ (core/results.py); a UI tab or /sdapi call takes its own result.
+        archive = ResultArchive(self.outputs_for, KEEP_FINISHED, wants=lambda job: job.spec is not None)
+        self.jobs = JobStore(archive, load_result=self._result_from_plain)
         self._device = device
         # The checkpoint asked for last (model picker, /options): what a request that names none uses,
         # even while another user's job has another model loaded for its batches.
@@ -163,21 +168,41 @@ class Engine:
 
     def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
         """Queue a job from plain data (what a remote client or another process sends); returns at once."""
+        return self.submit_spec(JobSpec(kind=kind, request=data, owner=owner))
+
+    def submit_spec(self, spec: JobSpec | dict) -> Job:
+        """Queue a job spec (core/specs.py; a decoded JSON object will do); returns the job at once, its
+        id the spec's and `job.spec` the spec as plain data. A bad spec or request is refused before it
+        is queued, naming the field."""
         from webui.engine.core.errors import InvalidRequest
         from webui.engine.core.plain import check_fields
 
+        spec = spec if isinstance(spec, JobSpec) else JobSpec.from_plain(spec)
+        kind, data = spec.kind, spec.request
         registered = self.job_kinds.get(kind)
         if registered is None:
             raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(self.job_kinds.names())}")
         if not isinstance(data, dict):
             raise InvalidRequest("request", "request must be an object of the task's fields")
+        if self.jobs.get(spec.id) is not None:
+            raise InvalidRequest("id", f"a job with id {spec.id!r} exists already")
         check_fields(registered.request_type, data, kind)  # every kind, whatever its loader: a misspelt key is an error
         try:
             request = registered.request_from(data, self.settings.max_pixels)
         except TypeError as exc:
             raise InvalidRequest("request", f"not a {kind} request: {exc}") from exc
         _, work = self._work_for(kind, request)
-        return self.submit(work, Job(kind=kind, owner=owner))
+        return self.submit(work, Job(kind=kind, owner=spec.owner, id=spec.id, spec=spec.plain()))
+
+    def _result_from_plain(self, kind: str, record: Any) -> Any:
+        """A result kept on disk (core/results.py), built back as its kind's result class when it names one."""
+        from webui.engine.core.plain import load
+        from webui.engine.core.results import inline_files
+
+        registered = self.job_kinds.get(kind)
+        if registered is None or registered.result_type is None:
+            return record
+        return load(registered.result_type, inline_files(record), self.settings.max_output_pixels)
 
     def preload(self) -> None:
         """Import torch and diffusers and load the default model, as a job; run in a background thread."""

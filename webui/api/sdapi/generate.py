@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 
 from fastapi import APIRouter, Request
 
@@ -48,10 +47,9 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
                  "job_no": (job.batch_no - 1) if job else 0,
                  "sampling_step": job.step if job else 0, "sampling_steps": job.steps if job else 0}
         current = None
-        if job is not None and job.preview is not None and not skip_current_image:
-            buffer = io.BytesIO()
-            job.preview.save(buffer, format="PNG")
-            current = base64.b64encode(buffer.getvalue()).decode()
+        encoded = job.preview_bytes("png") if job is not None and not skip_current_image else None
+        if encoded is not None:
+            current = base64.b64encode(encoded).decode()
         return {"progress": job.fraction if job else 0.0, "eta_relative": (job.eta_seconds or 0.0) if job else 0.0,
                 "state": state, "current_image": current, "textinfo": job.describe() if job else None}
 

@@ -31,6 +31,9 @@ class JobKind:
     # (engine, request) -> request, before a variant is chosen and the work made (generation: the
     # before_generate hooks, then validation).
     prepare: Callable[[Any, Any], Any] | None = None
+    # the result class, built back from the plain data kept on disk (core/results.py) for a caller that
+    # waits after the job gave its result away; None: such a caller gets the plain data itself.
+    result_type: type | None = None
 
     def request_from(self, data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         """The request; images in it checked against `max_pixels` before decoding (a custom `load`

@@ -10,7 +10,15 @@ with `yield from`; a blocking call made from the worker thread itself runs inlin
 deadlocks.
 
 Interrupt and Skip act on the jobs that have started, and only on those of the owner who asks
-(an admin may name none to act on all): queued jobs of others always run.
+(an admin may name none to act on all): queued jobs of others always run. `command(id, name)` acts
+on one job by its id, as a job spec's sender does (core/specs.py).
+
+The store sends plain-dict events (queued, started, progress, preview, done, failed: core/specs.py)
+to its subscribers. A finished job's result goes to disk as plain data (core/results.py) and the
+job drops it once its waiting caller has taken it (or at once, when no caller waits): 200 finished
+jobs no longer hold their pictures in memory. Which results go to disk is the archive's choice
+(the Engine's: jobs that came as plain data, a JobSpec; a UI tab or /sdapi hands its result to the
+caller that waits for it).
 """
 
 from __future__ import annotations
@@ -22,7 +30,13 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator
+
+from webui.engine.core.plain import dump
+from webui.engine.core.specs import COMMANDS, ProgressThrottle, failed_event, job_event, preview_event
+
+if TYPE_CHECKING:
+    from webui.engine.core.results import ResultArchive
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +64,6 @@ class Job:
     submitted_at: float = field(default_factory=time.time)
     started_at: float = field(default_factory=time.monotonic)
     label: str = ""  # shown before the progress text, e.g. "Cell 3/8"
-    preview: Any = None  # PIL image of the latest live preview, if previews are on
     preview_step: int = 0
     interrupt_requested: bool = False
     skip_requested: bool = False
@@ -59,6 +72,15 @@ class Job:
     result: Any = field(default=None, repr=False)
     error: BaseException | None = field(default=None, repr=False)
     listeners: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+    preview_listeners: list[Callable[["Job"], None]] = field(default_factory=list, repr=False)
+    spec: dict | None = field(default=None, repr=False)  # the job spec (core/specs.py) it came from, if any
+    result_file: str | None = None  # the result as plain data on disk (core/results.py), once finished
+    result_taken: bool = False  # a waiting caller has had the result
+    result_dropped: bool = False  # the job let go of its result (on disk only, if it was kept there)
+    waiters: int = field(default=0, repr=False)  # callers waiting for the result (JobStore.wait)
+    # (the latest live preview as a PIL image, {format: its encoded bytes}); once the job finishes, only
+    # its PNG bytes are kept: `preview` decodes them if asked.
+    _preview: tuple = field(default_factory=lambda: (None, {}), init=False, repr=False)
 
     # --- asked from outside ---------------------------------------------------------------
     def interrupt(self) -> None:
@@ -90,6 +112,24 @@ class Job:
     def finish_images(self, count: int) -> None:
         self.images_done += count
         self._notify()
+
+    @property
+    def preview(self) -> Any:
+        """The latest live preview as a PIL image (None when previews are off), for the UI."""
+        image, encoded = self._preview
+        if image is None and "png" in encoded:
+            return _decode(encoded["png"])
+        return image
+
+    @preview.setter
+    def preview(self, image: Any) -> None:
+        self._preview = (image, {})
+
+    def show_preview(self, image: Any, step: int) -> None:
+        """A new live preview (a PIL image): kept for the UI, sent encoded to the store's subscribers."""
+        self._preview, self.preview_step = (image, {}), step
+        for listener in list(self.preview_listeners):
+            listener(self)
 
     # --- read by the UI and the API -------------------------------------------------------
     @property
@@ -128,6 +168,35 @@ class Job:
             "preview_step": self.preview_step, "interrupted": self.interrupted, "error": self.error_message,
         }
 
+    def preview_bytes(self, format: str = "webp") -> bytes | None:
+        """The latest preview encoded as `format` (webp or png), encoded once per preview."""
+        image, encoded = self._preview  # one preview and its encodings, whatever the worker sets meanwhile
+        if format not in encoded:
+            if image is None:
+                image = _decode(encoded["png"]) if "png" in encoded else None
+                if image is None:
+                    return None
+            encoded[format] = _encode(image, format)
+        return encoded[format]
+
+    def pack_preview(self) -> None:
+        """Keep the preview as PNG bytes only (a finished job holds no pictures)."""
+        image, encoded = self._preview
+        if image is not None:
+            self._preview = (None, {"png": encoded.get("png") or _encode(image, "png")})
+
+    def preview_plain(self) -> dict | None:
+        """The latest preview as plain data: {"format": "webp", "data": base64} (png where WebP is missing)."""
+        import base64
+
+        for format in ("webp", "png"):
+            try:
+                data = self.preview_bytes(format)
+            except (KeyError, OSError):  # a Pillow built without WebP
+                continue
+            return None if data is None else {"format": format, "data": base64.b64encode(data).decode()}
+        return None
+
     def _notify(self) -> None:
         for listener in list(self.listeners):
             listener(self)
@@ -136,7 +205,11 @@ class Job:
 class JobStore:
     """Queued and running jobs, the one worker that runs them, and the events they send."""
 
-    def __init__(self) -> None:
+    def __init__(self, results: "ResultArchive | None" = None, load_result: Callable[[str, Any], Any] | None = None) -> None:
+        """`results`: where finished results go (None: they stay on the job, in memory); `load_result(kind,
+        record)`: a result read back from disk as the typed result a waiting caller expects."""
+        self.results, self._load_result = results, load_result
+        self._throttle = ProgressThrottle()
         self._cond = threading.Condition()
         self._jobs: dict[str, Job] = {}  # every job not yet finished, by id
         self._queues: dict[str, deque[Job]] = {}  # owner -> unfinished jobs, in submission order
@@ -152,7 +225,11 @@ class JobStore:
     def submit(self, job: Job) -> Job:
         if job.work is None:
             raise ValueError("a job needs its work")
+        job.listeners.append(self._on_progress)
+        job.preview_listeners.append(self._on_preview)
         with self._cond:
+            if job.id in self._jobs or job.id in self._finished:
+                raise ValueError(f"a job with id {job.id!r} is in the store already")
             self._jobs[job.id] = job
             self._queues.setdefault(job.owner, deque()).append(job)
             self._ensure_worker()
@@ -164,20 +241,62 @@ class JobStore:
         """Submit and wait; called from the worker itself (a nested call), run inline instead."""
         if self.on_worker():
             return drive(job)
-        self.submit(job)
-        return self.wait(job, timeout)
+        with self._cond:
+            job.waiters += 1  # before it is queued: the result must wait for us, however fast the job
+        try:
+            self.submit(job)
+            return self.wait(job, timeout)
+        finally:
+            self._release(job)
 
     def wait(self, job: Job, timeout: float | None = None) -> Any:
+        """The job's result once it finishes (its error raised); read back from disk when the job
+        already gave it away (finished before anyone waited)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while not job.finished:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise TimeoutError(f"job {job.id} did not finish in {timeout} s")
-                self._cond.wait(left)
-        if job.error is not None:
-            raise job.error
-        return job.result
+            job.waiters += 1
+        try:
+            with self._cond:
+                while not job.finished:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"job {job.id} did not finish in {timeout} s")
+                    self._cond.wait(left)
+                result, dropped = job.result, job.result_dropped
+                job.result_taken = True
+            if job.error is not None:
+                raise job.error
+            if dropped and self.results is not None:
+                record = self.results.read(job)
+                return self._load_result(job.kind, record) if self._load_result is not None else record
+            return result
+        finally:
+            self._release(job)
+
+    def result_plain(self, job: Job) -> Any:
+        """A finished job's result as plain data, pictures as {"__image__": base64}: from memory while its
+        caller has not taken it, else from disk (FileNotFoundError once the record was removed)."""
+        with self._cond:
+            result, dropped, kept = job.result, job.result_dropped, job.result_file is not None
+        if not dropped:
+            return dump(result)
+        if not kept or self.results is None:
+            return None  # a job run by a waiting caller (a UI tab, /sdapi) handed its result to that caller
+        from webui.engine.core.results import inline_files
+
+        return inline_files(self.results.read(job))
+
+    def _release(self, job: Job) -> None:
+        with self._cond:
+            job.waiters = max(0, job.waiters - 1)
+            self._drop_result(job)
+
+    def _drop_result(self, job: Job) -> None:
+        """Forget the in-memory result of a finished job that no caller waits for, once it is on disk
+        or a caller has had it."""
+        if job.finished and job.waiters == 0 and not job.result_dropped and (job.result_file is not None or job.result_taken):
+            job.result_dropped = True
+            job.result = None
 
     def on_worker(self) -> bool:
         return self._worker is not None and threading.current_thread() is self._worker
@@ -189,6 +308,16 @@ class JobStore:
 
     def skip(self, owner: str | None) -> int:
         return self._tell(owner, Job.skip)
+
+    def command(self, job_id: str, command: str) -> Job | None:
+        """Interrupt or skip one job by its id (what a job spec's sender, or the API, asks); the job,
+        or None when the store has no such job. Whose job it is, is the caller's check."""
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}; one of {', '.join(COMMANDS)}")
+        job = self.get(job_id)
+        if job is not None and not job.finished:
+            job.interrupt() if command == "interrupt" else job.skip()
+        return job
 
     def _tell(self, owner: str | None, action: Callable[[Job], None]) -> int:
         jobs = [j for j in self.active() if owner is None or j.owner == owner]
@@ -220,8 +349,12 @@ class JobStore:
             return [j for j in self._jobs.values() if j.status == QUEUED]
 
     def subscribe(self, listener: EventListener) -> None:
-        """listener(event) for each change of a job's status: plain dicts, as a remote worker would send."""
+        """listener(event) for each event of every job: plain dicts (core/specs.py), as a remote worker sends."""
         self._listeners.append(listener)
+
+    def unsubscribe(self, listener: EventListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # --- the worker ------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
@@ -244,6 +377,10 @@ class JobStore:
         while True:
             job = self._next()
             finished = self._turn(job)
+            record = self._archive(job) if finished else None
+            if finished:
+                job.pack_preview()
+            evicted: list[Job] = []
             with self._cond:
                 self._current = None
                 if finished:
@@ -256,10 +393,30 @@ class JobStore:
                     self._generators.pop(job.id, None)
                     self._finished[job.id] = job
                     while len(self._finished) > KEEP_FINISHED:
-                        self._finished.popitem(last=False)
+                        evicted.append(self._finished.popitem(last=False)[1])
+                    self._drop_result(job)
                 self._cond.notify_all()
             if finished:
-                self._emit(job, job.status)
+                for old in evicted:
+                    if self.results is not None and old.result_file is not None:
+                        self.results.remove(old)
+                self._throttle.forget(job.id)
+                if job.status == FAILED:
+                    self._send(failed_event(job))
+                else:
+                    self._send(job_event(job, DONE, **({"result": record} if record is not None else {})))
+
+    def _archive(self, job: Job) -> Any:
+        """Write a finished job's result to disk; the record (plain data) or None."""
+        if self.results is None or job.status != DONE or job.result is None or not self.results.wants(job):
+            return None
+        try:
+            path, record = self.results.write(job, job.result)
+        except Exception:  # noqa: BLE001 - the result then stays in memory, as it did before
+            log.exception("could not keep the result of job %s (%s) on disk", job.id, job.kind)
+            return None
+        job.result_file = str(path)
+        return record
 
     def _turn(self, job: Job) -> bool:
         """Run one turn of `job`; True once it has finished (done or failed)."""
@@ -279,8 +436,20 @@ class JobStore:
                 log.exception("job %s (%s) failed", job.id, job.kind)
         return True
 
+    def _on_progress(self, job: Job) -> None:
+        if self._listeners and job.status == RUNNING and self._throttle.due(job, time.monotonic()):
+            self._emit(job, "progress")
+
+    def _on_preview(self, job: Job) -> None:
+        if self._listeners:
+            event = preview_event(job)
+            if event is not None:
+                self._send(event)
+
     def _emit(self, job: Job, event: str) -> None:
-        data = {"event": event, **job.snapshot()}
+        self._send(job_event(job, event))
+
+    def _send(self, data: dict) -> None:
         for listener in list(self._listeners):
             try:
                 listener(data)
@@ -301,6 +470,24 @@ def drive(job: Job) -> Any:
     except BaseException as exc:
         job.error, job.error_message, job.status = exc, str(exc), FAILED
         raise
+
+
+def _encode(image: Any, format: str) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=format.upper())
+    return buffer.getvalue()
+
+
+def _decode(data: bytes) -> Any:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.copy()
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ import dataclasses
 import io
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.limits import DEFAULT_MAX_PIXELS, decode_image
@@ -22,19 +22,23 @@ T = TypeVar("T")
 IMAGE_KEY = "__image__"
 
 
-def dump(value: Any) -> Any:
+def dump(value: Any, image: Callable[[Any], Any] | None = None) -> Any:
+    """`value` as plain data; each PIL image becomes `image(picture)` when given (core/results.py
+    writes it to a file and gives its path), else {"__image__": base64 PNG}."""
     to_plain = getattr(value, "plain", None)
     if callable(to_plain) and not isinstance(value, type):  # a result that says how it travels (VideoResult)
-        return dump(to_plain())
+        return dump(to_plain(), image)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: dump(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+        return {f.name: dump(getattr(value, f.name), image) for f in dataclasses.fields(value) if f.init}
     if isinstance(value, dict):
-        return {str(k): dump(v) for k, v in value.items()}
+        return {str(k): dump(v, image) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [dump(v) for v in value]
+        return [dump(v, image) for v in value]
     if isinstance(value, Path):
         return str(value)
     if _is_image(value):
+        if image is not None:
+            return image(value)
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         return {IMAGE_KEY: base64.b64encode(buffer.getvalue()).decode()}

@@ -64,5 +64,5 @@ def _prepare(engine: "Engine", request: Any) -> Any:
 def register(registries: "Registries") -> None:
     for spec in builtin_addons():
         registries.add_addon(spec)
-    registries.add_job_kind(JobKind("txt2img", Txt2ImgRequest, txt2img_work, prepare=_prepare))
-    registries.add_job_kind(JobKind("img2img", Img2ImgRequest, img2img_work, prepare=_prepare))
+    registries.add_job_kind(JobKind("txt2img", Txt2ImgRequest, txt2img_work, prepare=_prepare, result_type=GenerationResult))
+    registries.add_job_kind(JobKind("img2img", Img2ImgRequest, img2img_work, prepare=_prepare, result_type=GenerationResult))

@@ -146,6 +146,10 @@ class GenerationResult:
         self.infotexts.append(infotext)
         self.seeds.append(seed)
 
+    def saved_images(self) -> list[tuple[Any, Path]]:
+        """(picture, its file) for the pictures saved to the outputs (core/results.py references those)."""
+        return list(zip(self.images, self.paths)) if len(self.paths) == len(self.images) else []
+
 
 def check_prompts(request: Any, subject: str = "image") -> None:
     """A request's prompt (non-empty text) and negative prompt (text; None becomes ""), both within

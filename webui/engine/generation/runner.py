@@ -222,7 +222,7 @@ def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgReque
 
 def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: Job, step: int) -> None:
     try:
-        job.preview, job.preview_step = previewer_for(model)(latents, request.height, request.width), step
+        job.show_preview(previewer_for(model)(latents, request.height, request.width), step)
     except Exception as exc:  # noqa: BLE001 - a preview must never stop a generation
         log.warning("live preview failed, turning it off for this job: %s", exc)
         job.preview_step = -1

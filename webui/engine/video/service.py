@@ -186,8 +186,12 @@ class FrameJob(Job):
 
     def advance(self, step: int) -> None:
         if self.parent is not None:
-            self.parent.preview = self.preview if self.preview is not None else self.parent.preview
             self.parent.advance(step)
+
+    def show_preview(self, image: Any, step: int) -> None:
+        super().show_preview(image, step)
+        if self.parent is not None:
+            self.parent.show_preview(image, step)
 
     def finish_images(self, count: int) -> None:
         pass  # the video job counts its frames itself
