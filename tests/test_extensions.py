@@ -207,3 +207,55 @@ def test_loading_the_shipped_extensions_does_not_import_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_an_extension_adds_a_model_kind_its_loader_and_a_job_kind(models_dir, tmp_path):
+    """The verbs the built-in capabilities register with, from an extension: a kind of model file, its
+    loader through the shared manager, a job kind /kiri/v1/jobs can run, and a variant of txt2img."""
+    body = textwrap.dedent('''
+        from dataclasses import dataclass
+
+        @dataclass
+        class CountRequest:
+            name: str = ""
+
+        def load_note(entry, device, allow_pickle):
+            from safetensors.numpy import load_file
+
+            return load_file(str(entry.path))
+
+        def count_work(engine, request):
+            def work(job):
+                tensors = engine.models.get_of_kind("note", request.name).model
+                return {"words": int(tensors["words"].size)}
+                yield
+            return work
+
+        def tagged(engine, request):
+            def work(job):
+                return "the variant ran"
+                yield
+            return work
+
+        def register(kiri):
+            kiri.add_model_kind("note", ("notes",), "Note")
+            kiri.add_loader("note", load_note)
+            kiri.add_job_kind("count_words", CountRequest, count_work)
+            kiri.extend_job_kind("txt2img", lambda request: request.prompt == "use the variant", tagged)
+    ''')
+    write_extension(tmp_path / "ext", "notes", body)
+    (models_dir / "notes").mkdir(exist_ok=True)
+    from safetensors.numpy import save_file
+
+    save_file({"words": np.zeros(3, dtype=np.float32)}, str(models_dir / "notes" / "hello.safetensors"))
+    try:
+        engine = engine_for(models_dir, tmp_path, tmp_path / "ext")
+        assert status(engine)["notes"] == ("loaded", None)
+        engine.catalog.scan()
+        assert [e.name for e in engine.catalog.of_kind("note")] == ["hello"]
+        job = engine.submit_plain("count_words", {"name": "hello"}, "local")
+        assert engine.jobs.wait(job, 60) == {"words": 3}
+        assert engine.txt2img(Txt2ImgRequest("use the variant", steps=1, width=64, height=64)) == "the variant ran"
+        assert engine.txt2img(Txt2ImgRequest("a circle", steps=1, width=64, height=64)).images
+    finally:
+        shutil.rmtree(models_dir / "notes")

@@ -124,6 +124,7 @@ class KiriAPI:
         self.name = manifest.name
         self._manifest, self._info, self._ui_tabs = manifest, info, ui_tabs
         self._samplers, self._hooks, self._addons = registries.samplers, registries.hooks, registries.addons
+        self._registries = registries
         self._staged: list[Callable[[], None]] = []  # applied only if the whole entry point succeeds
 
     def add_sampler(self, name: str, *, function: Callable[..., Any] | None = None, scheduler: type | str | Deferred | None = None,
@@ -139,6 +140,32 @@ class KiriAPI:
         used when a request's `addons` names it."""
         spec = AddonSpec(name, factory, tuple(infotext_keys), self.name)
         self._stage(lambda: self._addons.register(spec, override=self._manifest.override), f"add-on: {name}")
+
+    def add_job_kind(self, name: str, request_type: type, work: Callable[[Any, Any], Callable],
+                     load: Callable[[dict], Any] | None = None) -> None:
+        """A kind of job POST /kiri/v1/jobs (and a worker process) can run: `request_type` a dataclass
+        built from the plain request, `work(engine, request)` -> a generator function of the job."""
+        from webui.engine.core.job_kinds import JobKind
+
+        kind = JobKind(name, request_type, work, load)
+        self._stage(lambda: self._registries.add_job_kind(kind), f"job kind: {name}")
+
+    def extend_job_kind(self, name: str, when: Callable[[Any], bool], work: Callable[[Any, Any], Callable]) -> None:
+        """A variant of another kind for the requests `when(request)` picks (as upscale adds the hires fix)."""
+        self._stage(lambda: self._registries.extend_job_kind(name, when, work, self.name), f"job variant: {name}")
+
+    def add_model_kind(self, name: str, folders: tuple[str, ...], label: str = "") -> None:
+        """A kind of model file (safetensors files and model folders) under models/<folders[0]>/, the
+        other folder names read too; the catalog lists and hashes them."""
+        from webui.engine.models.catalog import ModelKind
+
+        kind = ModelKind(name, tuple(folders), label=label or name)
+        self._stage(lambda: self._registries.add_model_kind(kind), f"model kind: {name}")
+
+    def add_loader(self, kind: str, loader: Callable[..., Any]) -> None:
+        """How the model manager loads `kind`: loader(entry, device, allow_pickle) -> the loaded object.
+        It shares the cache and memory budget; pickles reach it only under --allow-pickle."""
+        self._stage(lambda: self._registries.add_loader(kind, loader), f"loader: {kind}")
 
     def later(self, reference: str) -> Deferred:
         """`"file.py:name"` in this extension's folder, imported on first use (see Deferred)."""
