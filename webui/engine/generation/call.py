@@ -98,6 +98,12 @@ class ClipSkip(Addon):
         if call.conditioning is not None:  # the conditioning stage encodes from the n-th last layer
             call.conditioning.clip_skip = self.layers
         elif call.accepts("clip_skip"):
+            encoder = getattr(call.pipeline, "text_encoder", None)
+            if encoder is not None and type(encoder).__name__.startswith("CLIPText") and not hasattr(encoder, "text_model"):
+                # diffusers' own clip skip reads text_encoder.text_model, which this transformers' CLIP lacks
+                raise InvalidRequest("clip_skip", f"{type(call.pipeline).__name__} encodes this prompt itself (FreeNoise "
+                                                  "windows, prompt travel), and its own clip skip does not run with this "
+                                                  "version of transformers")
             call.kwargs["clip_skip"] = self.layers - 1
         else:
             raise InvalidRequest("clip_skip", f"this model's pipeline ({type(call.pipeline).__name__}) has no clip skip")

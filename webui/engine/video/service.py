@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import json
 import math
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator
@@ -30,7 +31,9 @@ from webui.engine.core.errors import Interrupted, InvalidRequest
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.limits import check_input, check_output, check_video
 from webui.engine.core.jobs import Job
+from webui.engine.generation.call import PipelineCall
 from webui.engine.generation.requests import MIN_SIZE, random_seed
+from webui.engine.generation.runner import CallModel, call_with_addons, open_session
 from webui.engine.video import media, pipelines
 from webui.engine.video.frames import MAX_WEBP_FRAMES  # noqa: F401 - part of the module's public limits
 from webui.engine.video.frames import finish as _finish
@@ -252,6 +255,7 @@ def txt2video_work(engine: "Engine", request: Txt2VideoRequest):
                  setting="max_pixels")
     if request.image is not None:  # the first frame, on its header before it is decoded
         check_input("image", request.image.width, request.image.height, limit=engine.settings.max_pixels)
+    engine.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
     request = _with_seed(request)
     return lambda job: _txt2video(engine, request, job)
 
@@ -327,38 +331,56 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         result.resumed_frames = len(paths)
         job.finish_images(len(paths))
         return _finish(folder, paths, request.fps, info, result)
-    yield  # the setup was one turn
+    with ExitStack() as stack:
+        # The add-ons, entered for the job (a native pipeline is handed to them as the model).
+        session = open_session(engine, CallModel(model_name, pipeline) if native else model, request, job, stack)
+        yield  # the setup was one turn
 
-    # 2. The clip: all frames denoised together (the motion module attends across them).
-    generator = torch.Generator("cpu").manual_seed(request.seed)
-    swapped = None
-    if not native:
-        model = engine.models.get(model_name)  # pinned by name: another job may have loaded another model
-        pipeline = pipelines.animatediff_pipeline(model, adapter.name, adapter.model)
-        swapped = pipeline.scheduler
-        pipeline.scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, [generator])
-        pipelines.set_context(pipeline, request.frames, window, travel)
-    prompt: Any = keys if travel else keys[0]
-    stopped: list[int] = []
-    kwargs = pipelines.call_kwargs(
-        pipeline, prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.frames,
-        height=request.height, width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-        generator=generator, output_type="pil", callback_on_step_end=_step_callback(job, stopped), image=first,
-    )
-    try:
-        with torch.inference_mode():
-            if rounds > 1:
-                frames = list(pipelines.call_with_free_init(pipeline, kwargs, rounds, stopped).frames[0])
-            else:
-                frames = list(pipeline(**kwargs).frames[0])
-    except Interrupted:
-        result.interrupted = True
-        result.warnings.append(f"{model_name} cannot stop between steps and keep its frames: nothing was kept.")
-        return result
-    finally:
-        if swapped is not None:
-            getattr(pipeline.scheduler, "close", lambda: None)()
-            pipeline.scheduler = swapped
+        # 2. The clip: all frames denoised together (the motion module attends across them).
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        swapped, free_noise = None, False
+        if not native:
+            model = engine.models.get(model_name)  # pinned by name: another job may have loaded another model
+            pipeline = pipelines.animatediff_pipeline(model, adapter.name, adapter.model)
+            swapped = pipeline.scheduler
+            pipeline.scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, [generator])
+            free_noise = pipelines.set_context(pipeline, request.frames, window, travel)
+        prompt: Any = keys if travel else keys[0]
+        stopped: list[int] = []
+        kwargs = pipelines.call_kwargs(
+            pipeline, prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.frames,
+            height=request.height, width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+            generator=generator, output_type="pil", image=first,
+        )
+        progress = _step_callback(job, stopped)
+        added: dict[str, object] = {}  # the add-ons' infotext
+
+        def denoise(latents: Any = None, on_step: Any = None) -> list:
+            """One call of the clip's pipeline through the add-on seam (each FreeInit round is one)."""
+            call = PipelineCall(pipeline, {**kwargs, **({"latents": latents} if latents is not None else {})},
+                                frames=True, resolvable=False, prompt_stage=not free_noise)  # FreeNoise encodes per frame
+            out = call_with_addons(session, CallModel(model_name, pipeline) if native else model, call,
+                                   progress if on_step is None else _then(progress, on_step))
+            added.update(call.infotext)
+            return out
+
+        try:
+            with torch.inference_mode():
+                if rounds > 1:
+                    frames = pipelines.call_with_free_init(pipeline, kwargs, rounds, stopped, denoise)
+                else:
+                    frames = denoise()
+        except Interrupted:
+            result.interrupted = True
+            result.warnings.append(f"{model_name} cannot stop between steps and keep its frames: nothing was kept.")
+            return result
+        finally:
+            if swapped is not None:
+                getattr(pipeline.scheduler, "close", lambda: None)()
+                pipeline.scheduler = swapped
+    version = params.pop("Version")
+    params.update(added)
+    params["Version"] = version
     if len(frames) != request.frames:  # native video models round the count to their own rule (Wan: 4k + 1)
         result.warnings.append(f"{model_name} makes clips of {len(frames)} frames for {request.frames} asked.")
         params["Frames"] = len(frames)
@@ -378,6 +400,11 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     job.finish_images(len(frames))
     yield
     return _finish(folder, paths, request.fps, info, result)
+
+
+def _then(first: Any, second: Any) -> Any:
+    """Two step callbacks, one after the other."""
+    return lambda pipe, step, timestep, tensors: second(pipe, step, timestep, first(pipe, step, timestep, tensors))
 
 
 # --- video to video --------------------------------------------------------------------------------
@@ -493,6 +520,7 @@ def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
     if is_video_model(engine, request.model):
         raise InvalidRequest("model", f"{request.model} is a video model; video to video restyles each frame with an "
                                       "image checkpoint: choose one")
+    engine.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
     plan = plan_vid2vid(engine, request)
     return lambda job: _vid2vid(engine, request, plan, job)
 
@@ -548,7 +576,8 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
                     prompt=request.prompt, negative_prompt=request.negative_prompt, sampler_name=request.sampler_name,
                     scheduler=request.scheduler, steps=request.steps, cfg_scale=request.cfg_scale, seed=request.seed,
                     width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
-                    denoising_strength=request.denoising_strength, mask=mask, mask_blur=MASK_BLUR))
+                    denoising_strength=request.denoising_strength, mask=mask, mask_blur=MASK_BLUR,
+                    addons=dict(request.addons)))
                 warnings: list[str] = []
                 stage = yield from run_stage(engine, img2img_task(engine, frame_request, warnings),
                                                 FrameJob(kind="vid2vid", owner=job.owner, parent=job))
