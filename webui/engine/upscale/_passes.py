@@ -64,13 +64,7 @@ def _with(engine, upscaler: Upscaler, image, size, request: UpscaleRequest, job,
     with ExitStack() as stack:
         denoise = None
         if loaded.pipeline is not None:  # the request's add-ons, entered for this upscaler's passes
-            model = CallModel(upscaler.name, loaded.pipeline)
-            session = open_session(engine, model, request, job, stack)
-
-            def denoise(call: PipelineCall) -> list:
-                out = call_with_addons(session, model, call)
-                note.setdefault("addons", {}).update(call.infotext)  # the add-ons' infotext, for the extras'
-                return out
+            denoise = _tile_calls(engine, CallModel(upscaler.name, loaded.pipeline), request, job, stack, note)
         for _ in range(MAX_MODEL_PASSES):
             # The list's scale was read from the file without loading it; the loaded model's is the real one.
             check_output("upscaler_2" if note.get("second") else "upscaler_1", current.width * loaded.scale,
@@ -80,6 +74,19 @@ def _with(engine, upscaler: Upscaler, image, size, request: UpscaleRequest, job,
             if note["interrupted"] or current.width >= image.width * cover - 0.5:
                 break
     return _fit(current, size, Image.Resampling.LANCZOS, request.crop)
+
+
+def _tile_calls(engine: "Engine", model: CallModel, request: UpscaleRequest, job, stack: ExitStack,
+                note: dict) -> Callable[[PipelineCall], list]:
+    """How each tile's call is made: through the add-on seam, with the request's add-ons entered on `stack`."""
+    session = open_session(engine, model, request, job, stack)
+
+    def denoise(call: PipelineCall) -> list:
+        out = call_with_addons(session, model, call)
+        note.setdefault("addons", {}).update(call.infotext)  # the add-ons' infotext, for the extras'
+        return out
+
+    return denoise
 
 
 def check_addons(upscaler: Upscaler, addons: dict[str, Any], field: str) -> None:
