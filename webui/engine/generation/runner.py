@@ -160,11 +160,10 @@ class CallModel:
     derived: dict | None = None
 
 
-def open_session(engine: "Engine", model: Any, request: Any, job: Job, stack: ExitStack,
-                 addons: dict[str, Any] | None = None) -> AddonSession:
-    """The add-ons `request.addons` (or `addons`) names, entered for the job on `stack` (per job: exited
-    with the stack, on failure, Interrupt or a dropped job)."""
-    session = AddonSession(engine.addons.build(request.addons if addons is None else addons), addon_context(engine, job))
+def open_session(engine: "Engine", model: Any, request: Any, job: Job, stack: ExitStack) -> AddonSession:
+    """The add-ons `request.addons` names, entered for the job on `stack` (per job: exited with the
+    stack, on failure, Interrupt or a dropped job)."""
+    session = AddonSession(engine.addons.build(request.addons), addon_context(engine, job))
     session.enter(model, request, stack)
     return session
 
@@ -191,6 +190,9 @@ def call_with_addons(session: AddonSession, model: Any, call: PipelineCall, prog
     try:
         applied = session.apply(call)
         swap = encode_conditioning(call)
+        if swap is not None and not call.accepts("callback_on_step_end"):
+            raise InvalidRequest("prompt", f"{type(call.pipeline).__name__} cannot change its prompt during the steps "
+                                           "(it has no step callback)")
         call.tensor_inputs = session.tensor_inputs() + [n for n in (swap.tensor_inputs if swap else [])
                                                         if n not in session.tensor_inputs()]
         if progress is not None or swap is not None or _stepping(session):
