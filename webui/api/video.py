@@ -2,7 +2,7 @@
 
     POST /kiri/v1/txt2video    {prompt, negative_prompt, frames, fps, steps, sampler_name, scheduler, cfg_scale,
                                 seed, width, height, model?, motion_module?, image? (base64 first frame,
-                                for an image-to-video model)}
+                                for an image-to-video model), addons? ({name: settings})}
     POST /kiri/v1/vid2vid      {video: base64, prompt, denoising_strength, consistency: none|blend|flow,
                                 every_nth?, max_frames?, mask_prompt?, mask_points?, motion_module?,
                                 ...the generation fields}
@@ -14,6 +14,8 @@ same fair queue as every other; /sdapi/v1/progress and /sdapi/v1/interrupt see a
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict
@@ -36,6 +38,7 @@ class GenerationFields(BaseModel):
     cfg_scale: float = 7.0
     seed: int = -1
     model: str | None = None
+    addons: dict[str, Any] = {}  # {add-on name: settings}, as /kiri/v1/jobs' image requests take them
 
 
 class Txt2VideoBody(GenerationFields):

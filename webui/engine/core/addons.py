@@ -39,7 +39,7 @@ from webui.engine.core.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Addon", "AddonContext", "AddonFactory", "AddonRegistry", "AddonSession", "AddonSpec", "StepState", "derived_bytes"]
+__all__ = ["Addon", "AddonContext", "AddonFactory", "AddonRegistry", "AddonSession", "AddonSpec", "StepState", "derived_bytes", "label_of"]
 
 
 @dataclass
@@ -165,8 +165,12 @@ class AddonRegistry:
         return addons
 
 
-def _label(addon: Any) -> str:
+def label_of(addon: Any) -> str:
+    """An add-on's name, as refusals name it."""
     return getattr(addon, "name", "") or type(addon).__name__
+
+
+_label = label_of
 
 
 def state_bytes(value: Any) -> int:

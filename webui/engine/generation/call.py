@@ -1,7 +1,9 @@
 """The pipeline call, and clip skip, the first add-on.
 
 A task (txt2img, img2img, inpaint, hires fix and SD upscale passes, video frames) builds one
-`PipelineCall` per batch: which pipeline object to call, with which arguments, which components
+`PipelineCall` per batch, as do text to video (one per clip, or per FreeInit round), motion video
+to video (one per window) and the diffusion upscalers (one per tile), each run through
+runner.call_with_addons: which pipeline object to call, with which arguments, which components
 swapped in for this call only, and what the infotext should say. Add-ons change the call around
 each run, with per-model, per-job and per-step lifetimes too: see core/addons.py, where `Addon`,
 `AddonSpec` and `AddonRegistry` live (re-exported here for extensions written against this module).
@@ -31,6 +33,9 @@ class PipelineCall:
     passthrough: list[Any] | None = None  # images to return without calling (nothing to denoise)
     tensor_inputs: list[str] = field(default_factory=list)  # what the step callback reads (beyond latents)
     conditioning: Any = None  # the prompt schedule (conditioning.PromptSchedule) the runner encodes after apply()
+    prompt_stage: bool = True  # False: the pipeline encodes its prompt itself (the diffusion upscalers)
+    resolvable: bool = True  # False: not an image pipeline the resolver can rebuild with add-ons' modules (video)
+    frames: bool = False  # a video pipeline: its output's frames[0] (one clip), not images
 
     def accepts(self, name: str) -> bool:
         return name in inspect.signature(self.pipeline.__call__).parameters
@@ -56,7 +61,8 @@ class PipelineCall:
             for name, component in self.components.items():
                 setattr(self.pipeline, name, component)
             with torch.inference_mode():
-                return list(self.pipeline(**kwargs).images)
+                out = self.pipeline(**kwargs)
+                return list(out.frames[0] if self.frames else out.images)
         finally:
             for name, component in saved.items():
                 setattr(self.pipeline, name, component)
@@ -92,6 +98,12 @@ class ClipSkip(Addon):
         if call.conditioning is not None:  # the conditioning stage encodes from the n-th last layer
             call.conditioning.clip_skip = self.layers
         elif call.accepts("clip_skip"):
+            encoder = getattr(call.pipeline, "text_encoder", None)
+            if encoder is not None and type(encoder).__name__.startswith("CLIPText") and not hasattr(encoder, "text_model"):
+                # diffusers' own clip skip reads text_encoder.text_model, which this transformers' CLIP lacks
+                raise InvalidRequest("clip_skip", f"{type(call.pipeline).__name__} encodes this prompt itself (FreeNoise "
+                                                  "windows, prompt travel), and its own clip skip does not run with this "
+                                                  "version of transformers")
             call.kwargs["clip_skip"] = self.layers - 1
         else:
             raise InvalidRequest("clip_skip", f"this model's pipeline ({type(call.pipeline).__name__}) has no clip skip")

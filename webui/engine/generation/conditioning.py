@@ -8,7 +8,7 @@ add-ons write into `call.conditioning` before the call. `encode()` then replaces
 entry's embeddings at its first step, through the step callback, for every sampler (a diffusers
 scheduler or one of Kiri's function samplers alike).
 
-- SD 1.x / 2.x and SDXL are encoded here, as AUTOMATIC1111 does: a prompt past 75 tokens is read in
+- SD 1.x / 2.x and SDXL (AnimateDiff's clips over them too) are encoded here, as AUTOMATIC1111 does: a prompt past 75 tokens is read in
   chunks of 75, each encoded on its own (BOS + 75 + EOS) and the chunks concatenated, so nothing
   is cut at 77; the positive and negative sides are padded with empty chunks to the same length.
   Clip skip (A1111's count: 1 = the last layer) picks the encoder layer. SDXL reads both encoders
@@ -62,9 +62,9 @@ class PromptSchedule:
 
 def chunked_families(pipeline: Any) -> bool:
     """Whether Kiri encodes this pipeline's prompts itself: the CLIP-only Stable Diffusion pipelines
-    (SD 1.x/2.x and SDXL, for every task), not SD3, Flux or PixArt."""
+    (SD 1.x/2.x and SDXL, for every task, and AnimateDiff's over them), not SD3, Flux or PixArt."""
     name = type(pipeline).__name__
-    return (name.startswith("StableDiffusion") and not name.startswith("StableDiffusion3")
+    return (name.startswith(("StableDiffusion", "AnimateDiff")) and not name.startswith("StableDiffusion3")
             and getattr(pipeline, "text_encoder", None) is not None and getattr(pipeline, "tokenizer", None) is not None)
 
 

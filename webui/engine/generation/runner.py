@@ -3,7 +3,9 @@ Skip, and saving, for every task that denoises (txt2img, img2img, inpaint, and l
 SD upscale and video frames as stages of one job).
 
 A task says only what differs: how it checks the model and sampler, what pipeline call a batch
-makes, what happens to the images after (paste-back), and its infotext. `run()` is a generator:
+makes, what happens to the images after (paste-back), and its infotext. Each batch's call goes
+through `call_with_addons()`, the one path every denoising call takes (video and the diffusion
+upscalers call it too, where a clip or a tile is one call the batch loop does not fit). `run()` is a generator:
 it yields after the setup and after each batch, which is where the job store lets other users'
 jobs take a turn. A stage inside another job is `yield from run(...)` with the same job.
 """
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, Generator, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
 
-from webui.engine.core.addons import AddonContext, AddonSession, StepState
-from webui.engine.core.errors import Interrupted, KiriError, Skipped
+from webui.engine.core.addons import Addon, AddonContext, AddonSession, StepState, label_of as _label
+from webui.engine.core.errors import Interrupted, InvalidRequest, KiriError, Skipped
 from webui.engine.core.hooks import StepInfo
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
@@ -75,9 +78,8 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
 
     # 2. Add-ons (per job: entered here, exited after the last batch, on failure, Interrupt or a
     #    dropped job), and the prompts checked against what the text encoder reads.
-    session = AddonSession(engine.addons.build(request.addons), addon_context(engine, job))
     with ExitStack() as stack:
-        session.enter(model, request, stack)
+        session = open_session(engine, model, request, job, stack)
         prompt = fit_prompt(model, request.prompt, "prompt", result.warnings)
         negative = fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
         save = engine.settings.save_images if request.save_images is None else request.save_images
@@ -106,20 +108,9 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         generators = [_generator(seed) for seed in seeds]
         scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
         call = task.call(model, prompt, negative, seeds, generators)
-        extra = session.components(model)
-        if extra:
-            call.pipeline = pipeline_for(model, None, extra, call.pipeline)
         call.components["scheduler"] = scheduler
-        if "prompt" in call.kwargs:  # the conditioning stage: add-ons may edit the schedule in apply()
-            call.conditioning = PromptSchedule.single(call.kwargs["prompt"], call.kwargs.get("negative_prompt") or "")
-        applied: list = []
         try:
-            applied = session.apply(call)
-            swap = encode_conditioning(call)
-            call.tensor_inputs = session.tensor_inputs() + [n for n in (swap.tensor_inputs if swap else [])
-                                                            if n not in session.tensor_inputs()]
-            call.kwargs["callback_on_step_end"] = _step_callback(engine, model, request, job, session, swap)
-            images = task.finish(call.run())
+            images = task.finish(call_with_addons(session, model, call, _step_callback(engine, model, request, job)))
             if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
                 images = engine.hooks.transform("after_generate", images, request)
         except Interrupted:
@@ -129,7 +120,6 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
             job.finish_images(0)
             continue
         finally:
-            session.release(call, applied)
             getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
         job.finish_images(len(images))
 
@@ -153,6 +143,99 @@ def addon_context(engine: "Engine", job: Job) -> AddonContext:
     return AddonContext(engine.catalog, engine.models, engine.models.device.device, engine.settings, job)
 
 
+StepCallback = Callable[[Any, int, Any, dict], dict]  # diffusers' callback_on_step_end
+
+
+# --- one denoising call through the add-on seam: every call site's (the runner's batches, text to
+# --- video and its FreeInit rounds, motion video to video's windows, the diffusion upscalers' tiles)
+
+@dataclass
+class CallModel:
+    """What a call that denoises with something other than a checkpoint hands the add-ons as its model
+    (a native video pipeline, a diffusion upscaler): its name and pipeline. `derived` None: per-model
+    state is loaded for each call, not kept (such models are not LoadedModels)."""
+
+    name: str
+    pipeline: Any
+    derived: dict | None = None
+
+
+def open_session(engine: "Engine", model: Any, request: Any, job: Job, stack: ExitStack) -> AddonSession:
+    """The add-ons `request.addons` names, entered for the job on `stack` (per job: exited with the
+    stack, on failure, Interrupt or a dropped job)."""
+    session = AddonSession(engine.addons.build(request.addons), addon_context(engine, job))
+    session.enter(model, request, stack)
+    return session
+
+
+def call_with_addons(session: AddonSession, model: Any, call: PipelineCall, progress: StepCallback | None = None) -> list[Any]:
+    """One pipeline call as every denoising call site makes it: each add-on's per-model state, the
+    modules the add-ons hand the pipeline (the resolver builds the pipeline that takes them), each
+    add-on's apply, the conditioning stage (the prompt as embeddings, where the call lets it), the
+    step callbacks composed (the add-ons', the prompt schedule's, then the caller's `progress`:
+    progress, previews, Interrupt), the call, and each add-on's release, also when it fails.
+
+    An add-on that cannot reach this call is refused naming it, never dropped: a kwarg the pipeline
+    does not take (AddonSession.apply), a step callback on a pipeline without one, modules for a
+    pipeline the resolver cannot rebuild."""
+    session.state(model)
+    _refuse_unreachable(session, model, call)
+    extra = session.components(model)
+    if extra:
+        call.pipeline = pipeline_for(model, None, extra, call.pipeline)
+    if call.prompt_stage and isinstance(call.kwargs.get("prompt"), str):
+        # The conditioning stage: add-ons may edit the schedule in apply(); it is encoded after.
+        call.conditioning = PromptSchedule.single(call.kwargs["prompt"], call.kwargs.get("negative_prompt") or "")
+    applied: list = []
+    try:
+        applied = session.apply(call)
+        swap = encode_conditioning(call)
+        if swap is not None and not call.accepts("callback_on_step_end"):
+            raise InvalidRequest("prompt", f"{type(call.pipeline).__name__} cannot change its prompt during the steps "
+                                           "(it has no step callback)")
+        call.tensor_inputs = session.tensor_inputs() + [n for n in (swap.tensor_inputs if swap else [])
+                                                        if n not in session.tensor_inputs()]
+        if progress is not None or swap is not None or _stepping(session):
+            call.kwargs["callback_on_step_end"] = _composed(session, swap, progress)
+        return call.run()
+    finally:
+        session.release(call, applied)
+
+
+def _stepping(session: AddonSession) -> list[Any]:
+    """The add-ons with a step callback of their own (not Addon's empty one)."""
+    return [a for a in session.addons if getattr(a, "on_step", None) is not None
+            and getattr(type(a), "on_step", None) is not Addon.on_step]
+
+
+def _refuse_unreachable(session: AddonSession, model: Any, call: PipelineCall) -> None:
+    name = type(call.pipeline).__name__
+    stepping = _stepping(session)
+    if stepping and not call.accepts("callback_on_step_end"):
+        label = _label(stepping[0])
+        raise InvalidRequest(label, f"the add-on {label!r} acts at every step, and {name} has no step callback")
+    if not call.resolvable:
+        for addon in session.addons:
+            get = getattr(addon, "pipeline_components", None)
+            modules = get(session.ctx, model) if get is not None else {}
+            if modules:
+                label = _label(addon)
+                raise InvalidRequest(label, f"the add-on {label!r} hands the pipeline {', '.join(sorted(modules))}, "
+                                            f"which {name} does not take")
+
+
+def _composed(session: AddonSession, swap: StepSwap | None, progress: StepCallback | None) -> StepCallback:
+    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+        if session.addons:
+            # The add-ons' step callbacks first (they may swap the conditioning for the next step).
+            tensors = session.on_step(StepState(step, getattr(pipe, "_num_timesteps", 0) or 0, timestep, tensors, pipe))
+        if swap is not None:  # the prompt schedule's next entry, from the next step on
+            tensors.update(swap.on_step(step, tensors, bool(getattr(pipe, "do_classifier_free_guidance", False))))
+        return progress(pipe, step, timestep, tensors) if progress is not None else tensors
+
+    return on_step_end
+
+
 def _takes_sigmas(scheduler: Any) -> bool:
     import inspect
 
@@ -161,8 +244,6 @@ def _takes_sigmas(scheduler: Any) -> bool:
 
 def _check_custom_sigmas(engine: "Engine", model: "LoadedModel", sampler: Sampler, schedule: str, trial: Any) -> None:
     """Flux pipelines pass their own sigmas to the scheduler; one that cannot take them would fail mid-call."""
-    from webui.engine.core.errors import InvalidRequest
-
     if not getattr(model, "custom_sigmas", False) or _takes_sigmas(trial):
         return
     fitting = []
@@ -187,17 +268,13 @@ def _generator(seed: int) -> Any:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job,
-                   session: AddonSession | None = None, swap: StepSwap | None = None):
+def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job):
+    """The runner's own step callback (after the add-ons' and the prompt schedule's: call_with_addons
+    composes them): the NaN check, previews, progress, the on_step hooks, Interrupt and Skip."""
     preview_every = engine.settings.preview_every
     hooks = engine.hooks
 
     def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        if session is not None and session.addons:
-            # The add-ons' step callbacks first (they may swap the conditioning for the next step).
-            tensors = session.on_step(StepState(step, getattr(pipe, "_num_timesteps", 0) or 0, timestep, tensors, pipe))
-        if swap is not None:  # the prompt schedule's next entry, from the next step on
-            tensors.update(swap.on_step(step, tensors, bool(getattr(pipe, "do_classifier_free_guidance", False))))
         latents = tensors.get("latents")
         # NaN latents decode to a black picture. Checked at the last step (each step when the
         # pipeline does not say how many), so a GPU waits for one sync per batch, not per step.

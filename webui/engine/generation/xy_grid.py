@@ -1,4 +1,5 @@
-"""X/Y grid: the same prompt and seed across two axes (sampler x steps, or x CFG...), one image per cell."""
+"""X/Y grid: the same prompt and seed across two axes (sampler x steps, or x CFG...), one image per cell;
+each cell runs as the txt2img job kind's work, so a hires fix on the base request applies to every cell."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.outputs import dated_dir, save_image
-from webui.engine.generation.jobs import stage
 from webui.engine.generation.requests import Txt2ImgRequest, random_seed
-from webui.engine.generation.txt2img import Txt2ImgTask
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -96,31 +95,33 @@ def xy_grid(engine: "Engine", base: Txt2ImgRequest, x_axis: str, x_text: str, y_
                 changes[AXES[axis][0]] = value
         requests.append(replace(base, **changes))  # replace() re-validates each cell
     job = job or Job(kind="xy_grid")
-    requests = [engine.prepare_request(request) for request in requests]
-    return engine.run(job.owner, "xy_grid", lambda j: _cells(engine, base, requests, seed, (x_axis, x_text, xs), (y_axis, y_text, ys), j), job)
+    # Each cell is the work a plain text to image request gets (hooks, add-on defaults, and a variant
+    # such as the hires fix another capability adds), every cell checked before the grid is queued.
+    works = [engine.job_kinds.work_for(engine, "txt2img", request)[1] for request in requests]
+    return engine.run(job.owner, "xy_grid", lambda j: _cells(engine, base, works, seed, (x_axis, x_text, xs), (y_axis, y_text, ys), j), job)
 
 
-def _cells(engine: "Engine", base: Txt2ImgRequest, requests: list[Txt2ImgRequest], seed: int, x: tuple, y: tuple,
+def _cells(engine: "Engine", base: Txt2ImgRequest, works: list[Callable[[Job], Generator]], seed: int, x: tuple, y: tuple,
            job: Job) -> Generator[None, None, GridResult]:
     """Each cell is a stage of the grid's job: one Interrupt stops the grid, and other users get
     turns between cells."""
     (x_axis, x_text, xs), (y_axis, y_text, ys) = x, y
     result = GridResult()
-    for number, request in enumerate(requests, 1):
-        job.label = f"Cell {number}/{len(requests)}"
-        cell = yield from stage(engine, Txt2ImgTask(request), job)
+    for number, work in enumerate(works, 1):
+        job.label = f"Cell {number}/{len(works)}"
+        cell = yield from work(job)
         result.warnings.extend(w for w in cell.warnings if w not in result.warnings)
         if cell.interrupted or not cell.images:
             result.interrupted = True
             break
         result.images.extend(cell.images)
         result.infotexts.extend(cell.infotexts)
-        if number < len(requests):
+        if number < len(works):
             yield
     if result.images:
         result.grid = draw_grid(result.images, [_label(x_axis, v) for v in xs], [_label(y_axis, v) for v in ys])
         info = build_infotext(base.prompt, base.negative_prompt, {
-            "Seed": seed, "Size": f"{base.width}x{base.height}",
+            "Seed": seed, "Size": "{}x{}".format(*result.images[0].size),  # a hires fix's size, when the cells have one
             "X/Y grid": f"{x_axis}: {x_text}" + (f"; {y_axis}: {y_text}" if y_axis != NOTHING else ""),
         })
         if engine.settings.save_images:

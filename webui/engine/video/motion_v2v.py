@@ -8,13 +8,15 @@ keeps the finished windows and the same request run again resumes after them.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator
 
-from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.errors import Interrupted, InvalidRequest
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
-from webui.engine.core.errors import Interrupted
+from webui.engine.generation.call import PipelineCall
+from webui.engine.generation.runner import call_with_addons, open_session
 from webui.engine.video import frames as plumbing
 from webui.engine.video import media, pipelines
 
@@ -73,51 +75,52 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
         result.warnings.append("The motion module keeps the frames of a window together; the consistency option "
                                "was not used.")
     plumbing.frame_count(job, 0, plan.count)
-    yield  # the setup (source read, models loaded) was one turn
-
+    added: dict[str, object] = {}  # the add-ons' infotext
     paths: list[Path] = []
-    for chunk in windows(plumbing.selected(plan, request), size):
-        start = len(paths)
-        chunk_paths = [plumbing.frame_path(folder, start + i) for i in range(len(chunk))]
-        plumbing.frame_count(job, start, plan.count)
-        if all(p.exists() for p in chunk_paths):  # resumed: made by an earlier run of this request
-            result.resumed_frames += len(chunk)
+    with ExitStack() as stack:
+        session = open_session(engine, model, request, job, stack)  # the add-ons, entered for the job
+        yield  # the setup (source read, models loaded) was one turn
+        for chunk in windows(plumbing.selected(plan, request), size):
+            start = len(paths)
+            chunk_paths = [plumbing.frame_path(folder, start + i) for i in range(len(chunk))]
+            plumbing.frame_count(job, start, plan.count)
+            if all(p.exists() for p in chunk_paths):  # resumed: made by an earlier run of this request
+                result.resumed_frames += len(chunk)
+                paths += chunk_paths
+                continue
+            if job.interrupted:
+                result.interrupted = True
+                break
+            frames = [f.image.convert("RGB").resize((plan.width, plan.height), Image.LANCZOS)
+                      if f.image.size != (plan.width, plan.height) else f.image.convert("RGB") for f in chunk]
+            model = engine.models.get(model.name)  # pinned by name: another job may have loaded another model
+            pipeline = video_to_video_pipeline(model, adapter.name, adapter.model)
+            generator = torch.Generator("cpu").manual_seed(request.seed)
+            scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, [generator])
+            stopped: list[int] = []
+            # Each window is one call through the add-on seam (the scheduler swapped in for it only).
+            call = PipelineCall(pipeline, pipelines.call_kwargs(
+                pipeline, video=frames, prompt=request.prompt, negative_prompt=request.negative_prompt or None,
+                height=plan.height, width=plan.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
+                strength=request.denoising_strength, generator=generator, output_type="pil"),
+                components={"scheduler": scheduler}, frames=True, resolvable=False)
+            try:
+                made = call_with_addons(session, model, call, plumbing.step_callback(job, stopped))
+                added.update(call.infotext)
+            except Interrupted:
+                stopped.append(0)
+                made = []
+            finally:
+                getattr(scheduler, "close", lambda: None)()
+            if stopped:  # a window cut short is not kept: the finished windows are
+                result.interrupted = True
+                break
+            for image, path in zip(made, chunk_paths):
+                media.save_frame(image, path)
             paths += chunk_paths
-            continue
-        if job.interrupted:
-            result.interrupted = True
-            break
-        frames = [f.image.convert("RGB").resize((plan.width, plan.height), Image.LANCZOS)
-                  if f.image.size != (plan.width, plan.height) else f.image.convert("RGB") for f in chunk]
-        model = engine.models.get(model.name)  # pinned by name: another job may have loaded another model
-        pipeline = video_to_video_pipeline(model, adapter.name, adapter.model)
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        swapped, pipeline.scheduler = pipeline.scheduler, sampler.build(model.base_scheduler_config, schedule,
-                                                                       model.prediction, [generator])
-        stopped: list[int] = []
-        kwargs = pipelines.call_kwargs(
-            pipeline, video=frames, prompt=request.prompt, negative_prompt=request.negative_prompt or None,
-            height=plan.height, width=plan.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
-            strength=request.denoising_strength, generator=generator, output_type="pil",
-            callback_on_step_end=plumbing.step_callback(job, stopped))
-        try:
-            with torch.inference_mode():
-                made = list(pipeline(**kwargs).frames[0])
-        except Interrupted:
-            stopped.append(0)
-            made = []
-        finally:
-            getattr(pipeline.scheduler, "close", lambda: None)()
-            pipeline.scheduler = swapped
-        if stopped:  # a window cut short is not kept: the finished windows are
-            result.interrupted = True
-            break
-        for image, path in zip(made, chunk_paths):
-            media.save_frame(image, path)
-        paths += chunk_paths
-        job.images_done = len(paths)
-        job._notify()
-        yield  # each window is a turn: other users' jobs run in between
+            job.images_done = len(paths)
+            job._notify()
+            yield  # each window is a turn: other users' jobs run in between
     if not paths:
         if result.interrupted:
             return result
@@ -127,6 +130,6 @@ def run(engine: "Engine", request: Any, plan: Any, job: Job, folder: Path, resul
         "Size": f"{plan.width}x{plan.height}", "Model hash": model.short_hash, "Model": model.name,
         "Denoising strength": request.denoising_strength, "Motion module": adapter.name, "Window": size,
         "Frames": len(paths), "FPS": f"{plan.fps:g}", "Every nth": request.every_nth if request.every_nth > 1 else None,
-        "Version": plumbing.version(),
+        **added, "Version": plumbing.version(),
     })
     return plumbing.finish(folder, paths, plan.fps, info, result)

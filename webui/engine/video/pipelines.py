@@ -169,11 +169,15 @@ def has_free_init(pipeline: Any) -> bool:
     return hasattr(pipeline, "_get_free_init_freq_filter") and hasattr(pipeline, "_apply_freq_filter")
 
 
-def call_with_free_init(pipeline: Any, kwargs: dict[str, Any], rounds: int, stopped: list[int]) -> Any:
+def call_with_free_init(pipeline: Any, kwargs: dict[str, Any], rounds: int, stopped: list[int], denoise: Any) -> list[Any]:
     """FreeInit (Wu et al. 2023): make the clip `rounds` times; each time after the first starts from
     the last clip's latents noised back to the schedule's first step, keeping their low frequencies
     (in space and time: the layout and what each object is) and taking fresh noise for the high
     ones, which steadies what objects look like from frame to frame.
+
+    `denoise(latents, on_step)` makes one round's pipeline call (through the add-on seam, so every
+    round is a call the add-ons apply to) from those latents, `on_step` after the caller's own step
+    callback; it returns the round's frames.
 
     diffusers' `enable_free_init` noises to timestep 999 through the sampler's `add_noise`, which a
     sigma sampler on a "leading" schedule (Euler at few steps: 501, 1) cannot look up, and scales the
@@ -184,13 +188,11 @@ def call_with_free_init(pipeline: Any, kwargs: dict[str, Any], rounds: int, stop
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    inner = kwargs["callback_on_step_end"]
     final: dict[str, Any] = {}
 
     def keep_latents(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-        out = inner(pipe, step, timestep, tensors)
-        final["latents"] = out.get("latents", tensors.get("latents"))
-        return out
+        final["latents"] = tensors.get("latents")
+        return tensors
 
     generator, steps = kwargs["generator"], kwargs["num_inference_steps"]
     unet, device = pipeline.unet, pipeline._execution_device
@@ -204,15 +206,15 @@ def call_with_free_init(pipeline: Any, kwargs: dict[str, Any], rounds: int, stop
                                                     order=4, spatial_stop_frequency=0.25, temporal_stop_frequency=0.25)
     latents = noise
     for round_no in range(rounds):
-        out = pipeline(**{**kwargs, "latents": latents.to(unet.dtype), "callback_on_step_end": keep_latents})
+        frames = denoise(latents.to(unet.dtype), keep_latents)
         if stopped or round_no == rounds - 1:
-            return out
+            return frames
         scheduler = pipeline.scheduler
         scheduler.set_timesteps(steps, device=device)
         noised = scheduler.add_noise(final["latents"].float(), noise, scheduler.timesteps[:1]) / scheduler.init_noise_sigma
         fresh = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         latents = pipeline._apply_freq_filter(noised, fresh, low_pass)
-    return out
+    return frames
 
 
 # --- prompt travel -------------------------------------------------------------------------------

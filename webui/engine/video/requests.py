@@ -4,7 +4,7 @@ video to video and interpolation, each validated as it is built, a bad field nam
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ def _check_generation(r: Any) -> None:
         value = getattr(r, name)
         if value is not None and not isinstance(value, str):
             raise InvalidRequest(name, f"{name} must be a name (text)")
+    if not isinstance(r.addons, dict):
+        raise InvalidRequest("addons", "addons must be an object of {name: settings}")
 
 
 def _check_fps(name: str, value: Any, optional: bool = False) -> None:
@@ -67,6 +69,7 @@ class Txt2VideoRequest:
     motion_module: str | None = None  # a name under models/motion/; None: the first there
     image: Any = None  # the first frame, for an image-to-video model (LTX-Video, Wan, CogVideoX I2V); PIL image
     free_init_iterations: int = 0  # AnimateDiff: FreeInit, the clip made this many times (steadier objects); 0/1 off
+    addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}, as an image request's
 
     def __post_init__(self) -> None:
         self.validate()
@@ -112,6 +115,7 @@ class Vid2VidRequest:
     motion_module: str | None = None  # restyle in windows with AnimateDiff's video-to-video pipeline, not frame by frame
     mask_points: list | None = None  # [[x, y, 1 | 0], ...] clicks on the first frame (source pixels): repaint only
     #                                  that object, followed through the clip by a SAM 2 video model
+    addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}: every frame's or window's call
 
     def __post_init__(self) -> None:
         self.validate()
