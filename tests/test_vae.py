@@ -91,12 +91,30 @@ def test_a_chosen_vae_changes_the_picture_for_that_call_only(vae_engine):
     assert not np.array_equal(own, chosen)
     assert np.array_equal(own, again)  # the shared pipeline's VAE was put back
     assert vae_engine.models.get("tiny-sd").pipeline.vae is shared
+    assert "other-vae" in [e.name for e in vae_engine.models.loaded()]  # the weights share the models' cache
     assert "VAE" not in _params(own_info)
     params = _params(info)
     assert params["VAE"] == "other-vae" and len(params["VAE hash"]) == 10
     # A1111's order: Model hash, Model, VAE hash, VAE, then the rest.
     keys = list(params)
     assert keys.index("Model") + 1 == keys.index("VAE hash") and keys.index("VAE hash") + 1 == keys.index("VAE")
+
+
+def test_image_to_image_encodes_and_decodes_with_it(vae_engine):
+    from PIL import Image
+
+    from webui.engine.generation.img2img import Img2ImgRequest
+
+    source = Image.new("RGB", (64, 64), "red")
+    pictures = {}
+    for name in ("None", "other-vae"):
+        request = Img2ImgRequest("a red circle", steps=3, width=64, height=64, seed=7, sampler_name="Euler",
+                                 model="tiny-sd", save_images=False, init_image=source, denoising_strength=0.5,
+                                 addons={"vae": name})
+        result = vae_engine.img2img(request)
+        pictures[name] = (np.asarray(result.images[0], dtype=np.int16), result.infotexts[0])
+    assert not np.array_equal(pictures["None"][0], pictures["other-vae"][0])
+    assert _params(pictures["other-vae"][1])["VAE"] == "other-vae"
 
 
 def test_the_original_layout_file_and_the_folder_of_the_same_weights_give_the_same_picture(vae_engine, vae_models):
@@ -147,6 +165,17 @@ def test_mismatched_unknown_and_pickled_vaes_are_refused_naming_the_field(vae_en
 
     with pytest.raises(PickleRefused, match="allow-pickle"):
         _run(vae_engine, "old")
+
+
+def test_a_pickled_vae_loads_with_allow_pickle(vae_models, tmp_path):
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=vae_models, outputs_dir=tmp_path / "out", save_images=False, allow_pickle=True)
+    engine = build_engine(settings, DeviceChoice("cpu"))
+    _, info = _run(engine, "old")
+    assert _params(info)["VAE"] == "old"
 
 
 def test_the_setting_applies_when_the_request_names_none(vae_engine):

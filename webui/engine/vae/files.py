@@ -27,6 +27,8 @@ __all__ = ["VAE_SUFFIXES", "VaeWeights", "build_for", "describe_vae", "load_weig
 # A1111's names for a VAE beside its checkpoint; in models/VAE/ any weights file is a VAE.
 VAE_SUFFIXES = (".vae.safetensors", ".vae.pt", ".vae.ckpt", ".vae.bin")
 CHECKPOINT_FOLDERS = ("checkpoints", "Stable-diffusion")
+# The parts of an autoencoder's state dict, in diffusers' layout.
+_DIFFUSERS_PARTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 # What stays the checkpoint's when a VAE is swapped in: the latent space the denoiser was trained on.
 CHECKPOINT_KEYS = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
 
@@ -120,7 +122,8 @@ def to_diffusers_layout(state: dict[str, Any], name: str) -> dict[str, Any]:
     if any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state):
         if "decoder.conv_in.weight" not in state:
             raise ModelLoadError(f"{name} has no decoder weights (decoder.conv_in): it is not a whole VAE")
-        return state
+        # What an autoencoder has; training leftovers some files keep (loss.*, a discriminator) are left out.
+        return {k: v for k, v in state.items() if k.startswith(_DIFFUSERS_PARTS)}
     # Levels of the encoder (encoder.down.<i>., maybe under first_stage_model.): the conversion's block counts.
     levels = {key[key.index("encoder.down."):].split(".")[2] for key in state if "encoder.down." in key}
     if not levels:
