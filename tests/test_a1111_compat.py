@@ -138,7 +138,7 @@ def test_override_settings_become_fields_of_the_engine_request_not_settings():
     request = txt2img_request(Txt2ImgBody(prompt="x", save_images=True, override_settings={
         "CLIP_stop_at_last_layers": 2.0, "samples_format": "jpeg", "samples_save": "false",
         "sd_model_checkpoint": "tiny-sd", "sd_vae": "Automatic"}), warnings)
-    assert request.addons == {"clip_skip": 2} and request.image_format == "jpg"
+    assert request.addons == {"clip_skip": 2, "vae": "Automatic"} and request.image_format == "jpg"
     assert request.save_images is False and request.model == "tiny-sd" and warnings == []
     plain = txt2img_request(Txt2ImgBody(prompt="x", save_images=True))
     assert plain.addons == {} and plain.image_format is None and plain.save_images is None  # the settings decide

@@ -32,9 +32,11 @@ class Settings:
     max_video_pixels: int = 256 * 4096 * 4096  # frames x width x height of all the frames a video job decodes
     # The step cache a request that names none gets (the add-on's text, "taylorseer 5"); "": off
     step_cache: str = ""
+    # The VAE a request that names none gets (A1111's sd_vae): "Automatic", "None" or a VAE's name
+    sd_vae: str = "Automatic"
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every",
-                "step_cache")
+                "step_cache", "sd_vae")
 
     def extensions_dirs(self) -> list[tuple[Path, str]]:
         dirs = [(BUILTIN_EXTENSIONS, "built-in")]

@@ -1,4 +1,4 @@
-"""Widget groups the generation tabs share: sampler, steps, size, batches, CFG, seed, clip skip;
+"""Widget groups the generation tabs share: sampler, steps, size, batches, CFG, seed, clip skip, VAE;
 and the status line under the gallery. One place, so Text to image and Image to image stay alike."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from webui.engine.generation import requests as limits
 from webui.engine.generation.call import ClipSkip
 from webui.engine.samplers.registry import SCHEDULES
 from webui.engine.stepcache import METHODS as STEP_CACHES
+from webui.engine import vae as vae_addon
 
 
 @dataclass
@@ -27,13 +28,15 @@ class GenerationSettings:
     seed: gr.Number
     clip_skip: gr.Slider
     step_cache: gr.Dropdown | None = None
+    vae: gr.Dropdown | None = None
 
     def inputs(self) -> dict[str, Any]:
         """Handler keyword -> component, for `inputs_kwargs`; the handler passes them to request_fields()."""
         return dict(sampler_name=self.sampler, scheduler=self.schedule, steps=self.steps, cfg_scale=self.cfg_scale,
                     seed=self.seed, width=self.width, height=self.height, batch_size=self.batch_size,
                     batch_count=self.batch_count, clip_skip=self.clip_skip,
-                    **({"step_cache": self.step_cache} if self.step_cache is not None else {}))
+                    **({"step_cache": self.step_cache} if self.step_cache is not None else {}),
+                    **({"vae": self.vae} if self.vae is not None else {}))
 
 
 def generation_settings(prefix: str, samplers: list[str], sampler: str, size: int) -> GenerationSettings:
@@ -62,13 +65,34 @@ def step_cache_choice(prefix: str) -> gr.Dropdown:
         return gr.Dropdown(choices, value="", label="Step cache", elem_id=f"{prefix}-step-cache")
 
 
+def vae_choices(catalog: Any) -> list[tuple[str, str]]:
+    return [("Settings default", ""), *[(name, name) for name in vae_addon.choices(catalog)]]
+
+
+def vae_choice(prefix: str, catalog: Any) -> gr.Dropdown:
+    """The VAE for this request: the Settings tab's default, Automatic, None, or one from models/VAE/;
+    the button reads the folder again."""
+    with gr.Row(equal_height=True):
+        dropdown = gr.Dropdown(vae_choices(catalog), value="", label="VAE", elem_id=f"{prefix}-vae", scale=6)
+        refresh = gr.Button("🔄", size="sm", min_width=40, scale=0, elem_id=f"{prefix}-vae-refresh")
+
+    def rescan() -> dict:
+        catalog.scan()
+        return gr.update(choices=vae_choices(catalog))
+
+    refresh.click(rescan, None, dropdown, api_visibility="private", queue=False)
+    return dropdown
+
+
 def request_fields(sampler_name, scheduler, steps, cfg_scale, seed, width, height, batch_size, batch_count, clip_skip=1,
-                   model: str | None = None, step_cache: str = "") -> dict[str, Any]:
+                   model: str | None = None, step_cache: str = "", vae: str = "") -> dict[str, Any]:
     """Widget values -> the generation request's fields (one mapping for every tab)."""
     clip = int(clip_skip or 1)
     addons: dict[str, Any] = {"clip_skip": clip} if clip != 1 else {}
     if step_cache:
         addons["step_cache"] = step_cache
+    if vae:  # "": the sd_vae setting decides
+        addons["vae"] = vae
     return dict(
         sampler_name=sampler_name or None, scheduler=scheduler or None, steps=int(steps), cfg_scale=float(cfg_scale),
         seed=int(seed if seed is not None else -1), width=int(width), height=int(height),

@@ -18,7 +18,7 @@ from webui.engine.samplers.registry import default_sampler
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
-from .components import generation_settings, request_fields, result_note, shown_images
+from .components import generation_settings, request_fields, result_note, shown_images, vae_choice
 from .txt2img import Txt2ImgTab, _model_defaults
 
 TAB_ID = "img2img"
@@ -127,6 +127,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", type="index")
             strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img-strength")
             gen = generation_settings("img2img", samplers, sampler, size)
+            gen.vae = vae_choice("img2img", engine.catalog)
         with gr.Column(scale=4):
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)

@@ -41,7 +41,8 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
     image.change(read_parameters, image, [raw, fields], api_name="png_info")
 
     def send_to_txt2img(text: str):
-        values = infotext_to_request_fields(parse_infotext(text or ""))
+        parsed = parse_infotext(text or "")
+        values = infotext_to_request_fields(parsed)
         if not values.get("prompt"):
             raise gr.Error("there are no parameters to send: drop an image made by Kiri or AUTOMATIC1111 first")
         gen = txt2img.settings
@@ -56,6 +57,10 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
             gen.clip_skip: values.get("clip_skip", 1),
             tabs: gr.Tabs(selected=txt2img_tab_id),
         }
+        if gen.vae is not None:  # the VAE it was made with, when this server has it; else the setting's
+            named = parsed.params.get("VAE")
+            entry = engine.catalog.find_of_kind("vae", named) if named else None
+            updates[gen.vae] = entry.name if entry is not None else ""
         sampler = values.get("sampler_name")
         if sampler:
             try:
@@ -68,5 +73,5 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
 
     gen = txt2img.settings
     targets = [txt2img.prompt, txt2img.negative_prompt, gen.steps, gen.cfg_scale, gen.seed, gen.width, gen.height,
-               gen.sampler, gen.schedule, gen.clip_skip, tabs]
+               gen.sampler, gen.schedule, gen.clip_skip, tabs, *([gen.vae] if gen.vae is not None else [])]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)

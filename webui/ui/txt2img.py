@@ -17,7 +17,7 @@ from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
 from .components import (GenerationSettings, generation_settings, request_fields, result_note, shown_images,
-                         step_cache_choice)
+                         step_cache_choice, vae_choice)
 
 
 @dataclass
@@ -53,6 +53,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
                                          visible=bool(examples), elem_id="txt2img-examples")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             gen = generation_settings("txt2img", samplers, sampler, size)
+            gen.vae = vae_choice("txt2img", engine.catalog)
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
             gen.step_cache = step_cache_choice("txt2img")
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):

@@ -31,6 +31,10 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         title, `file name [hash]`, is what tells a folder and its namesake file apart."""
         return entry.path.stem if entry.path.is_file() else entry.path.name
 
+    def vae_model_name(entry) -> str:
+        # A name the catalog made unique (a namesake in another folder) is kept, so it finds this one.
+        return entry.path.name if entry.name == a1111_model_name(entry) else entry.name
+
     @router.get("/sd-models")
     def sd_models() -> list[dict]:
         engine.catalog.entries or engine.catalog.scan()
@@ -55,7 +59,9 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/sd-vae")
     def sd_vae() -> list:
-        return []
+        """A1111's shape: model_name is the file name (what sd_vae takes back), filename its path."""
+        engine.catalog.of_kind("vae") or engine.catalog.scan()
+        return [{"model_name": vae_model_name(e), "filename": shown_path(ctx, e.path)} for e in engine.catalog.of_kind("vae")]
 
     @router.get("/upscalers")
     def upscalers() -> list:

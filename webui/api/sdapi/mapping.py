@@ -26,6 +26,7 @@ from .options import parse_bool, parse_image_format, parse_int, parse_model_name
 
 CLIP_SKIP_OPTION = "CLIP_stop_at_last_layers"  # A1111's setting name, sent in override_settings
 STEP_CACHE_OPTION = "step_cache"  # Kiri's own, as in /sdapi/v1/options: "taylorseer 5", {"method": ...} or "off"
+VAE_OPTION = "sd_vae"  # A1111's: "Automatic", "None" or a VAE's name, as /sdapi/v1/sd-vae lists them
 MAX_NAMED = 10  # unknown scripts or settings named one by one in the warnings, at most
 
 
@@ -46,14 +47,15 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[
         addons["clip_skip"] = parse_int(f"override_settings.{CLIP_SKIP_OPTION}", overrides[CLIP_SKIP_OPTION], 1, ClipSkip.MAX)
     if STEP_CACHE_OPTION in overrides:
         addons["step_cache"] = overrides[STEP_CACHE_OPTION]  # checked, naming the field, before the job is queued
+    if overrides.get(VAE_OPTION) is not None:
+        addons["vae"] = overrides[VAE_OPTION]  # its type checked before the job is queued, the name when it starts
     samples_save = (parse_bool("override_settings.samples_save", overrides["samples_save"])
                     if "samples_save" in overrides else None)
     image_format = (parse_image_format("override_settings.samples_format", overrides["samples_format"])
                     if "samples_format" in overrides else None)
     # As A1111: the API saves only when asked to (save_images) and the samples_save setting agrees.
     save = samples_save if body.save_images and not body.do_not_save_samples else False
-    ignored = [k for k in overrides if k not in PER_REQUEST_SETTINGS
-               and not (k == "sd_vae" and overrides[k] in (None, "Automatic", "None"))]
+    ignored = [k for k in overrides if k not in PER_REQUEST_SETTINGS]
     if ignored:
         warnings.append("override_settings not applied (Kiri has no such per-request setting): "
                         + ", ".join(repr(k) for k in ignored[:MAX_NAMED]) + (" ..." if len(ignored) > MAX_NAMED else ""))
@@ -70,7 +72,8 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[
     )
 
 
-PER_REQUEST_SETTINGS = ("sd_model_checkpoint", CLIP_SKIP_OPTION, STEP_CACHE_OPTION, "samples_save", "samples_format")
+PER_REQUEST_SETTINGS = ("sd_model_checkpoint", CLIP_SKIP_OPTION, STEP_CACHE_OPTION, VAE_OPTION, "samples_save",
+                        "samples_format")
 
 
 def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:

@@ -5,10 +5,11 @@ extensions alike, each in a folder of its own.
 An add-on has four lifetimes, each optional (ComfyUI's ModelPatcher, InvokeAI's extensions and
 diffusers' hooks, in Kiri's terms):
 
-    per model  state_key() / load_state(ctx, model)
+    per model  state_key() / load_state(ctx, model) / use_state(state)
                loaded once for a loaded model and kept as derived state of it (LoadedModel.derived),
                dropped when the model is evicted; its tensors count in the memory budget. The next
-               job with the same key gets it back without a load.
+               job with the same key gets it back without a load. use_state hands it (loaded or kept)
+               to the add-on before each batch's apply, for the model of that batch.
     per job    job(ctx, model, request): a context manager entered before the first batch and exited
                after the last, on failure, on Interrupt and when the job is dropped; a failure while
                entering exits what was entered. It must leave the shared model as it found it: other
@@ -78,6 +79,9 @@ class Addon:
 
     def load_state(self, ctx: AddonContext, model: Any) -> Any:
         return None
+
+    def use_state(self, state: Any) -> None:
+        """This batch's per-model state (what load_state returned, now or for an earlier job)."""
 
     # per job
     def prepare(self, model: Any, request: Any) -> None:
@@ -235,6 +239,10 @@ class AddonSession:
                 sizes = derived.setdefault((self.DERIVED, "bytes"), {})
                 sizes[slot] = state_bytes(value)
             states[_label(addon)] = derived[slot]
+        for addon in self.addons:
+            use = getattr(addon, "use_state", None)
+            if use is not None and _label(addon) in states:
+                use(states[_label(addon)])
         return states
 
     def components(self, model: Any) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Decoding with the VAE at every few steps costs as much as a step on big models. A 1x1 linear map
 from latent channels to RGB (what AUTOMATIC1111's "Approx cheap" uses, with per-family tables)
 is nearly free; fitting it once to what the loaded VAE decodes makes it right for any family,
-Kiri's own models included, without tables to keep up to date. When a TAESD-style tiny decoder
+Kiri's own models included, without tables to keep up to date. The map is fitted per VAE: a call
+with another VAE swapped in (the "vae" add-on) previews as that VAE decodes. When a TAESD-style tiny decoder
 (a diffusers AutoencoderTiny folder) is in models/taesd/<family>/, it is used instead: a real,
 full-size picture for a fraction of the VAE's cost.
 """
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 class LatentPreviewer:
     def __init__(self, pipeline: Any, tiny_decoder_dir: Path | None = None):
         self.pipeline = pipeline
-        self._weights = None  # (channels + 1, 3): linear map with bias
+        self._fits: Any = None  # VAE module -> (channels + 1, 3): its linear map with bias, fitted once
         self._tiny_dir = tiny_decoder_dir if tiny_decoder_dir and (tiny_decoder_dir / "config.json").exists() else None
         self._tiny = None
 
@@ -38,10 +39,16 @@ class LatentPreviewer:
         if self._tiny_dir is not None:
             return self._decode_tiny(latents)
         latents = latents.float().cpu()
-        if self._weights is None:
-            self._weights = self._fit(latents.shape[1])
+        if self._fits is None:
+            import weakref
+
+            self._fits = weakref.WeakKeyDictionary()  # a VAE dropped with its model takes its map along
+        vae = self.pipeline.vae  # the one this call decodes with
+        weights = self._fits.get(vae)
+        if weights is None:
+            weights = self._fits[vae] = self._fit(latents.shape[1])
         flat = latents[0].permute(1, 2, 0).reshape(-1, latents.shape[1])
-        rgb = torch.cat([flat, torch.ones(len(flat), 1)], 1) @ self._weights
+        rgb = torch.cat([flat, torch.ones(len(flat), 1)], 1) @ weights
         pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).reshape(latents.shape[2], latents.shape[3], 3).numpy().astype(np.uint8)
         return Image.fromarray(pixels)
 

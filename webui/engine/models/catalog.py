@@ -98,6 +98,8 @@ def describe(path: Path) -> CatalogEntry | None:
             path.name, path, "diffusers", family, _folder_size(path), prediction_type(path), problem, native_size(path)
         )
     suffix = path.suffix.lower()
+    if path.stem.lower().endswith(".vae"):
+        return None  # A1111's VAE beside its checkpoint (x.vae.safetensors): a VAE, never a checkpoint
     if suffix == ".safetensors":
         try:
             family, problem = family_from_keys(read_safetensors_keys(path)), None

@@ -67,8 +67,8 @@ class HiresTask(Img2ImgTask):
     def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]):
         call = super().call(model, prompt, negative, seeds, generators)
         if self.latents is not None:
-            if call.passthrough is not None:  # no denoising step: the upscaled latents, decoded
-                call.passthrough = [decode_latents(model, self.latents)]
+            if call.passthrough is not None:  # no denoising step: the upscaled latents, decoded when the call runs
+                call.passthrough = _Decoded(call, model, self.latents)
             else:
                 call.kwargs["image"] = self.latents
         return call
@@ -161,12 +161,23 @@ def upscale_latents(latents, size: tuple[int, int], mode: str, factor: int):
     return resized.to(latents.dtype)
 
 
-def decode_latents(model: "LoadedModel", latents):
-    """Latents (1, C, h, w) in the denoiser's space -> a picture, through the model's VAE."""
+class _Decoded:
+    """A passthrough call's picture, decoded only when the call runs: after the add-ons' apply, so
+    with the VAE the call swapped in (the "vae" add-on), as the pipeline would decode it."""
+
+    def __init__(self, call: Any, model: "LoadedModel", latents: Any):
+        self.call, self.model, self.latents = call, model, latents
+
+    def __iter__(self):
+        yield decode_latents(self.model, self.latents, self.call.components.get("vae"))
+
+
+def decode_latents(model: "LoadedModel", latents, vae=None):
+    """Latents (1, C, h, w) in the denoiser's space -> a picture, through `vae` (default: the model's)."""
     import torch
 
     pipeline = model.pipeline
-    vae = pipeline.vae
+    vae = vae if vae is not None else pipeline.vae
     z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
     if getattr(vae.config, "shift_factor", None):
         z = z + vae.config.shift_factor
