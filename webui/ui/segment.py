@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest

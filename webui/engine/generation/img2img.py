@@ -9,7 +9,6 @@ checkpoint and is used as it is.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 

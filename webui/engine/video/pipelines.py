@@ -14,7 +14,7 @@ from webui.engine.core.errors import InvalidRequest, ModelLoadError
 if TYPE_CHECKING:
     from webui.engine.core.devices import DeviceChoice
     from webui.engine.models.catalog import CatalogEntry
-    from webui.engine.models.manager import LoadedModel, ModelManager
+    from webui.engine.models.manager import LoadedModel
 
 _KEYFRAME = re.compile(r"^\s*(\d+)\s*:\s*(.*\S)\s*$")
 UNET_FAMILIES = {"sd1": "AnimateDiffPipeline", "sd2": "AnimateDiffPipeline", "sdxl": "AnimateDiffSDXLPipeline"}
