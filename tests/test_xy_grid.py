@@ -38,3 +38,36 @@ def test_grid_refuses_bad_cells_before_work(engine):
         xy_grid(engine, base, "Steps", "2, 500")
     with pytest.raises(InvalidRequest, match="more than the 64"):
         xy_grid(engine, base, "Steps", "1-10", "CFG scale", "1-10")
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+@pytest.mark.parametrize("cell", [(64, 64), (32, 48), (512, 512)])
+def test_grid_labels_fit_their_cells_without_overlap(cell):
+    """Labels are wrapped or shrunk to their column (or row): no label box overlaps another label or a
+    cell or crosses the image's edge, and every dark pixel outside the cells is inside a label box."""
+    from PIL import Image
+
+    from webui.engine.generation.xy_grid import draw_grid, grid_layout
+
+    columns = ["Sampler: Euler a", "Sampler: DDIM", "Sampler: UniPC", "Sampler: DPM++ 2M SDE Karras (example scheduler)"]
+    rows = ["Steps: 5", "Steps: 10", "CFG scale: 7.5 with a much longer explanation than fits"]
+    images = [Image.new("RGB", cell, (40 * i % 255, 90, 200)) for i in range(len(columns) * len(rows))]
+    layout = grid_layout(cell, len(images), columns, rows)
+    grid = draw_grid(images, columns, rows)
+    assert grid.size == layout.size and len(layout.labels) == len(columns) + len(rows)
+    boxes = [label.box for label in layout.labels]
+    for i, box in enumerate(boxes):
+        assert 0 <= box[0] < box[2] <= grid.width and 0 <= box[1] < box[3] <= grid.height, box
+        assert not any(_overlap(box, c) for c in layout.cells), box
+        assert not any(_overlap(box, other) for other in boxes[i + 1:]), box
+    ink = np.asarray(grid.convert("L")) < 250
+    for x0, y0, x1, y1 in layout.cells:
+        ink[y0:y1, x0:x1] = False
+    for x0, y0, x1, y1 in boxes:
+        ink[y0:y1, x0:x1] = False
+    assert not ink.any(), "label pixels outside their boxes (cut or overprinted)"
+    for image, (x0, y0, x1, y1) in zip(images, layout.cells):  # the cells are pasted untouched
+        assert grid.crop((x0, y0, x1, y1)).tobytes() == image.tobytes()

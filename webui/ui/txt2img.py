@@ -123,7 +123,8 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
             return [], "", "Interrupted before the first cell finished."
         shown = [str(result.path) if result.path else result.grid, *result.images]
         note = f"Grid of {len(result.images)} cell(s)" + (" (**interrupted**)" if result.interrupted else "") + "."
-        return shown, result.infotexts[0], note
+        # the grid is what the run is for: shown and selected first (the cells follow it), whatever was selected before
+        return gr.Gallery(value=shown, selected_index=0), result.infotexts[0], note
 
     grid_inputs = {k: v for k, v in inputs.items() if k not in ("batch_size", "batch_count")}
     grid_inputs.update(x_axis=x_axis, x_values=x_values, y_axis=y_axis, y_values=y_values)

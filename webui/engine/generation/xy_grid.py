@@ -137,23 +137,129 @@ def _label(axis: str, value: Any) -> str:
     return f"{axis}: {value:g}" if isinstance(value, float) else f"{axis}: {value}"
 
 
+LABEL_PAD = 4  # pixels between a label and the cells or the image's edge
+MIN_FONT = 10
+
+
+@dataclass
+class Label:
+    """One label's lines, the font size they fit at, and the box they take in the grid (x0, y0, x1, y1)."""
+
+    lines: list[str]
+    size: int
+    box: tuple[int, int, int, int]
+
+
+@dataclass
+class GridLayout:
+    size: tuple[int, int]
+    cells: list[tuple[int, int, int, int]]
+    labels: list[Label]
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """Greedy word wrap at `width` pixels; a word wider than that is broken between characters."""
+    lines: list[str] = []
+    for word in text.split():
+        line = f"{lines[-1]} {word}" if lines else word
+        if lines and _width(draw, line, font) <= width:
+            lines[-1] = line
+            continue
+        while _width(draw, word, font) > width and len(word) > 1:
+            cut = max(1, max(i for i in range(1, len(word) + 1) if i == 1 or _width(draw, word[:i], font) <= width))
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
+
+
+def _width(draw: Any, text: str, font: Any) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return right - left
+
+
+def _fit(draw: Any, text: str, width: int, height: int | None, largest: int) -> tuple[Any, list[str], int]:
+    """The largest font (from `largest` down to MIN_FONT) at which `text`, wrapped at `width`, fits
+    `width` x `height`; at MIN_FONT the wrapped text as it is."""
+    from PIL import ImageFont
+
+    for size in range(largest, MIN_FONT - 1, -1):
+        font = ImageFont.load_default(size=size)
+        lines = _wrap(draw, text, font, width)
+        fits = all(_width(draw, line, font) <= width for line in lines)
+        if fits and (height is None or _line_height(font) * len(lines) <= height):
+            return font, lines, _line_height(font)
+    return font, lines, _line_height(font)
+
+
+def _fit_row(draw: Any, text: str, width: int, height: int, largest: int) -> tuple[Any, list[str], int]:
+    """A row label: wrapped to fit the row's height, the band widened when even the smallest font is too tall."""
+    for widen in (1, 2, 3, 4, 6, 8):
+        font, lines, lh = _fit(draw, text, width * widen, height, largest)
+        if lh * len(lines) <= height:
+            break
+    return font, lines, lh
+
+
+def _line_height(font: Any) -> int:
+    ascent, descent = font.getmetrics()
+    return ascent + descent
+
+
+def grid_layout(cell: tuple[int, int], count: int, column_labels: list[str], row_labels: list[str]) -> GridLayout:
+    """Where cells and labels go: each column label wrapped (or shrunk) to its column's width above it,
+    each row label to a left band beside its row; no label overlaps another, a cell, or the edge."""
+    from PIL import Image, ImageDraw
+
+    w, h = cell
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    largest = max(MIN_FONT + 2, min(28, w // 8))
+    columns = max(1, len(column_labels))
+    rows = (count + columns - 1) // columns
+    column_fits = [_fit(draw, t, w - 2 * LABEL_PAD, None, largest) if t else None for t in column_labels]
+    top = max((lh * len(lines) for _, lines, lh in filter(None, column_fits)), default=0)
+    top = top + 2 * LABEL_PAD if top else 0
+    band = max(w, 8 * largest)  # the row labels' column: at least a cell wide
+    row_fits = [_fit_row(draw, t, band - 2 * LABEL_PAD, h - 2 * LABEL_PAD, largest) if t else None for t in row_labels[:rows]]
+    left = max((max(_width(draw, line, font) for line in lines) for font, lines, _ in filter(None, row_fits)), default=0)
+    left = left + 2 * LABEL_PAD if left else 0
+    cells = [(left + (i % columns) * w, top + (i // columns) * h, left + (i % columns + 1) * w, top + (i // columns + 1) * h)
+             for i in range(count)]
+    labels = []
+    for c, fit in enumerate(column_fits):
+        if fit:
+            font, lines, lh = fit
+            width = max(_width(draw, line, font) for line in lines)
+            x0 = left + c * w + (w - width) // 2
+            y0 = (top - lh * len(lines)) // 2
+            labels.append(Label(lines, font.size, (x0, y0, x0 + width, y0 + lh * len(lines))))
+    for r, fit in enumerate(row_fits):
+        if fit:
+            font, lines, lh = fit
+            width = max(_width(draw, line, font) for line in lines)
+            x0 = (left - width) // 2
+            y0 = top + r * h + (h - lh * len(lines)) // 2
+            labels.append(Label(lines, font.size, (x0, y0, x0 + width, y0 + lh * len(lines))))
+    return GridLayout((left + columns * w, top + rows * h), cells, labels)
+
+
 def draw_grid(images: list["Image.Image"], column_labels: list[str], row_labels: list[str]) -> "Image.Image":
-    """Tile cell images row by row, with labels above the columns and left of the rows."""
+    """Tile cell images row by row, with labels above the columns and left of the rows, each wrapped
+    or shrunk to fit its column or row (grid_layout)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    w, h = images[0].size
-    font_size = max(12, min(28, w // 8))
-    font = ImageFont.load_default(size=font_size)
-    top = font_size * 2 if any(column_labels) else 0
-    left = max((int(font.getlength(t)) for t in row_labels), default=0) + font_size if any(row_labels) else 0
-    columns = len(column_labels)
-    rows = (len(images) + columns - 1) // columns
-    grid = Image.new("RGB", (left + columns * w, top + rows * h), "white")
+    layout = grid_layout(images[0].size, len(images), column_labels or [""], row_labels)
+    grid = Image.new("RGB", layout.size, "white")
+    for image, (x0, y0, _, _) in zip(images, layout.cells):
+        grid.paste(image.convert("RGB"), (x0, y0))
     draw = ImageDraw.Draw(grid)
-    for i, image in enumerate(images):
-        grid.paste(image.convert("RGB"), (left + (i % columns) * w, top + (i // columns) * h))
-    for c, text in enumerate(column_labels):
-        draw.text((left + c * w + w / 2, top / 2), text, fill="black", font=font, anchor="mm")
-    for r, text in enumerate(row_labels[:rows]):
-        draw.text((left / 2, top + r * h + h / 2), text, fill="black", font=font, anchor="mm")
+    for label in layout.labels:
+        font = ImageFont.load_default(size=label.size)
+        x0, y0, x1, _ = label.box
+        lh = _line_height(font)
+        for n, line in enumerate(label.lines):
+            # each line centred in the label's box, its ink inside the box (textbbox measured it from the origin)
+            ox, oy, ex, _ = draw.textbbox((0, 0), line, font=font)
+            x = x0 + (x1 - x0 - (ex - ox)) // 2 - ox
+            draw.text((x, y0 + n * lh), line, fill="black", font=font)
     return grid
