@@ -44,13 +44,20 @@ def test_paint_a_mask_and_inpaint(kiri_server, browser, tmp_path):
     page.close()
 
 
+def send_to(page, prefix: str, target: str) -> None:
+    """The output's "Send to" menu: pick the target, press the button."""
+    page.locator(f"#{prefix}-send-to input").click()
+    page.get_by_role("option", name=target, exact=True).click()
+    page.locator(f"#{prefix}-send").click()
+
+
 def test_send_a_generated_image_to_image_to_image(kiri_server, browser):
     page = browser.new_page(viewport={"width": 1600, "height": 1000})
     page.goto(kiri_server["url"])
     page.get_by_label("Prompt", exact=True).first.fill("a blue square")
     page.locator("#txt2img-generate").click()
     page.wait_for_function("document.querySelector('#txt2img-infotext textarea').value.includes('Seed:')", timeout=120_000)
-    page.locator("#txt2img-send-img2img").click()
+    send_to(page, "txt2img", "Image to image")
     page.locator("#img2img-image img").first.wait_for(state="visible", timeout=30_000)
     assert page.locator("#img2img-prompt textarea").input_value() == "a blue square"
     steps = page.locator("#img2img-steps input[type=number]")
@@ -61,7 +68,7 @@ def test_send_a_generated_image_to_image_to_image(kiri_server, browser):
                            timeout=120_000)
     assert "Masked content" not in page.locator("#img2img-infotext textarea").input_value()
     page.get_by_role("tab", name="Text to image", exact=True).first.click()
-    page.locator("#txt2img-send-inpaint").click()
+    send_to(page, "txt2img", "Inpaint")
     page.locator("#inpaint-editor canvas").first.wait_for(state="visible", timeout=30_000)
     page.close()
 

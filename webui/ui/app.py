@@ -9,6 +9,7 @@ import gradio as gr
 from webui.engine.context import Engine
 
 from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale, video
+from .send_to import SendTo
 
 TXT2IMG_TAB = "txt2img"
 CSS = "#model-status p {margin: 0.5em 0 0 0;} footer {display: none !important;}"
@@ -19,20 +20,19 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
         gr.Markdown("# 霧 Kiri", elem_id="kiri-title")
         picker = model_picker.render(engine)
         with gr.Tabs() as tabs:
+            send = SendTo(engine, tabs)  # every output's "Send to" menu; wired once every tab exists
             with gr.Tab("Text to image", id=TXT2IMG_TAB):
-                t2i = txt2img.render(engine, picker)
+                t2i = txt2img.render(engine, picker, send=send)
             with gr.Tab("Image to image / Inpaint", id=img2img.TAB_ID):
-                i2i = img2img.render(engine, picker, t2i, tabs)
+                i2i = img2img.render(engine, picker, t2i, tabs, send=send)
             with gr.Tab("Super-resolution", id=upscale.TAB_ID):
-                sr = upscale.render(engine)
-            upscale.wire_send(t2i.send_sr, t2i.gallery, sr["image"], tabs)
-            upscale.wire_send(i2i.send_sr, i2i.gallery, sr["image"], tabs)
+                upscale.render(engine, send=send)
             with gr.Tab("Video frames", id="video"):
-                video.render(engine)
+                video.render(engine, send=send)
             with gr.Tab("Segmentation", id="segment"):
-                segment.render(engine, i2i, tabs)
+                segment.render(engine, i2i, tabs, send_to=send)
             with gr.Tab("PNG info", id="png_info"):
-                png_info.render(engine, t2i, tabs, TXT2IMG_TAB)
+                png_info.render(engine, t2i, tabs, TXT2IMG_TAB, send_to=send)
             with gr.Tab("Sampler lab", id="sampler_lab"):
                 sampler_lab.render(engine)
             with gr.Tab("Settings", id="settings"):
@@ -42,6 +42,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
             for tab in (engine.extensions.ui_tabs if engine.extensions else []):
                 with gr.Tab(tab.title):
                     _render_extension_tab(tab, engine)
+        send.wire()
     return app
 
 

@@ -19,6 +19,7 @@ from webui.engine.segment import SegmentRequest, mask_tools, segment
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
 from .components import generation_settings, request_fields, result_note, shown_images, vae_choice
+from .send_to import SendTo, as_editor
 from .txt2img import Txt2ImgTab, _model_defaults
 
 TAB_ID = "img2img"
@@ -33,8 +34,7 @@ class Img2ImgTab:
     mask_upload: gr.Image
     modes: gr.Tabs
     mode: gr.Radio
-    gallery: gr.Gallery  # the results, and the button that sends them to Super-resolution
-    send_sr: gr.Button
+    gallery: gr.Gallery  # the results
     tab_id: str = TAB_ID
 
 
@@ -85,7 +85,8 @@ def mask_from_words(engine: Engine, editor: Any, words: str, owner: str):
     return mask_tools.to_image(mask_tools.union(result.arrays()))
 
 
-def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None) -> Img2ImgTab:
+def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = None, tabs: gr.Tabs | None = None,
+           send: SendTo | None = None) -> Img2ImgTab:
     samplers, sampler, size, _ = _model_defaults(engine)
     # A hidden radio rather than gr.State, so API clients can choose the mode too.
     mode = gr.Radio(list(MODES), value="img2img", visible=False, label="Mode", elem_id="img2img-mode")
@@ -133,8 +134,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
                 interrupt = gr.Button("Interrupt", variant="stop", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="img2img-gallery")
-            send_sr = gr.Button("Send to Super-resolution", size="sm", elem_id="img2img-send-sr")
+            menu = send.menu("img2img", gallery) if send is not None else None
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
+            if menu is not None:
+                menu.infotext = infotext
             status = gr.Markdown(elem_id="img2img-status")
 
     for tab, name in ((tab_img2img, "img2img"), (tab_inpaint, "inpaint"), (tab_outpaint, "outpaint")):
@@ -195,45 +198,17 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
 
     model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
-    if t2i is not None and tabs is not None and t2i.send_img2img is not None:
-        _wire_send_buttons(t2i, tabs, modes, mode, init_image, editor, prompt, negative)
+    if send is not None:
+        fields = dict(prompt=prompt, negative_prompt=negative, seed=gen.seed, sampler_name=gen.sampler,
+                      scheduler=gen.schedule, steps=gen.steps, cfg_scale=gen.cfg_scale, width=gen.width, height=gen.height)
+        for label, media, name, value in (("Image to image", init_image, "img2img", None),
+                                          ("Inpaint", editor, "inpaint", as_editor),
+                                          ("Outpaint", outpaint_image, "outpaint", None)):
+            send.target(label, media, TAB_ID, fields, [(modes, name), (mode, name)], value)
 
     def words_to_mask(editor_value, words, request: gr.Request):
         with user_errors():
             return mask_from_words(engine, editor_value, words, owner_of(request))
 
     mask_words_button.click(words_to_mask, [editor, mask_words], mask_upload, api_visibility="private", **JOB_EVENT)
-    return Img2ImgTab(editor, mask_upload, modes, mode, gallery, send_sr)
-
-
-def _wire_send_buttons(t2i: Txt2ImgTab, tabs: gr.Tabs, modes: gr.Tabs, mode: gr.Radio, init_image: gr.Image,
-                       editor: gr.ImageEditor, prompt: gr.Textbox, negative: gr.Textbox) -> None:
-    """Text to image's "Send to" buttons: the selected gallery image (or the first) and the prompts."""
-    selected = gr.State(0)
-
-    def remember(evt: gr.SelectData) -> int:
-        return evt.index if isinstance(evt.index, int) else 0
-
-    t2i.gallery.select(remember, None, selected, api_visibility="private", queue=False)
-
-    def picked(gallery, index):
-        items = list(gallery or [])
-        if not items:
-            raise gr.Error("Generate an image first.")
-        with user_errors():
-            return _as_image(items[index if 0 <= (index or 0) < len(items) else 0])
-
-    def to_img2img(gallery, index, prompt_text, negative_text):
-        return (picked(gallery, index), prompt_text, negative_text, gr.Tabs(selected=TAB_ID), gr.Tabs(selected="img2img"),
-                "img2img")
-
-    def to_inpaint(gallery, index, prompt_text, negative_text):
-        image = picked(gallery, index)
-        value = {"background": image, "layers": [], "composite": image}
-        return value, prompt_text, negative_text, gr.Tabs(selected=TAB_ID), gr.Tabs(selected="inpaint"), "inpaint"
-
-    sources = [t2i.gallery, selected, t2i.prompt, t2i.negative_prompt]
-    t2i.send_img2img.click(to_img2img, sources, [init_image, prompt, negative, tabs, modes, mode],
-                           api_visibility="private", queue=False)
-    t2i.send_inpaint.click(to_inpaint, sources, [editor, prompt, negative, tabs, modes, mode],
-                           api_visibility="private", queue=False)
+    return Img2ImgTab(editor, mask_upload, modes, mode, gallery)

@@ -29,7 +29,7 @@ def read_parameters(path: str | None) -> tuple[str, dict]:
     return text, fields
 
 
-def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str) -> None:
+def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str, send_to=None) -> None:
     with gr.Row():
         with gr.Column():
             image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo-image")
@@ -39,6 +39,10 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
             send = gr.Button("Send to Text to image", elem_id="pnginfo-send")
 
     image.change(read_parameters, image, [raw, fields], api_name="png_info")
+    if send_to is not None:
+        from .send_to import as_file
+
+        send_to.target("PNG info", image, "png_info", value=as_file)
 
     def send_to_txt2img(text: str):
         parsed = parse_infotext(text or "")

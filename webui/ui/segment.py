@@ -82,7 +82,7 @@ def run_segment(engine: Engine, image, prompts: Prompts, prompt: str, model: str
     return result, result.arrays()
 
 
-def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None) -> None:
+def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, send_to: Any = None) -> None:
     with gr.Row():
         with gr.Column(scale=4):
             click_mode = gr.Radio(list(CLICK_MODES), value=CLICK_MODES[0], label="A click on the picture adds",
@@ -116,6 +116,8 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None) -> 
                                 interactive=False, height=240, elem_id="segment-mask")
             send = gr.Button("Send mask to Inpaint", variant="primary", elem_id="segment-send-inpaint")
             status = gr.Markdown(elem_id="segment-status")
+            if send_to is not None:  # the picture itself, on to another tab
+                send_to.menu("segment", image, exclude=("Segmentation",))
 
     prompts_state = gr.State(Prompts([], []))
     masks_state = gr.State([])  # bool arrays of the last result
@@ -183,6 +185,10 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None) -> 
 
     apply_tool.click(tool_on, [image, mask_state, tool, radius], [mask_state, mask_out, preview],
                      api_visibility="private", queue=False)
+
+    if send_to is not None:  # a picture sent here starts with no clicks
+        fresh = Prompts([], [])
+        send_to.target("Segmentation", image, "segment", {}, [(prompts_state, fresh), (clicks_text, fresh.describe())])
 
     if inpaint is not None and tabs is not None:
         def to_inpaint(image, mask):

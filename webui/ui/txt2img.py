@@ -16,6 +16,7 @@ from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
+from .send_to import SendTo
 from .components import (GenerationSettings, generation_settings, request_fields, result_note, shown_images,
                          step_cache_choice, vae_choice)
 
@@ -28,9 +29,6 @@ class Txt2ImgTab:
     negative_prompt: gr.Textbox
     settings: GenerationSettings
     gallery: gr.Gallery
-    send_img2img: gr.Button | None = None  # wired by the Image to image tab
-    send_inpaint: gr.Button | None = None
-    send_sr: gr.Button | None = None  # wired by the app to the Super-resolution tab
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -43,7 +41,7 @@ def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
     return engine.samplers.names(prediction), default_sampler(prediction), size, examples
 
 
-def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
+def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None) -> Txt2ImgTab:
     samplers, sampler, size, examples = _model_defaults(engine)
     with gr.Row():
         with gr.Column(scale=3):
@@ -82,11 +80,10 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
                 interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1)
                 skip = gr.Button("Skip", elem_id="txt2img-skip", scale=1)
             gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="txt2img-gallery")
-            with gr.Row():
-                send_img2img = gr.Button("Send to Image to image", size="sm", elem_id="txt2img-send-img2img")
-                send_inpaint = gr.Button("Send to Inpaint", size="sm", elem_id="txt2img-send-inpaint")
-                send_sr = gr.Button("Send to Super-resolution", size="sm", elem_id="txt2img-send-sr")
+            menu = send.menu("txt2img", gallery) if send is not None else None
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
+            if menu is not None:
+                menu.infotext = infotext
             status = gr.Markdown(elem_id="txt2img-status")
 
     def run(prompt, negative_prompt, request: gr.Request, progress: gr.Progress = gr.Progress(), **settings):
@@ -159,7 +156,7 @@ def render(engine: Engine, model_picker: gr.Dropdown) -> Txt2ImgTab:
                 gr.update(samples=[[e] for e in examples], visible=bool(examples)))
 
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts], api_visibility="private", queue=False)
-    return Txt2ImgTab(prompt, negative, gen, gallery, send_img2img, send_inpaint, send_sr)
+    return Txt2ImgTab(prompt, negative, gen, gallery)
 
 
 def _hires_fix(settings: dict) -> HiresFix | None:

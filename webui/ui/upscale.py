@@ -23,7 +23,7 @@ def upscaler_choices(engine: Engine) -> list[tuple[str, str]]:
     return [(u.label, u.name) for u in all_upscalers(engine.catalog)]
 
 
-def render(engine: Engine) -> dict:
+def render(engine: Engine, send=None) -> dict:
     """Builds the tab; returns the image input other tabs' "Send to Super-resolution" buttons fill."""
     choices = upscaler_choices(engine)
     models = [name for label, name in choices if "(model" in label]
@@ -80,7 +80,10 @@ def render(engine: Engine) -> dict:
                 interrupt = gr.Button("Interrupt", variant="stop", scale=1)
             slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="sr-slider", max_height=480)
             gallery = gr.Gallery(label="Results", columns=4, height=240, object_fit="contain", format="png", elem_id="sr-gallery")
+            menu = send.menu("sr", gallery) if send is not None else None
             infotext = gr.Textbox(label="Parameters", lines=2, interactive=False, elem_id="sr-infotext")
+            if menu is not None:
+                menu.infotext = infotext
             status = gr.Markdown(elem_id="sr-status")
 
     to_tab.select(lambda: True, None, by_size, api_visibility="private", queue=False)
@@ -162,6 +165,9 @@ def render(engine: Engine) -> dict:
         return gr.update(choices=fresh), gr.update(choices=fresh)
 
     refresh.click(rescan, None, [upscaler_1, upscaler_2], api_visibility="private", queue=False)
+    if send is not None:  # the picture, and its prompt and seed for SD upscale
+        send.target("Super-resolution", image, TAB_ID, dict(prompt=sd_prompt, negative_prompt=sd_negative, seed=sd_seed,
+                                                            steps=sd_steps), [])
     return {"image": image}
 
 
@@ -204,17 +210,3 @@ def _pictures(image, files, max_pixels: int) -> tuple[list, list[str]]:
     if not pictures:
         raise InvalidRequest("image", "no image to upscale: upload a picture (or pictures in the Batch tab)")
     return pictures, names
-
-
-def wire_send(button: gr.Button, gallery: gr.Gallery, target: gr.Image, tabs: gr.Tabs) -> None:
-    """A "Send to Super-resolution" button: the gallery's first image into the tab's input."""
-    from .img2img import _as_image
-
-    def send(items):
-        items = list(items or [])
-        if not items:
-            raise gr.Error("Generate an image first.")
-        with user_errors():
-            return _as_image(items[0]), gr.Tabs(selected=TAB_ID)
-
-    button.click(send, gallery, [target, tabs], api_visibility="private", queue=False)

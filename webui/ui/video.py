@@ -43,7 +43,7 @@ def _run(engine: Engine, kind: str, call: Callable[[Job], Any], request: gr.Requ
     yield (str(result.path) if result.path else None), files, result.info, note
 
 
-def render(engine: Engine) -> None:
+def render(engine: Engine, send=None) -> None:
     models = service.video_models(engine)
     modules = service.motion_modules(engine)
     samplers = engine.samplers.names("epsilon")
@@ -56,7 +56,7 @@ def render(engine: Engine) -> None:
         refresh = gr.Button("Refresh", scale=0, min_width=80)
     with gr.Row():
         with gr.Column(scale=3):
-            with gr.Tabs():
+            with gr.Tabs() as video_tabs:
                 with gr.Tab("Text to video", id="txt2video"):
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2video-prompt",
                                         placeholder="a large red circle moving right, blue background")
@@ -129,9 +129,18 @@ def render(engine: Engine) -> None:
             clip = gr.Video(label="Clip", interactive=False, autoplay=True, loop=True, elem_id="video-output")
             downloads = gr.File(label="GIF, WebP and the frames as PNGs (zip)", file_count="multiple", interactive=False,
                                 elem_id="video-downloads")
+            menu = send.menu("video", clip, kind="clip") if send is not None else None
             info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="video-infotext")
+            if menu is not None:
+                menu.infotext = info
             status = gr.Markdown(elem_id="video-status")
     outputs = [clip, downloads, info, status]
+    if send is not None:
+        sampler, steps, cfg, seed = v2v
+        send.target("Video to video", v_source, "video", dict(prompt=v_prompt, negative_prompt=v_negative, seed=seed,
+                                                             sampler_name=sampler, steps=steps, cfg_scale=cfg),
+                    [(video_tabs, "vid2vid")])
+        send.target("Interpolate", i_source, "video", {}, [(video_tabs, "interpolate")])
 
     def text_to_video(prompt, negative, frames, fps, width, height, first, sampler, steps, cfg, seed, model, motion,
                       free_init, request: gr.Request, progress: gr.Progress = gr.Progress()):

