@@ -9,10 +9,12 @@ import gradio as gr
 from webui.engine.context import Engine
 
 from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale, video
+from . import pixels
 from .send_to import SendTo
 
 TXT2IMG_TAB = "txt2img"
 CSS = "#model-status p {margin: 0.5em 0 0 0;} footer {display: none !important;}"
+CSS += "\n" + pixels.CSS
 
 
 def build(engine: Engine, settings_file: Path) -> gr.Blocks:
@@ -43,6 +45,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                 with gr.Tab(tab.title):
                     _render_extension_tab(tab, engine)
         send.wire()
+        app.load(None, None, None, js=pixels.JS)
     return app
 
 

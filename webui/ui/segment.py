@@ -1,6 +1,6 @@
 """The Segmentation tab: masks from words, clicks or a box; combine and touch them up; send one to Inpaint.
 
-Clicks on the picture come from gr.Image's select event (pixel coordinates of the upload). What
+Clicks on the picture come in the upload's own pixels (ui/pixels.py: the picture is drawn to fill its box). What
 the clicks mean is chosen above the picture: a point inside (+), a point outside (-), or the two
 corners of a box. Each click segments again (flood fill is instant; a SAM takes a moment).
 """
@@ -17,6 +17,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.segment import SegmentRequest, mask_tools, save_result, segment, segmenters
 
 from .common import JOB_EVENT, owner_of, user_errors
+from .pixels import click_box, clicked
 
 AUTOMATIC = "Automatic (best for the prompt)"
 CLICK_MODES = ("Point inside (+)", "Point outside (-)", "Box corners")
@@ -89,6 +90,7 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, sen
                                   elem_id="segment-click-mode")
             image = gr.Image(label="Picture: click an object", type="pil", image_mode=None, sources=["upload", "clipboard"],
                              height=400, elem_id="segment-image")
+            image_xy = click_box(image)
             clicks_text = gr.Markdown(Prompts([], []).describe(), elem_id="segment-clicks")
             clear = gr.Button("Clear clicks", size="sm")
             prompt = gr.Textbox(label="What to find (words; commas separate things)", placeholder="the red circle, the star",
@@ -139,8 +141,11 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, sen
     inputs = [image, prompts_state, prompt, model, threshold]
     run.click(segment_now, inputs, outputs, api_name="segment", **JOB_EVENT)
 
-    def on_click(mode, prompts: Prompts, evt: gr.SelectData):
-        x, y = (int(v) for v in evt.index[:2])
+    def on_click(mode, prompts: Prompts, xy: str):
+        point = clicked(xy)  # the picture's own pixels, however large it is drawn
+        if point is None:
+            return prompts, prompts.describe()
+        x, y = point
         if mode == CLICK_MODES[2]:
             corners = (prompts.corners + [[x, y]])[-2:]
             prompts = Prompts(prompts.points, corners)
@@ -153,8 +158,8 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, sen
             return [gr.update()] * 6 + ["Now click the opposite corner of the box."]
         return segment_now(image, prompts, prompt_text, model_name, threshold_value, request)
 
-    image.select(on_click, [click_mode, prompts_state], [prompts_state, clicks_text], api_visibility="private",
-                 queue=False).then(segment_after_click, inputs, outputs, api_visibility="private", **JOB_EVENT)
+    image_xy.change(on_click, [click_mode, prompts_state, image_xy], [prompts_state, clicks_text], api_visibility="private",
+                    queue=False).then(segment_after_click, inputs, outputs, api_visibility="private", **JOB_EVENT)
 
     def reset():
         fresh = Prompts([], [])

@@ -14,6 +14,7 @@ from webui.engine.video import service
 from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid2VidRequest
 
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
+from .pixels import click_box, clicked as pixel_of
 
 TRAVEL_HELP = ("One prompt for the whole clip, or **prompt travel**: one line per keyframe, `frame: prompt`, e.g. "
                "`0: a red circle` and `8: a blue circle`; the frames in between blend the two.")
@@ -106,6 +107,7 @@ def render(engine: Engine, send=None) -> None:
                                       "in models/segmentation/)", open=False):
                         first_frame = gr.Image(label="First frame: click the object to follow", type="pil",
                                                interactive=False, elem_id="vid2vid-first-frame")
+                        first_xy = click_box(first_frame)
                         with gr.Row():
                             clicks = gr.Textbox(label="Clicks (x, y, 1 = object / 0 = not)", interactive=False,
                                                 elem_id="vid2vid-clicks", scale=4)
@@ -180,12 +182,15 @@ def render(engine: Engine, send=None) -> None:
     def show_first_frame(source):
         return _first_frame(engine, _path(source)), ""
 
-    def add_click(clicked: str, kind, evt: gr.SelectData):
-        x, y = evt.index
+    def add_click(clicked: str, kind, xy: str):
+        point = pixel_of(xy)  # in the frame's own pixels, however large it is drawn
+        if point is None:
+            return clicked
+        x, y = point
         return "; ".join(filter(None, [clicked, f"{x}, {y}, {int(kind)}"]))
 
     v_source.change(show_first_frame, v_source, [first_frame, clicks], api_visibility="private", queue=False)
-    first_frame.select(add_click, [clicks, click_kind], clicks, api_visibility="private", queue=False)
+    first_xy.change(add_click, [clicks, click_kind, first_xy], clicks, api_visibility="private", queue=False)
     clear_clicks.click(lambda: "", None, clicks, api_visibility="private", queue=False)
 
     def stop(request: gr.Request) -> str:
