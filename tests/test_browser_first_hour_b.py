@@ -136,3 +136,27 @@ def test_a_small_picture_fills_its_box_and_clicks_map_to_its_pixels(kiri_server,
     assert abs(x - obj.cx) <= 1 and abs(y - obj.cy) <= 1, (text, obj.cx, obj.cy)
     page.screenshot(path=str(shots(tmp_path) / "segment-small-picture.png"))
     page.close()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "extensions"
+EXAMPLE_NAMES = ["example-dpmpp-2s-a", "example-euler-scheduler"]
+
+
+def test_example_samplers_stay_out_of_the_lists_until_enabled(models_dir, tmp_path):
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    fresh = build_engine(Settings(models_dir=models_dir, outputs_dir=tmp_path, extensions_dir=EXAMPLES), DeviceChoice("cpu"))
+    names = fresh.samplers.names()
+    assert "Euler Karras (example scheduler)" not in names and "DPM++ 2S a" not in names
+    listed = {e.name: (e.status, e.enabled) for e in fresh.extensions.extensions}
+    assert listed["example-euler-scheduler"] == ("disabled", False)  # still listed on the Extensions tab
+    settings_file = tmp_path / "settings.json"
+    settings = Settings(models_dir=models_dir, outputs_dir=tmp_path, extensions_dir=EXAMPLES)
+    settings.enabled_extensions = ["example-euler-scheduler"]  # what the Extensions tab's Apply saves
+    settings.save(settings_file)
+    again = Settings(models_dir=models_dir, outputs_dir=tmp_path, extensions_dir=EXAMPLES)
+    again.load_saved(settings_file)
+    names = build_engine(again, DeviceChoice("cpu")).samplers.names()
+    assert "Euler Karras (example scheduler)" in names and "DPM++ 2S a" not in names

@@ -100,9 +100,13 @@ def test_click_an_object_on_the_first_frame_and_repaint_only_it(video_server, br
     page.get_by_text("Repaint one object").first.click()
     shown = page.locator("#vid2vid-first-frame img")
     shown.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
     box = shown.bounding_box()
+    # the frame is drawn to fit its box (keeping its shape): find the drawn square of the 64 px frame
+    side = min(box["width"], box["height"])
+    left, top = box["x"] + (box["width"] - side) / 2, box["y"] + (box["height"] - side) / 2
     # the square of the first frame spans x 8..24, y 20..36 of 64: click its middle
-    page.mouse.click(box["x"] + box["width"] * 16 / 64, box["y"] + box["height"] * 28 / 64)
+    page.mouse.click(left + side * 16 / 64, top + side * 28 / 64)
     page.wait_for_function("document.querySelector('#vid2vid-clicks textarea').value.endsWith(', 1')", timeout=30_000)
     x, y, kind = (float(v) for v in page.locator("#vid2vid-clicks textarea").input_value().split(","))
     assert abs(x - 16) <= 2 and abs(y - 28) <= 2 and kind == 1

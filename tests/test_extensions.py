@@ -79,7 +79,8 @@ def test_duplicate_sampler_refused_unless_override(models_dir, tmp_path, caplog)
 
 
 def test_disabled_extension_is_listed_but_not_loaded(models_dir, tmp_path):
-    engine = engine_for(models_dir, tmp_path, EXAMPLES, disabled_extensions=["example-dpmpp-2s-a"])
+    engine = engine_for(models_dir, tmp_path, EXAMPLES, disabled_extensions=["example-dpmpp-2s-a"],
+                        enabled_extensions=["example-dpmpp-2s-a", "example-euler-scheduler"])
     assert status(engine)["example-dpmpp-2s-a"] == ("disabled", None)
     assert "DPM++ 2S a" not in engine.samplers.names()
     assert "Euler Karras (example scheduler)" in engine.samplers.names()
@@ -197,7 +198,8 @@ def test_loading_the_shipped_extensions_does_not_import_torch(tmp_path):
         from webui.bootstrap import build_engine
         from webui.engine.settings import Settings
         engine = build_engine(Settings(models_dir=Path({str(tmp_path)!r}), outputs_dir=Path({str(tmp_path)!r}),
-                                 extensions_dir=Path({str(EXAMPLES)!r})))
+                                 extensions_dir=Path({str(EXAMPLES)!r}),
+                                 enabled_extensions=["example-dpmpp-2s-a", "example-euler-scheduler"]))
         loaded = [e.name for e in engine.extensions.extensions if e.status == "loaded"]
         assert {{"example-dpmpp-2s-a", "example-euler-scheduler"}} <= set(loaded), loaded
         heavy = [m for m in ("torch", "diffusers", "transformers") if m in sys.modules]

@@ -31,6 +31,7 @@ def all_models(models_dir, v_models_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine_with_examples(all_models, tmp_path_factory):
     settings = Settings(models_dir=all_models, outputs_dir=tmp_path_factory.mktemp("out"), extensions_dir=EXTENSIONS,
+                        enabled_extensions=["example-dpmpp-2s-a", "example-euler-scheduler"],
                         model_cache_size=3, save_images=False)
     engine = build_engine(settings, DeviceChoice("cpu"))
     engine.catalog.scan()
@@ -44,7 +45,7 @@ def test_examples_are_registered(engine_with_examples):
 
 
 def _every_pair():
-    settings = Settings(extensions_dir=EXTENSIONS)
+    settings = Settings(extensions_dir=EXTENSIONS, enabled_extensions=["example-dpmpp-2s-a", "example-euler-scheduler"])
     engine = build_engine(settings, DeviceChoice("cpu"))
     return [(s.name, p) for s in engine.samplers.all() for p in sorted(s.fits)]
 

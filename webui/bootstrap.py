@@ -30,5 +30,5 @@ def build_registries() -> Registries:
 def build_engine(settings: Settings, device: DeviceChoice | None = None) -> Engine:
     registries = build_registries()
     extensions = ExtensionManager(registries)
-    extensions.load_all(settings.extensions_dirs(), set(settings.disabled_extensions))
+    extensions.load_all(settings.extensions_dirs(), set(settings.disabled_extensions), set(settings.enabled_extensions))
     return Engine(settings, registries, device, extensions)

@@ -71,6 +71,7 @@ class Manifest:
     description: str = ""
     adds: tuple[str, ...] = ()
     override: bool = False  # may replace samplers of the same name (logged)
+    enabled_by_default: bool = True  # false: off until the user enables it (Settings.enabled_extensions)
 
     @classmethod
     def read(cls, folder: Path) -> "Manifest":
@@ -89,7 +90,8 @@ class Manifest:
         if ":" not in str(data["entry"]):
             raise ExtensionError("entry must be 'module.py:function'")
         return cls(str(data["name"]), str(data["version"]), str(data["entry"]), str(data.get("description", "")),
-                   tuple(str(a) for a in data.get("adds", [])), bool(data.get("override", False)))
+                   tuple(str(a) for a in data.get("adds", [])), bool(data.get("override", False)),
+                   bool(data.get("enabled_by_default", True)))
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class ExtensionInfo:
     description: str = ""
     adds: tuple[str, ...] = ()
     enabled: bool = True
+    enabled_by_default: bool = True
     status: str = "loaded"  # "loaded", "disabled" or "error"
     error: str | None = None
     added: list[str] = field(default_factory=list)  # what it really registered
@@ -212,20 +215,24 @@ class ExtensionManager:
         self.extensions: list[ExtensionInfo] = []
         self.ui_tabs: list[UITab] = []
 
-    def load_all(self, roots: list[tuple[Path, str]], disabled: set[str]) -> list[ExtensionInfo]:
+    def load_all(self, roots: list[tuple[Path, str]], disabled: set[str], enabled: set[str] = frozenset()) -> list[ExtensionInfo]:
+        """Every extension folder under `roots`; `disabled` are off, and so are those whose manifest says
+        `enabled_by_default = false` (the examples) unless they are in `enabled`."""
         for root, source in roots:
             if not root.is_dir():
                 continue
             for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-                self.extensions.append(self.load(folder, source, disabled))
+                self.extensions.append(self.load(folder, source, disabled, enabled))
         return self.extensions
 
-    def load(self, folder: Path, source: str, disabled: set[str]) -> ExtensionInfo:
+    def load(self, folder: Path, source: str, disabled: set[str], enabled: set[str] = frozenset()) -> ExtensionInfo:
         info = ExtensionInfo(folder.name, folder, source)
         try:
             manifest = Manifest.read(folder)
             info.name, info.version, info.description, info.adds = manifest.name, manifest.version, manifest.description, manifest.adds
-            if manifest.name in disabled and source != "built-in":
+            info.enabled_by_default = manifest.enabled_by_default
+            off = manifest.name in disabled or (not manifest.enabled_by_default and manifest.name not in enabled)
+            if off and source != "built-in":
                 info.enabled, info.status = False, "disabled"
                 return info
             if any(e.name == manifest.name and e.status != "error" for e in self.extensions):

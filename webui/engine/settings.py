@@ -25,6 +25,7 @@ class Settings:
     preview_every: int = 5  # live preview every N steps; 0 turns previews off
     extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
     disabled_extensions: list[str] = field(default_factory=list)
+    enabled_extensions: list[str] = field(default_factory=list)  # those off by default (the examples) turned on
     allow_extension_install: bool = False  # set by launch.py from --listen/--share and the insecure flag
     # The pixel budget (core/limits.py), checked on headers before any decoding and before a job is queued:
     max_pixels: int = 4096 * 4096  # a picture or a video frame taken in, by any route or tab
@@ -35,7 +36,8 @@ class Settings:
     # The VAE a request that names none gets (A1111's sd_vae): "Automatic", "None" or a VAE's name
     sd_vae: str = "Automatic"
 
-    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "preview_every",
+    EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
+                "preview_every",
                 "step_cache", "sd_vae")
 
     def extensions_dirs(self) -> list[tuple[Path, str]]:

@@ -32,7 +32,9 @@ def render(engine: Engine, settings_file: Path) -> None:
     applied = gr.Markdown()
 
     def save_enabled(names: list[str]) -> str:
-        engine.settings.disabled_extensions = sorted(set(user) - set(names or []))
+        on_by_default = {e.name for e in engine.extensions.extensions if e.source == "user" and e.enabled_by_default}
+        engine.settings.disabled_extensions = sorted(on_by_default - set(names or []))
+        engine.settings.enabled_extensions = sorted(set(names or []) - on_by_default)  # the examples, when asked for
         engine.settings.save(settings_file)
         return "Saved. Restart Kiri for the change to take effect."
 
