@@ -160,3 +160,34 @@ def test_example_samplers_stay_out_of_the_lists_until_enabled(models_dir, tmp_pa
     again.load_saved(settings_file)
     names = build_engine(again, DeviceChoice("cpu")).samplers.names()
     assert "Euler Karras (example scheduler)" in names and "DPM++ 2S a" not in names
+
+
+def test_theme_toggle_is_remembered_and_icon_buttons_have_tooltips(kiri_server, browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.goto(kiri_server["url"])
+    toggle = page.locator("#kiri-theme-toggle")
+    toggle.wait_for(timeout=60_000)
+    assert not page.evaluate("document.body.classList.contains('dark')")
+    toggle.click()
+    page.wait_for_function("document.body.classList.contains('dark')", timeout=5_000)
+    page.reload()
+    page.locator("#kiri-theme-toggle").wait_for(timeout=60_000)
+    page.wait_for_function("document.body.classList.contains('dark')", timeout=10_000)  # remembered
+    background = page.evaluate("getComputedStyle(document.querySelector('gradio-app') || document.body).backgroundColor")
+    page.get_by_role("tab", name="Segmentation", exact=True).first.click()
+    refresh = page.locator("#segment-model-refresh")
+    refresh.wait_for(timeout=10_000)
+    page.wait_for_function("document.querySelector('#segment-model-refresh')?.title?.includes('segmentation')", timeout=10_000)
+    assert refresh.inner_text().strip() == "↻"
+    refresh.screenshot(path=str(shots(tmp_path) / "refresh-icon.png"))
+    page.screenshot(path=str(shots(tmp_path) / "dark-segmentation.png"))
+    page.get_by_role("tab", name="Super-resolution", exact=True).first.click()
+    page.wait_for_function("document.querySelector('#sr-upscaler-refresh')?.title?.includes('upscalers')", timeout=10_000)
+    page.locator("#kiri-theme-toggle").click()
+    page.reload()
+    page.locator("#kiri-theme-toggle").wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+    assert not page.evaluate("document.body.classList.contains('dark')"), "light was chosen last"
+    assert background, background
+    context.close()

@@ -9,7 +9,7 @@ import gradio as gr
 from webui.engine.context import Engine
 
 from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale, video
-from . import pixels
+from . import pixels, theme
 from .send_to import SendTo
 
 TXT2IMG_TAB = "txt2img"
@@ -20,6 +20,7 @@ CSS += "\n" + pixels.CSS
 def build(engine: Engine, settings_file: Path) -> gr.Blocks:
     with gr.Blocks(title="Kiri") as app:
         gr.Markdown("# 霧 Kiri", elem_id="kiri-title")
+        theme.toggle_button()
         picker = model_picker.render(engine)
         with gr.Tabs() as tabs:
             send = SendTo(engine, tabs)  # every output's "Send to" menu; wired once every tab exists
@@ -46,6 +47,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                     _render_extension_tab(tab, engine)
         send.wire()
         app.load(None, None, None, js=pixels.JS)
+        theme.load(app)
     return app
 
 

@@ -74,7 +74,7 @@ def vae_choice(prefix: str, catalog: Any) -> gr.Dropdown:
     the button reads the folder again."""
     with gr.Row(equal_height=True):
         dropdown = gr.Dropdown(vae_choices(catalog), value="", label="VAE", elem_id=f"{prefix}-vae", scale=6)
-        refresh = gr.Button("🔄", size="sm", min_width=40, scale=0, elem_id=f"{prefix}-vae-refresh")
+        refresh = gr.Button("↻", size="sm", min_width=40, scale=0, elem_id=f"{prefix}-vae-refresh")
 
     def rescan() -> dict:
         catalog.scan()

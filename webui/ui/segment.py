@@ -97,7 +97,7 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, sen
                                 elem_id="segment-prompt")
             with gr.Row():
                 model = gr.Dropdown(model_choices(engine), value=AUTOMATIC, label="Segmenter", elem_id="segment-model")
-                refresh = gr.Button("🔄", size="sm", min_width=40, scale=0)
+                refresh = gr.Button("↻", size="sm", min_width=40, scale=0, elem_id="segment-model-refresh")
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Threshold (higher keeps less)",
                                       elem_id="segment-threshold")
             run = gr.Button("Segment", variant="primary", elem_id="segment-run")

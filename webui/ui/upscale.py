@@ -38,7 +38,7 @@ def render(engine: Engine, send=None) -> dict:
             with gr.Row():
                 upscaler_1 = gr.Dropdown(choices, value=models[0] if models else "Lanczos", label="Upscaler",
                                          elem_id="sr-upscaler-1")
-                refresh = gr.Button("🔄", size="sm", min_width=40, scale=0)
+                refresh = gr.Button("↻", size="sm", min_width=40, scale=0, elem_id="sr-upscaler-refresh")
             with gr.Tabs():
                 with gr.Tab("Scale by", id="sr-by"):
                     scale = gr.Slider(1, MAX_SCALE, value=2, step=0.05, label="Scale", elem_id="sr-scale")

@@ -1,0 +1,59 @@
+"""The page's small chrome: a dark/light toggle remembered per browser (localStorage), and tooltips
+on icon buttons (gr.Button has no tooltip of its own: the titles are set once the buttons exist).
+
+Icons are characters Debian's fonts draw (DejaVu has ↻ and ◐); emoji such as 🔄 need a colour
+emoji font that a plain Chromium install lacks, and showed as empty boxes."""
+
+from __future__ import annotations
+
+import json
+
+import gradio as gr
+
+REFRESH = "↻"
+STORAGE_KEY = "kiri-theme"
+# elem_id -> tooltip
+TOOLTIPS = {
+    "kiri-theme-toggle": "Switch between dark and light (remembered in this browser)",
+    "sr-upscaler-refresh": "Read models/upscalers again (after adding a file)",
+    "segment-model-refresh": "Read models/segmentation again (after adding a model)",
+    "txt2img-vae-refresh": "Read models/VAE again (after adding a file)",
+    "img2img-vae-refresh": "Read models/VAE again (after adding a file)",
+}
+
+# On load: the stored choice, and the tooltips on every icon button as it appears (tabs render lazily).
+JS = """
+() => {
+  const stored = localStorage.getItem(%(key)s);
+  if (stored === 'dark') document.body.classList.add('dark');
+  if (stored === 'light') document.body.classList.remove('dark');
+  const tips = %(tips)s;
+  const apply = () => {
+    for (const [id, text] of Object.entries(tips)) {
+      const el = document.getElementById(id);
+      const button = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button'));
+      if (button && button.title !== text) { button.title = text; button.setAttribute('aria-label', text); }
+    }
+  };
+  apply();
+  new MutationObserver(apply).observe(document.body, {childList: true, subtree: true});
+}
+""" % {"key": json.dumps(STORAGE_KEY), "tips": json.dumps(TOOLTIPS)}
+
+TOGGLE_JS = """
+() => {
+  const dark = document.body.classList.toggle('dark');
+  localStorage.setItem(%s, dark ? 'dark' : 'light');
+}
+""" % json.dumps(STORAGE_KEY)
+
+
+def toggle_button() -> gr.Button:
+    """◐: dark or light, for this browser from now on."""
+    button = gr.Button("◐ Dark / light", size="sm", variant="secondary", scale=0, min_width=120, elem_id="kiri-theme-toggle")
+    button.click(None, None, None, js=TOGGLE_JS, api_visibility="private", queue=False)
+    return button
+
+
+def load(app: gr.Blocks) -> None:
+    app.load(None, None, None, js=JS)
