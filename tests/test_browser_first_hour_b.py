@@ -191,3 +191,17 @@ def test_theme_toggle_is_remembered_and_icon_buttons_have_tooltips(kiri_server, 
     assert not page.evaluate("document.body.classList.contains('dark')"), "light was chosen last"
     assert background, background
     context.close()
+
+
+def test_sampler_lab_has_a_plain_line_and_the_extensions_table_fits(kiri_server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(kiri_server["url"])
+    page.get_by_role("tab", name="Sampler lab", exact=True).first.click()
+    page.locator("#lab-plain").wait_for(timeout=10_000)
+    assert "fewest steps" in page.locator("#lab-plain").inner_text()
+    page.get_by_role("tab", name="Extensions", exact=True).first.click()
+    page.wait_for_function("document.querySelector('#extensions-table')?.innerText.includes('kiri-samplers')", timeout=10_000)
+    header = page.locator("#extensions-table th", has_text="Version").first
+    assert header.evaluate("th => th.getBoundingClientRect().height") < 60  # one line, not a letter a line
+    page.locator("#extensions-table").screenshot(path=str(shots(tmp_path) / "extensions-table.png"))
+    page.close()

@@ -24,7 +24,8 @@ def table(engine: Engine) -> list[list[str]]:
 
 def render(engine: Engine, settings_file: Path) -> None:
     gr.Dataframe(table(engine), headers=["Name", "Version", "Source", "Status", "Adds", "Error / description"],
-                 interactive=False, wrap=True, elem_id="extensions-table")
+                 interactive=False, wrap=True, elem_id="extensions-table",
+                 column_widths=["14%", "9%", "9%", "9%", "30%", "29%"])  # "Version" whole; "Adds" has room
     user = [e.name for e in engine.extensions.extensions if e.source == "user"]
     enabled = gr.CheckboxGroup(user, value=[e.name for e in engine.extensions.extensions if e.source == "user" and e.enabled],
                                label="Enabled extensions (takes effect on restart)", elem_id="extensions-enabled")
