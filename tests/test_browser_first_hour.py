@@ -146,6 +146,7 @@ def test_shortcuts_press_the_visible_tabs_buttons(kiri_server, browser):
 def test_phone_header_stacks_and_generate_stays_in_reach(kiri_server, browser, tmp_path):
     page = _open(browser, kiri_server["url"], 390, 844)
     page.wait_for_timeout(1000)
+    page.screenshot(path=str(_shots(tmp_path) / "phone.png"))
     boxes = {name: page.locator(f"#{name}").bounding_box() for name in ("model-picker", "model-refresh", "model-status")}
     names = list(boxes)
     for i, a in enumerate(names):

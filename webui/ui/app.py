@@ -35,12 +35,12 @@ CSS += """
 # Refresh button stays small, and the visible tab's Generate bar sits at the foot of the screen.
 CSS += """
 @media (max-width: 640px) {
-  #model-row {flex-wrap: wrap; gap: 6px;}
-  #model-row > #model-picker {flex: 1 1 100%; min-width: 0 !important;}
+  #model-row {flex-wrap: wrap !important; gap: 6px;}
+  #model-row > .form, #model-row #model-picker {flex: 1 1 100% !important; min-width: 0 !important;}
   #model-picker input {text-overflow: ellipsis; padding-right: 2em;}
-  #model-row > #model-refresh {flex: 0 0 auto; min-width: 0 !important; width: auto; align-self: center;
+  #model-row #model-refresh {flex: 0 0 auto !important; min-width: 0 !important; width: auto; align-self: center;
     padding: 4px 10px; font-size: var(--text-sm);}
-  #model-row > #model-status {flex: 1 1 0; min-width: 0 !important; overflow-wrap: anywhere;}
+  #model-row #model-status {flex: 1 1 0 !important; min-width: 0 !important; overflow-wrap: anywhere;}
   #model-status p {margin: 0;}
   .kiri-actions {position: fixed; left: 0; right: 0; bottom: 0; z-index: 100; margin: 0; padding: 8px;
     gap: 8px; flex-wrap: nowrap; background: var(--background-fill-primary); box-shadow: 0 -2px 8px rgba(0, 0, 0, 0.15);}
