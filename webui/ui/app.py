@@ -14,8 +14,7 @@ TXT2IMG_TAB = "txt2img"
 CSS = "#model-status p {margin: 0.5em 0 0 0;} footer {display: none !important;}"
 
 # Where results appear, and how a run is followed: the progress is a thin strip under the results
-# (stream_job's status line), the results column stays in view while the settings scroll, and an
-# empty output says what will appear there.
+# (stream_job's status line), and an empty output says what will appear there.
 CSS += """
 .kiri-status progress.kiri-progress {display: block; width: 100%; height: 4px; margin: 2px 0 4px 0;
   border: none; border-radius: 2px; appearance: none; -webkit-appearance: none; background: var(--neutral-200);}
@@ -25,10 +24,6 @@ CSS += """
 .kiri-status p {margin: 0.2em 0;}
 .kiri-output .empty::after {content: "Results appear here"; display: block; margin-top: 0.5em;
   font-size: var(--text-md); color: var(--body-text-color-subdued);}
-@media (min-width: 1024px) {
-  .kiri-output {position: sticky; top: 8px; align-self: flex-start;}
-  .kiri-actions-bottom {position: sticky; bottom: 0; z-index: 20; padding: 6px 0; background: var(--background-fill-primary);}
-}
 """
 
 # Phones (390 px): the model row wraps instead of squeezing the status one syllable a line, the

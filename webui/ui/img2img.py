@@ -41,19 +41,14 @@ class Img2ImgTab:
 # The brush paints a half-transparent colour, so the picture stays visible under the mask; what it
 # paints is still the mask (editor_mask keeps every pixel with any alpha).
 MASK_COLOR = ("#ff2d78", 0.5)
-DEFAULT_BRUSH = 12  # before a picture is there (a radius)
+# The editor's brush size is a radius in picture pixels: 12 draws strokes 24 px wide, a tenth of a
+# 256 px picture. (Sizing it to each upload needs an update of the editor, which in Gradio 6.31 redraws
+# the canvas and can lose the picture or the first strokes: not done.)
+BRUSH_RADIUS = 12
 
 
-def brush_size(image: Any) -> int:
-    """The editor's brush size is a radius: strokes about a tenth of the picture's shorter side wide,
-    so one stroke marks a part, not the whole picture."""
-    if image is None:
-        return DEFAULT_BRUSH
-    return max(1, round(min(image.size) / 20))
-
-
-def mask_brush(image: Any = None) -> gr.Brush:
-    return gr.Brush(colors=[MASK_COLOR], default_color=MASK_COLOR, color_mode="fixed", default_size=brush_size(image))
+def mask_brush() -> gr.Brush:
+    return gr.Brush(colors=[MASK_COLOR], default_color=MASK_COLOR, color_mode="fixed", default_size=BRUSH_RADIUS)
 
 
 def editor_mask(value: Any):
@@ -223,15 +218,6 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         with user_errors():
             return mask_from_words(engine, editor_value, words, owner_of(request))
 
-    def fit_brush(value):
-        """A new picture in the editor: a brush sized to it (the picture is sent back with it: an
-        update of the brush alone would clear the canvas)."""
-        image = value.get("background") if isinstance(value, dict) else None
-        if image is None:
-            return gr.skip()
-        return gr.ImageEditor(value={"background": image, "layers": [], "composite": image}, brush=mask_brush(image))
-
-    editor.upload(fit_brush, editor, editor, api_visibility="private", queue=False)
     mask_words_button.click(words_to_mask, [editor, mask_words], mask_upload, api_visibility="private", **JOB_EVENT)
     return Img2ImgTab(editor, mask_upload, modes, mode, gallery, send_sr)
 
