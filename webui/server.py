@@ -29,7 +29,7 @@ class ServeOptions:
 
 def serve(engine: Engine, options: ServeOptions):
     """Build the UI and start serving without blocking; returns (blocks, server_app)."""
-    from webui.ui.app import CSS, build
+    from webui.ui.app import CSS, HEAD, build
 
     app = build(engine, options.settings_file)
     # Model work is queued by the engine's job store; Gradio only bounds its waiting handlers.
@@ -37,7 +37,7 @@ def serve(engine: Engine, options: ServeOptions):
     ctx = ApiContext(engine, options.cmd_flags, options.api_login, set(options.admins),
                      exposed=options.share or options.host != "127.0.0.1")
     server_app, _, _ = app.launch(
-        share=options.share, server_name=options.host, server_port=options.port, auth=options.ui_login, css=CSS,
+        share=options.share, server_name=options.host, server_port=options.port, auth=options.ui_login, css=CSS, head=HEAD,
         max_file_size=f"{options.max_upload_mb}mb", allowed_paths=[str(Path(engine.settings.outputs_dir).resolve())],
         prevent_thread_lock=True, quiet=options.quiet, footer_links=[],
         app_kwargs=server_app_kwargs(ctx, options.max_upload_mb * 2**20, ui_logins=options.ui_login is not None),

@@ -16,6 +16,58 @@ TXT2IMG_TAB = "txt2img"
 CSS = "#model-status p {margin: 0.5em 0 0 0;} footer {display: none !important;}"
 CSS += "\n" + pixels.CSS
 
+# Where results appear, and how a run is followed: the progress is a thin strip under the results
+# (stream_job's status line), and an empty output says what will appear there.
+CSS += """
+.kiri-status progress.kiri-progress {display: block; width: 100%; height: 4px; margin: 2px 0 4px 0;
+  border: none; border-radius: 2px; appearance: none; -webkit-appearance: none; background: var(--neutral-200);}
+.kiri-status progress.kiri-progress::-webkit-progress-bar {background: var(--neutral-200); border-radius: 2px;}
+.kiri-status progress.kiri-progress::-webkit-progress-value {background: var(--color-accent); border-radius: 2px;}
+.kiri-status progress.kiri-progress::-moz-progress-bar {background: var(--color-accent);}
+.kiri-status p {margin: 0.2em 0;}
+.kiri-output .empty::after {content: "Results appear here"; display: block; margin-top: 0.5em;
+  font-size: var(--text-md); color: var(--body-text-color-subdued);}
+"""
+
+# Phones (390 px): the model row wraps instead of squeezing the status one syllable a line, the
+# Refresh button stays small, and the visible tab's Generate bar sits at the foot of the screen.
+CSS += """
+@media (max-width: 640px) {
+  #model-row {flex-wrap: wrap !important; gap: 6px;}
+  #model-row > .form, #model-row #model-picker {flex: 1 1 100% !important; min-width: 0 !important;}
+  #model-picker input {text-overflow: ellipsis; padding-right: 2em;}
+  #model-row #model-refresh {flex: 0 0 auto !important; min-width: 0 !important; width: auto; align-self: center;
+    padding: 4px 10px; font-size: var(--text-sm);}
+  #model-row #model-status {flex: 1 1 0 !important; min-width: 0 !important; overflow-wrap: anywhere;}
+  #model-status p {margin: 0;}
+  .kiri-actions {position: fixed; left: 0; right: 0; bottom: 0; z-index: 100; margin: 0; padding: 8px;
+    gap: 8px; flex-wrap: nowrap; background: var(--background-fill-primary); box-shadow: 0 -2px 8px rgba(0, 0, 0, 0.15);}
+  .kiri-actions > button {min-width: 0 !important;}
+  .gradio-container {padding-bottom: 72px !important;}
+}
+"""
+
+# Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; Escape presses its Interrupt. Hidden tabs
+# are display:none, so the first visible button of the kind is the visible tab's.
+HEAD = """<script>
+(() => {
+  const visible = (el) => el.offsetParent !== null && !el.disabled;
+  const press = (cls) => {
+    const button = [...document.querySelectorAll(cls)].find(visible);
+    if (button) button.click();
+    return Boolean(button);
+  };
+  window.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && !event.isComposing) {
+      if (press(".kiri-generate")) { event.preventDefault(); event.stopPropagation(); }
+    } else if (event.key === "Escape" && !event.ctrlKey && !event.metaKey && !event.altKey) {
+      if (document.querySelector("[aria-expanded='true']")) return;  // Escape closes an open list first
+      press(".kiri-interrupt");
+    }
+  }, true);
+})();
+</script>"""
+
 
 def build(engine: Engine, settings_file: Path) -> gr.Blocks:
     with gr.Blocks(title="Kiri") as app:

@@ -46,9 +46,11 @@ def selected_title(engine: Engine) -> str | None:
         return None
 
 
-def stream_job(work: Callable[[], Any], job: Any, progress: Any, show: Callable[[Any], Any]) -> Generator[Any, None, Any]:
+def stream_job(work: Callable[[], Any], job: Any, progress: Any, show: Callable[[Any], Any],
+               tick: Callable[[], Any] | None = None) -> Generator[Any, None, Any]:
     """Run `work` in a helper thread; meanwhile update the progress bar and yield `show(preview)`
-    for each new live preview. Returns what `work` returned, or raises what it raised."""
+    for each new live preview, or `tick()` (if given) when only the step moved on. Returns what
+    `work` returned, or raises what it raised."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -59,14 +61,36 @@ def stream_job(work: Callable[[], Any], job: Any, progress: Any, show: Callable[
 
     worker = threading.Thread(target=target, name="kiri-ui-job", daemon=True)
     worker.start()
-    shown = None
+    shown, told = None, None
     while worker.is_alive():
         worker.join(0.25)
         if job.steps:
             progress((job.step, job.steps), desc=job.describe(), unit="steps")
         if job.preview is not None and job.preview is not shown:
-            shown = job.preview
+            shown, told = job.preview, (job.batch_no, job.step)
             yield show(shown)
+        elif tick is not None and job.steps and (job.batch_no, job.step) != told:
+            told = (job.batch_no, job.step)
+            yield tick()
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+# Outputs of a running job show no Gradio overlay (it covered the live preview most of the time):
+# the status line under the results carries a thin progress strip instead.
+QUIET_PROGRESS = dict(show_progress="hidden")
+
+
+def progress_line(job: Any) -> str:
+    """The status under the results while a job runs: a thin strip and where the job is."""
+    percent = round(100 * job.fraction)
+    return f'<progress class="kiri-progress" value="{percent}" max="100"></progress>\n\n{job.describe()}'
+
+
+def interrupted_at(job: Any) -> str:
+    """Where an interrupted job stopped, e.g. "Interrupted at step 7/20" (and the batch, if several)."""
+    where = f"step {job.step}/{job.steps}"
+    if job.batch_count > 1:
+        where += f" of batch {job.batch_no}/{job.batch_count}"
+    return f"**Interrupted at {where}**"

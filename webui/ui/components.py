@@ -14,6 +14,8 @@ from webui.engine.samplers.registry import SCHEDULES
 from webui.engine.stepcache import METHODS as STEP_CACHES
 from webui.engine import vae as vae_addon
 
+from .common import interrupted_at
+
 
 @dataclass
 class GenerationSettings:
@@ -101,10 +103,18 @@ def request_fields(sampler_name, scheduler, steps, cfg_scale, seed, width, heigh
     )
 
 
-def result_note(result, elapsed: float) -> str:
+# An output gallery is never an upload box, even when a "Send to" button reads it as an input.
+RESULTS_ONLY = dict(interactive=False)
+
+
+def result_note(result, elapsed: float, job=None) -> str:
     note = f"{len(result.images)} image(s) in {elapsed:.1f} s with {result.model_name}, {result.sampler_name}."
     if result.interrupted:
-        note += " **Interrupted**: the finished images are kept."
+        where = interrupted_at(job) if job is not None and job.steps else "**Interrupted**"
+        kept = "the finished images are kept" if result.images else (
+            "no image was finished; the last live preview stays on screen" if job is not None and job.preview is not None
+            else "no image was finished")
+        note = f"{where}: {kept}. " + note
     if result.paths:
         note += f" Saved to `{result.paths[0].parent}`."
     return note
@@ -112,3 +122,13 @@ def result_note(result, elapsed: float) -> str:
 
 def shown_images(result) -> list:
     return [str(p) for p in result.paths] if result.paths else result.images
+
+
+def finished_outputs(result, job, elapsed: float) -> tuple:
+    """(gallery, infotext, status) once a generation is over. An interrupted job keeps what it made;
+    with nothing made, the last live preview (or what was there before) stays: never a blank screen."""
+    note = result_note(result, elapsed, job)
+    if result.images:
+        return shown_images(result), (result.infotexts[0] if result.infotexts else ""), note
+    preview = job.preview if result.interrupted else None
+    return ([preview] if preview is not None else gr.skip()), gr.skip(), note

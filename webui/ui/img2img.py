@@ -17,8 +17,8 @@ from webui.engine.core.jobs import Job
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
-from .common import JOB_EVENT, owner_of, stream_job, user_errors
-from .components import generation_settings, request_fields, result_note, shown_images, vae_choice
+from .common import JOB_EVENT, QUIET_PROGRESS, owner_of, progress_line, stream_job, user_errors
+from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
 from .send_to import SendTo, as_editor
 from .txt2img import Txt2ImgTab, _model_defaults
 
@@ -36,6 +36,19 @@ class Img2ImgTab:
     mode: gr.Radio
     gallery: gr.Gallery  # the results
     tab_id: str = TAB_ID
+
+
+# The brush paints a half-transparent colour, so the picture stays visible under the mask; what it
+# paints is still the mask (editor_mask keeps every pixel with any alpha).
+MASK_COLOR = ("#ff2d78", 0.5)
+# The editor's brush size is a radius in picture pixels: 12 draws strokes 24 px wide, a tenth of a
+# 256 px picture. (Sizing it to each upload needs an update of the editor, which in Gradio 6.31 redraws
+# the canvas and can lose the picture or the first strokes: not done.)
+BRUSH_RADIUS = 12
+
+
+def mask_brush() -> gr.Brush:
+    return gr.Brush(colors=[MASK_COLOR], default_color=MASK_COLOR, color_mode="fixed", default_size=BRUSH_RADIUS)
 
 
 def editor_mask(value: Any):
@@ -100,8 +113,8 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                                           height=360, elem_id="img2img-image")
                 with gr.Tab("Inpaint", id="inpaint") as tab_inpaint:
                     editor = gr.ImageEditor(label="Image: paint the part to repaint", type="pil", height=360,
-                                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=24),
-                                            eraser=gr.Eraser(), layers=False, elem_id="inpaint-editor")
+                                            brush=mask_brush(),
+                                            eraser=gr.Eraser(), layers=False, format="png", elem_id="inpaint-editor")
                     mask_upload = gr.Image(label="Or upload a mask (white = repaint); it replaces the brush strokes",
                                            type="pil", image_mode=None, height=160, elem_id="inpaint-mask")
                     with gr.Row():
@@ -129,16 +142,17 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img-strength")
             gen = generation_settings("img2img", samplers, sampler, size)
             gen.vae = vae_choice("img2img", engine.catalog)
-        with gr.Column(scale=4):
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3)
-                interrupt = gr.Button("Interrupt", variant="stop", scale=1)
-            gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="img2img-gallery")
+        with gr.Column(scale=4, elem_classes=["kiri-output"]):
+            with gr.Row(elem_classes=["kiri-actions"]):
+                generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3, elem_classes=["kiri-generate"])
+                interrupt = gr.Button("Interrupt", variant="stop", scale=1, elem_id="img2img-interrupt", elem_classes=["kiri-interrupt"])
+            gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png",
+                                 elem_id="img2img-gallery", **RESULTS_ONLY)
+            status = gr.Markdown(elem_id="img2img-status", elem_classes=["kiri-status"])
             menu = send.menu("img2img", gallery) if send is not None else None
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="img2img-infotext")
             if menu is not None:
                 menu.infotext = infotext
-            status = gr.Markdown(elem_id="img2img-status")
 
     for tab, name in ((tab_img2img, "img2img"), (tab_inpaint, "inpaint"), (tab_outpaint, "outpaint")):
         tab.select(lambda name=name: name, None, mode, api_visibility="private", queue=False)
@@ -176,16 +190,18 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 fields.update(init_image=_as_image(init_image))
             req = Img2ImgRequest(**fields)
             result = yield from stream_job(lambda: engine.img2img(req, job), job, progress,
-                                           lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
+                                           lambda preview: ([preview], "", progress_line(job)),
+                                           lambda: (gr.skip(), gr.skip(), progress_line(job)))
         for warning in result.warnings:
             gr.Warning(warning)
-        yield shown_images(result), (result.infotexts[0] if result.infotexts else ""), result_note(result, time.perf_counter() - started)
+        yield finished_outputs(result, job, time.perf_counter() - started)
 
     inputs = dict(mode=mode, prompt=prompt, negative_prompt=negative, init_image=init_image, editor=editor,
                   mask_upload=mask_upload, outpaint_image=outpaint_image, left=left, right=right, up=up, down=down,
                   mask_blur=mask_blur, invert=invert, fill=fill, area=area, padding=padding, resize_mode=resize_mode,
                   strength=strength, **gen.inputs(), model=model_picker)
-    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img", **JOB_EVENT)
+    generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img", **JOB_EVENT,
+                   **QUIET_PROGRESS)
 
     def stop(request: gr.Request) -> str:
         return "Interrupting after the current step…" if engine.interrupt(owner_of(request)) else "Nothing is running."

@@ -15,7 +15,7 @@ NO_MODEL_HELP = (
 
 
 def render(engine: Engine) -> gr.Dropdown:
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="model-row"):
         dropdown = gr.Dropdown(
             choices=model_choices(engine), value=selected_title(engine), label="Checkpoint",
             scale=6, elem_id="model-picker",

@@ -100,12 +100,12 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, sen
                 refresh = gr.Button("↻", size="sm", min_width=40, scale=0, elem_id="segment-model-refresh")
                 threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="Threshold (higher keeps less)",
                                       elem_id="segment-threshold")
-            run = gr.Button("Segment", variant="primary", elem_id="segment-run")
+            run = gr.Button("Segment", variant="primary", elem_id="segment-run", elem_classes=["kiri-generate"])
         with gr.Column(scale=4):
             preview = gr.Image(label="Masks over the picture", type="pil", interactive=False, height=400,
                                elem_id="segment-preview")
             gallery = gr.Gallery(label="Masks", columns=4, height=180, object_fit="contain", format="png",
-                                 elem_id="segment-gallery")
+                                 elem_id="segment-gallery", interactive=False)
             picks = gr.CheckboxGroup([], label="Pick masks", elem_id="segment-picks")
             with gr.Row():
                 operation = gr.Radio(list(mask_tools.OPERATIONS), value="union", label="Combine picked masks by")

@@ -15,9 +15,9 @@ from webui.engine.upscale import all_upscalers
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
-from .common import JOB_EVENT, owner_of, stream_job, user_errors
+from .common import JOB_EVENT, QUIET_PROGRESS, owner_of, progress_line, stream_job, user_errors
 from .send_to import SendTo
-from .components import (GenerationSettings, generation_settings, request_fields, result_note, shown_images,
+from .components import (RESULTS_ONLY, GenerationSettings, finished_outputs, generation_settings, request_fields,
                          step_cache_choice, vae_choice)
 
 
@@ -74,17 +74,18 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
                     y_axis = gr.Dropdown([NOTHING, *AXES], value="Steps", label="Y axis")
                     y_values = gr.Textbox(value="5, 10, 20", label="Y values (numbers: 10-30 (+10) or 1-9 [5])")
                 grid_button = gr.Button("Generate grid", elem_id="xy-generate")
-        with gr.Column(scale=4):
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3)
-                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1)
+        with gr.Column(scale=4, elem_classes=["kiri-output"]):
+            with gr.Row(elem_classes=["kiri-actions"]):
+                generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3, elem_classes=["kiri-generate"])
+                interrupt = gr.Button("Interrupt", variant="stop", elem_id="txt2img-interrupt", scale=1, elem_classes=["kiri-interrupt"])
                 skip = gr.Button("Skip", elem_id="txt2img-skip", scale=1)
-            gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png", elem_id="txt2img-gallery")
+            gallery = gr.Gallery(label="Images", columns=4, height=420, object_fit="contain", preview=True, format="png",
+                                 elem_id="txt2img-gallery", **RESULTS_ONLY)
+            status = gr.Markdown(elem_id="txt2img-status", elem_classes=["kiri-status"])
             menu = send.menu("txt2img", gallery) if send is not None else None
             infotext = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="txt2img-infotext")
             if menu is not None:
                 menu.infotext = infotext
-            status = gr.Markdown(elem_id="txt2img-status")
 
     def run(prompt, negative_prompt, request: gr.Request, progress: gr.Progress = gr.Progress(), **settings):
         """Generate images from text; yields live previews, then the images, the first infotext and a status line."""
@@ -95,16 +96,19 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             req = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings),
                                  hires=hires)
             result = yield from stream_job(lambda: engine.txt2img(req, job), job, progress,
-                                           lambda preview: ([preview], "", f"Live preview: {job.describe()}"))
+                                           lambda preview: ([preview], "", progress_line(job)),
+                                           lambda: (gr.skip(), gr.skip(), progress_line(job)))
         for warning in result.warnings:
             gr.Warning(warning)
-        yield shown_images(result), (result.infotexts[0] if result.infotexts else ""), result_note(result, time.perf_counter() - started)
+        yield finished_outputs(result, job, time.perf_counter() - started)
 
     inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker)
     hires_inputs = dict(enable_hr=enable_hr, hr_upscaler=hr_upscaler, hr_scale=hr_scale, hr_steps=hr_steps,
                         hr_denoise=hr_denoise, hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y)
-    generate.click(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT)
-    prompt.submit(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_visibility="private", **JOB_EVENT)
+    generate.click(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT,
+                   **QUIET_PROGRESS)
+    prompt.submit(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_visibility="private",
+                 **JOB_EVENT, **QUIET_PROGRESS)
 
     def run_grid(prompt, negative_prompt, x_axis, x_values, y_axis, y_values, request: gr.Request,
                  progress: gr.Progress = gr.Progress(), **settings):

@@ -74,12 +74,13 @@ def render(engine: Engine, send=None) -> dict:
                     sd_seam_denoise = gr.Slider(0, 1, value=0.25, step=0.01, label="Seam fix denoising strength")
                     sd_seed_per_tile = gr.Checkbox(False, label="A seed per tile")
                 sd_button = gr.Button("SD upscale", variant="primary", elem_id="sr-sd-run")
-        with gr.Column(scale=4):
-            with gr.Row():
-                run_button = gr.Button("Upscale", variant="primary", elem_id="sr-run", scale=3)
-                interrupt = gr.Button("Interrupt", variant="stop", scale=1)
+        with gr.Column(scale=4, elem_classes=["kiri-output"]):
+            with gr.Row(elem_classes=["kiri-actions"]):
+                run_button = gr.Button("Upscale", variant="primary", elem_id="sr-run", scale=3, elem_classes=["kiri-generate"])
+                interrupt = gr.Button("Interrupt", variant="stop", scale=1, elem_id="sr-interrupt", elem_classes=["kiri-interrupt"])
             slider = gr.ImageSlider(label="Before / after", type="pil", elem_id="sr-slider", max_height=480)
-            gallery = gr.Gallery(label="Results", columns=4, height=240, object_fit="contain", format="png", elem_id="sr-gallery")
+            gallery = gr.Gallery(label="Results", columns=4, height=240, object_fit="contain", format="png", elem_id="sr-gallery",
+                                 interactive=False)
             menu = send.menu("sr", gallery) if send is not None else None
             infotext = gr.Textbox(label="Parameters", lines=2, interactive=False, elem_id="sr-infotext")
             if menu is not None:
