@@ -44,7 +44,7 @@ def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, brows
     editor.locator("input[type=file]").first.set_input_files(str(path))
     canvas = editor.locator("canvas").first
     canvas.wait_for(state="visible", timeout=30_000)
-    page.wait_for_timeout(1000)
+    _wait_for_picture(editor, tmp_path)  # the editor draws the upload a moment after it arrives
     brush = editor.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
@@ -71,6 +71,20 @@ def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, brows
     r, g, b = image.getpixel((round(offset[0]), row))
     assert b > 100 and r > BLUE[0] + 40, f"the mask hides the picture under it: {(r, g, b)}"
     page.close()
+
+
+def _wait_for_picture(editor, tmp_path, timeout_s: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    shot = tmp_path / "waiting.png"
+    while True:
+        editor.screenshot(path=str(shot))
+        image = Image.open(shot).convert("RGB")
+        if any(_near(image.getpixel((x, image.height // 2)), BLUE) for x in range(0, image.width, 4)):
+            return
+        assert time.monotonic() < deadline, "the uploaded picture never appeared in the editor"
+        time.sleep(0.25)
 
 
 def _near(pixel, colour, tolerance=12) -> bool:
