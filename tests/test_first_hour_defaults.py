@@ -124,3 +124,43 @@ def test_vid2vid_at_its_defaults_follows_the_source_motion(engine):
     assert measured["missing"] == 0, measured
     assert measured["mean_err"] <= 5.0, measured
     assert measured["by_frame"][-1] <= 6.0 and measured["max_err"] <= 12.0, measured
+
+
+# --- hires fix: at its defaults, one object stays one object, in the same place --------------------
+
+HIRES_PROMPTS = [W.eval_prompts(24)[i] for i in (0, 5)] + [
+    W.Scene((W.Obj("yellow", "star", "small", "left", 15.5, 31.5, 9.0),), ("black",))]  # the issue's four stars
+
+
+@pytest.mark.parametrize("scene", HIRES_PROMPTS, ids=lambda s: s.caption)
+def test_hires_at_its_defaults_keeps_the_first_pass_composition(engine, scene):
+    first, fixed = E.hires_pair(engine, scene.caption, 1000)  # HiresFix() as it comes
+    assert fixed.shape[:2] == (128, 128)
+    same_count, kept, shift = E.composition_kept(first, fixed)
+    assert same_count and kept and (shift is None or shift <= 2.0), (W.detect(first)[0], W.detect(fixed)[0])
+
+
+def test_hires_defaults_through_sdapi_txt2img_and_what_a_client_sends_is_kept(client, engine):
+    import json
+
+    body = {"prompt": "a small yellow star on the left, black background", "seed": 1000, "steps": 20, "width": 64,
+            "height": 64, "enable_hr": True, "hr_scale": 2,
+            "override_settings": {"sd_model_checkpoint": "kiri-shapes-ldm"}}
+    reply = client.post("/sdapi/v1/txt2img", json=body)
+    assert reply.status_code == 200, reply.text
+    text = json.loads(reply.json()["info"])["infotexts"][0]
+    assert "Hires upscaler: kiri-compact-x4" in text and "Denoising strength: 0," in text, text
+    fixed = np.asarray(Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB"))
+    first, _ = E.hires_pair(engine, body["prompt"], 1000, upscaler="Lanczos", denoising_strength=0.0)
+    assert E.composition_kept(first, fixed)[1]
+    # A client that says what it wants gets it (A1111's fields, unchanged).
+    sent = client.post("/sdapi/v1/txt2img", json={**body, "steps": 2, "hr_upscaler": "Latent", "denoising_strength": 0.7})
+    text = json.loads(sent.json()["info"])["infotexts"][0]
+    assert "Hires upscaler: Latent" in text and "Denoising strength: 0.7" in text, text
+
+
+def test_hires_defaults_follow_the_model_size(engine):
+    from webui.engine.upscale import hires_defaults
+
+    assert hires_defaults(engine, "kiri-shapes-ldm") == ("kiri-compact-x4", 0.0)
+    assert hires_defaults(engine, "kiri-shapes-dit") == ("kiri-compact-x4", 0.0)
