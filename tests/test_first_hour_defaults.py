@@ -2,7 +2,7 @@
 back with the scene detector (tools/kiri_world.py): video to video at its defaults follows the
 source's motion, hires fix at its defaults keeps the first pass's composition, and outpaint's
 infotext states the size of the picture it saved. tools/eval_first_hour_defaults.py measures the
-same on more held-out scenes (the numbers are in its docstring)."""
+same on more held-out scenes (the tables are in models/README.md)."""
 
 from __future__ import annotations
 
@@ -164,3 +164,20 @@ def test_hires_defaults_follow_the_model_size(engine):
 
     assert hires_defaults(engine, "kiri-shapes-ldm") == ("kiri-compact-x4", 0.0)
     assert hires_defaults(engine, "kiri-shapes-dit") == ("kiri-compact-x4", 0.0)
+
+
+def test_the_tabs_start_from_these_defaults(engine, tmp_path):
+    """The Text to image tab's Hires widgets and the Video tab's consistency, as a fresh page shows them."""
+    import gradio as gr
+
+    from webui.ui.app import build
+
+    app = build(engine, tmp_path / "settings.json")
+    blocks = list(app.blocks.values())
+    upscaler = next(b for b in blocks if getattr(b, "elem_id", None) == "txt2img-hr-upscaler")
+    assert upscaler.value == "kiri-compact-x4"
+    strength = next(b for b in blocks if isinstance(b, gr.Slider) and b.label == "Denoising strength"
+                    and getattr(b, "info", None) and "second pass" in b.info)
+    assert strength.value == 0.0
+    consistency = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "Consistency between frames")
+    assert consistency.value == "none"

@@ -8,6 +8,9 @@ Source clips are drawn exactly with kiri_world.render: a held-out scene's object
 (or right to left) over 8 frames; the restyle prompt changes its colour. The detector reads the
 object in every source and output frame: the position error is the distance between the two box
 centres, in pixels; the colour hit rate the share of output frames whose object has the new colour.
+Hires: the first pass (the same request without the fix) against the hires picture read at 64x64.
+The measured tables are in models/README.md ("Defaults that keep the picture"). Run it with
+OMP_NUM_THREADS=1 on a shared machine (several threads per process made it 10x slower here).
 """
 
 from __future__ import annotations
