@@ -26,6 +26,8 @@ from webui.engine.video.service import InterpolateRequest, decode_video, Txt2Vid
 
 from .common import ApiContext, KiriRoute, decode_image
 
+_V2V = {name: f.default for name, f in Vid2VidRequest.__dataclass_fields__.items()}
+
 
 class GenerationFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,9 +55,10 @@ class Txt2VideoBody(GenerationFields):
 
 class Vid2VidBody(GenerationFields):
     video: str
-    denoising_strength: float = 0.5
-    consistency: str = "none"
-    consistency_strength: float = 0.5
+    # The engine's defaults (Vid2VidRequest's), as the Video tab shows them.
+    denoising_strength: float = _V2V["denoising_strength"]
+    consistency: str = _V2V["consistency"]
+    consistency_strength: float = _V2V["consistency_strength"]
     every_nth: int = 1
     start_time: float = 0.0
     end_time: float | None = None

@@ -11,7 +11,7 @@ from webui.engine.context import Engine
 from webui.engine.core.errors import KiriError
 from webui.engine.core.jobs import Job
 from webui.engine.generation.requests import HiresFix, Txt2ImgRequest
-from webui.engine.upscale import all_upscalers
+from webui.engine.upscale import all_upscalers, hires_defaults
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
@@ -54,15 +54,20 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             gen.vae = vae_choice("txt2img", engine.catalog)
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
             gen.step_cache = step_cache_choice("txt2img")
+            # Kiri's hires default for the model (upscale.hires_defaults): for the embedded 64 px models an
+            # upscaler model and no second-pass denoising, which keeps the picture as it is.
+            hr_default_upscaler, hr_default_strength = hires_defaults(engine)
             with gr.Accordion("Hires. fix", open=False, elem_id="txt2img-hires"):
                 enable_hr = gr.Checkbox(False, label="Enable hires fix", elem_id="txt2img-enable-hr")
                 with gr.Row():
                     hr_upscaler = gr.Dropdown([(u.label, u.name) for u in all_upscalers(engine.catalog, latent=True)],
-                                              value="Latent", label="Upscaler", elem_id="txt2img-hr-upscaler")
+                                              value=hr_default_upscaler, label="Upscaler", elem_id="txt2img-hr-upscaler")
                     hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by")
                 with gr.Row():
                     hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same as sampling)")
-                    hr_denoise = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength")
+                    hr_denoise = gr.Slider(0, 1, value=hr_default_strength, step=0.01, label="Denoising strength",
+                                           info="above 0 the second pass redraws the bigger picture; a model "
+                                                "trained at a smaller size may add objects")
                 with gr.Row():
                     hr_resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by scale)")
                     hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by scale)")
@@ -156,10 +161,13 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         entry = engine.catalog.find(title) if title else None
         prediction = entry.prediction if entry else "epsilon"
         examples = entry.example_prompts() if entry else []
+        upscaler, strength = hires_defaults(engine, entry.name if entry else None)
         return (gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction)),
-                gr.update(samples=[[e] for e in examples], visible=bool(examples)))
+                gr.update(samples=[[e] for e in examples], visible=bool(examples)),
+                gr.update(value=upscaler), gr.update(value=strength))
 
-    model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts], api_visibility="private", queue=False)
+    model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
+                        api_visibility="private", queue=False)
     return Txt2ImgTab(prompt, negative, gen, gallery)
 
 
@@ -169,7 +177,7 @@ def _hires_fix(settings: dict) -> HiresFix | None:
                                                  "hr_resize_x", "hr_resize_y")}
     if not values["enable_hr"]:
         return None
-    return HiresFix(scale=float(values["hr_scale"] or 2), upscaler=values["hr_upscaler"] or "Latent",
+    return HiresFix(scale=float(values["hr_scale"] or 2), upscaler=values["hr_upscaler"] or None,
                     steps=int(values["hr_steps"] or 0), resize_x=int(values["hr_resize_x"] or 0),
                     resize_y=int(values["hr_resize_y"] or 0), denoising_strength=float(values["hr_denoise"] or 0))
 

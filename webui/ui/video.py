@@ -16,6 +16,8 @@ from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid
 from .common import JOB_EVENT, owner_of, stream_job, user_errors
 from .pixels import click_box, clicked as pixel_of
 
+_V2V = {name: f.default for name, f in Vid2VidRequest.__dataclass_fields__.items()}  # the engine's defaults
+
 TRAVEL_HELP = ("One prompt for the whole clip, or **prompt travel**: one line per keyframe, `frame: prompt`, e.g. "
                "`0: a red circle` and `8: a blue circle`; the frames in between blend the two.")
 
@@ -89,12 +91,13 @@ def render(engine: Engine, send=None) -> None:
                     v_source = gr.Video(label="Source clip (MP4, WebM, MOV, GIF)", sources=["upload"], elem_id="vid2vid-source")
                     v_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="vid2vid-prompt")
                     v_negative = gr.Textbox(label="Negative prompt", lines=1)
-                    strength = gr.Slider(0, 1, value=0.5, step=0.01, label="Denoising strength")
+                    # The engine's defaults (Vid2VidRequest), so the tab and the API restyle alike.
+                    strength = gr.Slider(0, 1, value=_V2V["denoising_strength"], step=0.01, label="Denoising strength")
                     with gr.Row():
-                        consistency = gr.Radio(list(service.CONSISTENCY), value="flow", label="Consistency between frames",
+                        consistency = gr.Radio(list(service.CONSISTENCY), value=_V2V["consistency"], label="Consistency between frames",
                                                info="blend: the previous output mixed into the next frame; flow: it, "
                                                     "moved along the optical flow first")
-                        carry = gr.Slider(0, 1, value=0.5, step=0.05, label="Consistency strength")
+                        carry = gr.Slider(0, 1, value=_V2V["consistency_strength"], step=0.05, label="Consistency strength")
                     with gr.Row():
                         every_nth = gr.Number(1, precision=0, label="Every Nth frame", minimum=1)
                         start = gr.Number(0, label="Start (s)", minimum=0)

@@ -137,7 +137,10 @@ def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None, engine
 
 
 def hires_fix(body: Txt2ImgBody, warnings: list[str], engine: Engine | None = None) -> HiresFix:
-    """A1111's hr_* fields -> the request's hires fix (denoising_strength: A1111's 0.7 when not sent).
+    """A1111's hr_* fields -> the request's hires fix. hr_upscaler and denoising_strength not sent: Kiri's
+    default for the model (upscale.hires_defaults: A1111's Latent at 0.7 for models trained at 256 px
+    or more; for Kiri's 64 px models an upscaler model and no second-pass denoising, which keeps the
+    picture's composition). A client that sends them gets exactly what it sent.
     hr_checkpoint_name must name a checkpoint the catalog has; the second pass still runs on the
     first pass's (its latents are that model's), which the warning says."""
     if body.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
@@ -151,9 +154,8 @@ def hires_fix(body: Txt2ImgBody, warnings: list[str], engine: Engine | None = No
         warnings.append("hr_scheduler: the second pass uses the first pass's schedule type in Kiri")
     sampler = body.hr_sampler_name if body.hr_sampler_name not in (None, "", "Use same sampler") else None
     return HiresFix(
-        scale=body.hr_scale, upscaler=body.hr_upscaler or "Latent", steps=body.hr_second_pass_steps,
-        resize_x=body.hr_resize_x, resize_y=body.hr_resize_y,
-        denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.7,
+        scale=body.hr_scale, upscaler=body.hr_upscaler or None, steps=body.hr_second_pass_steps,
+        resize_x=body.hr_resize_x, resize_y=body.hr_resize_y, denoising_strength=body.denoising_strength,
         sampler_name=sampler, prompt=body.hr_prompt or "", negative_prompt=body.hr_negative_prompt or "",
     )
 

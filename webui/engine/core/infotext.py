@@ -36,6 +36,7 @@ KEY_ORDER: tuple[str, ...] = (
     "Image CFG scale",
     "Seed",
     "Size",
+    "Processing size",
     "Model hash",
     "Model",
     "VAE hash",
@@ -200,9 +201,12 @@ def infotext_to_request_fields(info: Infotext) -> dict[str, object]:
         fields["cfg_scale"] = cfg
     if "Seed" in p and (seed := _to_int(p["Seed"])) is not None:
         fields["seed"] = seed
-    if "Size" in p and (size := _SIZE_RE.match(p["Size"])):
-        fields["width"] = int(size.group(1))
-        fields["height"] = int(size.group(2))
+    # "Processing size": the size denoised when the saved picture's ("Size") differs (inpaint "only masked",
+    # outpaint): the request's width and height.
+    for key in ("Size", "Processing size"):
+        if key in p and (size := _SIZE_RE.match(p[key])):
+            fields["width"] = int(size.group(1))
+            fields["height"] = int(size.group(2))
     if "Denoising strength" in p and (strength := _to_float(p["Denoising strength"])) is not None:
         fields["denoising_strength"] = strength
     if "Clip skip" in p and (clip := _to_int(p["Clip skip"])) is not None:

@@ -164,7 +164,13 @@ class Img2ImgTask:
         return [self.plan.paste_back(image) for image in images]
 
     def infotext_params(self, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
-        return {**_infotext_params(self.request, model, sampler, schedule, seed), **version_param()}
+        params = _infotext_params(self.request, model, sampler, schedule, seed)
+        output = self.plan.base.size  # "only masked" (and outpaint, which uses it) pastes into the whole picture
+        if output != (self.request.width, self.request.height):
+            # "Size" is the saved picture's, as a reader expects; the size the model denoised at follows it.
+            params = {**params, "Size": "{}x{}".format(*output),
+                      "Processing size": f"{self.request.width}x{self.request.height}"}
+        return {**params, **version_param()}
 
 
 # --- image and mask preparation -------------------------------------------------------------

@@ -29,11 +29,15 @@ class HiresFix:
     image to image at the bigger size. The upscaler is checked by the upscale capability."""
 
     scale: float = 2.0
-    upscaler: str = "Latent"  # a latent mode or any upscaler name
+    # None (upscaler, denoising_strength): Kiri's default for the model, set before the job is queued
+    # (upscale/_hires.py, hires_defaults): A1111's Latent at 0.7 for models trained at 256 px or more;
+    # a pixel upscaler and no second-pass denoising for smaller ones (Kiri's 64 px models draw new
+    # objects all over a picture twice their size, even at strength 0.05).
+    upscaler: str | None = None  # a latent mode or any upscaler name
     steps: int = 0  # 0: the first pass's steps
     resize_x: int = 0  # resize to (0: by scale); the other side follows the aspect ratio when 0
     resize_y: int = 0
-    denoising_strength: float = 0.7
+    denoising_strength: float | None = None
     sampler_name: str | None = None  # None: the first pass's sampler
     prompt: str = ""  # "": the first pass's prompt
     negative_prompt: str = ""
@@ -41,13 +45,14 @@ class HiresFix:
     def validate(self) -> None:
         if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not 1 <= self.scale <= 4:
             raise InvalidRequest("hr_scale", f"hires upscale must be between 1 and 4 (got {self.scale!r})")
-        if not isinstance(self.upscaler, str) or not self.upscaler.strip():
+        if self.upscaler is not None and (not isinstance(self.upscaler, str) or not self.upscaler.strip()):
             raise InvalidRequest("hr_upscaler", "hr_upscaler must name an upscaler or a latent mode")
         require_range("hr_second_pass_steps", self.steps, 0, MAX_STEPS)
         require_range("hr_resize_x", self.resize_x, 0, MAX_SIZE)
         require_range("hr_resize_y", self.resize_y, 0, MAX_SIZE)
-        if isinstance(self.denoising_strength, bool) or not isinstance(self.denoising_strength, (int, float)) \
-                or not 0 <= self.denoising_strength <= 1:
+        if self.denoising_strength is not None and (
+                isinstance(self.denoising_strength, bool) or not isinstance(self.denoising_strength, (int, float))
+                or not 0 <= self.denoising_strength <= 1):
             raise InvalidRequest("denoising_strength", f"denoising strength must be between 0 and 1 (got {self.denoising_strength!r})")
         for name in ("prompt", "negative_prompt"):
             value = getattr(self, name)

@@ -64,6 +64,13 @@ def hires_work(engine: "Engine", request, job: "Job"):
     return hires_fix(engine, request, job)
 
 
+def hires_defaults(engine: "Engine", model: str | None = None) -> tuple[str, float]:
+    """(upscaler, denoising strength) of a hires fix that leaves them unset, for this model: see _hires.py."""
+    from ._hires import hires_defaults as defaults
+
+    return defaults(engine, model)
+
+
 def check_hires(engine: "Engine", request) -> None:
     from ._hires import check
 
@@ -85,7 +92,7 @@ def check_sd_upscale(engine: "Engine", request) -> tuple[int, int]:
 
 __all__ = ["Upscaler", "UpscaleRequest", "UpscaleResult", "LATENT_MODES", "all_upscalers", "builtin_upscalers",
            "find_upscaler", "target_size", "check_model_passes", "upscale_images", "prepare_upscale", "load_upscaler_entry", "hires_work",
-           "check_hires", "sd_upscale_work", "check_sd_upscale", "known_architectures", "upscale_one", "upscale_work",
+           "check_hires", "hires_defaults", "sd_upscale_work", "check_sd_upscale", "known_architectures", "upscale_one", "upscale_work",
            "model_pass", "upscale_tensor_untiled", "latent_upscalers", "model_upscalers", "MAX_BATCH", "MAX_MODEL_PASSES",
            "MAX_OUTPUT_PIXELS", "MAX_OUTPUT_SIDE", "MAX_OVERLAP", "MAX_SCALE", "MAX_TILE", "DIFFUSION_STEPS"]
 
