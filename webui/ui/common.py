@@ -94,3 +94,25 @@ def interrupted_at(job: Any) -> str:
     if job.batch_count > 1:
         where += f" of batch {job.batch_no}/{job.batch_count}"
     return f"**Interrupted at {where}**"
+
+
+def as_image(value: Any):
+    """A PIL image from an Image/ImageEditor/Gallery value, or None."""
+    from PIL import Image
+
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.core.images import to_rgb
+
+    if isinstance(value, dict):
+        value = value.get("background") or value.get("composite") or value.get("image")
+    if isinstance(value, (tuple, list)):
+        value = value[0] if value else None
+    if isinstance(value, dict):
+        value = value.get("path")
+    if isinstance(value, str):
+        try:
+            with Image.open(value) as opened:
+                return to_rgb(opened, "init_image")
+        except OSError as exc:
+            raise InvalidRequest("init_image", f"the file is not an image Kiri can read: {exc}") from exc
+    return to_rgb(value, "init_image") if isinstance(value, Image.Image) else None

@@ -17,7 +17,7 @@ from webui.engine.core.jobs import Job
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
-from .common import JOB_EVENT, QUIET_PROGRESS, owner_of, progress_line, stream_job, user_errors
+from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line, stream_job, user_errors
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
 from .send_to import SendTo, as_editor
 from .txt2img import Txt2ImgTab, _model_defaults
@@ -66,28 +66,9 @@ def editor_mask(value: Any):
     return mask
 
 
-def _as_image(value: Any):
-    """A PIL image from an Image/ImageEditor/Gallery value, or None."""
-    from PIL import Image
-
-    if isinstance(value, dict):
-        value = value.get("background") or value.get("composite") or value.get("image")
-    if isinstance(value, (tuple, list)):
-        value = value[0] if value else None
-    if isinstance(value, dict):
-        value = value.get("path")
-    if isinstance(value, str):
-        try:
-            with Image.open(value) as opened:
-                return to_rgb(opened, "init_image")
-        except OSError as exc:
-            raise InvalidRequest("init_image", f"the file is not an image Kiri can read: {exc}") from exc
-    return to_rgb(value, "init_image") if isinstance(value, Image.Image) else None
-
-
 def mask_from_words(engine: Engine, editor: Any, words: str, owner: str):
     """A mask of what the words name in the Inpaint picture (all the masks found, together)."""
-    image = _as_image(editor)
+    image = as_image(editor)
     if image is None:
         raise InvalidRequest("init_image", "upload a picture to the Inpaint editor first")
     if not (words or "").strip():
@@ -172,7 +153,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 inpaint_full_res=area == "Only masked", inpaint_full_res_padding=int(padding),
             )
             if mode == "inpaint":
-                image = _as_image(editor)
+                image = as_image(editor)
                 # image_mode=None above: Gradio's own convert would clip 16-bit and float uploads to white.
                 mask = to_rgb(mask_upload, "mask").convert("L") if mask_upload is not None else editor_mask(editor)
                 if image is None:
@@ -181,13 +162,13 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                     raise InvalidRequest("mask", "paint over the part to repaint with the brush, or upload a mask")
                 fields.update(init_image=image, mask=mask)
             elif mode == "outpaint":
-                image = _as_image(outpaint_image)
+                image = as_image(outpaint_image)
                 if image is None:
                     raise InvalidRequest("init_image", "upload the image to extend first")
                 canvas, mask = outpaint_canvas(image, int(left), int(right), int(up), int(down))
                 fields.update(init_image=canvas, mask=mask, inpaint_full_res=True)
             else:
-                fields.update(init_image=_as_image(init_image))
+                fields.update(init_image=as_image(init_image))
             req = Img2ImgRequest(**fields)
             result = yield from stream_job(lambda: engine.img2img(req, job), job, progress,
                                            lambda preview: ([preview], "", progress_line(job)),

@@ -15,7 +15,7 @@ import gradio as gr
 from webui.engine.context import Engine
 from webui.engine.core.errors import KiriError
 
-from .common import user_errors
+from .common import as_image, user_errors
 
 IMAGE_TARGETS = ("Image to image", "Inpaint", "Outpaint", "Super-resolution", "Segmentation", "PNG info")
 CLIP_TARGETS = ("Video to video", "Interpolate")
@@ -156,10 +156,9 @@ def _pick(source: Any, index: int, infotext: str, clip: bool = False) -> Picked:
         if not path:
             raise gr.Error("Nothing to send yet: make a clip first.")
         return Picked(None, path, infotext or "")
-    from .img2img import _as_image
 
     with user_errors():
-        image = _as_image(item)
+        image = as_image(item)
     if image is None:
         raise gr.Error("Nothing to send yet: make a picture first.")
     own = ""
