@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 BLUE = (30, 90, 200)
@@ -34,17 +35,25 @@ def test_editor_mask_is_the_painted_area_whatever_its_opacity():
     assert mask.getbbox() == (10, 10, 20, 20) and mask.getextrema() == (0, 255)
 
 
-def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, browser, tmp_path):
+@pytest.mark.parametrize("side", [256, 64])
+def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, browser, tmp_path, side):
+    """The page sizes the brush to each upload: a stroke about a tenth of the side, small pictures too."""
     path = tmp_path / "blue.png"
-    Image.new("RGB", (256, 256), BLUE).save(path)  # the brush is fixed: a tenth of a 256 px picture
+    Image.new("RGB", (side, side), BLUE).save(path)
     page = _open(browser, kiri_server["url"])
     page.get_by_role("tab", name="Image to image / Inpaint", exact=True).first.click()
     page.get_by_role("tab", name="Inpaint", exact=True).first.click()
     editor = page.locator("#inpaint-editor")
+    # the tab mounts the editor lazily: a file given before it shows its empty canvas can be lost
+    editor.locator("canvas").first.wait_for(state="visible", timeout=30_000)
+    editor.get_by_text("Upload an image").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
     editor.locator("input[type=file]").first.set_input_files(str(path))
     canvas = editor.locator("canvas").first
-    canvas.wait_for(state="visible", timeout=30_000)
     _wait_for_picture(editor, tmp_path)  # the editor draws the upload a moment after it arrives
+    # the page script has set the editor's Brush Size for this picture and closed its popover
+    page.locator("#inpaint-editor[data-kiri-brush]").wait_for(state="attached", timeout=30_000)
+    page.wait_for_function("!document.querySelector('#inpaint-editor input[type=range]')", timeout=10_000)
     brush = editor.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
@@ -56,7 +65,7 @@ def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, brows
     page.mouse.up()
     page.mouse.move(box["x"] + box["width"] - 2, box["y"] + 2)  # the brush cursor away from the dot
     page.wait_for_timeout(500)
-    shot = _shots(tmp_path) / "inpaint-brush.png"
+    shot = _shots(tmp_path) / f"inpaint-brush-{side}.png"
     editor.screenshot(path=str(shot))
     image = Image.open(shot).convert("RGB")
     offset = (cx - editor.bounding_box()["x"], cy - editor.bounding_box()["y"])

@@ -99,6 +99,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                     _render_extension_tab(tab, engine)
         send.wire()
         app.load(None, None, None, js=pixels.JS)
+        app.load(None, None, None, js=img2img.BRUSH_JS)
         theme.load(app)
     return app
 
