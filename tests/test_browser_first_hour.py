@@ -202,3 +202,44 @@ def test_empty_outputs_say_where_results_appear_and_take_no_upload(kiri_server, 
         if gallery == "txt2img-gallery":
             page.screenshot(path=str(_shots(tmp_path) / "empty-output.png"))
     page.close()
+
+
+def _in_view(box, height=900) -> bool:
+    return box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height
+
+
+def test_generate_stays_in_view_on_a_wide_screen(kiri_server, browser, tmp_path):
+    """1440x900: scrolled down 800 px, the visible tab's Generate is still on screen (Text to image with
+    its accordions open, and Video frames, whose Generate sits level with the clip)."""
+    page = _open(browser, kiri_server["url"])
+    for tab, generate, accordions in (("Text to image", "txt2img-generate", ("Hires. fix", "X/Y grid")),
+                                      ("Video frames", "txt2video-generate", ())):
+        page.get_by_role("tab", name=tab, exact=True).first.click()
+        for name in accordions:  # a longer page than the window's
+            page.get_by_text(name).first.click()
+        page.wait_for_timeout(500)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.evaluate("window.scrollBy(0, 800)")
+        page.wait_for_timeout(300)
+        scrolled = page.evaluate("window.scrollY")
+        page.screenshot(path=str(_shots(tmp_path) / f"scrolled-{generate}.png"))
+        assert scrolled >= 400, f"{tab}: the page is too short to test ({scrolled} px scrolled)"
+        box = page.locator(f"#{generate}").bounding_box()
+        assert _in_view(box), (tab, scrolled, box)
+    page.close()
+
+
+def test_generate_grid_has_its_status_beside_it(kiri_server, browser, tmp_path):
+    page = _open(browser, kiri_server["url"])
+    page.locator("#txt2img-prompt textarea").fill("a small red circle")
+    page.get_by_text("X/Y grid").first.click()
+    page.locator("#xy-x-values textarea, #xy-x-values input").first.fill("Euler")
+    page.locator("#xy-y-values textarea, #xy-y-values input").first.fill("1")
+    page.locator("#xy-generate").click()  # one cell of one step
+    page.wait_for_function("document.querySelector('#xy-status')?.innerText.includes('Grid of 1')", timeout=120_000)
+    button, status = page.locator("#xy-generate").bounding_box(), page.locator("#xy-status").bounding_box()
+    page.locator("#xy-generate").scroll_into_view_if_needed()
+    page.screenshot(path=str(_shots(tmp_path) / "grid-status.png"))
+    assert status["x"] >= button["x"] + button["width"] - 1, (button, status)  # to its right, on its row
+    assert status["y"] < button["y"] + button["height"] and button["y"] < status["y"] + status["height"], (button, status)
+    page.close()
