@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 BLUE = (30, 90, 200)
@@ -34,21 +35,29 @@ def test_editor_mask_is_the_painted_area_whatever_its_opacity():
     assert mask.getbbox() == (10, 10, 20, 20) and mask.getextrema() == (0, 255)
 
 
-def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, browser, tmp_path):
+@pytest.mark.parametrize("side", [256, 64])
+def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, browser, tmp_path, side):
+    """The page sizes the brush to each upload: a stroke about a tenth of the side, small pictures too."""
     path = tmp_path / "blue.png"
-    Image.new("RGB", (256, 256), BLUE).save(path)  # the brush is fixed: a tenth of a 256 px picture
+    Image.new("RGB", (side, side), BLUE).save(path)
     page = _open(browser, kiri_server["url"])
     page.get_by_role("tab", name="Image to image / Inpaint", exact=True).first.click()
     page.get_by_role("tab", name="Inpaint", exact=True).first.click()
     editor = page.locator("#inpaint-editor")
+    # the tab mounts the editor lazily: a file given before it shows its empty canvas can be lost
     canvas = editor.locator("canvas").first
-    for attempt in range(3):  # on a loaded machine the editor sometimes drops an upload made while it starts
+    canvas.wait_for(state="visible", timeout=30_000)
+    editor.get_by_text("Upload an image").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    for attempt in range(3):  # and on a loaded machine it has still dropped one once: upload again
         editor.locator("input[type=file]").first.set_input_files(str(path))
-        canvas.wait_for(state="visible", timeout=30_000)
         if _wait_for_picture(editor, tmp_path, timeout_s=10.0):
             break
     else:
         raise AssertionError("the uploaded picture never appeared in the editor")
+    # the page script has set the editor's Brush Size for this picture and closed its popover
+    page.locator("#inpaint-editor[data-kiri-brush]").wait_for(state="attached", timeout=30_000)
+    page.wait_for_function("!document.querySelector('#inpaint-editor input[type=range]')", timeout=10_000)
     brush = editor.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
@@ -60,7 +69,7 @@ def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, brows
     page.mouse.up()
     page.mouse.move(box["x"] + box["width"] - 2, box["y"] + 2)  # the brush cursor away from the dot
     page.wait_for_timeout(500)
-    shot = _shots(tmp_path) / "inpaint-brush.png"
+    shot = _shots(tmp_path) / f"inpaint-brush-{side}.png"
     editor.screenshot(path=str(shot))
     image = Image.open(shot).convert("RGB")
     offset = (cx - editor.bounding_box()["x"], cy - editor.bounding_box()["y"])
@@ -197,4 +206,45 @@ def test_empty_outputs_say_where_results_appear_and_take_no_upload(kiri_server, 
         assert hint and "Results appear here" in hint, (gallery, hint)
         if gallery == "txt2img-gallery":
             page.screenshot(path=str(_shots(tmp_path) / "empty-output.png"))
+    page.close()
+
+
+def _in_view(box, height=900) -> bool:
+    return box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height
+
+
+def test_generate_stays_in_view_on_a_wide_screen(kiri_server, browser, tmp_path):
+    """1440x900: scrolled down 800 px, the visible tab's Generate is still on screen (Text to image with
+    its accordions open, and Video frames, whose Generate sits level with the clip)."""
+    page = _open(browser, kiri_server["url"])
+    for tab, generate, accordions in (("Text to image", "txt2img-generate", ("Hires. fix", "X/Y grid")),
+                                      ("Video frames", "txt2video-generate", ())):
+        page.get_by_role("tab", name=tab, exact=True).first.click()
+        for name in accordions:  # a longer page than the window's
+            page.get_by_text(name).first.click()
+        page.wait_for_timeout(500)
+        page.evaluate("window.scrollTo(0, 0)")
+        page.evaluate("window.scrollBy(0, 800)")
+        page.wait_for_timeout(300)
+        scrolled = page.evaluate("window.scrollY")
+        page.screenshot(path=str(_shots(tmp_path) / f"scrolled-{generate}.png"))
+        assert scrolled >= 400, f"{tab}: the page is too short to test ({scrolled} px scrolled)"
+        box = page.locator(f"#{generate}").bounding_box()
+        assert _in_view(box), (tab, scrolled, box)
+    page.close()
+
+
+def test_generate_grid_has_its_status_beside_it(kiri_server, browser, tmp_path):
+    page = _open(browser, kiri_server["url"])
+    page.locator("#txt2img-prompt textarea").fill("a small red circle")
+    page.get_by_text("X/Y grid").first.click()
+    page.locator("#xy-x-values textarea, #xy-x-values input").first.fill("Euler")
+    page.locator("#xy-y-values textarea, #xy-y-values input").first.fill("1")
+    page.locator("#xy-generate").click()  # one cell of one step
+    page.wait_for_function("document.querySelector('#xy-status')?.innerText.includes('Grid of 1')", timeout=120_000)
+    button, status = page.locator("#xy-generate").bounding_box(), page.locator("#xy-status").bounding_box()
+    page.locator("#xy-generate").scroll_into_view_if_needed()
+    page.screenshot(path=str(_shots(tmp_path) / "grid-status.png"))
+    assert status["x"] >= button["x"] + button["width"] - 1, (button, status)  # to its right, on its row
+    assert status["y"] < button["y"] + button["height"] and button["y"] < status["y"] + status["height"], (button, status)
     page.close()

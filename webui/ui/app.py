@@ -29,6 +29,20 @@ CSS += """
   font-size: var(--text-md); color: var(--body-text-color-subdued);}
 """
 
+# Wide screens: the visible tab's Generate bar stays in view while the page scrolls. The output
+# column spans its row (Gradio rows leave columns at their content's height), so the bar can stick
+# to the top of the window along the whole tab. (Gradio's container hides its overflow, which makes
+# it a scroll box the bar would stick inside of and scroll away with: see HEAD.)
+CSS += """
+@media (min-width: 641px) {
+  .kiri-output {align-self: stretch !important;}
+  .kiri-actions {position: sticky; top: 0; z-index: 50; padding: 6px 0;
+    background: var(--background-fill-primary);}
+  #xy-actions {align-items: center;}
+  #xy-status {min-height: 2.5em;}  /* room for the grid run's progress beside its button */
+}
+"""
+
 # Phones (390 px): the model row wraps instead of squeezing the status one syllable a line, the
 # Refresh button stays small, and the visible tab's Generate bar sits at the foot of the screen.
 CSS += """
@@ -49,7 +63,11 @@ CSS += """
 
 # Ctrl+Enter (Cmd+Enter) runs the visible tab's Generate; Escape presses its Interrupt. Hidden tabs
 # are display:none, so the first visible button of the kind is the visible tab's.
-HEAD = """<script>
+# Gradio scopes CSS= under its container, so the container's own overflow is set here: it clips
+# instead of hiding, the same picture without a scroll box, so the sticky Generate bar sticks to the
+# window.
+HEAD = """<style>.gradio-container {overflow: clip !important;}</style>
+<script>
 (() => {
   const visible = (el) => el.offsetParent !== null && !el.disabled;
   const press = (cls) => {
@@ -99,6 +117,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                     _render_extension_tab(tab, engine)
         send.wire()
         app.load(None, None, None, js=pixels.JS)
+        app.load(None, None, None, js=img2img.BRUSH_JS)
         theme.load(app)
     return app
 

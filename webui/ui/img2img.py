@@ -42,9 +42,63 @@ class Img2ImgTab:
 # paints is still the mask (editor_mask keeps every pixel with any alpha).
 MASK_COLOR = ("#ff2d78", 0.5)
 # The editor's brush size is a radius in picture pixels: 12 draws strokes 24 px wide, a tenth of a
-# 256 px picture. (Sizing it to each upload needs an update of the editor, which in Gradio 6.31 redraws
-# the canvas and can lose the picture or the first strokes: not done.)
+# 256 px picture. BRUSH_JS resizes it to each picture uploaded, dropped or pasted into the editor.
+# (An update of the editor from the server would redraw its canvas and can lose the picture or the
+# first strokes, so the page sets the editor's own Brush Size control instead.)
 BRUSH_RADIUS = 12
+
+# A stroke about a tenth of the picture's side: radius = side / 20, set through the editor's Brush
+# Size slider (its value is a radius in picture pixels, whatever the zoom), once the editor shows it.
+BRUSH_JS = """
+() => {
+  if (window.kiriBrushFollows) return;
+  window.kiriBrushFollows = true;
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const resize = async (editor, file) => {
+    if (!file || !(file.type || '').startsWith('image/')) return;
+    let side;
+    try {
+      const bitmap = await createImageBitmap(file);
+      side = Math.max(bitmap.width, bitmap.height);
+      bitmap.close();
+    } catch (e) { return; }
+    const radius = Math.max(1, Math.round(side / 20));
+    for (let i = 0; i < 100; i++) {  // the Brush Size button shows once the picture is in
+      const button = editor.querySelector('button[aria-label="Brush Size"]');
+      if (button) {
+        await sleep(200);  // let the editor finish taking the picture in
+        const open = () => editor.querySelector('input[type=range]');
+        if (!open()) button.click();
+        for (let j = 0; j < 20 && !open(); j++) await sleep(25);
+        const range = open();
+        if (!range) return;
+        range.value = String(Math.min(Number(range.max) || 100, radius));
+        range.dispatchEvent(new Event('input', {bubbles: true}));
+        range.dispatchEvent(new Event('change', {bubbles: true}));
+        await sleep(25);
+        for (const kind of ['pointerdown', 'mousedown']) {  // close the popover: a press outside it
+          if (open()) document.body.dispatchEvent(new MouseEvent(kind, {bubbles: true}));
+        }
+        editor.dataset.kiriBrush = String(radius);
+        return;
+      }
+      await sleep(100);
+    }
+  };
+  const editorOf = (el) => el && el.closest ? el.closest('#inpaint-editor') : null;
+  document.addEventListener('change', (event) => {
+    const editor = editorOf(event.target);
+    if (editor && event.target.type === 'file') resize(editor, event.target.files && event.target.files[0]);
+  }, true);
+  for (const kind of ['drop', 'paste']) {
+    document.addEventListener(kind, (event) => {
+      const editor = editorOf(event.target);
+      const data = event.dataTransfer || event.clipboardData;
+      if (editor && data && data.files && data.files.length) resize(editor, data.files[0]);
+    }, true);
+  }
+}
+"""
 
 
 def mask_brush() -> gr.Brush:

@@ -77,8 +77,11 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
                     x_values = gr.Textbox(value="Euler, DPM++ 2M", label="X values", elem_id="xy-x-values")
                 with gr.Row():
                     y_axis = gr.Dropdown([NOTHING, *AXES], value="Steps", label="Y axis")
-                    y_values = gr.Textbox(value="5, 10, 20", label="Y values (numbers: 10-30 (+10) or 1-9 [5])")
-                grid_button = gr.Button("Generate grid", elem_id="xy-generate")
+                    y_values = gr.Textbox(value="5, 10, 20", label="Y values (numbers: 10-30 (+10) or 1-9 [5])",
+                                           elem_id="xy-y-values")
+                with gr.Row(elem_id="xy-actions"):  # the grid's progress and result line beside its button
+                    grid_button = gr.Button("Generate grid", elem_id="xy-generate", scale=1)
+                    grid_status = gr.Markdown(elem_id="xy-status", elem_classes=["kiri-status"])
         with gr.Column(scale=4, elem_classes=["kiri-output"]):
             with gr.Row(elem_classes=["kiri-actions"]):
                 generate = gr.Button("Generate", variant="primary", elem_id="txt2img-generate", scale=3, elem_classes=["kiri-generate"])
@@ -126,15 +129,15 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         for warning in result.warnings:
             gr.Warning(warning)
         if result.grid is None:
-            return [], "", "Interrupted before the first cell finished."
+            return [], "", *(["Interrupted before the first cell finished."] * 2)
         shown = [str(result.path) if result.path else result.grid, *result.images]
         note = f"Grid of {len(result.images)} cell(s)" + (" (**interrupted**)" if result.interrupted else "") + "."
         # the grid is what the run is for: shown and selected first (the cells follow it), whatever was selected before
-        return gr.Gallery(value=shown, selected_index=0), result.infotexts[0], note
+        return gr.Gallery(value=shown, selected_index=0), result.infotexts[0], note, note
 
     grid_inputs = {k: v for k, v in inputs.items() if k not in ("batch_size", "batch_count")}
     grid_inputs.update(x_axis=x_axis, x_values=x_values, y_axis=y_axis, y_values=y_values)
-    grid_button.click(run_grid, inputs_kwargs=grid_inputs, outputs=[gallery, infotext, status], api_name="txt2img_xy_grid",
+    grid_button.click(run_grid, inputs_kwargs=grid_inputs, outputs=[gallery, infotext, status, grid_status], api_name="txt2img_xy_grid",
                       **JOB_EVENT)
 
     def stop(request: gr.Request) -> str:

@@ -61,6 +61,10 @@ def render(engine: Engine, send=None) -> None:
         with gr.Column(scale=3):
             with gr.Tabs() as video_tabs:
                 with gr.Tab("Text to video", id="txt2video"):
+                    # Generate first, level with the clip on the right: not below a long column of settings
+                    with gr.Row(elem_classes=["kiri-actions"]):
+                        t2v_go = gr.Button("Generate", variant="primary", elem_id="txt2video-generate", scale=3, elem_classes=["kiri-generate"])
+                        t2v_stop = gr.Button("Interrupt", variant="stop", scale=1, elem_id="txt2video-interrupt", elem_classes=["kiri-interrupt"])
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2video-prompt",
                                         placeholder="a large red circle moving right, blue background")
                     gr.Markdown(TRAVEL_HELP)
@@ -84,10 +88,10 @@ def render(engine: Engine, send=None) -> None:
                                           info="motion modules: make the clip this many times, each from the last "
                                                "one's low frequencies; objects change less between frames, each "
                                                "iteration costs a full run (0: off)", elem_id="txt2video-free-init")
-                    with gr.Row(elem_classes=["kiri-actions", "kiri-actions-bottom"]):
-                        t2v_go = gr.Button("Generate", variant="primary", elem_id="txt2video-generate", scale=3, elem_classes=["kiri-generate"])
-                        t2v_stop = gr.Button("Interrupt", variant="stop", scale=1, elem_id="txt2video-interrupt", elem_classes=["kiri-interrupt"])
                 with gr.Tab("Video to video", id="vid2vid"):
+                    with gr.Row(elem_classes=["kiri-actions"]):
+                        v2v_go = gr.Button("Generate", variant="primary", elem_id="vid2vid-generate", scale=3, elem_classes=["kiri-generate"])
+                        v2v_stop = gr.Button("Interrupt", variant="stop", scale=1, elem_id="vid2vid-interrupt", elem_classes=["kiri-interrupt"])
                     v_source = gr.Video(label="Source clip (MP4, WebM, MOV, GIF)", sources=["upload"], elem_id="vid2vid-source")
                     v_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="vid2vid-prompt")
                     v_negative = gr.Textbox(label="Negative prompt", lines=1)
@@ -120,16 +124,13 @@ def render(engine: Engine, send=None) -> None:
                                              "windows of frames denoised together; SD 1.x/2.x models)",
                                              elem_id="vid2vid-use-motion")
                     v2v = _generation_widgets("vid2vid", samplers)
-                    with gr.Row(elem_classes=["kiri-actions", "kiri-actions-bottom"]):
-                        v2v_go = gr.Button("Generate", variant="primary", elem_id="vid2vid-generate", scale=3, elem_classes=["kiri-generate"])
-                        v2v_stop = gr.Button("Interrupt", variant="stop", scale=1, elem_id="vid2vid-interrupt", elem_classes=["kiri-interrupt"])
                 with gr.Tab("Interpolate", id="interpolate"):
+                    with gr.Row(elem_classes=["kiri-actions"]):
+                        i_go = gr.Button("Interpolate", variant="primary", elem_id="interpolate-generate", scale=3, elem_classes=["kiri-generate"])
+                        i_stop = gr.Button("Interrupt", variant="stop", scale=1, elem_id="interpolate-interrupt", elem_classes=["kiri-interrupt"])
                     i_source = gr.Video(label="Source clip", sources=["upload"], elem_id="interpolate-source")
                     factor = gr.Radio([2, 4], value=2, label="Frame rate x", elem_id="interpolate-factor")
                     gr.Markdown("In-between frames from optical flow (OpenCV); no model is needed.")
-                    with gr.Row(elem_classes=["kiri-actions", "kiri-actions-bottom"]):
-                        i_go = gr.Button("Interpolate", variant="primary", elem_id="interpolate-generate", scale=3, elem_classes=["kiri-generate"])
-                        i_stop = gr.Button("Interrupt", variant="stop", scale=1, elem_id="interpolate-interrupt", elem_classes=["kiri-interrupt"])
         with gr.Column(scale=4, elem_classes=["kiri-output"]):
             clip = gr.Video(label="Clip", interactive=False, autoplay=True, loop=True, elem_id="video-output")
             downloads = gr.File(label="GIF, WebP and the frames as PNGs (zip)", file_count="multiple", interactive=False,
