@@ -205,3 +205,46 @@ def test_sampler_lab_has_a_plain_line_and_the_extensions_table_fits(kiri_server,
     assert header.evaluate("th => th.getBoundingClientRect().height") < 60  # one line, not a letter a line
     page.locator("#extensions-table").screenshot(path=str(shots(tmp_path) / "extensions-table.png"))
     page.close()
+
+
+@pytest.fixture()
+def own_server(models_dir, tmp_path_factory):
+    """A server of its own: this test changes settings the shared one's other tests rely on."""
+    from tests.conftest import serve_kiri
+    yield from serve_kiri(models_dir, tmp_path_factory, name="settings-outputs")
+
+
+def test_settings_are_saved_shown_after_a_reload_used_at_once_and_a_bad_one_is_refused(own_server, browser, tmp_path):
+    engine = own_server["engine"]
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(own_server["url"])
+    page.get_by_role("tab", name="Settings", exact=True).first.click()
+    page.locator("#settings-image-format").get_by_text("webp", exact=True).click()
+    set_number(page, "#settings-preview-every", 2)
+    set_number(page, "#settings-max-pixels", 2048 * 2048)
+    page.locator("#settings-apply").click()
+    page.wait_for_function("document.querySelector('#settings-result')?.innerText.includes('Settings saved')")
+    assert (engine.settings.image_format, engine.settings.preview_every, engine.settings.max_pixels) == ("webp", 2, 2048 * 2048)
+    page.screenshot(path=str(shots(tmp_path) / "settings-saved.png"), full_page=True)
+    # a bad value: an error naming it, nothing saved
+    set_number(page, "#settings-max-output-pixels", 5)
+    set_number(page, "#settings-preview-every", 7)
+    page.locator("#settings-apply").click()
+    page.get_by_text("max_output_pixels must be", exact=False).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(shots(tmp_path) / "settings-refused.png"))
+    assert engine.settings.preview_every == 2 and engine.settings.max_output_pixels == 8192 * 8192
+    # reload: the page shows the saved values
+    page.reload()
+    page.get_by_role("tab", name="Settings", exact=True).first.click()
+    page.wait_for_function("document.querySelector('#settings-preview-every input')?.value === '2'", timeout=30_000)
+    assert page.locator("#settings-max-pixels input").input_value() == str(2048 * 2048)
+    assert page.locator("#settings-image-format input[value=webp]").is_checked()
+    # the engine uses the format at once: the next picture is saved as webp
+    page.get_by_role("tab", name="Text to image", exact=True).first.click()
+    page.locator("#txt2img-prompt textarea").fill("a red circle")
+    set_number(page, "#txt2img-steps", 2)
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function("document.querySelector('#txt2img-infotext textarea').value.includes('Steps: 2')",
+                           timeout=120_000)
+    assert list(Path(own_server["outputs"]).rglob("*.webp"))
+    page.close()

@@ -63,3 +63,35 @@ def test_click_an_object_and_send_its_mask_to_inpaint(kiri_server, browser, tmp_
                            timeout=120_000)
     page.screenshot(path=str(tmp_path / "inpainted.png"))
     page.close()
+
+
+def test_a_picture_sent_in_from_another_tab_clears_the_old_masks(kiri_server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(kiri_server["url"])
+    page.locator("#txt2img-prompt textarea").fill("a red circle")
+    steps = page.locator("#txt2img-steps input[type=number]")
+    steps.fill("2")
+    steps.press("Enter")
+    page.locator("#txt2img-generate").click()
+    page.wait_for_function("document.querySelector('#txt2img-infotext textarea').value.includes('Steps: 2')",
+                           timeout=120_000)
+
+    def send_to_segmentation():
+        page.get_by_role("tab", name="Text to image", exact=True).first.click()
+        page.locator("#txt2img-send-to input").click()
+        page.get_by_role("option", name="Segmentation", exact=True).click()
+        page.locator("#txt2img-send").click()
+        page.locator("#segment-image img").first.wait_for(state="visible", timeout=30_000)
+        page.wait_for_timeout(500)
+
+    send_to_segmentation()
+    shown = page.locator("#segment-image img").first.bounding_box()
+    page.mouse.click(shown["x"] + shown["width"] / 2, shown["y"] + shown["height"] / 2)
+    page.locator("#segment-mask img").first.wait_for(state="visible", timeout=60_000)
+    assert page.locator("#segment-gallery img").count() > 0
+    send_to_segmentation()
+    page.wait_for_function("!document.querySelector('#segment-mask img')", timeout=30_000)
+    page.screenshot(path=str(tmp_path / "segment-fresh.png"))
+    assert page.locator("#segment-gallery img").count() == 0
+    assert page.locator("#segment-status").inner_text().strip() == ""
+    page.close()

@@ -117,3 +117,22 @@ def test_click_an_object_on_the_first_frame_and_repaint_only_it(video_server, br
                            timeout=120_000)
     assert "Frames: 4" in page.locator("#video-infotext textarea").input_value()
     page.close()
+
+
+def test_a_clip_is_sent_to_video_to_video_and_interpolate(video_server, browser, tmp_path):
+    page = _video_tab(browser, video_server["url"])
+    page.locator("#txt2video-prompt textarea").fill("a red circle moving right, blue background")
+    for elem_id, value in (("txt2video-frames", "4"), ("txt2video-width", "64"), ("txt2video-height", "64"),
+                           ("txt2video-steps", "2"), ("txt2video-fps", "4")):
+        _set(page, elem_id, value)
+    page.locator("#txt2video-generate").click()
+    page.wait_for_function("document.querySelector('#video-infotext textarea').value.includes('Motion module')",
+                           timeout=120_000)
+    for target, source in (("Video to video", "#vid2vid-source"), ("Interpolate", "#interpolate-source")):
+        page.locator("#video-send-to input").click()
+        page.get_by_role("option", name=target, exact=True).click()
+        page.locator("#video-send").click()
+        page.wait_for_function(f"(() => {{ const v = document.querySelector('{source} video');"
+                               " return v && v.readyState >= 1 && v.duration > 0; })()", timeout=30_000)
+        page.screenshot(path=str(tmp_path / f"clip-{target.split()[0].lower()}.png"))
+    page.close()

@@ -8,6 +8,17 @@ from pathlib import Path
 
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parent.parent / "builtin_extensions"
 
+# The numeric settings the Settings tab edits: (lowest, highest). The pixel budgets stop at the
+# ceilings the engine enforces anyway (an upscaler's output is capped at 8192 x 8192).
+RANGES = {
+    "model_cache_size": (1, 32),
+    "model_memory_budget_mb": (0, 1 << 20),
+    "preview_every": (0, 1000),
+    "max_pixels": (64 * 64, 8192 * 8192),
+    "max_output_pixels": (64 * 64, 8192 * 8192),
+    "max_video_pixels": (64 * 64, 1024 * 4096 * 4096),
+}
+
 
 @dataclass
 class Settings:
@@ -38,7 +49,17 @@ class Settings:
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
                 "preview_every",
-                "step_cache", "sd_vae")
+                "step_cache", "sd_vae",
+                "model_memory_budget_mb", "max_pixels", "max_output_pixels", "max_video_pixels")
+
+    def checked(self, name: str, value):
+        """`value` for the numeric setting `name` as a whole number in its range, else a ValueError naming it."""
+        low, high = RANGES[name]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be a whole number from {low:,} to {high:,} (got {value!r})")
+        return value
 
     def extensions_dirs(self) -> list[tuple[Path, str]]:
         dirs = [(BUILTIN_EXTENSIONS, "built-in")]
@@ -63,4 +84,9 @@ class Settings:
         names = {f.name for f in fields(self)}
         for key, value in data.items():
             if key in self.EDITABLE and key in names:
+                if key in RANGES:
+                    try:
+                        value = self.checked(key, value)
+                    except ValueError:
+                        continue  # a hand-edited file with a bad number keeps the default
                 setattr(self, key, value)

@@ -167,7 +167,8 @@ def render(engine: Engine, inpaint: Any = None, tabs: gr.Tabs | None = None, sen
 
     clear.click(reset, None, [prompts_state, clicks_text, preview, gallery, picks, masks_state, mask_state, mask_out, status],
                 api_visibility="private", queue=False)
-    image.upload(reset, None, [prompts_state, clicks_text, preview, gallery, picks, masks_state, mask_state, mask_out, status],
+    # Any new picture, uploaded or sent in from another tab, starts with no clicks and no masks.
+    image.change(reset, None, [prompts_state, clicks_text, preview, gallery, picks, masks_state, mask_state, mask_out, status],
                  api_visibility="private", queue=False)
     refresh.click(lambda: gr.Dropdown(choices=model_choices(engine)), None, model, api_visibility="private", queue=False)
 

@@ -1,4 +1,5 @@
-"""The Settings tab: the few options that change how Kiri runs, saved to the settings file."""
+"""The Settings tab: the options that change how Kiri runs, grouped, checked, saved to the settings file
+and applied at once (the engine reads each of them per job, the model manager's limits are set here)."""
 
 from __future__ import annotations
 
@@ -13,35 +14,70 @@ from webui.engine.stepcache import METHODS, parse, text_of
 
 
 def render(engine: Engine, settings_file: Path) -> None:
-    s = engine.settings
-    gr.Markdown(f"Settings are saved to `{settings_file}`.")
-    cache = gr.Slider(1, 8, value=s.model_cache_size, step=1, label="Models kept loaded (LRU cache size)")
-    default_model = gr.Textbox(s.default_model or "", label="Model to load at start (empty: Kiri's default)")
-    save_images = gr.Checkbox(s.save_images, label="Save every generated image to the outputs folder")
-    image_format = gr.Radio(["png", "jpg", "webp"], value=s.image_format, label="Image format")
-    step_cache = gr.Dropdown([("Off", ""), *[(m.label, text_of(parse(m.name))) for m in METHODS.values()]],
-                             value=s.step_cache, allow_custom_value=True, elem_id="settings-step-cache",
-                             label="Step cache for requests that name none (method and parameters, e.g. taylorseer 5 warmup=3)")
-    sd_vae = gr.Dropdown(vae.choices(engine.catalog), value=s.sd_vae, allow_custom_value=True, elem_id="settings-sd-vae",
-                         label="VAE for requests that name none (Automatic: one named like the checkpoint, else its own)")
-    save = gr.Button("Apply settings", variant="primary")
-    result = gr.Markdown()
+    s = engine.settings  # values are read on each page load: a reload shows what was saved
+    gr.Markdown(f"Settings are saved to `{settings_file}` and take effect at once.")
+    with gr.Group():
+        gr.Markdown("### Images and previews")
+        preview_every = gr.Number(lambda: s.preview_every, precision=0, elem_id="settings-preview-every",
+                                  label="Live preview every N steps (0: no live preview)")
+        save_images = gr.Checkbox(lambda: s.save_images, label="Save every generated image to the outputs folder",
+                                  elem_id="settings-save-images")
+        image_format = gr.Radio(["png", "jpg", "webp"], value=lambda: s.image_format, label="Image format",
+                                elem_id="settings-image-format")
+    with gr.Group():
+        gr.Markdown("### Models")
+        default_model = gr.Textbox(lambda: s.default_model or "", label="Model to load at start (empty: Kiri's default)")
+        sd_vae = gr.Dropdown(vae.choices(engine.catalog), value=lambda: s.sd_vae, allow_custom_value=True, elem_id="settings-sd-vae",
+                             label="VAE for requests that name none (Automatic: one named like the checkpoint, else its own)")
+        step_cache = gr.Dropdown([("Off", ""), *[(m.label, text_of(parse(m.name))) for m in METHODS.values()]],
+                                 value=lambda: s.step_cache, allow_custom_value=True, elem_id="settings-step-cache",
+                                 label="Step cache for requests that name none (method and parameters, e.g. taylorseer 5 warmup=3)")
+        cache = gr.Number(lambda: s.model_cache_size, precision=0, elem_id="settings-model-cache-size",
+                          label="Models kept loaded (checkpoints, most recently used first)")
+        budget = gr.Number(lambda: s.model_memory_budget_mb, precision=0, elem_id="settings-model-memory-budget",
+                           label="Memory for all loaded models, in MB (0: no limit; the least recently used is unloaded first)")
+    with gr.Group():
+        gr.Markdown("### Size limits (pixels; a larger request is refused before it runs)")
+        max_pixels = gr.Number(lambda: s.max_pixels, precision=0, elem_id="settings-max-pixels",
+                               label="Largest input picture or video frame (width x height)")
+        max_output = gr.Number(lambda: s.max_output_pixels, precision=0, elem_id="settings-max-output-pixels",
+                               label="Largest picture made, upscales included (width x height)")
+        max_video = gr.Number(lambda: s.max_video_pixels, precision=0, elem_id="settings-max-video-pixels",
+                              label="Largest video read, all frames together (frames x width x height)")
+    save = gr.Button("Apply settings", variant="primary", elem_id="settings-apply")
+    result = gr.Markdown(elem_id="settings-result")
 
-    def apply(cache_size, default_name, save_all, fmt, cache_method, vae_name) -> str:
+    numbers = ("preview_every", "model_cache_size", "model_memory_budget_mb", "max_pixels", "max_output_pixels",
+               "max_video_pixels")
+
+    def apply(every, save_all, fmt, default_name, vae_name, cache_method, cache_size, budget_mb, pixels, output,
+              video) -> str:
+        # Check every value first, so a bad one changes nothing.
+        checked_numbers = {}
+        for name, value in zip(numbers, (every, cache_size, budget_mb, pixels, output, video)):
+            try:
+                checked_numbers[name] = s.checked(name, value)
+            except ValueError as exc:
+                raise gr.Error(f"Not saved: {exc}") from None
+        if fmt not in ("png", "jpg", "webp"):
+            raise gr.Error(f"Not saved: image_format must be png, jpg or webp (got {fmt!r})")
         try:
             checked = parse(cache_method or "")
             chosen = vae.checked_setting(engine.catalog, vae_name)
         except InvalidRequest as exc:
-            return f"Not saved: {exc}"
+            raise gr.Error(f"Not saved: {exc}") from None
         s.sd_vae = chosen
         s.step_cache = text_of(checked) if checked else ""
-        s.model_cache_size = int(cache_size)
+        for name, value in checked_numbers.items():
+            setattr(s, name, value)
         s.default_model = (default_name or "").strip() or None
         s.save_images, s.image_format = bool(save_all), fmt
         manager = engine.models_if_created()
         if manager is not None:
             manager.cache_size = s.model_cache_size
+            manager.memory_budget = s.model_memory_budget_mb * 2**20
         s.save(settings_file)
         return "Settings saved."
 
-    save.click(apply, [cache, default_model, save_images, image_format, step_cache, sd_vae], result, api_name="apply_settings")
+    save.click(apply, [preview_every, save_images, image_format, default_model, sd_vae, step_cache, cache, budget,
+                       max_pixels, max_output, max_video], result, api_name="apply_settings")
