@@ -153,7 +153,7 @@ def _zip_frames(data: bytes, field: str) -> list[str]:
         names = sorted(i.filename for i in infos if not i.is_dir() and i.filename.lower().endswith(FRAME_SUFFIXES)
                        and not Path(i.filename).name.startswith("."))
     if not names:
-        raise InvalidRequest(field, f"the zip holds no frames (PNG, JPEG or WebP files)")
+        raise InvalidRequest(field, "the zip holds no frames (PNG, JPEG or WebP files)")
     return names
 
 
