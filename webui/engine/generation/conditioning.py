@@ -49,13 +49,6 @@ class PromptSchedule:
     def single(cls, prompt: str, negative: str) -> "PromptSchedule":
         return cls([ScheduleEntry(0, prompt or "", negative or "")])
 
-    def at(self, step: int) -> ScheduleEntry:
-        current = self.entries[0]
-        for entry in self.entries:
-            if entry.start <= step:
-                current = entry
-        return current
-
     def with_entries(self, entries: list[ScheduleEntry]) -> "PromptSchedule":
         return replace(self, entries=sorted(entries, key=lambda e: e.start))
 
@@ -213,11 +206,13 @@ def _clip_embeds(pipeline: Any, text: str, chunks: int, clip_skip: int, sdxl: bo
 # --- SD3 / Flux / PixArt: the pipeline's own encoder, for a schedule --------------------------------
 
 def _encode_own(call: Any, schedule: PromptSchedule) -> StepSwap:
+    import torch
+
     pipeline = call.pipeline
     name = type(pipeline).__name__
     cfg = call.kwargs.get("guidance_scale", 1.0) > 1.0
     encoded = []
-    with _no_grad():
+    with torch.inference_mode():
         for entry in schedule.entries:
             if name.startswith("StableDiffusion3"):
                 skip = {"clip_skip": schedule.clip_skip - 1} if schedule.clip_skip > 1 else {}
@@ -242,9 +237,3 @@ def _encode_own(call: Any, schedule: PromptSchedule) -> StepSwap:
     swap_names = [n for n in ("prompt_embeds", "pooled_prompt_embeds") if n in getattr(pipeline, "_callback_tensor_inputs", [])]
     tensors = [{k: v for k, v in e.items() if k in swap_names} for e in encoded[1:]]
     return StepSwap([e.start for e in schedule.entries[1:]], tensors, swap_names)
-
-
-def _no_grad():
-    import torch
-
-    return torch.inference_mode()
