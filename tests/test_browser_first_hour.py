@@ -5,10 +5,13 @@ screenshots under KIRI_SHOTS (default: the test's tmp folder) to be looked at.""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from webui.engine.core.addons import Addon, AddonSpec
 
 BLUE = (30, 90, 200)
 
@@ -116,6 +119,16 @@ def test_follow_and_interrupt_a_run_from_the_keyboard(kiri_server, browser, tmp_
     progress strip under it, Escape interrupts, and what was made stays on screen."""
     engine = kiri_server["engine"]
     engine.settings.preview_every = 1
+    # Pace the steps (0.1 s each, on by default while this test runs) through the add-on seam, so
+    # the run cannot finish before Escape on a fast machine: 150 steps take at least 15 s.
+    pacing = {"on": True}
+
+    class Pace(Addon):
+        def on_step(self, step):
+            time.sleep(0.1)
+
+    engine.addons.register(AddonSpec("test-pace", lambda settings: Pace() if settings else None, (), "test",
+                                     default=lambda settings: pacing["on"]), override=True)
     page = _open(browser, kiri_server["url"])
     try:
         page.locator("#txt2img-prompt textarea").fill("a small red circle on the left, blue background")
@@ -143,6 +156,7 @@ def test_follow_and_interrupt_a_run_from_the_keyboard(kiri_server, browser, tmp_
         assert page.locator("#txt2img-gallery img").first.is_visible()
         page.screenshot(path=str(_shots(tmp_path) / "interrupted.png"))
     finally:
+        pacing["on"] = False
         engine.interrupt(None)
         engine.settings.preview_every = 5
         page.close()
