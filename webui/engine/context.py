@@ -158,7 +158,8 @@ class Engine:
         request = self.hooks.transform("before_generate", request)
         request.validate()  # a hook may have changed it
         request.addons = self.addons.with_defaults(request.addons, self.settings)  # settings' add-ons, unless named
-        self.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
+        # unknown add-ons and bad settings (the prompt's tags' too) refused before the job is queued
+        self.addons.build(request.addons, getattr(request, "prompt", None), getattr(request, "negative_prompt", None))
         return request
 
     # --- jobs as plain data ----------------------------------------------------------------

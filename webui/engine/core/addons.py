@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterator
 
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.prompt_tags import PromptTag, split_tags
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,11 @@ class AddonSpec:
     source: str = "built-in"
     # settings -> the add-on's settings when a request names none (a Settings default), or None
     default: Callable[[Any], Any] | None = None
+    # extra-network kinds this add-on reads from the prompt (`<lora:name:0.8>`: ("lora", "lyco"))
+    prompt_tags: tuple[str, ...] = ()
+    # (the request's settings for it or None, the prompt's tags of those kinds) -> its settings for the job.
+    # Called when the add-ons are built, never stored back: building twice gives the same add-ons.
+    from_tags: Callable[[Any, list[Any]], Any] | None = None
 
 
 class AddonRegistry:
@@ -154,10 +160,40 @@ class AddonRegistry:
                     out[name] = value
         return out
 
-    def build(self, wanted: dict[str, Any]) -> list[Any]:
-        """The add-ons a request asks for, in registration order (so their effects compose the same way)."""
+    def tag_kinds(self) -> dict[str, str]:
+        """Extra-network kind -> the add-on that reads it."""
+        return {kind: name for name, spec in self._specs.items() for kind in spec.prompt_tags}
+
+    def unknown_tags(self, *texts: str | None) -> list[str]:
+        """The prompt tags whose kind no add-on reads (`<foo:x>`), as written."""
+        kinds = self.tag_kinds()
+        return [tag.text for text in texts for tag in split_tags(text)[1] if tag.kind not in kinds]
+
+    def with_prompt_tags(self, wanted: dict[str, Any], prompt: str | None, negative: str | None = None) -> dict[str, Any]:
+        """`wanted` with the add-ons the prompts' tags name (`<lora:...>` names "lora"), each given its
+        settings through its spec's from_tags (the request's own settings for it merged with the tags)."""
+        if not isinstance(wanted, dict):
+            return wanted  # build() refuses it, naming the field
+        found: dict[str, list[PromptTag]] = {}
+        kinds = self.tag_kinds()
+        tags = split_tags(prompt)[1] + split_tags(negative, negative=True)[1]
+        for tag in tags:
+            if tag.kind in kinds:
+                found.setdefault(kinds[tag.kind], []).append(tag)
+        if not found:
+            return wanted
+        out = dict(wanted)
+        for name, tags in found.items():
+            spec = self._specs[name]
+            out[name] = spec.from_tags(wanted.get(name), tags) if spec.from_tags is not None else wanted.get(name, True)
+        return out
+
+    def build(self, wanted: dict[str, Any], prompt: str | None = None, negative: str | None = None) -> list[Any]:
+        """The add-ons a request asks for, in registration order (so their effects compose the same way),
+        with those its prompt's tags name (`prompt`, `negative`: the texts as written)."""
         if not isinstance(wanted, dict):
             raise InvalidRequest("addons", "addons must be an object of {name: settings}")
+        wanted = self.with_prompt_tags(wanted, prompt, negative)
         for name in wanted:
             self.get(name)
         addons = []

@@ -22,6 +22,7 @@ from webui.engine.core.errors import Interrupted, InvalidRequest, KiriError, Ski
 from webui.engine.core.hooks import StepInfo
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
+from webui.engine.core.prompt_tags import strip_tags
 from webui.engine.core.outputs import dated_dir, save_image
 from webui.engine.generation.call import PipelineCall
 from webui.engine.generation.conditioning import PromptSchedule, StepSwap, chunked_families
@@ -80,8 +81,12 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
     #    dropped job), and the prompts checked against what the text encoder reads.
     with ExitStack() as stack:
         session = open_session(engine, model, request, job, stack)
-        prompt = fit_prompt(model, request.prompt, "prompt", result.warnings)
-        negative = fit_prompt(model, request.negative_prompt, "negative prompt", result.warnings)
+        # The text encoder reads the prompts without their extra-network tags (the add-ons they name
+        # were built above); the infotext keeps them as written.
+        for tag in engine.addons.unknown_tags(request.prompt, request.negative_prompt):
+            result.warnings.append(f"{tag}: no add-on reads this kind of extra network; it was left out of the prompt")
+        prompt = fit_prompt(model, strip_tags(request.prompt), "prompt", result.warnings)
+        negative = fit_prompt(model, strip_tags(request.negative_prompt), "negative prompt", result.warnings)
         save = engine.settings.save_images if request.save_images is None else request.save_images
         out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
         yield  # the setup was one turn
@@ -129,7 +134,7 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
             version = params.pop("Version", None)
             params.update(call.infotext)
             params["Version"] = version
-            info = build_infotext(prompt, negative, params)
+            info = build_infotext(request.prompt, request.negative_prompt, params)
             path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
             result.add(image, info, seed, path)
         if job.interrupted:
@@ -163,7 +168,8 @@ class CallModel:
 def open_session(engine: "Engine", model: Any, request: Any, job: Job, stack: ExitStack) -> AddonSession:
     """The add-ons `request.addons` names, entered for the job on `stack` (per job: exited with the
     stack, on failure, Interrupt or a dropped job)."""
-    session = AddonSession(engine.addons.build(request.addons), addon_context(engine, job))
+    session = AddonSession(engine.addons.build(request.addons, getattr(request, "prompt", None),
+                                               getattr(request, "negative_prompt", None)), addon_context(engine, job))
     session.enter(model, request, stack)
     return session
 

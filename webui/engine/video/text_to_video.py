@@ -13,6 +13,7 @@ from webui.engine.core.errors import Interrupted, InvalidRequest
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.limits import check_input, check_output
+from webui.engine.core.prompt_tags import strip_tags
 from webui.engine.generation.call import PipelineCall
 from webui.engine.generation.runner import CallModel, call_with_addons, open_session
 from webui.engine.video import media, pipelines
@@ -31,7 +32,7 @@ def txt2video_work(engine: "Engine", request: Txt2VideoRequest):
                  setting="max_pixels")
     if request.image is not None:  # the first frame, on its header before it is decoded
         check_input("image", request.image.width, request.image.height, limit=engine.settings.max_pixels)
-    engine.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
+    engine.addons.build(request.addons, request.prompt, request.negative_prompt)  # unknown add-ons and bad settings refused before the job is queued
     request = with_seed(request)
     return lambda job: _txt2video(engine, request, job)
 
@@ -40,7 +41,7 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
     import torch
 
     result = VideoResult(fps=request.fps, seed=request.seed)
-    keys = pipelines.keyframes(request.prompt, request.frames)
+    keys = pipelines.keyframes(strip_tags(request.prompt), request.frames)  # extra-network tags: the add-ons'
     travel = len(keys) > 1
     rounds = max(1, request.free_init_iterations)  # FreeInit runs the steps once per iteration
     job.batch_count, job.image_count, job.batch_no, job.steps = 1, request.frames, 1, request.steps * rounds
@@ -124,7 +125,7 @@ def _txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job) -> Generat
         prompt: Any = keys if travel else keys[0]
         stopped: list[int] = []
         kwargs = pipelines.call_kwargs(
-            pipeline, prompt=prompt, negative_prompt=request.negative_prompt or None, num_frames=request.frames,
+            pipeline, prompt=prompt, negative_prompt=strip_tags(request.negative_prompt) or None, num_frames=request.frames,
             height=request.height, width=request.width, num_inference_steps=request.steps, guidance_scale=request.cfg_scale,
             generator=generator, output_type="pil", image=first,
         )

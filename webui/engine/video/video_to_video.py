@@ -165,7 +165,7 @@ def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
     if is_video_model(engine, request.model):
         raise InvalidRequest("model", f"{request.model} is a video model; video to video restyles each frame with an "
                                       "image checkpoint: choose one")
-    engine.addons.build(request.addons)  # unknown add-ons and bad settings refused before the job is queued
+    engine.addons.build(request.addons, request.prompt, request.negative_prompt)  # unknown add-ons and bad settings refused before the job is queued
     plan = plan_vid2vid(engine, request)
     return lambda job: _vid2vid(engine, request, plan, job)
 
