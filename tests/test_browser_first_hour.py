@@ -262,3 +262,35 @@ def test_generate_grid_has_its_status_beside_it(kiri_server, browser, tmp_path):
     assert status["x"] >= button["x"] + button["width"] - 1, (button, status)  # to its right, on its row
     assert status["y"] < button["y"] + button["height"] and button["y"] < status["y"] + status["height"], (button, status)
     page.close()
+
+
+def test_grid_shows_progress_without_an_overlay_and_interrupts(kiri_server, browser, tmp_path):
+    """Generate grid streams like Generate: the progress strip in its status (no Gradio overlay over
+    the gallery), and Interrupt stops the grid, saying where."""
+    engine = kiri_server["engine"]
+    page = _open(browser, kiri_server["url"])
+    try:
+        page.locator("#txt2img-prompt textarea").fill("a small red circle")
+        page.get_by_text("X/Y grid").first.click()
+        page.locator("#xy-x-values textarea, #xy-x-values input").first.fill("Euler, DDIM, Heun")
+        page.locator("#xy-y-values textarea, #xy-y-values input").first.fill("150, 149")  # the Y axis is Steps
+        page.locator("#xy-generate").click()  # 6 cells of about 150 steps: long past the Interrupt below
+        page.locator("#xy-status progress").wait_for(timeout=60_000)
+        assert not _overlaid(page, "#txt2img-gallery")  # no Gradio overlay over the results
+        page.locator("#txt2img-interrupt").click()
+        page.wait_for_function("document.querySelector('#xy-status').innerText.includes('Interrupted at step')",
+                               timeout=60_000)
+        page.screenshot(path=str(_shots(tmp_path) / "grid-interrupted.png"))
+    finally:
+        engine.interrupt(None)
+        page.close()
+
+
+def _overlaid(page, selector: str) -> bool:
+    """Whether Gradio's progress overlay (its status tracker's timer/progress text) shows over `selector`."""
+    page.wait_for_timeout(600)  # the overlay's timer appears within a few frames of the job starting
+    return page.evaluate("""(sel) => [...document.querySelectorAll(sel + ' [data-testid="status-tracker"]')]
+        .filter((t) => getComputedStyle(t).opacity !== '0' && getComputedStyle(t).display !== 'none')
+        .some((t) => [...t.querySelectorAll('*')].some((e) => e.getBoundingClientRect().width > 0
+            && ['meta-text', 'meta-text-center', 'progress-text', 'timer', 'eta-bar'].some((c) => e.classList.contains(c))))""",
+                         selector)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from test_browser_first_hour import _overlaid
+
 
 @pytest.fixture(scope="module")
 def video_server(video_models_dir, tmp_path_factory):
@@ -49,6 +51,26 @@ def test_text_to_video_plays_in_the_browser(video_server, browser, tmp_path):
     assert "Frames: 4" in text and "FreeInit: 2" in text
     page.screenshot(path=str(tmp_path / "video.png"))
     page.close()
+
+
+def test_text_to_video_shows_progress_without_an_overlay_and_interrupts(video_server, browser):
+    """The progress strip under the clip while it runs (no Gradio overlay over the player), and
+    Interrupt stops the clip, keeping what was made."""
+    page = _video_tab(browser, video_server["url"])
+    try:
+        page.locator("#txt2video-prompt textarea").fill("a red circle moving right, blue background")
+        for elem_id, value in (("txt2video-frames", "16"), ("txt2video-width", "64"), ("txt2video-height", "64"),
+                               ("txt2video-steps", "150"), ("txt2video-free-init", "0")):
+            _set(page, elem_id, value)
+        page.locator("#txt2video-generate").click()  # 150 steps of 16 frames: long past the Interrupt below
+        page.locator("#video-status progress").wait_for(timeout=120_000)
+        assert not _overlaid(page, "#video-output")  # no Gradio overlay over the player
+        page.locator("#txt2video-interrupt").click()
+        page.wait_for_function("document.querySelector('#video-status').innerText.includes('Interrupted')",
+                               timeout=120_000)
+    finally:
+        video_server["engine"].interrupt(None)
+        page.close()
 
 
 def test_an_uploaded_clip_is_interpolated_in_the_browser(video_server, browser, tmp_path):

@@ -15,7 +15,7 @@ from webui.engine.upscale import all_upscalers, hires_defaults
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
-from .common import JOB_EVENT, QUIET_PROGRESS, owner_of, progress_line, stream_job, user_errors
+from .common import JOB_EVENT, QUIET_PROGRESS, interrupted_at, owner_of, progress_line, stream_job, user_errors
 from .send_to import SendTo
 from .components import (RESULTS_ONLY, GenerationSettings, finished_outputs, generation_settings, request_fields,
                          step_cache_choice, vae_choice)
@@ -120,25 +120,31 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
 
     def run_grid(prompt, negative_prompt, x_axis, x_values, y_axis, y_values, request: gr.Request,
                  progress: gr.Progress = gr.Progress(), **settings):
-        """One image per X/Y cell with the same seed, and the labelled grid first in the gallery."""
-        job = _job_with_progress("xy_grid", request, progress)
+        """One image per X/Y cell with the same seed, and the labelled grid first in the gallery; while
+        it runs, each cell's live preview and the progress strip, as Generate shows them (no overlay)."""
+        job = Job(kind="xy_grid", owner=owner_of(request))
         with user_errors():
             fields = request_fields(**{**settings, "batch_size": 1, "batch_count": 1})
             base = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields)
-            result = xy_grid(engine, base, x_axis, x_values or "", y_axis, y_values or "", job)
+            result = yield from stream_job(
+                lambda: xy_grid(engine, base, x_axis, x_values or "", y_axis, y_values or "", job), job, progress,
+                lambda preview: ([preview], "", progress_line(job), progress_line(job)),
+                lambda: (gr.skip(), gr.skip(), progress_line(job), progress_line(job)))
         for warning in result.warnings:
             gr.Warning(warning)
         if result.grid is None:
-            return [], "", *(["Interrupted before the first cell finished."] * 2)
+            note = interrupted_at(job) + " (before the first cell finished)."
+            yield [], "", note, note
+            return
         shown = [str(result.path) if result.path else result.grid, *result.images]
-        note = f"Grid of {len(result.images)} cell(s)" + (" (**interrupted**)" if result.interrupted else "") + "."
+        note = f"Grid of {len(result.images)} cell(s)" + (f" ({interrupted_at(job)})" if result.interrupted else "") + "."
         # the grid is what the run is for: shown and selected first (the cells follow it), whatever was selected before
-        return gr.Gallery(value=shown, selected_index=0), result.infotexts[0], note, note
+        yield gr.Gallery(value=shown, selected_index=0), result.infotexts[0], note, note
 
     grid_inputs = {k: v for k, v in inputs.items() if k not in ("batch_size", "batch_count")}
     grid_inputs.update(x_axis=x_axis, x_values=x_values, y_axis=y_axis, y_values=y_values)
     grid_button.click(run_grid, inputs_kwargs=grid_inputs, outputs=[gallery, infotext, status, grid_status], api_name="txt2img_xy_grid",
-                      **JOB_EVENT)
+                      **JOB_EVENT, **QUIET_PROGRESS)
 
     def stop(request: gr.Request) -> str:
         told = engine.interrupt(owner_of(request))
@@ -183,12 +189,6 @@ def _hires_fix(settings: dict) -> HiresFix | None:
     return HiresFix(scale=float(values["hr_scale"] or 2), upscaler=values["hr_upscaler"] or None,
                     steps=int(values["hr_steps"] or 0), resize_x=int(values["hr_resize_x"] or 0),
                     resize_y=int(values["hr_resize_y"] or 0), denoising_strength=float(values["hr_denoise"] or 0))
-
-
-def _job_with_progress(kind: str, request: gr.Request, progress: gr.Progress) -> Job:
-    job = Job(kind=kind, owner=owner_of(request))
-    job.listeners.append(lambda j: progress((j.step, j.steps), desc=j.describe(), unit="steps"))
-    return job
 
 
 def _infotext_of(value) -> str:

@@ -13,7 +13,7 @@ from webui.engine.generation import requests as limits
 from webui.engine.video import service
 from webui.engine.video.service import InterpolateRequest, Txt2VideoRequest, Vid2VidRequest
 
-from .common import JOB_EVENT, owner_of, stream_job, user_errors
+from .common import JOB_EVENT, QUIET_PROGRESS, owner_of, progress_line, stream_job, user_errors
 from .pixels import click_box, clicked as pixel_of
 
 _V2V = {name: f.default for name, f in Vid2VidRequest.__dataclass_fields__.items()}  # the engine's defaults
@@ -23,11 +23,15 @@ TRAVEL_HELP = ("One prompt for the whole clip, or **prompt travel**: one line pe
 
 
 def _run(engine: Engine, kind: str, call: Callable[[Job], Any], request: gr.Request, progress: gr.Progress):
-    """Run a video job, updating the progress bar; yields nothing until the clip is there."""
+    """Run a video job: the progress strip under the clip while it runs (no overlay over the player,
+    which keeps showing the last clip), then the clip, its files, its infotext and a note."""
     job = Job(kind=kind, owner=owner_of(request))
     started = time.perf_counter()
     with user_errors():
-        result = yield from stream_job(lambda: call(job), job, progress, lambda preview: (gr.skip(),) * 4)
+        def moving(*_preview):  # a new preview or step: only the strip moves
+            return gr.skip(), gr.skip(), gr.skip(), progress_line(job)
+
+        result = yield from stream_job(lambda: call(job), job, progress, moving, moving)
     for warning in result.warnings:
         gr.Warning(warning)
     note = f"{len(result.frame_paths)} frame(s) at {result.fps:g} fps in {time.perf_counter() - started:.1f} s."
@@ -139,7 +143,7 @@ def render(engine: Engine, send=None) -> None:
             info = gr.Textbox(label="Parameters", lines=4, interactive=False, elem_id="video-infotext")
             if menu is not None:
                 menu.infotext = info
-            status = gr.Markdown(elem_id="video-status")
+            status = gr.Markdown(elem_id="video-status", elem_classes=["kiri-status"])
     outputs = [clip, downloads, info, status]
     if send is not None:
         sampler, steps, cfg, seed = v2v
@@ -177,11 +181,11 @@ def render(engine: Engine, send=None) -> None:
         yield from _run(engine, "interpolate", lambda job: service.interpolate(engine, req, job), request, progress)
 
     t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion, free_init], outputs,
-                 api_name="txt2video", **JOB_EVENT)
+                 api_name="txt2video", **JOB_EVENT, **QUIET_PROGRESS)
     v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
                                   max_frames, max_size, mask_prompt, clicks, use_motion, *v2v, model, motion], outputs,
-                 api_name="vid2vid", **JOB_EVENT)
-    i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT)
+                 api_name="vid2vid", **JOB_EVENT, **QUIET_PROGRESS)
+    i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT, **QUIET_PROGRESS)
 
     def show_first_frame(source):
         return _first_frame(engine, _path(source)), ""
