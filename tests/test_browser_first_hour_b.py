@@ -70,6 +70,10 @@ def test_send_to_every_target_carries_the_picture_and_its_fields(kiri_server, br
         page.get_by_role("tab", name="Text to image", exact=True).first.click()
         send_to(page, "txt2img", target)
         page.locator(shown).first.wait_for(state="visible", timeout=30_000)
+        if target == "Inpaint":  # the brush fits the sent picture (a tenth of its side), as it does an upload
+            side = max(int(page.locator(f"#img2img-{d} input[type=number]").input_value()) for d in ("width", "height"))
+            page.locator(f'#inpaint-editor[data-kiri-brush="{max(1, round(side / 20))}"]').wait_for(state="attached",
+                                                                                                   timeout=30_000)
         assert page.locator("#img2img-prompt textarea").input_value() == "a blue square"
         assert page.locator("#img2img-negative textarea").input_value() == "blurry"
         assert page.locator("#img2img-seed input").input_value() == "4242"

@@ -48,8 +48,8 @@ def generation_settings(prefix: str, samplers: list[str], sampler: str, size: in
         schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id=f"{prefix}-schedule")
     steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}-steps")
     with gr.Row():
-        width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width")
-        height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height")
+        width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width", elem_id=f"{prefix}-width")
+        height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height", elem_id=f"{prefix}-height")
     with gr.Row():
         batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
         batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")

@@ -42,7 +42,8 @@ class Img2ImgTab:
 # paints is still the mask (editor_mask keeps every pixel with any alpha).
 MASK_COLOR = ("#ff2d78", 0.5)
 # The editor's brush size is a radius in picture pixels: 12 draws strokes 24 px wide, a tenth of a
-# 256 px picture. BRUSH_JS resizes it to each picture uploaded, dropped or pasted into the editor.
+# 256 px picture. BRUSH_JS resizes it to each picture uploaded, dropped or pasted into the editor,
+# or sent from another tab.
 # (An update of the editor from the server would redraw its canvas and can lose the picture or the
 # first strokes, so the page sets the editor's own Brush Size control instead.)
 BRUSH_RADIUS = 12
@@ -62,6 +63,24 @@ BRUSH_JS = """
       side = Math.max(bitmap.width, bitmap.height);
       bitmap.close();
     } catch (e) { return; }
+    await fit(editor, side);
+  };
+  // A picture sent from another tab arrives from the server: Send to sets the tab's width and height
+  // to its size, then calls this (send_to.py, the Inpaint target's `after_js`).
+  window.kiriBrushAfterSend = async () => {
+    const size = (id) => Number((document.querySelector(`#${id} input[type=number]`) || {}).value) || 0;
+    let cleared = false;
+    for (let i = 0; i < 40; i++) {  // the tab mounts, then the editor redraws as the picture comes in
+      await sleep(250);
+      const editor = document.querySelector('#inpaint-editor');
+      const side = Math.max(size('img2img-width'), size('img2img-height'));
+      if (!editor || !side) continue;
+      if (!cleared) { delete editor.dataset.kiriBrush; cleared = true; }  // an earlier upload's size
+      await fit(editor, side);
+      if (editor.dataset.kiriBrush) return;
+    }
+  };
+  const fit = async (editor, side) => {
     const radius = Math.max(1, Math.round(side / 20));
     for (let i = 0; i < 100; i++) {  // the Brush Size button shows once the picture is in
       const button = editor.querySelector('button[aria-label="Brush Size"]');
@@ -255,7 +274,8 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         for label, media, name, value in (("Image to image", init_image, "img2img", None),
                                           ("Inpaint", editor, "inpaint", as_editor),
                                           ("Outpaint", outpaint_image, "outpaint", None)):
-            send.target(label, media, TAB_ID, fields, [(modes, name), (mode, name)], value)
+            after = "() => window.kiriBrushAfterSend && window.kiriBrushAfterSend()" if label == "Inpaint" else None
+            send.target(label, media, TAB_ID, fields, [(modes, name), (mode, name)], value, after_js=after)
 
     def words_to_mask(editor_value, words, request: gr.Request):
         with user_errors():

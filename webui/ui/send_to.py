@@ -7,6 +7,7 @@ built; `wire()` connects every menu to every target once all tabs exist."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,6 +41,7 @@ class Target:
     fields: dict[str, gr.components.Component] = field(default_factory=dict)
     selects: list[tuple[gr.components.Component, Any]] = field(default_factory=list)  # inner tabs, mode radios
     value: Callable[[Picked], Any] | None = None  # Picked -> the media component's value (default: the picture)
+    after_js: str | None = None  # run in the page once the picture is in (the Inpaint brush fits its size)
 
 
 @dataclass
@@ -59,9 +61,9 @@ class SendTo:
         self.menus: list[_Menu] = []
 
     def target(self, label: str, media, tab_id: str, fields: dict | None = None, selects: list | None = None,
-               value: Callable[[Picked], Any] | None = None) -> None:
+               value: Callable[[Picked], Any] | None = None, after_js: str | None = None) -> None:
         kind = "clip" if label in CLIP_TARGETS else "image"
-        self.targets[label] = Target(kind, media, tab_id, dict(fields or {}), list(selects or []), value)
+        self.targets[label] = Target(kind, media, tab_id, dict(fields or {}), list(selects or []), value, after_js)
 
     def menu(self, prefix: str, source, infotext=None, kind: str = "image", exclude: tuple[str, ...] = ()) -> "_Menu":
         """The menu under `source` (a gallery, an image or a clip): "Send to" and where. Its `infotext`
@@ -95,7 +97,12 @@ class SendTo:
                 picked = _pick(source, index, infotext, clip=menu.kind == "clip")
                 return self._updates(target, picked)
 
-            menu.button.click(send, inputs, outputs, api_visibility="private", queue=False)
+            sent = menu.button.click(send, inputs, outputs, api_visibility="private", queue=False)
+            after = {label: t.after_js for label, t in targets.items() if t.after_js}
+            if after:  # the page's own follow-up for the chosen target, by its label
+                cases = " ".join(f"if (label === {json.dumps(label)}) ({js})();" for label, js in after.items())
+                sent.then(None, [menu.choices], None, js=f"(label) => {{ {cases} return []; }}", api_visibility="private",
+                          queue=False)
 
     def _updates(self, target: Target, picked: Picked) -> dict:
         from webui.engine.core.infotext import infotext_to_request_fields, parse_infotext
