@@ -56,3 +56,16 @@ def test_png_info_sends_parameters_to_text_to_image(kiri_server, browser, tmp_pa
     page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a green star at the top'", timeout=10_000)
     assert page.locator("#txt2img-negative textarea").input_value() == "blurry"
     page.close()
+
+
+def test_the_titles_kanji_shows_only_where_a_font_draws_it(kiri_server, browser):
+    """霧 without a CJK font would be an empty box: it is shown exactly when the browser can draw it."""
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(kiri_server["url"])
+    page.wait_for_function("typeof window.kiriGlyphShown === 'function'", timeout=60_000)
+    assert page.evaluate("window.kiriGlyphShown('K')")  # a Latin letter is always drawn
+    assert not page.evaluate("window.kiriGlyphShown('\\uE001')")  # another private-use point: never
+    drawn = page.evaluate("window.kiriGlyphShown('霧')")
+    assert page.locator("#kiri-title .kiri-kanji").is_visible() == drawn
+    assert "Kiri" in page.locator("#kiri-title").inner_text()
+    page.close()

@@ -89,7 +89,7 @@ HEAD = """<style>.gradio-container {overflow: clip !important;}</style>
 
 def build(engine: Engine, settings_file: Path) -> gr.Blocks:
     with gr.Blocks(title="Kiri") as app:
-        gr.Markdown("# 霧 Kiri", elem_id="kiri-title")
+        gr.Markdown('# <span class="kiri-kanji" lang="ja">霧</span> Kiri', elem_id="kiri-title")
         theme.toggle_button()
         picker = model_picker.render(engine)
         with gr.Tabs() as tabs:

@@ -1,7 +1,8 @@
 """The page's small chrome: a dark/light toggle remembered per browser (localStorage), and tooltips
 on icon buttons (gr.Button has no tooltip of its own: the titles are set once the buttons exist).
 
-Icons are characters Debian's fonts draw (DejaVu has ↻ and ◐); emoji such as 🔄 need a colour
+The title's 霧 is shown only where the browser has a font that draws it (none of Debian's default
+fonts do; a box would show instead). Icons are characters Debian's fonts draw (DejaVu has ↻ and ◐); emoji such as 🔄 need a colour
 emoji font that a plain Chromium install lacks, and showed as empty boxes."""
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ JS = """
   };
   apply();
   new MutationObserver(apply).observe(document.body, {childList: true, subtree: true});
+  // The title's 霧 needs a CJK font; a browser without one would draw an empty box: it is left out then.
+  window.kiriGlyphShown = (ch) => {
+    const draw = (text) => {
+      const canvas = document.createElement('canvas');
+      canvas.width = canvas.height = 40;
+      const ctx = canvas.getContext('2d');
+      ctx.font = '32px sans-serif';
+      ctx.fillText(text, 2, 32);
+      return ctx.getImageData(0, 0, 40, 40).data.join(',');
+    };
+    return draw(ch) !== draw('\uE000');  // a private-use point: the font's "missing" box
+  };
+  const kanji = document.querySelector('#kiri-title .kiri-kanji');
+  if (kanji && !window.kiriGlyphShown(kanji.textContent.trim())) kanji.style.display = 'none';
 }
 """ % {"key": json.dumps(STORAGE_KEY), "tips": json.dumps(TOOLTIPS)}
 
