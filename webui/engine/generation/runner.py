@@ -111,11 +111,28 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         session.state(model)
         job.start_batch(batch_no, task.steps_per_batch())
         generators = [_generator(seed) for seed in seeds]
-        scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
-        call = task.call(model, prompt, negative, seeds, generators)
-        call.components["scheduler"] = scheduler
+        # Each image's prompt, drawn from its seed where a prompt step says so (dynamic prompts); images
+        # next to each other with the same text share a call (all of them, without such a step).
+        texts = [engine.prompt_steps.for_image(engine.settings, request.prompt, request.negative_prompt, seed)
+                 for seed in seeds]
+        runs = _same_text_runs(texts)
+        images, calls = [], []
         try:
-            images = task.finish(call_with_addons(session, model, call, _step_callback(engine, model, request, job)))
+            for start, end in runs:
+                text = texts[start]
+                own = (text.prompt, text.negative_prompt) != (request.prompt, request.negative_prompt)
+                scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators[start:end])
+                try:
+                    call = task.call(model, strip_tags(text.prompt) if own else prompt,
+                                     strip_tags(text.negative_prompt) if own else negative,
+                                     seeds[start:end], generators[start:end])
+                    if len(runs) > 1 and "num_images_per_prompt" in call.kwargs:
+                        call.kwargs["num_images_per_prompt"] = end - start
+                    call.components["scheduler"] = scheduler
+                    images += task.finish(call_with_addons(session, model, call, _step_callback(engine, model, request, job)))
+                    calls += [call] * (end - start)
+                finally:
+                    getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
             if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
                 images = engine.hooks.transform("after_generate", images, request)
         except Interrupted:
@@ -124,17 +141,16 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         except Skipped:
             job.finish_images(0)
             continue
-        finally:
-            getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
         job.finish_images(len(images))
 
         # 4. Save each image whole, with its parameters, before the next batch.
-        for seed, image in zip(seeds, images):
+        for seed, image, call, text in zip(seeds, images, calls, texts):
             params = task.infotext_params(model, sampler.name, schedule, seed)
             version = params.pop("Version", None)
             params.update(call.infotext)
+            params.update(text.infotext)  # a dynamic prompt's Template
             params["Version"] = version
-            info = build_infotext(request.prompt, request.negative_prompt, params)
+            info = build_infotext(text.prompt, text.negative_prompt, params)
             path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
             result.add(image, info, seed, path)
         if job.interrupted:
@@ -142,6 +158,17 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
             break
         if batch_no < request.n_iter:
             yield
+
+
+def _same_text_runs(texts: list[Any]) -> list[tuple[int, int]]:
+    """[start, end) of each run of neighbouring images with the same prompts."""
+    runs: list[tuple[int, int]] = []
+    for i, text in enumerate(texts):
+        if runs and (texts[runs[-1][0]].prompt, texts[runs[-1][0]].negative_prompt) == (text.prompt, text.negative_prompt):
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def addon_context(engine: "Engine", job: Job) -> AddonContext:
