@@ -186,3 +186,11 @@ def test_unknown_style_is_a_422_naming_styles(api, kiri_server):
                           json={"prompt": "a", "styles": ["cinematic"], "steps": 1, "width": 64, "height": 64})
     assert reply.status_code == 422, reply.text
     assert "styles" in reply.text and "cinematic" in reply.text
+
+
+def test_png_info_takes_the_styles_back_out_as_a1111_does(api):
+    result = api.txt2img(prompt="a red circle", styles=["blue"], seed=6, width=64, height=64)
+    info = api.png_info(result.image)
+    assert info.parameters["Prompt"] == "a red circle" and info.parameters["Negative prompt"] == ""
+    assert info.parameters["Styles array"] == ["blue"]
+    assert info.info.startswith("a red circle, blue background\n")  # the picture's own text is as generated

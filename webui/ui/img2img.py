@@ -237,7 +237,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     inputs = dict(mode=mode, prompt=prompt, negative_prompt=negative, init_image=init_image, editor=editor,
                   mask_upload=mask_upload, outpaint_image=outpaint_image, left=left, right=right, up=up, down=down,
                   mask_blur=mask_blur, invert=invert, fill=fill, area=area, padding=padding, resize_mode=resize_mode,
-                  strength=strength, styles=styles, **gen.inputs(), model=model_picker)
+                  strength=strength, **gen.inputs(), model=model_picker, styles=styles)
     generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img", **JOB_EVENT,
                    **QUIET_PROGRESS)
 

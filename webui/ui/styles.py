@@ -33,7 +33,7 @@ def render(engine: Engine, prefix: str, prompt: gr.Textbox, negative: gr.Textbox
         dropdown = gr.Dropdown(_names(engine), value=[], multiselect=True, label="Styles", scale=6,
                                elem_id=f"{prefix}-styles", info="merged into the prompts when you generate")
         refresh = gr.Button("🔄", size="sm", min_width=40, scale=0, elem_id=f"{prefix}-styles-refresh")
-        apply = gr.Button("📋", size="sm", min_width=40, scale=0, elem_id=f"{prefix}-styles-apply")
+        apply = gr.Button("📋 Apply", size="sm", min_width=80, scale=0, elem_id=f"{prefix}-styles-apply")
     with gr.Accordion("Save or delete a style", open=False, elem_id=f"{prefix}-styles-edit"):
         with gr.Row(equal_height=True):
             name = gr.Textbox(label="Style name", scale=4, elem_id=f"{prefix}-style-name",

@@ -114,7 +114,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             gr.Warning(warning)
         yield finished_outputs(result, job, time.perf_counter() - started)
 
-    inputs = dict(prompt=prompt, negative_prompt=negative, styles=styles, **gen.inputs(), model=model_picker)
+    inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker, styles=styles)
     hires_inputs = dict(enable_hr=enable_hr, hr_upscaler=hr_upscaler, hr_scale=hr_scale, hr_steps=hr_steps,
                         hr_denoise=hr_denoise, hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y)
     generate.click(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT,
