@@ -194,3 +194,11 @@ def test_png_info_takes_the_styles_back_out_as_a1111_does(api):
     assert info.parameters["Prompt"] == "a red circle" and info.parameters["Negative prompt"] == ""
     assert info.parameters["Styles array"] == ["blue"]
     assert info.info.startswith("a red circle, blue background\n")  # the picture's own text is as generated
+
+
+def test_img2img_body_takes_styles_too(api):
+    from PIL import Image
+
+    result = api.img2img(images=[Image.new("RGB", (64, 64), "teal")], prompt="a square", styles=["blue"], seed=2,
+                         width=64, height=64, denoising_strength=0.5)
+    assert result.info["infotexts"][0].startswith("a square, blue background\nNegative prompt: green\n")
