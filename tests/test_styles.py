@@ -4,7 +4,6 @@ taken back out of an infotext (PNG info's send to)."""
 
 from __future__ import annotations
 
-import os
 from types import SimpleNamespace
 
 import numpy as np

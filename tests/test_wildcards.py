@@ -13,6 +13,7 @@ import pytest
 from webui.engine import wildcards
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import parse_infotext
+from webui.engine.core.jobs import Job
 from webui.engine.generation.requests import HiresFix, Txt2ImgRequest
 
 
@@ -86,7 +87,13 @@ def _seed_pair_that_differs(text: str = "a {red|blue} circle") -> int:
 
 def test_batch_of_two_draws_two_prompts_and_a_seed_repeats_its_picture(dyn_engine):
     seed = _seed_pair_that_differs()
-    batch = dyn_engine.txt2img(small(seed=seed, batch_size=2))
+    job = Job(kind="txt2img")
+    seen: list[tuple[int, int]] = []
+    job.listeners.append(lambda j: seen.append((j.step, j.steps)))
+    batch = dyn_engine.txt2img(small(seed=seed, batch_size=2), job)
+    # two prompts: two calls of 2 steps, counted as one batch of 4 steps (progress never goes back)
+    steps_seen = [step for step, total in seen if total == 4]
+    assert steps_seen[-1] == 4 and steps_seen == sorted(steps_seen)
     infos = [parse_infotext(t) for t in batch.infotexts]
     assert {i.prompt for i in infos} == {"a red circle", "a blue circle"}
     assert all(i.params["Template"] == "a {red|blue} circle" for i in infos)

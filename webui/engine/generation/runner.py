@@ -109,16 +109,16 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         # each add-on's per-model state, loaded once per loaded model.
         model = engine.models.get(result.model_name)
         session.state(model)
-        job.start_batch(batch_no, task.steps_per_batch())
-        generators = [_generator(seed) for seed in seeds]
         # Each image's prompt, drawn from its seed where a prompt step says so (dynamic prompts); images
         # next to each other with the same text share a call (all of them, without such a step).
         texts = [engine.prompt_steps.for_image(engine.settings, request.prompt, request.negative_prompt, seed)
                  for seed in seeds]
         runs = _same_text_runs(texts)
+        job.start_batch(batch_no, task.steps_per_batch() * len(runs))
+        generators = [_generator(seed) for seed in seeds]
         images, calls = [], []
         try:
-            for start, end in runs:
+            for number, (start, end) in enumerate(runs):
                 text = texts[start]
                 own = (text.prompt, text.negative_prompt) != (request.prompt, request.negative_prompt)
                 scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators[start:end])
@@ -129,7 +129,8 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
                     if len(runs) > 1 and "num_images_per_prompt" in call.kwargs:
                         call.kwargs["num_images_per_prompt"] = end - start
                     call.components["scheduler"] = scheduler
-                    images += task.finish(call_with_addons(session, model, call, _step_callback(engine, model, request, job)))
+                    progress = _step_callback(engine, model, request, job, done=number * task.steps_per_batch())
+                    images += task.finish(call_with_addons(session, model, call, progress))
                     calls += [call] * (end - start)
                 finally:
                     getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
@@ -301,7 +302,7 @@ def _generator(seed: int) -> Any:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job):
+def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job, done: int = 0):
     """The runner's own step callback (after the add-ons' and the prompt schedule's: call_with_addons
     composes them): the NaN check, previews, progress, the on_step hooks, Interrupt and Skip."""
     preview_every = engine.settings.preview_every
@@ -317,10 +318,10 @@ def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgReque
                 f"the sampler produced invalid values (NaN) at step {step + 1}: this sampler and schedule type do not "
                 f"work with {model.name}; choose another schedule type or sampler")
         if preview_every and job.preview_step >= 0 and (step + 1) % preview_every == 0 and latents is not None:
-            _preview(model, latents, request, job, step + 1)
-        job.advance(step + 1)
+            _preview(model, latents, request, job, done + step + 1)
+        job.advance(done + step + 1)  # done: the batch's steps in its earlier calls (images with other prompts)
         if hooks.on_step and latents is not None:
-            hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, latents.detach().clone()))
+            hooks.notify("on_step", StepInfo(job.id, done + step + 1, job.steps, job.batch_no, latents.detach().clone()))
         if job.interrupted:
             raise Interrupted()
         if job.take_skip():
