@@ -201,3 +201,13 @@ def test_img2img_body_takes_styles_too(api):
     result = api.img2img(images=[Image.new("RGB", (64, 64), "teal")], prompt="a square", styles=["blue"], seed=2,
                          width=64, height=64, denoising_strength=0.5)
     assert result.info["infotexts"][0].startswith("a square, blue background\nNegative prompt: green\n")
+
+
+def test_png_info_and_send_to_restore_the_styles_for_the_dropdown(tmp_path):
+    from webui.ui.styles import restore
+
+    engine = SimpleNamespace(settings=_settings(tmp_path))
+    prompt, negative = styles.apply_styles("a cat", "", styles.find_styles(engine.settings, ["oil", "cinematic"]))
+    assert restore(engine, prompt, negative) == ("a cat", "", ["oil", "cinematic"])
+    broken = SimpleNamespace(settings=SimpleNamespace(styles_file=tmp_path))  # a folder: unreadable, styles left in
+    assert restore(broken, prompt, negative) == (prompt, negative, [])
