@@ -107,7 +107,7 @@ def test_routes_a1111s_own_api_tests_call(client, path, keys):
     response = client.get(f"/sdapi/v1/{path}")
     assert response.status_code == 200, response.text
     if path in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles"):
-        assert response.json() == []  # A1111's list shape; Kiri has none of these yet
+        assert response.json() == []  # A1111's list shape; none of these here (no styles.csv: no styles)
     if keys:
         assert response.json() and keys <= set(response.json()[0])
 
@@ -205,7 +205,7 @@ def test_legacy_txt2img_body_runs_without_warnings(client):
 
 def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
     body = {**LEGACY_TXT2IMG, "restore_faces": True, "tiling": True,
-            "styles": ["cinematic"], "subseed": 5, "subseed_strength": 0.3, "s_churn": 0.5, "eta": 0.5,
+            "subseed": 5, "subseed_strength": 0.3, "s_churn": 0.5, "eta": 0.5,
             "script_name": "x/y/z plot", "script_args": [1, "a", None],
             "alwayson_scripts": {"adetailer": {"args": []}, "controlnet": {"args": [{"enabled": True}]}},
             "sampler_index": "DDIM", "do_not_save_grid": True, "disable_extra_networks": True, "comments": {"a": "b"},
@@ -213,7 +213,7 @@ def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     warnings = " | ".join(json.loads(response.json()["info"])["warnings"])
-    for name in ("restore_faces", "tiling", "styles", "subseed_strength", "s_churn", "eta",
+    for name in ("restore_faces", "tiling", "subseed_strength", "s_churn", "eta",
                  "x/y/z plot", "adetailer", "controlnet", "refiner_checkpoint", "s_min_uncond"):
         assert name in warnings, f"{name} not named in {warnings}"
     assert len(response.json()["images"]) == 1

@@ -41,6 +41,7 @@ class Engine:
         registries = registries or Registries()
         self.samplers, self.hooks, self.addons = registries.samplers, registries.hooks, registries.addons
         self.job_kinds = registries.job_kinds
+        self.prompt_steps = registries.prompt_steps  # styles, dynamic prompts (core/prompt_steps.py)
         self._loaders = dict(registries.loaders)  # handed to the model manager when it is made
         self.extensions = extensions  # what bootstrap loaded, for the Extensions tab and the API
         self.catalog = Catalog(settings.models_dir)
@@ -154,7 +155,9 @@ class Engine:
         return self.job_kinds.work_for(self, kind, request)
 
     def prepare_request(self, request):
-        """Hooks first (an extension may change the request), then validation, then the settings' add-on defaults."""
+        """The prompt steps first (styles merged in, templates checked: their errors refuse the request), then
+        hooks (an extension may change the request), then validation, then the settings' add-on defaults."""
+        self.prompt_steps.prepare(self.settings, request)
         request = self.hooks.transform("before_generate", request)
         request.validate()  # a hook may have changed it
         request.addons = self.addons.with_defaults(request.addons, self.settings)  # settings' add-ons, unless named

@@ -9,6 +9,8 @@ Engine is then built from the registries and keeps only the services: it imports
     add_model_kind(kind)                     a kind of model file in the catalog (models/catalog.ModelKind)
     add_loader(kind, loader)                 how the model manager loads that kind
     add_addon(spec)                          a pipeline add-on (core/addons.py)
+    add_request_step(step)                   rewrites a request's prompts before it is queued (core/prompt_steps.py)
+    add_image_prompt_step(step)              rewrites each image's prompt from its seed (core/prompt_steps.py)
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Callable
 from webui.engine.core.addons import AddonRegistry, AddonSpec
 from webui.engine.core.hooks import Hooks
 from webui.engine.core.job_kinds import JobKind, JobKinds, Variant
+from webui.engine.core.prompt_steps import PromptSteps
 from webui.engine.samplers.registry import SamplerRegistry
 
 __all__ = ["Registries"]
@@ -32,6 +35,7 @@ class Registries:
     job_kinds: JobKinds = field(default_factory=JobKinds)
     model_kinds: list[Any] = field(default_factory=list)  # catalog ModelKinds beyond the built-in ones
     loaders: dict[str, Callable[..., Any]] = field(default_factory=dict)  # model kind -> loader(entry, device, allow_pickle)
+    prompt_steps: PromptSteps = field(default_factory=PromptSteps)  # styles, dynamic prompts
 
     def add_job_kind(self, kind: JobKind) -> None:
         self.job_kinds.register(kind)
@@ -50,3 +54,9 @@ class Registries:
 
     def add_addon(self, spec: AddonSpec, override: bool = False) -> None:
         self.addons.register(spec, override=override)
+
+    def add_request_step(self, step: Callable[[Any, Any], None]) -> None:
+        self.prompt_steps.per_request.append(step)
+
+    def add_image_prompt_step(self, step: Callable[..., Any]) -> None:
+        self.prompt_steps.per_image.append(step)

@@ -26,6 +26,8 @@ class Settings:
 
     models_dir: Path = Path("models")
     outputs_dir: Path = Path("outputs")
+    styles_file: Path = Path("styles.csv")  # A1111's saved styles; styles*.csv beside it are read too (engine/styles/)
+    wildcards_dir: Path = Path("wildcards")  # __name__ wildcard files, one option a line (engine/wildcards/)
     device: str = "auto"
     allow_pickle: bool = False
     model_cache_size: int = 1  # loaded checkpoints kept in memory (LRU)

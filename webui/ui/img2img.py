@@ -17,6 +17,7 @@ from webui.engine.core.jobs import Job
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
+from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line, stream_job, user_errors
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
 from .send_to import SendTo, as_editor
@@ -161,6 +162,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="img2img-prompt")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img-negative")
+            styles = styles_ui.render(engine, "img2img", prompt, negative).dropdown
             with gr.Tabs() as modes:
                 with gr.Tab("Image to image", id="img2img") as tab_img2img:
                     init_image = gr.Image(label="Init image", type="pil", image_mode=None, sources=["upload", "clipboard"],
@@ -217,9 +219,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         """Image to image, inpaint or outpaint; yields live previews, then the images, the first infotext and a status."""
         job = Job(kind="img2img", owner=owner_of(request))
         started = time.perf_counter()
+        chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             fields: dict[str, Any] = dict(
-                prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings),
+                prompt=prompt or "", negative_prompt=negative_prompt or "", styles=chosen, **request_fields(**settings),
                 denoising_strength=float(strength),
                 resize_mode=int(resize_mode or 0), mask_blur=int(mask_blur),
                 inpainting_mask_invert=int(invert == "Inpaint not masked"), inpainting_fill=MASKED_CONTENT.index(fill),
@@ -253,7 +256,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     inputs = dict(mode=mode, prompt=prompt, negative_prompt=negative, init_image=init_image, editor=editor,
                   mask_upload=mask_upload, outpaint_image=outpaint_image, left=left, right=right, up=up, down=down,
                   mask_blur=mask_blur, invert=invert, fill=fill, area=area, padding=padding, resize_mode=resize_mode,
-                  strength=strength, **gen.inputs(), model=model_picker)
+                  strength=strength, **gen.inputs(), model=model_picker, styles=styles)
     generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img", **JOB_EVENT,
                    **QUIET_PROGRESS)
 
@@ -269,7 +272,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
 
     model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
     if send is not None:
-        fields = dict(prompt=prompt, negative_prompt=negative, seed=gen.seed, sampler_name=gen.sampler,
+        fields = dict(prompt=prompt, negative_prompt=negative, styles=styles, seed=gen.seed, sampler_name=gen.sampler,
                       scheduler=gen.schedule, steps=gen.steps, cfg_scale=gen.cfg_scale, width=gen.width, height=gen.height)
         for label, media, name, value in (("Image to image", init_image, "img2img", None),
                                           ("Inpaint", editor, "inpaint", as_editor),

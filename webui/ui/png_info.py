@@ -8,6 +8,7 @@ from webui.engine.context import Engine
 from webui.engine.core.errors import KiriError
 from webui.engine.core.infotext import infotext_to_request_fields, parse_infotext, read_infotext
 
+from .styles import restore
 from .txt2img import Txt2ImgTab
 
 
@@ -49,6 +50,9 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
         values = infotext_to_request_fields(parsed)
         if not values.get("prompt"):
             raise gr.Error("there are no parameters to send: drop an image made by Kiri or AUTOMATIC1111 first")
+        # the saved styles the prompts hold go back into the Styles dropdown, out of the text (as A1111 reads it)
+        values["prompt"], values["negative_prompt"], styles = restore(engine, values["prompt"],
+                                                                      values.get("negative_prompt") or "")
         gen = txt2img.settings
         updates = {
             txt2img.prompt: values.get("prompt", gr.update()),
@@ -61,6 +65,8 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
             gen.clip_skip: values.get("clip_skip", 1),
             tabs: gr.Tabs(selected=txt2img_tab_id),
         }
+        if txt2img.styles is not None:
+            updates[txt2img.styles] = styles
         if gen.vae is not None:  # the VAE it was made with, when this server has it; else the setting's
             named = parsed.params.get("VAE")
             entry = engine.catalog.find_of_kind("vae", named) if named else None
@@ -77,5 +83,6 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
 
     gen = txt2img.settings
     targets = [txt2img.prompt, txt2img.negative_prompt, gen.steps, gen.cfg_scale, gen.seed, gen.width, gen.height,
-               gen.sampler, gen.schedule, gen.clip_skip, tabs, *([gen.vae] if gen.vae is not None else [])]
+               gen.sampler, gen.schedule, gen.clip_skip, tabs, *([gen.vae] if gen.vae is not None else []),
+               *([txt2img.styles] if txt2img.styles is not None else [])]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)

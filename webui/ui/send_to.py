@@ -117,6 +117,11 @@ class SendTo:
             except KiriError:
                 gr.Warning(f"Sampler {values['sampler_name']!r} is not available here; keeping the tab's own.")
                 values.pop("sampler_name"), values.pop("scheduler", None)
+        if "styles" in target.fields and values.get("prompt"):  # the saved styles the prompts hold, taken out and picked
+            from .styles import restore
+
+            values["prompt"], values["negative_prompt"], values["styles"] = restore(
+                self.engine, values["prompt"], values.get("negative_prompt") or "")
         updates: dict = {self.tabs: gr.Tabs(selected=target.tab_id)}
         updates[target.media] = target.value(picked) if target.value else (picked.image if picked.image is not None
                                                                           else picked.path)

@@ -20,6 +20,8 @@ TOOLTIPS = {
     "segment-model-refresh": "Read models/segmentation again (after adding a model)",
     "txt2img-vae-refresh": "Read models/VAE again (after adding a file)",
     "img2img-vae-refresh": "Read models/VAE again (after adding a file)",
+    "txt2img-styles-refresh": "Read styles.csv again (after editing it)",
+    "img2img-styles-refresh": "Read styles.csv again (after editing it)",
 }
 
 # On load: the stored choice, and the tooltips on every icon button as it appears (tabs render lazily).

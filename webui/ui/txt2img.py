@@ -15,6 +15,7 @@ from webui.engine.upscale import all_upscalers, hires_defaults
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
+from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, interrupted_at, owner_of, progress_line, stream_job, user_errors
 from .send_to import SendTo
 from .components import (RESULTS_ONLY, GenerationSettings, finished_outputs, generation_settings, request_fields,
@@ -29,6 +30,7 @@ class Txt2ImgTab:
     negative_prompt: gr.Textbox
     settings: GenerationSettings
     gallery: gr.Gallery
+    styles: gr.Dropdown | None = None
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -50,6 +52,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             example_prompts = gr.Dataset(components=[prompt], samples=[[e] for e in examples], label="Example prompts for this model",
                                          visible=bool(examples), elem_id="txt2img-examples")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
+            styles = styles_ui.render(engine, "txt2img", prompt, negative).dropdown
             gen = generation_settings("txt2img", samplers, sampler, size)
             gen.vae = vae_choice("txt2img", engine.catalog)
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
@@ -100,9 +103,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         job = Job(kind="txt2img", owner=owner_of(request))
         started = time.perf_counter()
         hires = _hires_fix(settings)
+        chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             req = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **request_fields(**settings),
-                                 hires=hires)
+                                 hires=hires, styles=chosen)
             result = yield from stream_job(lambda: engine.txt2img(req, job), job, progress,
                                            lambda preview: ([preview], "", progress_line(job)),
                                            lambda: (gr.skip(), gr.skip(), progress_line(job)))
@@ -110,7 +114,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             gr.Warning(warning)
         yield finished_outputs(result, job, time.perf_counter() - started)
 
-    inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker)
+    inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker, styles=styles)
     hires_inputs = dict(enable_hr=enable_hr, hr_upscaler=hr_upscaler, hr_scale=hr_scale, hr_steps=hr_steps,
                         hr_denoise=hr_denoise, hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y)
     generate.click(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT,
@@ -123,9 +127,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         """One image per X/Y cell with the same seed, and the labelled grid first in the gallery; while
         it runs, each cell's live preview and the progress strip, as Generate shows them (no overlay)."""
         job = Job(kind="xy_grid", owner=owner_of(request))
+        chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             fields = request_fields(**{**settings, "batch_size": 1, "batch_count": 1})
-            base = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields)
+            base = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields, styles=chosen)
             result = yield from stream_job(
                 lambda: xy_grid(engine, base, x_axis, x_values or "", y_axis, y_values or "", job), job, progress,
                 lambda preview: ([preview], "", progress_line(job), progress_line(job)),
@@ -177,7 +182,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
 
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
                         api_visibility="private", queue=False)
-    return Txt2ImgTab(prompt, negative, gen, gallery)
+    return Txt2ImgTab(prompt, negative, gen, gallery, styles)
 
 
 def _hires_fix(settings: dict) -> HiresFix | None:

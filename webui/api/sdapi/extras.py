@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import parse_infotext, read_infotext
 from webui.engine.core.jobs import Job
+from webui.engine.styles import extract_styles, load_styles
 from webui.engine.upscale import UpscaleRequest, upscale_images
 
 from ..common import ApiContext, decode_image
@@ -62,6 +63,10 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         parsed = parse_infotext(text) if text else None
         items = {"parameters": text} if text else {}
         parameters = {"Prompt": parsed.prompt, "Negative prompt": parsed.negative_prompt, **parsed.params} if parsed else {}
+        if parsed:  # as A1111 reads it ("Apply if any"): the saved styles the prompts hold, taken out of them
+            found, prompt, negative = extract_styles(load_styles(ctx.engine.settings), parsed.prompt, parsed.negative_prompt)
+            if found:
+                parameters.update({"Prompt": prompt, "Negative prompt": negative, "Styles array": found})
         return {"info": text, "items": items, "parameters": parameters}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from webui.engine.samplers.registry import SCHEDULES
+from webui.engine.styles import load_styles
 from webui.engine.upscale import LATENT_MODES, all_upscalers
 
 from ..common import ApiContext
@@ -98,7 +99,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/prompt-styles")
     def prompt_styles() -> list:
-        return []  # [{name, prompt, negative_prompt}] once Kiri has saved styles
+        return [style.plain() for style in load_styles(engine.settings).values()]  # styles.csv and styles*.csv
 
     @router.get("/scripts")
     def scripts() -> dict:

@@ -15,6 +15,7 @@ from typing import Any
 from webui import __version__
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.infotext import parse_infotext
 from webui.engine.generation.call import ClipSkip
 from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2ImgRequest
 
@@ -68,7 +69,7 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[
         sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
         steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
         batch_size=body.batch_size, n_iter=body.n_iter, model=model, addons=addons, save_images=save,
-        image_format=image_format,
+        image_format=image_format, styles=list(body.styles),
     )
 
 
@@ -85,7 +86,6 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
 
     warn(bool(body.restore_faces), "restore_faces: Kiri has no face restorer; faces are as generated")
     warn(bool(body.tiling), "tiling: Kiri does not make tileable images; the image was made without tiling")
-    warn(bool(body.styles), f"styles {body.styles[:MAX_NAMED]!r}: Kiri has no saved styles yet; not applied")
     warn(body.subseed_strength > 0, "subseed_strength: variation seeds are not in Kiri yet; only seed was used")
     warn(body.seed_resize_from_w > 0 or body.seed_resize_from_h > 0, "seed_resize_from_w/h: not applied")
     # 1 and 0 are what the ancestral and DDIM samplers use anyway, and what clients send by default.
@@ -284,9 +284,10 @@ def _img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | No
 
 def response(engine: Engine, body: Txt2ImgBody, result: GenerationResult, extra_images=()) -> dict:
     """A1111's response: PNGs with their infotext, the request echoed, and info as a JSON string."""
+    written = [parse_infotext(text) for text in result.infotexts]  # each image's prompts: styled, drawn (wildcards)
     info = {
-        "prompt": body.prompt, "all_prompts": [body.prompt] * len(result.images),
-        "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(result.images),
+        "prompt": body.prompt, "all_prompts": [w.prompt for w in written],
+        "negative_prompt": body.negative_prompt, "all_negative_prompts": [w.negative_prompt for w in written],
         "seed": result.seeds[0] if result.seeds else body.seed, "all_seeds": result.seeds,
         "subseed": -1, "all_subseeds": [-1] * len(result.seeds), "subseed_strength": 0,
         "sampler_name": result.sampler_name, "scheduler": result.schedule, "cfg_scale": body.cfg_scale,

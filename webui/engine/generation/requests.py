@@ -93,11 +93,15 @@ class Txt2ImgRequest:
     save_images: bool | None = None  # None: the Settings tab decides
     image_format: str | None = None  # png, jpg or webp for the saved files; None: the Settings tab decides
     hires: HiresFix | None = None  # hires fix (Text to image only)
+    # saved styles (styles.csv) merged into the prompts, in order, before the job is queued (engine/styles/)
+    styles: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        if not isinstance(self.styles, list) or not all(isinstance(s, str) for s in self.styles):
+            raise InvalidRequest("styles", "styles must be a list of style names")
         check_prompts(self)
         for name in ("width", "height"):
             value = getattr(self, name)
@@ -159,7 +163,7 @@ class GenerationResult:
 def check_prompts(request: Any, subject: str = "image") -> None:
     """A request's prompt (non-empty text) and negative prompt (text; None becomes ""), both within
     check_text's limits; `subject` is what the empty-prompt message asks the user to describe."""
-    if not isinstance(request.prompt, str) or not request.prompt.strip():
+    if not isinstance(request.prompt, str) or not (request.prompt.strip() or getattr(request, "styles", None)):
         raise InvalidRequest("prompt", f"the prompt is empty: describe the {subject} you want")
     check_text("prompt", request.prompt)
     if request.negative_prompt is None:

@@ -109,13 +109,31 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         # each add-on's per-model state, loaded once per loaded model.
         model = engine.models.get(result.model_name)
         session.state(model)
-        job.start_batch(batch_no, task.steps_per_batch())
+        # Each image's prompt, drawn from its seed where a prompt step says so (dynamic prompts); images
+        # next to each other with the same text share a call (all of them, without such a step).
+        texts = [engine.prompt_steps.for_image(engine.settings, request.prompt, request.negative_prompt, seed)
+                 for seed in seeds]
+        runs = _same_text_runs(texts)
+        job.start_batch(batch_no, task.steps_per_batch() * len(runs))
         generators = [_generator(seed) for seed in seeds]
-        scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators)
-        call = task.call(model, prompt, negative, seeds, generators)
-        call.components["scheduler"] = scheduler
+        images, calls = [], []
         try:
-            images = task.finish(call_with_addons(session, model, call, _step_callback(engine, model, request, job)))
+            for number, (start, end) in enumerate(runs):
+                text = texts[start]
+                own = (text.prompt, text.negative_prompt) != (request.prompt, request.negative_prompt)
+                scheduler = sampler.build(model.base_scheduler_config, schedule, model.prediction, generators[start:end])
+                try:
+                    call = task.call(model, strip_tags(text.prompt) if own else prompt,
+                                     strip_tags(text.negative_prompt) if own else negative,
+                                     seeds[start:end], generators[start:end])
+                    if len(runs) > 1 and "num_images_per_prompt" in call.kwargs:
+                        call.kwargs["num_images_per_prompt"] = end - start
+                    call.components["scheduler"] = scheduler
+                    progress = _step_callback(engine, model, request, job, done=number * task.steps_per_batch())
+                    images += task.finish(call_with_addons(session, model, call, progress))
+                    calls += [call] * (end - start)
+                finally:
+                    getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
             if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
                 images = engine.hooks.transform("after_generate", images, request)
         except Interrupted:
@@ -124,17 +142,16 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         except Skipped:
             job.finish_images(0)
             continue
-        finally:
-            getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
         job.finish_images(len(images))
 
         # 4. Save each image whole, with its parameters, before the next batch.
-        for seed, image in zip(seeds, images):
+        for seed, image, call, text in zip(seeds, images, calls, texts):
             params = task.infotext_params(model, sampler.name, schedule, seed)
             version = params.pop("Version", None)
             params.update(call.infotext)
+            params.update(text.infotext)  # a dynamic prompt's Template
             params["Version"] = version
-            info = build_infotext(request.prompt, request.negative_prompt, params)
+            info = build_infotext(text.prompt, text.negative_prompt, params)
             path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
             result.add(image, info, seed, path)
         if job.interrupted:
@@ -142,6 +159,17 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
             break
         if batch_no < request.n_iter:
             yield
+
+
+def _same_text_runs(texts: list[Any]) -> list[tuple[int, int]]:
+    """[start, end) of each run of neighbouring images with the same prompts."""
+    runs: list[tuple[int, int]] = []
+    for i, text in enumerate(texts):
+        if runs and (texts[runs[-1][0]].prompt, texts[runs[-1][0]].negative_prompt) == (text.prompt, text.negative_prompt):
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def addon_context(engine: "Engine", job: Job) -> AddonContext:
@@ -274,7 +302,7 @@ def _generator(seed: int) -> Any:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job):
+def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgRequest, job: Job, done: int = 0):
     """The runner's own step callback (after the add-ons' and the prompt schedule's: call_with_addons
     composes them): the NaN check, previews, progress, the on_step hooks, Interrupt and Skip."""
     preview_every = engine.settings.preview_every
@@ -290,10 +318,10 @@ def _step_callback(engine: "Engine", model: "LoadedModel", request: Txt2ImgReque
                 f"the sampler produced invalid values (NaN) at step {step + 1}: this sampler and schedule type do not "
                 f"work with {model.name}; choose another schedule type or sampler")
         if preview_every and job.preview_step >= 0 and (step + 1) % preview_every == 0 and latents is not None:
-            _preview(model, latents, request, job, step + 1)
-        job.advance(step + 1)
+            _preview(model, latents, request, job, done + step + 1)
+        job.advance(done + step + 1)  # done: the batch's steps in its earlier calls (images with other prompts)
         if hooks.on_step and latents is not None:
-            hooks.notify("on_step", StepInfo(job.id, step + 1, job.steps, job.batch_no, latents.detach().clone()))
+            hooks.notify("on_step", StepInfo(job.id, done + step + 1, job.steps, job.batch_no, latents.detach().clone()))
         if job.interrupted:
             raise Interrupted()
         if job.take_skip():
