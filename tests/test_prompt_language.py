@@ -162,6 +162,16 @@ def test_img2img_schedules_over_the_steps_its_strength_runs(engine):
     assert result.images
 
 
+def test_a_hires_pass_reads_the_schedule_on_from_the_first_pass(engine):
+    from webui.engine.generation.requests import HiresFix
+
+    assert PromptSchedule.parse("[red:blue:0.5]", "", 4, first_pass_steps=4).entries == [ScheduleEntry(0, "blue", "")]
+    assert [e.start for e in PromptSchedule.parse("[red:blue:1.5]", "", 4, first_pass_steps=4).entries] == [0, 3]
+    hires = HiresFix(scale=1.5, upscaler="Lanczos", steps=2, denoising_strength=0.6)
+    _, log = probed(engine, request("[a red circle:a blue square:0.5]", steps=4, hires=hires))
+    assert log["texts"] == ["a blue square"], "the second pass started the edit over"
+
+
 @pytest.mark.parametrize("prompt", ["a ((( [red:", "a | b [c:d:2]", "trailing \\", "]]]) circle ((", "[a:b:c:d]",
                                     "(red:1.2.3) [|] [:::]", "BREAK BREAK"])
 def test_malformed_prompts_run(engine, prompt):
@@ -219,3 +229,17 @@ def test_the_counter_reads_the_tokenizer_from_disk_without_loading(engine):
     counted = prompt_tokens(engine, "a red circle")
     assert counted is not None and counted[1] == 75 and counted[0] > 0
     assert engine.models_if_created() is None or engine.models.current is None, "the counter loaded a model"
+
+
+@pytest.mark.parametrize("model, label", [("tiny-flux", "Flux"), ("tiny-pixart", "PixArt")])
+def test_flux_and_pixart_say_they_ignore_weights_and_break(family_engine, model, label):
+    from webui.engine.generation.runner import fit_prompt
+
+    loaded = family_engine.models.get(model)
+    warnings: list[str] = []
+    assert fit_prompt(loaded, "a (red:1.3) circle BREAK x", "prompt", warnings) == "a (red:1.3) circle BREAK x"
+    assert warnings[0].startswith(f"{label} ignores prompt weights") and "'a red circle x'" in warnings[0]
+    assert warnings[1].startswith(f"{label} ignores BREAK")
+    quiet: list[str] = []
+    fit_prompt(loaded, "[a red circle:a blue square:0.5] [x|y] \\(literal\\)", "prompt", quiet)
+    assert quiet == [], "editing, alternation and escapes are not weights"

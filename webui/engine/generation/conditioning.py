@@ -59,15 +59,21 @@ class PromptSchedule:
         return replace(self, entries=sorted(entries, key=lambda e: e.start))
 
     @classmethod
-    def parse(cls, prompt: str, negative: str, steps: int | Callable[[], int]) -> "PromptSchedule":
+    def parse(cls, prompt: str, negative: str, steps: int | Callable[[], int],
+              first_pass_steps: int | None = None) -> "PromptSchedule":
         """The prompt and negative prompt read for editing and alternation over `steps` denoising steps
         (a function: asked only when either text changes during the steps). Each side has its own
-        schedule; an entry starts wherever either side changes."""
+        schedule; an entry starts wherever either side changes. `first_pass_steps`: these steps are a
+        hires fix's second pass after a first pass of that many (A1111: a step number counts on from
+        the first pass, a fraction from 1.0 on, so [a:b:0.5] is b for the whole second pass)."""
         trees = PromptTree(prompt or ""), PromptTree(negative or "")
         if not any(tree.dynamic for tree in trees):
             return cls.single(prompt, negative)
         total = max(1, int(steps() if callable(steps) else steps))
-        sides = [steps_of(tree.schedule(total), total) for tree in trees]
+        if first_pass_steps:
+            sides = [steps_of(tree.schedule(first_pass_steps, hires_steps=total), total) for tree in trees]
+        else:
+            sides = [steps_of(tree.schedule(total), total) for tree in trees]
         starts = sorted({start for side in sides for start, _ in side})
         return cls([ScheduleEntry(start, _text_at(sides[0], start), _text_at(sides[1], start)) for start in starts])
 
@@ -78,7 +84,8 @@ def _text_at(side: list[tuple[int, str]], step: int) -> str:
 
 def schedule_for(call: Any) -> PromptSchedule:
     """The call's prompt schedule, for the denoising steps it runs (`steps_run`)."""
-    return PromptSchedule.parse(call.kwargs["prompt"], call.kwargs.get("negative_prompt") or "", lambda: steps_run(call))
+    return PromptSchedule.parse(call.kwargs["prompt"], call.kwargs.get("negative_prompt") or "", lambda: steps_run(call),
+                                getattr(call, "first_pass_steps", None))
 
 
 def steps_run(call: Any) -> int:
