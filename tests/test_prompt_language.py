@@ -243,3 +243,15 @@ def test_flux_and_pixart_say_they_ignore_weights_and_break(family_engine, model,
     quiet: list[str] = []
     fit_prompt(loaded, "[a red circle:a blue square:0.5] [x|y] \\(literal\\)", "prompt", quiet)
     assert quiet == [], "editing, alternation and escapes are not weights"
+
+
+def test_the_counter_counts_with_its_own_copy_of_the_loaded_tokenizer(engine):
+    from webui.engine.generation import tokens
+
+    sd = engine.models.get("tiny-sd").pipeline
+    counted = tokens.prompt_tokens(engine, "a red circle")
+    assert counted == conditioning.token_counts(sd.tokenizer, "a red circle", sd)
+    own = tokens._own_copy(sd.tokenizer)
+    assert own is not sd.tokenizer and tokens._own_copy(sd.tokenizer) is own
+    sd.tokenizer.add_tokens(["<kiri-test-embedding>"])  # what loading a textual inversion does
+    assert tokens._own_copy(sd.tokenizer) is not own, "the copy missed the new tokens"
