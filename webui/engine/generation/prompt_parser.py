@@ -15,7 +15,10 @@ Two readings of one prompt, as in A1111 (modules/prompt_parser.py):
        plain    := (any character but \\ [ ] ( ) : |, or \\ and any character)+
 
    A prompt the grammar cannot read at all (a `|` outside [a|b], a lone backslash at the end) is
-   one text for every step, as written. `when` with a decimal point is a fraction of the steps,
+   one text for every step, as written. Where the grammar reads a text two ways, an edit or
+   alternation is preferred to literal brackets; A1111's lark picks the same on every prompt
+   checked but one odd kind: an edit directly followed by an even number of stray brackets
+   (`[a:b:2]((`), which lark leaves as literal text and Kiri still reads as an edit. `when` with a decimal point is a fraction of the steps,
    else a step number (A1111's scheduling since 1.6). The result, like A1111's, is a list of
    (last step, text): the text holds up to that step (1-based steps, read by A1111's sampler with a
    0-based counter, so the first text holds one step more: `steps_of` gives Kiri's first steps).
