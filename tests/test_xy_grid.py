@@ -71,3 +71,17 @@ def test_grid_labels_fit_their_cells_without_overlap(cell):
     assert not ink.any(), "label pixels outside their boxes (cut or overprinted)"
     for image, (x0, y0, x1, y1) in zip(images, layout.cells):  # the cells are pasted untouched
         assert grid.crop((x0, y0, x1, y1)).tobytes() == image.tobytes()
+
+
+def test_prompt_search_and_replace_axis(engine):
+    assert parse_axis("Prompt S/R", 'red, blue, "green, dark"') == ["red", "blue", "green, dark"]
+    base = Txt2ImgRequest("a red circle", negative_prompt="red noise", steps=2, width=64, height=64, seed=3)
+    result = xy_grid(engine, base, "Prompt S/R", "red, blue", "Steps", "1, 2")
+    assert len(result.images) == 4
+    assert result.infotexts[0].startswith("a red circle\nNegative prompt: red noise")
+    assert result.infotexts[3].startswith("a blue circle\nNegative prompt: blue noise")
+    alone = engine.txt2img(Txt2ImgRequest("a blue circle", negative_prompt="blue noise", steps=2, width=64, height=64, seed=3))
+    assert np.array_equal(np.asarray(result.images[3]), np.asarray(alone.images[0]))
+    assert not np.array_equal(np.asarray(result.images[2]), np.asarray(result.images[3]))
+    with pytest.raises(InvalidRequest, match="did not find 'square'"):
+        xy_grid(engine, base, "Prompt S/R", "square, star")

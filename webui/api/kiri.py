@@ -4,7 +4,8 @@ POST /kiri/v1/jobs {"kind": "txt2img", "request": {...Txt2ImgRequest fields...}}
 and answers at once with its id; GET /kiri/v1/jobs/{id} gives its progress and, once finished,
 its result (images as {"__image__": base64 PNG}, read back from the result kept on disk:
 core/results.py). POST /kiri/v1/jobs/{id}/interrupt and /skip stop one job by its id. The request fields are the engine's dataclass
-fields, the same schema the UI fills in. /kiri/v1/models lists the catalog by kind.
+fields, the same schema the UI fills in. /kiri/v1/models lists the catalog by kind. POST /kiri/v1/tokens
+{"prompt": ...} counts a prompt's tokens as the prompt box's counter does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from webui.engine.generation.tokens import prompt_tokens
+
 from .common import ApiContext, KiriRoute
+
+
+class TokensBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = ""
+    steps: int = Field(20, ge=1, le=1000)  # for editing and alternation: the texts the schedule gives
 
 
 class JobBody(BaseModel):
@@ -83,5 +93,13 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.get("/addons")
     def addons() -> list[str]:
         return engine.addons.names()
+
+    @router.post("/tokens")
+    def tokens(body: TokensBody) -> dict:
+        """The prompt box's counter (A1111's "12/75"): tokens and what the chunks hold, counted with the
+        loaded checkpoint's tokenizer or the default one's from disk (never loading a model); nulls
+        when there is none."""
+        counted = prompt_tokens(engine, body.prompt, body.steps)
+        return {"tokens": counted[0], "max": counted[1]} if counted else {"tokens": None, "max": None}
 
     return router

@@ -21,6 +21,7 @@ from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line, stream_job, user_errors
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
 from .send_to import SendTo, as_editor
+from .token_counter import token_counter
 from .txt2img import Txt2ImgTab, _model_defaults
 
 TAB_ID = "img2img"
@@ -161,7 +162,9 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="img2img-prompt")
+            token_counter(engine, prompt, "img2img-token-counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="img2img-negative")
+            token_counter(engine, negative, "img2img-negative-token-counter")
             styles = styles_ui.render(engine, "img2img", prompt, negative).dropdown
             with gr.Tabs() as modes:
                 with gr.Tab("Image to image", id="img2img") as tab_img2img:

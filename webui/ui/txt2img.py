@@ -18,6 +18,7 @@ from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, interrupted_at, owner_of, progress_line, stream_job, user_errors
 from .send_to import SendTo
+from .token_counter import token_counter
 from .components import (RESULTS_ONLY, GenerationSettings, finished_outputs, generation_settings, request_fields,
                          step_cache_choice, vae_choice)
 
@@ -48,10 +49,12 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a small red circle on the left, blue background", elem_id="txt2img-prompt")
+            token_counter(engine, prompt, "txt2img-token-counter")
             # Small models understand only their own caption grammar: show prompts they were made for.
             example_prompts = gr.Dataset(components=[prompt], samples=[[e] for e in examples], label="Example prompts for this model",
                                          visible=bool(examples), elem_id="txt2img-examples")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
+            token_counter(engine, negative, "txt2img-negative-token-counter")
             styles = styles_ui.render(engine, "txt2img", prompt, negative).dropdown
             gen = generation_settings("txt2img", samplers, sampler, size)
             gen.vae = vae_choice("txt2img", engine.catalog)

@@ -23,11 +23,13 @@ from webui.engine.core.hooks import StepInfo
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.prompt_tags import strip_tags
+from webui.engine.models.families import FAMILIES
 from webui.engine.core.outputs import dated_dir, save_image
 from webui.engine.generation.call import PipelineCall
-from webui.engine.generation.conditioning import PromptSchedule, StepSwap, chunked_families
+from webui.engine.generation.conditioning import StepSwap, chunked_families, schedule_for
 from webui.engine.generation.conditioning import encode as encode_conditioning
 from webui.engine.generation.pipelines import pipeline_for
+from webui.engine.generation.prompt_parser import PromptTree, plain_text
 from webui.engine.generation.preview import previewer_for
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
 from webui.engine.samplers.registry import Sampler, check_fits, default_sampler
@@ -85,8 +87,8 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
         # were built above); the infotext keeps them as written.
         for tag in engine.addons.unknown_tags(request.prompt, request.negative_prompt):
             result.warnings.append(f"{tag}: no add-on reads this kind of extra network; it was left out of the prompt")
-        prompt = fit_prompt(model, strip_tags(request.prompt), "prompt", result.warnings)
-        negative = fit_prompt(model, strip_tags(request.negative_prompt), "negative prompt", result.warnings)
+        prompt = fit_prompt(model, strip_tags(request.prompt), "prompt", result.warnings, request.steps)
+        negative = fit_prompt(model, strip_tags(request.negative_prompt), "negative prompt", result.warnings, request.steps)
         save = engine.settings.save_images if request.save_images is None else request.save_images
         out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
         yield  # the setup was one turn
@@ -218,8 +220,9 @@ def call_with_addons(session: AddonSession, model: Any, call: PipelineCall, prog
     if extra:
         call.pipeline = pipeline_for(model, None, extra, call.pipeline)
     if call.prompt_stage and isinstance(call.kwargs.get("prompt"), str):
-        # The conditioning stage: add-ons may edit the schedule in apply(); it is encoded after.
-        call.conditioning = PromptSchedule.single(call.kwargs["prompt"], call.kwargs.get("negative_prompt") or "")
+        # The conditioning stage: the prompt language's editing and alternation over the steps this call
+        # runs; add-ons may edit the schedule in apply(); it is encoded after.
+        call.conditioning = schedule_for(call)
     applied: list = []
     try:
         applied = session.apply(call)
@@ -339,14 +342,27 @@ def _preview(model: "LoadedModel", latents: Any, request: Txt2ImgRequest, job: J
         job.preview_step = -1
 
 
-def fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str]) -> str:
+def fit_prompt(model: "LoadedModel", text: str, what: str, warnings: list[str], steps: int = 20) -> str:
     """Warn when the text encoder will not read the whole prompt, rather than cut it silently (SD
-    1.x/2.x and SDXL read long prompts in chunks of 75 tokens: conditioning.py)."""
+    1.x/2.x and SDXL read long prompts in chunks of 75 tokens: conditioning.py), and when it reads no
+    weights or BREAK (SD3, PixArt, Flux: the text is encoded without that syntax). The tokens counted
+    are those of each text the prompt's schedule gives, without the weight syntax."""
     tokenizer = getattr(model.pipeline, "tokenizer", None)
-    if tokenizer is None or not text or chunked_families(model.pipeline):
+    if not text or chunked_families(model.pipeline):
+        return text
+    texts = dict.fromkeys(t for _, t in PromptTree(text).schedule(steps))
+    plain = [plain_text(t) for t in texts]
+    label = FAMILIES.get(model.family, type(model.pipeline).__name__)
+    if any(weighted for _, weighted, _ in plain):
+        warnings.append(f"{label} ignores prompt weights (its text encoders read no emphasis): the {what} was "
+                        f"encoded without them, as {plain[-1][0][:200]!r}")
+    if any(breaks for _, _, breaks in plain):
+        warnings.append(f"{label} ignores BREAK (it reads the {what} in one piece, not in chunks)")
+    if tokenizer is None:
         return text
     limit = tokenizer.model_max_length
-    ids = tokenizer(text, truncation=False, add_special_tokens=True)["input_ids"]
+    longest = max((p for p, _, _ in plain), key=lambda t: len(tokenizer(t, truncation=False)["input_ids"]))
+    ids = tokenizer(longest, truncation=False, add_special_tokens=True)["input_ids"]
     if len(ids) > limit:
         # The pipeline's tokenizer cuts the same way; the infotext keeps the whole prompt.
         dropped = tokenizer.decode(ids[limit - 1 : -1], skip_special_tokens=True)

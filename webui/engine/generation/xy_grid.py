@@ -1,8 +1,14 @@
 """X/Y grid: the same prompt and seed across two axes (sampler x steps, or x CFG...), one image per cell;
-each cell runs as the txt2img job kind's work, so a hires fix on the base request applies to every cell."""
+each cell runs as the txt2img job kind's work, so a hires fix on the base request applies to every cell.
+
+`Prompt S/R` is A1111's search and replace: its first value is the text to find, and each value
+replaces it in the prompt and the negative prompt (the first value's cell is the prompt as written);
+its values are comma-separated as CSV, so "a, b" in quotes is one value."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Generator
@@ -26,8 +32,10 @@ AXES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "Steps": ("steps", int),
     "CFG scale": ("cfg_scale", float),
     "Seed": ("seed", int),
+    "Prompt S/R": ("prompt", str),  # and negative_prompt: see _cell_changes
 }
 NOTHING = "Nothing"
+PROMPT_SR = "Prompt S/R"
 _RANGE = re.compile(r"^\s*(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*(?:\(\s*\+\s*([\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
 
@@ -47,6 +55,11 @@ def parse_axis(axis: str, text: str) -> list[Any]:
         return [None]
     if axis not in AXES:
         raise InvalidRequest("axis", f"unknown axis {axis!r}; valid: {', '.join([NOTHING, *AXES])}")
+    if axis == PROMPT_SR:
+        values = [v.strip() for row in csv.reader(io.StringIO(text), skipinitialspace=True) for v in row]
+        if not values or not values[0]:
+            raise InvalidRequest("axis", "Prompt S/R: the first value is the text to search for in the prompt")
+        return values
     _, parse = AXES[axis]
     values: list[Any] = []
     for part in (p.strip() for p in text.split(",")):
@@ -85,14 +98,22 @@ def xy_grid(engine: "Engine", base: Txt2ImgRequest, x_axis: str, x_text: str, y_
     xs, ys = parse_axis(x_axis, x_text), parse_axis(y_axis, y_text)
     if len(xs) * len(ys) > MAX_CELLS:
         raise InvalidRequest("axis", f"{len(xs)} x {len(ys)} cells is more than the {MAX_CELLS} a grid may hold")
+    for axis, values in ((x_axis, xs), (y_axis, ys)):
+        if axis == PROMPT_SR and values[0] not in base.prompt and values[0] not in (base.negative_prompt or ""):
+            raise InvalidRequest("axis", f"Prompt S/R did not find {values[0]!r} in the prompt or negative prompt")
     seed = base.seed if base.seed != -1 else random_seed()
     cells = [(y, x) for y in ys for x in xs]
     requests = []
     for y, x in cells:
-        changes = {"seed": seed, "batch_size": 1, "n_iter": 1}
-        for axis, value in ((x_axis, x), (y_axis, y)):
-            if axis != NOTHING:
+        changes: dict[str, Any] = {"seed": seed, "batch_size": 1, "n_iter": 1}
+        prompt, negative = base.prompt, base.negative_prompt or ""
+        for axis, value, values in ((x_axis, x, xs), (y_axis, y, ys)):  # X first, then Y, as A1111 applies them
+            if axis == PROMPT_SR:
+                prompt, negative = prompt.replace(values[0], value), negative.replace(values[0], value)
+            elif axis != NOTHING:
                 changes[AXES[axis][0]] = value
+        if prompt != base.prompt or negative != (base.negative_prompt or ""):
+            changes.update(prompt=prompt, negative_prompt=negative)
         requests.append(replace(base, **changes))  # replace() re-validates each cell
     job = job or Job(kind="xy_grid")
     # Each cell is the work a plain text to image request gets (hooks, add-on defaults, and a variant

@@ -100,6 +100,7 @@ class HiresTask(Img2ImgTask):
 
     def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]):
         call = super().call(model, prompt, negative, seeds, generators)
+        call.first_pass_steps = self.first.steps  # the prompt schedule reads on from the first pass (A1111)
         if self.latents is not None:
             if call.passthrough is not None:  # no denoising step: the upscaled latents, decoded when the call runs
                 call.passthrough = _Decoded(call, model, self.latents)
