@@ -36,6 +36,7 @@ class PipelineCall:
     prompt_stage: bool = True  # False: the pipeline encodes its prompt itself (the diffusion upscalers)
     resolvable: bool = True  # False: not an image pipeline the resolver can rebuild with add-ons' modules (video)
     frames: bool = False  # a video pipeline: its output's frames[0] (one clip), not images
+    warnings: list[str] = field(default_factory=list)  # add-ons' notes for the result (an embedding skipped)
 
     def accepts(self, name: str) -> bool:
         return name in inspect.signature(self.pipeline.__call__).parameters

@@ -127,6 +127,7 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         finally:
             getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
         job.finish_images(len(images))
+        result.warnings.extend(w for w in call.warnings if w not in result.warnings)
 
         # 4. Save each image whole, with its parameters, before the next batch.
         for seed, image in zip(seeds, images):

@@ -1,0 +1,250 @@
+"""Embeddings in a loaded checkpoint: which ones fit its text encoders, loading them with diffusers'
+`load_textual_inversion` (new tokens in the tokenizer, new rows in the text encoder's input
+embeddings: the original rows are never written, so a prompt without an embedding's word encodes
+exactly as before), and putting the tokenizer and the encoder back as they were.
+
+The tokens are the words in lower case (CLIP's tokenizer reads the prompt in lower case), marked
+single-word, so `cat` in `concatenate` stays plain text as in A1111; a multi-vector embedding adds
+`word`, `word_1`, ... and `expand()` writes `word word_1 ...` where the prompt says `word`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Hashable
+
+from .files import SDXL_KEYS, EmbeddingFile, family_of_shape, read_cached, weights_path
+
+__all__ = ["Encoder", "Known", "ModelEmbeddings", "encoders", "expand", "load_into", "restore", "survey", "widths_of_entry"]
+
+# Where Kiri keeps what it did to a tokenizer: the state loaded into it, and the original to go back to.
+STATE_ATTR, ORIGINAL_ATTR = "_kiri_embeddings", "_kiri_embeddings_original"
+# Vector widths of the released text encoders per family, for a model that is not loaded.
+FAMILY_WIDTHS = {"sd1": [("", 768)], "sd2": [("", 1024)], "sdxl": [("clip_l", 768), ("clip_g", 1280)]}
+
+
+@dataclass
+class Encoder:
+    slot: str  # "" (one encoder), "clip_l" or "clip_g": which vectors of a file it takes
+    width: int
+    tokenizer: Any = None
+    text_encoder: Any = None
+
+
+@dataclass
+class Known:
+    """One embedding as a model sees it: loaded (reason None) or skipped and why."""
+
+    name: str  # the word
+    entry: Any
+    file: EmbeddingFile | None
+    reason: str | None = None
+    short_hash: str | None = None
+
+    @property
+    def token(self) -> str:
+        return self.name.lower()
+
+    def a1111(self) -> dict[str, Any]:
+        """A1111's /sdapi/v1/embeddings entry."""
+        f = self.file
+        return {"step": f.step if f else None, "sd_checkpoint": f.sd_checkpoint if f else None,
+                "sd_checkpoint_name": f.sd_checkpoint_name if f else None,
+                "shape": f.shape if f else None, "vectors": f.count if f else 0}
+
+
+@dataclass
+class ModelEmbeddings:
+    """The per-model state: what is loaded into this checkpoint's tokenizers and text encoders."""
+
+    key: Hashable
+    loaded: dict[str, Known] = field(default_factory=dict)  # by word, in lower case
+    skipped: dict[str, Known] = field(default_factory=dict)
+    tensors: list[Any] = field(default_factory=list)  # the vectors added (what the memory budget counts)
+    pattern: Any = None  # matches every known word (loaded or skipped), whole words, any case
+
+    def find(self, word: str) -> Known | None:
+        return self.loaded.get(word.lower()) or self.skipped.get(word.lower())
+
+
+def encoders(pipeline: Any) -> list[Encoder]:
+    """The CLIP text encoders an embedding goes into (SD 1.x/2.x: one; SDXL: clip_l and clip_g);
+    [] for a pipeline that does not read embeddings (SD3, Flux, PixArt, video pipelines)."""
+    name = type(pipeline).__name__
+    if not name.startswith(("StableDiffusion", "AnimateDiff")) or name.startswith("StableDiffusion3"):
+        return []
+    pairs = [(getattr(pipeline, "tokenizer", None), getattr(pipeline, "text_encoder", None))]
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        pairs.append((getattr(pipeline, "tokenizer_2", None), pipeline.text_encoder_2))
+    if any(t is None or e is None or not hasattr(t, "_tokenizer") for t, e in pairs):
+        return []
+    slots = [""] if len(pairs) == 1 else list(SDXL_KEYS)
+    return [Encoder(slot, int(e.get_input_embeddings().weight.shape[-1]), t, e) for slot, (t, e) in zip(slots, pairs)]
+
+
+def widths_of_entry(entry: Any) -> list[Encoder]:
+    """The encoders of a checkpoint that is not loaded: its folder's configs, else its family's."""
+    import json
+
+    if entry is None:
+        return []
+    if entry.path.is_dir():
+        found = []
+        for sub in ("text_encoder", "text_encoder_2"):
+            try:
+                found.append(int(json.loads((entry.path / sub / "config.json").read_text())["hidden_size"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                break
+        if found:
+            slots = [""] if len(found) == 1 else list(SDXL_KEYS)
+            return [Encoder(slot, width) for slot, width in zip(slots, found)]
+    return [Encoder(slot, width) for slot, width in FAMILY_WIDTHS.get(entry.family or "", [])]
+
+
+def fits(file: EmbeddingFile, found: list[Encoder]) -> bool:
+    """Whether the file has vectors for each of these encoders, each of its width."""
+    if set(file.vectors) != {e.slot for e in found}:
+        return False
+    return all(int(file.vectors[e.slot].shape[-1]) == e.width for e in found)
+
+
+def model_label(found: list[Encoder], family: str | None) -> str:
+    if family:
+        return family
+    return family_of_shape({e.slot: _Width(e.width) for e in found}) if found else "this model"
+
+
+class _Width:
+    """Stands for a tensor of a given width where only its shape is read."""
+
+    def __init__(self, width: int):
+        self.shape = (1, width)
+
+
+def survey(catalog: Any, allow_pickle: bool, found: list[Encoder], family: str | None, key: Hashable = None,
+           hashes: Any = None) -> ModelEmbeddings:
+    """Every embedding in the catalog, loaded or skipped (and why) for a model with these encoders.
+    Nothing is loaded into any model."""
+    from webui.engine.core.errors import PickleRefused
+
+    state = ModelEmbeddings(key)
+    label = model_label(found, family)
+    for entry in catalog.of_kind("embedding"):
+        stem = entry.path.name if entry.path.is_dir() else entry.path.stem
+        name = entry.name
+        try:
+            file = read_cached(entry, allow_pickle)
+        except PickleRefused as exc:
+            state.skipped.setdefault(stem.lower(), Known(stem, entry, None, str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad file is listed, never stops the others
+            state.skipped.setdefault(stem.lower(), Known(stem, entry, None, str(exc)))
+            continue
+        if name != stem or stem.lower() in state.loaded or stem.lower() in state.skipped:
+            state.skipped.setdefault(f"{stem.lower()} ({entry.path})", Known(
+                stem, entry, file, f"another embedding is called {stem!r} already (the first one found is used)"))
+            continue
+        if not found:
+            state.skipped[stem.lower()] = Known(stem, entry, file, f"{label} does not read textual inversion embeddings")
+        elif not fits(file, found):
+            state.skipped[stem.lower()] = Known(stem, entry, file, f"made for {file.family}, and this model is {label}")
+        else:
+            short = hashes.sha256(weights_path(entry))[:12] if hashes is not None else None
+            state.loaded[stem.lower()] = Known(stem, entry, file, None, short)
+    words = sorted({k.name for k in [*state.loaded.values(), *state.skipped.values()]}, key=len, reverse=True)
+    if words:
+        state.pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+    return state
+
+
+def load_into(pipeline: Any, catalog: Any, allow_pickle: bool, family: str | None, key: Hashable,
+              enabled: bool = True) -> ModelEmbeddings:
+    """The per-model state: the tokenizers and encoders put back as loaded from disk, then (when
+    enabled) every embedding that fits loaded into them with diffusers' load_textual_inversion. A
+    tokenizer that holds this key's state already keeps it (a pipeline built from the same components)."""
+    found = encoders(pipeline)
+    if found:
+        current = getattr(found[0].tokenizer, STATE_ATTR, None)
+        if current is not None and current.key == key:
+            return current
+    restore(found)
+    if not enabled:
+        return ModelEmbeddings(key)
+    state = survey(catalog, allow_pickle, found, family, key, catalog.hashes)
+    if not found:
+        return state
+    _drop_clashes(state, found)
+    if state.loaded:
+        _load(pipeline, state, found)
+    setattr(found[0].tokenizer, STATE_ATTR, state)
+    return state
+
+
+def _drop_clashes(state: ModelEmbeddings, found: list[Encoder]) -> None:
+    """Skip a word whose tokens the tokenizer has already (a CLIP word piece, another embedding's `x_1`)."""
+    taken: set[str] = set()
+    for word, known in list(state.loaded.items()):
+        tokens = [known.token] + [f"{known.token}_{i}" for i in range(1, known.file.count)]
+        clash = next((t for t in tokens if t in taken or any(t in e.tokenizer.get_vocab() for e in found)), None)
+        if clash is not None:
+            known.reason = f"its token {clash!r} is a word the tokenizer has already; rename the file"
+            state.skipped[word] = state.loaded.pop(word)
+        else:
+            taken.update(tokens)
+
+
+def _load(pipeline: Any, state: ModelEmbeddings, found: list[Encoder]) -> None:
+    from tokenizers import AddedToken
+
+    for encoder in found:
+        tokenizer, text_encoder = encoder.tokenizer, encoder.text_encoder
+        if getattr(tokenizer, ORIGINAL_ATTR, None) is None:
+            rows = int(text_encoder.get_input_embeddings().weight.shape[0])
+            setattr(tokenizer, ORIGINAL_ATTR, (tokenizer._tokenizer.to_str(), rows))
+        knowns = list(state.loaded.values())
+        vectors = [k.file.vectors[encoder.slot] for k in knowns]
+        added = sum(int(v.shape[0]) for v in vectors)
+        # The rows diffusers' resize would fill with random draws from the vocabulary's statistics
+        # (a covariance over every row, seconds on a real CLIP): made here without that; it overwrites them.
+        text_encoder.resize_token_embeddings(len(tokenizer) + added, mean_resizing=False)
+        pipeline.load_textual_inversion([{k.token: v} for k, v in zip(knowns, vectors)], token=[k.token for k in knowns],
+                                        tokenizer=tokenizer, text_encoder=text_encoder)
+        tokens = [t for k in knowns for t in [k.token] + [f"{k.token}_{i}" for i in range(1, k.file.count)]]
+        # Whole words only, as A1111 matches them: `cat` in `concatenate` is not the embedding `cat`.
+        tokenizer._tokenizer.add_tokens([AddedToken(t, single_word=True, normalized=True) for t in tokens])
+        state.tensors.extend(vectors)
+
+
+def restore(found: list[Encoder]) -> None:
+    """Each tokenizer and text encoder as loaded from disk (what Kiri added taken out)."""
+    from tokenizers import Tokenizer
+
+    for encoder in found:
+        original = getattr(encoder.tokenizer, ORIGINAL_ATTR, None)
+        if original is not None:
+            text, rows = original
+            encoder.tokenizer._tokenizer = Tokenizer.from_str(text)
+            encoder.text_encoder.resize_token_embeddings(rows, mean_resizing=False)
+            setattr(encoder.tokenizer, ORIGINAL_ATTR, None)
+        setattr(encoder.tokenizer, STATE_ATTR, None)
+
+
+def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: dict[str, Known]) -> str:
+    """`text` with each loaded embedding's word written as its tokens (`word word_1 ...`, any case in,
+    lower case out); the words seen go into `used` and `skipped`."""
+    if not text or state.pattern is None:
+        return text
+
+    def replace(match: re.Match) -> str:
+        word = match.group(0)
+        known = state.loaded.get(word.lower())
+        if known is None:
+            found = state.skipped.get(word.lower())
+            if found is not None:
+                skipped[found.name.lower()] = found
+            return word
+        used[known.name.lower()] = known
+        return " ".join([known.token] + [f"{known.token}_{i}" for i in range(1, known.file.count)])
+
+    return state.pattern.sub(replace, text)
