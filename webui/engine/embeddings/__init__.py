@@ -92,13 +92,15 @@ class Embeddings(Addon):
             files.append((str(entry.path), entry.name, st.st_size, st.st_mtime_ns))
         return ("on", bool(self.ctx.models.allow_pickle), tuple(files))
 
-    def load_state(self, ctx: Any, model: Any) -> ModelEmbeddings:
+    def load_state(self, ctx: Any, model: Any) -> dict[str, Any]:
         key = self.state_key()
         _drop_stale(model, self, key)
-        return load_into(model.pipeline, ctx.catalog, bool(ctx.models.allow_pickle), self.family, key, self.enabled)
+        state = load_into(model.pipeline, ctx.catalog, bool(ctx.models.allow_pickle), self.family, key, self.enabled)
+        # The vectors beside the state, so the seam counts their bytes in the memory budget.
+        return {"embeddings": state, "tensors": list(state.tensors)}
 
     def use_state(self, state: Any) -> None:
-        self.state = state
+        self.state = state["embeddings"]
 
     # per call: the words written as their tokens, the infotext, warnings for skipped ones
     def apply(self, call: Any) -> None:
