@@ -260,6 +260,23 @@ def test_sdxl_embeddings_go_into_both_encoders(xl_folders, tmp_path, captured):
     assert listing["loaded"]["xlstyle"]["shape"] == WIDTH + WIDTH_2 and set(listing["skipped"]) == {"sd1style"}
 
 
+def test_sd2_and_a_name_that_is_a_word_of_the_vocabulary(xl_folders, tmp_path, captured):
+    """`a` is a CLIP token itself and `Style (v2)` holds brackets the prompt language reads: both are words."""
+    first, second = vectors(1, WIDTH, 17), vectors(1, WIDTH, 18)
+    save_a1111_safetensors(xl_folders.parent / "embeddings" / "a.safetensors", first)
+    save_a1111_safetensors(xl_folders.parent / "embeddings" / "Style (v2).safetensors", second)
+    engine = make_engine(xl_folders, tmp_path, default="tiny-sd2")
+    result = generate(engine, "A circle, style (v2)", model="tiny-sd2")
+    assert not result.warnings and "TI hashes: " in result.infotexts[0]
+    pipeline = engine.models.get("tiny-sd2").pipeline
+    q, x = letter_ids(pipeline.tokenizer, "qx")
+    expected, _ = by_hand(pipeline, "q circle, x", {"text_encoder": {q: first[0], x: second[0]}})
+    assert torch.allclose(captured[-1]["prompt_embeds"], expected, atol=1e-6)
+    plain = generate(engine, "a circle", model="tiny-sd2", embeddings=False)
+    assert "TI hashes" not in plain.infotexts[0]
+    assert pipeline.text_encoder.get_input_embeddings().weight.shape[0] == 98
+
+
 # --- the A1111 routes, through the real server and the webuiapi client --------------------------------
 
 def test_the_embeddings_routes_with_webuiapi_and_requests(folders, tmp_path_factory):

@@ -104,22 +104,33 @@ class Embeddings(Addon):
 
     # per call: the words written as their tokens, the infotext, warnings for skipped ones
     def apply(self, call: Any) -> None:
-        schedule = getattr(call, "conditioning", None)
-        if schedule is None or self.state is None or self.state.pattern is None:
+        if self.state is None or self.state.pattern is None:
             return
         used: dict[str, Known] = {}
         skipped: dict[str, Known] = {}
-        entries = []
-        for entry in schedule.entries:
-            changes = {}
-            for field in ("prompt", "negative"):
-                text = getattr(entry, field, None)
-                if isinstance(text, str):
-                    changes[field] = expand(text, self.state, used, skipped)
-            entries.append(_replace(entry, changes))
-        schedule.entries = entries
+        schedule = getattr(call, "conditioning", None)
+        if schedule is not None:  # the conditioning stage encodes these texts after every apply()
+            entries = []
+            for entry in schedule.entries:
+                changes = {}
+                for field in ("prompt", "negative"):
+                    text = getattr(entry, field, None)
+                    if isinstance(text, str):
+                        changes[field] = expand(text, self.state, used, skipped)
+                entries.append(_replace(entry, changes))
+            schedule.entries = entries
+        else:  # a pipeline that encodes its prompt itself: the texts it is handed (a dict of them for prompt travel)
+            for name in ("prompt", "negative_prompt"):
+                value = call.kwargs.get(name)
+                if isinstance(value, str):
+                    call.kwargs[name] = expand(value, self.state, used, skipped)
+                elif isinstance(value, dict):
+                    call.kwargs[name] = {k: expand(v, self.state, used, skipped) if isinstance(v, str) else v
+                                         for k, v in value.items()}
         if used:
-            call.infotext[INFOTEXT_KEY] = ", ".join(f"{k.name}: {k.short_hash}" for k in used.values())
+            # A1111's: "name: hash, ...", each name without the separators the infotext uses
+            call.infotext[INFOTEXT_KEY] = ", ".join(
+                f"{k.name.replace(':', '').replace(',', '')}: {k.short_hash}" for k in used.values())
         warnings = getattr(call, "warnings", None)
         if warnings is not None:
             for known in skipped.values():
@@ -215,10 +226,15 @@ def api_listing(engine: Any) -> dict[str, dict[str, Any]]:
     """A1111's /sdapi/v1/embeddings for the current model: {"loaded": {name: {step, sd_checkpoint,
     sd_checkpoint_name, shape, vectors}}, "skipped": {...}}: what the current model loads (the loaded
     one's encoders, else the selected checkpoint's configs); nothing is loaded by asking."""
+    from webui.engine.core.errors import KiriError
+
     catalog, allow = _catalog(engine)
     manager = engine.models_if_created()
-    model = manager.current if manager is not None and manager.current is not None else engine.current_entry()
-    found, family = _fit_for(model, catalog)
+    try:
+        model = manager.current if manager is not None and manager.current is not None else engine.current_entry()
+        found, family = _fit_for(model, catalog)
+    except KiriError:  # no checkpoint at all: nothing to fit them to
+        found, family = None, None
     state = survey(catalog, allow, found, family)
     return {"loaded": {k.name: k.a1111() for k in state.loaded.values()},
             "skipped": {k.name: k.a1111() for k in state.skipped.values()}}

@@ -3,9 +3,14 @@
 embeddings: the original rows are never written, so a prompt without an embedding's word encodes
 exactly as before), and putting the tokenizer and the encoder back as they were.
 
-The tokens are the words in lower case (CLIP's tokenizer reads the prompt in lower case), marked
-single-word, so `cat` in `concatenate` stays plain text as in A1111; a multi-vector embedding adds
-`word`, `word_1`, ... and `expand()` writes `word word_1 ...` where the prompt says `word`.
+The prompt word is the file's stem in any case, a whole word (`cat` in `concatenate` is plain text,
+as in A1111). The tokenizer's new tokens are not the words: `expand()` writes each word of a loaded
+embedding as its tokens (`kiriti_word kiriti_word_1 ...`, one per vector), so any file name works
+(one that is a CLIP word piece, holds brackets or colons the prompt language reads, or differs only
+in case), a prompt without a word tokenizes exactly as before, and with the add-on off nothing in a
+prompt reaches the tokens. (diffusers' `maybe_convert_prompt` would do the expanding for names that
+are tokens, but it replaces the lower-cased token as a substring of the text: `EasyNegative` kept one
+vector of eight, and `x` expanded inside `x_1` again.)
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ __all__ = ["Encoder", "Known", "ModelEmbeddings", "encoders", "expand", "load_in
 # Where Kiri keeps what it did to a tokenizer: the state loaded into it, and the original to go back to.
 STATE_ATTR, ORIGINAL_ATTR = "_kiri_embeddings", "_kiri_embeddings_original"
 # Vector widths of the released text encoders per family, for a model that is not loaded.
+TOKEN_PREFIX = "kiriti_"  # the tokenizer's tokens for embeddings: kiriti_<word>, kiriti_<word>_1, ...
 FAMILY_WIDTHS = {"sd1": [("", 768)], "sd2": [("", 1024)], "sdxl": [("clip_l", 768), ("clip_g", 1280)]}
 
 
@@ -41,10 +47,10 @@ class Known:
     file: EmbeddingFile | None
     reason: str | None = None
     short_hash: str | None = None
+    token: str = ""  # the first of its tokens in the tokenizer (set when it is loaded)
 
-    @property
-    def token(self) -> str:
-        return self.name.lower()
+    def tokens(self) -> list[str]:
+        return [self.token] + [f"{self.token}_{i}" for i in range(1, self.file.count if self.file else 1)]
 
     def a1111(self) -> dict[str, Any]:
         """A1111's /sdapi/v1/embeddings entry."""
@@ -122,14 +128,15 @@ class _Width:
         self.shape = (1, width)
 
 
-def survey(catalog: Any, allow_pickle: bool, found: list[Encoder], family: str | None, key: Hashable = None,
+def survey(catalog: Any, allow_pickle: bool, found: list[Encoder] | None, family: str | None, key: Hashable = None,
            hashes: Any = None) -> ModelEmbeddings:
-    """Every embedding in the catalog, loaded or skipped (and why) for a model with these encoders.
-    Nothing is loaded into any model."""
+    """Every embedding in the catalog, loaded or skipped (and why) for a model with these encoders
+    (None: no model to fit, every readable one counts as loaded, as A1111 lists them before a model
+    is loaded). Nothing is loaded into any model."""
     from webui.engine.core.errors import PickleRefused
 
     state = ModelEmbeddings(key)
-    label = model_label(found, family)
+    label = model_label(found or [], family)
     for entry in catalog.of_kind("embedding"):
         stem = entry.path.name if entry.path.is_dir() else entry.path.stem
         name = entry.name
@@ -145,9 +152,9 @@ def survey(catalog: Any, allow_pickle: bool, found: list[Encoder], family: str |
             state.skipped.setdefault(f"{stem.lower()} ({entry.path})", Known(
                 stem, entry, file, f"another embedding is called {stem!r} already (the first one found is used)"))
             continue
-        if not found:
+        if found is not None and not found:
             state.skipped[stem.lower()] = Known(stem, entry, file, f"{label} does not read textual inversion embeddings")
-        elif not fits(file, found):
+        elif found is not None and not fits(file, found):
             state.skipped[stem.lower()] = Known(stem, entry, file, f"made for {file.family}, and this model is {label}")
         else:
             short = hashes.sha256(weights_path(entry))[:12] if hashes is not None else None
@@ -174,24 +181,26 @@ def load_into(pipeline: Any, catalog: Any, allow_pickle: bool, family: str | Non
     state = survey(catalog, allow_pickle, found, family, key, catalog.hashes)
     if not found:
         return state
-    _drop_clashes(state, found)
+    _assign_tokens(state, found)
     if state.loaded:
         _load(pipeline, state, found)
     setattr(found[0].tokenizer, STATE_ATTR, state)
     return state
 
 
-def _drop_clashes(state: ModelEmbeddings, found: list[Encoder]) -> None:
-    """Skip a word whose tokens the tokenizer has already (a CLIP word piece, another embedding's `x_1`)."""
+def _assign_tokens(state: ModelEmbeddings, found: list[Encoder]) -> None:
+    """Each loaded embedding's tokens: `kiriti_<word in letters and digits>`, made unique among them
+    and the tokenizers' vocabularies."""
     taken: set[str] = set()
-    for word, known in list(state.loaded.items()):
-        tokens = [known.token] + [f"{known.token}_{i}" for i in range(1, known.file.count)]
-        clash = next((t for t in tokens if t in taken or any(t in e.tokenizer.get_vocab() for e in found)), None)
-        if clash is not None:
-            known.reason = f"its token {clash!r} is a word the tokenizer has already; rename the file"
-            state.skipped[word] = state.loaded.pop(word)
-        else:
-            taken.update(tokens)
+    vocabs = [e.tokenizer.get_vocab() for e in found]
+    for known in state.loaded.values():
+        slug = re.sub(r"[^a-z0-9]+", "_", known.name.lower()).strip("_") or "embedding"
+        for n in range(1, 1000):
+            known.token = TOKEN_PREFIX + slug + (f"x{n}" if n > 1 else "")
+            tokens = known.tokens()
+            if not any(t in taken or any(t in vocab for vocab in vocabs) for t in tokens):
+                break
+        taken.update(tokens)
 
 
 def _load(pipeline: Any, state: ModelEmbeddings, found: list[Encoder]) -> None:
@@ -210,8 +219,8 @@ def _load(pipeline: Any, state: ModelEmbeddings, found: list[Encoder]) -> None:
         text_encoder.resize_token_embeddings(len(tokenizer) + added, mean_resizing=False)
         pipeline.load_textual_inversion([{k.token: v} for k, v in zip(knowns, vectors)], token=[k.token for k in knowns],
                                         tokenizer=tokenizer, text_encoder=text_encoder)
-        tokens = [t for k in knowns for t in [k.token] + [f"{k.token}_{i}" for i in range(1, k.file.count)]]
-        # Whole words only, as A1111 matches them: `cat` in `concatenate` is not the embedding `cat`.
+        tokens = [t for k in knowns for t in k.tokens()]
+        # Whole tokens only: `kiriti_x` inside `kiriti_x_1` (or a word the user wrote around it) is not `kiriti_x`.
         tokenizer._tokenizer.add_tokens([AddedToken(t, single_word=True, normalized=True) for t in tokens])
         state.tensors.extend(vectors)
 
@@ -231,8 +240,8 @@ def restore(found: list[Encoder]) -> None:
 
 
 def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: dict[str, Known]) -> str:
-    """`text` with each loaded embedding's word written as its tokens (`word word_1 ...`, any case in,
-    lower case out); the words seen go into `used` and `skipped`."""
+    """`text` with each loaded embedding's word (any case, a whole word) written as its tokens; the
+    words seen go into `used` and `skipped` (by word in lower case)."""
     if not text or state.pattern is None:
         return text
 
@@ -245,6 +254,6 @@ def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: d
                 skipped[found.name.lower()] = found
             return word
         used[known.name.lower()] = known
-        return " ".join([known.token] + [f"{known.token}_{i}" for i in range(1, known.file.count)])
+        return " ".join(known.tokens())
 
     return state.pattern.sub(replace, text)
