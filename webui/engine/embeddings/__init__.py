@@ -61,7 +61,6 @@ class Embeddings(Addon):
         self.enabled = enabled
         self.ctx: Any = None
         self.family: str | None = None  # the model's family label, for messages
-        self.model_name = ""
         self.state: ModelEmbeddings | None = None
 
     @classmethod
@@ -73,7 +72,7 @@ class Embeddings(Addon):
     def job(self, ctx: Any, model: Any, request: Any) -> Iterator[None]:
         from webui.engine.models.families import FAMILIES
 
-        self.ctx, self.model_name = ctx, model.name
+        self.ctx = ctx
         self.family = FAMILIES.get(getattr(model, "family", "") or "", None)
         yield
 

@@ -15,18 +15,21 @@ vector of eight, and `x` expanded inside `x_1` again.)
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 from .files import SDXL_KEYS, EmbeddingFile, family_of_shape, read_cached, weights_path
 
+log = logging.getLogger(__name__)
+
 __all__ = ["Encoder", "Known", "ModelEmbeddings", "encoders", "expand", "load_into", "restore", "survey", "widths_of_entry"]
 
 # Where Kiri keeps what it did to a tokenizer: the state loaded into it, and the original to go back to.
 STATE_ATTR, ORIGINAL_ATTR = "_kiri_embeddings", "_kiri_embeddings_original"
-# Vector widths of the released text encoders per family, for a model that is not loaded.
 TOKEN_PREFIX = "kiriti_"  # the tokenizer's tokens for embeddings: kiriti_<word>, kiriti_<word>_1, ...
+# Vector widths of the released text encoders per family, for a model that is not loaded.
 FAMILY_WIDTHS = {"sd1": [("", 768)], "sd2": [("", 1024)], "sdxl": [("clip_l", 768), ("clip_g", 1280)]}
 
 
@@ -183,7 +186,15 @@ def load_into(pipeline: Any, catalog: Any, allow_pickle: bool, family: str | Non
         return state
     _assign_tokens(state, found)
     if state.loaded:
-        _load(pipeline, state, found)
+        try:
+            _load(pipeline, state, found)
+        except Exception as exc:  # noqa: BLE001 - the checkpoint goes on without them, each listed with the reason
+            log.exception("loading textual inversion embeddings failed")
+            restore(found)
+            for word, known in list(state.loaded.items()):
+                known.reason = f"could not be loaded into this model: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+                state.skipped[word] = state.loaded.pop(word)
+            state.tensors.clear()
     setattr(found[0].tokenizer, STATE_ATTR, state)
     return state
 
