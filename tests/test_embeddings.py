@@ -279,7 +279,7 @@ def test_sd2_and_a_name_that_is_a_word_of_the_vocabulary(xl_folders, tmp_path, c
 
 # --- the A1111 routes, through the real server and the webuiapi client --------------------------------
 
-def test_the_embeddings_routes_with_webuiapi_and_requests(folders, tmp_path_factory):
+def test_the_embeddings_routes_with_webuiapi_and_requests_and_the_settings_checkbox(folders, tmp_path_factory, browser):
     import requests
     import webuiapi
     from conftest import serve_kiri
@@ -301,5 +301,16 @@ def test_the_embeddings_routes_with_webuiapi_and_requests(folders, tmp_path_fact
         assert set(listing["loaded"]) == {"apistyle", "apinew"}
         result = api.txt2img(prompt="a apistyle circle", width=64, height=64, seed=3)
         assert "TI hashes" in result.info["infotexts"][0]
+        # The Settings tab turns them off for requests that do not ask.
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(info["url"])
+        page.get_by_role("tab", name="Settings", exact=True).first.click()
+        page.locator("#settings-use-embeddings input").uncheck()
+        page.locator("#settings-apply").click()
+        page.wait_for_function("document.querySelector('#settings-result')?.innerText.includes('Settings saved')")
+        page.close()
+        assert info["engine"].settings.use_embeddings is False
+        result = api.txt2img(prompt="a apistyle circle", width=64, height=64, seed=3)
+        assert "TI hashes" not in result.info["infotexts"][0]
     finally:
         next(server, None)
