@@ -132,12 +132,14 @@ def test_an_a1111_embedding_conditions_as_its_vectors_put_in_by_hand(folders, tm
     engine = make_engine(folders, tmp_path)
     plain = generate(engine, "a q circle")
     used = generate(engine, "a ShapeStyle circle")  # the word in any case
+    comfy = generate(engine, "a embedding:shapestyle circle")  # as ComfyUI writes it
     assert not used.warnings
     pipeline = engine.models.get("tiny-sd").pipeline
     expected, _ = by_hand(pipeline, "a q circle", {"text_encoder": {letter_ids(pipeline.tokenizer, "q")[0]: vector[0]}})
     assert torch.allclose(captured[1]["prompt_embeds"], expected, atol=1e-6)
     assert not torch.allclose(captured[0]["prompt_embeds"], captured[1]["prompt_embeds"], atol=1e-3)
-    assert (pixels(plain) != pixels(used)).any()
+    assert torch.equal(captured[1]["prompt_embeds"], captured[2]["prompt_embeds"])
+    assert (pixels(plain) != pixels(used)).any() and np.array_equal(pixels(used), pixels(comfy))
     sha = engine.catalog.hashes.sha256(folders / "embeddings" / "ShapeStyle.safetensors")
     assert f'TI hashes: "ShapeStyle: {sha[:12]}"' in used.infotexts[0]
     assert "TI hashes" not in plain.infotexts[0]

@@ -1,6 +1,6 @@
 """Textual inversion embeddings, as the add-on "embeddings": a file in `embeddings/` (A1111's
 folder, beside models/) or `models/embeddings/` is used by writing its name in the prompt, as in
-AUTOMATIC1111 (the file stem is the word), on SD 1.x, 2.x and SDXL (clip_l into the first
+AUTOMATIC1111 (the file stem is the word, any case; ComfyUI's `embedding:word` too), on SD 1.x, 2.x and SDXL (clip_l into the first
 encoder, clip_g into the second). Its infotext key is A1111's `TI hashes: "name: hash, ..."`.
 
 Lifetimes (core/addons.py):
@@ -171,7 +171,7 @@ def _catalog(engine_or_catalog: Any) -> tuple[Any, bool]:
     manager = models() if callable(models) else None
     settings = getattr(engine_or_catalog, "settings", None)
     allow = manager.allow_pickle if manager is not None else bool(getattr(settings, "allow_pickle", False))
-    if not catalog.of_kind(KIND):
+    if not catalog.entries:  # never scanned (a scan finds the checkpoints too)
         catalog.scan()
     return catalog, allow
 

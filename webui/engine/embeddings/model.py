@@ -164,7 +164,9 @@ def survey(catalog: Any, allow_pickle: bool, found: list[Encoder] | None, family
             state.loaded[stem.lower()] = Known(stem, entry, file, None, short)
     words = sorted({k.name for k in [*state.loaded.values(), *state.skipped.values()]}, key=len, reverse=True)
     if words:
-        state.pattern = re.compile(r"(?<!\w)(" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+        # The word alone, or as ComfyUI writes it (`embedding:word`), never part of a longer word.
+        state.pattern = re.compile(r"(?<!\w)(?:embedding:)?(" + "|".join(re.escape(w) for w in words) + r")(?!\w)",
+                                   re.IGNORECASE)
     return state
 
 
@@ -257,13 +259,13 @@ def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: d
         return text
 
     def replace(match: re.Match) -> str:
-        word = match.group(0)
+        word = match.group(1)
         known = state.loaded.get(word.lower())
         if known is None:
             found = state.skipped.get(word.lower())
             if found is not None:
                 skipped[found.name.lower()] = found
-            return word
+            return match.group(0)
         used[known.name.lower()] = known
         return " ".join(known.tokens())
 
