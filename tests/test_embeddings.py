@@ -194,17 +194,20 @@ def test_wrong_widths_are_skipped_listed_and_warned(folders, tmp_path, captured)
     save_a1111_safetensors(folders / "embeddings" / "wide.safetensors", vectors(1, WIDTH_2, 6))
     save_sdxl(folders / "embeddings" / "xlonly.safetensors", vectors(1, WIDTH, 7), vectors(1, WIDTH_2, 8))
     save_diffusers(folders / "embeddings" / "fits.safetensors", "<fits>", vectors(1, WIDTH, 9))
+    (folders / "embeddings" / "concept").mkdir()  # a diffusers concept folder
+    save_diffusers(folders / "embeddings" / "concept" / "learned_embeds.safetensors", "<concept>", vectors(1, WIDTH, 19))
+    (folders / "embeddings" / "broken.safetensors").write_bytes(b"not a safetensors file")
     engine = make_engine(folders, tmp_path)
     plain = generate(engine, "a wide xlonly circle")
     from webui.engine.embeddings import api_listing, list_embeddings
 
     listing = api_listing(engine)
-    assert set(listing["loaded"]) == {"fits"} and set(listing["skipped"]) == {"wide", "xlonly"}
-    assert listing["skipped"]["xlonly"]["shape"] == WIDTH + WIDTH_2
+    assert set(listing["loaded"]) == {"fits", "concept"} and set(listing["skipped"]) == {"wide", "xlonly", "broken"}
+    assert listing["skipped"]["xlonly"]["shape"] == WIDTH + WIDTH_2 and listing["skipped"]["broken"]["vectors"] == 0
     warnings = " ".join(plain.warnings)
     assert "'wide'" in warnings and "'xlonly'" in warnings and "SDXL" in warnings and "SD 1.x" in warnings
     encoder = engine.models.get("tiny-sd").pipeline.text_encoder
-    assert encoder.get_input_embeddings().weight.shape[0] == 98 + 1  # only `fits`
+    assert encoder.get_input_embeddings().weight.shape[0] == 98 + 2  # only `fits` and `concept`
 
     cards = {c["name"]: c for c in list_embeddings(engine, engine.models.get("tiny-sd"))}
     assert cards["xlonly"]["compatible"] is False and cards["xlonly"]["family"] == "SDXL"

@@ -78,6 +78,8 @@ def describe_embedding(path: Path, kind: str) -> CatalogEntry | None:
     """An embedding file (or a diffusers concept folder); preview pictures and other files are not."""
     if path.name.startswith("."):
         return None
+    if ".." in path.parts:  # A1111's folder, found as models/../embeddings: its own path, as the OS reads it
+        path = path.resolve()
     if path.is_dir():
         for name in CONCEPT_FILES:
             if (path / name).is_file():
