@@ -24,7 +24,7 @@ from typing import Any
 
 from webui.engine.models.catalog import CatalogEntry
 
-__all__ = ["EmbeddingFile", "EMBEDDING_SUFFIXES", "PREVIEW_SUFFIXES", "describe_embedding", "family_of_shape",
+__all__ = ["EmbeddingFile", "EMBEDDING_SUFFIXES", "PREVIEW_SUFFIXES", "describe_embedding", "family_of",
            "load_file", "preview_of", "read_cached"]
 
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -63,14 +63,13 @@ class EmbeddingFile:
 
     @property
     def family(self) -> str:
-        return family_of_shape(self.vectors)
+        return family_of(self.vectors, int(next(iter(self.vectors.values())).shape[-1]))
 
 
-def family_of_shape(vectors: dict[str, Any]) -> str:
-    """What an embedding was made for, as a message names it."""
-    if set(vectors) == set(SDXL_KEYS):
+def family_of(slots: Any, width: int) -> str:
+    """What vectors for these encoder slots, `width` wide (the first's), were made for, as a message names it."""
+    if set(slots) == set(SDXL_KEYS):
         return "SDXL"
-    width = int(next(iter(vectors.values())).shape[-1])
     return FAMILY_OF_WIDTH.get(width, f"a text encoder {width} wide")
 
 

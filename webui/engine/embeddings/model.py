@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-from .files import SDXL_KEYS, EmbeddingFile, family_of_shape, read_cached, weights_path
+from .files import SDXL_KEYS, EmbeddingFile, family_of, read_cached, weights_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def widths_of_entry(entry: Any) -> list[Encoder]:
     """The encoders of a checkpoint that is not loaded: its folder's configs, else its family's."""
     import json
 
-    if entry is None:
+    if entry is None or (entry.family or "") not in FAMILY_WIDTHS:
         return []
     if entry.path.is_dir():
         found = []
@@ -121,14 +121,7 @@ def fits(file: EmbeddingFile, found: list[Encoder]) -> bool:
 def model_label(found: list[Encoder], family: str | None) -> str:
     if family:
         return family
-    return family_of_shape({e.slot: _Width(e.width) for e in found}) if found else "this model"
-
-
-class _Width:
-    """Stands for a tensor of a given width where only its shape is read."""
-
-    def __init__(self, width: int):
-        self.shape = (1, width)
+    return family_of([e.slot for e in found], found[0].width) if found else "this model"
 
 
 def survey(catalog: Any, allow_pickle: bool, found: list[Encoder] | None, family: str | None, key: Hashable = None,
