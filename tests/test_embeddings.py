@@ -184,6 +184,23 @@ def test_multi_vector_embeddings_and_the_pickle_policy(folders, tmp_path, captur
     expected, _ = by_hand(pipeline, "a q x z circle, v w", {"text_encoder": {
         q: three[0], x: three[1], z: three[2], v: two[0], w: two[1]}})
     assert torch.allclose(captured[-1]["prompt_embeds"], expected, atol=1e-6)
+    # A pipeline that encodes its prompt itself (a diffusion upscaler, prompt travel) is handed the first
+    # tokens, and diffusers' maybe_convert_prompt writes the rest: the same conditioning.
+    from contextlib import ExitStack
+
+    from webui.engine.core.addons import AddonSession
+    from webui.engine.embeddings import Embeddings
+    from webui.engine.generation.runner import addon_context
+
+    session = AddonSession([Embeddings()], addon_context(engine, None))
+    with ExitStack() as stack:
+        session.enter(engine.models.get("tiny-sd"), None, stack)
+        session.state(engine.models.get("tiny-sd"))
+        call = PipelineCall(pipeline, {"prompt": "a Triple circle, double"}, prompt_stage=False)
+        session.apply(call)
+    theirs, _ = pipeline.encode_prompt(call.kwargs["prompt"], "cpu", 1, False)
+    assert torch.allclose(theirs, expected, atol=1e-6) and "TI hashes" in call.infotext
+
     loaded = api_listing(engine)["loaded"]
     assert loaded["triple"] == {"step": 500, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "tiny-sd",
                                 "shape": WIDTH, "vectors": 3}

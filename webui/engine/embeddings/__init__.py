@@ -119,12 +119,14 @@ class Embeddings(Addon):
                 entries.append(_replace(entry, changes))
             schedule.entries = entries
         else:  # a pipeline that encodes its prompt itself: the texts it is handed (a dict of them for prompt travel)
+            # diffusers' own encode_prompt writes a multi-vector embedding's other tokens after its first
+            first = hasattr(call.pipeline, "maybe_convert_prompt")
             for name in ("prompt", "negative_prompt"):
                 value = call.kwargs.get(name)
                 if isinstance(value, str):
-                    call.kwargs[name] = expand(value, self.state, used, skipped)
+                    call.kwargs[name] = expand(value, self.state, used, skipped, first)
                 elif isinstance(value, dict):
-                    call.kwargs[name] = {k: expand(v, self.state, used, skipped) if isinstance(v, str) else v
+                    call.kwargs[name] = {k: expand(v, self.state, used, skipped, first) if isinstance(v, str) else v
                                          for k, v in value.items()}
         if used:
             # A1111's: "name: hash, ...", each name without the separators the infotext uses

@@ -5,7 +5,7 @@ exactly as before), and putting the tokenizer and the encoder back as they were.
 
 The prompt word is the file's stem in any case, a whole word (`cat` in `concatenate` is plain text,
 as in A1111). The tokenizer's new tokens are not the words: `expand()` writes each word of a loaded
-embedding as its tokens (`kiriti_word kiriti_word_1 ...`, one per vector), so any file name works
+embedding as its tokens (`kiriti_word- kiriti_word-_1 ...`, one per vector), so any file name works
 (one that is a CLIP word piece, holds brackets or colons the prompt language reads, or differs only
 in case), a prompt without a word tokenizes exactly as before, and with the add-on off nothing in a
 prompt reaches the tokens. (diffusers' `maybe_convert_prompt` would do the expanding for names that
@@ -28,7 +28,9 @@ __all__ = ["Encoder", "Known", "ModelEmbeddings", "encoders", "expand", "load_in
 
 # Where Kiri keeps what it did to a tokenizer: the state loaded into it, and the original to go back to.
 STATE_ATTR, ORIGINAL_ATTR = "_kiri_embeddings", "_kiri_embeddings_original"
-TOKEN_PREFIX = "kiriti_"  # the tokenizer's tokens for embeddings: kiriti_<word>, kiriti_<word>_1, ...
+# The tokenizer's tokens for an embedding: kiriti_<word>-, kiriti_<word>-_1, ... The `-` ends the first one,
+# so no embedding's first token begins another's (diffusers' maybe_convert_prompt replaces substrings).
+TOKEN_PREFIX, TOKEN_END = "kiriti_", "-"
 # Vector widths of the released text encoders per family, for a model that is not loaded.
 FAMILY_WIDTHS = {"sd1": [("", 768)], "sd2": [("", 1024)], "sdxl": [("clip_l", 768), ("clip_g", 1280)]}
 
@@ -195,14 +197,14 @@ def load_into(pipeline: Any, catalog: Any, allow_pickle: bool, family: str | Non
 
 
 def _assign_tokens(state: ModelEmbeddings, found: list[Encoder]) -> None:
-    """Each loaded embedding's tokens: `kiriti_<word in letters and digits>`, made unique among them
+    """Each loaded embedding's tokens: `kiriti_<word in letters, digits and _>-`, made unique among them
     and the tokenizers' vocabularies."""
     taken: set[str] = set()
     vocabs = [e.tokenizer.get_vocab() for e in found]
     for known in state.loaded.values():
         slug = re.sub(r"[^a-z0-9]+", "_", known.name.lower()).strip("_") or "embedding"
         for n in range(1, 1000):
-            known.token = TOKEN_PREFIX + slug + (f"x{n}" if n > 1 else "")
+            known.token = TOKEN_PREFIX + slug + (f"x{n}" if n > 1 else "") + TOKEN_END
             tokens = known.tokens()
             if not any(t in taken or any(t in vocab for vocab in vocabs) for t in tokens):
                 break
@@ -245,9 +247,11 @@ def restore(found: list[Encoder]) -> None:
         setattr(encoder.tokenizer, STATE_ATTR, None)
 
 
-def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: dict[str, Known]) -> str:
-    """`text` with each loaded embedding's word (any case, a whole word) written as its tokens; the
-    words seen go into `used` and `skipped` (by word in lower case)."""
+def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: dict[str, Known],
+           first_only: bool = False) -> str:
+    """`text` with each loaded embedding's word (any case, a whole word) written as its tokens (only
+    the first with `first_only`: for a pipeline whose own encode_prompt expands it with diffusers'
+    maybe_convert_prompt); the words seen go into `used` and `skipped` (by word in lower case)."""
     if not text or state.pattern is None:
         return text
 
@@ -260,6 +264,6 @@ def expand(text: str, state: ModelEmbeddings, used: dict[str, Known], skipped: d
                 skipped[found.name.lower()] = found
             return match.group(0)
         used[known.name.lower()] = known
-        return " ".join(known.tokens())
+        return known.token if first_only else " ".join(known.tokens())
 
     return state.pattern.sub(replace, text)
