@@ -214,17 +214,19 @@ def test_wrong_widths_are_skipped_listed_and_warned(folders, tmp_path, captured)
     (folders / "embeddings" / "concept").mkdir()  # a diffusers concept folder
     save_diffusers(folders / "embeddings" / "concept" / "learned_embeds.safetensors", "<concept>", vectors(1, WIDTH, 19))
     (folders / "embeddings" / "broken.safetensors").write_bytes(b"not a safetensors file")
+    (folders.parent / "embeddings" / "negative" / "deeper").mkdir(parents=True)  # A1111 reads subfolders too
+    save_a1111_safetensors(folders.parent / "embeddings" / "negative" / "deeper" / "deep.safetensors", vectors(1, WIDTH, 20))
     engine = make_engine(folders, tmp_path)
     plain = generate(engine, "a wide xlonly circle")
     from webui.engine.embeddings import api_listing, list_embeddings
 
     listing = api_listing(engine)
-    assert set(listing["loaded"]) == {"fits", "concept"} and set(listing["skipped"]) == {"wide", "xlonly", "broken"}
+    assert set(listing["loaded"]) == {"fits", "concept", "deep"} and set(listing["skipped"]) == {"wide", "xlonly", "broken"}
     assert listing["skipped"]["xlonly"]["shape"] == WIDTH + WIDTH_2 and listing["skipped"]["broken"]["vectors"] == 0
     warnings = " ".join(plain.warnings)
     assert "'wide'" in warnings and "'xlonly'" in warnings and "SDXL" in warnings and "SD 1.x" in warnings
     encoder = engine.models.get("tiny-sd").pipeline.text_encoder
-    assert encoder.get_input_embeddings().weight.shape[0] == 98 + 2  # only `fits` and `concept`
+    assert encoder.get_input_embeddings().weight.shape[0] == 98 + 3  # only `fits`, `concept` and `deep`
 
     cards = {c["name"]: c for c in list_embeddings(engine, engine.models.get("tiny-sd"))}
     assert cards["xlonly"]["compatible"] is False and cards["xlonly"]["family"] == "SDXL"
@@ -329,7 +331,8 @@ def test_the_embeddings_routes_with_webuiapi_and_requests_and_the_settings_check
         page.get_by_role("tab", name="Settings", exact=True).first.click()
         page.locator("#settings-use-embeddings input").uncheck()
         page.locator("#settings-apply").click()
-        page.wait_for_function("document.querySelector('#settings-result')?.innerText.includes('Settings saved')")
+        page.wait_for_function("document.querySelector('#settings-result')?.innerText.includes('Settings saved')",
+                               timeout=60_000)
         page.close()
         assert info["engine"].settings.use_embeddings is False
         result = api.txt2img(prompt="a apistyle circle", width=64, height=64, seed=3)

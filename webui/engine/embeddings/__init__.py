@@ -29,13 +29,12 @@ from typing import Any, Iterator
 from webui.engine.core.addons import Addon, AddonSession, AddonSpec
 from webui.engine.core.errors import InvalidRequest
 
-from .files import describe_embedding, load_file, preview_of, read_cached, weights_path
+from .files import KIND, describe_embedding, embedding_entries, load_file, preview_of, read_cached, weights_path
 from .model import Known, ModelEmbeddings, encoders, expand, load_into, survey, widths_of_entry
 
 __all__ = ["FIELD", "INFOTEXT_KEY", "NAME", "SETTING", "Embeddings", "api_listing", "list_embeddings", "refresh", "register"]
 
 NAME = "embeddings"
-KIND = "embedding"  # the catalog's model kind
 FIELD = "embeddings"
 SETTING = "use_embeddings"
 INFOTEXT_KEY = "TI hashes"
@@ -83,7 +82,7 @@ class Embeddings(Addon):
         if not self.enabled:
             return ("off",)
         files = []
-        for entry in self.ctx.catalog.of_kind(KIND):
+        for entry in embedding_entries(self.ctx.catalog):
             try:
                 st = weights_path(entry).stat()
             except OSError:
@@ -202,7 +201,7 @@ def list_embeddings(engine_or_catalog: Any, model: Any = None) -> list[dict[str,
     found, family = _fit_for(model, catalog)
     state = survey(catalog, allow, found, family) if model is not None else None
     cards = []
-    for entry in catalog.of_kind(KIND):
+    for entry in embedding_entries(catalog):
         stem = entry.path.name if entry.path.is_dir() else entry.path.stem
         card: dict[str, Any] = {"name": stem, "path": str(entry.path), "vectors": None, "shape": None, "family": None,
                                 "preview": None, "error": None}

@@ -24,9 +24,12 @@ from typing import Any
 
 from webui.engine.models.catalog import CatalogEntry
 
-__all__ = ["EmbeddingFile", "EMBEDDING_SUFFIXES", "PREVIEW_SUFFIXES", "describe_embedding", "family_of",
+__all__ = ["EmbeddingFile", "EMBEDDING_SUFFIXES", "embedding_entries", "PREVIEW_SUFFIXES", "describe_embedding", "family_of",
            "load_file", "preview_of", "read_cached"]
 
+KIND = "embedding"  # the catalog's model kind
+TREE = "tree"  # the format of a catalog entry that is a folder of embeddings
+MAX_DEPTH = 8  # subfolders read below one
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 PICKLES = (".pt", ".bin")
 CONCEPT_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
@@ -74,7 +77,8 @@ def family_of(slots: Any, width: int) -> str:
 
 
 def describe_embedding(path: Path, kind: str) -> CatalogEntry | None:
-    """An embedding file (or a diffusers concept folder); preview pictures and other files are not."""
+    """An embedding file, a diffusers concept folder, or a folder of them (format "tree": A1111 reads
+    subfolders too; `embedding_entries` lists what is in it); preview pictures and other files are not."""
     if path.name.startswith("."):
         return None
     if ".." in path.parts:  # A1111's folder, found as models/../embeddings: its own path, as the OS reads it
@@ -85,11 +89,38 @@ def describe_embedding(path: Path, kind: str) -> CatalogEntry | None:
                 weights = path / name
                 fmt = "pickle" if weights.suffix in PICKLES else "folder"
                 return CatalogEntry(path.name, path, fmt, None, weights.stat().st_size, kind=kind)
-        return None
+        return CatalogEntry(path.name, path, TREE, None, 0, kind=kind)
     suffix = path.suffix.lower()
     if suffix not in EMBEDDING_SUFFIXES:
         return None
     return CatalogEntry(path.stem, path, "pickle" if suffix in PICKLES else "file", None, path.stat().st_size, kind=kind)
+
+
+def embedding_entries(catalog: Any) -> list[CatalogEntry]:
+    """Every embedding the catalog's last scan found, a subfolder's (any depth, in name order) where
+    the folder was; the first of a name keeps it, a later namesake is told apart by its file name."""
+    out: list[CatalogEntry] = []
+    for entry in catalog.of_kind(KIND):
+        out.extend(_walk(entry.path, entry.kind) if entry.format == TREE else [entry])
+    return out
+
+
+def _walk(folder: Path, kind: str, depth: int = 0) -> list[CatalogEntry]:
+    found: list[CatalogEntry] = []
+    try:
+        children = sorted(folder.iterdir(), key=lambda p: p.name.lower())
+    except OSError:
+        return found
+    for path in children:
+        entry = describe_embedding(path, kind)
+        if entry is None:
+            continue
+        if entry.format == TREE:
+            if depth < MAX_DEPTH:
+                found.extend(_walk(path, kind, depth + 1))
+        else:
+            found.append(entry)
+    return found
 
 
 def weights_path(entry: CatalogEntry) -> Path:
@@ -116,6 +147,8 @@ def load_file(entry: CatalogEntry, allow_pickle: bool) -> EmbeddingFile:
     manager's policy and message); anything else unreadable is EmbeddingError."""
     from webui.engine.core.errors import PickleRefused
 
+    if entry.format == TREE:
+        raise EmbeddingError(f"{entry.path.name} is a folder of embeddings, not one")
     path = weights_path(entry)
     if path.suffix.lower() in PICKLES:
         if not allow_pickle:

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
-from .files import SDXL_KEYS, EmbeddingFile, family_of, read_cached, weights_path
+from .files import SDXL_KEYS, EmbeddingFile, embedding_entries, family_of, read_cached, weights_path
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def survey(catalog: Any, allow_pickle: bool, found: list[Encoder] | None, family
 
     state = ModelEmbeddings(key)
     label = model_label(found or [], family)
-    for entry in catalog.of_kind("embedding"):
+    for entry in embedding_entries(catalog):
         stem = entry.path.name if entry.path.is_dir() else entry.path.stem
         name = entry.name
         try:
