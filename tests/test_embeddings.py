@@ -262,6 +262,25 @@ def test_refresh_picks_up_new_files_and_the_setting_turns_them_off(folders, tmp_
     assert derived_bytes(engine.models.get("tiny-sd")) == WIDTH * 4
 
 
+def test_a_failed_load_leaves_the_checkpoint_as_it_was(folders, tmp_path, captured, monkeypatch):
+    from diffusers.loaders.textual_inversion import TextualInversionLoaderMixin
+
+    save_a1111_safetensors(folders / "embeddings" / "flaky.safetensors", vectors(2, WIDTH, 21))
+    engine = make_engine(folders, tmp_path)
+    generate(engine, "a red circle", embeddings=False)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(TextualInversionLoaderMixin, "load_textual_inversion", broken)
+    result = generate(engine, "a red flaky circle")  # the job runs; the word is plain text, with a warning
+    assert any("'flaky'" in w and "simulated failure" in w for w in result.warnings)
+    pipeline = engine.models.get("tiny-sd").pipeline
+    assert pipeline.text_encoder.get_input_embeddings().weight.shape[0] == 98 and len(pipeline.tokenizer) == 98
+    plain = generate(engine, "a red flaky circle", embeddings=False)
+    assert torch.equal(captured[1]["prompt_embeds"], captured[2]["prompt_embeds"]) and not plain.warnings
+
+
 # --- SDXL: clip_l into the first encoder, clip_g into the second -------------------------------------
 
 def test_sdxl_embeddings_go_into_both_encoders(xl_folders, tmp_path, captured):

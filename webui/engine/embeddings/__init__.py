@@ -1,7 +1,8 @@
 """Textual inversion embeddings, as the add-on "embeddings": a file in `embeddings/` (A1111's
-folder, beside models/) or `models/embeddings/` is used by writing its name in the prompt, as in
-AUTOMATIC1111 (the file stem is the word, any case; ComfyUI's `embedding:word` too), on SD 1.x, 2.x and SDXL (clip_l into the first
-encoder, clip_g into the second). Its infotext key is A1111's `TI hashes: "name: hash, ..."`.
+folder, beside models/, subfolders too) or `models/embeddings/` is used by writing its name in the
+prompt, as in AUTOMATIC1111 (the file stem is the word, in any case; ComfyUI's `embedding:word` too),
+on SD 1.x, 2.x and SDXL (clip_l into the first encoder, clip_g into the second). Its infotext key is
+A1111's `TI hashes: "name: hash, ..."`.
 
 Lifetimes (core/addons.py):
   per model  every embedding that fits the checkpoint's text encoders is loaded into it once, with
@@ -9,9 +10,10 @@ Lifetimes (core/addons.py):
              key is the embedding files (path, size, mtime) as the catalog's last scan found them, so
              a new or changed file is picked up after a refresh. One of another width (an SDXL one on
              SD 1.x, 768 vs 1024) is skipped and listed under `skipped`, as A1111 does.
-  per call   the prompt schedule's texts get each used word written as its tokens (`word word_1 ...`
-             for a multi-vector embedding); the embeddings used go into the infotext; a word of a
-             skipped embedding gets a warning naming the families (it is read as plain words).
+  per call   the prompt schedule's texts get each used word written as its tokens (one per vector,
+             model.expand), before the conditioning stage encodes them; the embeddings used go into
+             the infotext; a word of a skipped embedding gets a warning naming the families (it is
+             read as plain words).
 
 A1111 applies embeddings to every prompt without asking: the add-on is on for every request, from
 the `use_embeddings` setting (on by default). Off, or a request's `{"embeddings": false}`, puts the
@@ -204,7 +206,7 @@ def list_embeddings(engine_or_catalog: Any, model: Any = None) -> list[dict[str,
     for entry in embedding_entries(catalog):
         stem = entry.path.name if entry.path.is_dir() else entry.path.stem
         card: dict[str, Any] = {"name": stem, "path": str(entry.path), "vectors": None, "shape": None, "family": None,
-                                "preview": None, "error": None}
+                                "step": None, "preview": None, "error": None}
         preview = preview_of(entry)
         card["preview"] = str(preview) if preview is not None else None
         try:

@@ -75,9 +75,6 @@ class ModelEmbeddings:
     tensors: list[Any] = field(default_factory=list)  # the vectors added (what the memory budget counts)
     pattern: Any = None  # matches every known word (loaded or skipped), whole words, any case
 
-    def find(self, word: str) -> Known | None:
-        return self.loaded.get(word.lower()) or self.skipped.get(word.lower())
-
 
 def encoders(pipeline: Any) -> list[Encoder]:
     """The CLIP text encoders an embedding goes into (SD 1.x/2.x: one; SDXL: clip_l and clip_g);
@@ -188,8 +185,9 @@ def load_into(pipeline: Any, catalog: Any, allow_pickle: bool, family: str | Non
         except Exception as exc:  # noqa: BLE001 - the checkpoint goes on without them, each listed with the reason
             log.exception("loading textual inversion embeddings failed")
             restore(found)
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             for word, known in list(state.loaded.items()):
-                known.reason = f"could not be loaded into this model: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+                known.reason = f"could not be loaded into this model: {reason}"
                 state.skipped[word] = state.loaded.pop(word)
             state.tensors.clear()
     setattr(found[0].tokenizer, STATE_ATTR, state)
