@@ -48,10 +48,12 @@ class Settings:
     step_cache: str = ""
     # The VAE a request that names none gets (A1111's sd_vae): "Automatic", "None" or a VAE's name
     sd_vae: str = "Automatic"
+    # Textual inversion: an embedding's name in a prompt uses it, as in A1111 (off: read as plain words)
+    use_embeddings: bool = True
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
                 "preview_every",
-                "step_cache", "sd_vae",
+                "step_cache", "sd_vae", "use_embeddings",
                 "model_memory_budget_mb", "max_pixels", "max_output_pixels", "max_video_pixels")
 
     def checked(self, name: str, value):

@@ -32,6 +32,8 @@ def render(engine: Engine, settings_file: Path) -> None:
         step_cache = gr.Dropdown([("Off", ""), *[(m.label, text_of(parse(m.name))) for m in METHODS.values()]],
                                  value=lambda: s.step_cache, allow_custom_value=True, elem_id="settings-step-cache",
                                  label="Step cache for requests that name none (method and parameters, e.g. taylorseer 5 warmup=3)")
+        use_embeddings = gr.Checkbox(lambda: s.use_embeddings, elem_id="settings-use-embeddings",
+                                     label="Use textual inversion embeddings named in prompts (embeddings/, models/embeddings/)")
         cache = gr.Number(lambda: s.model_cache_size, precision=0, elem_id="settings-model-cache-size",
                           label="Models kept loaded (checkpoints, most recently used first)")
         budget = gr.Number(lambda: s.model_memory_budget_mb, precision=0, elem_id="settings-model-memory-budget",
@@ -50,8 +52,8 @@ def render(engine: Engine, settings_file: Path) -> None:
     numbers = ("preview_every", "model_cache_size", "model_memory_budget_mb", "max_pixels", "max_output_pixels",
                "max_video_pixels")
 
-    def apply(every, save_all, fmt, default_name, vae_name, cache_method, cache_size, budget_mb, pixels, output,
-              video) -> str:
+    def apply(every, save_all, fmt, default_name, vae_name, cache_method, embeddings_on, cache_size, budget_mb, pixels,
+              output, video) -> str:
         # Check every value first, so a bad one changes nothing.
         checked_numbers = {}
         for name, value in zip(numbers, (every, cache_size, budget_mb, pixels, output, video)):
@@ -68,6 +70,7 @@ def render(engine: Engine, settings_file: Path) -> None:
             raise gr.Error(f"Not saved: {exc}") from None
         s.sd_vae = chosen
         s.step_cache = text_of(checked) if checked else ""
+        s.use_embeddings = bool(embeddings_on)
         for name, value in checked_numbers.items():
             setattr(s, name, value)
         s.default_model = (default_name or "").strip() or None
@@ -79,5 +82,5 @@ def render(engine: Engine, settings_file: Path) -> None:
         s.save(settings_file)
         return "Settings saved."
 
-    save.click(apply, [preview_every, save_images, image_format, default_model, sd_vae, step_cache, cache, budget,
-                       max_pixels, max_output, max_video], result, api_name="apply_settings")
+    save.click(apply, [preview_every, save_images, image_format, default_model, sd_vae, step_cache, use_embeddings, cache,
+                       budget, max_pixels, max_output, max_video], result, api_name="apply_settings")

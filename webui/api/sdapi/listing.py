@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from webui.engine import embeddings as textual_inversion
 from webui.engine.samplers.registry import SCHEDULES
 from webui.engine.styles import load_styles
 from webui.engine.upscale import LATENT_MODES, all_upscalers
@@ -82,7 +83,12 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/embeddings")
     def embeddings() -> dict:
-        return {"loaded": {}, "skipped": {}}
+        return textual_inversion.api_listing(engine)
+
+    @router.post("/refresh-embeddings")
+    def refresh_embeddings() -> dict:
+        textual_inversion.refresh(engine)
+        return {}
 
     # Kinds of model A1111 has and Kiri does not (yet): its shapes, empty, so its clients work.
     @router.get("/hypernetworks")

@@ -37,6 +37,7 @@ class PipelineCall:
     resolvable: bool = True  # False: not an image pipeline the resolver can rebuild with add-ons' modules (video)
     frames: bool = False  # a video pipeline: its output's frames[0] (one clip), not images
     first_pass_steps: int | None = None  # a hires fix's second pass: the first pass's steps (the prompt schedule reads on)
+    warnings: list[str] = field(default_factory=list)  # add-ons' notes for the result (an embedding skipped)
 
     def accepts(self, name: str) -> bool:
         return name in inspect.signature(self.pipeline.__call__).parameters

@@ -212,11 +212,9 @@ def _encode_clip(call: Any, schedule: PromptSchedule) -> StepSwap | None:
 
 def tokenize(pipeline: Any, tokenizer: Any, text: str) -> list[int]:
     """The one place prompt text becomes token ids for Kiri's own encoding and counting: without BOS,
-    EOS or a cut; a multi-vector textual inversion's name expanded to all its tokens first (diffusers'
-    maybe_convert_prompt, where the pipeline has it)."""
-    convert = getattr(pipeline, "maybe_convert_prompt", None)
-    if convert is not None and text:
-        text = convert(text, tokenizer)
+    EOS or a cut. A textual inversion's name reaches here already written as all its tokens (the
+    embeddings add-on's apply()); diffusers' maybe_convert_prompt is not called, since it replaces
+    substrings and would expand those tokens a second time."""
     return tokenizer(text or "", truncation=False, add_special_tokens=False)["input_ids"]
 
 

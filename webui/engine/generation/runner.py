@@ -145,6 +145,7 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
             job.finish_images(0)
             continue
         job.finish_images(len(images))
+        result.warnings.extend(w for w in call.warnings if w not in result.warnings)
 
         # 4. Save each image whole, with its parameters, before the next batch.
         for seed, image, call, text in zip(seeds, images, calls, texts):
