@@ -7,7 +7,7 @@ KiriAPI has, so the engine never imports a capability or the extension loader.
 
 from __future__ import annotations
 
-from webui.engine import segment, stepcache, upscale, vae
+from webui.engine import lora, segment, stepcache, upscale, vae
 from webui.engine.generation import jobs as generation
 from webui.engine.context import Engine, Registries
 from webui.engine.core.devices import DeviceChoice
@@ -17,7 +17,7 @@ from webui.extensions import ExtensionManager
 
 # The built-in capabilities, in the order they register (upscale extends generation's job kinds).
 CAPABILITIES = (generation.register, upscale.register, segment.register, video.register, stepcache.register,
-                vae.register)
+                vae.register, lora.register)
 
 
 def build_registries() -> Registries:

@@ -46,10 +46,12 @@ class Settings:
     step_cache: str = ""
     # The VAE a request that names none gets (A1111's sd_vae): "Automatic", "None" or a VAE's name
     sd_vae: str = "Automatic"
+    # The weight of a `<lora:name>` tag that gives none (A1111's extra_networks_default_multiplier)
+    extra_networks_default_multiplier: float = 1.0
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
                 "preview_every",
-                "step_cache", "sd_vae",
+                "step_cache", "sd_vae", "extra_networks_default_multiplier",
                 "model_memory_budget_mb", "max_pixels", "max_output_pixels", "max_video_pixels")
 
     def checked(self, name: str, value):

@@ -1,0 +1,225 @@
+"""LoRA and LyCORIS (webui/engine/lora/): tiny LoRAs in kohya and diffusers/PEFT format on the tiny SD 1.x
+and SDXL, switched per call: weight 0 is the checkpoint bit for bit, weight 1 changes the picture, the
+text encoder and denoiser weights act apart, the checkpoint's weights are unchanged after, two at once,
+another family's LoRA and unknown names refused (before the job is queued), hashes in the infotext."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lora_files
+import tiny_models
+from webui.engine.core.errors import InvalidRequest
+from webui.engine.generation.requests import Txt2ImgRequest
+
+
+@pytest.fixture(scope="session")
+def lora_models_dir(models_dir, tmp_path_factory) -> Path:
+    """models/ with the tiny SD 1.x and a tiny SDXL, and LoRAs for each in models/Lora/ and models/LyCORIS/."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    root = tmp_path_factory.mktemp("lora_models")
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
+    tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
+    sd = StableDiffusionPipeline.from_pretrained(root / "checkpoints" / "tiny-sd", safety_checker=None)
+    xl = StableDiffusionXLPipeline.from_pretrained(root / "checkpoints" / "tiny-sdxl")
+    loras = root / "Lora"
+    lora_files.save_kohya(sd, loras / "shapes-outline.safetensors",
+                          {"ss_output_name": "outline", "ss_base_model_version": "sd_v1", "ss_network_dim": "4",
+                           "ss_network_alpha": "4", "ss_tag_frequency": '{"10_outline": {"outline": 12}}'})
+    lora_files.save_kohya(sd, loras / "unet-only.safetensors", unet=True, te=False, seed=5)
+    lora_files.save_kohya(sd, loras / "second.safetensors", seed=7)
+    lora_files.save_diffusers(sd, loras, "peft-style")
+    lora_files.save_kohya(xl, loras / "xl-style.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"})
+    (root / "LyCORIS").mkdir()
+    lora_files.save_loha(sd, root / "LyCORIS" / "loha-thing.safetensors")
+    shutil.copy(loras / "second.safetensors", root / "LyCORIS" / "lyco-copy.safetensors")
+    (loras / "shapes-outline.preview.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return root
+
+
+@pytest.fixture()
+def lora_engine(lora_models_dir, tmp_path):
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=lora_models_dir, outputs_dir=tmp_path / "outputs", default_model="tiny-sd",
+                        save_images=False)
+    engine = build_engine(settings, DeviceChoice("cpu"))
+    engine.catalog.scan()
+    return engine
+
+
+def _image(engine, prompt, model="tiny-sd", **addons):
+    request = Txt2ImgRequest(prompt, steps=2, width=64, height=64, seed=11, sampler_name="Euler", model=model,
+                             addons=addons)
+    result = engine.txt2img(request)
+    return np.asarray(result.images[0], dtype=np.int16), result
+
+
+def _plain_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's own weights, under their names without PEFT's wrapping (base_layer) and adapters."""
+    out = {}
+    for key, value in module.state_dict().items():
+        if "lora_" in key:
+            continue
+        out[key.replace(".base_layer.", ".")] = value.clone()
+    return out
+
+
+def test_weight_zero_is_the_checkpoint_and_weight_one_changes_it(lora_engine):
+    plain, _ = _image(lora_engine, "a red circle")
+    pipe = lora_engine.models.get("tiny-sd").pipeline
+    unet_before, te_before = _plain_weights(pipe.unet), _plain_weights(pipe.text_encoder)
+
+    zero, _ = _image(lora_engine, "a red circle <lora:shapes-outline:0>")
+    assert np.array_equal(zero, plain)
+    one, result = _image(lora_engine, "a red circle <lora:shapes-outline:1>")
+    assert np.abs(one - plain).max() > 10
+    assert result.infotexts[0].startswith("a red circle <lora:shapes-outline:1>\n")
+    assert 'Lora hashes: "shapes-outline: ' in result.infotexts[0]
+
+    # the next job without a LoRA sees the plain checkpoint, and its weights were never changed
+    again, _ = _image(lora_engine, "a red circle")
+    assert np.array_equal(again, plain)
+    for before, module in ((unet_before, pipe.unet), (te_before, pipe.text_encoder)):
+        after = _plain_weights(module)
+        assert after.keys() == before.keys()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+    # the adapter was loaded once and kept with the model (no reload for the next job)
+    assert any("kiri_" in name for name in pipe.unet.peft_config)
+    pipe.unload_lora_weights()
+    assert {k: v for k, v in pipe.unet.state_dict().items()}.keys() == unet_before.keys()
+
+
+def test_text_encoder_and_denoiser_weights_act_apart(lora_engine):
+    plain, _ = _image(lora_engine, "a red circle")
+    both, _ = _image(lora_engine, "a red circle <lora:shapes-outline:1>")
+    te_only, _ = _image(lora_engine, "a red circle <lora:shapes-outline:1:0>")  # A1111's order: te, unet
+    unet_only, _ = _image(lora_engine, "a red circle <lora:shapes-outline:te=0:unet=1>")
+    for picture in (te_only, unet_only):
+        assert not np.array_equal(picture, plain) and not np.array_equal(picture, both)
+    assert not np.array_equal(te_only, unet_only)
+    # a LoRA without text encoder weights changes only the denoiser: its te weight changes nothing
+    a, _ = _image(lora_engine, "a red circle <lora:unet-only:0:1>")
+    b, _ = _image(lora_engine, "a red circle <lora:unet-only:1:1>")
+    assert np.array_equal(a, b) and not np.array_equal(a, plain)
+
+
+def test_two_loras_the_lyco_tag_and_the_diffusers_format(lora_engine):
+    plain, _ = _image(lora_engine, "a red circle")
+    one, _ = _image(lora_engine, "a red circle <lora:shapes-outline:0.7>")
+    two, result = _image(lora_engine, "a red circle <lora:shapes-outline:0.7> <lyco:second:0.7>")
+    assert not np.array_equal(two, one) and not np.array_equal(two, plain)
+    assert "shapes-outline: " in result.infotexts[0] and ", second: " in result.infotexts[0]
+    # the same LoRAs named in addons (the API's shape) make the same picture
+    named, _ = _image(lora_engine, "a red circle", lora=[{"name": "shapes-outline", "weight": 0.7},
+                                                          {"name": "second", "weight": 0.7}])
+    assert np.array_equal(named, two)
+    peft, _ = _image(lora_engine, "a red circle <lora:peft-style:1>")  # what save_lora_weights writes
+    assert np.abs(peft - plain).max() > 10
+    lyco, _ = _image(lora_engine, "a red circle <lora:shapes-outline:0.7> <lyco:lyco-copy:0.7>")  # models/LyCORIS/
+    assert np.array_equal(lyco, two)
+
+
+def test_default_multiplier_setting(lora_engine):
+    full, _ = _image(lora_engine, "a red circle <lora:shapes-outline:1>")
+    bare, _ = _image(lora_engine, "a red circle <lora:shapes-outline>")
+    assert np.array_equal(bare, full)
+    lora_engine.settings.extra_networks_default_multiplier = 0.0
+    plain, _ = _image(lora_engine, "a red circle")
+    zero, _ = _image(lora_engine, "a red circle <lora:shapes-outline>")
+    assert np.array_equal(zero, plain)
+
+
+def test_unknown_name_is_refused_before_the_job_is_queued(lora_engine):
+    jobs_before = len(lora_engine.jobs.all()) if hasattr(lora_engine.jobs, "all") else None
+    with pytest.raises(InvalidRequest) as refused:
+        lora_engine.submit_plain("txt2img", {"prompt": "a circle <lora:nosuch:1>", "steps": 2, "width": 64,
+                                             "height": 64}, "tester")
+    assert refused.value.field == "prompt"
+    assert "nosuch" in str(refused.value) and "shapes-outline" in str(refused.value)  # lists what exists
+    if jobs_before is not None:
+        assert len(lora_engine.jobs.all()) == jobs_before
+    with pytest.raises(InvalidRequest, match="nosuch"):
+        lora_engine.submit_plain("txt2img", {"prompt": "a circle", "steps": 2, "width": 64, "height": 64,
+                                             "addons": {"lora": [{"name": "nosuch", "weight": 1}]}}, "tester")
+    with pytest.raises(InvalidRequest, match="must be a number"):
+        lora_engine.submit_plain("txt2img", {"prompt": "a circle <lora:second:lots>", "steps": 2}, "tester")
+
+
+def test_another_family_and_lycoris_formats_are_refused_by_name(lora_engine):
+    with pytest.raises(InvalidRequest, match="SDXL LoRA and tiny-sd is a SD 1.x model") as refused:
+        _image(lora_engine, "a red circle <lora:xl-style:1>")
+    assert refused.value.field == "prompt"
+    with pytest.raises(InvalidRequest, match=r"loha-thing.*LyCORIS LoHa.*diffusers") as refused:
+        _image(lora_engine, "a red circle <lyco:loha-thing:1>")
+    # nothing of either was left in the model: the next picture is the plain one
+    plain_pipe = lora_engine.models.get("tiny-sd").pipeline
+    assert not getattr(plain_pipe.unet, "peft_config", None)
+
+
+def test_sdxl_lora_on_sdxl_and_an_sd1_lora_refused_there(lora_engine):
+    plain, _ = _image(lora_engine, "a red circle", model="tiny-sdxl")
+    zero, _ = _image(lora_engine, "a red circle <lora:xl-style:0>", model="tiny-sdxl")
+    assert np.array_equal(zero, plain)
+    one, result = _image(lora_engine, "a red circle <lora:xl-style:1>", model="tiny-sdxl")
+    assert np.abs(one - plain).max() > 10
+    assert "Lora hashes" in result.infotexts[0]
+    te_only, _ = _image(lora_engine, "a red circle <lora:xl-style:1:0>", model="tiny-sdxl")  # both encoders
+    assert not np.array_equal(te_only, plain) and not np.array_equal(te_only, one)
+    with pytest.raises(InvalidRequest, match="SD 1.x LoRA and tiny-sdxl is a SDXL model"):
+        _image(lora_engine, "a red circle <lora:shapes-outline:1>", model="tiny-sdxl")
+    again, _ = _image(lora_engine, "a red circle", model="tiny-sdxl")
+    assert np.array_equal(again, plain)
+
+
+def test_list_loras_reads_the_header_without_loading(lora_engine):
+    from webui.engine.lora import list_loras
+
+    listed = {item["name"]: item for item in list_loras(lora_engine.catalog)}
+    assert {"shapes-outline", "unet-only", "second", "peft-style", "xl-style", "loha-thing", "lyco-copy"} <= set(listed)
+    outline = listed["shapes-outline"]
+    assert outline["alias"] == "outline"
+    assert outline["metadata"]["ss_tag_frequency"] == {"10_outline": {"outline": 12}}
+    assert outline["metadata"]["ss_network_dim"] == "4"
+    assert outline["path"].endswith("Lora/shapes-outline.safetensors")
+    assert outline["preview"].endswith("shapes-outline.preview.png")
+    assert outline["family"] == "sd1" and listed["xl-style"]["family"] == "sdxl"
+    assert listed["second"]["alias"] == "second" and listed["second"]["preview"] is None
+    assert "LoHa" in listed["loha-thing"]["problem"]
+    assert lora_engine.models_if_created() is None or not lora_engine.models.loaded()
+
+
+def test_pickle_lora_needs_the_opt_in(lora_models_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-sd").symlink_to(lora_models_dir / "checkpoints" / "tiny-sd")
+    (root / "Lora").mkdir()
+    torch.save(load_file(str(lora_models_dir / "Lora" / "second.safetensors")), root / "Lora" / "pickled.pt")
+    shutil.copy(lora_models_dir / "Lora" / "second.safetensors", root / "Lora" / "same.safetensors")
+    for allow in (False, True):
+        settings = Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd", save_images=False,
+                            allow_pickle=allow)
+        engine = build_engine(settings, DeviceChoice("cpu"))
+        engine.catalog.scan()
+        if not allow:
+            with pytest.raises(Exception, match="pickle"):
+                _image(engine, "a red circle <lora:pickled:1>")
+        else:
+            pickled, _ = _image(engine, "a red circle <lora:pickled:1>")
+            same, _ = _image(engine, "a red circle <lora:same:1>")
+            assert np.array_equal(pickled, same)
