@@ -223,3 +223,118 @@ def test_pickle_lora_needs_the_opt_in(lora_models_dir, tmp_path):
             pickled, _ = _image(engine, "a red circle <lora:pickled:1>")
             same, _ = _image(engine, "a red circle <lora:same:1>")
             assert np.array_equal(pickled, same)
+
+
+# --- every denoising call site: hires fix's second pass, the X/Y grid's cells ----------------------
+
+def _recording_switch(monkeypatch):
+    """Each call's active adapters, as the add-on switches them on (and off: [])."""
+    import webui.engine.lora as lora
+
+    seen: list[list] = []
+    real = lora.switch
+
+    def switch(pipeline, active):
+        seen.append([weights for _, weights in active])
+        return real(pipeline, active)
+
+    monkeypatch.setattr(lora, "switch", switch)
+    return seen
+
+
+def test_hires_fix_denoises_both_passes_with_the_lora(lora_engine, monkeypatch):
+    from webui.engine.generation.requests import HiresFix
+
+    def hires(prompt):
+        request = Txt2ImgRequest(prompt, steps=2, width=64, height=64, seed=11, sampler_name="Euler",
+                                 hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6))
+        result = lora_engine.txt2img(request)
+        return np.asarray(result.images[0], dtype=np.int16), result
+
+    plain, _ = hires("a red circle")
+    zero, _ = hires("a red circle <lora:shapes-outline:0>")
+    assert np.array_equal(zero, plain)
+    seen = _recording_switch(monkeypatch)
+    one, result = hires("a red circle <lora:shapes-outline:0.8:0.6>")
+    assert one.shape == (128, 128, 3) and np.abs(one - plain).max() > 10
+    assert [active for active in seen if active] == [[(0.8, 0.6)], [(0.8, 0.6)]]  # first pass, then the second
+    assert seen[-1] == []  # switched off after the last call
+    assert "Hires upscale: 2" in result.infotexts[0] and 'Lora hashes: "shapes-outline: ' in result.infotexts[0]
+
+
+def test_xy_grid_cells_carry_the_prompts_lora(lora_engine):
+    from webui.engine.generation.xy_grid import xy_grid
+
+    base = Txt2ImgRequest("a red circle <lora:second:1>", steps=2, width=64, height=64, seed=7, sampler_name="Euler")
+    grid = xy_grid(lora_engine, base, "Steps", "1, 2")
+    alone, _ = _image(lora_engine, "a red circle <lora:second:1>")
+    plain, _ = _image(lora_engine, "a red circle")
+    alone_seed7 = lora_engine.txt2img(Txt2ImgRequest("a red circle <lora:second:1>", steps=2, width=64, height=64,
+                                                     seed=7, sampler_name="Euler"))
+    assert np.array_equal(np.asarray(grid.images[1]), np.asarray(alone_seed7.images[0]))
+    assert all("Lora hashes" in info for info in grid.infotexts)
+    assert not np.array_equal(alone, plain)
+
+
+# --- the API -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lora_server(lora_models_dir, tmp_path_factory):
+    from conftest import serve_kiri
+
+    yield from serve_kiri(lora_models_dir, tmp_path_factory, "lora_outputs")
+
+
+def test_sdapi_loras_lists_and_refreshes_with_webuiapi(lora_server, lora_models_dir):
+    import requests
+    import webuiapi
+
+    port = int(lora_server["url"].rstrip("/").rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
+    listed = {item["name"]: item for item in api.get_loras()}
+    assert all(set(item) == {"name", "alias", "path", "metadata"} for item in listed.values())
+    assert listed["shapes-outline"]["alias"] == "outline"
+    assert listed["shapes-outline"]["metadata"]["ss_tag_frequency"] == {"10_outline": {"outline": 12}}
+    assert listed["shapes-outline"]["path"].endswith("shapes-outline.safetensors")
+    assert "lyco-copy" in listed  # models/LyCORIS/
+
+    added = lora_models_dir / "Lora" / "fresh.safetensors"
+    shutil.copy(lora_models_dir / "Lora" / "second.safetensors", added)
+    try:
+        reply = api.session.post(f"{api.baseurl}/refresh-loras")
+        assert reply.status_code == 200
+        assert "fresh" in {item["name"] for item in api.get_loras()}
+    finally:
+        added.unlink()
+        requests.post(lora_server["url"] + "sdapi/v1/refresh-loras", timeout=30)
+
+
+def test_webuiapi_txt2img_with_a_lora_tag(lora_server):
+    import requests
+    import webuiapi
+
+    port = int(lora_server["url"].rstrip("/").rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
+    fields = dict(seed=5, width=64, height=64)
+    plain = api.txt2img(prompt="a red circle", **fields)
+    tagged = api.txt2img(prompt="a red circle <lora:shapes-outline:1>", **fields)
+    info = tagged.info["infotexts"][0]
+    assert info.startswith("a red circle <lora:shapes-outline:1>\n") and 'Lora hashes: "shapes-outline: ' in info
+    assert not np.array_equal(np.asarray(plain.image), np.asarray(tagged.image))
+    # PNG info reads the tags back in the prompt, and the hash as a parameter
+    read = api.png_info(tagged.image)
+    assert "<lora:shapes-outline:1>" in read.info
+
+    url = lora_server["url"] + "sdapi/v1/"
+    bad = requests.post(url + "txt2img", json={"prompt": "x <lora:nosuch:1>", "steps": 1, "width": 64, "height": 64},
+                        timeout=60)
+    assert bad.status_code == 422 and "prompt" in bad.text and "nosuch" in bad.text and "shapes-outline" in bad.text
+    wrong = requests.post(url + "txt2img", json={"prompt": "x <lora:xl-style:1>", "steps": 1, "width": 64, "height": 64},
+                          timeout=60)
+    assert wrong.status_code == 422 and "SDXL" in wrong.text
+    assert requests.post(url + "options", json={"extra_networks_default_multiplier": "lots"}, timeout=30).status_code == 422
+    assert requests.post(url + "options", json={"extra_networks_default_multiplier": 0.5}, timeout=30).status_code == 200
+    try:
+        assert requests.get(url + "options", timeout=30).json()["extra_networks_default_multiplier"] == 0.5
+    finally:
+        requests.post(url + "options", json={"extra_networks_default_multiplier": 1.0}, timeout=30)

@@ -45,7 +45,8 @@ from webui.engine.core.errors import InvalidRequest
 
 from .files import LoraWeights, addnet_hash, describe_lora, family_label, load_weights, parsed_metadata, read_header
 
-__all__ = ["FIELD", "INFOTEXT_KEYS", "NAME", "LoraSet", "LoraUse", "find", "list_loras", "parse", "register"]
+__all__ = ["FIELD", "INFOTEXT_KEYS", "NAME", "SETTING", "LoraSet", "LoraUse", "checked_multiplier", "find", "list_loras", "parse",
+           "register"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,19 @@ def _number(value: Any, what: str) -> float:
         raise InvalidRequest(FIELD, f"{what} must be a number (got {value!r})") from None
     if number != number or abs(number) > MAX_WEIGHT:
         raise InvalidRequest(FIELD, f"{what} must be a number from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g} (got {value!r})")
+    return number
+
+
+def checked_multiplier(field: str, value: Any) -> float:
+    """A value for the `extra_networks_default_multiplier` setting: a number (bools and NaN refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidRequest(field, f"{field} must be a number (got {value!r})")
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidRequest(field, f"{field} must be a number (got {value!r})") from None
+    if number != number or abs(number) > MAX_WEIGHT:
+        raise InvalidRequest(field, f"{field} must be a number from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g} (got {value!r})")
     return number
 
 
