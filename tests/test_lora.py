@@ -27,6 +27,7 @@ def lora_models_dir(models_dir, tmp_path_factory) -> Path:
     (root / "checkpoints").mkdir()
     (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
     tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
+    tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
     sd = StableDiffusionPipeline.from_pretrained(root / "checkpoints" / "tiny-sd", safety_checker=None)
     xl = StableDiffusionXLPipeline.from_pretrained(root / "checkpoints" / "tiny-sdxl")
     loras = root / "Lora"
@@ -274,6 +275,30 @@ def test_xy_grid_cells_carry_the_prompts_lora(lora_engine):
     assert np.array_equal(np.asarray(grid.images[1]), np.asarray(alone_seed7.images[0]))
     assert all("Lora hashes" in info for info in grid.infotexts)
     assert not np.array_equal(alone, plain)
+
+
+def test_animatediff_frames_use_the_lora_on_its_motion_unet_too(lora_engine):
+    """A LoRA loaded into the checkpoint first (a picture), then a clip: the motion UNet AnimateDiff makes
+    from the checkpoint's UNet is made without the adapters, and gets them itself for the clip's calls."""
+    from PIL import Image
+
+    from webui.engine.video.service import Txt2VideoRequest, txt2video
+
+    _image(lora_engine, "a red circle <lora:shapes-outline:1>")
+
+    def clip(prompt):
+        result = txt2video(lora_engine, Txt2VideoRequest(prompt=prompt, frames=2, fps=4, steps=2, width=64, height=64,
+                                                         seed=3, motion_module="tiny-motion", model="tiny-sd",
+                                                         sampler_name="Euler"))
+        return [np.asarray(Image.open(p), dtype=np.int16) for p in result.frame_paths], result
+
+    plain, _ = clip("a red circle")
+    zero, _ = clip("a red circle <lora:shapes-outline:0>")
+    assert all(np.array_equal(a, b) for a, b in zip(plain, zero))
+    both, result = clip("a red circle <lora:shapes-outline:1>")
+    te_only, _ = clip("a red circle <lora:shapes-outline:1:0>")
+    assert np.abs(both[0] - plain[0]).max() > 10 and 'Lora hashes: "shapes-outline: ' in result.info
+    assert not np.array_equal(te_only[0], both[0]) and not np.array_equal(te_only[0], plain[0])  # the motion UNet's own
 
 
 # --- the API -----------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ class LoraSet(Addon):
         self.hashes: list[str] = []
         self.adapters: list[str] = []
         self._loaded: dict[str, LoraWeights] = {}
+        self._parts: dict[str, list[str]] = {}  # adapter -> the model's modules it is in (per-model state)
 
     @classmethod
     def from_settings(cls, value: Any) -> "LoraSet | None":
@@ -231,22 +232,23 @@ class LoraSet(Addon):
             if adapter in _present(pipeline):
                 continue
             added[adapter] = inject(pipeline, self._loaded[entry.name], adapter, entry)
-        return {"adapters": list(self.adapters), "weights": added}
+        # which of the model's modules each adapter landed in (a LoRA without text encoder weights: the
+        # denoiser only), so a pipeline built over other modules (AnimateDiff's motion UNet) gets them too
+        parts = {adapter: [name for name, module in _components(pipeline) if adapter in _adapters_of(module)]
+                 for adapter in self.adapters}
+        return {"adapters": list(self.adapters), "parts": parts, "weights": added}
 
     def use_state(self, state: Any) -> None:
-        pass  # the adapters live in the model's modules; their names are known from the job
+        self._parts = dict(state.get("parts", {}))
 
     # per call: this job's adapters on, at their weights; every adapter off after
     def apply(self, call: Any) -> None:
         pipeline = call.pipeline
-        present = _present(pipeline)
-        missing = [entry.name for entry, adapter in zip(self.entries, self.adapters) if adapter not in present]
-        if missing:
-            if not hasattr(pipeline, "load_lora_weights"):
-                raise InvalidRequest(FIELD, f"{type(pipeline).__name__} cannot use LoRAs ({', '.join(missing)})")
-            for entry, adapter in zip(self.entries, self.adapters):
-                if adapter not in present:  # a pipeline of its own (a native video model): loaded into it here
-                    inject(pipeline, self._loaded[entry.name], adapter, entry)
+        for entry, adapter in zip(self.entries, self.adapters):
+            wanted = self._parts.get(adapter) or [name for name, _ in _components(pipeline)]
+            missing = [name for name, module in _components(pipeline) if name in wanted and adapter not in _adapters_of(module)]
+            if missing:  # a pipeline over modules of its own (AnimateDiff's motion UNet, a native video model)
+                inject(pipeline, self._loaded[entry.name], adapter, entry, missing)
         switch(pipeline, list(zip(self.adapters, self.weights)))
         call.infotext.update(self.infotext())
 
@@ -266,18 +268,23 @@ def _components(pipeline: Any) -> list[tuple[str, Any]]:
     return [(name, getattr(pipeline, name)) for name in names if getattr(pipeline, name, None) is not None]
 
 
+def _adapters_of(module: Any) -> set[str]:
+    return set(getattr(module, "peft_config", None) or {})
+
+
 def _present(pipeline: Any) -> set[str]:
     """The adapters injected into any of the pipeline's LoRA-loadable modules."""
     found: set[str] = set()
     for _, module in _components(pipeline):
-        found.update(getattr(module, "peft_config", None) or {})
+        found.update(_adapters_of(module))
     return found
 
 
-def inject(pipeline: Any, weights: LoraWeights, adapter: str, entry: Any) -> dict[str, Any]:
-    """`weights` as the PEFT adapter `adapter` in the pipeline's modules (left off); the adapter's own tensors
-    (what it adds to memory). A file diffusers cannot read, or that fits none of the modules: InvalidRequest
-    naming the file and its format, with nothing left behind."""
+def inject(pipeline: Any, weights: LoraWeights, adapter: str, entry: Any, parts: list[str] | None = None) -> dict[str, Any]:
+    """`weights` as the PEFT adapter `adapter` in the pipeline's modules (left off), or only in `parts` (the
+    denoiser of a pipeline whose text encoders are the model's and have it already); the adapter's own
+    tensors (what it adds to memory). A file diffusers cannot read, or that fits none of the modules:
+    InvalidRequest naming the file and its format, with nothing left behind."""
     from .files import unsupported_format
 
     lyco = unsupported_format(weights.state)
@@ -286,12 +293,23 @@ def inject(pipeline: Any, weights: LoraWeights, adapter: str, entry: Any) -> dic
                                     "cannot load; LoRA, LoCon and diffusers/PEFT LoRA files can be used")
     if not hasattr(pipeline, "load_lora_weights"):
         raise InvalidRequest(FIELD, f"{type(pipeline).__name__} cannot use LoRAs ({entry.name})")
-    before = {name: set(getattr(module, "peft_config", None) or {}) for name, module in _components(pipeline)}
+    every = [name for name, _ in _components(pipeline)]
+    before = {name: _adapters_of(module) for name, module in _components(pipeline)}
     try:
         with _quiet():
-            pipeline.load_lora_weights(dict(weights.state), adapter_name=adapter)
+            if parts is None or set(parts) >= set(every):
+                pipeline.load_lora_weights(dict(weights.state), adapter_name=adapter)
+            elif parts == ["unet"] and hasattr(pipeline, "load_lora_into_unet"):
+                state, alphas, metadata = pipeline.lora_state_dict(dict(weights.state), return_lora_metadata=True)
+                pipeline.load_lora_into_unet(state, network_alphas=alphas, unet=pipeline.unet, adapter_name=adapter,
+                                             metadata=metadata, _pipeline=pipeline)
+            else:
+                raise InvalidRequest(FIELD, f"{type(pipeline).__name__} shares some of the model's modules and not "
+                                            f"others ({', '.join(parts)}): the LoRA {entry.name!r} cannot be added to it")
+    except InvalidRequest:
+        raise
     except Exception as exc:  # noqa: BLE001 - diffusers' refusals come as ValueError, RuntimeError, KeyError, PEFT's own
-        _remove(pipeline, adapter)
+        _remove(pipeline, adapter, before)
         reason = str(exc).strip().splitlines()
         raise InvalidRequest(FIELD, f"the LoRA {entry.name!r} ({entry.path.name}, {weights.format} keys) does not fit "
                                     f"this model: {(reason[0] if reason else type(exc).__name__)[:300]}") from exc
@@ -301,7 +319,7 @@ def inject(pipeline: Any, weights: LoraWeights, adapter: str, entry: Any) -> dic
     switch(pipeline, [])
     tensors: dict[str, Any] = {}
     for name, module in _components(pipeline):
-        if adapter in (getattr(module, "peft_config", None) or {}) and adapter not in before[name]:
+        if adapter in _adapters_of(module) and adapter not in before[name]:
             for key, param in module.named_parameters():
                 if f".{adapter}." in key:
                     tensors[f"{name}.{key}"] = param
@@ -326,13 +344,23 @@ def _quiet() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
-def _remove(pipeline: Any, adapter: str) -> None:
-    """A half-loaded adapter taken out again (a failed load must leave the model as it was)."""
-    try:
-        if adapter in _present(pipeline):
-            pipeline.delete_adapters(adapter)
-    except Exception:  # noqa: BLE001 - best effort after a failed load
-        log.exception("could not remove the half-loaded LoRA adapter %s", adapter)
+def _remove(pipeline: Any, adapter: str, before: dict[str, set[str]]) -> None:
+    """A half-loaded adapter taken out of the modules that did not hold it before (a failed load must leave
+    the model as it was)."""
+    from diffusers.loaders.peft import PeftAdapterMixin
+
+    for name, module in _components(pipeline):
+        if adapter not in _adapters_of(module) or adapter in before.get(name, set()):
+            continue
+        try:
+            if isinstance(module, PeftAdapterMixin):
+                module.delete_adapters([adapter])
+            else:
+                from diffusers.utils.peft_utils import delete_adapter_layers
+
+                delete_adapter_layers(module, adapter)
+        except Exception:  # noqa: BLE001 - best effort after a failed load
+            log.exception("could not remove the half-loaded LoRA adapter %s from %s", adapter, name)
 
 
 def switch(pipeline: Any, active: list[tuple[str, tuple[float, float]]]) -> None:
