@@ -57,6 +57,22 @@ def save_kohya(pipe, path: Path, metadata: dict | None = None, **kwargs) -> Path
     return path
 
 
+def save_locon(pipe, path: Path, seed: int = 9, rank: int = 4, scale: float = 0.3) -> Path:
+    """kohya LoCon: lora_down/lora_up on the UNet's resnet convolutions (3x3 down, 1x1 up) beside its attention."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    state = kohya_state(pipe, seed=seed, te=False)
+    for name, layer in pipe.unet.named_modules():
+        if isinstance(layer, torch.nn.Conv2d) and "resnets" in name and name.endswith(("conv1", "conv2")):
+            key = "lora_unet_" + name.replace(".", "_")
+            state[key + ".lora_down.weight"] = torch.randn(rank, layer.in_channels, 3, 3, generator=g) * scale
+            state[key + ".lora_up.weight"] = torch.randn(layer.out_channels, rank, 1, 1, generator=g) * scale
+            state[key + ".alpha"] = torch.tensor(float(rank))
+    save_file(state, str(path), metadata={"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "locon"}'})
+    return path
+
+
 def save_diffusers(pipe, folder: Path, name: str, seed: int = 2, rank: int = 4, scale: float = 0.5) -> Path:
     """What StableDiffusionPipeline.save_lora_weights writes (unet./text_encoder. PEFT keys), renamed."""
     from diffusers import StableDiffusionPipeline

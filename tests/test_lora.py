@@ -40,6 +40,7 @@ def lora_models_dir(models_dir, tmp_path_factory) -> Path:
     lora_files.save_kohya(xl, loras / "xl-style.safetensors", {"ss_base_model_version": "sdxl_base_v1-0"})
     (root / "LyCORIS").mkdir()
     lora_files.save_loha(sd, root / "LyCORIS" / "loha-thing.safetensors")
+    lora_files.save_locon(sd, root / "LyCORIS" / "locon-thing.safetensors")
     shutil.copy(loras / "second.safetensors", root / "LyCORIS" / "lyco-copy.safetensors")
     (loras / "shapes-outline.preview.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     return root
@@ -128,6 +129,53 @@ def test_two_loras_the_lyco_tag_and_the_diffusers_format(lora_engine):
     assert np.abs(peft - plain).max() > 10
     lyco, _ = _image(lora_engine, "a red circle <lora:shapes-outline:0.7> <lyco:lyco-copy:0.7>")  # models/LyCORIS/
     assert np.array_equal(lyco, two)
+
+
+def test_locon_convolutions_load_and_weight_zero_is_plain(lora_engine):
+    plain, _ = _image(lora_engine, "a red circle")
+    zero, _ = _image(lora_engine, "a red circle <lyco:locon-thing:0>")
+    one, _ = _image(lora_engine, "a red circle <lyco:locon-thing:1>")
+    assert np.array_equal(zero, plain) and np.abs(one - plain).max() > 10
+    unet = lora_engine.models.get("tiny-sd").pipeline.unet
+    assert any(type(m).__name__ == "Conv2d" and hasattr(m, "lora_A") for m in unet.modules())  # peft's LoRA Conv2d
+
+
+def test_img2img_inpaint_and_sd_upscale_use_the_lora(lora_engine):
+    from PIL import Image
+
+    from webui.engine.generation.img2img import Img2ImgRequest, SDUpscale
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    for extra in ({}, {"mask": mask}, {"sd_upscale": SDUpscale(upscaler="Lanczos", scale=2, overlap=16)}):
+        def run(prompt):
+            request = Img2ImgRequest(prompt=prompt, init_image=picture, steps=3, width=64, height=64, seed=1,
+                                     denoising_strength=0.75, sampler_name="Euler", save_images=False, **extra)
+            result = lora_engine.img2img(request)
+            return np.asarray(result.images[0], dtype=np.int16), result
+
+        plain, _ = run("a red circle")
+        zero, _ = run("a red circle <lora:shapes-outline:0>")
+        one, result = run("a red circle <lora:shapes-outline:1>")
+        assert np.array_equal(zero, plain), extra
+        assert np.abs(one - plain).max() > 10, extra
+        assert "Lora hashes" in result.infotexts[0], extra
+
+
+def test_the_adapters_count_in_the_memory_budget(lora_engine):
+    from webui.engine.core.addons import derived_bytes
+
+    _image(lora_engine, "a red circle")
+    model = lora_engine.models.get("tiny-sd")
+    before, loaded_before = derived_bytes(model), lora_engine.models.loaded_bytes()
+    _image(lora_engine, "a red circle <lora:shapes-outline:1> <lora:second:1>")
+    added = derived_bytes(model) - before
+    # each adapter's A and B matrices (rank 4, float32) in the UNet's and the text encoder's layers
+    expected = sum(p.numel() * 4 for n, p in model.pipeline.unet.named_parameters() if ".lora_" in n)
+    expected += sum(p.numel() * 4 for n, p in model.pipeline.text_encoder.named_parameters() if ".lora_" in n)
+    assert added == expected > 0
+    assert lora_engine.models.loaded_bytes() - loaded_before >= added
 
 
 def test_default_multiplier_setting(lora_engine):
