@@ -125,6 +125,8 @@ def test_two_loras_the_lyco_tag_and_the_diffusers_format(lora_engine):
     named, _ = _image(lora_engine, "a red circle", lora=[{"name": "shapes-outline", "weight": 0.7},
                                                           {"name": "second", "weight": 0.7}])
     assert np.array_equal(named, two)
+    by_alias, _ = _image(lora_engine, "a red circle <lora:outline:0.7> <lyco:second:0.7>")  # ss_output_name
+    assert np.array_equal(by_alias, two)
     peft, _ = _image(lora_engine, "a red circle <lora:peft-style:1>")  # what save_lora_weights writes
     assert np.abs(peft - plain).max() > 10
     lyco, _ = _image(lora_engine, "a red circle <lora:shapes-outline:0.7> <lyco:lyco-copy:0.7>")  # models/LyCORIS/

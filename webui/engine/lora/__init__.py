@@ -157,16 +157,29 @@ def from_tags(current: Any, tags: list[Any]) -> list[LoraUse]:
 
 
 def find(catalog: Any, name: str) -> Any:
-    """The LoRA entry called `name` (its name, file name or alias-free stem), rescanning once; unknown:
+    """The LoRA entry called `name` (its name, file name or alias: ss_output_name), rescanning once; unknown:
     InvalidRequest naming the prompt and listing what exists, as A1111's error does."""
-    entry = catalog.find_of_kind(NAME, name)
+    entry = catalog.find_of_kind(NAME, name) or _by_alias(catalog, name)
     if entry is None:
         catalog.scan()
-        entry = catalog.find_of_kind(NAME, name)
+        entry = catalog.find_of_kind(NAME, name) or _by_alias(catalog, name)
     if entry is None:
         known = ", ".join(e.name for e in catalog.of_kind(NAME)) or "(none: put LoRA files in models/Lora/)"
         raise InvalidRequest(FIELD, f"unknown LoRA {name!r}; available: {known}")
     return entry
+
+
+def _by_alias(catalog: Any, name: str) -> Any:
+    """The LoRA whose training name (ss_output_name, A1111's alias) is `name`, when exactly one has it."""
+    found = []
+    for entry in catalog.of_kind(NAME):
+        if entry.format == "file":
+            try:
+                if read_header(entry.path).metadata.get("ss_output_name", "").strip() == name.strip():
+                    found.append(entry)
+            except (OSError, ValueError):
+                continue
+    return found[0] if len(found) == 1 else None
 
 
 def adapter_name(entry: Any) -> str:
@@ -202,7 +215,10 @@ class LoraSet(Addon):
     # per job: the files, read once through the model manager, checked against the model's family
     @contextmanager
     def job(self, ctx: Any, model: Any, request: Any) -> Iterator[None]:
-        default = float(getattr(ctx.settings, SETTING, 1.0))
+        try:
+            default = checked_multiplier(SETTING, getattr(ctx.settings, SETTING, 1.0))
+        except InvalidRequest:  # a hand-edited settings file
+            default = 1.0
         self.entries = [find(ctx.catalog, use.name) for use in self.uses]
         self.weights = [use.weights(default) for use in self.uses]
         family = getattr(model, "family", None)
