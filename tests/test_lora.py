@@ -413,3 +413,37 @@ def test_webuiapi_txt2img_with_a_lora_tag(lora_server):
         assert requests.get(url + "options", timeout=30).json()["extra_networks_default_multiplier"] == 0.5
     finally:
         requests.post(url + "options", json={"extra_networks_default_multiplier": 1.0}, timeout=30)
+
+
+def test_browser_settings_weight_and_a_tagged_prompt(lora_server, browser):
+    """The Settings tab's default LoRA weight is used at once by a `<lora:name>` typed in Text to image, whose
+    infotext keeps the tag and gives the hash; an unknown LoRA is an error naming it."""
+    engine = lora_server["engine"]
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        page.goto(lora_server["url"])
+        page.get_by_role("tab", name="Settings", exact=True).first.click()
+        field = page.locator("#settings-lora-weight input[type=number]")
+        field.fill("0.5")
+        field.press("Enter")
+        page.locator("#settings-apply").click()
+        page.wait_for_function("document.querySelector('#settings-result')?.innerText.includes('Settings saved')")
+        assert engine.settings.extra_networks_default_multiplier == 0.5
+
+        page.get_by_role("tab", name="Text to image", exact=True).first.click()
+        page.locator("#txt2img-prompt textarea").fill("a red circle <lora:shapes-outline>")
+        steps = page.locator("#txt2img-steps input[type=number]")
+        steps.fill("2")
+        steps.press("Enter")
+        page.locator("#txt2img-generate").click()
+        page.wait_for_function("document.querySelector('#txt2img-infotext textarea').value.includes('Lora hashes')",
+                               timeout=120_000)
+        info = page.locator("#txt2img-infotext textarea").input_value()
+        assert info.startswith("a red circle <lora:shapes-outline>") and 'Lora hashes: "shapes-outline: ' in info
+
+        page.locator("#txt2img-prompt textarea").fill("a red circle <lora:nosuch:1>")
+        page.locator("#txt2img-generate").click()
+        page.get_by_text("unknown LoRA 'nosuch'", exact=False).first.wait_for(timeout=60_000)
+    finally:
+        engine.settings.extra_networks_default_multiplier = 1.0
+        page.close()
