@@ -26,6 +26,7 @@ def lora_models_dir(models_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lora_models")
     (root / "checkpoints").mkdir()
     (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
+    (root / "checkpoints" / "tiny-sd3").symlink_to(models_dir / "checkpoints" / "tiny-sd3")
     tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
     tiny_models.make_tiny_motion_module(root / "motion" / "tiny-motion")
     sd = StableDiffusionPipeline.from_pretrained(root / "checkpoints" / "tiny-sd", safety_checker=None)
@@ -60,7 +61,8 @@ def lora_engine(lora_models_dir, tmp_path):
 
 
 def _image(engine, prompt, model="tiny-sd", **addons):
-    request = Txt2ImgRequest(prompt, steps=2, width=64, height=64, seed=11, sampler_name="Euler", model=model,
+    request = Txt2ImgRequest(prompt, steps=2, width=64, height=64, seed=11, model=model,
+                             sampler_name="Flow Euler" if model == "tiny-sd3" else "Euler",
                              addons=addons)
     result = engine.txt2img(request)
     return np.asarray(result.images[0], dtype=np.int16), result
@@ -212,6 +214,9 @@ def test_another_family_and_lycoris_formats_are_refused_by_name(lora_engine):
     assert refused.value.field == "prompt"
     with pytest.raises(InvalidRequest, match=r"loha-thing.*LyCORIS LoHa.*diffusers") as refused:
         _image(lora_engine, "a red circle <lyco:loha-thing:1>")
+    # a LoRA whose header names no family, for a UNet, on a transformer model
+    with pytest.raises(InvalidRequest, match="made for a UNet model .* tiny-sd3 is a SD3 model"):
+        _image(lora_engine, "a red circle <lora:peft-style:1>", model="tiny-sd3")
     # nothing of either was left in the model: the next picture is the plain one
     plain_pipe = lora_engine.models.get("tiny-sd").pipeline
     assert not getattr(plain_pipe.unet, "peft_config", None)

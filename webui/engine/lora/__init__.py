@@ -231,6 +231,11 @@ class LoraSet(Addon):
                 raise InvalidRequest(FIELD, f"the LoRA {entry.name!r} is a {family_label(weights.family)} LoRA and "
                                             f"{model.name} is a {family_label(family)} model: use a LoRA made for "
                                             f"{family_label(family)}")
+            denoiser = weights.denoiser
+            if denoiser is not None and getattr(model.pipeline, denoiser, None) is None:
+                made_for = "a UNet model (SD 1.x, SD 2.x, SDXL)" if denoiser == "unet" else "a transformer model (SD3, Flux)"
+                raise InvalidRequest(FIELD, f"the LoRA {entry.name!r} is made for {made_for} and {model.name} is a "
+                                            f"{family_label(family)} model ({type(model.pipeline).__name__})")
         self.hashes = [addnet_hash(entry.path)[:12] for entry in self.entries]
         self.adapters = [adapter_name(entry) for entry in self.entries]
         yield

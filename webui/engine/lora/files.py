@@ -184,6 +184,15 @@ class LoraWeights:
     family: str | None
 
     @property
+    def denoiser(self) -> str | None:
+        """What its denoiser weights are for: "unet" (SD 1.x/2.x/SDXL), "transformer" (SD3, Flux), None (none)."""
+        if self.family in ("sd3", "flux") or any(k.startswith(("transformer.", "lora_transformer_")) for k in self.state):
+            return "transformer"
+        if any(k.startswith(("unet.", "lora_unet_")) for k in self.state):
+            return "unet"
+        return None
+
+    @property
     def format(self) -> str:
         keys = self.state
         if any(k.startswith(("unet.", "text_encoder.", "text_encoder_2.", "transformer.")) for k in keys):
