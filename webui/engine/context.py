@@ -47,6 +47,7 @@ class Engine:
         self.catalog = Catalog(settings.models_dir)
         for kind in registries.model_kinds:
             self.catalog.add_kind(kind)
+        self.addons.catalog = self.catalog  # add-ons' checks by name (a LoRA's) before a job is queued
         # Finished results of jobs that came as plain data (a JobSpec: /kiri/v1/jobs, a worker) go to
         # outputs/<owner>/.jobs/<id>/ (core/results.py); a UI tab or /sdapi call takes its own result.
         archive = ResultArchive(self.outputs_for, KEEP_FINISHED, wants=lambda job: job.spec is not None)

@@ -50,10 +50,12 @@ class Settings:
     sd_vae: str = "Automatic"
     # Textual inversion: an embedding's name in a prompt uses it, as in A1111 (off: read as plain words)
     use_embeddings: bool = True
+    # The weight of a `<lora:name>` tag that gives none (A1111's extra_networks_default_multiplier)
+    extra_networks_default_multiplier: float = 1.0
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
                 "preview_every",
-                "step_cache", "sd_vae", "use_embeddings",
+                "step_cache", "sd_vae", "use_embeddings", "extra_networks_default_multiplier",
                 "model_memory_budget_mb", "max_pixels", "max_output_pixels", "max_video_pixels")
 
     def checked(self, name: str, value):

@@ -9,7 +9,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
-from webui.engine import vae
+from webui.engine import lora, vae
 from webui.engine.stepcache import METHODS, parse, text_of
 
 
@@ -34,6 +34,8 @@ def render(engine: Engine, settings_file: Path) -> None:
                                  label="Step cache for requests that name none (method and parameters, e.g. taylorseer 5 warmup=3)")
         use_embeddings = gr.Checkbox(lambda: s.use_embeddings, elem_id="settings-use-embeddings",
                                      label="Use textual inversion embeddings named in prompts (embeddings/, models/embeddings/)")
+        lora_weight = gr.Number(lambda: s.extra_networks_default_multiplier, elem_id="settings-lora-weight",
+                                label="LoRA weight of a <lora:name> tag that gives none")
         cache = gr.Number(lambda: s.model_cache_size, precision=0, elem_id="settings-model-cache-size",
                           label="Models kept loaded (checkpoints, most recently used first)")
         budget = gr.Number(lambda: s.model_memory_budget_mb, precision=0, elem_id="settings-model-memory-budget",
@@ -53,7 +55,7 @@ def render(engine: Engine, settings_file: Path) -> None:
                "max_video_pixels")
 
     def apply(every, save_all, fmt, default_name, vae_name, cache_method, embeddings_on, cache_size, budget_mb, pixels,
-              output, video) -> str:
+              output, video, lora_weight) -> str:
         # Check every value first, so a bad one changes nothing.
         checked_numbers = {}
         for name, value in zip(numbers, (every, cache_size, budget_mb, pixels, output, video)):
@@ -66,9 +68,11 @@ def render(engine: Engine, settings_file: Path) -> None:
         try:
             checked = parse(cache_method or "")
             chosen = vae.checked_setting(engine.catalog, vae_name)
+            multiplier = lora.checked_multiplier("LoRA weight", lora_weight)
         except InvalidRequest as exc:
             raise gr.Error(f"Not saved: {exc}") from None
         s.sd_vae = chosen
+        s.extra_networks_default_multiplier = multiplier
         s.step_cache = text_of(checked) if checked else ""
         s.use_embeddings = bool(embeddings_on)
         for name, value in checked_numbers.items():
@@ -83,4 +87,4 @@ def render(engine: Engine, settings_file: Path) -> None:
         return "Settings saved."
 
     save.click(apply, [preview_every, save_images, image_format, default_model, sd_vae, step_cache, use_embeddings, cache,
-                       budget, max_pixels, max_output, max_video], result, api_name="apply_settings")
+                       budget, max_pixels, max_output, max_video, lora_weight], result, api_name="apply_settings")

@@ -9,11 +9,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..common import ApiContext, KiriRoute
-from . import extras, generate, listing, options
+from . import extras, generate, listing, loras, options
 
 
 def build_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], dependencies=ctx.dependencies(), route_class=KiriRoute)
-    for module in (generate, extras, options, listing):
+    for module in (generate, extras, options, listing, loras):
         module.add_routes(router, ctx)
     return router

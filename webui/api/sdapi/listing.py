@@ -77,10 +77,6 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
     def latent_upscale_modes() -> list:
         return [{"name": name} for name in LATENT_MODES]
 
-    @router.get("/loras")
-    def loras() -> list:
-        return []
-
     @router.get("/embeddings")
     def embeddings() -> dict:
         return textual_inversion.api_listing(engine)

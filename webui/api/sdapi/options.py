@@ -17,7 +17,7 @@ from typing import Any, Callable
 from fastapi import APIRouter, Request
 
 from webui.engine.core.errors import InvalidRequest
-from webui.engine import stepcache, vae
+from webui.engine import lora, stepcache, vae
 from webui.engine.generation.requests import IMAGE_FORMATS
 
 from ..common import ApiContext
@@ -135,6 +135,9 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         # A1111's: the VAE a request that names none gets ("Automatic", "None" or a name from /sdapi/v1/sd-vae)
         "sd_vae": Option(lambda: settings.sd_vae, lambda f, v: vae.checked_setting(engine.catalog, v),
                          lambda v: setattr(settings, "sd_vae", v)),
+        # A1111's: the weight of a <lora:name> tag that gives none
+        lora.SETTING: Option(lambda: settings.extra_networks_default_multiplier, lora.checked_multiplier,
+                             lambda v: setattr(settings, lora.SETTING, v)),
         # Kiri's own: the step cache a request that names none gets ("taylorseer 5", "" for off)
         "step_cache": Option(lambda: settings.step_cache, parse_step_cache, lambda v: setattr(settings, "step_cache", v)),
         "sd_checkpoint_cache": Option(lambda: settings.model_cache_size,

@@ -84,6 +84,11 @@ class Addon:
     def use_state(self, state: Any) -> None:
         """This batch's per-model state (what load_state returned, now or for an earlier job)."""
 
+    # when built
+    def check(self, catalog: Any) -> None:
+        """Refusals that need the catalog (an unknown LoRA name), made when the add-ons are built, so a
+        request is refused before its job is queued (AddonRegistry.catalog)."""
+
     # per job
     def prepare(self, model: Any, request: Any) -> None:
         """The older per-job hook: checks and reads before the first batch (job() calls it)."""
@@ -133,6 +138,7 @@ class AddonSpec:
 class AddonRegistry:
     def __init__(self) -> None:
         self._specs: dict[str, AddonSpec] = {}
+        self.catalog: Any = None  # the Engine's: what build() hands each add-on's check()
 
     def register(self, spec: AddonSpec, override: bool = False) -> None:
         if spec.name in self._specs and not override:
@@ -202,6 +208,11 @@ class AddonRegistry:
                 addon = spec.factory(wanted[name])
                 if addon is not None:
                     addons.append(addon)
+        if self.catalog is not None:
+            for addon in addons:
+                check = getattr(addon, "check", None)
+                if check is not None:
+                    check(self.catalog)
         return addons
 
 

@@ -138,13 +138,28 @@ def motion_pipeline(pipeline_class: Any, base: Any, adapter: Any, unet: Any = No
     from diffusers import UNetMotionModel
 
     if unet is None:
-        unet = UNetMotionModel.from_unet2d(base.unet, adapter)
+        unet = UNetMotionModel.from_unet2d(plain_unet(base.unet), adapter)
     unet.to(device=base.unet.device, dtype=base.unet.dtype)
     expected, optional = pipeline_class._get_signature_keys(pipeline_class)
     parts = {name: component for name, component in base.components.items() if name in expected}
     parts.update(motion_adapter=AdapterSettings(adapter.config), unet=unet)
     parts.update({name: base.config[name] for name in optional if name in base.config})
     return pipeline_class(**parts)
+
+
+def plain_unet(unet: Any) -> Any:
+    """`unet` without the LoRA adapters PEFT added to its layers (engine/lora/): a UNet of the same config
+    sharing its own weight tensors (nothing copied), for from_unet2d, which copies blocks by their
+    state-dict names (PEFT's `base_layer.` and `lora_A.<name>.` would not fit)."""
+    if not getattr(unet, "peft_config", None):
+        return unet
+    from accelerate import init_empty_weights
+
+    state = {k.replace(".base_layer.", "."): v for k, v in unet.state_dict().items() if ".lora_" not in k}
+    with init_empty_weights():
+        plain = type(unet).from_config(unet.config)
+    plain.load_state_dict(state, assign=True)
+    return plain.to(dtype=unet.dtype) if any(p.dtype != unet.dtype for p in plain.parameters()) else plain
 
 
 def context_length(adapter: Any) -> int:
