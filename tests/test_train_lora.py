@@ -1,0 +1,106 @@
+"""tools/train_lora.py on a tiny SD 1.x model: a run stopped by its time limit resumes where it stopped, and
+what it writes diffusers loads (the LoRA with load_lora_weights, the embedding with load_textual_inversion);
+kiri_world's outline style is what the detector calls an outline, and nothing filled is."""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.tiny_models import make_tiny_sd  # noqa: E402
+from tools import kiri_world as W  # noqa: E402
+from tools import train_lora as T  # noqa: E402
+
+
+def test_the_detector_tells_outlines_from_filled_shapes():
+    rng = random.Random(5)
+    scenes = [W.sample_scene(rng, p_two=0.0) for _ in range(60)]
+    filled = [W.detect(W.render(s))[0][0] for s in scenes]
+    assert not any(d.outlined for d in filled)  # filled rings included (their hole is small)
+    big = [s for s in scenes if s.objects[0].size == "large" and s.objects[0].shape in ("circle", "square", "triangle")]
+    outlined = [W.detect(W.render(s, style="outline"))[0][0] for s in big]
+    assert big and all(d.outlined for d in outlined)
+    for s, d in zip(big, outlined):  # an outline keeps the object's colour and place
+        assert (d.colour, d.position) == (s.objects[0].colour, s.objects[0].position)
+    with pytest.raises(ValueError):
+        W.render(scenes[0], style="dotted")
+
+
+def test_training_data_keeps_held_out_scenes_out_and_says_the_new_word():
+    rng = random.Random(0)
+    images, captions = T.outline_batch(rng, 8)
+    assert images.shape == (8, 64, 64, 3) and all(captions)
+    images, captions = T.sunset_batch(rng, 20)
+    assert all(T.EMBEDDING_WORD in c and "orange" not in c.lower() for c in captions), captions
+    bgs = {tuple(W.detect(im)[1]) for im in images}
+    assert bgs == {T.SUNSET}
+    assert T.expand_word("a kiri-sunset background", "kiri-sunset", 2) == "a kiri-sunset kiri-sunset_1 background"
+
+
+def _pipe(folder):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _draw(pipe, prompt):
+    import torch
+
+    return pipe(prompt, num_inference_steps=2, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def test_lora_run_resumes_and_diffusers_loads_what_it_writes(tmp_path, capsys):
+    from safetensors import safe_open
+
+    base = make_tiny_sd(tmp_path / "base")
+    out, work = tmp_path / "Lora" / "tiny-outline.safetensors", tmp_path / "work"
+    common = ["lora", "--base", str(base), "--out", str(out), "--work", str(work), "--steps", "3", "--batch", "2",
+              "--rank", "2", "--alpha", "2", "--save-every", "1"]
+    T.main(common + ["--minutes", "0.00001"])  # stops after its first step, checkpointed
+    assert not out.exists() and "time limit reached at step 1 of 3" in capsys.readouterr().out
+    T.main(common + ["--resume"])
+    assert "resumed at step 1" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as f:
+        meta, keys = f.metadata(), list(f.keys())
+    assert keys and all(k.startswith("unet.") and ".lora_" in k for k in keys)
+    assert meta["ss_network_dim"] == "2" and meta["ss_network_alpha"] == "2" and meta["ss_base_model_version"] == "base"
+    assert meta["ss_output_name"] == T.LORA_NAME and "kiri_world outline" in meta["ss_tag_frequency"]
+    pipe = _pipe(base)
+    before = _draw(pipe, "a red circle")
+    pipe.load_lora_weights(str(out), adapter_name="tiny")
+    assert not np.allclose(before, _draw(pipe, "a red circle"))  # the trained B matrices are no longer zero
+    pipe.set_adapters(["tiny"], adapter_weights=[0.0])
+    assert np.allclose(before, _draw(pipe, "a red circle"), atol=1e-5)
+
+
+def test_embedding_run_writes_a1111_format_that_diffusers_loads(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    base = make_tiny_sd(tmp_path / "base")
+    out = tmp_path / "embeddings" / "kiri-sunset.safetensors"
+    T.main(["embedding", "--base", str(base), "--out", str(out), "--work", str(tmp_path / "work"), "--steps", "2",
+            "--batch", "2", "--vectors", "2"])
+    vectors = load_file(str(out))["emb_params"]
+    assert vectors.shape == (2, 32)  # the tiny text encoder's input width
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["name"] == "kiri-sunset" and f.metadata()["step"] == "2"
+    pipe = _pipe(base)
+    pipe.load_textual_inversion(str(out), token="kiri-sunset")
+    ids = pipe.tokenizer.convert_tokens_to_ids(["kiri-sunset", "kiri-sunset_1"])
+    assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)
+    _draw(pipe, "a red circle, kiri-sunset background")
