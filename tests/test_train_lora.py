@@ -25,11 +25,13 @@ def test_the_detector_tells_outlines_from_filled_shapes():
     scenes = [W.sample_scene(rng, p_two=0.0) for _ in range(60)]
     filled = [W.detect(W.render(s))[0][0] for s in scenes]
     assert not any(d.outlined for d in filled)  # filled rings included (their hole is small)
-    big = [s for s in scenes if s.objects[0].size == "large" and s.objects[0].shape in ("circle", "square", "triangle")]
-    outlined = [W.detect(W.render(s, style="outline"))[0][0] for s in big]
-    assert big and all(d.outlined for d in outlined)
-    for s, d in zip(big, outlined):  # an outline keeps the object's colour and place
-        assert (d.colour, d.position) == (s.objects[0].colour, s.objects[0].position)
+    outlined = [W.detect(W.render(s, style="outline"))[0][0] for s in scenes]
+    assert np.mean([d.outlined for d in outlined]) >= 0.85  # the detector's ceiling on what a LoRA can score
+    for s, d in zip(scenes, outlined):  # an outline keeps the object's colour and place
+        o = s.objects[0]
+        if o.shape in ("square", "triangle") or (o.size == "small" and o.shape in ("circle", "ring", "cross")):
+            assert d.outlined, s.caption
+        assert (d.colour, d.position) == (s.objects[0].colour, s.objects[0].position), s.caption
     with pytest.raises(ValueError):
         W.render(scenes[0], style="dotted")
 

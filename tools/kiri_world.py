@@ -211,7 +211,7 @@ def render(scene: Scene, style: str = "filled") -> np.ndarray:
     """The scene as an RGB uint8 array of shape (64, 64, 3), anti-aliased.
 
     style="outline" draws every object as its outline only (a stroke of OUTLINE_WIDTH pixels along
-    the inside of its edge, the background showing through): the concept of the example LoRA, which
+    its edge, the background showing through): the concept of the example LoRA, which
     the default models never saw. ``Detection.fill`` tells the two styles apart."""
     if style not in ("filled", "outline"):
         raise ValueError(f"unknown style {style!r}")
@@ -229,9 +229,15 @@ def render(scene: Scene, style: str = "filled") -> np.ndarray:
         _fill(mask, fill, 255)
         _fill(mask, cut, 0)
         if style == "outline":
-            k = int(round(OUTLINE_WIDTH * _SS)) | 1  # half the stroke outside the edge, half inside
+            # A large shape's stroke lies on its edge (half outside, half inside); a small one's just
+            # outside it, or its thin parts (star points, cross arms) would fill up and read as solid.
+            k = int(round(OUTLINE_WIDTH * _SS)) | 1
             disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-            mask = cv2.dilate(mask, disc) & ~cv2.erode(mask, disc)
+            if o.size == "small":
+                wide = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k - 1, 2 * k - 1))
+                mask = cv2.dilate(mask, wide) & ~mask
+            else:
+                mask = cv2.dilate(mask, disc) & ~cv2.erode(mask, disc)
         big[mask > 0] = COLOURS[o.colour]
     return cv2.resize(big, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
@@ -336,7 +342,7 @@ def _templates(res: int = 32) -> dict[str, np.ndarray]:
 _TEMPLATES = _templates()
 
 
-OUTLINE_FILL = 0.6  # Detection.fill under this: the object is drawn as an outline
+OUTLINE_FILL = 0.65  # Detection.fill under this: the object is drawn as an outline
 
 
 @dataclass(frozen=True)
