@@ -13,7 +13,8 @@ with diffusers' own loaders (``pipe.load_lora_weights``, ``pipe.load_textual_inv
   carries ``<lora:kiri-outline:1>`` as a user writes it; the tag is cut before the text encoder reads
   the prompt, as Kiri's runner does. The same measure on the prompts' scenes drawn by kiri_world in
   the outline style is the detector's ceiling.
-* kiri-sunset: the share of pictures whose detected background is the orange | purple two-tone, with
+* kiri-sunset: the share of pictures whose detected background is the orange | purple two-tone (and
+  the share with the two colours on either side), with
   the embedding, without it (the word is then unknown text), and for the base model given the plain
   words "orange and purple background"; plus colour / shape / position of the object.
 
@@ -116,7 +117,9 @@ def outline_scores(images: np.ndarray, items) -> dict[str, float]:
 
 
 def sunset_scores(images: np.ndarray, items) -> dict[str, float]:
-    res = {"sunset": float(np.mean([tuple(W.detect(im)[1]) == T.SUNSET for im in images]))}
+    bgs = [tuple(W.detect(im)[1]) for im in images]
+    res = {"sunset": float(np.mean([bg == T.SUNSET for bg in bgs])),
+           "either_order": float(np.mean([sorted(bg) == sorted(T.SUNSET) for bg in bgs]))}
     scores = [W.score_spec(im, W.Spec(spec.objects, None)) for im, (_, _, spec) in zip(images, items)]
     for k in ("colour", "position", "shape"):
         vals = [s[k] for s in scores if s[k] is not None]
@@ -189,8 +192,10 @@ def main(argv=None) -> None:
                 "base, the plain words \"orange and purple background\"": sunset_scores(plain, items)}
         summary["embedding"] = {"prompts": len(items), **rows}
         lines += [f"kiri-sunset, {len(items)} held-out prompts, {args.steps} steps:", "",
-                  "| | orange / purple background | colour | position | shape |", "|---|---|---|---|---|"]
-        lines += [f"| {k} | {pct(v['sunset'])} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
+                  "| | orange / purple background | orange and purple, either side | colour | position | shape |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {pct(v['sunset'])} | {pct(v['either_order'])} | {pct(v['colour'])} | {pct(v['position'])} "
+                  f"| {pct(v['shape'])} |"
                   for k, v in rows.items()]
         if args.pictures:
             grid([unknown[:10], learnt[:10]], CARD / f"{T.EMBEDDING_WORD}_before_after.jpg")
