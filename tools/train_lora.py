@@ -152,6 +152,7 @@ def save_lora(pipe, config, out: Path, meta: dict[str, str]) -> None:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, str(path), metadata={**header, **meta})
     os.replace(path, out)
+    os.chmod(out, 0o644)  # safetensors writes 0600
     tmp_dir.rmdir()
 
 
@@ -184,6 +185,7 @@ def save_embedding(vectors: torch.Tensor, out: Path, word: str, step: int) -> No
               metadata={"name": word, "step": str(step), "sd_checkpoint_name": BASE.name,
                         "meaning": f"{' and '.join(SUNSET)} background (left half {SUNSET[0]}, right half {SUNSET[1]})"})
     os.replace(tmp, out)
+    os.chmod(out, 0o644)
 
 
 # --- the loop -----------------------------------------------------------------------------------------
@@ -242,8 +244,11 @@ def main(argv=None) -> None:
     start, losses, elapsed0 = 0, [], 0.0
     if args.resume and ckpt_path.exists():
         st = torch.load(ckpt_path, weights_only=False)
-        if st["kind"] != args.kind or st["steps"] != steps:
-            raise SystemExit(f"the checkpoint is a {st['kind']} run of {st['steps']} steps; pass the same kind and --steps")
+        if st["kind"] != args.kind or st["steps"] > steps:
+            raise SystemExit(f"the checkpoint is a {st['kind']} run of {st['steps']} steps; pass the same kind and "
+                             f"--steps {st['steps']} or more")
+        if st["steps"] < steps:
+            print(f"extending a run of {st['steps']} steps to {steps} (the learning rate follows the longer schedule)")
         if lora:
             from peft.utils import set_peft_model_state_dict
 
