@@ -106,3 +106,27 @@ def test_embedding_run_writes_a1111_format_that_diffusers_loads(tmp_path):
     ids = pipe.tokenizer.convert_tokens_to_ids(["kiri-sunset", "kiri-sunset_1"])
     assert torch.allclose(pipe.text_encoder.get_input_embeddings().weight[ids], vectors)
     _draw(pipe, "a red circle, kiri-sunset background")
+
+
+def test_the_shipped_lora_and_embedding_on_held_out_prompts():
+    """A small sample of tools/eval_lora.py's measurement on the shipped files (models/README.md has
+    the full table): the embedding draws its colours, the LoRA hollows the objects out."""
+    import torch
+
+    from tools import eval_lora as E
+
+    torch.set_num_threads(2)
+    pipe = T.load_base()
+    sunset = E.sunset_prompts(6)
+    before = E.generate(pipe, [t for t, _, _ in sunset], steps=20)
+    pipe.load_textual_inversion(str(T.EMBEDDING_OUT), token=T.EMBEDDING_WORD)
+    after = E.generate(pipe, [t for t, _, _ in sunset], steps=20)
+    assert E.sunset_scores(before, sunset)["either_order"] == 0
+    assert E.sunset_scores(after, sunset)["either_order"] >= 5 / 6
+    outline = E.outline_prompts(6)
+    prompts = [f"{t} <lora:{T.LORA_NAME}:1>" for t, _, _ in outline]
+    base = E.outline_scores(E.generate(pipe, prompts, steps=20), outline)
+    pipe.load_lora_weights(str(T.LORA_OUT), adapter_name=T.LORA_NAME)
+    lora = E.outline_scores(E.generate(pipe, prompts, steps=20), outline)
+    assert base["outline"] == 0 and base["hollow"] <= 3 / 12  # 6 scenes + 6 loose prompts
+    assert lora["hollow"] >= 7 / 12 and lora["hollow"] >= base["hollow"] + 4 / 12
