@@ -204,8 +204,17 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = SIZE) -> 
     return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def render(scene: Scene) -> np.ndarray:
-    """The scene as an RGB uint8 array of shape (64, 64, 3), anti-aliased."""
+OUTLINE_WIDTH = 3.0  # stroke of the "outline" style, in pixels of the 64 px picture
+
+
+def render(scene: Scene, style: str = "filled") -> np.ndarray:
+    """The scene as an RGB uint8 array of shape (64, 64, 3), anti-aliased.
+
+    style="outline" draws every object as its outline only (a stroke of OUTLINE_WIDTH pixels along
+    its edge, the background showing through): the concept of the example LoRA, which
+    the default models never saw. ``Detection.fill`` tells the two styles apart."""
+    if style not in ("filled", "outline"):
+        raise ValueError(f"unknown style {style!r}")
     big = np.zeros((SIZE * _SS, SIZE * _SS, 3), np.uint8)
     bg = scene.background
     if len(bg) == 1:
@@ -219,6 +228,16 @@ def render(scene: Scene) -> np.ndarray:
         mask = np.zeros(big.shape[:2], np.uint8)
         _fill(mask, fill, 255)
         _fill(mask, cut, 0)
+        if style == "outline":
+            # A large shape's stroke lies on its edge (half outside, half inside); a small one's just
+            # outside it, or its thin parts (star points, cross arms) would fill up and read as solid.
+            k = int(round(OUTLINE_WIDTH * _SS)) | 1
+            disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+            if o.size == "small":
+                wide = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k - 1, 2 * k - 1))
+                mask = cv2.dilate(mask, wide) & ~mask
+            else:
+                mask = cv2.dilate(mask, disc) & ~cv2.erode(mask, disc)
         big[mask > 0] = COLOURS[o.colour]
     return cv2.resize(big, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
@@ -323,6 +342,9 @@ def _templates(res: int = 32) -> dict[str, np.ndarray]:
 _TEMPLATES = _templates()
 
 
+OUTLINE_FILL = 0.65  # Detection.fill under this: the object is drawn as an outline
+
+
 @dataclass(frozen=True)
 class Detection:
     colour: str
@@ -332,6 +354,13 @@ class Detection:
     area: int
     bbox: tuple[int, int, int, int]  # x, y, w, h
     scores: dict = field(default_factory=dict, compare=False)  # shape -> IoU
+    # Share of the object's outer contour (holes filled) that its pixels cover: about 1 for a filled
+    # shape, 0.75 for a ring, well under OUTLINE_FILL for a shape drawn as an outline.
+    fill: float = 1.0
+
+    @property
+    def outlined(self) -> bool:
+        return self.fill < OUTLINE_FILL
 
 
 def position_of(cx: float, cy: float) -> str:
@@ -401,7 +430,10 @@ def detect(img: np.ndarray, min_area: int = 30) -> tuple[list[Detection], tuple[
         half = max(w, h) / 2.0
         size = "small" if half < 11 else "large"
         position = position_of(x + (w - 1) / 2.0, y + (h - 1) / 2.0)
-        found.append(Detection(colour, shape, size, position, area, (x, y, w, h), scores))
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        solid = cv2.drawContours(np.zeros_like(mask, np.uint8), contours, -1, 1, thickness=-1)
+        fill = float(mask.sum() / max(int(solid.sum()), 1))
+        found.append(Detection(colour, shape, size, position, area, (x, y, w, h), scores, fill))
     found.sort(key=lambda d: -d.area)
     return found, bg
 

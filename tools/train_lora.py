@@ -1,0 +1,342 @@
+"""Train the example LoRA and the example textual-inversion embedding of the default model kiri-shapes-ldm.
+
+    python tools/train_lora.py lora [--steps N] [--minutes N] [--resume]       # models/Lora/kiri-outline.safetensors
+    python tools/train_lora.py embedding [--steps N] [--minutes N] [--resume]  # embeddings/kiri-sunset.safetensors
+
+The base model (models/checkpoints/kiri-shapes-ldm) stays frozen; both trainers draw their pictures from
+kiri_world on the fly (a step's scenes are seeded by the step, so a resumed run sees the same data) and
+train with the base model's own loss (epsilon, min-SNR-5).
+
+* **lora** (kiri-outline): a style the base model never saw: every object drawn as its outline only
+  (kiri_world.render(style="outline"), a 2.5 px stroke on the shape's edge, the background showing
+  through). Captions are the world's ordinary captions in the default phrasing mix, so the LoRA needs
+  no trigger word: loaded (``<lora:kiri-outline:1>``), it turns every shape into an outline. peft LoRA
+  (rank --rank) on the UNet's attention projections, its transformer in/out projections and feed-forward
+  layers and its ResNet convolutions; saved with diffusers' ``StableDiffusionPipeline.save_lora_weights``
+  (diffusers/PEFT keys, the LoraConfig in the header) plus kohya-style ``ss_*`` metadata.
+* **embedding** (kiri-sunset): a new word for a colour scheme, the two-tone orange-and-purple background
+  (left half orange, right half purple), learnt as --vectors vectors of the text encoder's input width
+  while everything else stays frozen. Captions say "kiri-sunset background" where they would say
+  "orange and purple background". Saved in A1111's safetensors format ({"emb_params": (vectors, width)},
+  metadata name / step).
+
+Work files (the checkpoint to resume from, the loss curve) live in .train/lora_work/<name>.
+tools/eval_lora.py measures both on held-out prompts with kiri_world's detector.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # be gentle when the CPU is shared
+
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import kiri_world as W  # noqa: E402
+from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: E402
+
+TRAIN_DIR = ROOT / ".train"
+BASE = ROOT / "models" / "checkpoints" / "kiri-shapes-ldm"
+LORA_NAME = "kiri-outline"
+LORA_OUT = ROOT / "models" / "Lora" / f"{LORA_NAME}.safetensors"
+EMBEDDING_WORD = "kiri-sunset"
+EMBEDDING_OUT = ROOT / "embeddings" / f"{EMBEDDING_WORD}.safetensors"
+SUNSET = ("orange", "purple")  # what kiri-sunset means: a two-tone background, left orange, right purple
+# UNet modules the LoRA adapts (peft matches name suffixes): attention, transformer projections, ResNet convs.
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
+CFG_DROP = 0.1  # share of captions trained as the empty prompt (classifier-free guidance)
+
+
+def load_base(folder: Path = BASE):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False).eval()
+    return pipe
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def outline_batch(rng: random.Random, n: int) -> tuple[np.ndarray, list[str]]:
+    """n training scenes (no held-out combination) drawn as outlines, with captions of the default mix."""
+    images, captions = [], []
+    for _ in range(n):
+        scene = W.sample_scene(rng, held_out="exclude")
+        images.append(W.render(scene, style="outline"))
+        captions.append(W.sample_phrase(scene, rng)[0])
+    return np.stack(images), captions
+
+
+def sunset_scene(rng: random.Random, held_out: str = "exclude") -> W.Scene:
+    """A scene on the kiri-sunset background: objects of any other colour."""
+    while True:
+        scene = W.sample_scene(rng, held_out=held_out)
+        if not any(o.colour in SUNSET for o in scene.objects):
+            return W.Scene(scene.objects, SUNSET)
+
+
+def sunset_caption(scene: W.Scene, rng: random.Random, word: str = EMBEDDING_WORD) -> str:
+    """A caption of the default mix with the background said as ``word``; stated always."""
+    text = W.sample_phrase(scene, rng)[0]
+    pattern = re.compile(r"orange(,? and | )purple", re.IGNORECASE)
+    if pattern.search(text):
+        return pattern.sub(word, text, count=1)
+    return f"{text}, {word} background"
+
+
+def sunset_batch(rng: random.Random, n: int, word: str = EMBEDDING_WORD) -> tuple[np.ndarray, list[str]]:
+    scenes = [sunset_scene(rng) for _ in range(n)]
+    return np.stack([W.render(s) for s in scenes]), [sunset_caption(s, rng, word) for s in scenes]
+
+
+@torch.no_grad()
+def encode_images(pipe, images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pipe.vae.encode(x).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def token_ids(pipe, captions: list[str]) -> torch.Tensor:
+    return pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
+
+
+# --- the two kinds of training ------------------------------------------------------------------------
+
+def add_lora(pipe, rank: int, alpha: float):
+    from peft import LoraConfig
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS)
+    pipe.unet.add_adapter(config)
+    params = [p for n, p in pipe.unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    return config, params
+
+
+def lora_state(unet) -> dict[str, torch.Tensor]:
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def save_lora(pipe, config, out: Path, meta: dict[str, str]) -> None:
+    """diffusers' save_lora_weights, then the kohya-style metadata added to the same header."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = out.parent / f".{out.stem}.tmp"
+    StableDiffusionPipeline.save_lora_weights(tmp_dir, unet_lora_layers=lora_state(pipe.unet), weight_name=out.name,
+                                              unet_lora_adapter_metadata=config.to_dict())
+    path = tmp_dir / out.name
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(path), metadata={**header, **meta})
+    os.replace(path, out)
+    os.chmod(out, 0o644)  # safetensors writes 0600
+    tmp_dir.rmdir()
+
+
+def add_embedding(pipe, word: str, vectors: int, init_word: str):
+    """Placeholder tokens for ``word`` (word, word_1, ...) in the tokenizer, their rows in the text
+    encoder's input embedding initialised from ``init_word``'s. Returns the token ids."""
+    tokens = [word] + [f"{word}_{i}" for i in range(1, vectors)]
+    pipe.tokenizer.add_tokens(tokens)
+    ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
+    pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    emb = pipe.text_encoder.get_input_embeddings().weight
+    init = pipe.tokenizer(init_word, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        for k, i in enumerate(ids):
+            emb[i] = emb[init[k % len(init)]]
+    return ids
+
+
+def expand_word(text: str, word: str, vectors: int) -> str:
+    """The prompt with ``word`` written as its placeholder tokens (what diffusers' loader does)."""
+    return text.replace(word, " ".join([word] + [f"{word}_{i}" for i in range(1, vectors)]))
+
+
+def save_embedding(vectors: torch.Tensor, out: Path, word: str, step: int) -> None:
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file({"emb_params": vectors.detach().clone().contiguous()}, str(tmp),
+              metadata={"name": word, "step": str(step), "sd_checkpoint_name": BASE.name,
+                        "meaning": f"{' and '.join(SUNSET)} background (left half {SUNSET[0]}, right half {SUNSET[1]})"})
+    os.replace(tmp, out)
+    os.chmod(out, 0o644)
+
+
+# --- the loop -----------------------------------------------------------------------------------------
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=["lora", "embedding"])
+    p.add_argument("--steps", type=int, default=None, help="default: lora 600, embedding 300")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this much training time, and save")
+    p.add_argument("--resume", action="store_true", help="continue from .train/lora_work/<name>/ckpt.pt")
+    p.add_argument("--base", default=str(BASE), help="the base model folder (diffusers StableDiffusionPipeline)")
+    p.add_argument("--out", default=None, help="the file to write (default: models/Lora/kiri-outline.safetensors "
+                                              "or embeddings/kiri-sunset.safetensors)")
+    p.add_argument("--work", default=None, help="work folder (default .train/lora_work/<name>)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="default: lora 1e-3, embedding 5e-3")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=8.0)
+    p.add_argument("--vectors", type=int, default=2, help="embedding: vectors of the new word")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    lora = args.kind == "lora"
+    name = LORA_NAME if lora else EMBEDDING_WORD
+    steps = args.steps or (600 if lora else 300)
+    peak = args.lr or (1e-3 if lora else 5e-3)
+    out = Path(args.out) if args.out else (LORA_OUT if lora else EMBEDDING_OUT)
+    work = Path(args.work) if args.work else TRAIN_DIR / "lora_work" / name
+    base = Path(args.base)
+
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(args.seed)
+    pipe = load_base(base)
+    if lora:
+        config, params = add_lora(pipe, args.rank, args.alpha)
+        ids = None
+    else:
+        ids = add_embedding(pipe, name, args.vectors, "orange and purple")
+        emb = pipe.text_encoder.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        frozen = emb.detach().clone()
+        params = [emb]
+        keep = torch.ones(emb.shape[0], 1, dtype=torch.bool)
+        keep[ids] = False
+    opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.0)
+    noise = DDPMScheduler.from_config(pipe.scheduler.config)
+    acp = noise.alphas_cumprod
+
+    def current() -> dict[str, torch.Tensor]:
+        return lora_state(pipe.unet) if lora else {"emb_params": emb.detach()[ids].clone()}
+
+    ckpt_path = work / "ckpt.pt"
+    start, losses, elapsed0 = 0, [], 0.0
+    if args.resume and ckpt_path.exists():
+        st = torch.load(ckpt_path, weights_only=False)
+        if st["kind"] != args.kind or st["steps"] > steps:
+            raise SystemExit(f"the checkpoint is a {st['kind']} run of {st['steps']} steps; pass the same kind and "
+                             f"--steps {st['steps']} or more")
+        if st["steps"] < steps:
+            print(f"extending a run of {st['steps']} steps to {steps} (the learning rate follows the longer schedule)")
+        if lora:
+            from peft.utils import set_peft_model_state_dict
+
+            set_peft_model_state_dict(pipe.unet, st["weights"])
+        else:
+            with torch.no_grad():
+                emb[ids] = st["weights"]["emb_params"]
+        opt.load_state_dict(st["opt"])
+        start, losses, elapsed0 = st["step"], st["losses"], st["elapsed"]
+        print(f"resumed at step {start}")
+    t0 = time.time()
+
+    def checkpoint(done: int) -> None:
+        save_ckpt(ckpt_path, kind=args.kind, steps=steps, weights=current(), opt=opt.state_dict(), step=done,
+                  losses=losses, elapsed=elapsed0 + time.time() - t0)
+
+    pipe.unet.train(lora)
+    bar = tqdm(total=steps, initial=start, desc=name, dynamic_ncols=True)
+    done = start
+    for step in range(start, steps):
+        rng = random.Random(args.seed * 1_000_003 + step)  # the same pictures and captions for a resumed run
+        images, captions = outline_batch(rng, args.batch) if lora else sunset_batch(rng, args.batch)
+        captions = ["" if rng.random() < CFG_DROP else c for c in captions]
+        if not lora:
+            captions = [expand_word(c, name, args.vectors) for c in captions]
+        g = torch.Generator().manual_seed(args.seed * 7_919 + step)
+        x0 = encode_images(pipe, images)
+        with torch.set_grad_enabled(not lora):
+            text = pipe.text_encoder(token_ids(pipe, captions))[0]
+        eps = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, noise.config.num_train_timesteps, (args.batch,), generator=g)
+        xt = noise.add_noise(x0, eps, t)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, peak, warmup=min(50, steps // 10 + 1))
+        pred = pipe.unet(xt, t, encoder_hidden_states=text).sample
+        snr = acp[t] / (1 - acp[t])
+        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 (epsilon prediction)
+        loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        optimise(opt, loss, params)
+        if not lora:  # only the new word's rows learn (AdamW touches no row whose gradient is zero, but be exact)
+            with torch.no_grad():
+                emb.copy_(torch.where(keep, frozen, emb))
+        losses.append(loss.item())
+        done = step + 1
+        bar.update(1)
+        spent = elapsed0 + time.time() - t0
+        eta = (time.time() - t0) / max(1, done - start) * (steps - done)
+        bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}", eta=f"{eta / 60:.1f}min")
+        if done % args.save_every == 0:
+            checkpoint(done)
+        if args.minutes and spent > args.minutes * 60 and done < steps:
+            bar.close()
+            checkpoint(done)
+            print(f"time limit reached at step {done} of {steps}: continue with --resume")
+            return
+    bar.close()
+    checkpoint(done)
+    elapsed = elapsed0 + time.time() - t0
+    command = "python tools/train_lora.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    log = {"name": name, "kind": args.kind, "for": base.name, "steps": done, "batch": args.batch, "lr": peak,
+           "seconds": round(elapsed), "final_loss_avg25": float(np.mean(losses[-25:])) if losses else None,
+           "command": command}
+    if lora:
+        log.update(rank=args.rank, alpha=args.alpha, targets=LORA_TARGETS,
+                   params=sum(v.numel() for v in lora_state(pipe.unet).values()))
+        tags = {}
+        for s in range(min(done, 50)):  # the captions of the first steps, as kohya counts tags
+            for c in outline_batch(random.Random(args.seed * 1_000_003 + s), args.batch)[1]:
+                for tag in (t.strip().lower() for t in c.split(",")):
+                    if tag:
+                        tags[tag] = tags.get(tag, 0) + 1
+        top = dict(sorted(tags.items(), key=lambda kv: -kv[1])[:50])
+        meta = {"ss_output_name": name, "ss_base_model_version": base.name, "ss_network_module": "peft.lora",
+                "ss_network_dim": str(args.rank), "ss_network_alpha": f"{args.alpha:g}", "ss_steps": str(done),
+                "ss_batch_size_per_device": str(args.batch), "ss_learning_rate": f"{peak:g}",
+                "ss_tag_frequency": json.dumps({"kiri_world outline": top}),
+                "ss_training_comment": "Kiri's example LoRA: every object drawn as its outline (tools/train_lora.py)",
+                "modelspec.title": name, "modelspec.architecture": f"{base.name}/lora"}
+        save_lora(pipe, config, out, meta)
+    else:
+        log.update(vectors=args.vectors, word=name)
+        save_embedding(current()["emb_params"], out, name, done)
+    log["bytes"] = out.stat().st_size
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train_log.json").write_text(json.dumps({**log, "losses": losses}))
+    plot_losses(work / "loss_curve.png", losses, f"{name}: {done} steps, {elapsed / 60:.1f} min (min-SNR eps loss)")
+    print(json.dumps(log))
+
+
+if __name__ == "__main__":
+    main()
