@@ -108,25 +108,51 @@ def test_embedding_run_writes_a1111_format_that_diffusers_loads(tmp_path):
     _draw(pipe, "a red circle, kiri-sunset background")
 
 
-def test_the_shipped_lora_and_embedding_on_held_out_prompts():
+@pytest.fixture(scope="module")
+def default_engine(tmp_path_factory):
+    """Kiri's engine on the shipped models/ (the default model, models/Lora, embeddings/)."""
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=T.BASE.parent.parent, outputs_dir=tmp_path_factory.mktemp("shipped"),
+                        save_images=False, default_model=T.BASE.name)
+    return build_engine(settings, DeviceChoice("cpu"))
+
+
+def _kiri(engine, prompts: list[str], seed: int = 1000, **addons):
+    """The prompts as a user types them, through Kiri's own engine (its LoRA and embedding loaders,
+    its runner, its default sampler): the pictures as an array, and the last infotext."""
+    from webui.engine.generation.requests import Txt2ImgRequest
+
+    out = []
+    for k, prompt in enumerate(prompts):
+        result = engine.txt2img(Txt2ImgRequest(prompt, steps=20, width=64, height=64, seed=seed + k, cfg_scale=7.5,
+                                                addons=addons))
+        out.append(np.asarray(result.images[0].convert("RGB")))
+        assert not result.warnings, result.warnings
+    return np.stack(out), result.infotexts[-1]
+
+
+def test_the_shipped_lora_and_embedding_on_held_out_prompts(default_engine):
     """A small sample of tools/eval_lora.py's measurement on the shipped files (models/README.md has
-    the full table): the embedding draws its colours, the LoRA hollows the objects out."""
+    the full table), through Kiri's engine as a user's prompt reaches them: the embedding's word draws
+    its colours, the `<lora:...>` tag hollows the objects out."""
     import torch
 
     from tools import eval_lora as E
 
     torch.set_num_threads(2)
-    pipe = T.load_base()
     sunset = E.sunset_prompts(6)
-    before = E.generate(pipe, [t for t, _, _ in sunset], steps=20)
-    pipe.load_textual_inversion(str(T.EMBEDDING_OUT), token=T.EMBEDDING_WORD)
-    after = E.generate(pipe, [t for t, _, _ in sunset], steps=20)
-    assert E.sunset_scores(before, sunset)["either_order"] == 0
+    before, _ = _kiri(default_engine, [t for t, _, _ in sunset], embeddings=False)  # the word read as plain text
+    after, info = _kiri(default_engine, [t for t, _, _ in sunset])
+    assert f'TI hashes: "{T.EMBEDDING_WORD}: ' in info
+    assert E.sunset_scores(before, sunset)["either_order"] <= 1 / 6
     assert E.sunset_scores(after, sunset)["either_order"] >= 5 / 6
     outline = E.outline_prompts(6)
-    prompts = [f"{t} <lora:{T.LORA_NAME}:1>" for t, _, _ in outline]
-    base = E.outline_scores(E.generate(pipe, prompts, steps=20), outline)
-    pipe.load_lora_weights(str(T.LORA_OUT), adapter_name=T.LORA_NAME)
-    lora = E.outline_scores(E.generate(pipe, prompts, steps=20), outline)
+    base, _ = _kiri(default_engine, [t for t, _, _ in outline])
+    lora, info = _kiri(default_engine, [f"{t} <lora:{T.LORA_NAME}:1>" for t, _, _ in outline])
+    assert f'Lora hashes: "{T.LORA_NAME}: ' in info
+    base, lora = E.outline_scores(base, outline), E.outline_scores(lora, outline)
     assert base["outline"] == 0 and base["hollow"] <= 3 / 12  # 6 scenes + 6 loose prompts
     assert lora["hollow"] >= 7 / 12 and lora["hollow"] >= base["hollow"] + 4 / 12
