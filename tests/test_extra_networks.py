@@ -113,11 +113,10 @@ def test_browser_panel_search_click_generate_and_set_preview(panel_models, tmp_p
         page.locator("#txt2img-prompt textarea").fill("a red circle")
         page.locator("#txt2img-extra-networks button").first.click()  # open the accordion
         cards = page.locator("#txt2img-extra-cards")
-        cards.get_by_text("second · SD 1.x").wait_for(timeout=30000)
+        cards.locator("img[alt^='second ·']").wait_for(timeout=30000)
         page.locator("#txt2img-extra-search input, #txt2img-extra-search textarea").first.fill("outline")
-        page.wait_for_function("!document.querySelector('#txt2img-extra-cards').innerText.includes('second ·')",
-                               timeout=30000)
-        cards.get_by_text("shapes-outline · SD 1.x").click()
+        page.wait_for_function("!document.querySelector(\"#txt2img-extra-cards img[alt^='second']\")", timeout=30000)
+        cards.locator("img[alt='shapes-outline · SD 1.x']").click()
         page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value"
                                " === 'a red circle <lora:shapes-outline:1>'", timeout=30000)
         page.locator("#txt2img-extra-details").get_by_text("alias: outline").wait_for(timeout=10000)
@@ -146,7 +145,7 @@ def test_browser_panel_search_click_generate_and_set_preview(panel_models, tmp_p
         page.locator("#txt2img-extra-kind").get_by_text("Textual Inversion").click()
         page.locator("#txt2img-extra-search input, #txt2img-extra-search textarea").first.fill("")
         page.locator("#txt2img-extra-search input, #txt2img-extra-search textarea").first.press("Space")
-        cards.get_by_text("ShapeStyle").click()
+        cards.locator("img[alt^='ShapeStyle']").click()
         page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value.endsWith(' ShapeStyle')",
                                timeout=30000)
     finally:

@@ -241,7 +241,7 @@ def render(engine: Engine, prefix: str, prompt: gr.Textbox, results: gr.Gallery,
     private = dict(api_visibility="private", queue=False)
     outputs = [cards, shown, note]
     kind.change(listed, [kind, search], outputs, **private)
-    search.input(listed, [kind, search], outputs, **private)
+    search.change(listed, [kind, search], outputs, show_progress="hidden", **private)
     refresh.click(rescanned, [kind, search], outputs, **private)
     cards.select(clicked, [shown, prompt], [prompt, model_picker, details, chosen], **private)
     results.select(selected_result, None, result_index, **private)
