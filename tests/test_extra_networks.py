@@ -1,7 +1,8 @@
 """The Extra networks panel (webui/ui/extra_networks.py) and preview writing (webui/engine/models/previews.py):
 preview pictures are written atomically, only beside files in the models folders and only from pictures;
 in the browser the panel searches, a LoRA card puts `<lora:name:W>` in the prompt and the image made
-has `Lora hashes`, an embedding card puts its word, and a result becomes a card's preview."""
+has `Lora hashes`, an embedding card puts its word, a checkpoint card selects the checkpoint, a result
+becomes a card's preview, and the panel under Image to image fills that tab's prompt."""
 
 from __future__ import annotations
 
@@ -147,6 +148,17 @@ def test_browser_panel_search_click_generate_and_set_preview(panel_models, tmp_p
         page.locator("#txt2img-extra-search input, #txt2img-extra-search textarea").first.press("Space")
         cards.locator("img[alt^='ShapeStyle']").click()
         page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value.endsWith(' ShapeStyle')",
+                               timeout=30000)
+        # a checkpoint card selects that checkpoint in the model picker
+        page.locator("#txt2img-extra-kind").get_by_text("Checkpoints").click()
+        cards.locator("img[alt^='tiny-sdxl']").click()
+        page.wait_for_function("document.querySelector('#model-picker input').value.startsWith('tiny-sdxl [')",
+                               timeout=30000)
+        # the same panel under Image to image fills that tab's prompt
+        page.get_by_role("tab", name="Image to image", exact=False).first.click()
+        page.locator("#img2img-extra-networks button").first.click()
+        page.locator("#img2img-extra-cards img[alt^='shapes-outline']").click()
+        page.wait_for_function("document.querySelector('#img2img-prompt textarea').value === '<lora:shapes-outline:1>'",
                                timeout=30000)
     finally:
         page.close()

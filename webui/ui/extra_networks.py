@@ -26,6 +26,9 @@ from .theme import REFRESH
 LORA, EMBEDDING, CHECKPOINT = "LoRA", "Textual Inversion", "Checkpoints"
 KINDS = (LORA, EMBEDDING, CHECKPOINT)
 THUMB = 192
+# cards of a fixed width however few there are (the gallery otherwise stretches two cards over the row)
+CARD_CSS = ("<style>#PREFIX-extra-cards .grid-container { grid-template-columns: repeat(auto-fill, minmax(130px, 150px))"
+            " !important; grid-auto-rows: 170px !important; }</style>")
 _thumbs: dict[tuple[str, float], Any] = {}
 _thumbs_lock = threading.Lock()
 
@@ -195,6 +198,7 @@ def render(engine: Engine, prefix: str, prompt: gr.Textbox, results: gr.Gallery,
                                 elem_id=f"{prefix}-extra-search")
             refresh = gr.Button(REFRESH, size="sm", min_width=40, scale=0, elem_id=f"{prefix}-extra-refresh")
         note = gr.Markdown(elem_id=f"{prefix}-extra-note")
+        gr.HTML(CARD_CSS.replace("PREFIX", prefix), padding=False)
         cards = gr.Gallery(label="Cards (a click puts the tag in the prompt)", columns=6, height=300, allow_preview=False,
                            object_fit="cover", interactive=False, elem_id=f"{prefix}-extra-cards")
         details = gr.Markdown(elem_id=f"{prefix}-extra-details")
