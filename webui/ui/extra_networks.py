@@ -29,7 +29,8 @@ THUMB = 192
 # cards of a fixed width however few there are (the gallery otherwise stretches two cards over the row)
 CARD_CSS = ("<style>#PREFIX-extra-cards .grid-container { grid-template-columns: repeat(auto-fill, minmax(130px, 150px))"
             " !important; grid-auto-rows: 170px !important; }</style>")
-_thumbs: dict[tuple[str, float], Any] = {}
+MAX_CACHED = 1024
+_thumbs: dict[tuple[str, float], Any] = {}  # small copies of preview files, the same for every user
 _thumbs_lock = threading.Lock()
 
 
@@ -163,6 +164,8 @@ def _thumbnail(path: str | None):
     except Exception:  # noqa: BLE001 - a broken preview shows as the placeholder
         return _placeholder()
     with _thumbs_lock:
+        if len(_thumbs) > MAX_CACHED:  # replaced previews leave their old keys behind: start again
+            _thumbs.clear()
         _thumbs[key] = image
     return image
 
