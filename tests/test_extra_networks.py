@@ -113,6 +113,8 @@ def test_browser_panel_search_click_generate_and_set_preview(panel_models, tmp_p
         page.goto(info["url"])
         page.locator("#txt2img-prompt textarea").fill("a red circle")
         page.locator("#txt2img-extra-networks button").first.click()  # open the accordion
+        page.wait_for_function("document.querySelector('#txt2img-extra-refresh')?.title?.includes('LoRA')", timeout=10000)
+        assert page.locator("#txt2img-extra-refresh").inner_text().strip() == "↻"
         cards = page.locator("#txt2img-extra-cards")
         cards.locator("img[alt^='second ·']").wait_for(timeout=30000)
         page.locator("#txt2img-extra-search input, #txt2img-extra-search textarea").first.fill("outline")
