@@ -17,6 +17,7 @@ from webui.engine.core.jobs import Job
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
+from . import extra_networks
 from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line, stream_job, user_errors
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
@@ -288,4 +289,5 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             return mask_from_words(engine, editor_value, words, owner_of(request))
 
     mask_words_button.click(words_to_mask, [editor, mask_words], mask_upload, api_visibility="private", **JOB_EVENT)
+    extra_networks.render(engine, "img2img", prompt, gallery, model_picker)
     return Img2ImgTab(editor, mask_upload, modes, mode, gallery)

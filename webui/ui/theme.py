@@ -22,6 +22,8 @@ TOOLTIPS = {
     "img2img-vae-refresh": "Read models/VAE again (after adding a file)",
     "txt2img-styles-refresh": "Read styles.csv again (after editing it)",
     "img2img-styles-refresh": "Read styles.csv again (after editing it)",
+    "txt2img-extra-refresh": "Read the LoRA, embedding and checkpoint folders again (after adding a file)",
+    "img2img-extra-refresh": "Read the LoRA, embedding and checkpoint folders again (after adding a file)",
 }
 
 # On load: the stored choice, and the tooltips on every icon button as it appears (tabs render lazily).

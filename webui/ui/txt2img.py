@@ -15,6 +15,7 @@ from webui.engine.upscale import all_upscalers, hires_defaults
 from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
+from . import extra_networks
 from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, interrupted_at, owner_of, progress_line, stream_job, user_errors
 from .send_to import SendTo
@@ -185,6 +186,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
 
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
                         api_visibility="private", queue=False)
+    extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
     return Txt2ImgTab(prompt, negative, gen, gallery, styles)
 
 
