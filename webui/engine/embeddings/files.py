@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from webui.engine.models.catalog import CatalogEntry
+from webui.engine.models.previews import preview_of as shared_preview_of
 
-__all__ = ["EmbeddingFile", "EMBEDDING_SUFFIXES", "embedding_entries", "PREVIEW_SUFFIXES", "describe_embedding", "family_of",
+__all__ = ["EmbeddingFile", "EMBEDDING_SUFFIXES", "embedding_entries", "describe_embedding", "family_of",
            "load_file", "preview_of", "read_cached"]
 
 KIND = "embedding"  # the catalog's model kind
@@ -33,7 +34,6 @@ MAX_DEPTH = 8  # subfolders read below one
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
 PICKLES = (".pt", ".bin")
 CONCEPT_FILES = ("learned_embeds.safetensors", "learned_embeds.bin")
-PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".preview.webp", ".webp")
 SDXL_KEYS = ("clip_l", "clip_g")  # the two encoders' vectors, in the order of the pipeline's encoders
 # Vector widths of the released text encoders, to name an embedding's family in a message.
 FAMILY_OF_WIDTH = {768: "SD 1.x", 1024: "SD 2.x"}
@@ -133,13 +133,8 @@ def weights_path(entry: CatalogEntry) -> Path:
 
 
 def preview_of(entry: CatalogEntry) -> Path | None:
-    """A picture beside the embedding named like it (`<name>.png`, `<name>.preview.png`, ...), as A1111's cards use."""
-    base = entry.path.parent / (entry.path.name if entry.path.is_dir() else entry.path.stem)
-    for suffix in PREVIEW_SUFFIXES:
-        candidate = base.with_name(base.name + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
+    """A picture beside the embedding named like it (`<name>.preview.png`, `<name>.png`, ...), as A1111's cards use."""
+    return shared_preview_of(entry.path)
 
 
 def load_file(entry: CatalogEntry, allow_pickle: bool) -> EmbeddingFile:

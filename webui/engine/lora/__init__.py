@@ -42,6 +42,7 @@ from typing import Any, Iterator
 
 from webui.engine.core.addons import Addon, AddonSpec
 from webui.engine.core.errors import InvalidRequest
+from webui.engine.models.previews import preview_of as shared_preview_of
 
 from .files import LoraWeights, addnet_hash, describe_lora, family_label, load_weights, parsed_metadata, read_header
 
@@ -55,7 +56,6 @@ TAG_KINDS = ("lora", "lyco")
 FIELD = "prompt"  # where a LoRA is named: the field errors name
 INFOTEXT_KEYS = ("Lora hashes",)
 SETTING = "extra_networks_default_multiplier"  # A1111's option: the weight of a tag that gives none
-PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".preview.webp", ".webp", ".jpeg")
 MAX_WEIGHT = 100.0
 
 
@@ -412,12 +412,8 @@ def switch(pipeline: Any, active: list[tuple[str, tuple[float, float]]]) -> None
 
 def preview_of(path: Any) -> str | None:
     """A picture beside the file (`<name>.preview.png`, `<name>.png`, ...), as A1111's cards read it."""
-    stem = path.with_suffix("")
-    for suffix in PREVIEW_SUFFIXES:
-        candidate = stem.with_name(stem.name + suffix)
-        if candidate.is_file():
-            return str(candidate)
-    return None
+    found = shared_preview_of(path)
+    return str(found) if found is not None else None
 
 
 def list_loras(catalog: Any) -> list[dict[str, Any]]:
