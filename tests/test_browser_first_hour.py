@@ -46,21 +46,7 @@ def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, brows
     page = _open(browser, kiri_server["url"])
     page.get_by_role("tab", name="Image to image / Inpaint", exact=True).first.click()
     page.get_by_role("tab", name="Inpaint", exact=True).first.click()
-    editor = page.locator("#inpaint-editor")
-    # the tab mounts the editor lazily: a file given before it shows its empty canvas can be lost
-    canvas = editor.locator("canvas").first
-    canvas.wait_for(state="visible", timeout=30_000)
-    editor.get_by_text("Upload an image").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(500)
-    for attempt in range(3):  # and on a loaded machine it has still dropped one once: upload again
-        editor.locator("input[type=file]").first.set_input_files(str(path))
-        if _wait_for_picture(editor, tmp_path, timeout_s=10.0):
-            break
-    else:
-        raise AssertionError("the uploaded picture never appeared in the editor")
-    # the page script has set the editor's Brush Size for this picture and closed its popover
-    page.locator("#inpaint-editor[data-kiri-brush]").wait_for(state="attached", timeout=30_000)
-    page.wait_for_function("!document.querySelector('#inpaint-editor input[type=range]')", timeout=10_000)
+    editor, canvas = upload_to_inpaint(page, path, tmp_path)
     brush = editor.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
@@ -87,6 +73,27 @@ def test_inpaint_brush_is_a_tenth_of_the_picture_and_shows_it(kiri_server, brows
     r, g, b = image.getpixel((round(offset[0]), row))
     assert b > 100 and r > BLUE[0] + 40, f"the mask hides the picture under it: {(r, g, b)}"
     page.close()
+
+
+def upload_to_inpaint(page, path, tmp_path):
+    """Upload `path` into the Inpaint editor (on its tab) as a person does, and wait until the page
+    script has fitted the brush to it and closed its popover: (the editor, its canvas)."""
+    editor = page.locator("#inpaint-editor")
+    # the tab mounts the editor lazily: a file given before it shows its empty canvas can be lost
+    canvas = editor.locator("canvas").first
+    canvas.wait_for(state="visible", timeout=30_000)
+    editor.get_by_text("Upload an image").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(500)
+    for attempt in range(3):  # and on a loaded machine it has still dropped one once: upload again
+        editor.locator("input[type=file]").first.set_input_files(str(path))
+        if _wait_for_picture(editor, tmp_path, timeout_s=10.0):
+            break
+    else:
+        raise AssertionError("the uploaded picture never appeared in the editor")
+    # the page script has set the editor's Brush Size for this picture and closed its popover
+    page.locator("#inpaint-editor[data-kiri-brush]").wait_for(state="attached", timeout=30_000)
+    page.wait_for_function("!document.querySelector('#inpaint-editor input[type=range]')", timeout=10_000)
+    return editor, canvas
 
 
 def _wait_for_picture(editor, tmp_path, timeout_s: float = 30.0) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from test_browser_first_hour import upload_to_inpaint
+
 
 def test_paint_a_mask_and_inpaint(kiri_server, browser, tmp_path):
     path = tmp_path / "photo.png"
@@ -14,11 +16,7 @@ def test_paint_a_mask_and_inpaint(kiri_server, browser, tmp_path):
     page.get_by_role("tab", name="Image to image / Inpaint", exact=True).first.click()
     page.locator("#img2img-prompt textarea").fill("a red square")
     page.get_by_role("tab", name="Inpaint", exact=True).first.click()
-    editor = page.locator("#inpaint-editor")
-    editor.locator("input[type=file]").first.set_input_files(str(path))
-    canvas = editor.locator("canvas").first
-    canvas.wait_for(state="visible", timeout=30_000)
-    page.wait_for_timeout(1000)
+    editor, canvas = upload_to_inpaint(page, path, tmp_path)  # and the brush fitted before painting
     brush = editor.get_by_role("button", name="Brush")
     if brush.count():
         brush.first.click()
