@@ -71,9 +71,13 @@ class FunctionScheduler:
 
     # --- what pipelines call -------------------------------------------------------------
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, sigmas: Any = None,
+                      mu: float | None = None, timesteps: Any = None) -> None:
+        """The noise levels as the reference scheduler spaces them: the schedule type, a flow model's
+        shift, and what a pipeline hands it (Flux's own sigmas and its dynamic-shift mu)."""
         self.close()
-        reference_kwargs = {k: v for k, v in kwargs.items() if k in ("mu", "sigmas") and v is not None}
+        given = {"sigmas": sigmas, "mu": mu, "timesteps": timesteps}
+        reference_kwargs = {k: v for k, v in given.items() if v is not None}
         self._reference.set_timesteps(num_inference_steps, device="cpu", **reference_kwargs)
         sigmas = self._reference.sigmas.to(torch.float64)
         self.sigmas = sigmas.to(torch.float32)
