@@ -144,11 +144,12 @@ def _draw(kiri, sampler: str, steps: int, seed: int = 3, model: str = "kiri-shap
 
 def test_euler_and_dpmpp_2m_on_the_dit_draw_flow_eulers_picture(kiri):
     """At enough steps every ODE solver lands on the same picture. Measured at 20 steps: Euler is
-    Flow Euler exactly; DPM++ 2M differs by a mean of about 1 of 255 per pixel channel."""
+    Flow Euler exactly; DPM++ 2M differs by a mean of 0.9 of 255 per pixel channel (1.5 at 10
+    steps; UniPC, Heun and LMS 0.85 to 0.93)."""
     flow_euler = _draw(kiri, "Flow Euler", 20)
     assert np.array_equal(_draw(kiri, "Euler", 20), flow_euler)
     dpmpp = _draw(kiri, "DPM++ 2M", 20)
-    assert np.abs(dpmpp - flow_euler).mean() < 4.0, np.abs(dpmpp - flow_euler).mean()
+    assert np.abs(dpmpp - flow_euler).mean() < 2.5, np.abs(dpmpp - flow_euler).mean()
     assert flow_euler.std() > 20  # a drawn scene, not a flat picture
 
 
