@@ -48,19 +48,22 @@ def test_every_a1111_sampler_fits_flow_models(registry):
     assert "Flow Euler" not in registry.names("epsilon")
 
 
-def test_deterministic_samplers_follow_the_flow_ode(registry):
+@pytest.mark.parametrize("shift", [1.0, 3.0])  # kiri-shapes-dit and Flux; SD3
+def test_deterministic_samplers_follow_the_flow_ode(registry, shift):
     """Same starting noise, same ODE: each deterministic sampler's samples approach Flow Euler's at
-    1000 steps as steps grow. Measured (mean distance per sample, 10 -> 50 steps): Euler 0.082 ->
-    0.015, Heun 0.009 -> 0.001, DPM2 0.036 -> 0.002, LMS/PLMS 0.034 -> 0.001, DPM++ 2M 0.061 -> 0.004,
-    UniPC 0.055 -> 0.003, DDIM = Euler."""
+    1000 steps as steps grow. Measured at shift 1 (mean distance per sample, 10 -> 50 steps): Euler
+    0.082 -> 0.015, Heun 0.009 -> 0.001, DPM2 0.036 -> 0.002, LMS/PLMS 0.034 -> 0.001, DPM++ 2M
+    0.061 -> 0.004, UniPC 0.055 -> 0.003, DDIM = Euler; at shift 3 (levels crowded near pure noise)
+    Euler 0.134 -> 0.021, DPM++ 2M 0.112 -> 0.013, LMS 0.476 -> 0.003, the others at most 0.008."""
     from webui.engine.samplers.check import run_sampler
 
     n = 256
-    reference = run_sampler(registry.resolve("Flow Euler")[0], "flow", 1000, n, 0)
+    reference = run_sampler(registry.resolve("Flow Euler")[0], "flow", 1000, n, 0, shift=shift)
     for name in ODE:
         sampler = registry.resolve(name)[0]
-        errors = [float((run_sampler(sampler, "flow", steps, n, 0) - reference).norm(dim=1).mean()) for steps in (10, 50)]
-        assert errors[1] < errors[0] and errors[1] < 0.02, (name, errors)
+        errors = [float((run_sampler(sampler, "flow", steps, n, 0, shift=shift) - reference).norm(dim=1).mean())
+                  for steps in (10, 50)]
+        assert errors[1] < errors[0] and errors[1] < 0.03, (name, shift, errors)
 
 
 def test_euler_and_ddim_on_flow_are_flow_euler(registry):
