@@ -67,8 +67,10 @@ _FALLBACK_SAMPLERS = [
 
 
 def builtin_samplers(flow: bool) -> list[tuple[str, object, dict | None]]:
-    """(name, builder, options) of the app's built-in scheduler samplers that fit the model
-    (flow, or epsilon prediction). Function samplers (k-diffusion style) need the app and are skipped."""
+    """(name, builder, options) of the app's built-in samplers that fit the model (flow, or epsilon
+    prediction). Function samplers (k-diffusion style, and every flow form that is one) run inside the
+    plain pipeline through the app's FunctionScheduler; their noise comes from torch's global generator,
+    which `generate` seeds."""
     import diffusers
 
     out = []
@@ -76,8 +78,6 @@ def builtin_samplers(flow: bool) -> list[tuple[str, object, dict | None]]:
         from webui.engine.samplers.registry import BUILTIN_SAMPLERS
 
         for s in BUILTIN_SAMPLERS:
-            if getattr(s, "function", None) is not None:
-                continue
             if ("flow" if flow else "epsilon") not in s.fits:
                 continue
             out.append((s.name, s.build, None))  # the app's own construction (flow options included)
@@ -105,6 +105,7 @@ def load(model: str, models_dir: Path):
 def generate(pipe, prompts: list[str], seeds: list[int], steps: int, cfg: float | None, batch: int = 16,
              negative: str | None = None) -> np.ndarray:
     out = []
+    torch.manual_seed(seeds[0] if seeds else 0)  # function samplers' noise (see builtin_samplers)
     for i in range(0, len(prompts), batch):
         kw = {} if cfg is None else {"guidance_scale": cfg}
         if negative:

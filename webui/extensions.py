@@ -22,7 +22,7 @@ from typing import Any, Callable
 from webui.engine.context import Registries
 from webui.engine.core.errors import KiriError
 from webui.engine.core.addons import AddonFactory, AddonSpec
-from webui.engine.samplers.registry import NOISE_PREDICTION, Sampler
+from webui.engine.samplers.registry import FLOW, NOISE_PREDICTION, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,14 @@ class KiriAPI:
 
     def add_sampler(self, name: str, *, function: Callable[..., Any] | None = None, scheduler: type | str | Deferred | None = None,
                     options: dict | None = None, fits: frozenset[str] | set[str] = NOISE_PREDICTION,
-                    aliases: tuple[str, ...] = ()) -> None:
+                    aliases: tuple[str, ...] = (), flow: Callable[..., Any] | Sampler | None = None) -> None:
         """Add a sampler: a k-diffusion-style `function(denoiser, x, sigmas, *, generator, callback)`
-        or a diffusers-style `scheduler` class (ConfigMixin with set_timesteps/step)."""
-        sampler = Sampler(name, scheduler, dict(options or {}), frozenset(fits), tuple(aliases), function, self.name)
+        or a diffusers-style `scheduler` class (ConfigMixin with set_timesteps/step). `flow`: how it
+        runs on flow-matching models (SD3, Flux), a function of the same form that is handed the flow
+        noise levels s in [0, 1] and a denoiser giving x0 (see webui/engine/samplers/flow_samplers.py)."""
+        if flow is not None and not isinstance(flow, Sampler):
+            flow = Sampler(name, function=flow, fits=frozenset({FLOW}), source=self.name)
+        sampler = Sampler(name, scheduler, dict(options or {}), frozenset(fits), tuple(aliases), function, self.name, flow)
         self._stage(lambda: self._samplers.register(sampler, override=self._manifest.override), f"sampler: {name}")
 
     def add_addon(self, name: str, factory: AddonFactory, infotext_keys: tuple[str, ...] = ()) -> None:

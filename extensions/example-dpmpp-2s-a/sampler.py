@@ -6,7 +6,11 @@ pipeline and tab, with progress and interrupt, and feeds it the job's seeded noi
 
 import torch
 
+from webui.engine.samplers.flow_samplers import sample_dpmpp_2s_ancestral as sample_dpmpp_2s_ancestral_flow  # noqa: F401
 from webui.engine.samplers.sampling import randn_like
+
+# On flow-matching models (SD3, Flux) the same steps run on the flow noise levels, where adding noise
+# also shrinks the signal: Kiri's flow form (webui/engine/samplers/flow_samplers.py) does that.
 
 
 def ancestral_step(sigma_from: torch.Tensor, sigma_to: torch.Tensor, eta: float = 1.0):

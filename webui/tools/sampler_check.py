@@ -2,7 +2,8 @@
 
 Runs every registered sampler (built-in and from extensions, loaded the way Kiri loads them) on
 the ideal denoiser of a known Gaussian mixture and prints how far each lands from the true
-distribution at several step counts, with a log-log plot.
+distribution at several step counts, with a log-log plot. Each sampler runs on every model kind it
+fits: noise (epsilon), v and flow prediction (`--prediction flow --shift 3` for SD3's schedule).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per run (the noise floor falls as 1/sqrt)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schedule", default="Automatic", help="schedule type (Automatic, Karras, ...)")
+    p.add_argument("--shift", type=float, default=1.0, help="flow models' timestep shift (SD3: 3.0, Flux/kiri-shapes-dit: 1.0)")
     p.add_argument("--out", type=Path, default=Path("sampler_check.png"), help="where to write the plot")
     p.add_argument("--extensions-dir", type=Path, default=ROOT / "extensions", help="user extensions to load too")
     p.add_argument("--threads", type=int, default=1, help="torch threads (tiny tensors: more threads only add overhead)")
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     diffusers_logging.set_verbosity_error()  # "config attributes ... ignored" once per run drowns the table
     registry = build_registry(args.extensions_dir if args.extensions_dir and args.extensions_dir.is_dir() else None)
     start = time.perf_counter()
-    rows = check_samplers(registry, args.names or None, args.prediction, args.steps, args.samples, args.seed, args.schedule)
+    rows = check_samplers(registry, args.names or None, args.prediction, args.steps, args.samples, args.seed, args.schedule,
+                          shift=args.shift)
     print(render_table(rows))
     path = render_plot(rows, args.out)
     print(f"\n{len(rows) - 1} runs in {time.perf_counter() - start:.1f} s; plot written to {path.resolve()}")

@@ -6,4 +6,4 @@ from webui.engine.samplers.registry import BUILTIN_SAMPLERS
 def register(kiri) -> None:
     for sampler in BUILTIN_SAMPLERS:
         kiri.add_sampler(sampler.name, scheduler=sampler.scheduler, function=sampler.function, options=sampler.options,
-                         fits=sampler.fits, aliases=sampler.aliases)
+                         fits=sampler.fits, aliases=sampler.aliases, flow=sampler.flow)

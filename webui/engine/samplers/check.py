@@ -26,24 +26,25 @@ BASELINE = "noise floor"
 DEFAULT_SAMPLES = 2048
 
 
-def scheduler_config(prediction: str) -> dict:
-    """SD 1.5's scheduler config (epsilon/v), or SD3's flow-matching one.
+def scheduler_config(prediction: str, shift: float = 1.0) -> dict:
+    """SD 1.5's scheduler config (epsilon/v), or a flow-matching one with this shift (SD3 uses 3.0,
+    kiri-shapes-dit 1.0).
 
     clip_sample=False matters: DDIM/DDPM default to clipping x0 to [-1, 1], which SD latents
     (and this mixture) exceed; real SD configs turn it off.
     """
     if prediction == FLOW:
-        return {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0}
+        return {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": shift}
     return {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
             "beta_schedule": "scaled_linear", "prediction_type": prediction, "clip_sample": False,
             "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1}
 
 
 def run_sampler(sampler: Sampler, prediction: str, steps: int, n_samples: int, seed: int, schedule: str = "Automatic",
-                mixture: GaussianMixture | None = None) -> torch.Tensor:
+                mixture: GaussianMixture | None = None, shift: float = 1.0) -> torch.Tensor:
     """n_samples (n, D) generated exactly as a diffusers pipeline drives its scheduler and model."""
     mixture = mixture or ring_mixture()
-    config = scheduler_config(prediction)
+    config = scheduler_config(prediction, shift)
     model = AnalyticModel(mixture, prediction, config)
     generator = torch.Generator().manual_seed(seed)
     scheduler = sampler.build(config, schedule=schedule, prediction=prediction, generator=generator)
@@ -100,7 +101,7 @@ class CheckRow:
 def check_samplers(registry: SamplerRegistry, names: Iterable[str] | None = None,
                    predictions: Sequence[str] = PREDICTIONS, steps: Sequence[int] = STEPS,
                    n_samples: int = DEFAULT_SAMPLES, seed: int = 0, schedule: str = "Automatic",
-                   mixture: GaussianMixture | None = None) -> list[CheckRow]:
+                   mixture: GaussianMixture | None = None, shift: float = 1.0) -> list[CheckRow]:
     """Distance to the true distribution for every (sampler, prediction it fits, step count).
 
     The first row is the noise floor. A sampler that raises or produces non-finite samples gets
@@ -121,7 +122,7 @@ def check_samplers(registry: SamplerRegistry, names: Iterable[str] | None = None
             for n_steps in steps:
                 start = time.perf_counter()
                 try:
-                    generated = run_sampler(sampler, prediction, n_steps, n_samples, seed, schedule, mixture)
+                    generated = run_sampler(sampler, prediction, n_steps, n_samples, seed, schedule, mixture, shift)
                     if not torch.isfinite(generated).all():
                         raise FloatingPointError("non-finite samples")
                     row = CheckRow(sampler.name, prediction, n_steps, sliced_wasserstein(generated, reference, seed=seed),

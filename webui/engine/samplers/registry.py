@@ -12,7 +12,7 @@ import importlib
 import inspect
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from webui.engine.core.errors import InvalidRequest
@@ -23,7 +23,9 @@ EPS, V, FLOW = "epsilon", "v_prediction", "flow"
 NOISE_PREDICTION = frozenset({EPS, V})
 ALL_PREDICTIONS = frozenset({EPS, V, FLOW})
 
-# Schedule types: how the noise levels are spaced, as diffusers config overrides.
+# Schedule types: how the noise levels are spaced, as diffusers config overrides. On flow-matching
+# models the levels are uniform in time already (the model's shift applied), which is what Uniform
+# and SGM Uniform ask for (ComfyUI's simple, normal and sgm_uniform alike): there they are Automatic.
 SCHEDULES: dict[str, dict[str, Any]] = {
     "Automatic": {},
     "Uniform": {"timestep_spacing": "linspace"},
@@ -34,13 +36,23 @@ SCHEDULES: dict[str, dict[str, Any]] = {
 }
 
 
+def schedule_options(schedule: str, prediction: str | None = None) -> dict[str, Any]:
+    """The config overrides of a schedule type for a model of this prediction type."""
+    options = SCHEDULES[schedule]
+    if prediction == FLOW and "timestep_spacing" in options:
+        return {}  # flow levels are uniform in time already
+    return options
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A named way to step through the denoising schedule.
 
     Exactly one of `scheduler` (a diffusers scheduler class, "module:Class" or an extension's
     Deferred class, imported on first use) and `function` (a k-diffusion-style sampling function)
-    is given.
+    is given. `flow`, when given, is how the same sampler runs on flow-matching models (another
+    Sampler of the same name: a function on the flow noise levels, or a flow scheduler); the
+    sampler then fits flow models too.
     """
 
     name: str
@@ -50,10 +62,21 @@ class Sampler:
     aliases: tuple[str, ...] = ()
     function: Callable[..., Any] | None = None
     source: str = "built-in"
+    flow: "Sampler | None" = None  # how it runs on flow-matching models, when not as itself
 
     def __post_init__(self) -> None:
         if (self.scheduler is None) == (self.function is None):
             raise ValueError(f"sampler {self.name!r} needs exactly one of a scheduler class or a function")
+        if self.flow is not None:
+            if FLOW not in self.flow.fits or self.flow.flow is not None:
+                raise ValueError(f"the flow form of sampler {self.name!r} must fit flow models and have no flow form itself")
+            object.__setattr__(self, "fits", frozenset(self.fits | {FLOW}))
+            if self.flow.name != self.name or self.flow.source != self.source:  # its messages name this sampler
+                object.__setattr__(self, "flow", replace(self.flow, name=self.name, source=self.source))
+
+    def on(self, prediction: str | None) -> "Sampler":
+        """The form of this sampler that runs on a model of this prediction type."""
+        return self.flow if prediction == FLOW and self.flow is not None else self
 
     @property
     def kind(self) -> str:
@@ -69,12 +92,13 @@ class Sampler:
         assert self.scheduler is not None
         return self.scheduler
 
-    def schedules(self) -> list[str]:
-        """Schedule types this sampler supports."""
-        if self.function is not None:
+    def schedules(self, prediction: str | None = None) -> list[str]:
+        """Schedule types this sampler supports (on a model of this prediction type, when given)."""
+        form = self.on(prediction)
+        if form.function is not None:
             return list(SCHEDULES)  # function samplers take their sigmas from a reference scheduler
-        params = inspect.signature(self.scheduler_class().__init__).parameters
-        return [name for name, opts in SCHEDULES.items() if all(k in params for k in opts)]
+        params = inspect.signature(form.scheduler_class().__init__).parameters
+        return [name for name in SCHEDULES if all(k in params for k in schedule_options(name, prediction))]
 
     def build(self, base_config: dict, schedule: str = "Automatic", prediction: str | None = None, generator: Any = None) -> Any:
         """A fresh scheduler from the model's own config, with this sampler's and the schedule's options.
@@ -88,20 +112,23 @@ class Sampler:
 
     def _build(self, base_config: dict, schedule: str, prediction: str | None, generator: Any) -> Any:
         schedule = schedule or "Automatic"
+        prediction = prediction or _prediction_of(base_config)
+        if prediction == FLOW and self.flow is not None:
+            return self.flow._build(base_config, schedule, prediction, generator)
         if schedule not in SCHEDULES:
             raise InvalidRequest("scheduler", f"unknown schedule type {schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if schedule not in self.schedules():
+        supported = self.schedules(prediction)
+        if schedule not in supported:
             raise InvalidRequest(
                 "scheduler",
-                f"sampler {self.name!r} does not support the {schedule} schedule; it supports: {', '.join(self.schedules())}",
+                f"sampler {self.name!r} does not support the {schedule} schedule; it supports: {', '.join(supported)}",
             )
-        prediction = prediction or _prediction_of(base_config)
         if self.function is not None:
             from webui.engine.samplers.sampling import FunctionScheduler
 
-            return FunctionScheduler(self.function, base_config, SCHEDULES[schedule], prediction, generator)
+            return FunctionScheduler(self.function, base_config, schedule_options(schedule, prediction), prediction, generator)
         cls = self.scheduler_class()
-        options = {**self.options, **SCHEDULES[schedule]}
+        options = {**self.options, **schedule_options(schedule, prediction)}
         params = inspect.signature(cls.__init__).parameters
         if "noise_sampler_seed" in params and generator is not None:
             # Brownian-tree samplers seed their own noise: derive one seed per image from the job's.
@@ -127,7 +154,7 @@ class Sampler:
         bad = _bad_flow_sigmas(scheduler, base_config)
         if bad is None:
             return
-        works = [s for s in self.schedules() if s != schedule and _works_on_flow(self, base_config, s)]
+        works = [s for s in self.schedules(FLOW) if s != schedule and _works_on_flow(self, base_config, s)]
         raise InvalidRequest(
             "scheduler",
             f"{self.name} with {schedule} does not work with flow-matching models: its noise levels ({bad}) "
@@ -248,9 +275,17 @@ def schedule_name(text: str) -> str:
 
 def check_fits(registry: SamplerRegistry, sampler: Sampler, prediction: str | None) -> None:
     if prediction is not None and prediction not in sampler.fits:
+        if prediction == FLOW:
+            why = (" (it has no flow-matching form: its steps assume a noise-prediction model's noise schedule, "
+                   "which a flow model does not have)")
+        elif sampler.fits == {FLOW}:
+            why = " (it steps along a flow-matching model's velocity, which this model does not predict)"
+        else:
+            why = ""
         raise InvalidRequest(
             "sampler_name",
-            f"sampler {sampler.name!r} does not fit a {prediction} model; valid samplers: {', '.join(registry.names(prediction))}",
+            f"sampler {sampler.name!r} does not fit a {prediction} model{why}; valid samplers: "
+            f"{', '.join(registry.names(prediction))}",
         )
 
 
@@ -261,37 +296,48 @@ def default_sampler(prediction: str) -> str:
 DIFFUSERS = "diffusers:"  # scheduler classes named "diffusers:Class" are imported on first use
 
 
-def k_function(name: str) -> Callable[..., Any]:
-    """A sampling function of k_samplers, imported on first call (it needs torch; start-up does not)."""
+def k_function(name: str, module: str = "k_samplers") -> Callable[..., Any]:
+    """A sampling function of k_samplers (or flow_samplers), imported on first call (it needs torch;
+    start-up does not)."""
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        from . import k_samplers
-
-        return getattr(k_samplers, name)(*args, **kwargs)
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(*args, **kwargs)
 
     run.__name__ = run.__qualname__ = name
     return run
 
 
+def on_flow(function: str) -> Sampler:
+    """A sampler's form on flow-matching models: flow_samplers.`function` on the flow noise levels."""
+    return Sampler(function, function=k_function(function, "flow_samplers"), fits=frozenset({FLOW}))
+
+
+# On flow models (SD3, Flux): Euler and DDIM (whose deterministic step is the Euler step there) are
+# diffusers' FlowMatchEuler; DPM++ 2M is Kiri's function because diffusers' flow DPM-Solver cannot take
+# the sigmas Flux's pipeline sets; UniPC is diffusers' own with `use_flow_sigmas`; the rest are
+# flow_samplers' functions (FlowMatchHeun takes no sigmas and no schedule types; a stochastic diffusers
+# scheduler on SD3/Flux pipelines would draw unseeded noise: they pass it no generator).
+FLOW_EULER = Sampler("Euler", DIFFUSERS + "FlowMatchEulerDiscreteScheduler", {}, frozenset({FLOW}))
+
 BUILTIN_SAMPLERS = (
-    Sampler("DPM++ 2M", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ALL_PREDICTIONS, ("k_dpmpp_2m",)),
-    Sampler("DPM++ SDE", DIFFUSERS + "DPMSolverSDEScheduler", {}, aliases=("k_dpmpp_sde",)),
-    Sampler("DPM++ 2M SDE", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m_sde",)),
-    Sampler("DPM++ 2M SDE Heun", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}),
-    Sampler("DPM++ 3M SDE", function=k_function("sample_dpmpp_3m_sde"), aliases=("k_dpmpp_3m_sde",)),
-    Sampler("Euler a", DIFFUSERS + "EulerAncestralDiscreteScheduler", {}, aliases=("k_euler_a",)),
-    Sampler("Euler", DIFFUSERS + "EulerDiscreteScheduler", {}, aliases=("k_euler",)),
-    Sampler("LMS", DIFFUSERS + "LMSDiscreteScheduler", {}, aliases=("k_lms",)),
-    Sampler("Heun", DIFFUSERS + "HeunDiscreteScheduler", {}, aliases=("k_heun",)),
-    Sampler("DPM2", DIFFUSERS + "KDPM2DiscreteScheduler", {}, aliases=("k_dpm_2",)),
-    Sampler("DPM2 a", DIFFUSERS + "KDPM2AncestralDiscreteScheduler", {}, aliases=("k_dpm_2_a",)),
+    Sampler("DPM++ 2M", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m",), flow=on_flow("sample_dpmpp_2m")),
+    Sampler("DPM++ SDE", DIFFUSERS + "DPMSolverSDEScheduler", {}, aliases=("k_dpmpp_sde",), flow=on_flow("sample_dpmpp_sde")),
+    Sampler("DPM++ 2M SDE", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, aliases=("k_dpmpp_2m_sde",), flow=on_flow("sample_dpmpp_2m_sde")),
+    Sampler("DPM++ 2M SDE Heun", DIFFUSERS + "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"}, flow=on_flow("sample_dpmpp_2m_sde_heun")),
+    Sampler("DPM++ 3M SDE", function=k_function("sample_dpmpp_3m_sde"), aliases=("k_dpmpp_3m_sde",), flow=on_flow("sample_dpmpp_3m_sde")),
+    Sampler("Euler a", DIFFUSERS + "EulerAncestralDiscreteScheduler", {}, aliases=("k_euler_a",), flow=on_flow("sample_euler_ancestral")),
+    Sampler("Euler", DIFFUSERS + "EulerDiscreteScheduler", {}, aliases=("k_euler",), flow=FLOW_EULER),
+    Sampler("LMS", DIFFUSERS + "LMSDiscreteScheduler", {}, aliases=("k_lms",), flow=on_flow("sample_lms")),
+    Sampler("Heun", DIFFUSERS + "HeunDiscreteScheduler", {}, aliases=("k_heun",), flow=on_flow("sample_heun")),
+    Sampler("DPM2", DIFFUSERS + "KDPM2DiscreteScheduler", {}, aliases=("k_dpm_2",), flow=on_flow("sample_dpm_2")),
+    Sampler("DPM2 a", DIFFUSERS + "KDPM2AncestralDiscreteScheduler", {}, aliases=("k_dpm_2_a",), flow=on_flow("sample_dpm_2_ancestral")),
     # No x0 clipping: latents are not images in [-1, 1] (configs that omit it would clip).
-    Sampler("DDIM", DIFFUSERS + "DDIMScheduler", {"set_alpha_to_one": False, "clip_sample": False}),
-    Sampler("DDPM", DIFFUSERS + "DDPMScheduler", {"clip_sample": False}),
-    Sampler("PLMS", DIFFUSERS + "PNDMScheduler", {"skip_prk_steps": True}),
+    Sampler("DDIM", DIFFUSERS + "DDIMScheduler", {"set_alpha_to_one": False, "clip_sample": False}, flow=FLOW_EULER),
+    Sampler("DDPM", DIFFUSERS + "DDPMScheduler", {"clip_sample": False}, flow=on_flow("sample_ddpm")),
+    Sampler("PLMS", DIFFUSERS + "PNDMScheduler", {"skip_prk_steps": True}, flow=on_flow("sample_plms")),
     Sampler("UniPC", DIFFUSERS + "UniPCMultistepScheduler", {}, ALL_PREDICTIONS),
-    Sampler("LCM", DIFFUSERS + "LCMScheduler", {}),
-    Sampler("TCD", DIFFUSERS + "TCDScheduler", {}),
+    Sampler("LCM", DIFFUSERS + "LCMScheduler", {}, flow=on_flow("sample_lcm")),
+    Sampler("TCD", DIFFUSERS + "TCDScheduler", {}, flow=on_flow("sample_tcd")),
     Sampler("Flow Euler", DIFFUSERS + "FlowMatchEulerDiscreteScheduler", {}, frozenset({FLOW})),
     Sampler("Flow Heun", DIFFUSERS + "FlowMatchHeunDiscreteScheduler", {}, frozenset({FLOW})),
 )

@@ -68,24 +68,55 @@ class FunctionScheduler:
         self._to_function: queue.Queue = queue.Queue()
         self._from_function: queue.Queue = queue.Queue()
         self._begin_index: int | None = None
+        self._levels = torch.tensor([], dtype=torch.float64)
+        self._device: Any = None
 
     # --- what pipelines call -------------------------------------------------------------
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, **kwargs: Any) -> None:
+    def set_timesteps(self, num_inference_steps: int | None = None, device: Any = None, sigmas: Any = None,
+                      mu: float | None = None, timesteps: Any = None) -> None:
+        """The noise levels as the reference scheduler spaces them: the schedule type, a flow model's
+        shift, and what a pipeline hands it (Flux's own sigmas and its dynamic-shift mu)."""
         self.close()
-        reference_kwargs = {k: v for k, v in kwargs.items() if k in ("mu", "sigmas") and v is not None}
+        given = {"sigmas": sigmas, "mu": mu, "timesteps": timesteps}
+        reference_kwargs = {k: v for k, v in given.items() if v is not None}
         self._reference.set_timesteps(num_inference_steps, device="cpu", **reference_kwargs)
         sigmas = self._reference.sigmas.to(torch.float64)
         self.sigmas = sigmas.to(torch.float32)
+        self._levels = sigmas  # the levels the function is handed (from the begin step on, after set_begin_index)
         self._plan = _dry_run(self.function, sigmas)
         if not self._plan:
             raise ValueError("the sampling function never called the denoiser")
-        self.timesteps = torch.tensor([self._sigma_to_t(s) for s in self._plan], dtype=torch.float32, device=device)
+        self.order = self._calls_per_step(sigmas)
+        self._device = device
+        self.timesteps = self._timesteps_of(self._plan)
         self.init_noise_sigma = float(sigmas[0]) if self.prediction != FLOW else 1.0
         self._index = 0
 
     def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start at the `begin_index`-th model call (image to image: pipelines skip the first
+        `t_start * order` timesteps): the function then runs on the levels from that step on."""
         self._begin_index = begin_index
+        if not begin_index:
+            return
+        step, within = divmod(begin_index, self.order)
+        plan = _dry_run(self.function, self._levels[step:]) if not within and step < len(self._levels) - 1 else None
+        if plan != self._plan[begin_index:]:
+            raise ValueError("this sampling function cannot start part-way through its schedule")
+        self._levels, self._plan, self._index = self._levels[step:], plan, 0
+        self.timesteps = self._timesteps_of(plan)
+
+    def scale_noise(self, sample: torch.Tensor, timestep: Any, noise: torch.Tensor) -> torch.Tensor:
+        """A flow model's image to image start: the init latents at the first level, (1 - s) x0 + s noise."""
+        sigma = torch.as_tensor(self._sigma_of_timestep(timestep), dtype=sample.dtype, device=sample.device)
+        return (1 - sigma) * sample + sigma * noise.to(sample.dtype)
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: Any) -> torch.Tensor:
+        """A noise-prediction model's image to image start, in the k-diffusion scale: x0 + sigma noise."""
+        if self.prediction == FLOW:
+            return self.scale_noise(original_samples, timesteps, noise)
+        sigma = torch.as_tensor(self._sigma_of_timestep(timesteps), dtype=original_samples.dtype, device=original_samples.device)
+        return original_samples + sigma * noise.to(original_samples.dtype)
 
     def scale_model_input(self, sample: torch.Tensor, timestep: Any = None) -> torch.Tensor:
         if self.prediction == FLOW:
@@ -128,7 +159,7 @@ class FunctionScheduler:
     # --- the helper thread ---------------------------------------------------------------
 
     def _start(self, x: torch.Tensor, generator: Any) -> None:
-        sigmas = self.sigmas.to(device=x.device, dtype=torch.float32)
+        sigmas = self._levels.to(device=x.device, dtype=torch.float32)
         to_fn, from_fn = self._to_function, self._from_function
 
         def denoiser(x_in: torch.Tensor, sigma: Any) -> torch.Tensor:
@@ -163,6 +194,23 @@ class FunctionScheduler:
             raise RuntimeError("a sampling function must first call the denoiser on the x it was given")
 
     # --- conversions ---------------------------------------------------------------------
+
+    def _calls_per_step(self, sigmas: torch.Tensor) -> int:
+        """Model calls per step (Heun, DPM2 and DPM++ SDE make two), found by planning the schedule
+        without its first step: what pipelines take as `order` when they skip steps."""
+        if len(sigmas) < 3:
+            return 1
+        rest = _dry_run(self.function, sigmas[1:])
+        return next((k for k in (1, 2, 3) if self._plan[k:] == rest), 1)
+
+    def _timesteps_of(self, plan: list[float]) -> torch.Tensor:
+        return torch.tensor([self._sigma_to_t(s) for s in plan], dtype=torch.float32, device=self._device)
+
+    def _sigma_of_timestep(self, timestep: Any) -> float:
+        """The noise level of one of this schedule's timesteps (the nearest planned call)."""
+        t = float(torch.as_tensor(timestep).reshape(-1)[0])
+        times = [self._sigma_to_t(s) for s in self._plan]
+        return self._plan[min(range(len(times)), key=lambda i: abs(times[i] - t))]
 
     def _denoised(self, model_output: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The model's output as a denoised x0, whatever it predicts."""
