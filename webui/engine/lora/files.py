@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from webui.engine.models.catalog import PICKLE_SUFFIXES, CatalogEntry, describe_file
-from webui.engine.models.families import FAMILIES, MAX_HEADER_BYTES
+from webui.engine.models.families import FAMILIES, read_safetensors_header
 
 __all__ = ["LoraWeights", "Header", "addnet_hash", "describe_lora", "family_of", "load_weights", "read_header",
            "unsupported_format"]
@@ -51,20 +51,7 @@ class Header:
 
 def read_header(path: Path) -> Header:
     """The header of a .safetensors file, without reading a tensor."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise ValueError(f"{path.name} is too short to be a safetensors file")
-        (size,) = struct.unpack("<Q", raw)
-        if size <= 0 or size > MAX_HEADER_BYTES:
-            raise ValueError(f"{path.name} has an invalid safetensors header")
-        header = f.read(size)
-    try:
-        data = json.loads(header)
-    except ValueError as exc:
-        raise ValueError(f"{path.name} has a corrupt safetensors header") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path.name} has a corrupt safetensors header")
+    data = read_safetensors_header(path)
     meta = data.pop("__metadata__", None) or {}
     shapes = {k: tuple(v.get("shape", ())) for k, v in data.items() if isinstance(v, dict)}
     return Header(shapes, {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {})

@@ -49,8 +49,9 @@ class UnknownFamily(ValueError):
     pass
 
 
-def read_safetensors_keys(path: Path) -> list[str]:
-    """The tensor names of a .safetensors file, read from its JSON header only."""
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of a .safetensors file (tensor name -> dtype/shape/offsets, and `__metadata__`),
+    without reading a tensor."""
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) != 8:
@@ -65,7 +66,14 @@ def read_safetensors_keys(path: Path) -> list[str]:
         meta = json.loads(header)
     except ValueError as exc:
         raise ValueError(f"{path.name} has a corrupt safetensors header") from exc
-    return [k for k in meta if k != "__metadata__"]
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path.name} has a corrupt safetensors header")
+    return meta
+
+
+def read_safetensors_keys(path: Path) -> list[str]:
+    """The tensor names of a .safetensors file, read from its JSON header only."""
+    return [k for k in read_safetensors_header(path) if k != "__metadata__"]
 
 
 def family_from_keys(keys: list[str]) -> str:
