@@ -102,15 +102,7 @@ def decode_image(data: str, field: str = "image", *, max_pixels: int | None = DE
     mode and pixels untouched): for png-info, which reads only metadata, and for img2img and
     extras, whose engine checks the budget again before decoding (core/images.to_rgb).
     """
-    if not isinstance(data, str):
-        raise InvalidRequest(field, f"{field} must be a base64 string")
-    if "," in data[:100] and data.startswith("data:"):
-        data = data.split(",", 1)[1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(field, f"{field} is not valid base64") from exc
-    image = limits.open_image(raw, field, limit=max_pixels)
+    image = limits.open_image(limits.base64_bytes(data, field), field, limit=max_pixels)
     return limits.load_image(image, field) if load else image
 
 

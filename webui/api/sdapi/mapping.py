@@ -31,7 +31,7 @@ VAE_OPTION = "sd_vae"  # A1111's: "Automatic", "None" or a VAE's name, as /sdapi
 MAX_NAMED = 10  # unknown scripts or settings named one by one in the warnings, at most
 
 
-def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[str, Any]:
+def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None, engine: Engine | None = None) -> dict[str, Any]:
     """The engine request fields txt2img and img2img share.
 
     override_settings apply to this request only (A1111's override_settings_restore_afterwards,
@@ -63,7 +63,11 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None) -> dict[
     if overrides and not body.override_settings_restore_afterwards:
         warnings.append("override_settings_restore_afterwards is false, but Kiri applies override_settings to this "
                         "request only; change settings with POST /sdapi/v1/options")
-    unapplied_fields(body, warnings)
+    # alwayson_scripts the add-ons read (sd-webui-controlnet's "controlnet", ...) become their settings
+    scripts, unread = engine.addons.from_api_scripts(body.alwayson_scripts) if engine is not None else ({}, list(body.alwayson_scripts))
+    for name, settings in scripts.items():
+        addons.setdefault(name, settings)
+    unapplied_fields(body, warnings, unread)
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt,
         sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
@@ -77,7 +81,7 @@ PER_REQUEST_SETTINGS = ("sd_model_checkpoint", CLIP_SKIP_OPTION, STEP_CACHE_OPTI
                         "samples_format")
 
 
-def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
+def unapplied_fields(body: Txt2ImgBody, warnings: list[str], unread_scripts: list[str] | None = None) -> None:
     """Name each thing the request asks for that Kiri does not do: the reply is 200, as A1111 clients
     expect, but says so in info["warnings"] instead of dropping it silently."""
     def warn(asked: bool, text: str) -> None:
@@ -99,7 +103,7 @@ def unapplied_fields(body: Txt2ImgBody, warnings: list[str]) -> None:
     else:  # an A1111 script Kiri lacks (check_script refused any other name)
         warn(bool(body.script_name) and not is_sd_upscale(body), f"script_name {str(body.script_name)!r}: "
                                                                  "not a script Kiri has; the request ran without it")
-    scripts = list(body.alwayson_scripts)
+    scripts = list(body.alwayson_scripts) if unread_scripts is None else unread_scripts
     warn(bool(scripts), "alwayson_scripts not applied (Kiri has no such scripts): "
                         + ", ".join(repr(k) for k in scripts[:MAX_NAMED]))
     warn(body.infotext is not None, "infotext: reading parameters from an infotext is not done; the fields were used")
@@ -130,7 +134,7 @@ def check_script(body: Txt2ImgBody) -> None:
 
 def txt2img_request(body: Txt2ImgBody, warnings: list[str] | None = None, engine: Engine | None = None) -> Txt2ImgRequest:
     check_script(body)
-    fields = common_fields(body, warnings)
+    fields = common_fields(body, warnings, engine)
     if body.enable_hr:
         fields["hires"] = hires_fix(body, warnings if warnings is not None else [], engine)
     return Txt2ImgRequest(**fields)
@@ -265,7 +269,7 @@ def _img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | No
     max_pixels = engine.settings.max_pixels if engine is not None else DEFAULT_MAX_PIXELS
     try:
         return Img2ImgRequest(
-            **common_fields(body, warnings),
+            **common_fields(body, warnings, engine),
             # Opened, not decoded: the engine checks the size against Settings' max_pixels first.
             init_image=decode_image(body.init_images[0], "init_images", max_pixels=max_pixels, load=False),
             denoising_strength=body.denoising_strength if body.denoising_strength is not None else 0.75,

@@ -133,6 +133,12 @@ class AddonSpec:
     # (the request's settings for it or None, the prompt's tags of those kinds) -> its settings for the job.
     # Called when the add-ons are built, never stored back: building twice gives the same add-ons.
     from_tags: Callable[[Any, list[Any]], Any] | None = None
+    # A1111 alwayson_scripts this add-on reads on /sdapi/v1 (by title, any case: "controlnet"); several
+    # add-ons may read one script (ControlNet and IP-Adapter units both come in "controlnet").
+    api_scripts: tuple[str, ...] = ()
+    # (the script's title as registered, its args as sent) -> the add-on's settings, or None when the
+    # args ask nothing of this add-on. Images stay as sent (base64): the factory decodes them.
+    from_api_script: Callable[[str, Any], Any] | None = None
 
 
 class AddonRegistry:
@@ -193,6 +199,24 @@ class AddonRegistry:
             spec = self._specs[name]
             out[name] = spec.from_tags(wanted.get(name), tags) if spec.from_tags is not None else wanted.get(name, True)
         return out
+
+    def from_api_scripts(self, scripts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """A1111's `alwayson_scripts` ({title: {"args": [...]}}) -> (the add-ons' settings they ask for,
+        the titles no add-on reads, as sent). A script's settings come through each reading spec's
+        from_api_script; one that raises InvalidRequest names the field it checked."""
+        found: dict[str, Any] = {}
+        unread: list[str] = []
+        for title, value in (scripts or {}).items():
+            args = value.get("args", []) if isinstance(value, dict) else value
+            readers = [spec for spec in self._specs.values()
+                       if str(title).lower() in {s.lower() for s in spec.api_scripts} and spec.from_api_script is not None]
+            if not readers:
+                unread.append(title)
+            for spec in readers:
+                settings = spec.from_api_script(str(title).lower(), args)
+                if settings is not None:
+                    found[spec.name] = settings
+        return found, unread
 
     def build(self, wanted: dict[str, Any], prompt: str | None = None, negative: str | None = None) -> list[Any]:
         """The add-ons a request asks for, in registration order (so their effects compose the same way),

@@ -20,7 +20,7 @@ bytes, into the same InvalidRequest.
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from webui.engine.core.errors import InvalidRequest
 
@@ -104,3 +104,20 @@ def load_image(image: "Image.Image", field: str = "image") -> "Image.Image":
 def decode_image(raw: bytes, field: str = "image", *, limit: int | None = DEFAULT_MAX_PIXELS) -> "Image.Image":
     """open_image() then load_image(): the size checked on the header, then the pixels decoded."""
     return load_image(open_image(raw, field, limit=limit), field)
+
+
+def base64_bytes(data: Any, field: str = "image") -> bytes:
+    """A client's base64 text (or data: URL) as bytes; anything else is an InvalidRequest naming `field`.
+    For the API's images and for add-ons that read images a client sent in their settings (a
+    ControlNet unit's image through alwayson_scripts)."""
+    import base64
+    import binascii
+
+    if not isinstance(data, str):
+        raise InvalidRequest(field, f"{field} must be a base64 string")
+    if "," in data[:100] and data.startswith("data:"):
+        data = data.split(",", 1)[1]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(field, f"{field} is not valid base64") from exc
