@@ -451,6 +451,16 @@ def test_depth_from_a_tiny_model(reg, annotator_folders, module, folder):
     assert e.value.field == "module"
 
 
+def test_depth_folder_without_a_preprocessor_config_uses_the_models_defaults(reg, annotator_folders, tmp_path):
+    import shutil
+
+    bare = tmp_path / "dpt-bare"
+    shutil.copytree(annotator_folders / "dpt", bare)
+    (bare / "preprocessor_config.json").unlink()
+    out = reg.run("depth_midas", cv2.resize(scene(), (50, 30)), services=services_for(depth=bare))
+    assert out.shape == (30, 50, 3) and out.max() == 255
+
+
 def test_normal_map_from_a_tiny_depth_model(reg, annotator_folders):
     img = cv2.resize(scene(), (48, 40))
     out = reg.run("normal_from_depth", img, threshold_a=0.0, services=services_for(depth=annotator_folders / "dpt"))
