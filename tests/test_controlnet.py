@@ -169,7 +169,7 @@ def test_img2img_inpaint_and_hires_fix(cn_engine, monkeypatch):
     assert "ControlNet" in seen[-1][0] and ("Inpaint" in seen[-1][0] or "Img2Img" in seen[-1][0])
     # hires fix: the second pass gets the map at the hires size
     seen.clear()
-    txt2img(cn_engine, hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6, steps=1),
+    txt2img(cn_engine, hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6, steps=2),
             addons={"controlnet": [{"image": outline((40, 80)), "model": "outline-cn"}]})
     sizes = [maps[0].size for _, maps in seen]
     assert sizes == [(SIZE, SIZE), (2 * SIZE, 2 * SIZE)], sizes

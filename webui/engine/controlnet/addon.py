@@ -35,51 +35,35 @@ def from_api_script(title: str, args: Any) -> Any:
     return units if any(unit.enabled for unit in units) else None
 
 
-# --- preprocessors (the cnpre registry; "none" alone until it is there) ---------------------------
-
-class _NoPreprocessors:
-    def names(self) -> list[str]:
-        return ["none"]
-
-    def detail(self) -> dict:
-        return {}
-
-    def get(self, name: str) -> Any:
-        return None
-
-    def run(self, name: str, image: Any, resolution: int, threshold_a: Any, threshold_b: Any, *, mask: Any = None,
-            services: Any = None) -> Any:
-        return image
-
+# --- preprocessors ---------------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def preprocessors() -> Any:
-    """The preprocessor registry (preprocess/builtin_preprocessors)."""
-    try:
-        from .preprocess import builtin_preprocessors
-    except ImportError:
-        log.warning("ControlNet preprocessors are not installed: only module 'none' is available")
-        return _NoPreprocessors()
-    return builtin_preprocessors()
+    """The preprocessor registry (preprocess/: sd-webui-controlnet's module names)."""
+    from .preprocess import Preprocessors, builtin_preprocessors
+
+    return Preprocessors(builtin_preprocessors())
 
 
 def module_known(name: str) -> bool:
-    if name in ("none", "None", ""):
-        return True
-    registry = preprocessors()
-    try:
-        return name in registry.names() or registry.get(name) is not None
-    except (KeyError, InvalidRequest):
-        return False
+    return name in ("none", "None", "") or name in preprocessors()
 
 
-def _services(catalog: Any):
+def _services(catalog: Any, device: str = "cpu"):
+    """services(kind) -> the annotator model folder a preprocessor needs (models/annotators/<kind>/, the
+    folder itself or its first model folder), or None."""
+    root = Path(getattr(catalog, "models_dir", "models")) / "annotators"
+
     def services(kind: str) -> Path | None:
-        if catalog is None:
-            return None
-        entries = [e for e in catalog.of_kind(kind) if not e.problem] if kind in getattr(catalog, "kinds", {}) else []
-        return entries[0].path if entries else None
+        folder = root / kind
+        if (folder / "config.json").is_file():
+            return folder
+        if folder.is_dir():
+            found = sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
+            return found[0] if found else None
+        return None
 
+    services.device = device  # type: ignore[attr-defined]
     return services
 
 
@@ -94,8 +78,13 @@ def run_preprocessor(module: str, image: Any, resolution: int = 512, threshold_a
     if not module_known(module):
         raise InvalidRequest(field, f"unknown ControlNet preprocessor {module!r}; available: {', '.join(_module_list())}")
     mask_array = np.asarray(mask.convert("L"), dtype=np.uint8) if mask is not None else None
-    out = preprocessors().run(module, array, int(resolution), threshold_a, threshold_b, mask=mask_array,
-                              services=_services(catalog))
+    try:
+        out = preprocessors().run(module, array, int(resolution), threshold_a, threshold_b, mask=mask_array,
+                                  services=_services(catalog))
+    except InvalidRequest as exc:
+        if exc.field == "module":
+            raise InvalidRequest(field, str(exc)) from None
+        raise
     out = np.asarray(out)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=2)
@@ -324,7 +313,7 @@ class ControlNets(Addon):
             note = f"controlnet: ControlNet unit {index} was skipped: it has {why}"
             if note not in call.warnings:
                 call.warnings.append(note)
-        if not self.used:
+        if not self.used or call.passthrough is not None:  # nothing denoises (img2img at 0 steps)
             call.infotext.update(lines)
             return
         width, height = _size_of(call)
