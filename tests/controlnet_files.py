@@ -33,11 +33,12 @@ def make_controlnet(checkpoint: Path, out: Path, seed: int = 1) -> Path:
 
 
 def make_t2i_adapter(out: Path, seed: int = 3) -> Path:
-    """A tiny T2IAdapter folder (SD 1.x layout: full_adapter)."""
+    """A tiny T2IAdapter folder for the tiny SDXL (SDXL's layout, full_adapter_xl: its features at the two
+    down blocks' outputs, 32 and 64 channels at a quarter of the picture's size)."""
     from diffusers import T2IAdapter
 
     torch.manual_seed(seed)
-    adapter = T2IAdapter(in_channels=3, channels=[32, 64], num_res_blocks=1, downscale_factor=2,
-                         adapter_type="full_adapter")
+    adapter = T2IAdapter(in_channels=3, channels=[32, 64], num_res_blocks=1, downscale_factor=4,
+                         adapter_type="full_adapter_xl")
     adapter.save_pretrained(out)
     return out

@@ -27,14 +27,14 @@ SIZE = 64
 
 @pytest.fixture(scope="session")
 def cn_models_dir(models_dir, tmp_path_factory) -> Path:
-    """models/ with the tiny SD 1.x, two SD 1.x ControlNets, an SDXL-shaped one and a T2I-Adapter."""
+    """models/ with the tiny SD 1.x and SDXL, two SD 1.x ControlNets, an SDXL one and an SDXL T2I-Adapter."""
     root = tmp_path_factory.mktemp("cn_models")
     (root / "checkpoints").mkdir()
     (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
     sd = root / "checkpoints" / "tiny-sd"
     controlnet_files.make_controlnet(sd, root / "ControlNet" / "outline-cn", seed=1)
     controlnet_files.make_controlnet(sd, root / "ControlNet" / "second-cn", seed=2)
-    xl = tiny_models.make_tiny_sdxl(tmp_path_factory.mktemp("xl") / "tiny-sdxl")
+    xl = tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
     controlnet_files.make_controlnet(xl, root / "ControlNet" / "xl-cn", seed=3)
     controlnet_files.make_t2i_adapter(root / "T2I-Adapter" / "tiny-t2i")
     return root
@@ -66,8 +66,9 @@ def b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def txt2img(engine, sampler="Euler", **fields):
-    request = Txt2ImgRequest("a red square", steps=2, width=SIZE, height=SIZE, seed=7, sampler_name=sampler, **fields)
+def txt2img(engine, sampler="Euler", model="tiny-sd", **fields):
+    request = Txt2ImgRequest("a red square", steps=2, width=SIZE, height=SIZE, seed=7, sampler_name=sampler, model=model,
+                             **fields)
     return engine.txt2img(request)
 
 
@@ -97,7 +98,8 @@ def test_catalog_lists_models_with_families_and_titles(cn_engine):
     assert models["xl-cn"]["family"] == "sdxl"
     assert models["tiny-t2i"]["kind"] == "t2i"
     assert models["outline-cn"]["title"].startswith("outline-cn [") and len(models["outline-cn"]["title"]) == len("outline-cn [12345678]")
-    assert {m["name"] for m in controlnet.list_models(cn_engine.catalog, "sd1")} == {"outline-cn", "second-cn", "tiny-t2i"}
+    assert models["tiny-t2i"]["family"] == "sdxl"
+    assert {m["name"] for m in controlnet.list_models(cn_engine.catalog, "sd1")} == {"outline-cn", "second-cn"}
 
 
 def test_weight_zero_is_the_checkpoint_a_unit_changes_it_and_the_checkpoint_stays(cn_engine):
@@ -244,3 +246,14 @@ def test_routes_and_webuiapi_controlnet_unit(cn_server):
     bad = requests.post(url + "sdapi/v1/txt2img", json={**fields, "steps": 1, "alwayson_scripts": {"controlnet": {
         "args": [{"image": b64(outline()), "model": title, "weight": "x"}]}}})
     assert bad.status_code == 422 and "alwayson_scripts.controlnet.args[0].weight" in bad.text
+
+
+def test_t2i_adapter_in_text_to_image(cn_engine):
+    plain = pixels(txt2img(cn_engine, model="tiny-sdxl"))
+    adapted = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"}]})
+    assert not np.array_equal(plain, pixels(adapted))
+    assert "tiny-t2i [" in adapted.infotexts[0]
+    with pytest.raises(InvalidRequest) as err:
+        txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"},
+                                                                     {"image": outline(), "model": "xl-cn"}]})
+    assert "T2I-Adapters and ControlNets" in str(err.value)
