@@ -126,7 +126,7 @@ def test_weight_zero_is_the_checkpoint_a_unit_changes_it_and_the_checkpoint_stay
 
 def test_two_units_with_a_function_sampler_and_a_unit_without_image(cn_engine, monkeypatch):
     seen = record_maps(monkeypatch)
-    units = [{"image": outline(), "model": "outline-cn"},
+    units = [{"image": outline(), "model": "outline-cn", "module": "canny"},
              {"enabled": True, "model": "second-cn"},  # no image in text to image: skipped with a note
              {"image": outline((96, 48)), "model": "second-cn", "control_mode": "My prompt is more important",
               "resize_mode": "Resize and Fill"},
@@ -143,6 +143,7 @@ def test_two_units_with_a_function_sampler_and_a_unit_without_image(cn_engine, m
     from webui.engine.core.infotext import parse_infotext
 
     params = parse_infotext(two.infotexts[0] if hasattr(two, "infotexts") else two.info[0]).params
+    assert "Module: canny" in params["ControlNet 0"] and "Threshold A: 100, Threshold B: 200" in params["ControlNet 0"]
     assert params["ControlNet 1"].startswith("Skipped") and "My prompt is more important" in params["ControlNet 2"]
     assert "ControlNet 3" not in params
 
@@ -167,8 +168,12 @@ def test_img2img_inpaint_and_hires_fix(cn_engine, monkeypatch):
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (16, 16, 48, 48))
     cn_engine.img2img(Img2ImgRequest(**base, mask=mask, sampler_name="Euler",
-                                     addons={"controlnet": [{"image": outline(), "model": "outline-cn"}]}))
+                                     addons={"controlnet": [{"image": outline(), "model": "outline-cn",
+                                                             "module": "inpaint_only"}]}))
     assert "ControlNet" in seen[-1][0] and ("Inpaint" in seen[-1][0] or "Img2Img" in seen[-1][0])
+    condition = seen[-1][1][0]  # the inpaint module's input: the request's mask at -1
+    assert isinstance(condition, torch.Tensor) and condition.shape == (1, 3, SIZE, SIZE)
+    assert condition[0, 0, 32, 32] == -1 and condition[0, 0, 2, 2] >= 0
     # hires fix: the second pass gets the map at the hires size
     seen.clear()
     txt2img(cn_engine, hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6, steps=2),
