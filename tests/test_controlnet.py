@@ -262,3 +262,14 @@ def test_t2i_adapter_in_text_to_image(cn_engine):
         txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"},
                                                                      {"image": outline(), "model": "xl-cn"}]})
     assert "T2I-Adapters and ControlNets" in str(err.value)
+
+
+def test_per_model_state_counts_only_copies(cn_engine):
+    from webui.engine.core.addons import derived_bytes
+
+    txt2img(cn_engine, addons={"controlnet": [{"image": outline(), "model": "outline-cn", "weight": 0.5}]})
+    model = cn_engine.models.get("tiny-sd")
+    slots = [k for k in model.derived if isinstance(k, tuple) and k[:2] == ("addon-state", "controlnet")]
+    assert slots and all(model.derived[k]["copies"] == [] for k in slots)  # same device and dtype: no copy
+    assert derived_bytes(model) == 0
+    assert "outline-cn" in [e.name for e in cn_engine.models.loaded()]

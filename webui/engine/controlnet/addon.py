@@ -208,6 +208,14 @@ class _SoftMulti:
         return cls.cls
 
 
+class _Held:
+    """Modules kept in the per-model state that core.addons.state_bytes does not count (they hold the loaded
+    models, which the model manager counts already)."""
+
+    def __init__(self, wrapper: Any = None, direct: Any = None, adapter: Any = None) -> None:
+        self.wrapper, self.direct, self.adapter = wrapper, direct, adapter
+
+
 class ControlNets(Addon):
     """The ControlNet units of one job."""
 
@@ -297,19 +305,22 @@ class ControlNets(Addon):
         pipeline = model.pipeline
         denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
         device, dtype = (denoiser.device, denoiser.dtype) if denoiser is not None else ("cpu", None)
-        nets = [_placed(self.models[u.index].module, device, dtype) for u in self.used]
+        originals = [self.models[u.index].module for u in self.used]
+        nets = [_placed(module, device, dtype) for module in originals]
+        # What the memory budget counts here: only the copies moved to the checkpoint's device or dtype (the
+        # loaded models themselves are counted by the model manager); the wrappers are held uncounted.
+        copies = [net for net, module in zip(nets, originals) if net is not module]
         if self.adapters:
             from diffusers import MultiAdapter
 
-            return {"adapter": nets[0] if len(nets) == 1 else MultiAdapter(nets)}
+            return {"copies": copies, "held": _Held(adapter=nets[0] if len(nets) == 1 else MultiAdapter(nets))}
         if len(nets) == 1 and not _is_unet_controlnet(nets[0]):
-            return {"direct": nets[0]}
-        return {"wrapper": _SoftMulti.get()(nets)}
+            return {"copies": copies, "held": _Held(direct=nets[0])}
+        return {"copies": copies, "held": _Held(wrapper=_SoftMulti.get()(nets))}
 
     def use_state(self, state: Any) -> None:
-        self._wrapper = state.get("wrapper")
-        self._direct = state.get("direct")
-        self._adapter = state.get("adapter")
+        held = state["held"]
+        self._wrapper, self._direct, self._adapter = held.wrapper, held.direct, held.adapter
 
     def pipeline_components(self, ctx: Any, model: Any) -> dict[str, Any]:
         if not self.used:
