@@ -253,8 +253,10 @@ def test_routes_and_webuiapi_controlnet_unit(cn_server):
     assert bad.status_code == 422 and "alwayson_scripts.controlnet.args[0].weight" in bad.text
 
 
-def test_t2i_adapter_in_text_to_image(cn_engine):
+def test_sdxl_controlnet_and_t2i_adapter_in_text_to_image(cn_engine):
     plain = pixels(txt2img(cn_engine, model="tiny-sdxl"))
+    guided = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "xl-cn"}]})
+    assert not np.array_equal(plain, pixels(guided))
     adapted = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"}]})
     assert not np.array_equal(plain, pixels(adapted))
     assert "tiny-t2i [" in adapted.infotexts[0]
