@@ -42,3 +42,39 @@ def make_t2i_adapter(out: Path, seed: int = 3) -> Path:
                          adapter_type="full_adapter_xl")
     adapter.save_pretrained(out)
     return out
+
+
+def save_ldm_controlnet(checkpoint: Path, out_file: Path, seed: int = 4) -> dict[str, torch.Tensor]:
+    """An A1111-style single file (`control_model.` keys, ldm layout: input_hint_block, zero_convs,
+    middle_block_out) of a tiny ControlNet with the standard 8x hint encoder; returns the diffusers weights
+    it was made from, for comparison."""
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from tiny_models import _unet_to_ldm
+
+    unet = UNet2DConditionModel.from_pretrained(checkpoint / "unet")
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(unet)  # conditioning embedding (16, 32, 96, 256), as the real ones
+    _randomise_zero_convs(controlnet, seed)
+    state = {k: v.contiguous() for k, v in controlnet.state_dict().items()}
+    shared = {k: v for k, v in state.items() if not k.startswith(("controlnet_", ))}
+    out = {k.replace("model.diffusion_model.", "control_model."): v
+           for k, v in _unet_to_ldm(shared, unet.config.layers_per_block).items()}
+    blocks = len(controlnet.controlnet_cond_embedding.blocks)
+    for key, value in state.items():
+        if key.startswith("controlnet_down_blocks."):
+            i = key.split(".")[1]
+            out[f"control_model.zero_convs.{i}.0.{key.rsplit('.', 1)[1]}"] = value
+        elif key.startswith("controlnet_mid_block."):
+            out[f"control_model.middle_block_out.0.{key.rsplit('.', 1)[1]}"] = value
+        elif key.startswith("controlnet_cond_embedding.conv_in."):
+            out[f"control_model.input_hint_block.0.{key.rsplit('.', 1)[1]}"] = value
+        elif key.startswith("controlnet_cond_embedding.conv_out."):
+            out[f"control_model.input_hint_block.{2 * blocks + 2}.{key.rsplit('.', 1)[1]}"] = value
+        elif key.startswith("controlnet_cond_embedding.blocks."):
+            j = int(key.split(".")[2])
+            out[f"control_model.input_hint_block.{2 * (j + 1)}.{key.rsplit('.', 1)[1]}"] = value
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(out_file))
+    return state

@@ -37,6 +37,7 @@ def cn_models_dir(models_dir, tmp_path_factory) -> Path:
     xl = tiny_models.make_tiny_sdxl(root / "checkpoints" / "tiny-sdxl")
     controlnet_files.make_controlnet(xl, root / "ControlNet" / "xl-cn", seed=3)
     controlnet_files.make_t2i_adapter(root / "T2I-Adapter" / "tiny-t2i")
+    controlnet_files.save_ldm_controlnet(sd, root / "ControlNet" / "control_tiny.safetensors")
     return root
 
 
@@ -99,7 +100,16 @@ def test_catalog_lists_models_with_families_and_titles(cn_engine):
     assert models["tiny-t2i"]["kind"] == "t2i"
     assert models["outline-cn"]["title"].startswith("outline-cn [") and len(models["outline-cn"]["title"]) == len("outline-cn [12345678]")
     assert models["tiny-t2i"]["family"] == "sdxl"
-    assert {m["name"] for m in controlnet.list_models(cn_engine.catalog, "sd1")} == {"outline-cn", "second-cn"}
+    # a family the file does not say (the tiny one's 32-wide text) is offered for every checkpoint
+    assert models["control_tiny"]["family"] is None and models["control_tiny"]["kind"] == "controlnet"
+    assert {m["name"] for m in controlnet.list_models(cn_engine.catalog, "sd1")} == {"outline-cn", "second-cn", "control_tiny"}
+
+
+def test_a1111_single_file_loads_offline_with_the_same_weights(cn_engine, models_dir, tmp_path):
+    expected = controlnet_files.save_ldm_controlnet(models_dir / "checkpoints" / "tiny-sd", tmp_path / "again.safetensors")
+    loaded = cn_engine.models.get_of_kind("controlnet", "control_tiny").model
+    got = loaded.module.state_dict()
+    assert set(got) == set(expected) and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
 def test_weight_zero_is_the_checkpoint_a_unit_changes_it_and_the_checkpoint_stays(cn_engine):

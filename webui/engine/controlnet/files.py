@@ -145,11 +145,94 @@ def load_control_model(entry: CatalogEntry, device: Any, allow_pickle: bool) -> 
                                      "with its config.json")
     else:
         family = None
-    kwargs: dict[str, Any] = {}
-    if family == "sdxl":
-        kwargs["config"] = "diffusers/controlnet-canny-sdxl-1.0"
+    if suffix == ".safetensors":
+        shapes = {k: tuple(v.get("shape", ())) for k, v in header.items() if isinstance(v, dict)}
+        original = ldm_controlnet_config(shapes)
+        if original is not None:  # the layout read from the keys: no config to fetch from the Hub
+            try:
+                module = _from_ldm(entry.path, original)
+            except Exception as exc:  # noqa: BLE001 - the reason goes into the message
+                raise ModelLoadError(f"could not read {entry.path.name} as a ControlNet: "
+                                     f"{str(exc).splitlines()[0][:200]}") from exc
+            return ControlModel(entry.name, module.eval(), family or family_of_config(dict(module.config)), "controlnet")
     try:
-        module = diffusers.ControlNetModel.from_single_file(str(entry.path), local_files_only=True, **kwargs)
+        module = diffusers.ControlNetModel.from_single_file(str(entry.path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - the reason goes into the message
         raise ModelLoadError(f"could not read {entry.path.name} as a ControlNet: {str(exc).splitlines()[0][:200]}") from exc
     return ControlModel(entry.name, module.eval(), family or family_of_config(dict(module.config)), "controlnet")
+
+
+def _from_ldm(path: Path, original: dict) -> Any:
+    """An ldm-layout ControlNet file as a diffusers ControlNetModel, through diffusers' own key conversion
+    (its from_single_file(original_config=...) path for ControlNets fails in 0.42: config built here)."""
+    from diffusers import ControlNetModel
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint, create_unet_diffusers_config_from_ldm
+    from safetensors.torch import load_file
+
+    checkpoint = load_file(str(path))
+    unet = create_unet_diffusers_config_from_ldm(original, checkpoint)
+    control = original["model"]["params"]["control_stage_config"]["params"]
+    keys = ("in_channels", "down_block_types", "block_out_channels", "layers_per_block", "cross_attention_dim",
+            "attention_head_dim", "use_linear_projection", "class_embed_type", "addition_embed_type",
+            "addition_time_embed_dim", "projection_class_embeddings_input_dim", "transformer_layers_per_block")
+    config = {"conditioning_channels": control["hint_channels"], **{k: unet.get(k) for k in keys}}
+    config = {k: v for k, v in config.items() if v is not None or k in ("class_embed_type", "addition_embed_type")}
+    state = convert_controlnet_checkpoint(checkpoint, config)
+    model = ControlNetModel(**config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing:
+        raise ValueError(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    return model
+
+
+def ldm_controlnet_config(shapes: dict[str, tuple[int, ...]]) -> dict | None:
+    """The original (ldm, cldm_v15.yaml-like) config of an A1111 ControlNet file, read from its tensors' names and
+    shapes, for diffusers' from_single_file (which otherwise fetches a config from the Hub). None when the keys
+    are not of that layout. The head count is not in the weights: 8 heads (SD 1.x), 64-wide heads otherwise."""
+    import re
+
+    prefix = "control_model." if any(k.startswith("control_model.") for k in shapes) else ""
+    own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
+    first = own.get("input_blocks.0.0.weight")
+    hint = own.get("input_hint_block.0.weight")
+    if first is None or hint is None or len(first) != 4:
+        return None
+    channels = first[0]
+    blocks = sorted({int(k.split(".")[1]) for k in own if k.startswith("input_blocks.")})
+    ops = [i for i in blocks if f"input_blocks.{i}.0.op.weight" in own]
+    levels = len(ops) + 1
+    per_level = (len(blocks) - 1 - len(ops)) // levels
+    if per_level < 1:
+        return None
+    mult, attention, depth = [], [], []
+    context = None
+    linear = False
+    for level in range(levels):
+        block = 1 + level * (per_level + 1)
+        out = own.get(f"input_blocks.{block}.0.out_layers.3.weight")
+        if out is None:
+            return None
+        mult.append(out[0] // channels)
+        layers = {int(m.group(1)) for k in own for m in [re.match(rf"input_blocks\.{block}\.1\.transformer_blocks\.(\d+)\.", k)] if m}
+        depth.append(len(layers))
+        if layers:
+            attention.append(2 ** level)
+            to_k = own.get(f"input_blocks.{block}.1.transformer_blocks.0.attn2.to_k.weight")
+            context = to_k[1] if to_k else context
+            linear = len(own.get(f"input_blocks.{block}.1.proj_in.weight", ())) == 2
+    params: dict[str, Any] = {
+        "image_size": 32, "in_channels": first[1], "out_channels": first[1], "model_channels": channels,
+        "attention_resolutions": attention, "num_res_blocks": per_level, "channel_mult": mult,
+        "transformer_depth": depth if len({d for d in depth if d}) > 1 else max(depth + [1]),
+        "context_dim": context, "use_linear_in_transformer": linear,
+    }
+    if context == 768:
+        params["num_heads"] = 8
+    else:
+        params["num_head_channels"] = 64 if channels % 64 == 0 else channels // 8
+    label = own.get("label_emb.0.0.weight")
+    if label is not None:
+        params.update(num_classes="sequential", adm_in_channels=label[1])
+    control = {**params, "hint_channels": hint[1]}
+    return {"model": {"params": {"unet_config": {"params": params}, "control_stage_config": {"params": control},
+                                 "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2, 4, 4]}}}}}}
