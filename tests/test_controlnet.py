@@ -285,3 +285,14 @@ def test_per_model_state_counts_only_copies(cn_engine):
     assert slots and all(model.derived[k]["copies"] == [] for k in slots)  # same device and dtype: no copy
     assert derived_bytes(model) == 0
     assert "outline-cn" in [e.name for e in cn_engine.models.loaded()]
+
+
+def test_a_checkpoint_of_another_dtype_gets_a_copy_and_the_loaded_model_stays(cn_engine):
+    from webui.engine.controlnet.addon import _placed
+
+    loaded = cn_engine.models.get_of_kind("controlnet", "outline-cn").model.module
+    before = next(loaded.parameters()).clone()
+    moved = _placed(loaded, torch.device("cpu"), torch.bfloat16)
+    assert moved is not loaded and next(moved.parameters()).dtype == torch.bfloat16
+    assert next(loaded.parameters()).dtype == torch.float32 and torch.equal(next(loaded.parameters()), before)
+    assert _placed(loaded, torch.device("cpu"), torch.float32) is loaded

@@ -289,7 +289,7 @@ class ControlNets(Addon):
             raise InvalidRequest(self.field, "T2I-Adapters and ControlNets cannot be combined in one request "
                                              "(diffusers has no pipeline that takes both): use one kind")
         self.adapters = kinds == {"t2i"}
-        if len(self.used) > 1 and any(not _is_unet_controlnet(self.models[u.index].module) for u in self.used):
+        if len(self.used) > 1 and not self.adapters and any(not _is_unet_controlnet(self.models[u.index].module) for u in self.used):
             names = [self.models[u.index].name for u in self.used if not _is_unet_controlnet(self.models[u.index].module)]
             raise InvalidRequest(self.field, f"{', '.join(names)} cannot be combined with other units (one such unit at a time)")
         self._catalog = ctx.catalog
