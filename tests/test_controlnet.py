@@ -270,6 +270,10 @@ def test_sdxl_controlnet_and_t2i_adapter_in_text_to_image(cn_engine):
     adapted = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"}]})
     assert not np.array_equal(plain, pixels(adapted))
     assert "tiny-t2i [" in adapted.infotexts[0]
+    both = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"},
+                                                                        {"image": outline(), "model": "tiny-t2i",
+                                                                         "weight": 0.5}]})
+    assert not np.array_equal(pixels(adapted), pixels(both))
     with pytest.raises(InvalidRequest) as err:
         txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"},
                                                                      {"image": outline(), "model": "xl-cn"}]})
