@@ -87,7 +87,7 @@ def record_maps(monkeypatch) -> list:
     def apply(self, call):
         original(self, call)
         maps = call.kwargs.get("control_image", call.kwargs.get("image")) if self.used else None
-        seen.append((type(call.pipeline).__name__, maps))
+        seen.append((type(call.pipeline).__name__, maps, call.kwargs.get("controlnet_conditioning_scale")))
 
     monkeypatch.setattr(ControlNets, "apply", apply)
     return seen
@@ -145,7 +145,7 @@ def test_two_units_with_a_function_sampler_and_a_unit_without_image(cn_engine, m
     one = txt2img(cn_engine, sampler="DPM++ 3M SDE", addons={"controlnet": units[:1]})
     assert not np.array_equal(pixels(two), pixels(one))
     assert any("controlnet" in w and "unit 1" in w and "no image" in w for w in two.warnings)
-    name, maps = seen[0]
+    name, maps, _ = seen[0]
     assert name == "StableDiffusionControlNetPipeline" and len(maps) == 2
     assert all(m.size == (SIZE, SIZE) for m in maps)  # the 2:1 map fitted, not refused
     filled = np.asarray(maps[1])
@@ -187,9 +187,11 @@ def test_img2img_inpaint_and_hires_fix(cn_engine, monkeypatch):
     # hires fix: the second pass gets the map at the hires size
     seen.clear()
     txt2img(cn_engine, hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6, steps=2),
-            addons={"controlnet": [{"image": outline((40, 80)), "model": "outline-cn"}]})
-    sizes = [maps[0].size for _, maps in seen]
+            addons={"controlnet": [{"image": outline((40, 80)), "model": "outline-cn"},
+                                   {"image": outline(), "model": "second-cn", "hr_option": "Low res only"}]})
+    sizes = [maps[0].size for _, maps, _ in seen]
     assert sizes == [(SIZE, SIZE), (2 * SIZE, 2 * SIZE)], sizes
+    assert [weights for _, _, weights in seen] == [[1.0, 1.0], [1.0, 0.0]]  # hr_option: low res only
 
 
 def test_refusals_name_what_exists(cn_engine):

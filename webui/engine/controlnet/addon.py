@@ -229,6 +229,7 @@ class ControlNets(Addon):
         self.used: list[ControlUnit] = []  # units that reach the pipeline (an image, a weight above 0)
         self.skipped: dict[int, str] = {}  # unit index -> why it was left out
         self.img2img = False
+        self.hires_first = False
         self._wrapper: Any = None
         self._catalog: Any = None
         self.adapters = False  # the used units are T2I-Adapters (handed as "adapter"), not ControlNets
@@ -259,6 +260,7 @@ class ControlNets(Addon):
     @contextmanager
     def job(self, ctx: Any, model: Any, request: Any) -> Iterator[None]:
         self.img2img = getattr(request, "init_image", None) is not None
+        self.hires_first = getattr(request, "hires", None) is not None  # a hires fix's first pass (txt2img)
         self.used, self.skipped, self.models = [], {}, {}
         family = getattr(model, "family", None)
         for unit in self.units:
@@ -358,6 +360,10 @@ class ControlNets(Addon):
                 maps.append(Image.new("RGB", (width, height)))
                 weights.append(0.0)  # zero residuals: the pass is as without the unit
                 continue
+            weight = unit.weight
+            second = getattr(call, "first_pass_steps", None) is not None  # a hires fix's second pass
+            if (unit.hr_option == "Low res only" and second) or (unit.hr_option == "High res only" and self.hires_first):
+                weight = 0.0  # sd-webui-controlnet's hr_option: the unit sits this pass out (zero residuals)
             resolution = min(width, height) if unit.pixel_perfect else unit.processor_res
             unit_mask = unit.mask if unit.mask is not None else mask
             array = run_preprocessor(unit.module, source, resolution, unit.threshold_a, unit.threshold_b,
@@ -366,7 +372,7 @@ class ControlNets(Addon):
             if unit.module.startswith("inpaint") and unit_mask is not None and not self.adapters:
                 fitted = _inpaint_condition(fitted, fit(unit_mask.convert("L"), width, height, unit.resize_mode))
             maps.append(fitted)
-            weights.append(unit.weight)
+            weights.append(weight)
         key = "image" if task_of(call.pipeline) == "text2image" else "control_image"
         if self.adapters:  # T2I-Adapter: its features added to the UNet's, for the first guidance_end of the steps
             call.kwargs["image"] = maps if len(maps) > 1 else maps[0]

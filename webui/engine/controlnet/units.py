@@ -194,7 +194,8 @@ def parse_unit(value: Any, index: int, where: str) -> ControlUnit:
         setattr(unit, name, None if raw in (None, -1) else _number(raw, f"{where}.{name}", -1e6, 1e6))
     unit.pixel_perfect = _bool(value.get("pixel_perfect", False), f"{where}.pixel_perfect")
     hr = value.get("hr_option", "Both")
-    unit.hr_option = str(hr) if hr is not None else "Both"
+    options = ("Both", "Low res only", "High res only")
+    unit.hr_option = options[_mode(hr, options, f"{where}.hr_option")] if hr is not None else "Both"
     if unit.enabled:  # a disabled unit's pictures are not decoded (nor refused)
         unit.image = decode(image, f"{where}.image", "RGB")
         unit.mask = decode(mask, f"{where}.mask", "L")
