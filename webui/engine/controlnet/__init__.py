@@ -1,0 +1,1 @@
+"""ControlNet add-on (placeholder: the add-on helper owns this module)."""
