@@ -318,3 +318,67 @@ def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
         {"module": "ip-adapter_clip_sd15", "model": "nosuch", "image": ""}]}}})
     assert bad.status_code == 422 and "nosuch" in bad.text and "ip-adapter_sd15" in bad.text
+
+
+def test_batches_no_cfg_and_hires_fix(ip_engine):
+    from webui.engine.generation.requests import HiresFix
+
+    def run(units, **fields):
+        request = Txt2ImgRequest("a red circle", steps=2, width=64, height=64, seed=11, sampler_name="Euler",
+                                 addons={"ip_adapter": units} if units else {}, **fields)
+        result = ip_engine.txt2img(request)
+        return [np.asarray(image, dtype=np.int16) for image in result.images], result
+
+    for fields in ({"batch_size": 2}, {"cfg_scale": 1.0}, {"hires": HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6)}):
+        plain, _ = run(None, **fields)
+        one, result = run([unit()], **fields)
+        assert len(one) == len(plain) and all(np.abs(a - b).max() > 10 for a, b in zip(one, plain)), fields
+        assert "ControlNet 0" in result.infotexts[0], fields
+
+
+def test_pickle_adapter_needs_the_opt_in(ip_models_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-sd").symlink_to(ip_models_dir / "checkpoints" / "tiny-sd")
+    (root / "clip_vision").symlink_to(ip_models_dir / "clip_vision")
+    (root / "ip_adapter").mkdir()  # sd-webui-controlnet's other folder name
+    flat = load_file(str(ip_models_dir / "ipadapter" / "ip-adapter_sd15.safetensors"))
+    nested = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}
+    torch.save(nested, root / "ip_adapter" / "ip-adapter_sd15.bin")
+    for allow in (False, True):
+        settings = Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd", save_images=False,
+                            allow_pickle=allow)
+        engine = build_engine(settings, DeviceChoice("cpu"))
+        engine.catalog.scan()
+        if not allow:
+            with pytest.raises(Exception, match="pickle"):
+                _image(engine, [unit()])
+        else:
+            from_pickle, _ = _image(engine, [unit()])
+            plain, _ = _image(engine)
+            assert np.abs(from_pickle - plain).max() > 10
+
+
+def test_a_failed_call_leaves_the_unet_plain(ip_engine):
+    from webui.engine.core.addons import Addon, AddonSpec
+
+    class Boom(Addon):
+        name = "boom"
+
+        def on_step(self, step):
+            raise RuntimeError("boom at step %d" % step.step)
+
+    ip_engine.addons.register(AddonSpec("boom", lambda value: Boom() if value else None))
+    unet = ip_engine.models.get("tiny-sd").pipeline.unet
+    snapshot = _unet_snapshot(unet)
+    request = Txt2ImgRequest("a red circle", steps=2, width=64, height=64, seed=11, sampler_name="Euler",
+                             addons={"ip_adapter": [unit(module="IP_Adapter_Clip_SD15")], "boom": True})
+    with pytest.raises(Exception, match="boom"):
+        ip_engine.txt2img(request)
+    _assert_unchanged(unet, snapshot)

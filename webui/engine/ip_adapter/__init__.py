@@ -96,8 +96,15 @@ class Unit:
         return self.guidance_start <= fraction <= self.guidance_end
 
 
+def _normal(module: Any) -> str:
+    return str(module or "").strip().lower().replace("_", "-")
+
+
+_MODULE_NAMES = {_normal(m): m for m in MODULES}  # "ip_adapter_clip_sd15", "IP-Adapter-Auto" -> the names above
+
+
 def is_ip_adapter_module(module: Any) -> bool:
-    return isinstance(module, str) and module.strip().lower().replace("_", "-").startswith("ip-adapter")
+    return isinstance(module, str) and _normal(module).startswith("ip-adapter")
 
 
 def _number(value: Any, what: str, field_name: str, low: float, high: float) -> float:
@@ -174,9 +181,7 @@ def parse_units(value: Any, field: str = FIELD) -> list[Unit]:
         where = f"{field}[{index}]"
         if not item.get("enabled", True):
             continue
-        module = str(item.get("module") or "").strip()
-        if module.replace("_", "-").lower() == "ip-adapter-auto":
-            module = "ip-adapter-auto"
+        module = _MODULE_NAMES.get(_normal(item.get("module")), str(item.get("module") or ""))
         if module not in MODULES:
             raise InvalidRequest(f"{where}.module", f"unknown IP-Adapter module {module!r}; available: {', '.join(MODULES)}")
         model = _model_name(item.get("model"))
@@ -422,7 +427,12 @@ class IPAdapterUnits(Addon):
                     module.to(device=param.device, dtype=param.dtype)
             states.append(state)
         procs = {}
-        for name in cross_attention_layers(unet):
+        names = cross_attention_layers(unet)
+        unknown = [name for name in names if any(name not in state["layers"] for state in states)]
+        if unknown:
+            raise InvalidRequest(self.field, f"{type(unet).__name__} has cross-attention layers the IP-Adapter was not "
+                                             f"built for ({unknown[0]}, ...)")
+        for name in names:
             pairs = [state["layers"][name] for state in states]
             hidden, width = pairs[0][0].out_features, pairs[0][0].in_features
             with torch.device("meta"):
