@@ -74,6 +74,9 @@ def ip_models_dir(models_dir, tmp_path_factory) -> Path:
     save_file(ip_adapter_state(sd, 32, 2), root / "ipadapter" / "ip-adapter_sd15_light.safetensors")
     save_file(ip_adapter_state(xl, 32, 3), root / "ipadapter" / "ip-adapter_sdxl.safetensors")
     save_file({"something.weight": torch.zeros(2)}, root / "ipadapter" / "not-an-adapter.safetensors")
+    (root / "ControlNet").mkdir()  # sd-webui-controlnet's folder holds both: only the IP-Adapters are listed
+    save_file(ip_adapter_state(sd, 32, 4), root / "ControlNet" / "ip-adapter_in_controlnet.safetensors")
+    save_file({"controlnet_cond_embedding.conv_in.weight": torch.zeros(2)}, root / "ControlNet" / "control_canny.safetensors")
     save_image_encoder(root / "clip_vision" / "clip-vit-h-tiny")
     return root
 
@@ -154,7 +157,8 @@ def test_two_units_several_pictures_and_the_guidance_window(ip_engine):
     first, _ = _image(ip_engine, [unit()])
     both, result = _image(ip_engine, [unit(), unit(model="ip-adapter_sd15_light [abcdef12]", image=reference(5), weight=0.7)])
     assert not np.array_equal(both, first) and not np.array_equal(both, plain)
-    assert "ControlNet 0: " in result.infotexts[0] and 'ControlNet 1: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15_light [' in result.infotexts[0]
+    assert "ControlNet 0: " in result.infotexts[0]
+    assert 'ControlNet 1: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15_light [' in result.infotexts[0]
     several, _ = _image(ip_engine, [unit(image=[reference(0), reference(9)])])
     assert not np.array_equal(several, first)
     # a window after the last step acts on no step: the picture is the plain one
@@ -231,8 +235,9 @@ def test_catalog_listing_and_family_from_shapes(ip_engine):
     from webui.engine.ip_adapter.files import family_of
 
     listed = {m["name"]: m for m in ip.list_models(ip_engine.catalog)}
-    assert set(listed) == {"ip-adapter_sd15", "ip-adapter_sd15_light", "ip-adapter_sdxl"}
-    assert listed["ip-adapter_sd15"]["title"].startswith("ip-adapter_sd15 [") and len(listed["ip-adapter_sd15"]["title"]) == len("ip-adapter_sd15 [12345678]")
+    assert set(listed) == {"ip-adapter_sd15", "ip-adapter_sd15_light", "ip-adapter_sdxl", "ip-adapter_in_controlnet"}
+    title = listed["ip-adapter_sd15"]["title"]
+    assert title.startswith("ip-adapter_sd15 [") and len(title) == len("ip-adapter_sd15 [12345678]")
     assert listed["ip-adapter_sd15"]["kind"] == "ipadapter"
     assert [e.name for e in ip_engine.catalog.of_kind("clip_vision")] == ["clip-vit-h-tiny"]
     # the real files' widths: SD 1.5's adapter reads 768 wide text, SDXL's 2048
@@ -289,6 +294,7 @@ def test_with_a_controlnet_pipeline(ip_engine):
 def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     import webuiapi
     from fastapi import FastAPI
+    from PIL import Image
     from fastapi.testclient import TestClient
 
     from webui.api import ApiContext, mount
@@ -301,8 +307,7 @@ def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     def picture(reply):
         assert reply.status_code == 200, reply.text
         data = reply.json()
-        return np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(base64.b64decode(data["images"][0]))),
-                          dtype=np.int16), data
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data["images"][0]))), dtype=np.int16), data
 
     plain, _ = picture(client.post("/sdapi/v1/txt2img", json=body))
     units = [webuiapi.ControlNetUnit(image=reference(), module="ip-adapter_clip_sd15", model="ip-adapter_sd15 [00000000]",
@@ -312,7 +317,8 @@ def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     info = data["info"]
     assert 'ControlNet 0: \\"Module: ip-adapter_clip_sd15' in info or 'ControlNet 0: "Module: ip-adapter_clip_sd15' in info
     assert "alwayson_scripts not applied" not in info
-    zero = [webuiapi.ControlNetUnit(image=reference(), module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0).to_dict()]
+    zero = [webuiapi.ControlNetUnit(image=reference(), module="ip-adapter_clip_sd15", model="ip-adapter_sd15",
+                                    weight=0).to_dict()]
     same, _ = picture(client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": zero}}}))
     assert np.array_equal(same, plain)
     bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
@@ -329,7 +335,8 @@ def test_batches_no_cfg_and_hires_fix(ip_engine):
         result = ip_engine.txt2img(request)
         return [np.asarray(image, dtype=np.int16) for image in result.images], result
 
-    for fields in ({"batch_size": 2}, {"cfg_scale": 1.0}, {"hires": HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6)}):
+    hires = HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6)
+    for fields in ({"batch_size": 2}, {"cfg_scale": 1.0}, {"hires": hires}):
         plain, _ = run(None, **fields)
         one, result = run([unit()], **fields)
         assert len(one) == len(plain) and all(np.abs(a - b).max() > 10 for a, b in zip(one, plain)), fields
@@ -349,7 +356,8 @@ def test_pickle_adapter_needs_the_opt_in(ip_models_dir, tmp_path):
     (root / "clip_vision").symlink_to(ip_models_dir / "clip_vision")
     (root / "ip_adapter").mkdir()  # sd-webui-controlnet's other folder name
     flat = load_file(str(ip_models_dir / "ipadapter" / "ip-adapter_sd15.safetensors"))
-    nested = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}
+    nested = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")}
+              for part in ("image_proj", "ip_adapter")}
     torch.save(nested, root / "ip_adapter" / "ip-adapter_sd15.bin")
     for allow in (False, True):
         settings = Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd", save_images=False,

@@ -44,14 +44,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 from webui.engine.core.addons import Addon, AddonSpec
 from webui.engine.core.errors import InvalidRequest
 
-from .files import (AdapterWeights, ImageEncoder, describe_adapter, describe_encoder, encoder_projection_dim, family_label,
-                    load_adapter, load_encoder)
+from .files import (CONTROLNET_FOLDERS, AdapterWeights, ImageEncoder, describe_any_adapter, describe_encoder,
+                    encoder_projection_dim, family_label, load_adapter, load_encoder)
 
 __all__ = ["ENCODER_KIND", "FIELD", "KIND", "MODULES", "NAME", "IPAdapterUnits", "Unit", "from_api_script", "list_models",
            "parse_units", "register"]
@@ -67,7 +67,8 @@ MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_h", 
 # the image encoder each module asks for: ViT-H ("h"), ViT-bigG ("g"), any (None)
 _MODULE_ENCODER = {"ip-adapter_clip_sd15": "h", "ip-adapter_clip_h": "h", "ip-adapter_clip_sdxl": "g",
                    "ip-adapter_clip_g": "g", "ip-adapter-auto": None}
-_ENCODER_NAMES = {"h": ("vit-h", "vith", "clip_h", "clip-h", "clip_vision_h", "_h."), "g": ("bigg", "vit-g", "clip_g", "clip-g", "_g.")}
+_ENCODER_NAMES = {"h": ("vit-h", "vith", "clip_h", "clip-h", "clip_vision_h", "_h."),
+                  "g": ("bigg", "vit-g", "clip_g", "clip-g", "_g.")}
 MAX_WEIGHT = 5.0
 MAX_UNITS = 10
 INFOTEXT_KEYS = tuple(f"ControlNet {i}" for i in range(MAX_UNITS))
@@ -191,7 +192,8 @@ def parse_units(value: Any, field: str = FIELD) -> list[Unit]:
         start = _number(item.get("guidance_start", 0.0), f"guidance_start of unit {index}", f"{where}.guidance_start", 0.0, 1.0)
         end = _number(item.get("guidance_end", 1.0), f"guidance_end of unit {index}", f"{where}.guidance_end", 0.0, 1.0)
         if start > end:
-            raise InvalidRequest(f"{where}.guidance_start", f"guidance_start ({start:g}) of unit {index} is after its guidance_end ({end:g})")
+            raise InvalidRequest(f"{where}.guidance_start",
+                                 f"guidance_start ({start:g}) of unit {index} is after its guidance_end ({end:g})")
         if weight == 0:
             continue  # nothing to add: the picture is the checkpoint's
         images = _images(item.get("image"), f"{where}.image")
@@ -263,7 +265,8 @@ def _choose_encoder(catalog: Any, unit: Unit, weights: AdapterWeights, where: st
     if not encoders:
         catalog.scan()
         encoders = [e for e in catalog.of_kind(ENCODER_KIND) if not e.problem]
-    listed = ", ".join(f"{e.name} ({encoder_projection_dim(e)})" for e in encoders) or "(none: put image encoders in models/clip_vision/)"
+    listed = (", ".join(f"{e.name} ({encoder_projection_dim(e)})" for e in encoders)
+              or "(none: put image encoders in models/clip_vision/)")
     if unit.image_encoder:
         for entry in encoders:
             if unit.image_encoder.strip() in (entry.name, entry.path.name):
@@ -348,8 +351,9 @@ class IPAdapterUnits(Addon):
             encoder_entry = _choose_encoder(ctx.catalog, unit, weights, where)
             encoder: ImageEncoder = ctx.models.get_of_kind(ENCODER_KIND, encoder_entry.name).model
             if encoder.projection_dim != summary.embed_dim:
-                raise InvalidRequest(f"{where}.image_encoder", f"the image encoder {encoder.name!r} gives embeddings of width "
-                                                               f"{encoder.projection_dim}; {entry.name!r} takes {summary.embed_dim}")
+                raise InvalidRequest(f"{where}.image_encoder",
+                                     f"the image encoder {encoder.name!r} gives embeddings of width "
+                                     f"{encoder.projection_dim}; {entry.name!r} takes {summary.embed_dim}")
             self._weights[adapter_id(entry)] = weights
             short = _hash8(ctx.catalog, entry)
             self.prepared.append(_Prepared(unit, entry, adapter_id(entry), encoder.encode(unit.images),
@@ -392,7 +396,8 @@ class IPAdapterUnits(Addon):
             proc.scale = [p.unit.weight if p.unit.active(0, 1) else 0.0 for p in self.prepared]
         originals = unet.attn_processors
         registered = "encoder_hid_proj" in unet._modules
-        self._saved.append((unet, originals, unet.config.encoder_hid_dim_type, registered, getattr(unet, "encoder_hid_proj", None)))
+        self._saved.append((unet, originals, unet.config.encoder_hid_dim_type, registered,
+                            getattr(unet, "encoder_hid_proj", None)))
         unet.set_attn_processor({name: procs.get(name, proc) for name, proc in originals.items()})
         unet.encoder_hid_proj = projection
         unet.config.encoder_hid_dim_type = "ip_image_proj"  # diffusers' FrozenDict takes attribute writes
@@ -493,7 +498,8 @@ def register(registries: Any) -> None:
     and the add-on that reads IP-Adapter units (from `addons` and sd-webui-controlnet's script)."""
     from webui.engine.models.catalog import ModelKind
 
-    registries.add_model_kind(ModelKind(KIND, ("ipadapter", "ip_adapter", "IP-Adapter"), describe_adapter, "IP-Adapter"))
+    registries.add_model_kind(ModelKind(KIND, ("ipadapter", "ip_adapter", "IP-Adapter", *CONTROLNET_FOLDERS),
+                                        describe_any_adapter, "IP-Adapter"))
     registries.add_model_kind(ModelKind(ENCODER_KIND, ("clip_vision",), describe_encoder, "CLIP vision"))
     registries.add_loader(KIND, load_adapter)
     registries.add_loader(ENCODER_KIND, load_encoder)
