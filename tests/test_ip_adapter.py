@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def save_image_encoder(folder: Path, projection_dim: int = 32) -> Path:
 @pytest.fixture(scope="session")
 def ip_models_dir(models_dir, tmp_path_factory) -> Path:
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     root = tmp_path_factory.mktemp("ip_models")
     (root / "checkpoints").mkdir()
@@ -77,7 +78,12 @@ def ip_models_dir(models_dir, tmp_path_factory) -> Path:
     (root / "ControlNet").mkdir()  # sd-webui-controlnet's folder holds both: only the IP-Adapters are listed
     save_file(ip_adapter_state(sd, 32, 4), root / "ControlNet" / "ip-adapter_in_controlnet.safetensors")
     save_file({"controlnet_cond_embedding.conv_in.weight": torch.zeros(2)}, root / "ControlNet" / "control_canny.safetensors")
-    save_image_encoder(root / "clip_vision" / "clip-vit-h-tiny")
+    folder = save_image_encoder(root / "clip_vision" / "clip-vit-h-tiny")
+    # the same encoder as one file with its config beside it, and an OpenCLIP-style file without one
+    config = json.loads((folder / "config.json").read_text())
+    save_file(load_file(str(folder / "model.safetensors")), root / "clip_vision" / "single-file-encoder.safetensors")
+    (root / "clip_vision" / "single-file-encoder.json").write_text(json.dumps(config))
+    save_file({"visual.proj": torch.zeros(2)}, root / "clip_vision" / "open_clip_h.safetensors")
     return root
 
 
@@ -239,7 +245,10 @@ def test_catalog_listing_and_family_from_shapes(ip_engine):
     title = listed["ip-adapter_sd15"]["title"]
     assert title.startswith("ip-adapter_sd15 [") and len(title) == len("ip-adapter_sd15 [12345678]")
     assert listed["ip-adapter_sd15"]["kind"] == "ipadapter"
-    assert [e.name for e in ip_engine.catalog.of_kind("clip_vision")] == ["clip-vit-h-tiny"]
+    encoders = {e.name: e for e in ip_engine.catalog.of_kind("clip_vision")}
+    assert set(encoders) == {"clip-vit-h-tiny", "single-file-encoder", "open_clip_h"}
+    assert encoders["single-file-encoder"].problem is None and encoders["clip-vit-h-tiny"].problem is None
+    assert "config" in encoders["open_clip_h"].problem
     # the real files' widths: SD 1.5's adapter reads 768 wide text, SDXL's 2048
     assert family_of({"ip_adapter.1.to_k_ip.weight": (320, 768)}) == "sd1"
     assert family_of({"ip_adapter.1.to_k_ip.weight": (640, 2048)}) == "sdxl"
@@ -390,3 +399,12 @@ def test_a_failed_call_leaves_the_unet_plain(ip_engine):
     with pytest.raises(Exception, match="boom"):
         ip_engine.txt2img(request)
     _assert_unchanged(unet, snapshot)
+
+
+def test_a_single_file_encoder_with_its_config_encodes_as_its_folder_does(ip_engine):
+    folder, _ = _image(ip_engine, [unit(image_encoder="clip-vit-h-tiny")])
+    single, _ = _image(ip_engine, [unit(image_encoder="single-file-encoder")])
+    assert np.array_equal(folder, single)
+    with pytest.raises(InvalidRequest) as err:
+        _image(ip_engine, [unit(image_encoder="nosuch")])
+    assert "single-file-encoder" in str(err.value) and err.value.field.endswith(".image_encoder")

@@ -196,7 +196,7 @@ def parse_units(value: Any, field: str = FIELD) -> list[Unit]:
                                  f"guidance_start ({start:g}) of unit {index} is after its guidance_end ({end:g})")
         if weight == 0:
             continue  # nothing to add: the picture is the checkpoint's
-        images = _images(item.get("image"), f"{where}.image")
+        images = _images(item.get("image", item.get("input_image")), f"{where}.image")  # input_image: the old API's
         encoder = item.get("image_encoder")
         units.append(Unit(int(index), images, module, model, weight, start, end, str(encoder) if encoder else None))
     return units
