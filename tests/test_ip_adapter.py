@@ -156,6 +156,10 @@ def test_a_unit_changes_the_picture_weight_zero_is_plain_and_the_unet_is_restore
     assert derived_bytes(model) > 0
     # the same job again reuses them: the same picture
     assert np.array_equal(_image(ip_engine, [unit()])[0], one)
+    # another set of units shares what is kept: only the new adapter adds to the budget
+    first = derived_bytes(model)
+    _image(ip_engine, [unit(), unit(model="ip-adapter_sd15_light")])
+    assert derived_bytes(model) == 2 * first
 
 
 def test_two_units_several_pictures_and_the_guidance_window(ip_engine):

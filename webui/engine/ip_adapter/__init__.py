@@ -24,7 +24,10 @@ Lifetimes (core/addons.py):
                 families); the encoder (loader "clip_vision") encodes every unit's pictures once.
     per model   for each adapter, its image projection and the key/value projections of every
                 cross-attention layer (diffusers' own converters), built once on the UNet's device and
-                dtype, kept as derived state of the checkpoint and counted in the memory budget.
+                dtype, kept as derived state of the checkpoint and counted in the memory budget (once: a
+                later set of units shares the adapters an earlier one built). They stay on the device they
+                were built on when the checkpoint moves to the CPU for another model (moved back per call
+                if the UNet is elsewhere).
     per call    apply() swaps diffusers' IPAdapterAttnProcessor2_0 into the UNet's cross-attention layers
                 (sharing the kept projections; one entry per unit, at its weight), sets the UNet's
                 encoder_hid_proj to a MultiIPAdapterImageProjection and its config's encoder_hid_dim_type to
@@ -47,7 +50,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from webui.engine.core.addons import Addon, AddonSpec
+from webui.engine.core.addons import Addon, AddonSession, AddonSpec
 from webui.engine.core.errors import InvalidRequest
 
 from .files import (CONTROLNET_FOLDERS, AdapterWeights, ImageEncoder, describe_any_adapter, describe_encoder,
@@ -370,11 +373,22 @@ class IPAdapterUnits(Addon):
         return tuple(sorted({p.adapter for p in self.prepared}))
 
     def load_state(self, ctx: Any, model: Any) -> Any:
-        unet = model.pipeline.unet
-        return {adapter: build_adapter(unet, self._weights[adapter]) for adapter in sorted({p.adapter for p in self.prepared})}
+        """The adapters' modules: those another set of units built for this checkpoint already are shared
+        (kept apart, so the memory budget counts each adapter once), the others built now."""
+        kept: dict[str, Any] = {}
+        for slot, value in getattr(model, "derived", {}).items():
+            if isinstance(slot, tuple) and slot[:2] == (AddonSession.DERIVED, NAME) and isinstance(value, dict):
+                kept.update(value.get("own", {}))
+        own, shared = {}, {}
+        for adapter in sorted({p.adapter for p in self.prepared}):
+            if adapter in kept:
+                shared[adapter] = kept[adapter]
+            else:
+                own[adapter] = build_adapter(model.pipeline.unet, self._weights[adapter])
+        return {"own": own, "shared": _Shared(shared)}
 
     def use_state(self, state: Any) -> None:
-        self._state = state
+        self._state = {**state["own"], **state["shared"].adapters}
 
     # per call
     def apply(self, call: Any) -> None:
@@ -476,6 +490,13 @@ class IPAdapterUnits(Addon):
         return {f"ControlNet {p.unit.index}": (f"Module: {p.unit.module}, Model: {p.title}, Weight: {p.unit.weight}, "
                                                f"Guidance Start: {p.unit.guidance_start}, Guidance End: {p.unit.guidance_end}")
                 for p in self.prepared}
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Adapters another state of the same checkpoint owns (and counts): not counted again."""
+
+    adapters: dict[str, Any]
 
 
 def build_adapter(unet: Any, weights: AdapterWeights) -> dict[str, Any]:
