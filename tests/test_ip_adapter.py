@@ -184,6 +184,7 @@ def test_a_unit_without_a_picture_is_skipped_with_a_note(ip_engine):
     skipped, result = _image(ip_engine, [unit(image=None)])
     assert np.array_equal(skipped, plain)
     assert any("no image" in w for w in result.warnings)
+    assert 'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15, Skipped: no image"' in result.infotexts[0]
 
 
 def test_function_sampler_and_img2img(ip_engine):

@@ -38,8 +38,9 @@ Lifetimes (core/addons.py):
     per step    a unit's guidance start/end as sd-webui-controlnet reads them: it acts at step i of n when
                 start <= i/n <= end; outside, its scale is 0 (diffusers' processors then skip it).
 A unit of weight 0 is dropped when the add-on is built (the picture is the checkpoint's, bit for bit);
-a unit without a picture is skipped with a note in the result's warnings. Combinable with ControlNet
-units: the ControlNet variants of the StableDiffusion pipelines take ip_adapter_image_embeds too.
+a unit without a picture is skipped with a note in the result's warnings and its infotext line.
+Combinable with ControlNet units: the ControlNet variants of the StableDiffusion pipelines take
+ip_adapter_image_embeds too.
 """
 
 from __future__ import annotations
@@ -394,6 +395,7 @@ class IPAdapterUnits(Addon):
     def apply(self, call: Any) -> None:
         for unit in self.skipped:
             call.warnings.append(f"ControlNet {unit.index} ({unit.module}): no image, skipped")
+        call.infotext.update(self.infotext())
         if not self.prepared:
             return
         import torch
@@ -423,7 +425,6 @@ class IPAdapterUnits(Addon):
             positive = p.embeds[None].to(device=param.device, dtype=param.dtype)
             embeds.append(torch.cat([torch.zeros_like(positive), positive]) if cfg else positive)
         call.kwargs["ip_adapter_image_embeds"] = embeds
-        call.infotext.update(self.infotext())
 
     def _processors(self, unet: Any) -> tuple[dict[str, Any], Any]:
         """This job's IP processors for `unet` (one entry per unit, sharing the kept projections) and its
@@ -487,9 +488,12 @@ class IPAdapterUnits(Addon):
         return None
 
     def infotext(self) -> dict[str, object]:
-        return {f"ControlNet {p.unit.index}": (f"Module: {p.unit.module}, Model: {p.title}, Weight: {p.unit.weight}, "
-                                               f"Guidance Start: {p.unit.guidance_start}, Guidance End: {p.unit.guidance_end}")
-                for p in self.prepared}
+        """sd-webui-controlnet's line per unit (a unit without a picture says it was skipped), by index."""
+        lines: dict[int, str] = {u.index: f"Module: {u.module}, Model: {u.model}, Skipped: no image" for u in self.skipped}
+        for p in self.prepared:
+            lines[p.unit.index] = (f"Module: {p.unit.module}, Model: {p.title}, Weight: {p.unit.weight}, "
+                                   f"Guidance Start: {p.unit.guidance_start}, Guidance End: {p.unit.guidance_end}")
+        return {f"ControlNet {index}": lines[index] for index in sorted(lines)}
 
 
 @dataclass(frozen=True)
