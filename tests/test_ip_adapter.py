@@ -267,7 +267,27 @@ def test_api_script_reads_only_ip_adapter_units():
     assert from_api_script("controlnet", [{"module": "canny", "model": "x"}]) is None
     found = from_api_script("controlnet", [{"module": "canny"}, {"module": "ip-adapter_clip_sd15", "model": "m"}])
     assert found["units"] == [{"module": "ip-adapter_clip_sd15", "model": "m", "index": 1}]
-    assert found["field"] == "alwayson_scripts.controlnet.args"
+    assert found["field"] == "alwayson_scripts.controlnet.args" and "unread" not in found
+    # with no ControlNet add-on to read them, the other enabled units are named, to be warned about
+    alone = from_api_script("controlnet", [{"module": "canny"}, {"module": "depth", "enabled": False}], alone=True)
+    assert alone == {"units": [], "field": "alwayson_scripts.controlnet.args", "unread": [[0, "canny"]]}
+
+
+def test_a_controlnet_reader_takes_the_other_units(ip_engine):
+    """While no add-on reads ControlNet units, the reply says they were not applied; once one registers for
+    the script, they are its to read (and no longer named here)."""
+    from webui.engine.core.addons import AddonSpec
+
+    scripts = {"controlnet": {"args": [{"module": "canny", "model": "c"}]}}
+    found, unread = ip_engine.addons.from_api_scripts(scripts)
+    assert unread == [] and found["ip_adapter"]["unread"] == [[0, "canny"]]
+    warnings = []
+    ip_engine.addons.build(found)[0].apply(type("Call", (), {"warnings": warnings, "infotext": {}})())
+    assert "canny" in warnings[0] and "not applied" in warnings[0]
+    ip_engine.addons.register(AddonSpec("controlnet_units", lambda value: None, api_scripts=("ControlNet",),
+                                        from_api_script=lambda title, args: args))
+    found, _ = ip_engine.addons.from_api_scripts(scripts)
+    assert "ip_adapter" not in found and found["controlnet_units"] == scripts["controlnet"]["args"]
 
 
 def test_with_a_controlnet_pipeline(ip_engine):

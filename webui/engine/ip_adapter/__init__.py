@@ -206,16 +206,34 @@ def parse_units(value: Any, field: str = FIELD) -> list[Unit]:
     return units
 
 
-def from_api_script(title: str, args: Any) -> Any:
+def from_api_script(title: str, args: Any, alone: bool = False) -> Any:
     """AddonSpec.from_api_script for sd-webui-controlnet's "controlnet" script: its IP-Adapter units (with
-    their index among the args), or None when it has none. Pictures stay as sent: the factory decodes them."""
+    their index among the args), or None when it has none. Pictures stay as sent: the factory decodes them.
+
+    `alone`: no other add-on reads the script (no ControlNet add-on is registered), so its other enabled
+    units are listed under "unread" and the add-on says in the result's warnings that they were not applied,
+    instead of dropping them silently."""
     if not isinstance(args, list):
         raise InvalidRequest(API_FIELD, f"{API_FIELD} must be a list of ControlNet units")
-    units = []
+    units, unread = [], []
     for index, unit in enumerate(args):
         if isinstance(unit, dict) and is_ip_adapter_module(unit.get("module")):
             units.append({**unit, "index": index})
-    return {"units": units, "field": API_FIELD} if units else None
+        elif alone and (not isinstance(unit, dict) or unit.get("enabled", True)):
+            unread.append([index, str(unit.get("module") or "none") if isinstance(unit, dict) else repr(unit)[:40]])
+    if not units and not unread:
+        return None
+    return {"units": units, "field": API_FIELD, **({"unread": unread} if unread else {})}
+
+
+def _script_reader(addons: Any) -> Any:
+    """from_api_script, told whether another registered add-on (ControlNet's) reads the same script."""
+    def read(title: str, args: Any) -> Any:
+        others = [name for name in addons.names()
+                  if name != NAME and title.lower() in {s.lower() for s in addons.get(name).api_scripts}]
+        return from_api_script(title, args, alone=not others)
+
+    return read
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -305,9 +323,10 @@ class IPAdapterUnits(Addon):
 
     name = NAME
 
-    def __init__(self, units: list[Unit], field_name: str = FIELD):
+    def __init__(self, units: list[Unit], field_name: str = FIELD, unread: list[Any] | None = None):
         self.units = units
         self.field = field_name
+        self.unread = list(unread or [])  # [index, module] of the script's units no add-on reads
         self.skipped = [u for u in units if not u.images]
         self.prepared: list[_Prepared] = []
         self._weights: dict[str, AdapterWeights] = {}
@@ -319,7 +338,8 @@ class IPAdapterUnits(Addon):
     def from_settings(cls, value: Any) -> "IPAdapterUnits | None":
         field_name = str(value.get("field") or FIELD) if isinstance(value, dict) and "units" in value else FIELD
         units = parse_units(value, field_name)
-        return cls(units, field_name) if units else None
+        unread = value.get("unread") if isinstance(value, dict) and "units" in value else None
+        return cls(units, field_name, unread) if units or unread else None
 
     def _where(self, unit: Unit) -> str:
         return f"{self.field}[{unit.index}]"
@@ -332,13 +352,16 @@ class IPAdapterUnits(Addon):
     # per job: the weights (fit checked), the pictures encoded once
     @contextmanager
     def job(self, ctx: Any, model: Any, request: Any) -> Iterator[None]:
+        self.prepared = []
+        if not any(unit.images for unit in self.units):
+            yield
+            return
         unet = getattr(model.pipeline, "unet", None)
         if unet is None or not hasattr(unet, "attn_processors"):
             raise InvalidRequest(self.field, f"{model.name} is a {family_label(model.family)} model without a UNet; "
                                              "IP-Adapters work with SD 1.x and SDXL models")
         layers = cross_attention_layers(unet)
         width = unet.config.cross_attention_dim
-        self.prepared = []
         for unit in self.units:
             if not unit.images:
                 continue
@@ -395,6 +418,9 @@ class IPAdapterUnits(Addon):
     def apply(self, call: Any) -> None:
         for unit in self.skipped:
             call.warnings.append(f"ControlNet {unit.index} ({unit.module}): no image, skipped")
+        if self.unread:
+            call.warnings.append(f"{API_FIELD}: units not applied (Kiri has no ControlNet add-on; only IP-Adapter units "
+                                 "run): " + ", ".join(f"{index} ({module})" for index, module in self.unread))
         call.infotext.update(self.infotext())
         if not self.prepared:
             return
@@ -529,4 +555,4 @@ def register(registries: Any) -> None:
     registries.add_loader(KIND, load_adapter)
     registries.add_loader(ENCODER_KIND, load_encoder)
     registries.add_addon(AddonSpec(NAME, IPAdapterUnits.from_settings, INFOTEXT_KEYS, api_scripts=("controlnet",),
-                                   from_api_script=from_api_script))
+                                   from_api_script=_script_reader(registries.addons)))
