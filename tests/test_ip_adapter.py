@@ -433,3 +433,25 @@ def test_a_single_file_encoder_with_its_config_encodes_as_its_folder_does(ip_eng
     with pytest.raises(InvalidRequest) as err:
         _image(ip_engine, [unit(image_encoder="nosuch")])
     assert "single-file-encoder" in str(err.value) and err.value.field.endswith(".image_encoder")
+
+
+def test_a_failing_apply_puts_the_unet_back_itself(ip_engine, monkeypatch):
+    """apply() fails after the processors went in (the embeddings cannot be moved): the UNet is put back
+    by apply itself, since the session releases only the add-ons whose apply returned."""
+    from webui.engine.ip_adapter.files import ImageEncoder
+
+    class Unmovable:
+        def __getitem__(self, key):
+            raise RuntimeError("no room for the embeddings")
+
+    unet = ip_engine.models.get("tiny-sd").pipeline.unet
+    snapshot = _unet_snapshot(unet)
+    seen = []
+    real = unet.set_attn_processor
+    monkeypatch.setattr(unet, "set_attn_processor", lambda procs: (seen.append(len(procs)), real(procs)))
+    monkeypatch.setattr(ImageEncoder, "encode", lambda self, images: Unmovable())
+    with pytest.raises(Exception, match="no room"):
+        _image(ip_engine, [unit()])
+    assert len(seen) == 2  # swapped in, then back
+    monkeypatch.undo()
+    _assert_unchanged(unet, snapshot)

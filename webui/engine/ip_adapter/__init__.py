@@ -440,17 +440,21 @@ class IPAdapterUnits(Addon):
         registered = "encoder_hid_proj" in unet._modules
         self._saved.append((unet, originals, unet.config.encoder_hid_dim_type, registered,
                             getattr(unet, "encoder_hid_proj", None)))
-        unet.set_attn_processor({name: procs.get(name, proc) for name, proc in originals.items()})
-        unet.encoder_hid_proj = projection
-        unet.config.encoder_hid_dim_type = "ip_image_proj"  # diffusers' FrozenDict takes attribute writes
-        guidance = call.kwargs.get("guidance_scale")
-        cfg = (7.5 if guidance is None else guidance) > 1 and unet.config.time_cond_proj_dim is None
-        param = next(unet.parameters())
-        embeds = []
-        for p in self.prepared:
-            positive = p.embeds[None].to(device=param.device, dtype=param.dtype)
-            embeds.append(torch.cat([torch.zeros_like(positive), positive]) if cfg else positive)
-        call.kwargs["ip_adapter_image_embeds"] = embeds
+        try:  # the session releases only add-ons whose apply returned: put the UNet back here if this fails
+            unet.set_attn_processor({name: procs.get(name, proc) for name, proc in originals.items()})
+            unet.encoder_hid_proj = projection
+            unet.config.encoder_hid_dim_type = "ip_image_proj"  # diffusers' FrozenDict takes attribute writes
+            guidance = call.kwargs.get("guidance_scale")
+            cfg = (7.5 if guidance is None else guidance) > 1 and unet.config.time_cond_proj_dim is None
+            param = next(unet.parameters())
+            embeds = []
+            for p in self.prepared:
+                positive = p.embeds[None].to(device=param.device, dtype=param.dtype)
+                embeds.append(torch.cat([torch.zeros_like(positive), positive]) if cfg else positive)
+            call.kwargs["ip_adapter_image_embeds"] = embeds
+        except BaseException:
+            self.release(call)
+            raise
 
     def _processors(self, unet: Any) -> tuple[dict[str, Any], Any]:
         """This job's IP processors for `unet` (one entry per unit, sharing the kept projections) and its
