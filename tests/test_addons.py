@@ -86,3 +86,30 @@ def test_clip_skip_from_the_api_and_the_browser_endpoint(kiri_server):
                                     steps=3, cfg_scale=7.0, seed=21, width=64, height=64, batch_size=1, batch_count=1,
                                     clip_skip=2, api_name="/txt2img")
     assert "Clip skip: 2" in infotext
+
+
+def test_an_addon_whose_apply_fails_halfway_is_released_too():
+    from webui.engine.core.addons import Addon, AddonContext, AddonSession
+
+    events = []
+
+    class Half(Addon):
+        name = "half"
+
+        def apply(self, call):
+            events.append("changed the model")
+            raise RuntimeError("failed halfway")
+
+        def release(self, call):
+            events.append("put the model back")
+
+    class Call:
+        kwargs: dict = {}
+
+        def accepts(self, name):
+            return True
+
+    session = AddonSession([Half()], AddonContext(None, None, "cpu", None))
+    with pytest.raises(RuntimeError):
+        session.apply(Call())
+    assert events == ["changed the model", "put the model back"]

@@ -114,3 +114,27 @@ def test_sd_models_lists_both_and_either_title_selects_it(models_dir, tmp_path):
         title = listed[shown]["title"]
         assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": title}).status_code == 200
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == title
+
+
+def test_subfolders_are_scanned_as_a1111_does_but_not_model_folders(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    from webui.engine.models.catalog import Catalog
+
+    (tmp_path / "Lora" / "styles" / "ink").mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "Lora" / "styles" / "ink" / "brush.safetensors"))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "Lora" / "top.safetensors"))
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "Lora" / "styles" / "top.safetensors"))  # a namesake deeper down
+    ckpt = tmp_path / "checkpoints" / "pipe"
+    (ckpt / "vae").mkdir(parents=True)
+    (ckpt / "vae" / "config.json").write_text("{}")
+    save_file({"x": torch.zeros(1)}, str(ckpt / "vae" / "diffusion_pytorch_model.safetensors"))
+    (ckpt / "model_index.json").write_text("{}")
+    catalog = Catalog(tmp_path)
+    catalog.scan()
+    names = sorted(e.name for e in catalog.of_kind("lora"))
+    assert names == ["brush", "top", "top.safetensors"], names
+    assert catalog.find_of_kind("lora", "top").path.parent.name == "Lora"  # the shallower one keeps the bare name
+    assert catalog.find_of_kind("lora", "brush").path.parent.name == "ink"
+    assert all("pipe" not in str(e.path) for e in catalog.of_kind("vae"))

@@ -87,7 +87,11 @@ def describe_controlnet(path: Path, kind: str) -> CatalogEntry | None:
             header = read_safetensors_header(path)
         except (OSError, ValueError) as exc:
             return replace(entry, problem=str(exc))
+        if any(k.startswith(("image_proj.", "ip_adapter.")) for k in header):
+            return None  # an IP-Adapter kept beside the ControlNets (the ipadapter kind lists it)
         return replace(entry, family=family_of_keys(header))
+    if path.stem.lower().replace("_", "-").startswith("ip-adapter"):
+        return None  # an IP-Adapter pickle, by sd-webui-controlnet's file names
     return entry
 
 

@@ -15,7 +15,8 @@ diffusers' hooks, in Kiri's terms):
                entering exits what was entered. It must leave the shared model as it found it: other
                users' turns run between batches (that is what per call is for).
     per call   apply(call) / release(call) around each pipeline call; release runs in reverse order,
-               also when the call fails. A kwarg an add-on sets that the pipeline does not take is an
+               also when the call fails, and for an add-on whose own apply() raised (so it must cope with
+               a half-done apply). A kwarg an add-on sets that the pipeline does not take is an
                error naming the add-on, never dropped.
     per step   on_step(step) for every denoising step, with the tensors named in `tensor_inputs`
                (e.g. "prompt_embeds" to swap the conditioning from step k on); it may return
@@ -335,9 +336,9 @@ class AddonSession:
         try:
             for addon in self.addons:
                 before = dict(call.kwargs)
+                applied.append(addon)  # before apply(): one that fails halfway is released too (release must cope)
                 if hasattr(addon, "apply"):
                     addon.apply(call)
-                applied.append(addon)
                 added = [k for k, v in call.kwargs.items() if (k not in before or before[k] is not v) and v is not None]
                 refused = [k for k in added if not call.accepts(k)]
                 if refused:

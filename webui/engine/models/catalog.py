@@ -13,7 +13,7 @@ import json
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from webui.engine.core.errors import NoModelAvailable
 from webui.engine.models.families import (
@@ -147,12 +147,35 @@ def describe_file(path: Path, kind: str) -> CatalogEntry | None:
     return None
 
 
-def _unique(entry: CatalogEntry, folder: str, taken: set[str]) -> CatalogEntry | None:
+SUBFOLDER_DEPTH = 3  # how deep the scan looks into a kind's folder (A1111 users sort LoRAs into subfolders)
+
+
+def _described(directory: Path, kind: "ModelKind", depth: int = 0) -> Iterator[CatalogEntry]:
+    """The entries of `directory`, by name; a subfolder that is no model itself is looked into, as
+    AUTOMATIC1111 does (models/Lora/styles/x.safetensors), to SUBFOLDER_DEPTH; links to folders are not
+    followed, nor a model folder of another kind (a diffusers checkpoint's vae/ is not a VAE of its own)."""
+    later: list[Path] = []  # a folder's own models first: a namesake deeper down gets the longer name
+    for path in sorted(directory.iterdir(), key=lambda p: p.name.lower()):
+        entry = kind.describe(path, kind.name)
+        if entry is not None:
+            yield entry
+        elif (depth < SUBFOLDER_DEPTH and path.is_dir() and not path.is_symlink() and not path.name.startswith(".")
+              and not any((path / name).exists() for name in ("config.json", "model_index.json"))):  # not another kind's model
+            later.append(path)
+    for path in later:
+        yield from _described(path, kind, depth + 1)
+
+
+def _unique(entry: CatalogEntry, folder: str, taken: set[str], directory: Path | None = None) -> CatalogEntry | None:
     """The entry under a name no earlier one has: its own; else, beside a namesake (the folder
     kiri-shapes-ldm/ and the file kiri-shapes-ldm.safetensors), its file name, as A1111 titles it;
     else its path under models/. The first keeps the bare name, so finding it by that is unchanged
     (a folder sorts before its namesake files)."""
-    for name in (entry.name, entry.path.name, f"{folder}/{entry.path.name}"):
+    try:
+        inside = entry.path.relative_to(directory).as_posix() if directory is not None else entry.path.name
+    except ValueError:
+        inside = entry.path.name
+    for name in (entry.name, entry.path.name, f"{folder}/{inside}"):
         if name not in taken:
             return entry if name == entry.name else replace(entry, name=name)
     return None
@@ -245,10 +268,8 @@ class Catalog:
                 directory = self.models_dir / folder
                 if not directory.is_dir():
                     continue
-                for path in sorted(directory.iterdir(), key=lambda p: p.name.lower()):
-                    entry = kind.describe(path, kind.name)
-                    if entry is not None:
-                        entry = _unique(entry, folder, {e.name for e in entries})
+                for entry in _described(directory, kind):
+                    entry = _unique(entry, folder, {e.name for e in entries}, directory)
                     if entry is not None:
                         entries.append(entry)
             found[kind.name] = entries
