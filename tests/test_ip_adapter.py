@@ -274,20 +274,11 @@ def test_api_script_reads_only_ip_adapter_units():
 
 
 def test_a_controlnet_reader_takes_the_other_units(ip_engine):
-    """While no add-on reads ControlNet units, the reply says they were not applied; once one registers for
-    the script, they are its to read (and no longer named here)."""
-    from webui.engine.core.addons import AddonSpec
-
-    scripts = {"controlnet": {"args": [{"module": "canny", "model": "c"}]}}
+    """The ControlNet add-on reads the script's other units, so they are no longer named here as not applied."""
+    scripts = {"controlnet": {"args": [{"module": "canny", "model": "c"}, unit(image=None)]}}
     found, unread = ip_engine.addons.from_api_scripts(scripts)
-    assert unread == [] and found["ip_adapter"]["unread"] == [[0, "canny"]]
-    warnings = []
-    ip_engine.addons.build(found)[0].apply(type("Call", (), {"warnings": warnings, "infotext": {}})())
-    assert "canny" in warnings[0] and "not applied" in warnings[0]
-    ip_engine.addons.register(AddonSpec("controlnet_units", lambda value: None, api_scripts=("ControlNet",),
-                                        from_api_script=lambda title, args: args))
-    found, _ = ip_engine.addons.from_api_scripts(scripts)
-    assert "ip_adapter" not in found and found["controlnet_units"] == scripts["controlnet"]["args"]
+    assert unread == [] and [u.module for u in found["controlnet"]] == ["canny"]
+    assert not found["ip_adapter"].get("unread")
 
 
 def test_with_a_controlnet_pipeline(ip_engine):
