@@ -38,6 +38,14 @@ def cn_models_dir(models_dir, tmp_path_factory) -> Path:
     controlnet_files.make_controlnet(xl, root / "ControlNet" / "xl-cn", seed=3)
     controlnet_files.make_t2i_adapter(root / "T2I-Adapter" / "tiny-t2i")
     controlnet_files.save_ldm_controlnet(sd, root / "ControlNet" / "control_tiny.safetensors")
+    # an IP-Adapter and its image encoder, for units of both kinds in one request
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from test_ip_adapter import ip_adapter_state, save_image_encoder
+
+    save_file(ip_adapter_state(UNet2DConditionModel.from_pretrained(sd / "unet"), 32, 1),
+              root / "ipadapter" / "ip-adapter_sd15.safetensors") if (root / "ipadapter").mkdir() is None else None
+    save_image_encoder(root / "clip_vision" / "clip-vit-h-tiny")
     return root
 
 
@@ -302,3 +310,19 @@ def test_a_checkpoint_of_another_dtype_gets_a_copy_and_the_loaded_model_stays(cn
     assert moved is not loaded and next(moved.parameters()).dtype == torch.bfloat16
     assert next(loaded.parameters()).dtype == torch.float32 and torch.equal(next(loaded.parameters()), before)
     assert _placed(loaded, torch.device("cpu"), torch.float32) is loaded
+
+
+def test_controlnet_and_ip_adapter_units_in_one_script(cn_engine, monkeypatch):
+    """sd-webui-controlnet's args hold both kinds: each add-on reads its own, the indices stay the request's."""
+    seen = record_maps(monkeypatch)
+    reference = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    args = [{"image": b64(reference), "module": "ip-adapter_clip_sd15", "model": "ip-adapter_sd15"},
+            {"image": b64(outline()), "module": "none", "model": "outline-cn"}]
+    found, unread = cn_engine.addons.from_api_scripts({"ControlNet": {"args": args}})
+    assert unread == [] and [u.index for u in found["controlnet"]] == [1]
+    both = txt2img(cn_engine, addons=found)
+    only_cn = txt2img(cn_engine, addons={"controlnet": [args[1]]})
+    assert not np.array_equal(pixels(both), pixels(only_cn))
+    assert seen[0][0] == "StableDiffusionControlNetPipeline"
+    info = both.infotexts[0]
+    assert 'ControlNet 0: "Module: ip-adapter_clip_sd15' in info and 'ControlNet 1: "Module: none, Model: outline-cn' in info

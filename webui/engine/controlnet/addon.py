@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -398,6 +399,13 @@ class ControlNets(Addon):
     def release(self, call: Any) -> None:
         if self._wrapper is not None:
             self._wrapper.soft = [False] * len(self._wrapper.nets)
+        # The "ControlNet <i>" lines in the request's unit order, as sd-webui-controlnet writes them, whichever
+        # add-on (this one, IP-Adapter's) wrote each; release runs after every add-on's apply.
+        infotext = getattr(call, "infotext", None)
+        if isinstance(infotext, dict):
+            lines = sorted((k for k in infotext if re.fullmatch(r"ControlNet \d+", k)), key=lambda k: int(k.split()[1]))
+            for key in lines:
+                infotext[key] = infotext.pop(key)
 
     def infotext(self) -> dict[str, object]:
         return self._lines()

@@ -158,7 +158,7 @@ def decode(value: Any, where: str, mode: str = "RGB") -> Any:
 def parse_unit(value: Any, index: int, where: str) -> ControlUnit:
     """One unit dict (or a ControlUnit) -> a checked ControlUnit with its images decoded."""
     if isinstance(value, ControlUnit):
-        return value if value.index == index else value.with_(index=index)
+        return value  # already parsed: it keeps the index it had in its request
     if hasattr(value, "to_dict") and callable(value.to_dict):  # webuiapi's ControlNetUnit, handed in-process
         value = value.to_dict()
     if not isinstance(value, dict):
