@@ -334,8 +334,6 @@ class ControlNets(Addon):
 
     # per call: the maps and the pipeline's kwargs
     def apply(self, call: Any) -> None:
-        from webui.engine.generation.pipelines import task_of
-
         lines = self._lines()
         for index, why in self.skipped.items():
             note = f"controlnet: ControlNet unit {index} was skipped: it has {why}"
@@ -374,7 +372,9 @@ class ControlNets(Addon):
                 fitted = _inpaint_condition(fitted, fit(unit_mask.convert("L"), width, height, unit.resize_mode))
             maps.append(fitted)
             weights.append(weight)
-        key = "image" if task_of(call.pipeline) == "text2image" else "control_image"
+        # the map's argument: `control_image` where the pipeline has one (img2img and inpaint, where `image` is the
+        # init picture; SD3's and Flux's ControlNet pipelines), else `image` (SD 1.x/2.x/SDXL text to image)
+        key = "control_image" if call.accepts("control_image") else "image"
         if self.adapters:  # T2I-Adapter: its features added to the UNet's, for the first guidance_end of the steps
             call.kwargs["image"] = maps if len(maps) > 1 else maps[0]
             call.kwargs["adapter_conditioning_scale"] = weights if len(weights) > 1 else weights[0]
