@@ -14,6 +14,7 @@ RANGES = {
     "model_cache_size": (1, 32),
     "model_memory_budget_mb": (0, 1 << 20),
     "preview_every": (0, 1000),
+    "control_net_unit_count": (1, 10),
     "max_pixels": (64 * 64, 8192 * 8192),
     "max_output_pixels": (64 * 64, 8192 * 8192),
     "max_video_pixels": (64 * 64, 1024 * 4096 * 4096),
@@ -52,10 +53,12 @@ class Settings:
     use_embeddings: bool = True
     # The weight of a `<lora:name>` tag that gives none (A1111's extra_networks_default_multiplier)
     extra_networks_default_multiplier: float = 1.0
+    # How many ControlNet units the generation tabs show (sd-webui-controlnet's control_net_unit_count)
+    control_net_unit_count: int = 3
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
                 "preview_every",
-                "step_cache", "sd_vae", "use_embeddings", "extra_networks_default_multiplier",
+                "step_cache", "sd_vae", "use_embeddings", "extra_networks_default_multiplier", "control_net_unit_count",
                 "model_memory_budget_mb", "max_pixels", "max_output_pixels", "max_video_pixels")
 
     def checked(self, name: str, value):

@@ -118,12 +118,21 @@ def family_from_folder(folder: Path) -> str:
 def _sd1_or_sd2(folder: Path) -> str:
     unet_config = folder / "unet" / "config.json"
     if unet_config.exists():
-        config = json.loads(unet_config.read_text())
-        # SD 2.x conditions on OpenCLIP-H (1024 wide); SD 1.x on CLIP-L (768) or smaller. SD 2.x's
-        # transformers also project with linear layers where SD 1.x uses 1x1 convolutions, which
-        # tells them apart at any width (fine-tunes and pruned models keep the layout).
-        if config.get("cross_attention_dim") == 1024 or config.get("use_linear_projection") is True:
-            return "sd2"
+        return family_from_unet_config(json.loads(unet_config.read_text()), sdxl=False)
+    return "sd1"
+
+
+def family_from_unet_config(config: dict, sdxl: bool = True) -> str:
+    """sd1, sd2 or sdxl from a UNet-shaped config (a checkpoint's UNet, a ControlNet, ...).
+
+    SDXL adds the pooled text and the sizes as a "text_time" embedding. SD 2.x conditions on OpenCLIP-H
+    (1024 wide); SD 1.x on CLIP-L (768) or smaller. SD 2.x's transformers also project with linear layers
+    where SD 1.x uses 1x1 convolutions, which tells them apart at any width (fine-tunes and pruned models
+    keep the layout)."""
+    if sdxl and (config.get("addition_embed_type") == "text_time" or config.get("cross_attention_dim") == 2048):
+        return "sdxl"
+    if config.get("cross_attention_dim") == 1024 or config.get("use_linear_projection") is True:
+        return "sd2"
     return "sd1"
 
 
