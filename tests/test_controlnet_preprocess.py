@@ -16,6 +16,7 @@ import pytest
 
 from tools import kiri_world as kw
 from webui.engine.controlnet.preprocess import (
+    ADE20K_CLASSES,
     ADE20K_PALETTE,
     Preprocessor,
     Preprocessors,
@@ -223,6 +224,13 @@ def test_segmentation_colours_regions_distinctly(reg):
     labels[20:40] = 5
     many = reg.run("segmentation", scene(), mask=labels)
     assert many[30, 0].tolist() == ADE20K_PALETTE[4].tolist()
+    # naming the classes gives their colours: a person in crimson under a cyan sky
+    named = reg.run("segmentation", scene(), mask={"person": b, "Sky": a, 4: labels == 5})
+    assert named[60, 60].tolist() == [150, 5, 61] and named[5, 5].tolist() == [6, 230, 230]
+    assert named[30, 0].tolist() == ADE20K_PALETTE[4].tolist() and ADE20K_CLASSES[4] == "tree"
+    with pytest.raises(InvalidRequest) as e:
+        reg.run("segmentation", scene(), mask={"unicorn": a})
+    assert e.value.field == "mask" and "person" in str(e.value)
     with pytest.raises(InvalidRequest) as e:
         reg.run("segmentation", scene())
     assert e.value.field == "mask"
@@ -441,6 +449,16 @@ def test_depth_from_a_tiny_model(reg, annotator_folders, module, folder):
     with pytest.raises(InvalidRequest) as e:  # the module names its architecture; no silent substitute
         reg.run(module, img, services=services_for(depth=annotator_folders / other))
     assert e.value.field == "module"
+
+
+def test_depth_folder_without_a_preprocessor_config_uses_the_models_defaults(reg, annotator_folders, tmp_path):
+    import shutil
+
+    bare = tmp_path / "dpt-bare"
+    shutil.copytree(annotator_folders / "dpt", bare)
+    (bare / "preprocessor_config.json").unlink()
+    out = reg.run("depth_midas", cv2.resize(scene(), (50, 30)), services=services_for(depth=bare))
+    assert out.shape == (30, 50, 3) and out.max() == 255
 
 
 def test_normal_map_from_a_tiny_depth_model(reg, annotator_folders):

@@ -27,7 +27,7 @@ from typing import Any
 from .units import CONTROL_MODES, RESIZE_MODES, ControlUnit, is_ip_adapter, parse_units
 
 __all__ = ["CONTROL_MODES", "INFOTEXT_KEYS", "NAME", "RESIZE_MODES", "SETTING", "ControlUnit", "is_ip_adapter",
-           "list_models", "module_names", "parse_units", "preview", "register", "unit_count"]
+           "list_models", "module_detail", "module_names", "parse_units", "preview", "register", "unit_count"]
 
 NAME = "controlnet"
 SETTING = "control_net_unit_count"
@@ -71,6 +71,16 @@ def module_names() -> list[str]:
 
     names = list(preprocessors().names())
     return names if "none" in names else ["none", *names]
+
+
+def module_detail() -> dict:
+    """sd-webui-controlnet's module_detail (each preprocessor's sliders), from the preprocessor registry."""
+    from .addon import preprocessors
+
+    try:
+        return dict(preprocessors().detail())
+    except Exception:  # noqa: BLE001 - a listing must not fail on one preprocessor's description
+        return {}
 
 
 def preview(module: str, image: Any, resolution: int = 512, threshold_a: float | None = None,

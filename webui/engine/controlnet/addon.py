@@ -35,51 +35,35 @@ def from_api_script(title: str, args: Any) -> Any:
     return units if any(unit.enabled for unit in units) else None
 
 
-# --- preprocessors (the cnpre registry; "none" alone until it is there) ---------------------------
-
-class _NoPreprocessors:
-    def names(self) -> list[str]:
-        return ["none"]
-
-    def detail(self) -> dict:
-        return {}
-
-    def get(self, name: str) -> Any:
-        return None
-
-    def run(self, name: str, image: Any, resolution: int, threshold_a: Any, threshold_b: Any, *, mask: Any = None,
-            services: Any = None) -> Any:
-        return image
-
+# --- preprocessors ---------------------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
 def preprocessors() -> Any:
-    """The preprocessor registry (preprocess/builtin_preprocessors)."""
-    try:
-        from .preprocess import builtin_preprocessors
-    except ImportError:
-        log.warning("ControlNet preprocessors are not installed: only module 'none' is available")
-        return _NoPreprocessors()
-    return builtin_preprocessors()
+    """The preprocessor registry (preprocess/: sd-webui-controlnet's module names)."""
+    from .preprocess import Preprocessors, builtin_preprocessors
+
+    return Preprocessors(builtin_preprocessors())
 
 
 def module_known(name: str) -> bool:
-    if name in ("none", "None", ""):
-        return True
-    registry = preprocessors()
-    try:
-        return name in registry.names() or registry.get(name) is not None
-    except (KeyError, InvalidRequest):
-        return False
+    return name in ("none", "None", "") or name in preprocessors()
 
 
-def _services(catalog: Any):
+def _services(catalog: Any, device: str = "cpu"):
+    """services(kind) -> the annotator model folder a preprocessor needs (models/annotators/<kind>/, the
+    folder itself or its first model folder), or None."""
+    root = Path(getattr(catalog, "models_dir", "models")) / "annotators"
+
     def services(kind: str) -> Path | None:
-        if catalog is None:
-            return None
-        entries = [e for e in catalog.of_kind(kind) if not e.problem] if kind in getattr(catalog, "kinds", {}) else []
-        return entries[0].path if entries else None
+        folder = root / kind
+        if (folder / "config.json").is_file():
+            return folder
+        if folder.is_dir():
+            found = sorted(p for p in folder.iterdir() if (p / "config.json").is_file())
+            return found[0] if found else None
+        return None
 
+    services.device = device  # type: ignore[attr-defined]
     return services
 
 
@@ -94,8 +78,13 @@ def run_preprocessor(module: str, image: Any, resolution: int = 512, threshold_a
     if not module_known(module):
         raise InvalidRequest(field, f"unknown ControlNet preprocessor {module!r}; available: {', '.join(_module_list())}")
     mask_array = np.asarray(mask.convert("L"), dtype=np.uint8) if mask is not None else None
-    out = preprocessors().run(module, array, int(resolution), threshold_a, threshold_b, mask=mask_array,
-                              services=_services(catalog))
+    try:
+        out = preprocessors().run(module, array, int(resolution), threshold_a, threshold_b, mask=mask_array,
+                                  services=_services(catalog))
+    except InvalidRequest as exc:
+        if exc.field == "module":
+            raise InvalidRequest(field, str(exc)) from None
+        raise
     out = np.asarray(out)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=2)
@@ -234,6 +223,8 @@ class ControlNets(Addon):
         self.img2img = False
         self._wrapper: Any = None
         self._catalog: Any = None
+        self.adapters = False  # the used units are T2I-Adapters (handed as "adapter"), not ControlNets
+        self._adapter: Any = None
         self._direct: Any = None  # a single non-UNet ControlNet (SD3, Flux, Union), handed as it is
 
     @classmethod
@@ -280,11 +271,16 @@ class ControlNets(Addon):
             loaded = ctx.models.get_of_kind(KIND, entry.name).model
             if loaded.family and family and loaded.family != family:
                 raise InvalidRequest(self.where(unit, "model"), _family_message(entry.name, loaded.family, model.name, family))
-            if loaded.type == "t2i":
-                raise InvalidRequest(self.where(unit, "model"), f"{entry.name!r} is a T2I-Adapter; Kiri lists them but "
-                                                                "does not run them yet: choose a ControlNet")
+            if loaded.type == "t2i" and self.img2img:
+                self.skipped[unit.index] = "a T2I-Adapter, which diffusers runs in text to image only"
+                continue
             self.models[unit.index] = loaded
             self.used.append(unit)
+        kinds = {self.models[u.index].type for u in self.used}
+        if len(kinds) > 1:
+            raise InvalidRequest(self.field, "T2I-Adapters and ControlNets cannot be combined in one request "
+                                             "(diffusers has no pipeline that takes both): use one kind")
+        self.adapters = kinds == {"t2i"}
         if len(self.used) > 1 and any(not _is_unet_controlnet(self.models[u.index].module) for u in self.used):
             names = [self.models[u.index].name for u in self.used if not _is_unet_controlnet(self.models[u.index].module)]
             raise InvalidRequest(self.field, f"{', '.join(names)} cannot be combined with other units (one such unit at a time)")
@@ -302,6 +298,10 @@ class ControlNets(Addon):
         denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
         device, dtype = (denoiser.device, denoiser.dtype) if denoiser is not None else ("cpu", None)
         nets = [_placed(self.models[u.index].module, device, dtype) for u in self.used]
+        if self.adapters:
+            from diffusers import MultiAdapter
+
+            return {"adapter": nets[0] if len(nets) == 1 else MultiAdapter(nets)}
         if len(nets) == 1 and not _is_unet_controlnet(nets[0]):
             return {"direct": nets[0]}
         return {"wrapper": _SoftMulti.get()(nets)}
@@ -309,10 +309,13 @@ class ControlNets(Addon):
     def use_state(self, state: Any) -> None:
         self._wrapper = state.get("wrapper")
         self._direct = state.get("direct")
+        self._adapter = state.get("adapter")
 
     def pipeline_components(self, ctx: Any, model: Any) -> dict[str, Any]:
         if not self.used:
             return {}
+        if self.adapters:
+            return {"adapter": self._adapter}
         return {"controlnet": self._wrapper if self._wrapper is not None else self._direct}
 
     # per call: the maps and the pipeline's kwargs
@@ -324,7 +327,7 @@ class ControlNets(Addon):
             note = f"controlnet: ControlNet unit {index} was skipped: it has {why}"
             if note not in call.warnings:
                 call.warnings.append(note)
-        if not self.used:
+        if not self.used or call.passthrough is not None:  # nothing denoises (img2img at 0 steps)
             call.infotext.update(lines)
             return
         width, height = _size_of(call)
@@ -345,7 +348,13 @@ class ControlNets(Addon):
 
             maps.append(fit(Image.fromarray(array), width, height, unit.resize_mode))
         key = "image" if task_of(call.pipeline) == "text2image" else "control_image"
-        if self._wrapper is not None:
+        if self.adapters:  # T2I-Adapter: its features added to the UNet's, for the first guidance_end of the steps
+            call.kwargs["image"] = maps if len(maps) > 1 else maps[0]
+            weights = [u.weight for u in self.used]
+            call.kwargs["adapter_conditioning_scale"] = weights if len(weights) > 1 else weights[0]
+            if call.accepts("adapter_conditioning_factor"):
+                call.kwargs["adapter_conditioning_factor"] = max(u.guidance_end for u in self.used)
+        elif self._wrapper is not None:
             self._wrapper.soft = [u.control_mode == 1 for u in self.used]
             call.kwargs[key] = maps
             call.kwargs["controlnet_conditioning_scale"] = [u.weight for u in self.used]
@@ -357,7 +366,7 @@ class ControlNets(Addon):
             call.kwargs["controlnet_conditioning_scale"] = unit.weight
             call.kwargs["control_guidance_start"] = unit.guidance_start
             call.kwargs["control_guidance_end"] = unit.guidance_end
-        if any(u.control_mode == 2 for u in self.used) and call.accepts("guess_mode"):
+        if any(u.control_mode == 2 for u in self.used) and not self.adapters and call.accepts("guess_mode"):
             call.kwargs["guess_mode"] = True
         call.infotext.update(lines)
 

@@ -18,6 +18,14 @@ if TYPE_CHECKING:
 TASKS = ("text2image", "image2image", "inpaint")
 _DERIVED = "pipeline"
 
+# Pipelines diffusers' AutoPipeline does not map from a component: (the pipeline's argument an add-on hands,
+# the checkpoint's pipeline class, task) -> the diffusers pipeline class that takes it. Facts about
+# diffusers, not about any add-on (a T2I-Adapter is handed as "adapter").
+COMPONENT_PIPELINES: dict[tuple[str, str, str], str] = {
+    ("adapter", "StableDiffusionPipeline", "text2image"): "StableDiffusionAdapterPipeline",
+    ("adapter", "StableDiffusionXLPipeline", "text2image"): "StableDiffusionXLAdapterPipeline",
+}
+
 
 def pipeline_for(model: "LoadedModel", task: str | None, components: dict[str, Any] | None = None, base: Any = None) -> Any:
     """The pipeline for `task` on `model` that takes `components` (by argument name, e.g. "controlnet").
@@ -49,6 +57,15 @@ def _build(model: "LoadedModel", task: str, components: dict[str, Any], base: An
 
     auto = {"text2image": diffusers.AutoPipelineForText2Image, "image2image": diffusers.AutoPipelineForImage2Image,
             "inpaint": diffusers.AutoPipelineForInpainting}[task]
+    special = {COMPONENT_PIPELINES.get((name, type(model.pipeline).__name__, task)) for name in components} - {None}
+    unmapped = [name for name in components if any(key[0] == name for key in COMPONENT_PIPELINES)
+                and (name, type(model.pipeline).__name__, task) not in COMPONENT_PIPELINES]
+    if unmapped or len(special) > 1:
+        raise InvalidRequest("addons", f"{model.name} is a {type(model.pipeline).__name__} model, and diffusers has no "
+                                       f"{task} pipeline for it that takes {', '.join(sorted(components))}")
+    if special:
+        auto = getattr(diffusers, special.pop())
+        base = model.pipeline if task == "text2image" else base
     try:
         pipeline = auto.from_pipe(base, **components)
     except (ValueError, TypeError, KeyError) as exc:

@@ -38,8 +38,9 @@ inpaint_only,      the picture with the masked pixels black; needs `mask`      -
  harmonious")
 segmentation       regions coloured with the ADE20K palette of the seg models; -
  ("seg_from_masks") needs `mask`: an HxW integer label map (0 = unlabelled,
-                   k = ADE20K class k-1) or a list / NxHxW stack of masks
-                   (mask i -> class i's colour; later masks paint over earlier)
+                   k = ADE20K class k-1), a list / NxHxW stack of masks (mask i
+                   -> class i: wall, building, sky, ...), or {"person": mask,
+                   "sky": mask, ...} to say what each region is
 depth_anything     depth, near bright (Depth Anything; needs "depth" weights)  -
 depth_dpt ("depth", depth, near bright (DPT / MiDaS; needs "depth" weights)     -
  "depth_midas")
@@ -61,13 +62,13 @@ from .annotators import annotator_preprocessors, clear_cache, estimate_depth, no
 from .classic import classic_preprocessors
 from .image import as_rgb, at_resolution, processing_size, resize_to
 from .openpose import coco_to_openpose, draw_bodypose
-from .regions import ADE20K_PALETTE, colour_labels, inpaint_condition, label_map
+from .regions import ADE20K_CLASSES, ADE20K_PALETTE, colour_labels, inpaint_condition, label_map
 from .registry import Preprocessor, Preprocessors, Slider
 
 __all__ = [
-    "ADE20K_PALETTE", "Preprocessor", "Preprocessors", "Slider", "as_rgb", "at_resolution", "builtin_preprocessors",
-    "clear_cache", "coco_to_openpose", "colour_labels", "draw_bodypose", "estimate_depth", "inpaint_condition",
-    "label_map", "normals_from_depth", "processing_size", "resize_to",
+    "ADE20K_CLASSES", "ADE20K_PALETTE", "Preprocessor", "Preprocessors", "Slider", "as_rgb", "at_resolution",
+    "builtin_preprocessors", "clear_cache", "coco_to_openpose", "colour_labels", "draw_bodypose", "estimate_depth",
+    "inpaint_condition", "label_map", "normals_from_depth", "processing_size", "resize_to",
 ]
 
 

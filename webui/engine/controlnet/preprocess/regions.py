@@ -37,6 +37,23 @@ ADE20K_PALETTE = np.array([
     (122, 0, 255), (0, 255, 184), (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194),
     (102, 255, 0), (92, 0, 255),
 ], dtype=np.uint8)
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path",
+    "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge", "bookcase",
+    "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove", "palm",
+    "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel", "light",
+    "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver", "airplane",
+    "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food", "step", "tank",
+    "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture",
+    "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen", "plate", "monitor",
+    "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)
 
 
 def as_mask(mask: Any, shape: tuple[int, int], field: str = "mask") -> np.ndarray:
@@ -84,28 +101,52 @@ def inpaint_condition(control_map: np.ndarray, mask: Any) -> np.ndarray:
     return out
 
 
+def _class_index(key: Any) -> int:
+    """An ADE20K class (0-based) from its index or its name ("person", "sky")."""
+    if isinstance(key, str):
+        name = key.strip().lower()
+        if name not in ADE20K_CLASSES:
+            raise InvalidRequest("mask", f"unknown ADE20K class {key!r}; classes: {', '.join(ADE20K_CLASSES)}")
+        return ADE20K_CLASSES.index(name)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool) and 0 <= key < len(ADE20K_CLASSES):
+        return int(key)
+    raise InvalidRequest("mask", f"ADE20K class must be a name or 0..{len(ADE20K_CLASSES) - 1}, got {key!r}")
+
+
 def label_map(mask: Any, shape: tuple[int, int]) -> np.ndarray:
-    """An HxW int label map (0 = unlabelled) from the input forms `segmentation` accepts."""
-    if isinstance(mask, (list, tuple)):
+    """An HxW int label map (0 = unlabelled, k = ADE20K class k - 1) from the forms `segmentation` accepts:
+
+    - an HxW integer array: already such a label map (ADE20K's own annotation format);
+    - a list / tuple / NxHxW stack of masks (bool, or uint8 with 255 inside): mask i is class i
+      (wall, building, sky, floor, tree, ...), later masks over earlier ones;
+    - a dict {ADE20K class name or 0-based index: mask}: each mask coloured as that class, e.g.
+      {"person": person_mask, "sky": sky_mask}, so the seg model draws the right kind of thing.
+    Masks of another size are scaled (nearest) to the picture's.
+    """
+    if isinstance(mask, dict):
+        if not mask:
+            raise InvalidRequest("mask", "segmentation needs at least one mask; got an empty mapping")
+        pairs = [(_class_index(k), as_mask(m, shape)) for k, m in mask.items()]
+    elif isinstance(mask, (list, tuple)):
         if not mask:
             raise InvalidRequest("mask", "segmentation needs at least one mask; got an empty list")
-        masks = [as_mask(m, shape) for m in mask]
+        pairs = [(i, as_mask(m, shape)) for i, m in enumerate(mask)]
     else:
         arr = np.asarray(mask)
         if arr.ndim == 3:  # an NxHxW stack of masks
-            masks = [as_mask(m, shape) for m in arr]
+            pairs = [(i, as_mask(m, shape)) for i, m in enumerate(arr)]
         elif arr.ndim == 2 and arr.dtype == bool:
-            masks = [arr if arr.shape == tuple(shape) else as_mask(arr, shape)]
+            pairs = [(0, as_mask(arr, shape))]
         elif arr.ndim == 2 and np.issubdtype(arr.dtype, np.integer):
             if arr.shape != tuple(shape):
                 arr = cv2.resize(arr.astype(np.int32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
             return arr.astype(np.int64)
         else:
-            raise InvalidRequest("mask", "segmentation needs an HxW integer label map or a list of HxW masks, "
-                                         f"got an array of shape {arr.shape} and type {arr.dtype}")
+            raise InvalidRequest("mask", "segmentation needs an HxW integer label map, a list of HxW masks or a "
+                                         f"mapping of class to mask, got an array of shape {arr.shape} ({arr.dtype})")
     labels = np.zeros(shape, np.int64)
-    for i, m in enumerate(masks):
-        labels[m] = i + 1
+    for cls, m in pairs:
+        labels[m] = cls + 1
     return labels
 
 
@@ -119,7 +160,8 @@ def colour_labels(labels: np.ndarray) -> np.ndarray:
 
 def segmentation(image, resolution, a=None, b=None, *, mask=None, **_):
     if mask is None:
-        raise InvalidRequest("mask", "segmentation needs masks: an HxW label map or a list of HxW masks; none was given")
+        raise InvalidRequest("mask", "segmentation needs masks (an HxW label map, a list of HxW masks or "
+                                     "{class: mask}); none was given")
     return colour_labels(label_map(mask, image.shape[:2]))
 
 

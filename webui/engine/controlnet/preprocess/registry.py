@@ -61,17 +61,18 @@ class Preprocessor:
 
     def __post_init__(self) -> None:
         if self.kind not in ("controlnet", "ip-adapter"):
-            raise ValueError(f"preprocessor {self.name!r}: kind must be 'controlnet' or 'ip-adapter', not {self.kind!r}")
+            raise ValueError(f"preprocessor {self.name!r}: kind must be 'controlnet' or 'ip-adapter', "
+                             f"not {self.kind!r}")
 
 
 def _number(field: str, value: Any, slider: Slider) -> float:
+    wanted = f"{field} must be a number between {slider.min:g} and {slider.max:g} ({slider.name}), got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, str)):
-        raise InvalidRequest(field, f"{field} must be a number between {slider.min:g} and {slider.max:g}, got {value!r}")
+        raise InvalidRequest(field, wanted)
     try:
         number = float(value)
     except ValueError:
-        raise InvalidRequest(field, f"{field} must be a number between {slider.min:g} and {slider.max:g}, "
-                                    f"got {value!r}") from None
+        raise InvalidRequest(field, wanted) from None
     if not math.isfinite(number):
         raise InvalidRequest(field, f"{field} must be a finite number, got {value!r}")
     return number
@@ -128,7 +129,8 @@ class Preprocessors:
             key = next((n for n in self._items if n.lower() == lowered),
                        next((n for a, n in self._aliases.items() if a.lower() == lowered), None))
         if key is None or key not in self._items:
-            raise InvalidRequest("module", f"unknown ControlNet preprocessor {name!r}; available: {', '.join(self.names())}")
+            raise InvalidRequest("module", f"unknown ControlNet preprocessor {name!r}; "
+                                           f"available: {', '.join(self.names())}")
         return self._items[key]
 
     def __contains__(self, name: object) -> bool:
