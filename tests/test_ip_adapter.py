@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,7 @@ def save_image_encoder(folder: Path, projection_dim: int = 32) -> Path:
 @pytest.fixture(scope="session")
 def ip_models_dir(models_dir, tmp_path_factory) -> Path:
     from diffusers import UNet2DConditionModel
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     root = tmp_path_factory.mktemp("ip_models")
     (root / "checkpoints").mkdir()
@@ -74,7 +75,15 @@ def ip_models_dir(models_dir, tmp_path_factory) -> Path:
     save_file(ip_adapter_state(sd, 32, 2), root / "ipadapter" / "ip-adapter_sd15_light.safetensors")
     save_file(ip_adapter_state(xl, 32, 3), root / "ipadapter" / "ip-adapter_sdxl.safetensors")
     save_file({"something.weight": torch.zeros(2)}, root / "ipadapter" / "not-an-adapter.safetensors")
-    save_image_encoder(root / "clip_vision" / "clip-vit-h-tiny")
+    (root / "ControlNet").mkdir()  # sd-webui-controlnet's folder holds both: only the IP-Adapters are listed
+    save_file(ip_adapter_state(sd, 32, 4), root / "ControlNet" / "ip-adapter_in_controlnet.safetensors")
+    save_file({"controlnet_cond_embedding.conv_in.weight": torch.zeros(2)}, root / "ControlNet" / "control_canny.safetensors")
+    folder = save_image_encoder(root / "clip_vision" / "clip-vit-h-tiny")
+    # the same encoder as one file with its config beside it, and an OpenCLIP-style file without one
+    config = json.loads((folder / "config.json").read_text())
+    save_file(load_file(str(folder / "model.safetensors")), root / "clip_vision" / "single-file-encoder.safetensors")
+    (root / "clip_vision" / "single-file-encoder.json").write_text(json.dumps(config))
+    save_file({"visual.proj": torch.zeros(2)}, root / "clip_vision" / "open_clip_h.safetensors")
     return root
 
 
@@ -147,6 +156,10 @@ def test_a_unit_changes_the_picture_weight_zero_is_plain_and_the_unet_is_restore
     assert derived_bytes(model) > 0
     # the same job again reuses them: the same picture
     assert np.array_equal(_image(ip_engine, [unit()])[0], one)
+    # another set of units shares what is kept: only the new adapter adds to the budget
+    first = derived_bytes(model)
+    _image(ip_engine, [unit(), unit(model="ip-adapter_sd15_light")])
+    assert derived_bytes(model) == 2 * first
 
 
 def test_two_units_several_pictures_and_the_guidance_window(ip_engine):
@@ -154,7 +167,8 @@ def test_two_units_several_pictures_and_the_guidance_window(ip_engine):
     first, _ = _image(ip_engine, [unit()])
     both, result = _image(ip_engine, [unit(), unit(model="ip-adapter_sd15_light [abcdef12]", image=reference(5), weight=0.7)])
     assert not np.array_equal(both, first) and not np.array_equal(both, plain)
-    assert "ControlNet 0: " in result.infotexts[0] and 'ControlNet 1: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15_light [' in result.infotexts[0]
+    assert "ControlNet 0: " in result.infotexts[0]
+    assert 'ControlNet 1: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15_light [' in result.infotexts[0]
     several, _ = _image(ip_engine, [unit(image=[reference(0), reference(9)])])
     assert not np.array_equal(several, first)
     # a window after the last step acts on no step: the picture is the plain one
@@ -170,6 +184,7 @@ def test_a_unit_without_a_picture_is_skipped_with_a_note(ip_engine):
     skipped, result = _image(ip_engine, [unit(image=None)])
     assert np.array_equal(skipped, plain)
     assert any("no image" in w for w in result.warnings)
+    assert 'ControlNet 0: "Module: ip-adapter_clip_sd15, Model: ip-adapter_sd15, Skipped: no image"' in result.infotexts[0]
 
 
 def test_function_sampler_and_img2img(ip_engine):
@@ -231,10 +246,14 @@ def test_catalog_listing_and_family_from_shapes(ip_engine):
     from webui.engine.ip_adapter.files import family_of
 
     listed = {m["name"]: m for m in ip.list_models(ip_engine.catalog)}
-    assert set(listed) == {"ip-adapter_sd15", "ip-adapter_sd15_light", "ip-adapter_sdxl"}
-    assert listed["ip-adapter_sd15"]["title"].startswith("ip-adapter_sd15 [") and len(listed["ip-adapter_sd15"]["title"]) == len("ip-adapter_sd15 [12345678]")
+    assert set(listed) == {"ip-adapter_sd15", "ip-adapter_sd15_light", "ip-adapter_sdxl", "ip-adapter_in_controlnet"}
+    title = listed["ip-adapter_sd15"]["title"]
+    assert title.startswith("ip-adapter_sd15 [") and len(title) == len("ip-adapter_sd15 [12345678]")
     assert listed["ip-adapter_sd15"]["kind"] == "ipadapter"
-    assert [e.name for e in ip_engine.catalog.of_kind("clip_vision")] == ["clip-vit-h-tiny"]
+    encoders = {e.name: e for e in ip_engine.catalog.of_kind("clip_vision")}
+    assert set(encoders) == {"clip-vit-h-tiny", "single-file-encoder", "open_clip_h"}
+    assert encoders["single-file-encoder"].problem is None and encoders["clip-vit-h-tiny"].problem is None
+    assert "config" in encoders["open_clip_h"].problem
     # the real files' widths: SD 1.5's adapter reads 768 wide text, SDXL's 2048
     assert family_of({"ip_adapter.1.to_k_ip.weight": (320, 768)}) == "sd1"
     assert family_of({"ip_adapter.1.to_k_ip.weight": (640, 2048)}) == "sdxl"
@@ -248,7 +267,27 @@ def test_api_script_reads_only_ip_adapter_units():
     assert from_api_script("controlnet", [{"module": "canny", "model": "x"}]) is None
     found = from_api_script("controlnet", [{"module": "canny"}, {"module": "ip-adapter_clip_sd15", "model": "m"}])
     assert found["units"] == [{"module": "ip-adapter_clip_sd15", "model": "m", "index": 1}]
-    assert found["field"] == "alwayson_scripts.controlnet.args"
+    assert found["field"] == "alwayson_scripts.controlnet.args" and "unread" not in found
+    # with no ControlNet add-on to read them, the other enabled units are named, to be warned about
+    alone = from_api_script("controlnet", [{"module": "canny"}, {"module": "depth", "enabled": False}], alone=True)
+    assert alone == {"units": [], "field": "alwayson_scripts.controlnet.args", "unread": [[0, "canny"]]}
+
+
+def test_a_controlnet_reader_takes_the_other_units(ip_engine):
+    """While no add-on reads ControlNet units, the reply says they were not applied; once one registers for
+    the script, they are its to read (and no longer named here)."""
+    from webui.engine.core.addons import AddonSpec
+
+    scripts = {"controlnet": {"args": [{"module": "canny", "model": "c"}]}}
+    found, unread = ip_engine.addons.from_api_scripts(scripts)
+    assert unread == [] and found["ip_adapter"]["unread"] == [[0, "canny"]]
+    warnings = []
+    ip_engine.addons.build(found)[0].apply(type("Call", (), {"warnings": warnings, "infotext": {}})())
+    assert "canny" in warnings[0] and "not applied" in warnings[0]
+    ip_engine.addons.register(AddonSpec("controlnet_units", lambda value: None, api_scripts=("ControlNet",),
+                                        from_api_script=lambda title, args: args))
+    found, _ = ip_engine.addons.from_api_scripts(scripts)
+    assert "ip_adapter" not in found and found["controlnet_units"] == scripts["controlnet"]["args"]
 
 
 def test_with_a_controlnet_pipeline(ip_engine):
@@ -289,6 +328,7 @@ def test_with_a_controlnet_pipeline(ip_engine):
 def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     import webuiapi
     from fastapi import FastAPI
+    from PIL import Image
     from fastapi.testclient import TestClient
 
     from webui.api import ApiContext, mount
@@ -301,8 +341,7 @@ def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     def picture(reply):
         assert reply.status_code == 200, reply.text
         data = reply.json()
-        return np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(base64.b64decode(data["images"][0]))),
-                          dtype=np.int16), data
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data["images"][0]))), dtype=np.int16), data
 
     plain, _ = picture(client.post("/sdapi/v1/txt2img", json=body))
     units = [webuiapi.ControlNetUnit(image=reference(), module="ip-adapter_clip_sd15", model="ip-adapter_sd15 [00000000]",
@@ -312,9 +351,107 @@ def test_sdapi_alwayson_controlnet_with_webuiapi_units(ip_engine):
     info = data["info"]
     assert 'ControlNet 0: \\"Module: ip-adapter_clip_sd15' in info or 'ControlNet 0: "Module: ip-adapter_clip_sd15' in info
     assert "alwayson_scripts not applied" not in info
-    zero = [webuiapi.ControlNetUnit(image=reference(), module="ip-adapter_clip_sd15", model="ip-adapter_sd15", weight=0).to_dict()]
+    zero = [webuiapi.ControlNetUnit(image=reference(), module="ip-adapter_clip_sd15", model="ip-adapter_sd15",
+                                    weight=0).to_dict()]
     same, _ = picture(client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": zero}}}))
     assert np.array_equal(same, plain)
     bad = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {"controlnet": {"args": [
         {"module": "ip-adapter_clip_sd15", "model": "nosuch", "image": ""}]}}})
     assert bad.status_code == 422 and "nosuch" in bad.text and "ip-adapter_sd15" in bad.text
+
+
+def test_batches_no_cfg_and_hires_fix(ip_engine):
+    from webui.engine.generation.requests import HiresFix
+
+    def run(units, **fields):
+        request = Txt2ImgRequest("a red circle", steps=2, width=64, height=64, seed=11, sampler_name="Euler",
+                                 addons={"ip_adapter": units} if units else {}, **fields)
+        result = ip_engine.txt2img(request)
+        return [np.asarray(image, dtype=np.int16) for image in result.images], result
+
+    hires = HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6)
+    for fields in ({"batch_size": 2}, {"cfg_scale": 1.0}, {"hires": hires}):
+        plain, _ = run(None, **fields)
+        one, result = run([unit()], **fields)
+        assert len(one) == len(plain) and all(np.abs(a - b).max() > 10 for a, b in zip(one, plain)), fields
+        assert "ControlNet 0" in result.infotexts[0], fields
+
+
+def test_pickle_adapter_needs_the_opt_in(ip_models_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-sd").symlink_to(ip_models_dir / "checkpoints" / "tiny-sd")
+    (root / "clip_vision").symlink_to(ip_models_dir / "clip_vision")
+    (root / "ip_adapter").mkdir()  # sd-webui-controlnet's other folder name
+    flat = load_file(str(ip_models_dir / "ipadapter" / "ip-adapter_sd15.safetensors"))
+    nested = {part: {k[len(part) + 1:]: v for k, v in flat.items() if k.startswith(part + ".")}
+              for part in ("image_proj", "ip_adapter")}
+    torch.save(nested, root / "ip_adapter" / "ip-adapter_sd15.bin")
+    for allow in (False, True):
+        settings = Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd", save_images=False,
+                            allow_pickle=allow)
+        engine = build_engine(settings, DeviceChoice("cpu"))
+        engine.catalog.scan()
+        if not allow:
+            with pytest.raises(Exception, match="pickle"):
+                _image(engine, [unit()])
+        else:
+            from_pickle, _ = _image(engine, [unit()])
+            plain, _ = _image(engine)
+            assert np.abs(from_pickle - plain).max() > 10
+
+
+def test_a_failed_call_leaves_the_unet_plain(ip_engine):
+    from webui.engine.core.addons import Addon, AddonSpec
+
+    class Boom(Addon):
+        name = "boom"
+
+        def on_step(self, step):
+            raise RuntimeError("boom at step %d" % step.step)
+
+    ip_engine.addons.register(AddonSpec("boom", lambda value: Boom() if value else None))
+    unet = ip_engine.models.get("tiny-sd").pipeline.unet
+    snapshot = _unet_snapshot(unet)
+    request = Txt2ImgRequest("a red circle", steps=2, width=64, height=64, seed=11, sampler_name="Euler",
+                             addons={"ip_adapter": [unit(module="IP_Adapter_Clip_SD15")], "boom": True})
+    with pytest.raises(Exception, match="boom"):
+        ip_engine.txt2img(request)
+    _assert_unchanged(unet, snapshot)
+
+
+def test_a_single_file_encoder_with_its_config_encodes_as_its_folder_does(ip_engine):
+    folder, _ = _image(ip_engine, [unit(image_encoder="clip-vit-h-tiny")])
+    single, _ = _image(ip_engine, [unit(image_encoder="single-file-encoder")])
+    assert np.array_equal(folder, single)
+    with pytest.raises(InvalidRequest) as err:
+        _image(ip_engine, [unit(image_encoder="nosuch")])
+    assert "single-file-encoder" in str(err.value) and err.value.field.endswith(".image_encoder")
+
+
+def test_a_failing_apply_puts_the_unet_back_itself(ip_engine, monkeypatch):
+    """apply() fails after the processors went in (the embeddings cannot be moved): the UNet is put back
+    by apply itself, since the session releases only the add-ons whose apply returned."""
+    from webui.engine.ip_adapter.files import ImageEncoder
+
+    class Unmovable:
+        def __getitem__(self, key):
+            raise RuntimeError("no room for the embeddings")
+
+    unet = ip_engine.models.get("tiny-sd").pipeline.unet
+    snapshot = _unet_snapshot(unet)
+    seen = []
+    real = unet.set_attn_processor
+    monkeypatch.setattr(unet, "set_attn_processor", lambda procs: (seen.append(len(procs)), real(procs)))
+    monkeypatch.setattr(ImageEncoder, "encode", lambda self, images: Unmovable())
+    with pytest.raises(Exception, match="no room"):
+        _image(ip_engine, [unit()])
+    assert len(seen) == 2  # swapped in, then back
+    monkeypatch.undo()
+    _assert_unchanged(unet, snapshot)

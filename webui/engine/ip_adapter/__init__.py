@@ -24,7 +24,10 @@ Lifetimes (core/addons.py):
                 families); the encoder (loader "clip_vision") encodes every unit's pictures once.
     per model   for each adapter, its image projection and the key/value projections of every
                 cross-attention layer (diffusers' own converters), built once on the UNet's device and
-                dtype, kept as derived state of the checkpoint and counted in the memory budget.
+                dtype, kept as derived state of the checkpoint and counted in the memory budget (once: a
+                later set of units shares the adapters an earlier one built). They stay on the device they
+                were built on when the checkpoint moves to the CPU for another model (moved back per call
+                if the UNet is elsewhere).
     per call    apply() swaps diffusers' IPAdapterAttnProcessor2_0 into the UNet's cross-attention layers
                 (sharing the kept projections; one entry per unit, at its weight), sets the UNet's
                 encoder_hid_proj to a MultiIPAdapterImageProjection and its config's encoder_hid_dim_type to
@@ -35,8 +38,9 @@ Lifetimes (core/addons.py):
     per step    a unit's guidance start/end as sd-webui-controlnet reads them: it acts at step i of n when
                 start <= i/n <= end; outside, its scale is 0 (diffusers' processors then skip it).
 A unit of weight 0 is dropped when the add-on is built (the picture is the checkpoint's, bit for bit);
-a unit without a picture is skipped with a note in the result's warnings. Combinable with ControlNet
-units: the ControlNet variants of the StableDiffusion pipelines take ip_adapter_image_embeds too.
+a unit without a picture is skipped with a note in the result's warnings and its infotext line.
+Combinable with ControlNet units: the ControlNet variants of the StableDiffusion pipelines take
+ip_adapter_image_embeds too.
 """
 
 from __future__ import annotations
@@ -44,14 +48,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
-from webui.engine.core.addons import Addon, AddonSpec
+from webui.engine.core.addons import Addon, AddonSession, AddonSpec
 from webui.engine.core.errors import InvalidRequest
 
-from .files import (AdapterWeights, ImageEncoder, describe_adapter, describe_encoder, encoder_projection_dim, family_label,
-                    load_adapter, load_encoder)
+from .files import (CONTROLNET_FOLDERS, AdapterWeights, ImageEncoder, describe_any_adapter, describe_encoder,
+                    encoder_projection_dim, family_label, load_adapter, load_encoder)
 
 __all__ = ["ENCODER_KIND", "FIELD", "KIND", "MODULES", "NAME", "IPAdapterUnits", "Unit", "from_api_script", "list_models",
            "parse_units", "register"]
@@ -67,7 +71,8 @@ MODULES = ("ip-adapter_clip_sd15", "ip-adapter_clip_sdxl", "ip-adapter_clip_h", 
 # the image encoder each module asks for: ViT-H ("h"), ViT-bigG ("g"), any (None)
 _MODULE_ENCODER = {"ip-adapter_clip_sd15": "h", "ip-adapter_clip_h": "h", "ip-adapter_clip_sdxl": "g",
                    "ip-adapter_clip_g": "g", "ip-adapter-auto": None}
-_ENCODER_NAMES = {"h": ("vit-h", "vith", "clip_h", "clip-h", "clip_vision_h", "_h."), "g": ("bigg", "vit-g", "clip_g", "clip-g", "_g.")}
+_ENCODER_NAMES = {"h": ("vit-h", "vith", "clip_h", "clip-h", "clip_vision_h", "_h."),
+                  "g": ("bigg", "vit-g", "clip_g", "clip-g", "_g.")}
 MAX_WEIGHT = 5.0
 MAX_UNITS = 10
 INFOTEXT_KEYS = tuple(f"ControlNet {i}" for i in range(MAX_UNITS))
@@ -96,8 +101,15 @@ class Unit:
         return self.guidance_start <= fraction <= self.guidance_end
 
 
+def _normal(module: Any) -> str:
+    return str(module or "").strip().lower().replace("_", "-")
+
+
+_MODULE_NAMES = {_normal(m): m for m in MODULES}  # "ip_adapter_clip_sd15", "IP-Adapter-Auto" -> the names above
+
+
 def is_ip_adapter_module(module: Any) -> bool:
-    return isinstance(module, str) and module.strip().lower().replace("_", "-").startswith("ip-adapter")
+    return isinstance(module, str) and _normal(module).startswith("ip-adapter")
 
 
 def _number(value: Any, what: str, field_name: str, low: float, high: float) -> float:
@@ -174,9 +186,7 @@ def parse_units(value: Any, field: str = FIELD) -> list[Unit]:
         where = f"{field}[{index}]"
         if not item.get("enabled", True):
             continue
-        module = str(item.get("module") or "").strip()
-        if module.replace("_", "-").lower() == "ip-adapter-auto":
-            module = "ip-adapter-auto"
+        module = _MODULE_NAMES.get(_normal(item.get("module")), str(item.get("module") or ""))
         if module not in MODULES:
             raise InvalidRequest(f"{where}.module", f"unknown IP-Adapter module {module!r}; available: {', '.join(MODULES)}")
         model = _model_name(item.get("model"))
@@ -186,25 +196,44 @@ def parse_units(value: Any, field: str = FIELD) -> list[Unit]:
         start = _number(item.get("guidance_start", 0.0), f"guidance_start of unit {index}", f"{where}.guidance_start", 0.0, 1.0)
         end = _number(item.get("guidance_end", 1.0), f"guidance_end of unit {index}", f"{where}.guidance_end", 0.0, 1.0)
         if start > end:
-            raise InvalidRequest(f"{where}.guidance_start", f"guidance_start ({start:g}) of unit {index} is after its guidance_end ({end:g})")
+            raise InvalidRequest(f"{where}.guidance_start",
+                                 f"guidance_start ({start:g}) of unit {index} is after its guidance_end ({end:g})")
         if weight == 0:
             continue  # nothing to add: the picture is the checkpoint's
-        images = _images(item.get("image"), f"{where}.image")
+        images = _images(item.get("image", item.get("input_image")), f"{where}.image")  # input_image: the old API's
         encoder = item.get("image_encoder")
         units.append(Unit(int(index), images, module, model, weight, start, end, str(encoder) if encoder else None))
     return units
 
 
-def from_api_script(title: str, args: Any) -> Any:
+def from_api_script(title: str, args: Any, alone: bool = False) -> Any:
     """AddonSpec.from_api_script for sd-webui-controlnet's "controlnet" script: its IP-Adapter units (with
-    their index among the args), or None when it has none. Pictures stay as sent: the factory decodes them."""
+    their index among the args), or None when it has none. Pictures stay as sent: the factory decodes them.
+
+    `alone`: no other add-on reads the script (no ControlNet add-on is registered), so its other enabled
+    units are listed under "unread" and the add-on says in the result's warnings that they were not applied,
+    instead of dropping them silently."""
     if not isinstance(args, list):
         raise InvalidRequest(API_FIELD, f"{API_FIELD} must be a list of ControlNet units")
-    units = []
+    units, unread = [], []
     for index, unit in enumerate(args):
         if isinstance(unit, dict) and is_ip_adapter_module(unit.get("module")):
             units.append({**unit, "index": index})
-    return {"units": units, "field": API_FIELD} if units else None
+        elif alone and (not isinstance(unit, dict) or unit.get("enabled", True)):
+            unread.append([index, str(unit.get("module") or "none") if isinstance(unit, dict) else repr(unit)[:40]])
+    if not units and not unread:
+        return None
+    return {"units": units, "field": API_FIELD, **({"unread": unread} if unread else {})}
+
+
+def _script_reader(addons: Any) -> Any:
+    """from_api_script, told whether another registered add-on (ControlNet's) reads the same script."""
+    def read(title: str, args: Any) -> Any:
+        others = [name for name in addons.names()
+                  if name != NAME and title.lower() in {s.lower() for s in addons.get(name).api_scripts}]
+        return from_api_script(title, args, alone=not others)
+
+    return read
 
 
 # --- models --------------------------------------------------------------------------------------
@@ -258,7 +287,8 @@ def _choose_encoder(catalog: Any, unit: Unit, weights: AdapterWeights, where: st
     if not encoders:
         catalog.scan()
         encoders = [e for e in catalog.of_kind(ENCODER_KIND) if not e.problem]
-    listed = ", ".join(f"{e.name} ({encoder_projection_dim(e)})" for e in encoders) or "(none: put image encoders in models/clip_vision/)"
+    listed = (", ".join(f"{e.name} ({encoder_projection_dim(e)})" for e in encoders)
+              or "(none: put image encoders in models/clip_vision/)")
     if unit.image_encoder:
         for entry in encoders:
             if unit.image_encoder.strip() in (entry.name, entry.path.name):
@@ -293,9 +323,10 @@ class IPAdapterUnits(Addon):
 
     name = NAME
 
-    def __init__(self, units: list[Unit], field_name: str = FIELD):
+    def __init__(self, units: list[Unit], field_name: str = FIELD, unread: list[Any] | None = None):
         self.units = units
         self.field = field_name
+        self.unread = list(unread or [])  # [index, module] of the script's units no add-on reads
         self.skipped = [u for u in units if not u.images]
         self.prepared: list[_Prepared] = []
         self._weights: dict[str, AdapterWeights] = {}
@@ -307,7 +338,8 @@ class IPAdapterUnits(Addon):
     def from_settings(cls, value: Any) -> "IPAdapterUnits | None":
         field_name = str(value.get("field") or FIELD) if isinstance(value, dict) and "units" in value else FIELD
         units = parse_units(value, field_name)
-        return cls(units, field_name) if units else None
+        unread = value.get("unread") if isinstance(value, dict) and "units" in value else None
+        return cls(units, field_name, unread) if units or unread else None
 
     def _where(self, unit: Unit) -> str:
         return f"{self.field}[{unit.index}]"
@@ -320,13 +352,16 @@ class IPAdapterUnits(Addon):
     # per job: the weights (fit checked), the pictures encoded once
     @contextmanager
     def job(self, ctx: Any, model: Any, request: Any) -> Iterator[None]:
+        self.prepared = []
+        if not any(unit.images for unit in self.units):
+            yield
+            return
         unet = getattr(model.pipeline, "unet", None)
         if unet is None or not hasattr(unet, "attn_processors"):
             raise InvalidRequest(self.field, f"{model.name} is a {family_label(model.family)} model without a UNet; "
                                              "IP-Adapters work with SD 1.x and SDXL models")
         layers = cross_attention_layers(unet)
         width = unet.config.cross_attention_dim
-        self.prepared = []
         for unit in self.units:
             if not unit.images:
                 continue
@@ -343,8 +378,9 @@ class IPAdapterUnits(Addon):
             encoder_entry = _choose_encoder(ctx.catalog, unit, weights, where)
             encoder: ImageEncoder = ctx.models.get_of_kind(ENCODER_KIND, encoder_entry.name).model
             if encoder.projection_dim != summary.embed_dim:
-                raise InvalidRequest(f"{where}.image_encoder", f"the image encoder {encoder.name!r} gives embeddings of width "
-                                                               f"{encoder.projection_dim}; {entry.name!r} takes {summary.embed_dim}")
+                raise InvalidRequest(f"{where}.image_encoder",
+                                     f"the image encoder {encoder.name!r} gives embeddings of width "
+                                     f"{encoder.projection_dim}; {entry.name!r} takes {summary.embed_dim}")
             self._weights[adapter_id(entry)] = weights
             short = _hash8(ctx.catalog, entry)
             self.prepared.append(_Prepared(unit, entry, adapter_id(entry), encoder.encode(unit.images),
@@ -361,16 +397,31 @@ class IPAdapterUnits(Addon):
         return tuple(sorted({p.adapter for p in self.prepared}))
 
     def load_state(self, ctx: Any, model: Any) -> Any:
-        unet = model.pipeline.unet
-        return {adapter: build_adapter(unet, self._weights[adapter]) for adapter in sorted({p.adapter for p in self.prepared})}
+        """The adapters' modules: those another set of units built for this checkpoint already are shared
+        (kept apart, so the memory budget counts each adapter once), the others built now."""
+        kept: dict[str, Any] = {}
+        for slot, value in getattr(model, "derived", {}).items():
+            if isinstance(slot, tuple) and slot[:2] == (AddonSession.DERIVED, NAME) and isinstance(value, dict):
+                kept.update(value.get("own", {}))
+        own, shared = {}, {}
+        for adapter in sorted({p.adapter for p in self.prepared}):
+            if adapter in kept:
+                shared[adapter] = kept[adapter]
+            else:
+                own[adapter] = build_adapter(model.pipeline.unet, self._weights[adapter])
+        return {"own": own, "shared": _Shared(shared)}
 
     def use_state(self, state: Any) -> None:
-        self._state = state
+        self._state = {**state["own"], **state["shared"].adapters}
 
     # per call
     def apply(self, call: Any) -> None:
         for unit in self.skipped:
             call.warnings.append(f"ControlNet {unit.index} ({unit.module}): no image, skipped")
+        if self.unread:
+            call.warnings.append(f"{API_FIELD}: units not applied (Kiri has no ControlNet add-on; only IP-Adapter units "
+                                 "run): " + ", ".join(f"{index} ({module})" for index, module in self.unread))
+        call.infotext.update(self.infotext())
         if not self.prepared:
             return
         import torch
@@ -387,19 +438,23 @@ class IPAdapterUnits(Addon):
             proc.scale = [p.unit.weight if p.unit.active(0, 1) else 0.0 for p in self.prepared]
         originals = unet.attn_processors
         registered = "encoder_hid_proj" in unet._modules
-        self._saved.append((unet, originals, unet.config.encoder_hid_dim_type, registered, getattr(unet, "encoder_hid_proj", None)))
-        unet.set_attn_processor({name: procs.get(name, proc) for name, proc in originals.items()})
-        unet.encoder_hid_proj = projection
-        unet.config.encoder_hid_dim_type = "ip_image_proj"  # diffusers' FrozenDict takes attribute writes
-        guidance = call.kwargs.get("guidance_scale")
-        cfg = (7.5 if guidance is None else guidance) > 1 and unet.config.time_cond_proj_dim is None
-        param = next(unet.parameters())
-        embeds = []
-        for p in self.prepared:
-            positive = p.embeds[None].to(device=param.device, dtype=param.dtype)
-            embeds.append(torch.cat([torch.zeros_like(positive), positive]) if cfg else positive)
-        call.kwargs["ip_adapter_image_embeds"] = embeds
-        call.infotext.update(self.infotext())
+        self._saved.append((unet, originals, unet.config.encoder_hid_dim_type, registered,
+                            getattr(unet, "encoder_hid_proj", None)))
+        try:  # the session releases only add-ons whose apply returned: put the UNet back here if this fails
+            unet.set_attn_processor({name: procs.get(name, proc) for name, proc in originals.items()})
+            unet.encoder_hid_proj = projection
+            unet.config.encoder_hid_dim_type = "ip_image_proj"  # diffusers' FrozenDict takes attribute writes
+            guidance = call.kwargs.get("guidance_scale")
+            cfg = (7.5 if guidance is None else guidance) > 1 and unet.config.time_cond_proj_dim is None
+            param = next(unet.parameters())
+            embeds = []
+            for p in self.prepared:
+                positive = p.embeds[None].to(device=param.device, dtype=param.dtype)
+                embeds.append(torch.cat([torch.zeros_like(positive), positive]) if cfg else positive)
+            call.kwargs["ip_adapter_image_embeds"] = embeds
+        except BaseException:
+            self.release(call)
+            raise
 
     def _processors(self, unet: Any) -> tuple[dict[str, Any], Any]:
         """This job's IP processors for `unet` (one entry per unit, sharing the kept projections) and its
@@ -422,7 +477,12 @@ class IPAdapterUnits(Addon):
                     module.to(device=param.device, dtype=param.dtype)
             states.append(state)
         procs = {}
-        for name in cross_attention_layers(unet):
+        names = cross_attention_layers(unet)
+        unknown = [name for name in names if any(name not in state["layers"] for state in states)]
+        if unknown:
+            raise InvalidRequest(self.field, f"{type(unet).__name__} has cross-attention layers the IP-Adapter was not "
+                                             f"built for ({unknown[0]}, ...)")
+        for name in names:
             pairs = [state["layers"][name] for state in states]
             hidden, width = pairs[0][0].out_features, pairs[0][0].in_features
             with torch.device("meta"):
@@ -458,9 +518,19 @@ class IPAdapterUnits(Addon):
         return None
 
     def infotext(self) -> dict[str, object]:
-        return {f"ControlNet {p.unit.index}": (f"Module: {p.unit.module}, Model: {p.title}, Weight: {p.unit.weight}, "
-                                               f"Guidance Start: {p.unit.guidance_start}, Guidance End: {p.unit.guidance_end}")
-                for p in self.prepared}
+        """sd-webui-controlnet's line per unit (a unit without a picture says it was skipped), by index."""
+        lines: dict[int, str] = {u.index: f"Module: {u.module}, Model: {u.model}, Skipped: no image" for u in self.skipped}
+        for p in self.prepared:
+            lines[p.unit.index] = (f"Module: {p.unit.module}, Model: {p.title}, Weight: {p.unit.weight}, "
+                                   f"Guidance Start: {p.unit.guidance_start}, Guidance End: {p.unit.guidance_end}")
+        return {f"ControlNet {index}": lines[index] for index in sorted(lines)}
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Adapters another state of the same checkpoint owns (and counts): not counted again."""
+
+    adapters: dict[str, Any]
 
 
 def build_adapter(unet: Any, weights: AdapterWeights) -> dict[str, Any]:
@@ -483,9 +553,10 @@ def register(registries: Any) -> None:
     and the add-on that reads IP-Adapter units (from `addons` and sd-webui-controlnet's script)."""
     from webui.engine.models.catalog import ModelKind
 
-    registries.add_model_kind(ModelKind(KIND, ("ipadapter", "ip_adapter", "IP-Adapter"), describe_adapter, "IP-Adapter"))
+    registries.add_model_kind(ModelKind(KIND, ("ipadapter", "ip_adapter", "IP-Adapter", *CONTROLNET_FOLDERS),
+                                        describe_any_adapter, "IP-Adapter"))
     registries.add_model_kind(ModelKind(ENCODER_KIND, ("clip_vision",), describe_encoder, "CLIP vision"))
     registries.add_loader(KIND, load_adapter)
     registries.add_loader(ENCODER_KIND, load_encoder)
     registries.add_addon(AddonSpec(NAME, IPAdapterUnits.from_settings, INFOTEXT_KEYS, api_scripts=("controlnet",),
-                                   from_api_script=from_api_script))
+                                   from_api_script=_script_reader(registries.addons)))

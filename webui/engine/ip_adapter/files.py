@@ -7,6 +7,8 @@ was trained for (read from its shapes without loading a tensor), and how both ar
         layer); `.bin` pickles ({"image_proj": {...}, "ip_adapter": {...}}) only with --allow-pickle, read
         with weights_only=True. IP-Adapter Plus / Full / FaceID files are listed with a problem (their
         image projection needs the encoder's hidden states or face embeddings, which Kiri does not feed yet).
+    models/ControlNet/ (sd-webui-controlnet keeps them there too)
+        only the files whose keys are an IP-Adapter's (and `ip-adapter*` pickles), so ControlNets stay out
     models/clip_vision/
         image encoders, as transformers `CLIPVisionModelWithProjection`: a folder (config.json +
         model.safetensors, what `save_pretrained` writes), or one `.safetensors` file in transformers'
@@ -29,7 +31,8 @@ from typing import Any
 from webui.engine.models.catalog import PICKLE_SUFFIXES, CatalogEntry, describe_file
 from webui.engine.models.families import FAMILIES, read_safetensors_header
 
-__all__ = ["AdapterWeights", "ImageEncoder", "describe_adapter", "describe_encoder", "family_label", "family_of",
+__all__ = ["AdapterWeights", "ImageEncoder", "describe_adapter", "describe_any_adapter", "describe_encoder", "family_label",
+           "family_of",
            "load_adapter", "load_encoder", "shapes_summary"]
 
 # the width the adapter's key/value projections read -> family (the real checkpoints' cross-attention widths)
@@ -104,6 +107,28 @@ def describe_adapter(path: Path, kind: str) -> CatalogEntry | None:
     return replace(entry, family=family_of(shapes), problem=_problem(shapes_summary(shapes), shapes))
 
 
+CONTROLNET_FOLDERS = ("ControlNet", "controlnet")  # where sd-webui-controlnet users keep IP-Adapters too
+
+
+def describe_adapter_among_controlnets(path: Path, kind: str) -> CatalogEntry | None:
+    """An IP-Adapter file in models/ControlNet/ (sd-webui-controlnet's folder for both): listed only when its
+    header says it is one Kiri can use (`ip-adapter*` pickles there too, by name), so ControlNets stay out."""
+    if path.is_dir():
+        return None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        named = path.name.lower().replace("_", "-").startswith("ip-adapter")
+        return describe_file(path, kind) if named else None
+    entry = describe_adapter(path, kind)
+    return entry if entry is not None and entry.problem is None else None
+
+
+def describe_any_adapter(path: Path, kind: str) -> CatalogEntry | None:
+    """The "ipadapter" kind's describe: every file in its own folders, IP-Adapters only among ControlNets."""
+    if path.parent.name in CONTROLNET_FOLDERS:
+        return describe_adapter_among_controlnets(path, kind)
+    return describe_adapter(path, kind)
+
+
 def _problem(summary: Summary, shapes: dict[str, Any]) -> str | None:
     if not any(k.startswith("image_proj.") for k in shapes) or not summary.layers:
         return "not an IP-Adapter file (it has no image_proj.* and ip_adapter.*.to_k_ip keys)"
@@ -161,7 +186,8 @@ def load_adapter(entry: CatalogEntry, device: Any, allow_pickle: bool) -> Adapte
         else:
             raise ModelLoadError(f"{entry.path.name} holds no IP-Adapter state dict")
     else:
-        raise ModelLoadError(f"{entry.path.name} is not an IP-Adapter file Kiri reads (.safetensors, or .bin with --allow-pickle)")
+        raise ModelLoadError(f"{entry.path.name} is not an IP-Adapter file Kiri reads (.safetensors, or .bin with "
+                             "--allow-pickle)")
     shapes = {f"{part}.{k}": tuple(v.shape) for part, tensors in state.items() for k, v in tensors.items()
               if isinstance(v, torch.Tensor)}
     summary = shapes_summary(shapes)
@@ -251,7 +277,8 @@ class ImageEncoder:
             image = image.resize((w, h), Image.BICUBIC)
             left, top = (w - self.size) // 2, (h - self.size) // 2
             image = image.crop((left, top, left + self.size, top + self.size))
-            array = (np.asarray(image, dtype=np.float32) / 255.0 - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+            array = np.asarray(image, dtype=np.float32) / 255.0
+            array = (array - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
             out.append(torch.from_numpy(array.transpose(2, 0, 1).copy()))
         return torch.stack(out)
 
