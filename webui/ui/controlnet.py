@@ -213,8 +213,8 @@ def _render_unit(engine: Engine, prefix: str, index: int, modules: list[str], fa
         c["module"] = gr.Dropdown(modules, value=DEFAULT_MODULE, label="Preprocessor", info=module_label(DEFAULT_MODULE),
                                   elem_id=f"{eid}-module", scale=3)
         models = model_choices(engine, DEFAULT_MODULE, family)
-        c["model"] = gr.Dropdown(models, value=models[0][1] if models else "", label="Model", elem_id=f"{eid}-model",
-                                 allow_custom_value=True, scale=3)
+        c["model"] = gr.Dropdown(models, value=models[0][1] if models else "", label="Model", info=_models_info(models),
+                                 elem_id=f"{eid}-model", allow_custom_value=True, scale=3)
         refresh = gr.Button(REFRESH, size="sm", min_width=40, scale=0, elem_id=f"{eid}-model-refresh",
                             elem_classes=["kiri-cn-refresh"])
     c["weight"] = gr.Slider(0, 2, value=1, step=0.05, label="Control weight", elem_id=f"{eid}-weight")
@@ -224,10 +224,10 @@ def _render_unit(engine: Engine, prefix: str, index: int, modules: list[str], fa
     c["control_mode"] = gr.Radio(list(CONTROL_MODES), value=CONTROL_MODES[0], label="Control mode", elem_id=f"{eid}-control-mode")
     c["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[1], label="Resize mode", elem_id=f"{eid}-resize-mode")
     c["pixel_perfect"] = gr.Checkbox(False, label="Pixel perfect",
-                                     info="the preprocessor resolution follows the picture's size", elem_id=f"{eid}-pixel-perfect")
+                                     info="the preprocessor works at the generated picture's size (its shorter side)", elem_id=f"{eid}-pixel-perfect")
+    c["processor_res"] = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor resolution", visible=False,
+                                   elem_id=f"{eid}-processor-res")
     with gr.Row():
-        c["processor_res"] = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor resolution", visible=False,
-                                       elem_id=f"{eid}-processor-res")
         c["threshold_a"] = gr.Slider(0, 255, value=100, step=1, label="Threshold A", visible=False, elem_id=f"{eid}-threshold-a")
         c["threshold_b"] = gr.Slider(0, 255, value=200, step=1, label="Threshold B", visible=False, elem_id=f"{eid}-threshold-b")
     sliders = [c[name] for name in SLIDERS]
@@ -279,5 +279,14 @@ def _model_update(engine: Engine, module: str | None, title: str | None, current
         engine.catalog.scan()
     choices = model_choices(engine, module, _family(engine, title))
     names = [name for _, name in choices]
-    return gr.update(choices=choices, value=current if current in names else (names[0] if names else ""))
+    return gr.update(choices=choices, value=current if current in names else (names[0] if names else ""),
+                     info=_models_info(choices, module))
+
+
+def _models_info(choices: list, module: str | None = None) -> str:
+    """Where to put models when none fits the checkpoint."""
+    if choices:
+        return "of the checkpoint's family"
+    folder = "models/ipadapter" if is_ip_adapter(module) else "models/ControlNet"
+    return f"none for this checkpoint: add one to {folder}, then {REFRESH}"
 
