@@ -78,3 +78,25 @@ def test_a_controlnet_infotext_line_does_not_break_send_to():
     fields = infotext_to_request_fields(parse_infotext(text))
     assert fields["prompt"] == "a red circle" and fields["steps"] == 12 and fields["seed"] == 5
     assert (fields["width"], fields["height"]) == (64, 64) and fields["cfg_scale"] == 6
+
+
+def test_models_follow_the_checkpoints_family_and_the_modules_kind(models_dir, tmp_path):
+    import controlnet_files
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / "checkpoints").symlink_to(models_dir / "checkpoints", target_is_directory=True)
+    controlnet_files.make_controlnet(models_dir / "checkpoints" / "tiny-sd", root / "ControlNet" / "tiny-cn")
+    engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd"), DeviceChoice("cpu"))
+    engine.catalog.scan()
+    sd_title = engine.catalog.title(engine.catalog.find("tiny-sd"))
+    sd3_title = engine.catalog.title(engine.catalog.find("tiny-sd3"))
+    fits = panel_ui._model_update(engine, "canny", sd_title, None)
+    assert fits["value"] == "tiny-cn" and [name for _, name in fits["choices"]] == ["tiny-cn"]
+    other = panel_ui._model_update(engine, "canny", sd3_title, "tiny-cn")  # an SD 1.x ControlNet does not fit SD3
+    assert other["choices"] == [] and other["value"] == "" and "models/ControlNet" in other["info"]
+    ip = panel_ui._model_update(engine, "ip-adapter_clip_sd15", sd_title, "tiny-cn")  # IP-Adapter modules list adapters
+    assert ip["choices"] == [] and "models/ipadapter" in ip["info"]
