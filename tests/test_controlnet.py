@@ -126,7 +126,7 @@ def test_weight_zero_is_the_checkpoint_a_unit_changes_it_and_the_checkpoint_stay
 
 def test_two_units_with_a_function_sampler_and_a_unit_without_image(cn_engine, monkeypatch):
     seen = record_maps(monkeypatch)
-    units = [{"image": outline(), "model": "outline-cn"},
+    units = [{"image": outline(), "model": "outline-cn", "module": "canny"},
              {"enabled": True, "model": "second-cn"},  # no image in text to image: skipped with a note
              {"image": outline((96, 48)), "model": "second-cn", "control_mode": "My prompt is more important",
               "resize_mode": "Resize and Fill"},
@@ -143,6 +143,7 @@ def test_two_units_with_a_function_sampler_and_a_unit_without_image(cn_engine, m
     from webui.engine.core.infotext import parse_infotext
 
     params = parse_infotext(two.infotexts[0] if hasattr(two, "infotexts") else two.info[0]).params
+    assert "Module: canny" in params["ControlNet 0"] and "Threshold A: 100, Threshold B: 200" in params["ControlNet 0"]
     assert params["ControlNet 1"].startswith("Skipped") and "My prompt is more important" in params["ControlNet 2"]
     assert "ControlNet 3" not in params
 
@@ -167,8 +168,12 @@ def test_img2img_inpaint_and_hires_fix(cn_engine, monkeypatch):
     mask = Image.new("L", (SIZE, SIZE), 0)
     mask.paste(255, (16, 16, 48, 48))
     cn_engine.img2img(Img2ImgRequest(**base, mask=mask, sampler_name="Euler",
-                                     addons={"controlnet": [{"image": outline(), "model": "outline-cn"}]}))
+                                     addons={"controlnet": [{"image": outline(), "model": "outline-cn",
+                                                             "module": "inpaint_only"}]}))
     assert "ControlNet" in seen[-1][0] and ("Inpaint" in seen[-1][0] or "Img2Img" in seen[-1][0])
+    condition = seen[-1][1][0]  # the inpaint module's input: the request's mask at -1
+    assert isinstance(condition, torch.Tensor) and condition.shape == (1, 3, SIZE, SIZE)
+    assert condition[0, 0, 32, 32] == -1 and condition[0, 0, 2, 2] >= 0
     # hires fix: the second pass gets the map at the hires size
     seen.clear()
     txt2img(cn_engine, hires=HiresFix(scale=2, upscaler="Latent", denoising_strength=0.6, steps=2),
@@ -248,8 +253,10 @@ def test_routes_and_webuiapi_controlnet_unit(cn_server):
     assert bad.status_code == 422 and "alwayson_scripts.controlnet.args[0].weight" in bad.text
 
 
-def test_t2i_adapter_in_text_to_image(cn_engine):
+def test_sdxl_controlnet_and_t2i_adapter_in_text_to_image(cn_engine):
     plain = pixels(txt2img(cn_engine, model="tiny-sdxl"))
+    guided = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "xl-cn"}]})
+    assert not np.array_equal(plain, pixels(guided))
     adapted = txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"}]})
     assert not np.array_equal(plain, pixels(adapted))
     assert "tiny-t2i [" in adapted.infotexts[0]
@@ -257,3 +264,14 @@ def test_t2i_adapter_in_text_to_image(cn_engine):
         txt2img(cn_engine, model="tiny-sdxl", addons={"controlnet": [{"image": outline(), "model": "tiny-t2i"},
                                                                      {"image": outline(), "model": "xl-cn"}]})
     assert "T2I-Adapters and ControlNets" in str(err.value)
+
+
+def test_per_model_state_counts_only_copies(cn_engine):
+    from webui.engine.core.addons import derived_bytes
+
+    txt2img(cn_engine, addons={"controlnet": [{"image": outline(), "model": "outline-cn", "weight": 0.5}]})
+    model = cn_engine.models.get("tiny-sd")
+    slots = [k for k in model.derived if isinstance(k, tuple) and k[:2] == ("addon-state", "controlnet")]
+    assert slots and all(model.derived[k]["copies"] == [] for k in slots)  # same device and dtype: no copy
+    assert derived_bytes(model) == 0
+    assert "outline-cn" in [e.name for e in cn_engine.models.loaded()]

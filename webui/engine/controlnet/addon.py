@@ -208,6 +208,14 @@ class _SoftMulti:
         return cls.cls
 
 
+class _Held:
+    """Modules kept in the per-model state that core.addons.state_bytes does not count (they hold the loaded
+    models, which the model manager counts already)."""
+
+    def __init__(self, wrapper: Any = None, direct: Any = None, adapter: Any = None) -> None:
+        self.wrapper, self.direct, self.adapter = wrapper, direct, adapter
+
+
 class ControlNets(Addon):
     """The ControlNet units of one job."""
 
@@ -297,19 +305,22 @@ class ControlNets(Addon):
         pipeline = model.pipeline
         denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
         device, dtype = (denoiser.device, denoiser.dtype) if denoiser is not None else ("cpu", None)
-        nets = [_placed(self.models[u.index].module, device, dtype) for u in self.used]
+        originals = [self.models[u.index].module for u in self.used]
+        nets = [_placed(module, device, dtype) for module in originals]
+        # What the memory budget counts here: only the copies moved to the checkpoint's device or dtype (the
+        # loaded models themselves are counted by the model manager); the wrappers are held uncounted.
+        copies = [net for net, module in zip(nets, originals) if net is not module]
         if self.adapters:
             from diffusers import MultiAdapter
 
-            return {"adapter": nets[0] if len(nets) == 1 else MultiAdapter(nets)}
+            return {"copies": copies, "held": _Held(adapter=nets[0] if len(nets) == 1 else MultiAdapter(nets))}
         if len(nets) == 1 and not _is_unet_controlnet(nets[0]):
-            return {"direct": nets[0]}
-        return {"wrapper": _SoftMulti.get()(nets)}
+            return {"copies": copies, "held": _Held(direct=nets[0])}
+        return {"copies": copies, "held": _Held(wrapper=_SoftMulti.get()(nets))}
 
     def use_state(self, state: Any) -> None:
-        self._wrapper = state.get("wrapper")
-        self._direct = state.get("direct")
-        self._adapter = state.get("adapter")
+        held = state["held"]
+        self._wrapper, self._direct, self._adapter = held.wrapper, held.direct, held.adapter
 
     def pipeline_components(self, ctx: Any, model: Any) -> dict[str, Any]:
         if not self.used:
@@ -335,35 +346,43 @@ class ControlNets(Addon):
         init = init if _is_picture(init) else None
         mask = call.kwargs.get("mask_image")
         mask = mask if _is_picture(mask) else None
-        maps = []
+        from PIL import Image
+
+        maps, weights = [], []
         for unit in self.used:
             source = unit.image if unit.image is not None else init
-            if source is None:
-                raise InvalidRequest(self.where(unit, "image"), f"ControlNet unit {unit.index} has no image")
+            if source is None:  # a hires fix's second pass from latents: no picture to take the map from
+                note = f"controlnet: ControlNet unit {unit.index} has no image for this pass; it was left out of it"
+                if note not in call.warnings:
+                    call.warnings.append(note)
+                maps.append(Image.new("RGB", (width, height)))
+                weights.append(0.0)  # zero residuals: the pass is as without the unit
+                continue
             resolution = min(width, height) if unit.pixel_perfect else unit.processor_res
+            unit_mask = unit.mask if unit.mask is not None else mask
             array = run_preprocessor(unit.module, source, resolution, unit.threshold_a, unit.threshold_b,
-                                     mask=unit.mask if unit.mask is not None else mask, catalog=self._catalog,
-                                     field=self.where(unit, "module"))
-            from PIL import Image
-
-            maps.append(fit(Image.fromarray(array), width, height, unit.resize_mode))
+                                     mask=unit_mask, catalog=self._catalog, field=self.where(unit, "module"))
+            fitted = fit(Image.fromarray(array), width, height, unit.resize_mode)
+            if unit.module.startswith("inpaint") and unit_mask is not None and not self.adapters:
+                fitted = _inpaint_condition(fitted, fit(unit_mask.convert("L"), width, height, unit.resize_mode))
+            maps.append(fitted)
+            weights.append(unit.weight)
         key = "image" if task_of(call.pipeline) == "text2image" else "control_image"
         if self.adapters:  # T2I-Adapter: its features added to the UNet's, for the first guidance_end of the steps
             call.kwargs["image"] = maps if len(maps) > 1 else maps[0]
-            weights = [u.weight for u in self.used]
             call.kwargs["adapter_conditioning_scale"] = weights if len(weights) > 1 else weights[0]
             if call.accepts("adapter_conditioning_factor"):
                 call.kwargs["adapter_conditioning_factor"] = max(u.guidance_end for u in self.used)
         elif self._wrapper is not None:
             self._wrapper.soft = [u.control_mode == 1 for u in self.used]
             call.kwargs[key] = maps
-            call.kwargs["controlnet_conditioning_scale"] = [u.weight for u in self.used]
+            call.kwargs["controlnet_conditioning_scale"] = weights
             call.kwargs["control_guidance_start"] = [u.guidance_start for u in self.used]
             call.kwargs["control_guidance_end"] = [u.guidance_end for u in self.used]
         else:
             unit = self.used[0]
             call.kwargs[key] = maps[0]
-            call.kwargs["controlnet_conditioning_scale"] = unit.weight
+            call.kwargs["controlnet_conditioning_scale"] = weights[0]
             call.kwargs["control_guidance_start"] = unit.guidance_start
             call.kwargs["control_guidance_end"] = unit.guidance_end
         if any(u.control_mode == 2 for u in self.used) and not self.adapters and call.accepts("guess_mode"):
@@ -385,7 +404,7 @@ class ControlNets(Addon):
                 continue
             entry = self.entries.get(unit.index)
             model = f"{entry.name} [{short_hash(entry)}]" if entry is not None else (unit.model or "None")
-            out[f"ControlNet {unit.index}"] = infotext_line(unit, model)
+            out[f"ControlNet {unit.index}"] = infotext_line(_with_defaults(unit), model)
         return out
 
 
@@ -399,12 +418,34 @@ def infotext_line(unit: ControlUnit, model: str) -> str:
     return ", ".join(f"{k}: {v}" for k, v in parts)
 
 
+def _with_defaults(unit: ControlUnit) -> ControlUnit:
+    """The unit with its module's slider defaults where it sent none (what the preprocessor used)."""
+    try:
+        p = preprocessors().get(unit.module) if unit.module not in ("none", "None", "") else None
+    except InvalidRequest:
+        return unit
+    a = unit.threshold_a if unit.threshold_a is not None or p is None or p.threshold_a is None else p.threshold_a.value
+    b = unit.threshold_b if unit.threshold_b is not None or p is None or p.threshold_b is None else p.threshold_b.value
+    return unit.with_(threshold_a=a, threshold_b=b)
+
+
 def _plain(value: float | None, decimals: int = 0) -> str:
     if value is None:
         return "-1"
     if float(value).is_integer() and decimals == 0:
         return str(int(value))
     return str(float(value))
+
+
+def _inpaint_condition(image: Any, mask: Any) -> Any:
+    """The inpaint ControlNet's input (sd-webui-controlnet's inpaint_only): 1x3xHxW in 0..1, masked pixels -1."""
+    import numpy as np
+    import torch
+
+    from .preprocess import inpaint_condition
+
+    array = inpaint_condition(np.asarray(image), np.asarray(mask) > 127)
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
 
 
 def _family_message(name: str, family: str, model: str, model_family: str) -> str:
