@@ -33,6 +33,11 @@ def test_named_endpoints_exist(client):
     assert {"/txt2img", "/png_info", "/interrupt", "/load_model", "/refresh_models"} <= set(endpoints)
     names = [p["parameter_name"] for p in endpoints["/txt2img"]["parameters"]]
     assert names[:3] == ["prompt", "negative_prompt", "sampler_name"]
+    # the ControlNet / IP-Adapter units come after, all optional: older scripts keep working unchanged
+    for endpoint in ("/txt2img", "/img2img"):
+        units = [p for p in endpoints[endpoint]["parameters"] if p["parameter_name"].startswith("cn")]
+        assert {"cn0_enabled", "cn0_image", "cn0_module", "cn0_model"} <= {p["parameter_name"] for p in units}
+        assert all(p["parameter_has_default"] for p in units)
 
 
 def test_txt2img_over_gradio_client(client):

@@ -13,7 +13,7 @@ import gradio as gr
 
 REFRESH = "↻"
 STORAGE_KEY = "kiri-theme"
-# elem_id -> tooltip
+# elem_id (or ".class", for buttons repeated in panels) -> tooltip
 TOOLTIPS = {
     "kiri-theme-toggle": "Switch between dark and light (remembered in this browser)",
     "sr-upscaler-refresh": "Read models/upscalers again (after adding a file)",
@@ -24,6 +24,7 @@ TOOLTIPS = {
     "img2img-styles-refresh": "Read styles.csv again (after editing it)",
     "txt2img-extra-refresh": "Read the LoRA, embedding and checkpoint folders again (after adding a file)",
     "img2img-extra-refresh": "Read the LoRA, embedding and checkpoint folders again (after adding a file)",
+    ".kiri-cn-refresh": "Read models/ControlNet and models/ipadapter again (after adding a model)",
 }
 
 # On load: the stored choice, and the tooltips on every icon button as it appears (tabs render lazily).
@@ -35,9 +36,11 @@ JS = """
   const tips = %(tips)s;
   const apply = () => {
     for (const [id, text] of Object.entries(tips)) {
-      const el = document.getElementById(id);
-      const button = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button'));
-      if (button && button.title !== text) { button.title = text; button.setAttribute('aria-label', text); }
+      const found = id.startsWith('.') ? document.querySelectorAll(id) : [document.getElementById(id)];
+      for (const el of found) {
+        const button = el && (el.tagName === 'BUTTON' ? el : el.querySelector('button'));
+        if (button && button.title !== text) { button.title = text; button.setAttribute('aria-label', text); }
+      }
     }
   };
   apply();
