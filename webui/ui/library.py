@@ -63,7 +63,7 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
     opened = gr.State(None)
     filters = [query, tab, model, sampler, lora, size, date_from, date_to, favourite]
 
-    def show(cursor: str, back: list, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+    def show(cursor: str, back: list, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request):
         viewer = _viewer(library, request)
         with user_errors():
             page = library.search(viewer, q=q or "", tab=tab_ or "", model=model_ or "", sampler=sampler_ or "",
@@ -82,18 +82,18 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
     outputs = [grid, items, cursors, status, tab, model, sampler]
 
-    def first(*values, request: gr.Request):
-        return show("", [], *values, request=request)
+    def first(q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        return show("", [], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request)
 
-    def go_older(state, *values, request: gr.Request):
+    def go_older(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
         if not state.get("next"):
             raise gr.Error("This is the oldest page.")
-        return show(state["next"], [*state["back"], state["this"]], *values, request=request)
+        return show(state["next"], [*state["back"], state["this"]], q, tab_, model_, sampler_, lora_, size_, from_, to_,
+                    fav, request)
 
-    def go_newer(state, *values, request: gr.Request):
-        if not state.get("back"):
-            return show("", [], *values, request=request)
-        return show(state["back"][-1], state["back"][:-1], *values, request=request)
+    def go_newer(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        back = state.get("back") or [""]
+        return show(back[-1], back[:-1], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request)
 
     search.click(first, filters, outputs, api_visibility="private")
     query.submit(first, filters, outputs, api_visibility="private")
@@ -126,14 +126,15 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
     favourite_button.click(toggle, [opened], [favourite_button], api_visibility="private")
 
-    def delete(item_id, state, *values, request: gr.Request):
+    def delete(item_id, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
         if item_id is None:
             raise gr.Error("Open a picture first.")
         with user_errors():
             library.delete(_viewer(library, request), item_id)
         gr.Info("Moved to the trash (outputs/.trash); it can be restored from there or over the API.")
         return (None, "", None, gr.DownloadButton(value=None),
-                *show(state.get("this", ""), state.get("back", []), *values, request=request))
+                *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_, size_, from_, to_, fav,
+                      request))
 
     delete_button.click(delete, [opened, cursors, *filters], [picture, parameters, opened, download, *outputs],
                         api_visibility="private")
