@@ -340,3 +340,17 @@ def test_two_logins_over_http_and_reproduce_bit_for_bit(client):
     assert client.post(f"/kiri/v1/library/trash/{entry['name']}/restore", auth=bob).status_code == 404
     assert client.post(f"/kiri/v1/library/trash/{entry['name']}/restore", auth=alice).status_code == 200
     assert len(client.get("/kiri/v1/library", auth=alice).json()["items"]) == 1
+
+
+def test_reproduce_a_hires_fix_picture_bit_for_bit(client):
+    alice = ("alice", "a-pass")
+    generate(client, "alice", prompt="a hires harbour", seed=21, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+             hr_second_pass_steps=2, denoising_strength=0.6)
+    (item,) = client.get("/kiri/v1/library", params={"q": "harbour"}, auth=alice).json()["items"]
+    assert (item["width"], item["height"]) == (96, 96)
+    made = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice).json()
+    assert made["body"]["enable_hr"] is True and made["body"]["hr_scale"] == 1.5
+    again = client.post(made["endpoint"], json={**made["body"], "save_images": False}, auth=alice)
+    assert again.status_code == 200, again.text
+    saved = client.get(f"/kiri/v1/library/{item['id']}/file", auth=alice).content
+    assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
