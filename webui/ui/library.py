@@ -26,10 +26,10 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
     """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened)."""
     library = open_library(engine.settings)
 
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False):
         query = gr.Textbox(label="Search prompts", placeholder='words, "a phrase", red OR blue, NOT cat', scale=4,
                            elem_id="library-search")
-        search = gr.Button("Search", variant="primary", scale=1, min_width=90, elem_id="library-search-button")
+        search = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="library-search-button")
     with gr.Accordion("Filters", open=False):
         with gr.Row():
             tab = gr.Dropdown([], label="Tab", value=None, allow_custom_value=True, elem_id="library-tab")
@@ -57,6 +57,8 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
                 favourite_button = gr.Button("☆ Favourite", elem_id="library-favourite")
                 delete_button = gr.Button("Delete", variant="stop", elem_id="library-delete")
                 download = gr.DownloadButton("Download", value=None, elem_id="library-download")
+            if send_to is not None:  # Image to image, Inpaint, Super-resolution, Segmentation, PNG info
+                send_to.menu("library", picture, infotext=parameters)
     # page state: the items shown, the cursors of the pages before (to go back), this page's and the next
     items = gr.State([])
     cursors = gr.State({"back": [], "this": "", "next": None})
@@ -142,5 +144,3 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
     if reproduce is not None:  # PNG info's "Send to Text to image": every field it knows, then that tab
         fill, targets = reproduce
         reproduce_button.click(fill, parameters, targets, api_visibility="private", queue=False)
-    if send_to is not None:
-        send_to.menu("library", picture, infotext=parameters)
