@@ -111,7 +111,7 @@ def test_search_strings_are_data(folder):
     lib = library_of(folder)
     lib.refresh(force=True)
     for query in ['"unclosed', "AND", "red AND", "(", "NEAR(", "col:umn", "*", "a OR OR b", "'; DROP TABLE files; --",
-                  "prompt:red", "\0"]:
+                  "prompt:red", "\0", "\ud800"]:
         try:
             page = lib.search(LOCAL, q=query)
         except InvalidRequest as exc:

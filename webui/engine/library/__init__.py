@@ -46,6 +46,7 @@ TRASH = ".trash"
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TOKEN = re.compile(r'"[^"]*"|\S+')
+_TRASH_NAME = re.compile(r"^\d+-\d+-[^/\\\0]{1,255}$")
 
 
 class NotFound(InvalidRequest):
@@ -138,6 +139,9 @@ class Library:
                size: str = "", date_from: str = "", date_to: str = "", favourite: bool = False, cursor: str = "",
                limit: int = PAGE, refresh: bool = True) -> dict:
         """A page of the viewer's pictures, newest first: {"items", "next" (cursor or None), "progress"}."""
+        for name, value in (("q", q), ("tab", tab), ("model", model), ("sampler", sampler), ("lora", lora), ("size", size),
+                            ("date_from", date_from), ("date_to", date_to), ("cursor", cursor)):
+            _check_text(name, value)
         if refresh:
             self.refresh()
         if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
@@ -248,6 +252,8 @@ class Library:
         return out
 
     def restore(self, viewer: Viewer, name: str) -> dict:
+        if not _TRASH_NAME.match(name or ""):
+            raise NotFound("name", "no such picture in your trash")
         trash = self.outputs / TRASH
         record_file = trash / (os.path.basename(name) + ".json")
         record = _record(record_file)
@@ -374,6 +380,18 @@ def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
         body.pop("denoising_strength", None)
     body = {k: v for k, v in body.items() if v is not None}
     return {"endpoint": endpoint, "body": body, "notes": notes}
+
+
+def _check_text(name: str, value: Any) -> None:
+    """A filter is text SQLite can hold: a string, no NUL, no lone surrogate (a client's bytes are data)."""
+    if not isinstance(value, str):
+        raise InvalidRequest(name, f"{name} must be text")
+    if "\0" in value:
+        raise InvalidRequest(name, f"{name} must not contain a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(name, f"{name} is not valid Unicode text") from None
 
 
 def _int(text: Any) -> int | None:

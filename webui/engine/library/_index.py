@@ -206,6 +206,8 @@ class Index:
 
     # --- reading ----------------------------------------------------------------------------
     def get(self, item_id: int) -> dict | None:
+        if not -(2**63) <= item_id < 2**63:
+            return None
         row = self.db().execute("SELECT f.*, fav.path IS NOT NULL AS favourite FROM files f "
                                 "LEFT JOIN favourites fav ON fav.path = f.path WHERE f.id=?", (item_id,)).fetchone()
         return dict(row) if row is not None else None
