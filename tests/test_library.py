@@ -354,3 +354,46 @@ def test_reproduce_a_hires_fix_picture_bit_for_bit(client):
     assert again.status_code == 200, again.text
     saved = client.get(f"/kiri/v1/library/{item['id']}/file", auth=alice).content
     assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
+
+
+def test_a_scan_killed_midway_is_completed_by_the_next(tmp_path, monkeypatch):
+    out = tmp_path / "outputs"
+    for n in range(7):
+        png(out / "txt2img" / "2026-01-01" / f"{n:05d}-{n}.png", a1111(f"picture {n}", n))
+    from webui.engine.library import _index
+
+    real, calls = _index.read_meta, []
+
+    def dying(image):
+        calls.append(1)
+        if len(calls) == 5:
+            raise SystemExit("killed")  # the server stopped while indexing
+        return real(image)
+
+    monkeypatch.setattr(_index, "_BATCH", 2)
+    monkeypatch.setattr(_index, "read_meta", dying)
+    with pytest.raises(SystemExit):
+        library_of(out).refresh(force=True)
+    monkeypatch.setattr(_index, "read_meta", real)
+    again = library_of(out)  # the next start, on the index the first one left
+    assert again.index.counts()["files"] == 4  # what was committed before the kill
+    assert again.refresh(force=True).read == 3 and len(again.search(LOCAL)["items"]) == 7
+
+
+def test_a_clip_gets_its_first_frame_as_poster(tmp_path):
+    import cv2
+
+    out = tmp_path / "outputs"
+    clip = out / "video" / "2026-01-01" / "00000-1.mp4"
+    clip.parent.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 8, (32, 32))
+    for _ in range(3):
+        writer.write(np.full((32, 32, 3), (200, 40, 10), np.uint8))  # BGR: blue
+    writer.release()
+    lib = library_of(out)
+    lib.refresh(force=True)
+    (item,) = lib.search(LOCAL)["items"]
+    assert item["kind"] == "clip" and item["tab"] == "video"
+    with Image.open(lib.thumbnail(LOCAL, item["id"])) as poster:
+        r, g, b = poster.convert("RGB").getpixel((16, 16))
+    assert b > 150 and r < 60

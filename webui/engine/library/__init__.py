@@ -299,12 +299,10 @@ class Library:
         target = self.thumb_path(row)
         if target.exists():
             return target
-        if os.path.splitext(row["path"])[1].lower() in (".mp4", ".webm"):
-            return None
         from PIL import Image
 
         try:
-            with Image.open(row["path"]) as image:
+            with _poster(row["path"]) if row["kind"] == "clip" else Image.open(row["path"]) as image:
                 if image.width * image.height > self.max_pixels:
                     return None
                 image.draft("RGB", (THUMB, THUMB))
@@ -380,6 +378,24 @@ def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
         body.pop("denoising_strength", None)
     body = {k: v for k, v in body.items() if v is not None}
     return {"endpoint": endpoint, "body": body, "notes": notes}
+
+
+def _poster(path: str):
+    """A clip's first frame as a PIL image (its poster); GIFs are opened by PIL itself."""
+    from PIL import Image
+
+    if path.lower().endswith(".gif"):
+        return Image.open(path)
+    import cv2
+
+    capture = cv2.VideoCapture(path)
+    try:
+        ok, frame = capture.read()
+    finally:
+        capture.release()
+    if not ok or frame is None:
+        raise OSError("no frame could be read")
+    return Image.fromarray(frame[:, :, ::-1].copy())
 
 
 def _check_text(name: str, value: Any) -> None:
