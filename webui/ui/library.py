@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import sqlite3
+
 import gradio as gr
 
 from webui.engine.context import Engine
@@ -24,7 +26,11 @@ def _viewer(library, request: gr.Request | None):
 
 def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None) -> None:
     """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened)."""
-    library = open_library(engine.settings)
+    try:
+        library = open_library(engine.settings)
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full outputs folder: the rest of the app still starts
+        gr.Markdown(f"The Library could not open its index in the outputs folder: `{exc}`")
+        return
 
     with gr.Row(equal_height=False):
         query = gr.Textbox(label="Search prompts", placeholder='words, "a phrase", red OR blue, NOT cat', scale=4,
