@@ -7,7 +7,7 @@ KiriAPI has, so the engine never imports a capability or the extension loader.
 
 from __future__ import annotations
 
-from webui.engine import controlnet, embeddings, ip_adapter, lora, segment, stepcache, styles, upscale, vae, wildcards
+from webui.engine import controlnet, embeddings, ip_adapter, library, lora, segment, stepcache, styles, upscale, vae, wildcards
 from webui.engine.generation import jobs as generation
 from webui.engine.context import Engine, Registries
 from webui.engine.core.devices import DeviceChoice
@@ -19,7 +19,7 @@ from webui.extensions import ExtensionManager
 # styles before wildcards: a style may hold dynamic prompts).
 CAPABILITIES = (generation.register, upscale.register, segment.register, video.register, stepcache.register,
                 vae.register, lora.register, controlnet.register, ip_adapter.register, embeddings.register, styles.register,
-                wildcards.register)
+                wildcards.register, library.register)
 
 
 def build_registries() -> Registries:

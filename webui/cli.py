@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where models run (default: auto)")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder holding checkpoints/ (default: models)")
     p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved (default: outputs)")
+    p.add_argument("--library-dir", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder of pictures (another tool's outputs) the Library indexes read-only; repeatable")
     p.add_argument("--settings-file", type=Path, default=ROOT / "settings.json", help="where the Settings tab saves")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow .ckpt/.pt checkpoints, read with torch.load(weights_only=True)")

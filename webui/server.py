@@ -31,6 +31,9 @@ def serve(engine: Engine, options: ServeOptions):
     """Build the UI and start serving without blocking; returns (blocks, server_app)."""
     from webui.ui.app import CSS, HEAD, build
 
+    from webui.engine.library import open_library
+
+    open_library(engine.settings).admins = set(options.admins)  # the Library tab's --admin logins see all
     app = build(engine, options.settings_file)
     # Model work is queued by the engine's job store; Gradio only bounds its waiting handlers.
     app.queue(default_concurrency_limit=None)

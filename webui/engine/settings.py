@@ -28,6 +28,7 @@ class Settings:
     models_dir: Path = Path("models")
     outputs_dir: Path = Path("outputs")
     styles_file: Path = Path("styles.csv")  # A1111's saved styles; styles*.csv beside it are read too (engine/styles/)
+    library_dirs: list[Path] = field(default_factory=list)  # read-only folders the Library indexes (--library-dir)
     wildcards_dir: Path = Path("wildcards")  # __name__ wildcard files, one option a line (engine/wildcards/)
     device: str = "auto"
     allow_pickle: bool = False

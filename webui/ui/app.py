@@ -8,7 +8,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 
-from . import extensions_tab, img2img, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale, video
+from . import extensions_tab, img2img, library, model_picker, png_info, sampler_lab, segment, settings, txt2img, upscale, video
 from . import pixels, theme
 from .send_to import SendTo
 
@@ -105,7 +105,9 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
             with gr.Tab("Segmentation", id="segment"):
                 segment.render(engine, i2i, tabs, send_to=send)
             with gr.Tab("PNG info", id="png_info"):
-                png_info.render(engine, t2i, tabs, TXT2IMG_TAB, send_to=send)
+                to_txt2img = png_info.render(engine, t2i, tabs, TXT2IMG_TAB, send_to=send)
+            with gr.Tab("Library", id=library.TAB_ID) as library_tab:
+                library.render(engine, library_tab, reproduce=to_txt2img, send_to=send)
             with gr.Tab("Sampler lab", id="sampler_lab"):
                 sampler_lab.render(engine)
             with gr.Tab("Settings", id="settings"):

@@ -30,7 +30,9 @@ def read_parameters(path: str | None) -> tuple[str, dict]:
     return text, fields
 
 
-def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str, send_to=None) -> None:
+def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: str, send_to=None) -> tuple:
+    """Builds the tab; returns (fill, targets): the handler that sets Text to image from an infotext and
+    switches to it, and its outputs, for other tabs' buttons (the Library's Reproduce)."""
     with gr.Row():
         with gr.Column():
             image = gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], elem_id="pnginfo-image")
@@ -86,3 +88,4 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
                gen.sampler, gen.schedule, gen.clip_skip, tabs, *([gen.vae] if gen.vae is not None else []),
                *([txt2img.styles] if txt2img.styles is not None else [])]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)
+    return send_to_txt2img, targets

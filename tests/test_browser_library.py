@@ -1,0 +1,75 @@
+"""The Library tab in headless Chromium (issue 29): search, open a picture, Reproduce fills Text to image."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+
+def test_search_open_and_reproduce(kiri_server, browser):
+    url = kiri_server["url"]
+    for prompt, seed in (("a violet lighthouse", 4242), ("a yellow windmill", 77)):
+        answer = requests.post(url + "sdapi/v1/txt2img", timeout=120, json={
+            "prompt": prompt, "negative_prompt": "grey fog", "steps": 2, "width": 64, "height": 64, "seed": seed,
+            "cfg_scale": 6, "save_images": True, "override_settings": {"samples_save": True}})
+        assert answer.status_code == 200, answer.text
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url)
+    page.locator("#txt2img-generate").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Library", exact=True).first.click()
+    page.locator("#library-search textarea, #library-search input").first.fill("lighthouse")
+    page.locator("#library-search-button").click()
+    thumbs = page.locator("#library-grid img")
+    thumbs.first.wait_for(timeout=30_000)
+    page.wait_for_timeout(300)
+    assert thumbs.count() == 1, "the search should find the lighthouse only"
+    thumbs.first.click()
+    page.wait_for_function(
+        "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Seed: 4242')", timeout=15_000)
+    assert page.locator("#library-picture img").count() == 1
+    page.locator("#library-reproduce").click()
+    page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a violet lighthouse'",
+                           timeout=15_000)
+    assert page.locator("#txt2img-prompt").is_visible()  # Text to image is the tab shown
+    values = page.evaluate("[...document.querySelectorAll('#txt2img-seed input, [id*=seed] input')].map(e => e.value)")
+    assert "4242" in values, values
+    page.close()
+
+
+USERS = [("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")]
+
+
+@pytest.fixture(scope="module")
+def login_server(models_dir, tmp_path_factory):
+    from conftest import serve_kiri
+    from webui.auth import make_checker
+
+    check = make_checker(USERS, {})
+    yield from serve_kiri(models_dir, tmp_path_factory, "library-logins", ui_login=check, api_login=check, admins={"boss"})
+
+
+def test_in_the_browser_each_login_sees_only_its_own_pictures(login_server, browser):
+    from test_logins import login_page
+
+    url = login_server["url"]
+    for user, password in USERS[:2]:
+        answer = requests.post(url + "sdapi/v1/txt2img", auth=(user, password), timeout=120, json={
+            "prompt": f"{user}'s own picture", "steps": 2, "width": 64, "height": 64, "seed": 5, "save_images": True,
+            "override_settings": {"samples_save": True}})
+        assert answer.status_code == 200, answer.text
+    seen = {}
+    for user in ("alice", "bob", "boss"):
+        context, page = login_page(browser, login_server, user)
+        page.get_by_role("tab", name="Library", exact=True).first.click()
+        thumbs = page.locator("#library-grid img")
+        thumbs.first.wait_for(timeout=30_000)
+        page.wait_for_timeout(300)
+        # every thumbnail shown was served to this login (the owner-checked file route let it through)
+        page.wait_for_function("[...document.querySelectorAll('#library-grid img')].every(i => i.complete && i.naturalWidth > 0)",
+                               timeout=15_000)
+        seen[user] = sorted(page.locator("#library-grid").inner_text().split("\n"))
+        context.close()
+    assert any("alice's own picture" in line for line in seen["alice"])
+    assert not any("bob" in line for line in seen["alice"])
+    assert not any("alice" in line for line in seen["bob"])
+    assert any("alice" in line for line in seen["boss"]) and any("bob" in line for line in seen["boss"])

@@ -1,0 +1,152 @@
+"""The Library tab: search box and filters over every picture made (engine/library), a grid of
+thumbnails newest first with paging, and the opened picture large with its parameters and buttons:
+Reproduce (fills Text to image from the infotext, as PNG info's button does), Send to, favourite,
+delete (to the trash) and download. A login sees only its own pictures; an --admin login all."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import sqlite3
+
+import gradio as gr
+
+from webui.engine.context import Engine
+from webui.engine.library import open_library
+
+from .common import user_errors
+
+TAB_ID = "library"
+PAGE = 48
+
+
+def _viewer(library, request: gr.Request | None):
+    return library.viewer(getattr(request, "username", None) or None)
+
+
+def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None) -> None:
+    """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened)."""
+    try:
+        library = open_library(engine.settings)
+    except (OSError, sqlite3.Error) as exc:  # a read-only or full outputs folder: the rest of the app still starts
+        gr.Markdown(f"The Library could not open its index in the outputs folder: `{exc}`")
+        return
+
+    with gr.Row(equal_height=False):
+        query = gr.Textbox(label="Search prompts", placeholder='words, "a phrase", red OR blue, NOT cat', scale=4,
+                           elem_id="library-search")
+        search = gr.Button("Search", variant="primary", scale=0, min_width=120, elem_id="library-search-button")
+    with gr.Accordion("Filters", open=False):
+        with gr.Row():
+            tab = gr.Dropdown([], label="Tab", value=None, allow_custom_value=True, elem_id="library-tab")
+            model = gr.Dropdown([], label="Checkpoint", value=None, allow_custom_value=True, elem_id="library-model")
+            sampler = gr.Dropdown([], label="Sampler", value=None, allow_custom_value=True, elem_id="library-sampler")
+            lora = gr.Textbox(label="LoRA or embedding", elem_id="library-lora")
+        with gr.Row():
+            size = gr.Textbox(label="Size (WxH)", placeholder="512x768", elem_id="library-size")
+            date_from = gr.Textbox(label="From (YYYY-MM-DD)", elem_id="library-from")
+            date_to = gr.Textbox(label="To (YYYY-MM-DD)", elem_id="library-to")
+            favourite = gr.Checkbox(label="Favourites only", elem_id="library-favourites")
+    status = gr.Markdown(elem_id="library-status")
+    with gr.Row():
+        with gr.Column(scale=3):
+            grid = gr.Gallery(label="Pictures, newest first", columns=6, height=520, allow_preview=False,
+                              object_fit="cover", elem_id="library-grid")
+            with gr.Row():
+                newer = gr.Button("◀ Newer", size="sm", elem_id="library-newer")
+                older = gr.Button("Older ▶", size="sm", elem_id="library-older")
+        with gr.Column(scale=2):
+            picture = gr.Image(label="Picture", type="filepath", interactive=False, height=420, elem_id="library-picture")
+            parameters = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="library-parameters")
+            with gr.Row():
+                reproduce_button = gr.Button("Reproduce", variant="primary", elem_id="library-reproduce")
+                favourite_button = gr.Button("☆ Favourite", elem_id="library-favourite")
+                delete_button = gr.Button("Delete", variant="stop", elem_id="library-delete")
+                download = gr.DownloadButton("Download", value=None, elem_id="library-download")
+            if send_to is not None:  # Image to image, Inpaint, Super-resolution, Segmentation, PNG info
+                send_to.menu("library", picture, infotext=parameters)
+    # page state: the items shown, the cursors of the pages before (to go back), this page's and the next
+    items = gr.State([])
+    cursors = gr.State({"back": [], "this": "", "next": None})
+    opened = gr.State(None)
+    filters = [query, tab, model, sampler, lora, size, date_from, date_to, favourite]
+
+    def show(cursor: str, back: list, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request):
+        viewer = _viewer(library, request)
+        with user_errors():
+            page = library.search(viewer, q=q or "", tab=tab_ or "", model=model_ or "", sampler=sampler_ or "",
+                                  lora=lora_ or "", size=size_ or "", date_from=from_ or "", date_to=to_ or "",
+                                  favourite=bool(fav), cursor=cursor or "", limit=PAGE)
+        drawn = [(thumb, item) for thumb, item in library.page_thumbnails(page) if thumb is not None]
+        shown = [(str(thumb), item["prompt"][:80] or item["name"]) for thumb, item in drawn]
+        kept = [item for _, item in drawn]
+        choices = library.choices(viewer)
+        line = page["progress"] or (f"{len(kept)} pictures on this page" + (" — more older ones ▶" if page["next"] else "")
+                                    if kept else "No pictures match.")
+        return (gr.Gallery(value=shown, selected_index=None), kept,
+                {"back": back, "this": cursor or "", "next": page["next"]}, line,
+                gr.Dropdown(choices=choices["tab"]), gr.Dropdown(choices=choices["model"]),
+                gr.Dropdown(choices=choices["sampler"]))
+
+    outputs = [grid, items, cursors, status, tab, model, sampler]
+
+    def first(q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        return show("", [], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request)
+
+    def go_older(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        if not state.get("next"):
+            raise gr.Error("This is the oldest page.")
+        return show(state["next"], [*state["back"], state["this"]], q, tab_, model_, sampler_, lora_, size_, from_, to_,
+                    fav, request)
+
+    def go_newer(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        back = state.get("back") or [""]
+        return show(back[-1], back[:-1], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request)
+
+    search.click(first, filters, outputs, api_visibility="private")
+    query.submit(first, filters, outputs, api_visibility="private")
+    if tab_block is not None:
+        tab_block.select(first, filters, outputs, api_visibility="private")
+    favourite.change(first, filters, outputs, api_visibility="private")
+    older.click(go_older, [cursors, *filters], outputs, api_visibility="private")
+    newer.click(go_newer, [cursors, *filters], outputs, api_visibility="private")
+
+    def select(shown: list, evt: gr.SelectData, request: gr.Request):
+        index = evt.index if isinstance(evt.index, int) else 0
+        if not 0 <= index < len(shown):
+            raise gr.Error("Pick a picture in the grid.")
+        with user_errors():
+            item = library.item(_viewer(library, request), shown[index]["id"])
+        star = "★ Favourite" if item["favourite"] else "☆ Favourite"
+        return item["path"], item["infotext"] or "This picture carries no generation parameters.", item["id"], \
+            gr.Button(value=star), gr.DownloadButton(value=item["path"])
+
+    grid.select(select, [items], [picture, parameters, opened, favourite_button, download], api_visibility="private")
+
+    def toggle(item_id, request: gr.Request):
+        if item_id is None:
+            raise gr.Error("Open a picture first.")
+        viewer = _viewer(library, request)
+        with user_errors():
+            on = not library.item(viewer, item_id)["favourite"]
+            library.favourite(viewer, item_id, on)
+        return gr.Button(value="★ Favourite" if on else "☆ Favourite")
+
+    favourite_button.click(toggle, [opened], [favourite_button], api_visibility="private")
+
+    def delete(item_id, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        if item_id is None:
+            raise gr.Error("Open a picture first.")
+        with user_errors():
+            library.delete(_viewer(library, request), item_id)
+        gr.Info("Moved to the trash (outputs/.trash); it can be restored from there or over the API.")
+        return (None, "", None, gr.DownloadButton(value=None),
+                *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_, size_, from_, to_, fav,
+                      request))
+
+    delete_button.click(delete, [opened, cursors, *filters], [picture, parameters, opened, download, *outputs],
+                        api_visibility="private")
+
+    if reproduce is not None:  # PNG info's "Send to Text to image": every field it knows, then that tab
+        fill, targets = reproduce
+        reproduce_button.click(fill, parameters, targets, api_visibility="private", queue=False)
