@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
+from ._cv import cv2
 import numpy as np
 
 from webui.engine.core.errors import InvalidRequest

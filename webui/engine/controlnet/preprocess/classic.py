@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import cv2
+from ._cv import cv2
 import numpy as np
 
 from .image import at_resolution, processing_size, resize_to

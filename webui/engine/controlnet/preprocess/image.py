@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import cv2
+from ._cv import cv2
 import numpy as np
 
 from webui.engine.core.errors import InvalidRequest

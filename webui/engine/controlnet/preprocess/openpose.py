@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-import cv2
+from ._cv import cv2
 import numpy as np
 
 # Limbs as pairs of keypoint indices (0-based); only the first 17 are drawn, as in OpenPose's draw_bodypose.

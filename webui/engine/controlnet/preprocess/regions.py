@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import cv2
+from ._cv import cv2
 import numpy as np
 
 from webui.engine.core.errors import InvalidRequest
