@@ -198,3 +198,59 @@ def test_unknown_detector_file_is_refused_by_name(drawn, tmp_path):
     with pytest.raises(InvalidRequest) as err:
         drawn.img2img(_img2img({"ad_model": "my_detector.pt"}))
     assert err.value.field.endswith("ad_model") and "tiny-clipseg" in str(err.value)
+
+
+# --- the ADetailer API through webuiapi --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ad_server(models_dir, tmp_path_factory):
+    """The served app on tiny-sd and a tiny CLIPSeg (a segmenter that takes words)."""
+    import tiny_segmenters
+    from conftest import serve_kiri
+
+    root = tmp_path_factory.mktemp("ad_models")
+    (root / "checkpoints").mkdir()
+    (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
+    tiny_segmenters.make_tiny_clipseg(root / "segmentation" / "tiny-clipseg")
+    yield from serve_kiri(root, tmp_path_factory, "ad_outputs")
+
+
+def test_webuiapi_adetailer_class_on_txt2img_and_img2img(ad_server):
+    import requests
+    import webuiapi
+
+    port = int(ad_server["url"].rstrip("/").rsplit(":", 1)[1])
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler="Euler", steps=2)
+    assert api.has_adetailer  # /sdapi/v1/scripts lists the add-ons' alwayson scripts
+    assert requests.get(ad_server["url"] + "adetailer/v1/version", timeout=30).json()["version"]
+    models = requests.get(ad_server["url"] + "adetailer/v1/ad_model", timeout=30).json()["ad_model"]
+    assert models[0] == "None" and "tiny-clipseg" in models and "face_yolov8n.pt" in models
+
+    # confidence 0: the tiny segmenter's mask is the whole picture, one region
+    unit = webuiapi.ADetailer(ad_model="tiny-clipseg", ad_model_classes="circle", ad_confidence=0.0,
+                              ad_denoising_strength=0.5, ad_prompt="a red circle")
+    result = api.txt2img(prompt="a red circle", seed=5, width=64, height=64, adetailer=[unit])
+    assert result.image.size == (64, 64) and len(result.images) == 1  # the API answers the detailed picture only
+    info = result.info["infotexts"][0]
+    assert "ADetailer model: tiny-clipseg" in info and "ADetailer prompt: a red circle" in info
+    assert "ADetailer regions: 1" in info
+
+    # skip_img2img on /img2img: the init image kept, only the detailer runs; an unknown word finds nothing here
+    init = Image.fromarray(np.full((64, 64, 3), 40, np.uint8))
+    nothing = webuiapi.ADetailer(ad_model="tiny-clipseg", ad_model_classes="circle", ad_confidence=1.0)
+    body = {"prompt": "a red circle", "init_images": [webuiapi.raw_b64_img(init)], "steps": 2, "width": 64, "height": 64,
+            "alwayson_scripts": {"ADetailer": {"args": [True, True, nothing.to_dict()]}}}
+    reply = requests.post(ad_server["url"] + "sdapi/v1/img2img", json=body, timeout=120)
+    assert reply.status_code == 200
+    import base64
+    import io
+    import json
+
+    out = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB")
+    assert np.array_equal(np.asarray(out), np.asarray(init))
+    assert "ADetailer regions: 0" in json.loads(reply.json()["info"])["infotexts"][0]
+
+    # a bad value is a 422 naming the unit's field
+    body["alwayson_scripts"]["ADetailer"]["args"] = [True, False, {"ad_model": "face", "ad_mask_blur": -1}]
+    reply = requests.post(ad_server["url"] + "sdapi/v1/img2img", json=body, timeout=60)
+    assert reply.status_code == 422 and "alwayson_scripts.ADetailer.args[2].ad_mask_blur" in reply.text
