@@ -115,8 +115,9 @@ def detail_work(engine: "Engine", request: Any, kind: str, settings: DetailerSet
             result.add(picture, infotext, seed, path)
             before.append((image, info, seed))
         if settings.show_before:  # the UI's before/after view: the main pass follows the detailed pictures
-            for image, info, seed in before:
-                result.add(image, info, seed)
+            for image, info, seed in before:  # saved too when the others are (ADetailer's "save images before")
+                path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
+                result.add(image, info, seed, path)
         result.interrupted = result.interrupted or job.interrupted
         return result
 
