@@ -42,3 +42,27 @@ def test_enable_a_detailer_unit_and_see_before_and_after(ad_ui_server, browser, 
     assert thumbnails.count() == 2  # the detailed picture, then the main pass
     page.screenshot(path=str(tmp_path / "detailed.png"))
     page.close()
+
+
+def test_png_info_sends_the_adetailer_units_to_the_panel(ad_ui_server, browser, tmp_path):
+    from PIL import Image
+
+    from webui.engine.core.infotext import pnginfo_for
+
+    text = ("a red circle\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, ADetailer model: the star, "
+            "ADetailer prompt: \"a sharp star, red\", ADetailer denoising strength: 0.55, ADetailer model 2nd: hand, "
+            "ADetailer version: 24.11.1")
+    path = tmp_path / "detailed.png"
+    Image.new("RGB", (64, 64), "white").save(path, pnginfo=pnginfo_for(text))
+    page = browser.new_page(viewport={"width": 1600, "height": 900})
+    page.goto(ad_ui_server["url"])
+    page.get_by_role("tab", name="PNG info", exact=True).first.click()
+    page.locator("#pnginfo-image input[type=file]").set_input_files(str(path))
+    page.wait_for_function("document.querySelector('#pnginfo-text textarea').value.includes('ADetailer')", timeout=30_000)
+    page.locator("#pnginfo-send").click()
+    page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a red circle'", timeout=10_000)
+    page.locator("#txt2img-detailer").get_by_text("Detailer", exact=True).first.click()
+    assert page.locator("#txt2img-ad0-enabled input").is_checked()
+    assert page.locator("#txt2img-ad0-find textarea, #txt2img-ad0-find input").first.input_value() == "the star"
+    assert page.locator("#txt2img-ad0-prompt textarea").input_value() == "a sharp star, red"
+    page.close()

@@ -33,6 +33,15 @@ class Panel:
             found["ad_skip_img2img"] = self.skip_img2img
         return found
 
+    def updates_from_infotext(self, params: dict[str, str]) -> dict:
+        """{component: value} for a picture's ADetailer keys (PNG info's "Send to Text to image"); the
+        units it does not record are turned off."""
+        values = fields_from_infotext(params, len(self.units))
+        inputs = self.inputs()
+        updates: dict = {inputs[f"ad{i}_enabled"]: False for i in range(len(self.units))}
+        updates.update({inputs[name]: value for name, value in values.items() if name in inputs})
+        return updates
+
     def pop_addons(self, settings: dict) -> dict[str, Any]:
         """Pops the panel's values out of a handler's **settings: {"adetailer": {...}} when a unit is
         enabled (the request's detailer settings, with the before/after view on), else {}."""

@@ -34,6 +34,7 @@ class Txt2ImgTab:
     settings: GenerationSettings
     gallery: gr.Gallery
     styles: gr.Dropdown | None = None
+    detailer: detailer_ui.Panel | None = None  # PNG info sends a picture's ADetailer keys back to it
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -197,7 +198,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
                         api_visibility="private", queue=False)
     extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
-    return Txt2ImgTab(prompt, negative, gen, gallery, styles)
+    return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail)
 
 
 def _hires_fix(settings: dict) -> HiresFix | None:
