@@ -102,8 +102,8 @@ def _render_unit(prefix: str, index: int, detectors: list[str]) -> dict[str, gr.
         c["find"] = gr.Textbox("face" if index == 0 else "hand", label="Find (a word or phrase)", elem_id=f"{eid}-find",
                                info="face, hand, the star; or ADetailer's face_yolov8n.pt")
         c["detector"] = gr.Dropdown(detectors, value=AUTOMATIC, label="Detector", elem_id=f"{eid}-detector")
-    c["prompt"] = gr.Textbox(label="Prompt (empty: the main prompt; [SEP] splits it per region)", lines=2, elem_id=f"{eid}-prompt")
-    c["negative_prompt"] = gr.Textbox(label="Negative prompt (empty: the main one)", lines=1, elem_id=f"{eid}-negative")
+    c["prompt"] = gr.Textbox("", label="Prompt (empty: the main prompt; [SEP] splits it per region)", lines=2, elem_id=f"{eid}-prompt")
+    c["negative_prompt"] = gr.Textbox("", label="Negative prompt (empty: the main one)", lines=1, elem_id=f"{eid}-negative")
     with gr.Row():
         c["confidence"] = gr.Slider(0, 1, value=0.3, step=0.01, label="Confidence", elem_id=f"{eid}-confidence")
         c["k_largest"] = gr.Slider(0, 10, value=0, step=1, label="Only the k largest regions (0: all)")
