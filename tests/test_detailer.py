@@ -254,3 +254,56 @@ def test_webuiapi_adetailer_class_on_txt2img_and_img2img(ad_server):
     body["alwayson_scripts"]["ADetailer"]["args"] = [True, False, {"ad_model": "face", "ad_mask_blur": -1}]
     reply = requests.post(ad_server["url"] + "sdapi/v1/img2img", json=body, timeout=60)
     assert reply.status_code == 422 and "alwayson_scripts.ADetailer.args[2].ad_mask_blur" in reply.text
+
+
+def test_after_hires_fix(drawn, tmp_path):
+    _with_text_segmenter(drawn, tmp_path)
+    request = Txt2ImgRequest(prompt="a square", steps=2, width=64, height=64, seed=5, save_images=False,
+                             hires=__import__("webui.engine.generation.requests", fromlist=["HiresFix"]).HiresFix(
+                                 scale=2, upscaler="Lanczos", denoising_strength=0.0),
+                             addons={"adetailer": {"units": [{"ad_model": "square", "ad_confidence": 0.1}]}})
+    result = drawn.txt2img(request)
+    assert result.images[0].size == (128, 128)  # the detailer ran on the hires pass's picture
+    params = parse_infotext(result.infotexts[0]).params
+    assert params["Hires upscale"] == "2" and params["ADetailer model"] == "square"
+
+
+def test_a_units_own_controlnet_gets_the_region_crop(models_dir, tmp_path, monkeypatch):
+    import controlnet_files
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.detailer import _stage
+    from webui.engine.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
+    controlnet_files.make_controlnet(root / "checkpoints" / "tiny-sd", root / "ControlNet" / "outline-cn", seed=1)
+    engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd", save_images=False),
+                          DeviceChoice("cpu"))
+    _with_text_segmenter(engine, tmp_path)
+
+    def fake_detect(engine, picture, detector, unit, job):
+        if False:
+            yield
+        return [np.asarray(picture.convert("L")) > 200]
+
+    seen = []
+    real_stage = _stage.stage
+
+    def spy(engine, task, job):
+        seen.append(task.request.addons.get("controlnet"))
+        result = yield from real_stage(engine, task, job)
+        seen.append(result.infotexts)
+        return result
+
+    monkeypatch.setattr(_stage, "detect", fake_detect)
+    monkeypatch.setattr(_stage, "stage", spy)
+    unit = {"ad_model": "square", "ad_mask_k_largest": 1, "ad_inpaint_only_masked_padding": 0, "ad_dilate_erode": 0,
+            "ad_controlnet_model": "outline-cn", "ad_controlnet_weight": 0.8}
+    engine.img2img(_img2img(unit))
+    units, infotexts = seen
+    assert units[0]["model"] == "outline-cn" and units[0]["weight"] == 0.8
+    assert units[0]["image"].size[0] < 96  # the region's crop, not the whole picture
+    assert "ControlNet 0" in infotexts[0] and "outline-cn" in infotexts[0]
