@@ -89,8 +89,6 @@ def drawn(engine, monkeypatch):
 
     monkeypatch.setattr(_stage, "detect", fake_detect)
     engine.catalog.scan()
-    import tiny_segmenters  # a text segmenter must exist for a word unit to be accepted
-
     return engine
 
 
@@ -186,11 +184,12 @@ def test_interrupt_keeps_the_regions_done(drawn, tmp_path, monkeypatch):
 
 def test_txt2img_then_detailer_with_before_view(drawn, tmp_path):
     _with_text_segmenter(drawn, tmp_path)
-    request = Txt2ImgRequest(prompt="a square", steps=2, width=64, height=64, seed=5, save_images=False,
+    request = Txt2ImgRequest(prompt="a square", steps=2, width=64, height=64, seed=5, save_images=False, batch_size=2,
                              addons={"adetailer": {"units": [{"ad_model": "square"}], "show_before": True}})
     result = drawn.txt2img(request)
-    assert len(result.images) == 2  # detailed, then the main pass
-    assert "ADetailer model" in result.infotexts[0] and "ADetailer" not in result.infotexts[1]
+    assert len(result.images) == 4  # each picture of the batch detailed, then the main pass's two
+    assert result.seeds == [5, 6, 5, 6]
+    assert all("ADetailer model" in t for t in result.infotexts[:2]) and not any("ADetailer" in t for t in result.infotexts[2:])
 
 
 def test_unknown_detector_file_is_refused_by_name(drawn, tmp_path):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._regions import preprocess, region_prompts, select, split_regions, unit_regions
 from ._units import (
-    INFOTEXT_FIELDS, KNOWN_MODELS, MAX_UNITS, MERGE_MODES, NAME, SCRIPT, SEP, VERSION, DetailerSettings, DetailerUnit,
+    INFOTEXT_FIELDS, MAX_UNITS, MERGE_MODES, NAME, SCRIPT, SEP, VERSION, DetailerSettings, DetailerUnit,
     from_args, plain, settings_from, suffix, unit_from, units_from_infotext,
 )
 

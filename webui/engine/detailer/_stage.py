@@ -52,7 +52,8 @@ def detector_for(engine: "Engine", unit: DetailerUnit, where: str) -> Detector:
                                  + ", ".join(s.name for s in every.values() if "text" in s.prompts and not s.problem))
         word = unit.ad_model_classes.strip()
         if not word:
-            raise InvalidRequest(f"{where}.ad_model_classes", f"say what {name} should find (a word or phrase: face, hand, the star)")
+            raise InvalidRequest(f"{where}.ad_model_classes",
+                                 f"say what {name} should find (a word or phrase: face, hand, the star)")
         return Detector(name, word)
     stem = Path(name).stem.lower()
     known = next((word for prefix, word in KNOWN_MODELS.items() if stem.startswith(prefix)), None)
@@ -105,18 +106,19 @@ def detail_work(engine: "Engine", request: Any, kind: str, settings: DetailerSet
         result.warnings.extend(d.note for d in detectors.values() if d.note and d.note not in result.warnings)
         save = engine.settings.save_images if request.save_images is None else request.save_images
         out_dir = dated_dir(engine.outputs_for(job.owner), kind)
+        extension = request.image_format or engine.settings.image_format
         before: list[tuple[Any, str, int]] = []
         for image, info, seed in zip(main.images, main.infotexts, main.seeds):
             picture, params = yield from detail_one(engine, request, settings, detectors, image, seed, main, job, result.warnings)
             text = parse_infotext(info)
             merged = {**text.params, **params}
             infotext = build_infotext(text.prompt, text.negative_prompt, merged)
-            path = save_image(picture, out_dir, infotext, seed, request.image_format or engine.settings.image_format) if save else None
+            path = save_image(picture, out_dir, infotext, seed, extension) if save else None
             result.add(picture, infotext, seed, path)
             before.append((image, info, seed))
         if settings.show_before:  # the UI's before/after view: the main pass follows the detailed pictures
             for image, info, seed in before:  # saved too when the others are (ADetailer's "save images before")
-                path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
+                path = save_image(image, out_dir, info, seed, extension) if save else None
                 result.add(image, info, seed, path)
         result.interrupted = result.interrupted or job.interrupted
         return result
