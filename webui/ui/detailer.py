@@ -42,9 +42,10 @@ class Panel:
         updates.update({inputs[name]: value for name, value in values.items() if name in inputs})
         return updates
 
-    def pop_addons(self, settings: dict) -> dict[str, Any]:
+    def pop_addons(self, settings: dict, show_before: bool = True) -> dict[str, Any]:
         """Pops the panel's values out of a handler's **settings: {"adetailer": {...}} when a unit is
-        enabled (the request's detailer settings, with the before/after view on), else {}."""
+        enabled (the request's detailer settings; `show_before`: the main pass follows each detailed
+        picture, off for the X/Y grid, whose cells are one picture each), else {}."""
         skip = bool(settings.pop("ad_skip_img2img", False))
         units = []
         for index in range(len(self.units)):
@@ -67,7 +68,7 @@ class Panel:
             ))
         if not units:
             return {}
-        return {detailer.NAME: {"units": units, "skip_img2img": skip, "show_before": True}}
+        return {detailer.NAME: {"units": units, "skip_img2img": skip, "show_before": show_before}}
 
 
 def _detectors(engine: Engine) -> list[str]:

@@ -142,7 +142,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             units = control.pop_addons(settings)
-            units.update(detail.pop_addons(settings))
+            units.update(detail.pop_addons(settings, show_before=False))
             fields = request_fields(**{**settings, "batch_size": 1, "batch_count": 1})
             fields["addons"].update(units)
             base = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields, styles=chosen)
