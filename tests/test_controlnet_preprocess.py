@@ -281,7 +281,8 @@ def test_defaults_and_ignored_sliders(reg):
     assert np.array_equal(reg.run("canny", img, -1, -1, -1), default)
     assert np.array_equal(reg.run("canny", img, 512, 100, 200), default)
     assert np.array_equal(reg.run("canny", img, "512", "100", "200"), default)  # form fields come as text
-    assert not np.array_equal(reg.run("canny", img, 512, 10, 20), default)
+    faint = img // 12  # low contrast: the thresholds decide whether its border is an edge
+    assert not np.array_equal(reg.run("canny", faint, 512, 10, 20), reg.run("canny", faint))
     # a module without the slider ignores what webuiapi sends for it (64, 64) and odd resolutions
     assert np.array_equal(reg.run("invert", img, 7, 64, 64), 255 - img)
     with pytest.raises(InvalidRequest) as e:
@@ -505,3 +506,15 @@ def test_pose_folder_of_the_wrong_kind_is_refused(reg, annotator_folders):
         reg.run("openpose", scene(), services=services_for(pose=annotator_folders / "dpt"))
     assert e.value.field == "module" and "VitPose" in str(e.value)
     assert math.isfinite(reg.get("openpose").resolution.value)
+
+
+def test_edges_of_a_picture_smaller_than_the_resolution_are_found_at_its_own_size(reg):
+    """At the default 512 an upscaled 64 px picture is too smooth for canny's thresholds: edge modules
+    work at the picture's own size instead, so the map matches cv2.Canny on the picture."""
+    import cv2
+
+    img = scene()
+    assert img.shape[0] < 512
+    expected = cv2.Canny(img, 100, 200)
+    got = reg.run("canny", img, 512, 100, 200)[:, :, 0]
+    assert expected.any() and np.array_equal(got > 127, expected > 127)

@@ -76,8 +76,14 @@ def resize_to(image: np.ndarray, shape: tuple[int, int], kind: str = "smooth") -
 
 def at_resolution(image: np.ndarray, resolution: int, fn: Callable[[np.ndarray], np.ndarray],
                   kind: str = "smooth") -> np.ndarray:
-    """Run `fn` on the image at the processing resolution (edge-padded to 64) and return its map at the input's size."""
+    """Run `fn` on the image at the processing resolution (edge-padded to 64) and return its map at the input's size.
+
+    Edge detectors ("binary") never work above the input's own size: an upscaled picture is smoother,
+    its gradients fall under canny's thresholds and a 64 px picture at 512 gives no edges at all
+    (sd-webui-controlnet upscales anyway; its inputs are rarely smaller than the resolution)."""
     h_raw, w_raw = image.shape[:2]
+    if kind == "binary":
+        resolution = min(resolution, min(h_raw, w_raw))
     h, w = processing_size((h_raw, w_raw), resolution)
     up = h * w > h_raw * w_raw
     scaled = cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC if up else cv2.INTER_AREA)
