@@ -125,7 +125,8 @@ def test_every_capability_registers_itself():
     registries = build_registries()
     assert {"txt2img", "img2img", "txt2video", "vid2vid", "interpolate"} <= set(registries.job_kinds.names())
     assert {"upscaler", "segmenter", "motion", "video"} <= set(registries.loaders)
-    assert [v.source for v in registries.job_kinds.variants["txt2img"]] == ["built-in"]
+    # the detailer's variant (it wraps the next), then hires fix
+    assert [v.source for v in registries.job_kinds.variants["txt2img"]] == ["built-in", "built-in"]
     assert "clip_skip" in registries.addons.names()
 
 

@@ -7,7 +7,8 @@ KiriAPI has, so the engine never imports a capability or the extension loader.
 
 from __future__ import annotations
 
-from webui.engine import controlnet, embeddings, ip_adapter, library, lora, segment, stepcache, styles, upscale, vae, wildcards
+from webui.engine import (controlnet, detailer, embeddings, ip_adapter, library, lora, segment, stepcache, styles, upscale,
+                          vae, wildcards)
 from webui.engine.generation import jobs as generation
 from webui.engine.context import Engine, Registries
 from webui.engine.core.devices import DeviceChoice
@@ -15,9 +16,10 @@ from webui.engine.settings import Settings
 from webui.engine.video import service as video
 from webui.extensions import ExtensionManager
 
-# The built-in capabilities, in the order they register (upscale extends generation's job kinds;
-# styles before wildcards: a style may hold dynamic prompts).
-CAPABILITIES = (generation.register, upscale.register, segment.register, video.register, stepcache.register,
+# The built-in capabilities, in the order they register (upscale extends generation's job kinds; the
+# detailer before it: its variant is chosen first and runs the one after it, hires fix or SD upscale,
+# as its main pass; styles before wildcards: a style may hold dynamic prompts).
+CAPABILITIES = (generation.register, detailer.register, upscale.register, segment.register, video.register, stepcache.register,
                 vae.register, lora.register, controlnet.register, ip_adapter.register, embeddings.register, styles.register,
                 wildcards.register, library.register)
 

@@ -16,10 +16,10 @@ DEFAULT_MAX_BODY = 50 * 2**20
 
 
 def routers(ctx: ApiContext) -> list:
-    from . import controlnet, kiri, library, sdapi, segment, video
+    from . import adetailer, controlnet, kiri, library, sdapi, segment, video
 
     return [sdapi.build_router(ctx), kiri.build_router(ctx), segment.build_router(ctx), video.build_router(ctx),
-            controlnet.build_router(ctx), library.build_router(ctx)]
+            controlnet.build_router(ctx), adetailer.build_router(ctx), library.build_router(ctx)]
 
 
 def server_app_kwargs(ctx: ApiContext, max_body_bytes: int = DEFAULT_MAX_BODY, ui_logins: bool = False) -> dict[str, Any]:

@@ -15,6 +15,7 @@ RANGES = {
     "model_memory_budget_mb": (0, 1 << 20),
     "preview_every": (0, 1000),
     "control_net_unit_count": (1, 10),
+    "ad_max_models": (1, 8),
     "max_pixels": (64 * 64, 8192 * 8192),
     "max_output_pixels": (64 * 64, 8192 * 8192),
     "max_video_pixels": (64 * 64, 1024 * 4096 * 4096),
@@ -56,10 +57,12 @@ class Settings:
     extra_networks_default_multiplier: float = 1.0
     # How many ControlNet units the generation tabs show (sd-webui-controlnet's control_net_unit_count)
     control_net_unit_count: int = 3
+    # How many detailer units the generation tabs show (ADetailer's ad_max_models)
+    ad_max_models: int = 2
 
     EDITABLE = ("model_cache_size", "default_model", "save_images", "image_format", "disabled_extensions", "enabled_extensions",
                 "preview_every",
-                "step_cache", "sd_vae", "use_embeddings", "extra_networks_default_multiplier", "control_net_unit_count",
+                "step_cache", "sd_vae", "use_embeddings", "extra_networks_default_multiplier", "control_net_unit_count", "ad_max_models",
                 "model_memory_budget_mb", "max_pixels", "max_output_pixels", "max_video_pixels")
 
     def checked(self, name: str, value):

@@ -18,6 +18,7 @@ from webui.engine.samplers.registry import default_sampler
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
 from . import controlnet, extra_networks
+from . import detailer as detailer_ui
 from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line, stream_job, user_errors
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
@@ -203,6 +204,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             gen = generation_settings("img2img", samplers, sampler, size)
             gen.vae = vae_choice("img2img", engine.catalog)
             control = controlnet.render(engine, "img2img", model_picker, size=(gen.width, gen.height), init_image=init_image)
+            detail = detailer_ui.render(engine, "img2img")
         with gr.Column(scale=4, elem_classes=["kiri-output"]):
             with gr.Row(elem_classes=["kiri-actions"]):
                 generate = gr.Button("Generate", variant="primary", elem_id="img2img-generate", scale=3, elem_classes=["kiri-generate"])
@@ -227,6 +229,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             units = control.pop_addons(settings)
+            units.update(detail.pop_addons(settings))
             fields: dict[str, Any] = dict(
                 prompt=prompt or "", negative_prompt=negative_prompt or "", styles=chosen, **request_fields(**settings),
                 denoising_strength=float(strength),
@@ -263,7 +266,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     inputs = dict(mode=mode, prompt=prompt, negative_prompt=negative, init_image=init_image, editor=editor,
                   mask_upload=mask_upload, outpaint_image=outpaint_image, left=left, right=right, up=up, down=down,
                   mask_blur=mask_blur, invert=invert, fill=fill, area=area, padding=padding, resize_mode=resize_mode,
-                  strength=strength, **gen.inputs(), model=model_picker, styles=styles, **control.inputs())
+                  strength=strength, **gen.inputs(), model=model_picker, styles=styles, **control.inputs(), **detail.inputs())
     generate.click(run, inputs_kwargs=inputs, outputs=[gallery, infotext, status], api_name="img2img", **JOB_EVENT,
                    **QUIET_PROGRESS)
 

@@ -81,11 +81,14 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
                 updates[gen.schedule] = gr.update(value=schedule)
             except KiriError:
                 gr.Warning(f"Sampler {sampler!r} is not available in Kiri; keeping the current one.")
+        if txt2img.detailer is not None:  # the ADetailer units it was detailed with, into the Detailer panel
+            updates.update(txt2img.detailer.updates_from_infotext(parsed.params))
         return updates
 
     gen = txt2img.settings
     targets = [txt2img.prompt, txt2img.negative_prompt, gen.steps, gen.cfg_scale, gen.seed, gen.width, gen.height,
                gen.sampler, gen.schedule, gen.clip_skip, tabs, *([gen.vae] if gen.vae is not None else []),
-               *([txt2img.styles] if txt2img.styles is not None else [])]
+               *([txt2img.styles] if txt2img.styles is not None else []),
+               *(txt2img.detailer.inputs().values() if txt2img.detailer is not None else [])]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)
     return send_to_txt2img, targets

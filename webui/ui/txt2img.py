@@ -16,6 +16,7 @@ from webui.engine.samplers.registry import default_sampler
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
 from . import controlnet, extra_networks
+from . import detailer as detailer_ui
 from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, interrupted_at, owner_of, progress_line, stream_job, user_errors
 from .send_to import SendTo
@@ -33,6 +34,7 @@ class Txt2ImgTab:
     settings: GenerationSettings
     gallery: gr.Gallery
     styles: gr.Dropdown | None = None
+    detailer: detailer_ui.Panel | None = None  # PNG info sends a picture's ADetailer keys back to it
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -62,6 +64,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
             gen.step_cache = step_cache_choice("txt2img")
             control = controlnet.render(engine, "txt2img", model_picker, size=(gen.width, gen.height))
+            detail = detailer_ui.render(engine, "txt2img")
             # Kiri's hires default for the model (upscale.hires_defaults): for the embedded 64 px models an
             # upscaler model and no second-pass denoising, which keeps the picture as it is.
             hr_default_upscaler, hr_default_strength = hires_defaults(engine)
@@ -111,6 +114,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             units = control.pop_addons(settings)
+            units.update(detail.pop_addons(settings))
             fields = request_fields(**settings)
             fields["addons"].update(units)
             req = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields, hires=hires, styles=chosen)
@@ -121,7 +125,8 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             gr.Warning(warning)
         yield finished_outputs(result, job, time.perf_counter() - started)
 
-    inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker, styles=styles, **control.inputs())
+    inputs = dict(prompt=prompt, negative_prompt=negative, **gen.inputs(), model=model_picker, styles=styles, **control.inputs(),
+                  **detail.inputs())
     hires_inputs = dict(enable_hr=enable_hr, hr_upscaler=hr_upscaler, hr_scale=hr_scale, hr_steps=hr_steps,
                         hr_denoise=hr_denoise, hr_resize_x=hr_resize_x, hr_resize_y=hr_resize_y)
     generate.click(run, inputs_kwargs={**inputs, **hires_inputs}, outputs=[gallery, infotext, status], api_name="txt2img", **JOB_EVENT,
@@ -137,6 +142,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
         chosen = list(settings.pop("styles", None) or [])
         with user_errors():
             units = control.pop_addons(settings)
+            units.update(detail.pop_addons(settings, show_before=False))
             fields = request_fields(**{**settings, "batch_size": 1, "batch_count": 1})
             fields["addons"].update(units)
             base = Txt2ImgRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", **fields, styles=chosen)
@@ -192,7 +198,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
                         api_visibility="private", queue=False)
     extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
-    return Txt2ImgTab(prompt, negative, gen, gallery, styles)
+    return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail)
 
 
 def _hires_fix(settings: dict) -> HiresFix | None:

@@ -105,7 +105,9 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
 
     @router.get("/scripts")
     def scripts() -> dict:
-        return {"txt2img": [], "img2img": ["sd upscale"]}
+        # the alwayson scripts the add-ons read (clients such as webuiapi look for "adetailer", "controlnet")
+        alwayson = sorted({title.lower() for name in engine.addons.names() for title in engine.addons.get(name).api_scripts})
+        return {"txt2img": alwayson, "img2img": ["sd upscale", *alwayson]}
 
     @router.get("/extensions")
     def extensions() -> list[dict]:

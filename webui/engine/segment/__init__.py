@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from webui.engine.context import Engine
     from webui.engine.registries import Registries
 
-__all__ = ["SegmentRequest", "SegmentResult", "Segmenter", "segmenters", "find_segmenter", "segment", "save_result",
+__all__ = ["SegmentRequest", "SegmentResult", "Segmenter", "segmenters", "find_segmenter", "segment", "segment_stage", "save_result",
            "trackers", "track",
            "mask_tools", "PROMPT_KINDS", "FLOOD_FILL", "GRABCUT"]
 
@@ -242,6 +242,19 @@ def segment(engine: "Engine", request: SegmentRequest, owner: str = "local", job
     segmenter = find_segmenter(engine, request.model, request.prompt_kinds())
     job = job or Job(kind="segment", owner=owner)
     return engine.run(job.owner, "segment", lambda job: _work(engine, request, segmenter, job), job)
+
+
+def segment_stage(engine: "Engine", request: SegmentRequest, job: Job) -> Generator[None, None, SegmentResult]:
+    """Segment as turns of another job (`result = yield from segment_stage(...)` inside its work: the
+    detailer finds its regions so); the request is checked as segment() checks it."""
+    from webui.engine.core.images import to_rgb
+    from webui.engine.core.limits import check_input
+
+    request.validate()
+    check_input("image", request.image.width, request.image.height, limit=engine.settings.max_pixels)
+    request.image = to_rgb(request.image, "image")
+    segmenter = find_segmenter(engine, request.model, request.prompt_kinds())
+    return (yield from _work(engine, request, segmenter, job))
 
 
 def _work(engine: "Engine", request: SegmentRequest, segmenter: Segmenter, job: Job) -> Generator[None, None, SegmentResult]:
