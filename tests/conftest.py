@@ -164,3 +164,25 @@ def make_api_app(models_dir: Path, outputs: Path, **context):
     app.state.kiri_ctx = ApiContext(engine, **context)
     mount(app, app.state.kiri_ctx)
     return app, engine
+
+
+@pytest.fixture(autouse=True)
+def _webuiapi_shared_defaults_stay_empty():
+    """webuiapi's txt2img/img2img take ``alwayson_scripts={}`` as a shared default and add the
+    ControlNet/ADetailer units to it, so one test's units would ride along on every later call in
+    the run. A test that passes units must pass its own ``alwayson_scripts={}``; this says which."""
+    yield
+    try:
+        import webuiapi
+    except ImportError:
+        return
+    for name in ("txt2img", "img2img"):
+        for default in getattr(webuiapi.WebUIApi, name).__defaults__ or ():
+            if not isinstance(default, dict):
+                continue
+            # {"ControlNet": {"args": []}} and {"ADetailer": {"args": [False]}} are webuiapi's own fillers
+            # once a server lists those scripts: they ask for nothing
+            units = {k: v for k, v in default.items() if not (isinstance(v, dict) and v.get("args") in ([], [False]))}
+            default.clear()
+            assert not units, (f"webuiapi.WebUIApi.{name} kept {units} in its shared alwayson_scripts default: "
+                               "pass alwayson_scripts={} with controlnet_units/adetailer")

@@ -207,14 +207,14 @@ def test_legacy_txt2img_asking_for_what_kiri_does_not_do_says_so(client):
     body = {**LEGACY_TXT2IMG, "restore_faces": True, "tiling": True,
             "subseed": 5, "subseed_strength": 0.3, "s_churn": 0.5, "eta": 0.5,
             "script_name": "x/y/z plot", "script_args": [1, "a", None],
-            "alwayson_scripts": {"adetailer": {"args": []}, "controlnet": {"args": [{"enabled": True}]}},
+            "alwayson_scripts": {"regional prompter": {"args": [True]}, "controlnet": {"args": [{"enabled": True}]}},
             "sampler_index": "DDIM", "do_not_save_grid": True, "disable_extra_networks": True, "comments": {"a": "b"},
             "refiner_checkpoint": "sdxl-refiner", "refiner_switch_at": 0.8, "s_min_uncond": 0.2}
     response = client.post("/sdapi/v1/txt2img", json=body)
     assert response.status_code == 200, response.text
     warnings = " | ".join(json.loads(response.json()["info"])["warnings"])
     for name in ("restore_faces", "tiling", "subseed_strength", "s_churn", "eta",
-                 "x/y/z plot", "adetailer", "controlnet", "refiner_checkpoint", "s_min_uncond"):
+                 "x/y/z plot", "regional prompter", "controlnet", "refiner_checkpoint", "s_min_uncond"):
         assert name in warnings, f"{name} not named in {warnings}"
     assert len(response.json()["images"]) == 1
 

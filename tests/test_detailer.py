@@ -228,7 +228,8 @@ def test_webuiapi_adetailer_class_on_txt2img_and_img2img(ad_server):
     # confidence 0: the tiny segmenter's mask is the whole picture, one region
     unit = webuiapi.ADetailer(ad_model="tiny-clipseg", ad_model_classes="circle", ad_confidence=0.0,
                               ad_denoising_strength=0.5, ad_prompt="a red circle")
-    result = api.txt2img(prompt="a red circle", seed=5, width=64, height=64, adetailer=[unit])
+    result = api.txt2img(prompt="a red circle", seed=5, width=64, height=64, adetailer=[unit],
+                         alwayson_scripts={})  # webuiapi would otherwise keep the unit in its shared default dict
     assert result.image.size == (64, 64) and len(result.images) == 1  # the API answers the detailed picture only
     info = result.info["infotexts"][0]
     assert "ADetailer model: tiny-clipseg" in info and "ADetailer prompt: a red circle" in info
