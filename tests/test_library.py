@@ -58,6 +58,21 @@ def folder(tmp_path) -> Path:
     return out
 
 
+def test_a_picture_saved_just_after_a_scan_is_listed_at_once(folder):
+    """The page rescans at most every `rescan_after` seconds, unless a folder changed: an output saved a
+    moment after the last scan (the user generates, then opens the library) must not wait for the window."""
+    from webui.engine.core.outputs import save_image
+
+    lib = Library([folder], rescan_after=3600)
+    lib.refresh(force=True)
+    assert lib.refresh() is None  # nothing changed: no scan
+    assert lib.search(LOCAL, q="lighthouse")["items"] == []
+    save_image(Image.new("RGB", (8, 8)), folder / "txt2img" / "2026-01-02", a1111("a lighthouse", 9)["parameters"], 9)
+    assert [i["prompt"] for i in lib.search(LOCAL, q="lighthouse")["items"]] == ["a lighthouse"]
+    save_image(Image.new("RGB", (8, 8)), folder / "txt2img" / "2026-12-05", a1111("a new day", 9)["parameters"], 9)
+    assert [i["prompt"] for i in lib.search(LOCAL, q="day")["items"]] == ["a new day"]  # a new dated folder too
+
+
 def test_index_search_and_filters(folder):
     lib = library_of(folder)
     report = lib.refresh(force=True)

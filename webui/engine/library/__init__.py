@@ -95,9 +95,10 @@ class Library:
 
     def refresh(self, force: bool = False, wait: float = 0.5) -> ScanReport | None:
         """Scan: `force` a full one; else a quick one (only changed folders read; new outputs are found this
-        way, whichever tab or route wrote them) unless one ran in the last `rescan_after` seconds. While a
+        way, whichever tab or route wrote them) unless one ran in the last `rescan_after` seconds and no
+        folder it read has changed since (a picture saved just now is listed at once). While a
         long scan runs, wait at most `wait` seconds, then the page shows what is indexed so far."""
-        if not force and time.monotonic() - self._scanned_at < self.rescan_after:
+        if not force and time.monotonic() - self._scanned_at < self.rescan_after and not self.index.folders_changed():
             return None
         if not self._scanning.acquire(timeout=wait) if wait > 0 else not self._scanning.acquire(blocking=False):
             return None

@@ -95,6 +95,17 @@ class Index:
             db.executescript(_SCHEMA)
             db.commit()
 
+    def folders_changed(self) -> bool:
+        """Whether a folder the last scan read has had a file added, removed or renamed since (a stat per
+        folder, no listing): Kiri writes outputs by renaming a finished temp file, which moves the folder's mtime."""
+        for folder, stamp in list(self._dir_times.items()):
+            try:
+                if os.stat(folder).st_mtime != stamp:
+                    return True
+            except OSError:
+                return True
+        return not self._dir_times
+
     def db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
