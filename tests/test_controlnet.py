@@ -11,6 +11,7 @@ import base64
 import io
 from pathlib import Path
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -264,7 +265,7 @@ def test_routes_and_webuiapi_controlnet_unit(cn_server):
     title = next(t for t in listed if t.startswith("outline-cn ["))
     unit = webuiapi.ControlNetUnit(image=outline(), module="none", model=title, weight=1.0, control_mode=2,
                                    resize_mode="Crop and Resize")
-    guided = api.txt2img(controlnet_units=[unit], **fields)
+    guided = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **fields)  # webuiapi's default dict is shared
     assert not np.array_equal(np.asarray(plain.image), np.asarray(guided.image))
     info = guided.info["infotexts"][0]
     assert 'ControlNet 0: "Module: none, Model: outline-cn [' in info and "Control Mode: ControlNet is more important" in info
@@ -326,3 +327,53 @@ def test_controlnet_and_ip_adapter_units_in_one_script(cn_engine, monkeypatch):
     assert seen[0][0] == "StableDiffusionControlNetPipeline"
     info = both.infotexts[0]
     assert 'ControlNet 0: "Module: ip-adapter_clip_sd15' in info and 'ControlNet 1: "Module: none, Model: outline-cn' in info
+
+
+def test_video_to_video_keeps_the_source_shapes_through_the_checkpoints_structure_controlnet(cn_models_dir, tmp_path):
+    """A checkpoint that names its structure ControlNet (kiri_controlnet.json) gets it on every source
+    frame in video to video at the default structure "auto"; "off", a name, a request with its own
+    ControlNet units and an unknown name each do what they say."""
+    import io
+    import shutil
+    import zipfile
+
+    from video_clips import moving_square_frames
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.settings import Settings
+    from webui.engine.video.service import Vid2VidRequest, vid2vid
+
+    root = tmp_path / "models"
+    shutil.copytree(cn_models_dir / "checkpoints" / "tiny-sd", root / "checkpoints" / "tiny-sd")
+    (root / "checkpoints" / "tiny-sd" / "kiri_controlnet.json").write_text(
+        json.dumps({"structure": {"model": "outline-cn", "module": "canny", "weight": 1.0}}))
+    (root / "ControlNet").mkdir()
+    (root / "ControlNet" / "outline-cn").symlink_to(cn_models_dir / "ControlNet" / "outline-cn")
+    engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", default_model="tiny-sd", save_images=False),
+                          DeviceChoice("cpu"))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for i, frame in enumerate(moving_square_frames(3)):
+            png = io.BytesIO()
+            frame.save(png, format="PNG")
+            archive.writestr(f"{i:04d}.png", png.getvalue())
+
+    def run(**fields):
+        request = Vid2VidRequest(video=buffer.getvalue(), prompt="a green square", steps=2, seed=5, max_size=64, **fields)
+        result = vid2vid(engine, request)
+        return result.info, [np.asarray(f) for f in result.frames()]
+
+    auto_info, auto = run()
+    off_info, off = run(structure="off")
+    named_info, named = run(structure="outline-cn", structure_weight=0.5)
+    own_info, _ = run(addons={"controlnet": [{"model": "outline-cn", "module": "none", "weight": 0.5}]})
+    assert 'Structure: "outline-cn (canny, weight 1)"' in auto_info
+    assert "Structure" not in off_info and "Structure" not in own_info
+    assert 'Structure: "outline-cn (canny, weight 0.5)"' in named_info
+    assert any(not np.array_equal(a, b) for a, b in zip(auto, off))  # the unit acts on the frames
+    assert any(not np.array_equal(a, b) for a, b in zip(auto, named))
+    with pytest.raises(InvalidRequest) as err:
+        run(structure="no-such-cn")
+    assert err.value.field == "structure" and "outline-cn" in str(err.value)

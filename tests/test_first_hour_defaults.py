@@ -109,7 +109,7 @@ def test_vid2vid_defaults_are_the_same_in_the_engine_the_api_and_the_tab():
     from webui.ui import video as tab
 
     fields = Vid2VidRequest.__dataclass_fields__
-    for name in ("denoising_strength", "consistency", "consistency_strength"):
+    for name in ("denoising_strength", "consistency", "consistency_strength", "structure", "structure_weight"):
         assert Vid2VidBody.model_fields[name].default == fields[name].default == tab._V2V[name], name
     # Carrying the previous output into the next frame froze the object (the flow field of flat 64 px
     # frames is mostly empty): the default restyles each frame from its source frame.

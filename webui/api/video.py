@@ -68,6 +68,8 @@ class Vid2VidBody(GenerationFields):
     mask_prompt: str | None = None
     mask_points: list[list[float]] | None = None  # [[x, y, 1 | 0], ...] on the first frame, followed by SAM 2 video
     motion_module: str | None = None  # restyle with AnimateDiff video-to-video, windows of frames together
+    structure: str = _V2V["structure"]  # "auto" | "off" | a ControlNet's name: keep the source frames' shapes
+    structure_weight: float | None = None
 
 
 class InterpolateBody(BaseModel):

@@ -106,6 +106,10 @@ def render(engine: Engine, send=None) -> None:
                                                info="blend: the previous output mixed into the next frame; flow: it, "
                                                     "moved along the optical flow first")
                         carry = gr.Slider(0, 1, value=_V2V["consistency_strength"], step=0.05, label="Consistency strength")
+                    structure = gr.Dropdown(["auto", "off", *[e.name for e in engine.catalog.of_kind("controlnet")]],
+                                            value=_V2V["structure"], label="Keep the source's shapes (ControlNet on each frame)",
+                                            info="auto: the checkpoint's own structure ControlNet, if it names one "
+                                                 "(frame by frame; not with the motion module)", elem_id="vid2vid-structure")
                     with gr.Row():
                         every_nth = gr.Number(1, precision=0, label="Every Nth frame", minimum=1)
                         start = gr.Number(0, label="Start (s)", minimum=0)
@@ -162,7 +166,7 @@ def render(engine: Engine, send=None) -> None:
         yield from _run(engine, "txt2video", lambda job: service.txt2video(engine, req, job), request, progress)
 
     def video_to_video(source, prompt, negative, strength, consistency, carry, every_nth, start, end, max_frames,
-                       max_size, mask_prompt, clicked, use_motion, sampler, steps, cfg, seed, model, motion,
+                       max_size, mask_prompt, clicked, use_motion, sampler, steps, cfg, seed, model, motion, structure,
                        request: gr.Request, progress: gr.Progress = gr.Progress()):
         with user_errors():
             req = Vid2VidRequest(video=_path(source), prompt=prompt or "", negative_prompt=negative or "",
@@ -172,7 +176,7 @@ def render(engine: Engine, send=None) -> None:
                                  max_size=int(max_size), mask_prompt=mask_prompt or None, sampler_name=sampler or None,
                                  steps=int(steps), cfg_scale=float(cfg), seed=int(seed if seed is not None else -1),
                                  model=_image_model(engine, model), motion_module=(motion or None) if use_motion else None,
-                                 mask_points=_parse_clicks(clicked))
+                                 mask_points=_parse_clicks(clicked), structure=structure or "auto")
         yield from _run(engine, "vid2vid", lambda job: service.vid2vid(engine, req, job), request, progress)
 
     def interpolate(source, factor, request: gr.Request, progress: gr.Progress = gr.Progress()):
@@ -183,7 +187,7 @@ def render(engine: Engine, send=None) -> None:
     t2v_go.click(text_to_video, [prompt, negative, frames, fps, width, height, first, *t2v, model, motion, free_init], outputs,
                  api_name="txt2video", **JOB_EVENT, **QUIET_PROGRESS)
     v2v_go.click(video_to_video, [v_source, v_prompt, v_negative, strength, consistency, carry, every_nth, start, end,
-                                  max_frames, max_size, mask_prompt, clicks, use_motion, *v2v, model, motion], outputs,
+                                  max_frames, max_size, mask_prompt, clicks, use_motion, *v2v, model, motion, structure], outputs,
                  api_name="vid2vid", **JOB_EVENT, **QUIET_PROGRESS)
     i_go.click(interpolate, [i_source, factor], outputs, api_name="interpolate", **JOB_EVENT, **QUIET_PROGRESS)
 

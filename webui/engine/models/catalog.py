@@ -78,6 +78,20 @@ class CatalogEntry:
             return []
         return [p for p in prompts if isinstance(p, str)] if isinstance(prompts, list) else []
 
+    def structure_guide(self) -> dict | None:
+        """The ControlNet that keeps this model's shapes in place (video to video's "auto" structure):
+        {"model", "module", "weight"} from a kiri_controlnet.json beside its weights, or None."""
+        source = self.path / "kiri_controlnet.json" if self.path.is_dir() else self.path.with_suffix(".controlnet.json")
+        try:
+            guide = json.loads(source.read_text()).get("structure")
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(guide, dict) or not isinstance(guide.get("model"), str):
+            return None
+        weight = guide.get("weight", 1.0)
+        return {"model": guide["model"], "module": str(guide.get("module", "canny")),
+                "weight": float(weight) if isinstance(weight, (int, float)) and not isinstance(weight, bool) else 1.0}
+
 
 def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())

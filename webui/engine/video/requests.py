@@ -116,6 +116,11 @@ class Vid2VidRequest:
     mask_points: list | None = None  # [[x, y, 1 | 0], ...] clicks on the first frame (source pixels): repaint only
     #                                  that object, followed through the clip by a SAM 2 video model
     addons: dict[str, Any] = field(default_factory=dict)  # {add-on name: its settings}: every frame's or window's call
+    # Keep each frame's shapes where the source has them: a ControlNet unit on the source frame (frame by
+    # frame only). "auto": the checkpoint's own structure ControlNet when it has one (kiri_controlnet.json)
+    # and the request names no ControlNet units itself; "off"; or a ControlNet's name (with canny).
+    structure: str = "auto"
+    structure_weight: float | None = None  # None: the guide's own (1)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +128,11 @@ class Vid2VidRequest:
     def validate(self) -> None:
         _check_generation(self)
         _check_source(self.video)
+        if not isinstance(self.structure, str) or not self.structure.strip():
+            raise InvalidRequest("structure", 'structure must be "auto", "off" or a ControlNet\'s name')
+        if self.structure_weight is not None and (isinstance(self.structure_weight, bool) or not isinstance(
+                self.structure_weight, (int, float)) or not 0 <= self.structure_weight <= 2):
+            raise InvalidRequest("structure_weight", f"structure weight must be between 0 and 2 (got {self.structure_weight!r})")
         if isinstance(self.denoising_strength, bool) or not isinstance(self.denoising_strength, (int, float)) \
                 or not 0 <= self.denoising_strength <= 1:
             raise InvalidRequest("denoising_strength", f"denoising strength must be between 0 and 1 (got {self.denoising_strength!r})")

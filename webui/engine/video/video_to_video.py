@@ -150,6 +150,39 @@ def frame_mask(engine: "Engine", prompt: str, frame: "Image.Image", owner: str) 
     return mask_tools.to_image(mask_tools.union(found.arrays())) if len(found.masks) > 1 else found.masks[0].convert("L")
 
 
+def structure_guide(engine: "Engine", request: Vid2VidRequest, model_name: str) -> dict | None:
+    """The ControlNet unit (without its image) that keeps each frame's shapes where the source has them,
+    or None: request.structure "off"; "auto" when the checkpoint names no structure ControlNet, it is not
+    installed, no add-on reads ControlNet units, or the request brings ControlNet units of its own."""
+    choice = request.structure.strip()
+    if choice.lower() == "off" or "controlnet" not in engine.addons.names():
+        return None
+    if choice.lower() == "auto":
+        if request.addons.get("controlnet"):
+            return None  # the user's own units say how to guide the frames
+        entry = engine.catalog.find(model_name)
+        guide = entry.structure_guide() if entry is not None else None
+        if guide is None or engine.catalog.find_of_kind("controlnet", guide["model"]) is None:
+            return None
+    else:
+        if engine.catalog.find_of_kind("controlnet", choice) is None:
+            names = [e.name for e in engine.catalog.of_kind("controlnet")]
+            raise InvalidRequest("structure", f"no ControlNet named {choice!r}; installed: {', '.join(names) or '(none)'} "
+                                              '(or "auto", "off")')
+        guide = {"model": choice, "module": "canny", "weight": 1.0}
+    if request.structure_weight is not None:
+        guide = {**guide, "weight": float(request.structure_weight)}
+    return guide if guide["weight"] > 0 else None
+
+
+def with_structure(addons: dict, guide: dict | None, source: Any) -> dict:
+    """The frame's add-ons: the request's, plus the structure unit on the source frame (not the blended init)."""
+    addons = dict(addons)
+    if guide is not None:
+        addons["controlnet"] = [{**guide, "image": source}, *list(addons.get("controlnet") or [])]
+    return addons
+
+
 def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
     """The job's work; the clip's header, the caps and the mask prompt's segmenter checked first."""
     request.validate()
@@ -166,6 +199,8 @@ def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
         raise InvalidRequest("model", f"{request.model} is a video model; video to video restyles each frame with an "
                                       "image checkpoint: choose one")
     engine.addons.build(request.addons, request.prompt, request.negative_prompt)  # unknown add-ons and bad settings refused before the job is queued
+    if request.structure.strip().lower() not in ("auto", "off"):
+        structure_guide(engine, request, request.model or engine.selected_model or "")  # an unknown ControlNet, before queueing
     plan = plan_vid2vid(engine, request)
     return lambda job: _vid2vid(engine, request, plan, job)
 
@@ -192,6 +227,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
     paths: list[Path] = []
     previous_in = previous_out = None
     params: dict[str, object] = {}
+    guide = structure_guide(engine, request, model.name)
     tracked = _tracked_masks(engine, request, plan, job) if request.mask_points else None
     for index, frame in enumerate(selected(plan, request)):
         frame_count(job, index, plan.count)
@@ -222,7 +258,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
                     scheduler=request.scheduler, steps=request.steps, cfg_scale=request.cfg_scale, seed=request.seed,
                     width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
                     denoising_strength=request.denoising_strength, mask=mask, mask_blur=MASK_BLUR,
-                    addons=dict(request.addons)))
+                    addons=with_structure(request.addons, guide, source)))
                 warnings: list[str] = []
                 stage = yield from run_stage(engine, img2img_task(engine, frame_request, warnings),
                                                 FrameJob(kind="vid2vid", owner=job.owner, parent=job))
@@ -250,6 +286,7 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
         "FPS": f"{plan.fps:g}", "Consistency": request.consistency if request.consistency == "none"
         else f"{request.consistency} {request.consistency_strength:g}", "Every nth": request.every_nth if request.every_nth > 1 else None,
         "Mask prompt": request.mask_prompt,
+        "Structure": f"{guide['model']} ({guide['module']}, weight {guide['weight']:g})" if guide else None,
         "Mask points": json.dumps(request.mask_points) if request.mask_points else None,
         "Version": version(),
     })
