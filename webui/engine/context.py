@@ -51,7 +51,8 @@ class Engine:
         # Finished results of jobs that came as plain data (a JobSpec: /kiri/v1/jobs, a worker) go to
         # outputs/<owner>/.jobs/<id>/ (core/results.py); a UI tab or /sdapi call takes its own result.
         archive = ResultArchive(self.outputs_for, KEEP_FINISHED, wants=lambda job: job.spec is not None)
-        self.jobs = JobStore(archive, load_result=self._result_from_plain)
+        self.jobs = JobStore(archive, load_result=self._result_from_plain,
+                             merge_limit=lambda: self.settings.batch_requests)
         self._device = device
         # The checkpoint asked for last (model picker, /options): what a request that names none uses,
         # even while another user's job has another model loaded for its batches.

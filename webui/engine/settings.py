@@ -14,6 +14,7 @@ RANGES = {
     "model_cache_size": (1, 32),
     "model_memory_budget_mb": (0, 1 << 20),
     "preview_every": (0, 1000),
+    "batch_requests": (1, 16),
     "control_net_unit_count": (1, 10),
     "ad_max_models": (1, 8),
     "max_pixels": (64 * 64, 8192 * 8192),
@@ -39,6 +40,10 @@ class Settings:
     save_images: bool = True
     image_format: str = "png"
     preview_every: int = 5  # live preview every N steps; 0 turns previews off
+    # Cross-request batching: up to this many waiting txt2img jobs of different users with the same model,
+    # size, sampler, steps, prompts and add-ons run as one batch (generation/batching.py); 1: off. Off by
+    # default: on CPU a batched call's pixels may differ from the same image made alone by 1/255.
+    batch_requests: int = 1
     extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
     disabled_extensions: list[str] = field(default_factory=list)
     enabled_extensions: list[str] = field(default_factory=list)  # those off by default (the examples) turned on

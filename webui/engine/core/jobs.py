@@ -14,7 +14,15 @@ Interrupt and Skip act on the jobs that have started, and only on those of the o
 on one job by its id, as a job spec's sender does (core/specs.py).
 
 The store sends plain-dict events (queued, started, progress, preview, done, failed: core/specs.py)
-to its subscribers. A finished job's result goes to disk as plain data (core/results.py) and the
+to its subscribers.
+
+Cross-request batching is a seam here, filled by a capability: a job whose work has a `batch_key`
+(not None) and a `together(jobs)` (the `Batchable` protocol) may start as one group with the
+waiting first jobs of other owners whose work has an equal key, at most `merge_limit()` jobs (1:
+never). The group's turns are one generator; each turn counts as a turn of every owner in it, and
+only owners' first jobs not yet started join, so nobody's jobs are reordered and a user outside
+the group waits at most the group's turn. `together` returns {job id: result or exception}, so
+each job of the group finishes (or fails) on its own. A finished job's result goes to disk as plain data (core/results.py) and the
 job drops it once its waiting caller has taken it (or at once, when no caller waits): 200 finished
 jobs no longer hold their pictures in memory. Which results go to disk is the archive's choice
 (the Engine's: jobs that came as plain data, a JobSpec; a UI tab or /sdapi hands its result to the
@@ -30,7 +38,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Generator, Hashable, Iterator, Protocol, runtime_checkable
 
 from webui.engine.core.plain import dump
 from webui.engine.core.specs import COMMANDS, ProgressThrottle, failed_event, job_event, preview_event
@@ -45,6 +53,28 @@ EventListener = Callable[[dict], None]
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 KEEP_FINISHED = 200  # finished jobs kept for clients that fetch results later
+
+
+@runtime_checkable
+class Batchable(Protocol):
+    """Work that may run in one group with other jobs' work of an equal `batch_key` (None: alone)."""
+
+    batch_key: Hashable | None
+
+    def __call__(self, job: "Job") -> Generator[None, None, Any]: ...
+
+    def together(self, jobs: list["Job"]) -> Generator[None, None, dict[str, Any]]:
+        """The turns of `jobs` (this work's job first) as one generator, returning {job id: its result,
+        or the exception it failed with}."""
+        ...
+
+
+@dataclass
+class _Group:
+    """Jobs started together (Batchable work of an equal key): one generator for all of their turns."""
+
+    jobs: list["Job"]
+    generator: Iterator[None] | None = None
 
 
 @dataclass
@@ -205,9 +235,13 @@ class Job:
 class JobStore:
     """Queued and running jobs, the one worker that runs them, and the events they send."""
 
-    def __init__(self, results: "ResultArchive | None" = None, load_result: Callable[[str, Any], Any] | None = None) -> None:
+    def __init__(self, results: "ResultArchive | None" = None, load_result: Callable[[str, Any], Any] | None = None,
+                 merge_limit: Callable[[], int] = lambda: 1) -> None:
         """`results`: where finished results go (None: they stay on the job, in memory); `load_result(kind,
-        record)`: a result read back from disk as the typed result a waiting caller expects."""
+        record)`: a result read back from disk as the typed result a waiting caller expects; `merge_limit()`:
+        how many jobs of different owners may start as one group (1: none merged)."""
+        self.merge_limit = merge_limit
+        self._groups: dict[str, _Group] = {}  # job id -> the group it runs in, while it runs
         self.results, self._load_result = results, load_result
         self._throttle = ProgressThrottle()
         self._cond = threading.Condition()
@@ -368,43 +402,102 @@ class JobStore:
             while not self._queues:
                 self._cond.wait()
             owner = min(self._queues, key=lambda o: self._last_turn.get(o, -1))
-            self._last_turn[owner] = next(self._turns)
             job = self._queues[owner][0]
+            group = self._groups.get(job.id) or self._group_for(job)
+            turn = next(self._turns)
+            for member in (group.jobs if group else [job]):
+                self._last_turn[member.owner] = turn  # a group's turn is a turn of each owner in it
             self._current = job
             return job
+
+    def _group_for(self, job: Job) -> _Group | None:
+        """A new group of `job` (not started) and other owners' first jobs, not started, whose work has an
+        equal batch key, the owners served least recently first; None when there is none to join."""
+        limit, key = self.merge_limit(), getattr(job.work, "batch_key", None)
+        if limit <= 1 or key is None or job.id in self._generators or not isinstance(job.work, Batchable):
+            return None
+        members = [job]
+        for owner in sorted(self._queues, key=lambda o: self._last_turn.get(o, -1)):
+            other = self._queues[owner][0]
+            if len(members) >= limit:
+                break
+            if (other is not job and other.status == QUEUED and other.id not in self._generators
+                    and other.id not in self._groups and getattr(other.work, "batch_key", None) == key):
+                members.append(other)
+        if len(members) == 1:
+            return None
+        group = _Group(members)
+        for member in members:
+            self._groups[member.id] = group
+        return group
 
     def _work(self) -> None:
         while True:
             job = self._next()
-            finished = self._turn(job)
-            record = self._archive(job) if finished else None
+            group = self._groups.get(job.id)
+            if group is None:
+                self._after_turn(job, self._turn(job))
+                continue
+            done = self._group_turn(group)
+            if done:
+                with self._cond:
+                    for member in group.jobs:
+                        self._groups.pop(member.id, None)
+            for member in group.jobs:
+                self._after_turn(member, done)
+
+    def _group_turn(self, group: _Group) -> bool:
+        """One turn of a group; True once it has finished, each job done or failed by its own outcome."""
+        if group.generator is None:
+            for job in group.jobs:
+                job.status, job.started_at = RUNNING, time.monotonic()
+                self._emit(job, "started")
+            group.generator = group.jobs[0].work.together(group.jobs)  # type: ignore[union-attr]
+        try:
+            next(group.generator)
+            return False
+        except StopIteration as stop:
+            outcomes = stop.value or {}
+        except BaseException as exc:  # noqa: BLE001 - the group itself failed: each of its jobs did
+            log.exception("jobs %s (run together) failed", ", ".join(j.id for j in group.jobs))
+            outcomes = {job.id: exc for job in group.jobs}
+        for job in group.jobs:
+            outcome = outcomes.get(job.id, RuntimeError("the group that ran this job gave no result for it"))
+            if isinstance(outcome, BaseException):
+                job.error, job.error_message, job.status = outcome, str(outcome), FAILED
+            else:
+                job.result, job.status = outcome, DONE
+        return True
+
+    def _after_turn(self, job: Job, finished: bool) -> None:
+        record = self._archive(job) if finished else None
+        if finished:
+            job.pack_preview()
+        evicted: list[Job] = []
+        with self._cond:
+            self._current = None
             if finished:
-                job.pack_preview()
-            evicted: list[Job] = []
-            with self._cond:
-                self._current = None
-                if finished:
-                    queue = self._queues.get(job.owner)
-                    if queue is not None and job in queue:
-                        queue.remove(job)
-                        if not queue:
-                            del self._queues[job.owner]
-                    self._jobs.pop(job.id, None)
-                    self._generators.pop(job.id, None)
-                    self._finished[job.id] = job
-                    while len(self._finished) > KEEP_FINISHED:
-                        evicted.append(self._finished.popitem(last=False)[1])
-                    self._drop_result(job)
-                self._cond.notify_all()
-            if finished:
-                for old in evicted:
-                    if self.results is not None and old.result_file is not None:
-                        self.results.remove(old)
-                self._throttle.forget(job.id)
-                if job.status == FAILED:
-                    self._send(failed_event(job))
-                else:
-                    self._send(job_event(job, DONE, **({"result": record} if record is not None else {})))
+                queue = self._queues.get(job.owner)
+                if queue is not None and job in queue:
+                    queue.remove(job)
+                    if not queue:
+                        del self._queues[job.owner]
+                self._jobs.pop(job.id, None)
+                self._generators.pop(job.id, None)
+                self._finished[job.id] = job
+                while len(self._finished) > KEEP_FINISHED:
+                    evicted.append(self._finished.popitem(last=False)[1])
+                self._drop_result(job)
+            self._cond.notify_all()
+        if finished:
+            for old in evicted:
+                if self.results is not None and old.result_file is not None:
+                    self.results.remove(old)
+            self._throttle.forget(job.id)
+            if job.status == FAILED:
+                self._send(failed_event(job))
+            else:
+                self._send(job_event(job, DONE, **({"result": record} if record is not None else {})))
 
     def _archive(self, job: Job) -> Any:
         """Write a finished job's result to disk; the record (plain data) or None."""

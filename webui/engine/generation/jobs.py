@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from webui.engine.core.job_kinds import JobKind
 from webui.engine.core.jobs import Job
+from webui.engine.generation.batching import Txt2ImgWork
 from webui.engine.generation.call import builtin_addons
 from webui.engine.generation.img2img import Img2ImgRequest, Img2ImgTask, check_pixels, prepare
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
 from webui.engine.generation.runner import run
-from webui.engine.generation.txt2img import Txt2ImgTask
 
 if TYPE_CHECKING:
     from webui.engine.context import Engine
@@ -39,8 +39,9 @@ def img2img_task(engine: "Engine", request: Img2ImgRequest, warnings: list[str])
     return task
 
 
-def txt2img_work(engine: "Engine", request: Txt2ImgRequest) -> Callable[[Job], Generator[None, None, GenerationResult]]:
-    return lambda job: stage(engine, Txt2ImgTask(request), job)
+def txt2img_work(engine: "Engine", request: Txt2ImgRequest) -> Txt2ImgWork:
+    """The work of a txt2img job: one that may run in one batch with other users' (generation/batching.py)."""
+    return Txt2ImgWork(engine, request)
 
 
 def img2img_work(engine: "Engine", request: Img2ImgRequest) -> Callable[[Job], Generator[None, None, GenerationResult]]:

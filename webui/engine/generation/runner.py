@@ -60,7 +60,34 @@ class Task(Protocol):
     def infotext_params(self, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]: ...
 
 
+@dataclass
+class Setup:
+    """One job's setup for its batches: the model's name in `result`, the sampler, the add-ons entered,
+    the prompts checked, where its images go."""
+
+    task: Task
+    job: Job
+    session: AddonSession
+    result: GenerationResult
+    sampler: Sampler
+    schedule: str
+    prompt: str
+    negative: str
+    save: bool
+    out_dir: Any
+
+
 def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, GenerationResult]:
+    with ExitStack() as stack:
+        s = setup(engine, task, job, stack)
+        yield  # the setup was one turn
+        yield from _batches(engine, task, job, s.session, s.result, s.sampler, s.schedule, s.prompt, s.negative, s.save,
+                            s.out_dir)
+    return s.result
+
+
+def setup(engine: "Engine", task: Task, job: Job, stack: ExitStack) -> Setup:
+    """The first turn of a job: the model, the sampler, the add-ons entered on `stack`, the prompts."""
     request = task.request
     job.image_count, job.batch_count = request.total_images, request.n_iter
     result = GenerationResult()
@@ -81,19 +108,16 @@ def run(engine: "Engine", task: Task, job: Job) -> Generator[None, None, Generat
 
     # 2. Add-ons (per job: entered here, exited after the last batch, on failure, Interrupt or a
     #    dropped job), and the prompts checked against what the text encoder reads.
-    with ExitStack() as stack:
-        session = open_session(engine, model, request, job, stack)
-        # The text encoder reads the prompts without their extra-network tags (the add-ons they name
-        # were built above); the infotext keeps them as written.
-        for tag in engine.addons.unknown_tags(request.prompt, request.negative_prompt):
-            result.warnings.append(f"{tag}: no add-on reads this kind of extra network; it was left out of the prompt")
-        prompt = fit_prompt(model, strip_tags(request.prompt), "prompt", result.warnings, request.steps)
-        negative = fit_prompt(model, strip_tags(request.negative_prompt), "negative prompt", result.warnings, request.steps)
-        save = engine.settings.save_images if request.save_images is None else request.save_images
-        out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
-        yield  # the setup was one turn
-        yield from _batches(engine, task, job, session, result, sampler, schedule, prompt, negative, save, out_dir)
-    return result
+    session = open_session(engine, model, request, job, stack)
+    # The text encoder reads the prompts without their extra-network tags (the add-ons they name
+    # were built above); the infotext keeps them as written.
+    for tag in engine.addons.unknown_tags(request.prompt, request.negative_prompt):
+        result.warnings.append(f"{tag}: no add-on reads this kind of extra network; it was left out of the prompt")
+    prompt = fit_prompt(model, strip_tags(request.prompt), "prompt", result.warnings, request.steps)
+    negative = fit_prompt(model, strip_tags(request.negative_prompt), "negative prompt", result.warnings, request.steps)
+    save = engine.settings.save_images if request.save_images is None else request.save_images
+    out_dir = dated_dir(engine.outputs_for(job.owner), task.kind)
+    return Setup(task, job, session, result, sampler, schedule, prompt, negative, save, out_dir)
 
 
 def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, result: GenerationResult, sampler: Sampler,
@@ -148,20 +172,28 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         result.warnings.extend(w for w in call.warnings if w not in result.warnings)
 
         # 4. Save each image whole, with its parameters, before the next batch.
-        for seed, image, call, text in zip(seeds, images, calls, texts):
-            params = task.infotext_params(model, sampler.name, schedule, seed)
-            version = params.pop("Version", None)
-            params.update(call.infotext)
-            params.update(text.infotext)  # a dynamic prompt's Template
-            params["Version"] = version
-            info = build_infotext(text.prompt, text.negative_prompt, params)
-            path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
-            result.add(image, info, seed, path)
+        save_batch(engine, task, result, model, sampler, schedule, seeds, images, calls, texts, save, out_dir)
         if job.interrupted:
             result.interrupted = True
             break
         if batch_no < request.n_iter:
             yield
+
+
+def save_batch(engine: "Engine", task: Task, result: GenerationResult, model: "LoadedModel", sampler: Sampler,
+               schedule: str, seeds: list[int], images: list[Any], calls: list[PipelineCall], texts: list[Any],
+               save: bool, out_dir: Any) -> None:
+    """Each image saved whole with its infotext (when `save`) and added to `result`."""
+    request = task.request
+    for seed, image, call, text in zip(seeds, images, calls, texts):
+        params = task.infotext_params(model, sampler.name, schedule, seed)
+        version = params.pop("Version", None)
+        params.update(call.infotext)
+        params.update(text.infotext)  # a dynamic prompt's Template
+        params["Version"] = version
+        info = build_infotext(text.prompt, text.negative_prompt, params)
+        path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
+        result.add(image, info, seed, path)
 
 
 def _same_text_runs(texts: list[Any]) -> list[tuple[int, int]]:
