@@ -144,3 +144,23 @@ def test_interrupting_one_job_keeps_the_others_images(engine, monkeypatch):
     engine.settings.batch_requests = 1
     alone = _pixels(engine.txt2img(_request(seed=2, steps=3)))[0]
     assert np.abs(_pixels(kept)[0].astype(int) - alone).max() <= 1  # the same image (but the last bits: see above)
+
+
+def test_a_request_that_arrives_while_another_sets_up_joins_its_batch(engine, monkeypatch):
+    from webui.engine.generation import batching
+
+    sizes = _calls(monkeypatch)
+    engine.settings.batch_requests = 4
+    engine.load_model("tiny-sd")
+    late: list[Job] = []
+    original = batching.setup
+
+    def setup(engine_, task, job, stack):
+        if not late:  # the first job sets up: another user's request comes in meanwhile
+            late.append(_submit(engine, "b", _request(seed=2)))
+        return original(engine_, task, job, stack)
+
+    monkeypatch.setattr(batching, "setup", setup)
+    first = _submit(engine, "a", _request(seed=1))
+    results = [engine.jobs.wait(first, 60), engine.jobs.wait(late[0], 60)]
+    assert sizes == [2] and [r.seeds for r in results] == [[1], [2]]

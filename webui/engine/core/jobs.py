@@ -16,12 +16,13 @@ on one job by its id, as a job spec's sender does (core/specs.py).
 The store sends plain-dict events (queued, started, progress, preview, done, failed: core/specs.py)
 to its subscribers.
 
-Cross-request batching is a seam here, filled by a capability: a job whose work has a `batch_key`
-(not None) and a `together(jobs)` (the `Batchable` protocol) may start as one group with the
-waiting first jobs of other owners whose work has an equal key, at most `merge_limit()` jobs (1:
-never). The group's turns are one generator; each turn counts as a turn of every owner in it, and
-only owners' first jobs not yet started join, so nobody's jobs are reordered and a user outside
-the group waits at most the group's turn. `together` returns {job id: result or exception}, so
+Cross-request batching is a seam here, filled by a capability: when `merge_limit()` is above 1, a
+job whose work has a `batch_key` (not None) and a `together(group)` (the `Batchable` protocol) runs
+in a `JobGroup` with the first jobs, not started, of other owners whose work has an equal key, at
+most `merge_limit()` jobs; such jobs join the group while it is open (until the work starts its
+batch), so requests that arrive while it sets up ride along. The group's turns are one generator;
+each turn counts as a turn of every owner in it, and only owners' first jobs join, so nobody's jobs
+are reordered and a user outside the group waits at most the group's turn. `together` returns {job id: result or exception}, so
 each job of the group finishes (or fails) on its own. A finished job's result goes to disk as plain data (core/results.py) and the
 job drops it once its waiting caller has taken it (or at once, when no caller waits): 200 finished
 jobs no longer hold their pictures in memory. Which results go to disk is the archive's choice
@@ -63,17 +64,20 @@ class Batchable(Protocol):
 
     def __call__(self, job: "Job") -> Generator[None, None, Any]: ...
 
-    def together(self, jobs: list["Job"]) -> Generator[None, None, dict[str, Any]]:
-        """The turns of `jobs` (this work's job first) as one generator, returning {job id: its result,
-        or the exception it failed with}."""
+    def together(self, group: "JobGroup") -> Generator[None, None, dict[str, Any]]:
+        """The turns of `group.jobs` (this work's job first) as one generator, returning {job id: its result,
+        or the exception it failed with}. Jobs may join the list between turns while `group.open`; the
+        work sets it False once it takes no more (its batch has begun)."""
         ...
 
 
-@dataclass
-class _Group:
-    """Jobs started together (Batchable work of an equal key): one generator for all of their turns."""
+@dataclass(eq=False)
+class JobGroup:
+    """Jobs run together (Batchable work of an equal key): one generator for all of their turns."""
 
+    key: Hashable
     jobs: list["Job"]
+    open: bool = True
     generator: Iterator[None] | None = None
 
 
@@ -241,7 +245,7 @@ class JobStore:
         record)`: a result read back from disk as the typed result a waiting caller expects; `merge_limit()`:
         how many jobs of different owners may start as one group (1: none merged)."""
         self.merge_limit = merge_limit
-        self._groups: dict[str, _Group] = {}  # job id -> the group it runs in, while it runs
+        self._groups: dict[str, JobGroup] = {}  # job id -> the group it runs in, while it runs
         self.results, self._load_result = results, load_result
         self._throttle = ProgressThrottle()
         self._cond = threading.Condition()
@@ -404,32 +408,38 @@ class JobStore:
             owner = min(self._queues, key=lambda o: self._last_turn.get(o, -1))
             job = self._queues[owner][0]
             group = self._groups.get(job.id) or self._group_for(job)
+            if group is not None:
+                self._gather(group)
             turn = next(self._turns)
             for member in (group.jobs if group else [job]):
                 self._last_turn[member.owner] = turn  # a group's turn is a turn of each owner in it
             self._current = job
             return job
 
-    def _group_for(self, job: Job) -> _Group | None:
-        """A new group of `job` (not started) and other owners' first jobs, not started, whose work has an
-        equal batch key, the owners served least recently first; None when there is none to join."""
+    def _group_for(self, job: Job) -> JobGroup | None:
+        """The group `job` (not started, its work Batchable) runs in: an open one of an equal key with room,
+        else a new one; None when it runs alone (merging off, no key)."""
         limit, key = self.merge_limit(), getattr(job.work, "batch_key", None)
         if limit <= 1 or key is None or job.id in self._generators or not isinstance(job.work, Batchable):
             return None
-        members = [job]
-        for owner in sorted(self._queues, key=lambda o: self._last_turn.get(o, -1)):
-            other = self._queues[owner][0]
-            if len(members) >= limit:
-                break
-            if (other is not job and other.status == QUEUED and other.id not in self._generators
-                    and other.id not in self._groups and getattr(other.work, "batch_key", None) == key):
-                members.append(other)
-        if len(members) == 1:
-            return None
-        group = _Group(members)
-        for member in members:
-            self._groups[member.id] = group
+        group = next((g for g in dict.fromkeys(self._groups.values()) if g.open and g.key == key and len(g.jobs) < limit),
+                     None) or JobGroup(key, [])
+        group.jobs.append(job)
+        self._groups[job.id] = group
         return group
+
+    def _gather(self, group: JobGroup) -> None:
+        """Other owners' first jobs, not started, of the group's key join it while it is open (owners served
+        least recently first): the jobs asked for while it set up ride in its batch."""
+        limit = self.merge_limit()
+        for owner in sorted(self._queues, key=lambda o: self._last_turn.get(o, -1)):
+            if not group.open or len(group.jobs) >= limit:
+                return
+            other = self._queues[owner][0]
+            if (other.status == QUEUED and other.id not in self._generators and other.id not in self._groups
+                    and getattr(other.work, "batch_key", None) == group.key):
+                group.jobs.append(other)
+                self._groups[other.id] = group
 
     def _work(self) -> None:
         while True:
@@ -446,13 +456,14 @@ class JobStore:
             for member in group.jobs:
                 self._after_turn(member, done)
 
-    def _group_turn(self, group: _Group) -> bool:
+    def _group_turn(self, group: JobGroup) -> bool:
         """One turn of a group; True once it has finished, each job done or failed by its own outcome."""
-        if group.generator is None:
-            for job in group.jobs:
+        for job in group.jobs:
+            if job.status == QUEUED:  # a job that joined since the last turn
                 job.status, job.started_at = RUNNING, time.monotonic()
                 self._emit(job, "started")
-            group.generator = group.jobs[0].work.together(group.jobs)  # type: ignore[union-attr]
+        if group.generator is None:
+            group.generator = group.jobs[0].work.together(group)  # type: ignore[union-attr]
         try:
             next(group.generator)
             return False

@@ -9,7 +9,8 @@ can be and *how* they run:
   seed and batch size (the model resolved now, size, sampler, schedule, steps, CFG, prompts,
   add-ons...); None (never merged) for several batches (n_iter > 1) or a request a variant serves
   (hires fix: that variant's work is not this class).
-- `run_together`: each job's setup (its own add-on session, checks, outputs folder), then one call
+- `run_together`: each job's setup (its own add-on session, checks, outputs folder; jobs that joined
+  while the first set up, in the batch's turn), then one call
   with every job's generators in order. Jobs whose setups differ after all (another sampler,
   per-image prompts from wildcards) or a merged call that fails run their batch alone instead, so
   an error fails only its own job. The step callback gives each job its own slice of the latents:
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generator, Hashable
 
 from webui.engine.core.errors import Interrupted, Skipped
-from webui.engine.core.jobs import Job
+from webui.engine.core.jobs import Job, JobGroup
 from webui.engine.core.plain import dump
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
 from webui.engine.generation.runner import (Setup, _batches, _generator, _step_callback, call_with_addons, run,
@@ -63,21 +64,33 @@ class Txt2ImgWork:
         fields["model"] = request.model or self.engine.selected_model or self.engine.settings.default_model
         return "txt2img:" + json.dumps(fields, sort_keys=True, default=repr)
 
-    def together(self, jobs: list[Job]) -> Generator[None, None, dict[str, Any]]:
-        return run_together(self.engine, [(job.work.request, job) for job in jobs])  # type: ignore[union-attr]
+    def together(self, group: JobGroup) -> Generator[None, None, dict[str, Any]]:
+        return run_together(self.engine, group)
 
 
-def run_together(engine: "Engine", requests: list[tuple[Txt2ImgRequest, Job]]) -> Generator[None, None, dict[str, Any]]:
-    """The turns of several one-batch txt2img jobs: every setup (one turn), then one merged batch."""
+def run_together(engine: "Engine", group: JobGroup) -> Generator[None, None, dict[str, Any]]:
+    """The turns of one-batch txt2img jobs: the setups (one turn), then one merged batch. Jobs that joined
+    the group during the first turn (the job store adds them while it is open) are set up in the second."""
     outcomes: dict[str, Any] = {}
     with ExitStack() as stack:
         setups: list[Setup] = []
-        for request, job in requests:
-            try:
-                setups.append(setup(engine, Txt2ImgTask(request), job, stack.enter_context(ExitStack())))
-            except Exception as exc:  # noqa: BLE001 - this job's own error (a bad sampler, a prompt check)
-                outcomes[job.id] = exc
+
+        def set_up(jobs: list[Job]) -> None:
+            for job in jobs:
+                if job.id in outcomes or any(s.job is job for s in setups):
+                    continue
+                try:
+                    setups.append(setup(engine, Txt2ImgTask(job.work.request), job,  # type: ignore[union-attr]
+                                        stack.enter_context(ExitStack())))
+                except Exception as exc:  # noqa: BLE001 - this job's own error (a bad sampler, a prompt check)
+                    outcomes[job.id] = exc
+
+        set_up(list(group.jobs))
         yield  # the setups were one turn
+        group.open = False  # the batch begins: no more joiners
+        set_up(list(group.jobs))
+        if not setups:
+            return outcomes
         seeds = {s.job.id: _seeds(s.task.request) for s in setups}  # a random seed drawn once
         alone = [s for s in setups if not _mergeable(engine, setups[0], s, seeds)]
         merged = [s for s in setups if s not in alone]
