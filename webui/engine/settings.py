@@ -15,6 +15,7 @@ RANGES = {
     "model_memory_budget_mb": (0, 1 << 20),
     "preview_every": (0, 1000),
     "batch_requests": (1, 16),
+    "batch_wait_ms": (0, 1000),
     "control_net_unit_count": (1, 10),
     "ad_max_models": (1, 8),
     "max_pixels": (64 * 64, 8192 * 8192),
@@ -44,6 +45,8 @@ class Settings:
     # size, sampler, steps, prompts and add-ons run as one batch (generation/batching.py); 1: off. Off by
     # default: on CPU a batched call's pixels may differ from the same image made alone by 1/255.
     batch_requests: int = 1
+    # With batching on: how long a job that would run alone waits for compatible requests on their way
+    batch_wait_ms: int = 0
     extensions_dir: Path | None = None  # user extensions; None: only the built-in ones
     disabled_extensions: list[str] = field(default_factory=list)
     enabled_extensions: list[str] = field(default_factory=list)  # those off by default (the examples) turned on

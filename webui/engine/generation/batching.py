@@ -18,6 +18,9 @@ can be and *how* they run:
   dropped from the rest of the call's callbacks and gets no pictures (the others' go on); the call
   stops early only when every job of it has stopped.
 
+With `Settings.batch_wait_ms`, a group whose worker would otherwise idle waits that long after its
+setup for compatible requests still on their way (dynamic batching's queue delay, as Triton's).
+
 Pixels: each image's noise is its own generator's, as alone; on CPU the UNet and VAE on a batch of
 N may round differently in the last bits than on a batch of one (up to 1/255 in a few pixels of the
 default model), which is why `batch_requests` is 1 (off) unless the operator turns it on.
@@ -26,6 +29,7 @@ default model), which is why `batch_requests` is 1 (off) unless the operator tur
 from __future__ import annotations
 
 import json
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generator, Hashable
@@ -87,6 +91,13 @@ def run_together(engine: "Engine", group: JobGroup) -> Generator[None, None, dic
 
         set_up(list(group.jobs))
         yield  # the setups were one turn
+        # Requests sent at the same moment reach the queue a few milliseconds apart: with the worker idle
+        # otherwise, wait up to `batch_wait_ms` for them (the job store adds them between these turns).
+        deadline = time.monotonic() + engine.settings.batch_wait_ms / 1000
+        while len(group.jobs) < engine.settings.batch_requests and time.monotonic() < deadline and not _others_wait(
+                engine, group):
+            time.sleep(0.002)
+            yield
         group.open = False  # the batch begins: no more joiners
         set_up(list(group.jobs))
         if not setups:
@@ -111,6 +122,11 @@ def run_together(engine: "Engine", group: JobGroup) -> Generator[None, None, dic
             except Exception as exc:  # noqa: BLE001
                 outcomes[s.job.id] = exc
         return outcomes
+
+
+def _others_wait(engine: "Engine", group: JobGroup) -> bool:
+    """Whether jobs outside the group wait for the worker (then the group waits for nobody)."""
+    return any(job not in group.jobs for job in engine.jobs.queued())
 
 
 def _mergeable(engine: "Engine", first: Setup, other: Setup, seeds: dict[str, list[int]]) -> bool:
