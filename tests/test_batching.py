@@ -164,3 +164,27 @@ def test_a_request_that_arrives_while_another_sets_up_joins_its_batch(engine, mo
     first = _submit(engine, "a", _request(seed=1))
     results = [engine.jobs.wait(first, 60), engine.jobs.wait(late[0], 60)]
     assert sizes == [2] and [r.seeds for r in results] == [[1], [2]]
+
+
+def test_an_error_fails_only_its_own_job(engine, monkeypatch):
+    from webui.engine.core.errors import InvalidRequest
+    from webui.engine.generation import batching
+
+    sizes = _calls(monkeypatch)
+    original = batching.setup
+
+    def setup(engine_, task, job, stack):
+        if job.owner == "b":
+            raise InvalidRequest("prompt", "b's own error")
+        return original(engine_, task, job, stack)
+
+    monkeypatch.setattr(batching, "setup", setup)
+    engine.settings.batch_requests = 4
+    engine.load_model("tiny-sd")
+    release = _hold(engine)
+    a, b = _submit(engine, "a", _request(seed=1)), _submit(engine, "b", _request(seed=2))
+    release.set()
+    assert engine.jobs.wait(a, 60).seeds == [1]
+    with pytest.raises(InvalidRequest, match="b's own error"):
+        engine.jobs.wait(b, 60)
+    assert b.status == "failed" and a.status == "done" and sizes == [1]

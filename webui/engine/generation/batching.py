@@ -100,6 +100,10 @@ def run_together(engine: "Engine", group: JobGroup) -> Generator[None, None, dic
             yield
         group.open = False  # the batch begins: no more joiners
         set_up(list(group.jobs))
+        for s in [s for s in setups if s.job.interrupted]:  # interrupted while it waited: no batch, as alone
+            s.result.interrupted = True
+            outcomes[s.job.id] = s.result
+            setups.remove(s)
         if not setups:
             return outcomes
         seeds = {s.job.id: _seeds(s.task.request) for s in setups}  # a random seed drawn once
