@@ -365,10 +365,52 @@ def test_reproduce_a_hires_fix_picture_bit_for_bit(client):
     assert (item["width"], item["height"]) == (96, 96)
     made = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice).json()
     assert made["body"]["enable_hr"] is True and made["body"]["hr_scale"] == 1.5
+    # the second pass starts from the first, made again from the prompt: no init image kept or named
+    assert "Init image hash" not in client.get(f"/kiri/v1/library/{item['id']}", auth=alice).json()["infotext"]
     again = client.post(made["endpoint"], json={**made["body"], "save_images": False}, auth=alice)
     assert again.status_code == 200, again.text
     saved = client.get(f"/kiri/v1/library/{item['id']}/file", auth=alice).content
     assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
+
+
+def b64png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_reproduce_an_inpainted_picture_bit_for_bit_from_its_kept_init_image_and_mask(client):
+    alice, bob = ("alice", "a-pass"), ("bob", "b-pass")
+    rng = np.random.default_rng(3)
+    init = Image.fromarray(rng.integers(0, 255, (64, 64, 4), dtype=np.uint8), "RGBA")  # kept as the RGB it is read as
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    answer = client.post("/sdapi/v1/img2img", auth=alice, json={
+        "prompt": "an inpainted pond", "steps": 4, "width": 64, "height": 64, "seed": 31, "denoising_strength": 0.6,
+        "init_images": [b64png(init)], "mask": b64png(mask), "mask_blur": 2, "inpainting_fill": 1,
+        "inpaint_full_res": False, "resize_mode": 1, "save_images": True, "override_settings": {"samples_save": True}})
+    assert answer.status_code == 200, answer.text
+    assert "Init image hash: " in json.loads(answer.json()["info"])["infotexts"][0]
+    (item,) = client.get("/kiri/v1/library", params={"q": "pond"}, auth=alice).json()["items"]
+    made = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice).json()
+    assert made["endpoint"] == "/sdapi/v1/img2img" and made["notes"] == []
+    assert (made["body"]["resize_mode"], made["body"]["mask_blur"], made["body"]["inpaint_full_res"]) == (1, 2, False)
+    again = client.post(made["endpoint"], json={**made["body"], "save_images": False}, auth=alice)
+    assert again.status_code == 200, again.text
+    saved = client.get(f"/kiri/v1/library/{item['id']}/file", auth=alice).content
+    assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
+    # the kept pictures are alice's, in a dot folder the Library does not list; the same init is kept once
+    path = Path(client.get(f"/kiri/v1/library/{item['id']}", auth=alice).json()["path"])
+    kept = sorted((path.parents[2] / ".inits").glob("*.png"))
+    assert path.parents[2].name == "alice" and len(kept) == 2
+    assert not any(i["name"].endswith(kept[0].name) for i in client.get("/kiri/v1/library", auth=alice).json()["items"])
+    assert client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=bob).status_code == 404
+    # the init image gone: reproduce says so, naming the field, rather than give a body for another picture
+    init_hash = json.loads(answer.json()["info"])["infotexts"][0].split("Init image hash: ")[1][:10]
+    (init_file,) = [k for k in kept if k.name.startswith(init_hash)]
+    init_file.unlink()
+    gone = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice)
+    assert gone.status_code == 422 and "init_images" in gone.text and init_hash in gone.text
 
 
 def test_a_scan_killed_midway_is_completed_by_the_next(tmp_path, monkeypatch):
@@ -412,3 +454,4 @@ def test_a_clip_gets_its_first_frame_as_poster(tmp_path):
     with Image.open(lib.thumbnail(LOCAL, item["id"])) as poster:
         r, g, b = poster.convert("RGB").getpixel((16, 16))
     assert b > 150 and r < 60
+
