@@ -455,3 +455,37 @@ def test_a_clip_gets_its_first_frame_as_poster(tmp_path):
         r, g, b = poster.convert("RGB").getpixel((16, 16))
     assert b > 150 and r < 60
 
+
+# --- the Library tab's Reproduce (the function its button calls) --------------------------------
+
+def reproduce_handler(app):
+    button = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "library-reproduce")
+    (found,) = [f for f in app.fns.values() if any(t[0] == button._id for t in f.targets)]
+    return found.fn
+
+
+def by_elem_id(updates: dict) -> dict:
+    return {getattr(c, "elem_id", None): v for c, v in updates.items()}
+
+
+def test_the_tabs_reproduce_sets_the_hires_fix_and_turns_it_off_again(engine, tmp_path):
+    from webui.ui.app import build
+
+    fill = reproduce_handler(build(engine, tmp_path / "settings.json"))
+    hires = build_infotext("a hires harbour", "", {
+        "Steps": 3, "Sampler": "Euler a", "CFG scale": 6, "Seed": 21, "Size": "64x64", "Model": "tiny-sd",
+        "Denoising strength": 0.45, "Hires upscale": 1.5, "Hires steps": 2, "Hires upscaler": "Latent"})
+    made = by_elem_id(fill(hires))
+    assert made["txt2img-enable-hr"] is True
+    assert (made["txt2img-hr-scale"], made["txt2img-hr-steps"], made["txt2img-hr-denoise"]) == (1.5, 2, 0.45)
+    assert (made["txt2img-hr-upscaler"], made["txt2img-hr-resize-x"], made["txt2img-hr-resize-y"]) == ("Latent", 0, 0)
+    assert made["library-status"] == ""
+    resized = by_elem_id(fill(hires.replace("Hires upscale: 1.5", "Hires resize: 96x128")))
+    assert (resized["txt2img-hr-resize-x"], resized["txt2img-hr-resize-y"]) == (96, 128)
+    # a picture made without it turns a hires fix left on off: the same picture, not a bigger one
+    plain = by_elem_id(fill(build_infotext("a plain harbour", "", {"Steps": 3, "Seed": 2, "Size": "64x64"})))
+    assert plain["txt2img-enable-hr"] is False and "txt2img-hr-scale" not in plain
+    # ControlNet's control pictures are not in the infotext: the tab's note says so
+    controlled = by_elem_id(fill(build_infotext("a fenced harbour", "", {
+        "Steps": 3, "Seed": 2, "Size": "64x64", "ControlNet 0": "Module: canny, Model: tiny-cn, Weight: 1"})))
+    assert "ControlNet unit" in controlled["library-status"] and "ControlNet 0" in controlled["library-status"]

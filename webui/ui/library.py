@@ -149,4 +149,29 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
     if reproduce is not None:  # PNG info's "Send to Text to image": every field it knows, then that tab
         fill, targets = reproduce
-        reproduce_button.click(fill, parameters, targets, api_visibility="private", queue=False)
+
+        def fill_and_note(text: str):
+            updates = fill(text)
+            missing = reproduce_gaps(text)
+            updates[status] = "**Reproduce:** " + " ".join(missing) if missing else ""
+            return updates
+
+        reproduce_button.click(fill_and_note, parameters, [*targets, status], api_visibility="private", queue=False)
+
+
+def reproduce_gaps(infotext: str) -> list[str]:
+    """What Reproduce cannot set from a picture's infotext, said plainly: ControlNet units' control pictures
+    (and IP-Adapter's) are not in it, and an image to image picture starts from a picture of its own."""
+    from webui.engine.core.infotext import parse_infotext
+
+    params = parse_infotext(infotext or "").params
+    gaps = []
+    units = sorted(k for k in params if k.startswith("ControlNet ") and k.split(" ", 1)[1].isdigit())
+    if units:
+        gaps.append(f"this picture used {len(units)} ControlNet unit{'s' if len(units) > 1 else ''} "
+                    f"({', '.join(units)}); their control pictures are not in its parameters, so add them in the "
+                    "ControlNet panel before Generate, with the module, model and weight shown in Parameters.")
+    if "Init image hash" in params or ("Denoising strength" in params and not any(k.startswith("Hires ") for k in params)):
+        gaps.append("this picture was made by image to image: its start picture is not set in Text to image "
+                    "(the API's reproduce, /kiri/v1/library/{id}/reproduce, returns it when it was kept).")
+    return gaps
