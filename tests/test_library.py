@@ -373,6 +373,30 @@ def test_reproduce_a_hires_fix_picture_bit_for_bit(client):
     assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
 
 
+def test_each_login_lists_restores_and_empties_only_its_own_trash(client):
+    alice, bob, boss = ("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")
+    for user, prompt in ((alice, "alice's trashed kite"), (bob, "bob's trashed kite")):
+        generate(client, user[0], prompt=prompt, seed=41)
+        (item,) = client.get("/kiri/v1/library", params={"q": '"trashed kite"'}, auth=user).json()["items"]
+        assert client.delete(f"/kiri/v1/library/{item['id']}", auth=user).status_code == 200
+
+    def trash(user):
+        return client.get("/kiri/v1/library/trash", auth=user).json()["items"]
+
+    (mine,), (theirs,) = trash(alice), trash(bob)
+    assert mine["name"] != theirs["name"] and {e["name"] for e in trash(boss)} >= {mine["name"], theirs["name"]}
+    assert client.get("/kiri/v1/library/trash").status_code == 401
+    assert client.post(f"/kiri/v1/library/trash/{mine['name']}/restore", auth=bob).status_code == 404
+    # bob empties his trash: alice's picture is still in hers, and comes back
+    assert client.delete("/kiri/v1/library/trash", auth=bob).json() == {"removed": 1}
+    assert trash(bob) == [] and [e["name"] for e in trash(alice)] == [mine["name"]]
+    assert client.post(f"/kiri/v1/library/trash/{theirs['name']}/restore", auth=bob).status_code == 404
+    assert client.post(f"/kiri/v1/library/trash/{mine['name']}/restore", auth=alice).status_code == 200
+    assert [i["prompt"] for i in client.get("/kiri/v1/library", params={"q": "kite"}, auth=alice).json()["items"]] \
+        == ["alice's trashed kite"]
+    assert client.delete("/kiri/v1/library/trash", auth=alice).json() == {"removed": 0}
+
+
 def b64png(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -458,9 +482,10 @@ def test_a_clip_gets_its_first_frame_as_poster(tmp_path):
 
 # --- the Library tab's Reproduce (the function its button calls) --------------------------------
 
-def reproduce_handler(app):
-    button = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == "library-reproduce")
-    (found,) = [f for f in app.fns.values() if any(t[0] == button._id for t in f.targets)]
+def handler_of(app, elem_id: str):
+    """The function a button (or an accordion's expand) of the built app calls."""
+    block = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    (found,) = [f for f in app.fns.values() if any(t[0] == block._id for t in f.targets)]
     return found.fn
 
 
@@ -471,7 +496,7 @@ def by_elem_id(updates: dict) -> dict:
 def test_the_tabs_reproduce_sets_the_hires_fix_and_turns_it_off_again(engine, tmp_path):
     from webui.ui.app import build
 
-    fill = reproduce_handler(build(engine, tmp_path / "settings.json"))
+    fill = handler_of(build(engine, tmp_path / "settings.json"), "library-reproduce")
     hires = build_infotext("a hires harbour", "", {
         "Steps": 3, "Sampler": "Euler a", "CFG scale": 6, "Seed": 21, "Size": "64x64", "Model": "tiny-sd",
         "Denoising strength": 0.45, "Hires upscale": 1.5, "Hires steps": 2, "Hires upscaler": "Latent"})
@@ -489,3 +514,32 @@ def test_the_tabs_reproduce_sets_the_hires_fix_and_turns_it_off_again(engine, tm
     controlled = by_elem_id(fill(build_infotext("a fenced harbour", "", {
         "Steps": 3, "Seed": 2, "Size": "64x64", "ControlNet 0": "Module: canny, Model: tiny-cn, Weight: 1"})))
     assert "ControlNet unit" in controlled["library-status"] and "ControlNet 0" in controlled["library-status"]
+
+
+def test_the_tabs_trash_lists_restores_and_empties_each_logins_own(engine, tmp_path):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from webui.engine.library import open_library
+    from webui.ui.app import build
+
+    app = build(engine, tmp_path / "settings.json")
+    outputs = Path(engine.settings.outputs_dir)
+    for login in ("alice", "bob"):
+        png(outputs / login / "txt2img" / "2026-01-01" / "00000-1.png", a1111(f"{login}'s paper boat", 1))
+    lib = open_library(engine.settings)
+    lib.refresh(force=True)
+    alice, bob = SimpleNamespace(username="alice"), SimpleNamespace(username="bob")
+    for who in ("alice", "bob"):
+        (item,) = lib.search(lib.viewer(who))["items"]
+        lib.delete(lib.viewer(who), item["id"])
+    list_trash = handler_of(app, "library-trash")
+    restore, empty = handler_of(app, "library-restore"), handler_of(app, "library-empty-trash")
+    (mine,), (theirs,) = list_trash(alice).choices, list_trash(bob).choices
+    assert "00000-1.png" in mine[0] and mine[1] != theirs[1]
+    with pytest.raises(gr.Error, match="no such picture in your trash"):
+        restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, bob)
+    assert empty(bob).choices == [] and len(list_trash(alice).choices) == 1
+    shown = restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, alice)
+    assert shown[0].choices == [] and [i["prompt"] for i in shown[2]] == ["alice's paper boat"]

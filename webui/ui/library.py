@@ -1,13 +1,15 @@
 """The Library tab: search box and filters over every picture made (engine/library), a grid of
 thumbnails newest first with paging, and the opened picture large with its parameters and buttons:
-Reproduce (fills Text to image from the infotext, as PNG info's button does), Send to, favourite,
-delete (to the trash) and download. A login sees only its own pictures; an --admin login all."""
+Reproduce (fills Text to image from the infotext, as PNG info's button does, hires fix included; the
+note says what it cannot set), Send to, favourite, delete (to the trash) and download; a Trash accordion
+lists deleted pictures to restore, and empties the trash. A login sees only its own pictures and trash;
+an --admin login all."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import sqlite3
+import time
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -65,6 +67,12 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
                 download = gr.DownloadButton("Download", value=None, elem_id="library-download")
             if send_to is not None:  # Image to image, Inpaint, Super-resolution, Segmentation, PNG info
                 send_to.menu("library", picture, infotext=parameters)
+    with gr.Accordion("Trash", open=False, elem_id="library-trash") as trash_box:
+        trashed = gr.CheckboxGroup([], label="Deleted pictures, newest first (yours only)", elem_id="library-trash-list")
+        with gr.Row():
+            restore_button = gr.Button("Restore selected", size="sm", elem_id="library-restore")
+            empty_button = gr.Button("Empty trash (deletes for good)", variant="stop", size="sm",
+                                     elem_id="library-empty-trash")
     # page state: the items shown, the cursors of the pages before (to go back), this page's and the next
     items = gr.State([])
     cursors = gr.State({"back": [], "this": "", "next": None})
@@ -139,13 +147,38 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
             raise gr.Error("Open a picture first.")
         with user_errors():
             library.delete(_viewer(library, request), item_id)
-        gr.Info("Moved to the trash (outputs/.trash); it can be restored from there or over the API.")
+        gr.Info("Moved to the trash: restore it from the Trash below until the trash is emptied.")
         return (None, "", None, gr.DownloadButton(value=None),
                 *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_, size_, from_, to_, fav,
                       request))
 
+    def list_trash(request: gr.Request):
+        entries = library.trash(_viewer(library, request))
+        choices = [(f"{e['original']} (deleted {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['deleted'] or 0))})",
+                    e["name"]) for e in entries]
+        return gr.CheckboxGroup(choices=choices, value=[], label=f"Deleted pictures, newest first (yours only): {len(entries)}")
+
+    def restore(names, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        if not names:
+            raise gr.Error("Tick the pictures to restore first.")
+        viewer = _viewer(library, request)
+        with user_errors():
+            for name in names:
+                library.restore(viewer, name)
+        gr.Info(f"Restored {len(names)} picture{'s' if len(names) > 1 else ''}.")
+        return (list_trash(request), *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_,
+                                           size_, from_, to_, fav, request))
+
+    def empty(request: gr.Request):
+        removed = library.empty_trash(_viewer(library, request))
+        gr.Info(f"Emptied the trash: {removed} picture{'s' if removed != 1 else ''} deleted for good.")
+        return list_trash(request)
+
     delete_button.click(delete, [opened, cursors, *filters], [picture, parameters, opened, download, *outputs],
-                        api_visibility="private")
+                        api_visibility="private").then(list_trash, None, trashed, api_visibility="private")
+    trash_box.expand(list_trash, None, trashed, api_visibility="private")
+    restore_button.click(restore, [trashed, cursors, *filters], [trashed, *outputs], api_visibility="private")
+    empty_button.click(empty, None, trashed, api_visibility="private")
 
     if reproduce is not None:  # PNG info's "Send to Text to image": every field it knows, then that tab
         fill, targets = reproduce
