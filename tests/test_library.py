@@ -281,6 +281,30 @@ def test_reproduce_maps_the_infotext_back():
     assert reproduce_body(text.replace("Hires upscale: 1.5, ", ""), "img2img")["endpoint"] == "/sdapi/v1/img2img"
 
 
+def test_reproduce_picks_the_checkpoint_by_its_hash_when_the_name_changed(models_dir):
+    from webui.engine.models.catalog import Catalog
+
+    catalog = Catalog(models_dir)
+    catalog.scan()
+    tiny = catalog.find("tiny-sd")
+    short = catalog.short_hash(tiny)
+    assert short
+
+    def made(model: str, model_hash: str) -> dict:
+        return reproduce_body(build_infotext("a fox", "", {"Steps": 2, "Seed": 1, "Size": "64x64", "Model hash": model_hash,
+                                                           "Model": model}), "txt2img", catalog)
+
+    renamed = made("my-old-name", short)  # the file was renamed since: found by its hash
+    assert renamed["body"]["override_settings"]["sd_model_checkpoint"] == "tiny-sd"
+    assert any("'my-old-name' is 'tiny-sd'" in n for n in renamed["notes"])
+    assert made("tiny-sd", short)["notes"] == []
+    changed = made("tiny-sd", "0123456789")  # same name, other weights: the name, with a warning
+    assert changed["body"]["override_settings"]["sd_model_checkpoint"] == "tiny-sd"
+    assert any(n.startswith("warning: no checkpoint here has Model hash 0123456789") for n in changed["notes"])
+    gone = made("nowhere", "0123456789")
+    assert gone["body"]["override_settings"]["sd_model_checkpoint"] == "nowhere" and "no checkpoint here" in gone["notes"][0]
+
+
 # --- over HTTP: two logins, and Reproduce bit for bit --------------------------------------------
 
 USERS = [("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")]
@@ -504,7 +528,11 @@ def test_the_tabs_reproduce_sets_the_hires_fix_and_turns_it_off_again(engine, tm
     assert made["txt2img-enable-hr"] is True
     assert (made["txt2img-hr-scale"], made["txt2img-hr-steps"], made["txt2img-hr-denoise"]) == (1.5, 2, 0.45)
     assert (made["txt2img-hr-upscaler"], made["txt2img-hr-resize-x"], made["txt2img-hr-resize-y"]) == ("Latent", 0, 0)
-    assert made["library-status"] == ""
+    assert made["library-status"] == "" and made["model-picker"].startswith("tiny-sd [")
+    # the checkpoint by its hash: renamed since, it is still found, and the note says so
+    short = engine.catalog.short_hash(engine.catalog.find("tiny-sd"))
+    renamed = by_elem_id(fill(hires.replace("Model: tiny-sd", f"Model hash: {short}, Model: my-old-name")))
+    assert renamed["model-picker"].startswith("tiny-sd [") and "'my-old-name' is 'tiny-sd'" in renamed["library-status"]
     resized = by_elem_id(fill(hires.replace("Hires upscale: 1.5", "Hires resize: 96x128")))
     assert (resized["txt2img-hr-resize-x"], resized["txt2img-hr-resize-y"]) == (96, 128)
     # a picture made without it turns a hires fix left on off: the same picture, not a bigger one

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from webui.engine.context import Engine
-from webui.engine.library import open_library
+from webui.engine.library import open_library, reproduce_body
 
 from .common import user_errors
 
@@ -26,8 +26,11 @@ def _viewer(library, request: gr.Request | None):
     return library.viewer(getattr(request, "username", None) or None)
 
 
-def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None) -> None:
-    """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened)."""
+def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None,
+           model_picker: gr.Dropdown | None = None) -> None:
+    """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened). Reproduce
+    fills Text to image through `reproduce` (PNG info's fill and its outputs) and sets `model_picker` to the
+    picture's checkpoint, found by its Model hash."""
     try:
         library = open_library(engine.settings)
     except (OSError, sqlite3.Error) as exc:  # a read-only or full outputs folder: the rest of the app still starts
@@ -186,10 +189,17 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
         def fill_and_note(text: str):
             updates = fill(text)
             missing = reproduce_gaps(text)
+            if model_picker is not None:  # the checkpoint by its hash (renamed since), else by its name
+                made = reproduce_body(text or "", "txt2img", engine.catalog)
+                entry = engine.catalog.find(made["body"].get("override_settings", {}).get("sd_model_checkpoint") or "")
+                if entry is not None:
+                    updates[model_picker] = engine.catalog.title(entry)
+                missing += [n[0].upper() + n[1:] + "." for n in made["notes"] if "checkpoint" in n or "Model hash" in n]
             updates[status] = "**Reproduce:** " + " ".join(missing) if missing else ""
             return updates
 
-        reproduce_button.click(fill_and_note, parameters, [*targets, status], api_visibility="private", queue=False)
+        reproduce_button.click(fill_and_note, parameters, [*targets, *([model_picker] if model_picker else []), status],
+                               api_visibility="private", queue=False)
 
 
 def reproduce_gaps(infotext: str) -> list[str]:
@@ -201,10 +211,10 @@ def reproduce_gaps(infotext: str) -> list[str]:
     gaps = []
     units = sorted(k for k in params if k.startswith("ControlNet ") and k.split(" ", 1)[1].isdigit())
     if units:
-        gaps.append(f"this picture used {len(units)} ControlNet unit{'s' if len(units) > 1 else ''} "
+        gaps.append(f"This picture used {len(units)} ControlNet unit{'s' if len(units) > 1 else ''} "
                     f"({', '.join(units)}); their control pictures are not in its parameters, so add them in the "
                     "ControlNet panel before Generate, with the module, model and weight shown in Parameters.")
     if "Init image hash" in params or ("Denoising strength" in params and not any(k.startswith("Hires ") for k in params)):
-        gaps.append("this picture was made by image to image: its start picture is not set in Text to image "
+        gaps.append("This picture was made by image to image: its start picture is not set in Text to image "
                     "(the API's reproduce, /kiri/v1/library/{id}/reproduce, returns it when it was kept).")
     return gaps

@@ -327,11 +327,13 @@ class Library:
         return out
 
     # --- reproduce ------------------------------------------------------------------------------
-    def reproduce(self, viewer: Viewer, item_id: int) -> dict:
+    def reproduce(self, viewer: Viewer, item_id: int, catalog: Any = None) -> dict:
+        """reproduce_body for the picture (`catalog`: this server's models, to pick the checkpoint by its
+        hash), with an img2img picture's kept init image and mask."""
         row = self._visible(viewer, self.index.get(int(item_id)))
         if not row["infotext"]:
             raise InvalidRequest("id", "this picture carries no generation parameters")
-        made = reproduce_body(row["infotext"], row["tab"])
+        made = reproduce_body(row["infotext"], row["tab"], catalog)
         if made["endpoint"] == "/sdapi/v1/img2img":
             self._attach_sources(row, made)
         return made
@@ -360,13 +362,15 @@ class Library:
         made["notes"] = [n for n in made["notes"] if not n.startswith("the source picture is not kept")]
 
 
-def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
+def reproduce_body(infotext: str, tab: str = "txt2img", catalog: Any = None) -> dict:
     """The /sdapi/v1 request that makes the picture again: {"endpoint", "body", "notes"}.
 
     Every infotext field A1111's API has a field for is mapped back: prompts, seed (and variation seed),
     sampler and schedule, steps, CFG, size, clip skip, checkpoint, VAE, hires fix; LoRAs travel in the
     prompt's tags; image to image's resize mode and inpaint settings. The source picture (init_images, mask)
-    is not in the infotext: `Library.reproduce` adds the copy kept with the output."""
+    is not in the infotext: `Library.reproduce` adds the copy kept with the output. With `catalog` (the
+    server's models) the checkpoint is the one whose hash is the infotext's `Model hash`, whatever its name
+    is now; the name, with a note, where no checkpoint here has that hash."""
     parsed = parse_infotext(infotext)
     p = parsed.params
     body: dict[str, Any] = dict(infotext_to_request_fields(parsed))
@@ -374,8 +378,9 @@ def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
     overrides: dict[str, Any] = {}
     if "clip_skip" in body:
         overrides["CLIP_stop_at_last_layers"] = body.pop("clip_skip")
-    if p.get("Model"):
-        overrides["sd_model_checkpoint"] = p["Model"]
+    checkpoint = _checkpoint(catalog, p.get("Model", ""), p.get("Model hash", ""), notes) if catalog is not None else p.get("Model")
+    if checkpoint:
+        overrides["sd_model_checkpoint"] = checkpoint
     if p.get("VAE"):
         overrides["sd_vae"] = p["VAE"]
     if overrides:
@@ -407,6 +412,32 @@ def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
         body.pop("denoising_strength", None)
     body = {k: v for k, v in body.items() if v is not None}
     return {"endpoint": endpoint, "body": body, "notes": notes}
+
+
+def _checkpoint(catalog: Any, name: str, short_hash: str, notes: list[str]) -> str | None:
+    """The checkpoint to ask for: the one whose hash is `short_hash` (renamed or moved since), else the one
+    named `name`, with a note that the picture may differ when its hash is not the recorded one."""
+    name, short_hash = (name or "").strip(), (short_hash or "").strip().lower()
+    if short_hash:
+        for entry in catalog.entries:
+            if catalog.short_hash(entry) == short_hash:
+                if entry.name != name:
+                    notes.append(f"checkpoint {name or '(unnamed)'!r} is {entry.name!r} on this server (same Model hash {short_hash})")
+                return entry.name
+    if not name:
+        if short_hash:
+            notes.append(f"no checkpoint here has Model hash {short_hash}: the current one is used")
+        return None
+    found = catalog.find(name)
+    if found is None:
+        notes.append(f"no checkpoint here is named {name!r}" + (f" or has Model hash {short_hash}" if short_hash else "")
+                     + ": the request names it anyway, and the server refuses it until it is added")
+        return name
+    if short_hash:
+        here = catalog.short_hash(found)
+        notes.append(f"warning: no checkpoint here has Model hash {short_hash}; the one named {name!r} is used"
+                     + (f" (hash {here})" if here else " (its hash is not read yet)") + ", so the picture may differ")
+    return found.name
 
 
 def _img2img_fields(p: dict[str, str]) -> dict[str, Any]:
