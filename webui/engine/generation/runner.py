@@ -24,7 +24,7 @@ from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.prompt_tags import strip_tags
 from webui.engine.models.families import FAMILIES
-from webui.engine.core.outputs import dated_dir, save_image
+from webui.engine.core.outputs import SOURCE_HASH, dated_dir, keep_source, save_image
 from webui.engine.generation.call import PipelineCall
 from webui.engine.generation.conditioning import StepSwap, chunked_families, schedule_for
 from webui.engine.generation.conditioning import encode as encode_conditioning
@@ -173,8 +173,6 @@ def kept_sources(engine: "Engine", owner: str, work: Any) -> dict[str, str]:
     """Keep the pictures a task or request starts from (its `sources()`: an img2img init image and mask;
     none for a hires fix's second pass) in the owner's outputs (core/outputs.keep_source); their
     infotext keys with the first hex digits of each hash."""
-    from webui.engine.core.outputs import SOURCE_HASH, keep_source
-
     pictures = work.sources() if callable(getattr(work, "sources", None)) else {}
     root = engine.outputs_for(owner)
     return {key: keep_source(picture, root)[:SOURCE_HASH] for key, picture in pictures.items()}
