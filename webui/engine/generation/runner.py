@@ -24,7 +24,7 @@ from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.prompt_tags import strip_tags
 from webui.engine.models.families import FAMILIES
-from webui.engine.core.outputs import dated_dir, save_image
+from webui.engine.core.outputs import SOURCE_HASH, dated_dir, keep_source, save_image
 from webui.engine.generation.call import PipelineCall
 from webui.engine.generation.conditioning import StepSwap, chunked_families, schedule_for
 from webui.engine.generation.conditioning import encode as encode_conditioning
@@ -101,6 +101,7 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
     """3. Batch after batch, each a turn of its own; each image's noise comes from its own seed."""
     request = task.request
     base_seed = request.seed if request.seed != -1 else random_seed()
+    sources: dict[str, str] | None = None
     for batch_no in range(1, request.n_iter + 1):
         if job.interrupted:
             result.interrupted = True
@@ -147,12 +148,16 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         job.finish_images(len(images))
         result.warnings.extend(w for w in call.warnings if w not in result.warnings)
 
-        # 4. Save each image whole, with its parameters, before the next batch.
+        # 4. Save each image whole, with its parameters, before the next batch (and the pictures it
+        #    started from, once, so the Library can make it again).
+        if save and sources is None:
+            sources = kept_sources(engine, job.owner, task)
         for seed, image, call, text in zip(seeds, images, calls, texts):
             params = task.infotext_params(model, sampler.name, schedule, seed)
             version = params.pop("Version", None)
             params.update(call.infotext)
             params.update(text.infotext)  # a dynamic prompt's Template
+            params.update(sources or {})
             params["Version"] = version
             info = build_infotext(text.prompt, text.negative_prompt, params)
             path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
@@ -162,6 +167,15 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
             break
         if batch_no < request.n_iter:
             yield
+
+
+def kept_sources(engine: "Engine", owner: str, work: Any) -> dict[str, str]:
+    """Keep the pictures a task or request starts from (its `sources()`: an img2img init image and mask;
+    none for a hires fix's second pass) in the owner's outputs (core/outputs.keep_source); their
+    infotext keys with the first hex digits of each hash."""
+    pictures = work.sources() if callable(getattr(work, "sources", None)) else {}
+    root = engine.outputs_for(owner)
+    return {key: keep_source(picture, root)[:SOURCE_HASH] for key, picture in pictures.items()}
 
 
 def _same_text_runs(texts: list[Any]) -> list[tuple[int, int]]:
