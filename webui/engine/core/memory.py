@@ -240,9 +240,9 @@ def plan(components: dict[str, int], shape: Shape, device: str, free: int, force
     def made(mode: str, reason: str) -> MemoryPlan:
         return MemoryPlan(mode, reason, estimates[mode], available, device, ram[mode], estimates, mode == "batch-split")
 
-    need = f"needs ~{_gb(estimates['none'])} at {shape.width}x{shape.height}, batch {shape.batch}; {_gb(available)} free"
+    need = f"~{_gb(estimates['none'])} as is at {shape.width}x{shape.height}, batch {shape.batch}; {_gb(available)} free"
     if forced != "auto":
-        return made(forced, f"--memory-mode {forced}; the job alone {need}")
+        return made(forced, f"--memory-mode {forced}; {need}")
     ladder = [m for m in MODES if m != "batch-split" or shape.batch > 1]
     for mode in ladder:
         if estimates[mode] <= budget:

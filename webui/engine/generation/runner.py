@@ -222,14 +222,15 @@ def with_memory_retry(attempt: Callable[[memory.MemoryPlan], tuple], plan: memor
 
 def _oom_message(plan: memory.MemoryPlan, first: str | None) -> str:
     tried = f"{first}, then {plan.mode}" if first else plan.mode
-    fits = plan.fitting_after(plan.mode) or plan.next_mode()
-    free = f"{plan.available_bytes / memory.GB:.2f} GB free"
-    if fits is None:
-        return (f"out of memory in memory mode {tried} ({free}); no memory mode saves more: lower the "
-                "resolution or the batch size")
-    return (f"out of memory in memory mode {tried} ({free}); memory mode {fits} would fit "
-            f"(estimated ~{plan.estimates.get(fits, 0) / memory.GB:.2f} GB): start with --memory-mode {fits} "
-            f"or lower the resolution or the batch size")
+    head = f"out of memory in memory mode {tried} ({plan.available_bytes / memory.GB:.2f} GB free)"
+    fits, after = plan.fitting_after(plan.mode), plan.next_mode()
+    if fits is not None:
+        return (f"{head}; memory mode {fits} would fit (estimated ~{plan.estimates[fits] / memory.GB:.2f} GB): "
+                f"start with --memory-mode {fits}, or lower the resolution or the batch size")
+    if after is not None:
+        return (f"{head}; no memory mode is estimated to fit: lower the resolution or the batch size, or try "
+                f"--memory-mode {after} (estimated ~{plan.estimates[after] / memory.GB:.2f} GB)")
+    return f"{head}; no memory mode saves more: lower the resolution or the batch size"
 
 
 def _same_text_runs(texts: list[Any]) -> list[tuple[int, int]]:
