@@ -81,6 +81,14 @@ def test_nothing_fits_tries_the_last_mode_and_a_limit_caps_free_memory():
         memory.plan(SD15, memory.Shape(64, 64), "cpu", MB, forced="lowvram")
 
 
+def test_add_on_modules_on_a_gpu_keep_the_ladder_at_vae_tiling():
+    plan = memory.plan(SD15, memory.Shape(1024, 1024, 4), "cuda", 2 * memory.GB, extra_bytes=700 * MB, offloadable=False)
+    assert plan.ladder == ("none", "vae-tiling") and plan.mode == "vae-tiling" and plan.next_mode() is None
+    forced = memory.plan(SD15, memory.Shape(512, 512, 1), "cuda", 80 * memory.GB, forced="model-offload", offloadable=False)
+    assert forced.mode == "vae-tiling" and "cannot be offloaded" in forced.reason
+    assert memory.plan(SD15, memory.Shape(1024, 1024, 1), "cuda", MB).ladder[-1] == "sequential-offload"
+
+
 def test_free_ram_is_read_on_the_cpu():
     assert memory.free_bytes("cpu") > 0 and memory.available_ram() > 0
 

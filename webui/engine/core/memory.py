@@ -52,6 +52,7 @@ class MemoryPlan:
     ram_bytes: int = 0  # estimated peak host RAM in `mode` (offloaded weights live there)
     estimates: dict[str, int] = field(default_factory=dict)  # every mode's estimated peak on the device
     split: bool = False  # each image of a batch in a call of its own
+    ladder: tuple[str, ...] = MODES  # the modes this job may use, in order (the retry's next one)
 
     def text(self) -> str:
         """One line for the status line and the log."""
@@ -64,19 +65,20 @@ class MemoryPlan:
 
     def next_mode(self) -> str | None:
         """The next mode down the ladder, None after the last."""
-        at = MODES.index(self.mode)
-        return MODES[at + 1] if at + 1 < len(MODES) else None
+        at = self.ladder.index(self.mode) if self.mode in self.ladder else len(self.ladder)
+        return self.ladder[at + 1] if at + 1 < len(self.ladder) else None
 
     def fitting_after(self, mode: str) -> str | None:
         """The first mode after `mode` whose estimate fits what is free, else None."""
-        for later in MODES[MODES.index(mode) + 1:]:
+        start = self.ladder.index(mode) + 1 if mode in self.ladder else len(self.ladder)
+        for later in self.ladder[start:]:
             if self.estimates.get(later, 0) <= self.available_bytes * HEADROOM:
                 return later
         return None
 
     def with_mode(self, mode: str, reason: str) -> "MemoryPlan":
         return MemoryPlan(mode, reason, self.estimates.get(mode, 0), self.available_bytes, self.device,
-                          self.ram_bytes, self.estimates, mode == "batch-split")
+                          self.ram_bytes, self.estimates, mode == "batch-split", self.ladder)
 
 
 # --- the estimate --------------------------------------------------------------------------------
@@ -223,10 +225,12 @@ def available_ram() -> int:
 # --- the choice ----------------------------------------------------------------------------------
 
 def plan(components: dict[str, int], shape: Shape, device: str, free: int, forced: str = "auto",
-         extra_bytes: int = 0, limit: int = 0) -> MemoryPlan:
+         extra_bytes: int = 0, limit: int = 0, offloadable: bool = True) -> MemoryPlan:
     """The mode for a job: `forced` (--memory-mode, the setting) when it is not "auto", else the first
     mode of the ladder whose estimate fits `free` (capped at `limit` bytes when that is set); with
-    nothing fitting, the last one. `free` counts the pipeline's weights already on the device."""
+    nothing fitting, the last one. `free` counts the pipeline's weights already on the device.
+    `offloadable` False (add-on modules beside the pipeline's own on a GPU, which diffusers' offload
+    hooks do not reach) keeps the ladder at none and vae-tiling."""
     if forced not in MEMORY_MODE_CHOICES:
         raise ValueError(f"unknown memory mode {forced!r}; choose one of {', '.join(MEMORY_MODE_CHOICES)}")
     estimates = estimate(components, shape, extra_bytes)
@@ -237,13 +241,17 @@ def plan(components: dict[str, int], shape: Shape, device: str, free: int, force
         ram = dict(estimates)
     budget = available * HEADROOM
 
+    ladder = tuple(m for m in MODES if (m != "batch-split" or shape.batch > 1) and (offloadable or m not in _OFFLOAD))
+
     def made(mode: str, reason: str) -> MemoryPlan:
-        return MemoryPlan(mode, reason, estimates[mode], available, device, ram[mode], estimates, mode == "batch-split")
+        return MemoryPlan(mode, reason, estimates[mode], available, device, ram[mode], estimates, mode == "batch-split",
+                          ladder)
 
     need = f"~{_gb(estimates['none'])} as is at {shape.width}x{shape.height}, batch {shape.batch}; {_gb(available)} free"
+    if forced != "auto" and not offloadable and forced in _OFFLOAD:
+        return made("vae-tiling", f"--memory-mode {forced}, but the add-ons' modules cannot be offloaded; {need}")
     if forced != "auto":
         return made(forced, f"--memory-mode {forced}; {need}")
-    ladder = [m for m in MODES if m != "batch-split" or shape.batch > 1]
     for mode in ladder:
         if estimates[mode] <= budget:
             if mode == "none":

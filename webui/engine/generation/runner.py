@@ -180,12 +180,14 @@ def plan_memory(engine: "Engine", model: "LoadedModel", session: AddonSession, r
     the request's size and batch, what the device has free (the checkpoint's own weights there counted
     in); written to the log and the job's status line, never to the infotext."""
     pipeline = model.pipeline
-    extra = sum(memory.module_bytes(m) for m in session.components(model).values())
+    modules = session.components(model)  # ControlNets and the like, beside the checkpoint's own
+    extra = sum(memory.module_bytes(m) for m in modules.values())
     shape = memory.shape_of(pipeline, request.width, request.height, request.batch_size,
                             guidance=getattr(request, "cfg_scale", 7.0) > 1)
     free = memory.free_bytes(model.device) + memory.resident_bytes(pipeline, model.device)
     plan = memory.plan(memory.component_bytes(pipeline), shape, model.device, free, engine.settings.memory_mode,
-                       extra, engine.settings.memory_limit_mb * 2**20)
+                       extra, engine.settings.memory_limit_mb * 2**20,
+                       offloadable=not modules or model.device.startswith("cpu"))
     log.info("job %s on %s: %s", job.id[:8], model.name, plan.text())
     job.note = plan.text()
     return plan
