@@ -93,6 +93,55 @@ def test_free_ram_is_read_on_the_cpu():
     assert memory.free_bytes("cpu") > 0 and memory.available_ram() > 0
 
 
+class _Recorder:
+    """A stand-in pipeline that records diffusers' memory switches (what apply() calls, in order)."""
+
+    def __init__(self):
+        self.calls = []
+        outer = self
+
+        class Vae:
+            def __getattr__(self, name):
+                return lambda: outer.calls.append(f"vae.{name}")
+
+        self.vae = Vae()
+
+    def remove_all_hooks(self):
+        self.calls.append("remove_all_hooks")
+
+    def to(self, device):
+        self.calls.append(f"to {device}")
+
+    def enable_model_cpu_offload(self, device=None):
+        self.calls.append(f"model offload {device}")
+
+    def enable_sequential_cpu_offload(self, device=None):
+        self.calls.append(f"sequential offload {device}")
+
+
+def test_apply_undoes_the_last_mode_before_the_next():
+    pipe, state = _Recorder(), {}
+    memory.apply(pipe, state, "model-offload", "cuda")
+    assert pipe.calls == ["model offload cuda", "vae.enable_tiling", "vae.enable_slicing"]
+    pipe.calls.clear()
+    memory.apply(pipe, state, "sequential-offload", "cuda")
+    assert pipe.calls[:3] == ["remove_all_hooks", "to cuda", "sequential offload cuda"]
+    pipe.calls.clear()
+    memory.apply(pipe, state, "batch-split", "cuda")  # the same hooks: only the VAE switches again
+    assert not [c for c in pipe.calls if not c.startswith("vae.")]
+    pipe.calls.clear()
+    memory.apply(pipe, state, "none", "cuda")
+    assert pipe.calls == ["remove_all_hooks", "to cuda", "vae.disable_tiling", "vae.disable_slicing"]
+    pipe.calls.clear()
+    memory.apply(pipe, state, "none", "cuda")
+    assert pipe.calls == [] and state[memory.STATE_KEY] == "none"
+    memory.apply(pipe, state, "model-offload", "cpu")  # nothing to offload to on the CPU
+    assert pipe.calls == ["vae.enable_tiling", "vae.enable_slicing"]
+    pipe.calls.clear()
+    memory.release(pipe, state, "cpu")
+    assert pipe.calls == ["vae.disable_tiling", "vae.disable_slicing"]
+
+
 # --- jobs on the CPU -------------------------------------------------------------------------------
 
 def test_plenty_of_memory_runs_as_is_and_the_job_says_so(engine, caplog):
