@@ -188,7 +188,9 @@ def plan_memory(engine: "Engine", model: "LoadedModel", session: AddonSession, r
     plan = memory.plan(memory.component_bytes(pipeline), shape, model.device, free, engine.settings.memory_mode,
                        extra, engine.settings.memory_limit_mb * 2**20,
                        offloadable=not modules or model.device.startswith("cpu"))
-    log.info("job %s on %s: %s", job.id[:8], model.name, plan.text())
+    if model.derived.get("memory_plan_text") != plan.text():  # a stage per video frame: logged once, not per frame
+        log.info("job %s on %s: %s", job.id[:8], model.name, plan.text())
+        model.derived["memory_plan_text"] = plan.text()
     job.note = plan.text()
     return plan
 
