@@ -77,6 +77,8 @@ def test_nothing_fits_tries_the_last_mode_and_a_limit_caps_free_memory():
     assert capped.available_bytes == memory.GB and capped.mode != "none"
     forced = memory.plan(SD15, memory.Shape(512, 512, 1), "cuda", 10 * MB, forced="none")
     assert forced.mode == "none" and "--memory-mode none" in forced.reason
+    short = memory.plan(SD15, memory.Shape(1024, 1024, 4), "cuda", int(7.6 * memory.GB), ram_free=1 * memory.GB)
+    assert short.mode == "model-offload" and short.ram_bytes == sum(SD15.values()) and "of RAM" in short.reason
     with pytest.raises(ValueError, match="unknown memory mode"):
         memory.plan(SD15, memory.Shape(64, 64), "cpu", MB, forced="lowvram")
 

@@ -225,25 +225,28 @@ def available_ram() -> int:
 # --- the choice ----------------------------------------------------------------------------------
 
 def plan(components: dict[str, int], shape: Shape, device: str, free: int, forced: str = "auto",
-         extra_bytes: int = 0, limit: int = 0, offloadable: bool = True) -> MemoryPlan:
+         extra_bytes: int = 0, limit: int = 0, offloadable: bool = True, ram_free: int = 0) -> MemoryPlan:
     """The mode for a job: `forced` (--memory-mode, the setting) when it is not "auto", else the first
     mode of the ladder whose estimate fits `free` (capped at `limit` bytes when that is set); with
     nothing fitting, the last one. `free` counts the pipeline's weights already on the device.
     `offloadable` False (add-on modules beside the pipeline's own on a GPU, which diffusers' offload
-    hooks do not reach) keeps the ladder at none and vae-tiling."""
+    hooks do not reach) keeps the ladder at none and vae-tiling. Host RAM: on the CPU it is the device;
+    on a GPU an offload mode keeps every weight in RAM, and the reason says so when `ram_free` (when
+    given) is less."""
     if forced not in MEMORY_MODE_CHOICES:
         raise ValueError(f"unknown memory mode {forced!r}; choose one of {', '.join(MEMORY_MODE_CHOICES)}")
     estimates = estimate(components, shape, extra_bytes)
     available = min(free, limit) if limit else free
     weights = sum(components.values()) + extra_bytes
-    ram = {m: (weights if m in _OFFLOAD and not device.startswith("cpu") else 0) for m in MODES}
-    if device.startswith("cpu"):
-        ram = dict(estimates)
+    on_cpu = device.startswith("cpu")
+    ram = dict(estimates) if on_cpu else {m: weights if m in _OFFLOAD else 0 for m in MODES}
     budget = available * HEADROOM
 
     ladder = tuple(m for m in MODES if (m != "batch-split" or shape.batch > 1) and (offloadable or m not in _OFFLOAD))
 
     def made(mode: str, reason: str) -> MemoryPlan:
+        if not on_cpu and ram_free and ram[mode] > ram_free:
+            reason += f"; its weights need ~{_gb(ram[mode])} of RAM and {_gb(ram_free)} is available"
         return MemoryPlan(mode, reason, estimates[mode], available, device, ram[mode], estimates, mode == "batch-split",
                           ladder)
 

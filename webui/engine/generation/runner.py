@@ -187,7 +187,8 @@ def plan_memory(engine: "Engine", model: "LoadedModel", session: AddonSession, r
     free = memory.free_bytes(model.device) + memory.resident_bytes(pipeline, model.device)
     plan = memory.plan(memory.component_bytes(pipeline), shape, model.device, free, engine.settings.memory_mode,
                        extra, engine.settings.memory_limit_mb * 2**20,
-                       offloadable=not modules or model.device.startswith("cpu"))
+                       offloadable=not modules or model.device.startswith("cpu"),
+                       ram_free=0 if model.device.startswith("cpu") else memory.available_ram())
     if model.derived.get("memory_plan_text") != plan.text():  # a stage per video frame: logged once, not per frame
         log.info("job %s on %s: %s", job.id[:8], model.name, plan.text())
         model.derived["memory_plan_text"] = plan.text()
