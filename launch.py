@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
     exposed = args.listen or args.share
     settings = Settings(models_dir=args.models_dir, outputs_dir=args.outputs_dir, device=args.device,
-                        library_dirs=list(args.library_dir),
+                        library_dirs=list(args.library_dir), memory_mode=args.memory_mode,
+                        memory_limit_mb=args.memory_limit_mb,
                         allow_pickle=args.allow_pickle, extensions_dir=args.extensions_dir,
                         allow_extension_install=not exposed or args.enable_insecure_extension_access)
     settings.load_saved(args.settings_file)

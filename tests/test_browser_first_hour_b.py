@@ -41,7 +41,12 @@ def test_the_gallery_shows_and_selects_the_grid_first(kiri_server, browser, tmp_
     page.locator("#xy-x-values textarea, #xy-x-values input").first.fill("Euler, DDIM, UniPC")
     page.get_by_label("Y values (numbers: 10-30 (+10) or 1-9 [5])").fill("1, 2")
     page.locator("#xy-generate").click()
-    page.wait_for_function("document.querySelector('#txt2img-status')?.innerText.includes('Grid of 6')", timeout=180_000)
+    try:
+        page.wait_for_function("document.querySelector('#txt2img-status')?.innerText.includes('Grid of 6')", timeout=180_000)
+    except Exception:  # say what the page showed instead (a toast, an error in the status line)
+        status = page.evaluate("() => document.querySelector('#txt2img-status')?.innerText")
+        toasts = page.evaluate("() => [...document.querySelectorAll('.toast-body')].map(t => t.innerText)")
+        raise AssertionError(f"no 'Grid of 6' in the status line: {status!r}; toasts: {toasts!r}") from None
     page.wait_for_timeout(500)
     page.screenshot(path=str(shots(tmp_path) / "grid.png"))
     # the large preview is the grid (wider than three 64 px cells), and its thumbnail is the selected one

@@ -36,6 +36,47 @@ def test_search_open_and_reproduce(kiri_server, browser):
     page.close()
 
 
+def test_reproduce_sets_the_hires_fix_then_delete_and_restore_from_the_trash(kiri_server, browser):
+    url = kiri_server["url"]
+    answer = requests.post(url + "sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a hires teal harbour", "steps": 2, "width": 64, "height": 64, "seed": 515, "save_images": True,
+        "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 3, "denoising_strength": 0.35,
+        "override_settings": {"samples_save": True}})
+    assert answer.status_code == 200, answer.text
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url)
+    page.locator("#txt2img-generate").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Library", exact=True).first.click()
+    page.locator("#library-search textarea, #library-search input").first.fill("teal harbour")
+    page.locator("#library-search-button").click()
+    thumbs = page.locator("#library-grid img")
+    thumbs.first.wait_for(timeout=30_000)
+    thumbs.first.click()
+    page.wait_for_function(
+        "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Hires upscale: 1.5')", timeout=15_000)
+    page.locator("#library-reproduce").click()
+    page.locator("#txt2img-prompt").wait_for(state="visible", timeout=15_000)
+    page.locator("#txt2img-hires").get_by_text("Hires. fix", exact=True).first.click()  # a closed accordion draws nothing
+    page.wait_for_function("document.querySelector('#txt2img-enable-hr input')?.checked === true", timeout=15_000)
+    values = page.evaluate("""['#txt2img-hr-scale', '#txt2img-hr-steps', '#txt2img-hr-denoise']
+        .map(id => document.querySelector(id + ' input[type=number]').value)""")
+    assert [float(v) for v in values] == [1.5, 3, 0.35], values
+
+    # delete it, then bring it back from the Trash accordion
+    page.get_by_role("tab", name="Library", exact=True).first.click()
+    page.locator("#library-delete").click()
+    page.locator("#library-trash").get_by_text("Trash", exact=True).first.click()
+    entry = page.locator("#library-trash-list label").filter(has_text="png")
+    entry.first.wait_for(timeout=15_000)
+    entry.first.click()
+    page.locator("#library-restore").click()
+    page.wait_for_function("document.querySelectorAll('#library-trash-list label').length === 0", timeout=15_000)
+    page.locator("#library-search-button").click()
+    page.wait_for_timeout(500)
+    assert page.locator("#library-grid img").count() == 1
+    page.close()
+
+
 USERS = [("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")]
 
 

@@ -281,6 +281,30 @@ def test_reproduce_maps_the_infotext_back():
     assert reproduce_body(text.replace("Hires upscale: 1.5, ", ""), "img2img")["endpoint"] == "/sdapi/v1/img2img"
 
 
+def test_reproduce_picks_the_checkpoint_by_its_hash_when_the_name_changed(models_dir):
+    from webui.engine.models.catalog import Catalog
+
+    catalog = Catalog(models_dir)
+    catalog.scan()
+    tiny = catalog.find("tiny-sd")
+    short = catalog.short_hash(tiny)
+    assert short
+
+    def made(model: str, model_hash: str) -> dict:
+        return reproduce_body(build_infotext("a fox", "", {"Steps": 2, "Seed": 1, "Size": "64x64", "Model hash": model_hash,
+                                                           "Model": model}), "txt2img", catalog)
+
+    renamed = made("my-old-name", short)  # the file was renamed since: found by its hash
+    assert renamed["body"]["override_settings"]["sd_model_checkpoint"] == "tiny-sd"
+    assert any("'my-old-name' is 'tiny-sd'" in n for n in renamed["notes"])
+    assert made("tiny-sd", short)["notes"] == []
+    changed = made("tiny-sd", "0123456789")  # same name, other weights: the name, with a warning
+    assert changed["body"]["override_settings"]["sd_model_checkpoint"] == "tiny-sd"
+    assert any(n.startswith("warning: no checkpoint here has Model hash 0123456789") for n in changed["notes"])
+    gone = made("nowhere", "0123456789")
+    assert gone["body"]["override_settings"]["sd_model_checkpoint"] == "nowhere" and "no checkpoint here" in gone["notes"][0]
+
+
 # --- over HTTP: two logins, and Reproduce bit for bit --------------------------------------------
 
 USERS = [("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")]
@@ -365,10 +389,76 @@ def test_reproduce_a_hires_fix_picture_bit_for_bit(client):
     assert (item["width"], item["height"]) == (96, 96)
     made = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice).json()
     assert made["body"]["enable_hr"] is True and made["body"]["hr_scale"] == 1.5
+    # the second pass starts from the first, made again from the prompt: no init image kept or named
+    assert "Init image hash" not in client.get(f"/kiri/v1/library/{item['id']}", auth=alice).json()["infotext"]
     again = client.post(made["endpoint"], json={**made["body"], "save_images": False}, auth=alice)
     assert again.status_code == 200, again.text
     saved = client.get(f"/kiri/v1/library/{item['id']}/file", auth=alice).content
     assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
+
+
+def test_each_login_lists_restores_and_empties_only_its_own_trash(client):
+    alice, bob, boss = ("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")
+    for user, prompt in ((alice, "alice's trashed kite"), (bob, "bob's trashed kite")):
+        generate(client, user[0], prompt=prompt, seed=41)
+        (item,) = client.get("/kiri/v1/library", params={"q": '"trashed kite"'}, auth=user).json()["items"]
+        assert client.delete(f"/kiri/v1/library/{item['id']}", auth=user).status_code == 200
+
+    def trash(user):
+        return client.get("/kiri/v1/library/trash", auth=user).json()["items"]
+
+    (mine,), (theirs,) = trash(alice), trash(bob)
+    assert mine["name"] != theirs["name"] and {e["name"] for e in trash(boss)} >= {mine["name"], theirs["name"]}
+    assert client.get("/kiri/v1/library/trash").status_code == 401
+    assert client.post(f"/kiri/v1/library/trash/{mine['name']}/restore", auth=bob).status_code == 404
+    # bob empties his trash: alice's picture is still in hers, and comes back
+    assert client.delete("/kiri/v1/library/trash", auth=bob).json() == {"removed": 1}
+    assert trash(bob) == [] and [e["name"] for e in trash(alice)] == [mine["name"]]
+    assert client.post(f"/kiri/v1/library/trash/{theirs['name']}/restore", auth=bob).status_code == 404
+    assert client.post(f"/kiri/v1/library/trash/{mine['name']}/restore", auth=alice).status_code == 200
+    assert [i["prompt"] for i in client.get("/kiri/v1/library", params={"q": "kite"}, auth=alice).json()["items"]] \
+        == ["alice's trashed kite"]
+    assert client.delete("/kiri/v1/library/trash", auth=alice).json() == {"removed": 0}
+
+
+def b64png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_reproduce_an_inpainted_picture_bit_for_bit_from_its_kept_init_image_and_mask(client):
+    alice, bob = ("alice", "a-pass"), ("bob", "b-pass")
+    rng = np.random.default_rng(3)
+    init = Image.fromarray(rng.integers(0, 255, (64, 64, 4), dtype=np.uint8), "RGBA")  # kept as the RGB it is read as
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    answer = client.post("/sdapi/v1/img2img", auth=alice, json={
+        "prompt": "an inpainted pond", "steps": 4, "width": 64, "height": 64, "seed": 31, "denoising_strength": 0.6,
+        "init_images": [b64png(init)], "mask": b64png(mask), "mask_blur": 2, "inpainting_fill": 1,
+        "inpaint_full_res": False, "resize_mode": 1, "save_images": True, "override_settings": {"samples_save": True}})
+    assert answer.status_code == 200, answer.text
+    assert "Init image hash: " in json.loads(answer.json()["info"])["infotexts"][0]
+    (item,) = client.get("/kiri/v1/library", params={"q": "pond"}, auth=alice).json()["items"]
+    made = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice).json()
+    assert made["endpoint"] == "/sdapi/v1/img2img" and made["notes"] == []
+    assert (made["body"]["resize_mode"], made["body"]["mask_blur"], made["body"]["inpaint_full_res"]) == (1, 2, False)
+    again = client.post(made["endpoint"], json={**made["body"], "save_images": False}, auth=alice)
+    assert again.status_code == 200, again.text
+    saved = client.get(f"/kiri/v1/library/{item['id']}/file", auth=alice).content
+    assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), pixels(saved))
+    # the kept pictures are alice's, in a dot folder the Library does not list; the same init is kept once
+    path = Path(client.get(f"/kiri/v1/library/{item['id']}", auth=alice).json()["path"])
+    kept = sorted((path.parents[2] / ".inits").glob("*.png"))
+    assert path.parents[2].name == "alice" and len(kept) == 2
+    assert not any(i["name"].endswith(kept[0].name) for i in client.get("/kiri/v1/library", auth=alice).json()["items"])
+    assert client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=bob).status_code == 404
+    # the init image gone: reproduce says so, naming the field, rather than give a body for another picture
+    init_hash = json.loads(answer.json()["info"])["infotexts"][0].split("Init image hash: ")[1][:10]
+    (init_file,) = [k for k in kept if k.name.startswith(init_hash)]
+    init_file.unlink()
+    gone = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice)
+    assert gone.status_code == 422 and "init_images" in gone.text and init_hash in gone.text
 
 
 def test_a_scan_killed_midway_is_completed_by_the_next(tmp_path, monkeypatch):
@@ -412,3 +502,72 @@ def test_a_clip_gets_its_first_frame_as_poster(tmp_path):
     with Image.open(lib.thumbnail(LOCAL, item["id"])) as poster:
         r, g, b = poster.convert("RGB").getpixel((16, 16))
     assert b > 150 and r < 60
+
+
+# --- the Library tab's Reproduce (the function its button calls) --------------------------------
+
+def handler_of(app, elem_id: str):
+    """The function a button (or an accordion's expand) of the built app calls."""
+    block = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+    (found,) = [f for f in app.fns.values() if any(t[0] == block._id for t in f.targets)]
+    return found.fn
+
+
+def by_elem_id(updates: dict) -> dict:
+    return {getattr(c, "elem_id", None): v for c, v in updates.items()}
+
+
+def test_the_tabs_reproduce_sets_the_hires_fix_and_turns_it_off_again(engine, tmp_path):
+    from webui.ui.app import build
+
+    fill = handler_of(build(engine, tmp_path / "settings.json"), "library-reproduce")
+    hires = build_infotext("a hires harbour", "", {
+        "Steps": 3, "Sampler": "Euler a", "CFG scale": 6, "Seed": 21, "Size": "64x64", "Model": "tiny-sd",
+        "Denoising strength": 0.45, "Hires upscale": 1.5, "Hires steps": 2, "Hires upscaler": "Latent"})
+    made = by_elem_id(fill(hires))
+    assert made["txt2img-enable-hr"] is True
+    assert (made["txt2img-hr-scale"], made["txt2img-hr-steps"], made["txt2img-hr-denoise"]) == (1.5, 2, 0.45)
+    assert (made["txt2img-hr-upscaler"], made["txt2img-hr-resize-x"], made["txt2img-hr-resize-y"]) == ("Latent", 0, 0)
+    assert made["library-status"] == "" and made["model-picker"].startswith("tiny-sd [")
+    # the checkpoint by its hash: renamed since, it is still found, and the note says so
+    short = engine.catalog.short_hash(engine.catalog.find("tiny-sd"))
+    renamed = by_elem_id(fill(hires.replace("Model: tiny-sd", f"Model hash: {short}, Model: my-old-name")))
+    assert renamed["model-picker"].startswith("tiny-sd [") and "'my-old-name' is 'tiny-sd'" in renamed["library-status"]
+    resized = by_elem_id(fill(hires.replace("Hires upscale: 1.5", "Hires resize: 96x128")))
+    assert (resized["txt2img-hr-resize-x"], resized["txt2img-hr-resize-y"]) == (96, 128)
+    # a picture made without it turns a hires fix left on off: the same picture, not a bigger one
+    plain = by_elem_id(fill(build_infotext("a plain harbour", "", {"Steps": 3, "Seed": 2, "Size": "64x64"})))
+    assert plain["txt2img-enable-hr"] is False and "txt2img-hr-scale" not in plain
+    # ControlNet's control pictures are not in the infotext: the tab's note says so
+    controlled = by_elem_id(fill(build_infotext("a fenced harbour", "", {
+        "Steps": 3, "Seed": 2, "Size": "64x64", "ControlNet 0": "Module: canny, Model: tiny-cn, Weight: 1"})))
+    assert "ControlNet unit" in controlled["library-status"] and "ControlNet 0" in controlled["library-status"]
+
+
+def test_the_tabs_trash_lists_restores_and_empties_each_logins_own(engine, tmp_path):
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from webui.engine.library import open_library
+    from webui.ui.app import build
+
+    app = build(engine, tmp_path / "settings.json")
+    outputs = Path(engine.settings.outputs_dir)
+    for login in ("alice", "bob"):
+        png(outputs / login / "txt2img" / "2026-01-01" / "00000-1.png", a1111(f"{login}'s paper boat", 1))
+    lib = open_library(engine.settings)
+    lib.refresh(force=True)
+    alice, bob = SimpleNamespace(username="alice"), SimpleNamespace(username="bob")
+    for who in ("alice", "bob"):
+        (item,) = lib.search(lib.viewer(who))["items"]
+        lib.delete(lib.viewer(who), item["id"])
+    list_trash = handler_of(app, "library-trash")
+    restore, empty = handler_of(app, "library-restore"), handler_of(app, "library-empty-trash")
+    (mine,), (theirs,) = list_trash(alice).choices, list_trash(bob).choices
+    assert "00000-1.png" in mine[0] and mine[1] != theirs[1]
+    with pytest.raises(gr.Error, match="no such picture in your trash"):
+        restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, bob)
+    assert empty(bob).choices == [] and len(list_trash(alice).choices) == 1
+    shown = restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, alice)
+    assert shown[0].choices == [] and [i["prompt"] for i in shown[2]] == ["alice's paper boat"]

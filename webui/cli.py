@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from webui.engine.core.devices import DEVICE_CHOICES
+from webui.engine.core.memory import MEMORY_MODE_CHOICES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", action="append", default=[], metavar="USER",
                    help="a login whose Interrupt/Skip from the API stop every user's running job (others stop only their own)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="where models run (default: auto)")
+    p.add_argument("--memory-mode", choices=MEMORY_MODE_CHOICES, default="auto",
+                   help="how jobs save GPU memory: auto (default) picks per job from an estimate of its peak; "
+                        "none, vae-tiling, model-offload, sequential-offload or batch-split forces one")
+    p.add_argument("--memory-limit-mb", type=int, default=0, metavar="MB",
+                   help="count at most this much device memory as free when planning (a shared GPU); 0: all of it")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder holding checkpoints/ (default: models)")
     p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved (default: outputs)")
     p.add_argument("--library-dir", type=Path, action="append", default=[], metavar="DIR",

@@ -86,7 +86,9 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/library/{item_id}/reproduce")
     def reproduce(item_id: int, http: Request) -> dict:
-        """{"endpoint": "/sdapi/v1/txt2img", "body": {...}, "notes": [...]}: POST the body there to make it again."""
-        return guarded(library().reproduce, ctx.viewer(http), item_id)
+        """{"endpoint": "/sdapi/v1/txt2img", "body": {...}, "notes": [...]}: POST the body there to make it again.
+        The checkpoint is picked by the picture's Model hash (a renamed file is found); an img2img picture's
+        body carries its kept init image (and mask)."""
+        return guarded(library().reproduce, ctx.viewer(http), item_id, ctx.engine.catalog)
 
     return router

@@ -37,6 +37,11 @@ class Settings:
     allow_pickle: bool = False
     model_cache_size: int = 1  # loaded checkpoints kept in memory (LRU)
     model_memory_budget_mb: int = 0  # all loaded models together (checkpoints, upscalers, ...); 0: no limit
+    # The memory planner (core/memory.py): "auto" picks a mode per job from its estimate; a mode's name
+    # forces it (--memory-mode). memory_limit_mb caps what the planner counts as free on the device
+    # (a GPU shared with other work; tests fake a small card with it); 0: what the device says.
+    memory_mode: str = "auto"
+    memory_limit_mb: int = 0
     default_model: str | None = None
     save_images: bool = True
     image_format: str = "png"

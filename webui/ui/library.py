@@ -1,18 +1,20 @@
 """The Library tab: search box and filters over every picture made (engine/library), a grid of
 thumbnails newest first with paging, and the opened picture large with its parameters and buttons:
-Reproduce (fills Text to image from the infotext, as PNG info's button does), Send to, favourite,
-delete (to the trash) and download. A login sees only its own pictures; an --admin login all."""
+Reproduce (fills Text to image from the infotext, as PNG info's button does, hires fix included; the
+note says what it cannot set), Send to, favourite, delete (to the trash) and download; a Trash accordion
+lists deleted pictures to restore, and empties the trash. A login sees only its own pictures and trash;
+an --admin login all."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import sqlite3
+import time
+from typing import Any, Callable
 
 import gradio as gr
 
 from webui.engine.context import Engine
-from webui.engine.library import open_library
+from webui.engine.library import open_library, reproduce_body
 
 from .common import user_errors
 
@@ -24,8 +26,11 @@ def _viewer(library, request: gr.Request | None):
     return library.viewer(getattr(request, "username", None) or None)
 
 
-def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None) -> None:
-    """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened)."""
+def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None,
+           model_picker: gr.Dropdown | None = None) -> None:
+    """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened). Reproduce
+    fills Text to image through `reproduce` (PNG info's fill and its outputs) and sets `model_picker` to the
+    picture's checkpoint, found by its Model hash."""
     try:
         library = open_library(engine.settings)
     except (OSError, sqlite3.Error) as exc:  # a read-only or full outputs folder: the rest of the app still starts
@@ -65,6 +70,12 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
                 download = gr.DownloadButton("Download", value=None, elem_id="library-download")
             if send_to is not None:  # Image to image, Inpaint, Super-resolution, Segmentation, PNG info
                 send_to.menu("library", picture, infotext=parameters)
+    with gr.Accordion("Trash", open=False, elem_id="library-trash") as trash_box:
+        trashed = gr.CheckboxGroup([], label="Deleted pictures, newest first (yours only)", elem_id="library-trash-list")
+        with gr.Row():
+            restore_button = gr.Button("Restore selected", size="sm", elem_id="library-restore")
+            empty_button = gr.Button("Empty trash (deletes for good)", variant="stop", size="sm",
+                                     elem_id="library-empty-trash")
     # page state: the items shown, the cursors of the pages before (to go back), this page's and the next
     items = gr.State([])
     cursors = gr.State({"back": [], "this": "", "next": None})
@@ -139,14 +150,71 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
             raise gr.Error("Open a picture first.")
         with user_errors():
             library.delete(_viewer(library, request), item_id)
-        gr.Info("Moved to the trash (outputs/.trash); it can be restored from there or over the API.")
+        gr.Info("Moved to the trash: restore it from the Trash below until the trash is emptied.")
         return (None, "", None, gr.DownloadButton(value=None),
                 *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_, size_, from_, to_, fav,
                       request))
 
+    def list_trash(request: gr.Request):
+        entries = library.trash(_viewer(library, request))
+        choices = [(f"{e['original']} (deleted {time.strftime('%Y-%m-%d %H:%M', time.localtime(e['deleted'] or 0))})",
+                    e["name"]) for e in entries]
+        return gr.CheckboxGroup(choices=choices, value=[], label=f"Deleted pictures, newest first (yours only): {len(entries)}")
+
+    def restore(names, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        if not names:
+            raise gr.Error("Tick the pictures to restore first.")
+        viewer = _viewer(library, request)
+        with user_errors():
+            for name in names:
+                library.restore(viewer, name)
+        gr.Info(f"Restored {len(names)} picture{'s' if len(names) > 1 else ''}.")
+        return (list_trash(request), *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_,
+                                           size_, from_, to_, fav, request))
+
+    def empty(request: gr.Request):
+        removed = library.empty_trash(_viewer(library, request))
+        gr.Info(f"Emptied the trash: {removed} picture{'s' if removed != 1 else ''} deleted for good.")
+        return list_trash(request)
+
     delete_button.click(delete, [opened, cursors, *filters], [picture, parameters, opened, download, *outputs],
-                        api_visibility="private")
+                        api_visibility="private").then(list_trash, None, trashed, api_visibility="private")
+    trash_box.expand(list_trash, None, trashed, api_visibility="private")
+    restore_button.click(restore, [trashed, cursors, *filters], [trashed, *outputs], api_visibility="private")
+    empty_button.click(empty, None, trashed, api_visibility="private")
 
     if reproduce is not None:  # PNG info's "Send to Text to image": every field it knows, then that tab
         fill, targets = reproduce
-        reproduce_button.click(fill, parameters, targets, api_visibility="private", queue=False)
+
+        def fill_and_note(text: str):
+            updates = fill(text)
+            missing = reproduce_gaps(text)
+            if model_picker is not None:  # the checkpoint by its hash (renamed since), else by its name
+                made = reproduce_body(text or "", "txt2img", engine.catalog)
+                entry = engine.catalog.find(made["body"].get("override_settings", {}).get("sd_model_checkpoint") or "")
+                if entry is not None:
+                    updates[model_picker] = engine.catalog.title(entry)
+                missing += [n[0].upper() + n[1:] + "." for n in made["notes"] if "checkpoint" in n or "Model hash" in n]
+            updates[status] = "**Reproduce:** " + " ".join(missing) if missing else ""
+            return updates
+
+        reproduce_button.click(fill_and_note, parameters, [*targets, *([model_picker] if model_picker else []), status],
+                               api_visibility="private", queue=False)
+
+
+def reproduce_gaps(infotext: str) -> list[str]:
+    """What Reproduce cannot set from a picture's infotext, said plainly: ControlNet units' control pictures
+    (and IP-Adapter's) are not in it, and an image to image picture starts from a picture of its own."""
+    from webui.engine.core.infotext import parse_infotext
+
+    params = parse_infotext(infotext or "").params
+    gaps = []
+    units = sorted(k for k in params if k.startswith("ControlNet ") and k.split(" ", 1)[1].isdigit())
+    if units:
+        gaps.append(f"This picture used {len(units)} ControlNet unit{'s' if len(units) > 1 else ''} "
+                    f"({', '.join(units)}); their control pictures are not in its parameters, so add them in the "
+                    "ControlNet panel before Generate, with the module, model and weight shown in Parameters.")
+    if "Init image hash" in params or ("Denoising strength" in params and not any(k.startswith("Hires ") for k in params)):
+        gaps.append("This picture was made by image to image: its start picture is not set in Text to image "
+                    "(the API's reproduce, /kiri/v1/library/{id}/reproduce, returns it when it was kept).")
+    return gaps

@@ -9,7 +9,7 @@ from webui.engine.core.errors import KiriError
 from webui.engine.core.infotext import infotext_to_request_fields, parse_infotext, read_infotext
 
 from .styles import restore
-from .txt2img import Txt2ImgTab
+from .txt2img import Txt2ImgTab, hires_from_infotext
 
 
 def read_parameters(path: str | None) -> tuple[str, dict]:
@@ -83,12 +83,18 @@ def render(engine: Engine, txt2img: Txt2ImgTab, tabs: gr.Tabs, txt2img_tab_id: s
                 gr.Warning(f"Sampler {sampler!r} is not available in Kiri; keeping the current one.")
         if txt2img.detailer is not None:  # the ADetailer units it was detailed with, into the Detailer panel
             updates.update(txt2img.detailer.updates_from_infotext(parsed.params))
+        if txt2img.hires is not None:  # the hires fix as it was made (turned off for a picture without one)
+            hires, notes = hires_from_infotext(txt2img.hires, parsed.params)
+            updates.update(hires)
+            for note in notes:
+                gr.Warning(note)
         return updates
 
     gen = txt2img.settings
     targets = [txt2img.prompt, txt2img.negative_prompt, gen.steps, gen.cfg_scale, gen.seed, gen.width, gen.height,
                gen.sampler, gen.schedule, gen.clip_skip, tabs, *([gen.vae] if gen.vae is not None else []),
                *([txt2img.styles] if txt2img.styles is not None else []),
-               *(txt2img.detailer.inputs().values() if txt2img.detailer is not None else [])]
+               *(txt2img.detailer.inputs().values() if txt2img.detailer is not None else []),
+               *(txt2img.hires.values() if txt2img.hires is not None else [])]
     send.click(send_to_txt2img, raw, targets, api_visibility="private", queue=False)
     return send_to_txt2img, targets

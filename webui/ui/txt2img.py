@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import gradio as gr
 
@@ -35,6 +37,7 @@ class Txt2ImgTab:
     gallery: gr.Gallery
     styles: gr.Dropdown | None = None
     detailer: detailer_ui.Panel | None = None  # PNG info sends a picture's ADetailer keys back to it
+    hires: dict[str, Any] | None = None  # the Hires. fix widgets by input name (enable_hr, hr_scale, ...)
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -73,15 +76,19 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
                 with gr.Row():
                     hr_upscaler = gr.Dropdown([(u.label, u.name) for u in all_upscalers(engine.catalog, latent=True)],
                                               value=hr_default_upscaler, label="Upscaler", elem_id="txt2img-hr-upscaler")
-                    hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by")
+                    hr_scale = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id="txt2img-hr-scale")
                 with gr.Row():
-                    hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same as sampling)")
+                    hr_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same as sampling)",
+                                         elem_id="txt2img-hr-steps")
                     hr_denoise = gr.Slider(0, 1, value=hr_default_strength, step=0.01, label="Denoising strength",
+                                           elem_id="txt2img-hr-denoise",
                                            info="above 0 the second pass redraws the bigger picture; a model "
                                                 "trained at a smaller size may add objects")
                 with gr.Row():
-                    hr_resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by scale)")
-                    hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by scale)")
+                    hr_resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to (0: by scale)",
+                                            elem_id="txt2img-hr-resize-x")
+                    hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to (0: by scale)",
+                                            elem_id="txt2img-hr-resize-y")
             with gr.Accordion("X/Y grid: compare samplers, steps, CFG...", open=False, elem_id="xy-grid"):
                 with gr.Row():
                     x_axis = gr.Dropdown(list(AXES), value="Sampler", label="X axis")
@@ -198,7 +205,47 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
     model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
                         api_visibility="private", queue=False)
     extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
-    return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail)
+    return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail, hires_inputs)
+
+
+def hires_from_infotext(widgets: dict[str, Any], params: dict[str, str]) -> tuple[dict, list[str]]:
+    """({widget: value}, notes) for a picture's Hires keys (PNG info's "Send to Text to image", the Library's
+    Reproduce): the fix as it was made, or turned off for a picture made without it. A value the tab cannot
+    take (an upscaler this server lacks, a hires sampler or prompt of its own) is a note, not a guess."""
+    on = "Hires upscale" in params or "Hires resize" in params
+    updates: dict = {widgets["enable_hr"]: on}
+    notes: list[str] = []
+    if not on:
+        return updates, notes
+
+    def number(key: str, kind=float):
+        try:
+            return kind(float(params[key])) if params.get(key) else None
+        except ValueError:
+            notes.append(f"{key} {params[key]!r} is not a number; left as it was")
+            return None
+
+    resize = re.fullmatch(r"(\d+)x(\d+)", params.get("Hires resize", "").strip())
+    if resize:
+        updates[widgets["hr_resize_x"]], updates[widgets["hr_resize_y"]] = int(resize.group(1)), int(resize.group(2))
+    else:
+        updates[widgets["hr_resize_x"]] = updates[widgets["hr_resize_y"]] = 0
+        if (scale := number("Hires upscale")) is not None:
+            updates[widgets["hr_scale"]] = scale
+    updates[widgets["hr_steps"]] = number("Hires steps", int) or 0
+    if (strength := number("Denoising strength")) is not None:
+        updates[widgets["hr_denoise"]] = strength
+    upscaler = params.get("Hires upscaler")
+    if upscaler:
+        names = [c[1] if isinstance(c, (tuple, list)) else c for c in widgets["hr_upscaler"].choices or []]
+        if upscaler in names:
+            updates[widgets["hr_upscaler"]] = upscaler
+        else:
+            notes.append(f"Hires upscaler {upscaler!r} is not on this server; the current one is kept")
+    for key in ("Hires sampler", "Hires prompt", "Hires negative prompt"):
+        if params.get(key):
+            notes.append(f"{key} is not a field of this tab (the API takes it): the second pass uses the main one")
+    return updates, notes
 
 
 def _hires_fix(settings: dict) -> HiresFix | None:

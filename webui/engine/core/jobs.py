@@ -98,6 +98,7 @@ class Job:
     submitted_at: float = field(default_factory=time.time)
     started_at: float = field(default_factory=time.monotonic)
     label: str = ""  # shown before the progress text, e.g. "Cell 3/8"
+    note: str = ""  # shown after it: what the job chose for itself, e.g. its memory mode (core/memory.py)
     preview_step: int = 0
     interrupt_requested: bool = False
     skip_requested: bool = False
@@ -190,14 +191,15 @@ class Job:
         if self.label:
             text = f"{self.label}: {text}"
         eta = self.eta_seconds
-        return f"{text}, ETA {eta:.0f} s" if eta is not None else text
+        text = f"{text}, ETA {eta:.0f} s" if eta is not None else text
+        return f"{text}; {self.note}" if self.note else text
 
     def snapshot(self) -> dict:
         """The job's progress as plain data (no preview pixels): what a worker in another process sends."""
         return {
             "id": self.id, "kind": self.kind, "owner": self.owner, "status": self.status,
             "image_count": self.image_count, "images_done": self.images_done, "step": self.step, "steps": self.steps,
-            "batch_no": self.batch_no, "batch_count": self.batch_count, "label": self.label,
+            "batch_no": self.batch_no, "batch_count": self.batch_count, "label": self.label, "note": self.note,
             "fraction": self.fraction, "eta_seconds": self.eta_seconds, "text": self.describe(),
             "preview_step": self.preview_step, "interrupted": self.interrupted, "error": self.error_message,
         }

@@ -8,6 +8,8 @@ final name only once complete, and two savers never take the same name.
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import os
 import re
 import tempfile
@@ -20,7 +22,7 @@ from PIL import Image
 
 from webui.engine.core.infotext import exif_for, pnginfo_for
 
-__all__ = ["save_image", "dated_dir", "next_sequence_number"]
+__all__ = ["save_image", "dated_dir", "next_sequence_number", "keep_source", "find_source", "SOURCES", "SOURCE_HASH"]
 
 # Serialises number picking within this process; other processes are kept out by the
 # no-clobber link in _publish.
@@ -30,6 +32,9 @@ _FORMATS: dict[str, str] = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp":
 _LOSSY_QUALITY = 95
 _SEQUENCE_RE = re.compile(r"^(\d+)(?=[-.]|$)")
 _MAX_ATTEMPTS = 1000
+SOURCES = ".inits"  # a job's source pictures (img2img init image, mask), beside that owner's outputs
+SOURCE_HASH = 10  # hex digits of a source's sha256 written in the infotext, as for "Model hash"
+_HEX = re.compile(r"^[0-9a-f]{6,64}$")
 
 
 def dated_dir(root: Path, kind: str, when: datetime | None = None) -> Path:
@@ -124,3 +129,44 @@ def save_image(
             temp.unlink()
         except FileNotFoundError:
             pass
+
+
+def keep_source(image: Image.Image, root: Path) -> str:
+    """Keep a source picture (an init image, a mask) once, content-addressed: `root/.inits/<sha256>.png`,
+    written whole (temp file, then renamed). Returns the sha256 of the PNG. A dot folder: the Library's
+    scan skips it; under the owner's outputs root: only that login (and an admin) may fetch it."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    folder = Path(root) / SOURCES
+    target = folder / f"{digest}.png"
+    if target.exists():
+        return digest
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=".kiri-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, target)
+    finally:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+    return digest
+
+
+def find_source(root: Path, digest: str) -> Path | None:
+    """The kept source whose sha256 starts with `digest` (the infotext's 10 hex digits), or None."""
+    digest = (digest or "").strip().lower()
+    if not _HEX.match(digest):
+        return None
+    folder = Path(root) / SOURCES
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith(digest) and n.endswith(".png"))
+    except OSError:
+        return None
+    return folder / names[0] if names else None

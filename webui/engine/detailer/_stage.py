@@ -17,6 +17,7 @@ from webui.engine.core.outputs import dated_dir, save_image
 from webui.engine.generation.img2img import Img2ImgRequest, Img2ImgTask, prepare
 from webui.engine.generation.jobs import stage
 from webui.engine.generation.requests import GenerationResult, random_seed
+from webui.engine.generation.runner import kept_sources
 from webui.engine.segment import SegmentRequest, find_segmenter, segment_stage, segmenters
 
 from ._regions import region_prompts, unit_regions
@@ -108,10 +109,11 @@ def detail_work(engine: "Engine", request: Any, kind: str, settings: DetailerSet
         out_dir = dated_dir(engine.outputs_for(job.owner), kind)
         extension = request.image_format or engine.settings.image_format
         before: list[tuple[Any, str, int]] = []
+        sources = kept_sources(engine, job.owner, request) if save and main.images else {}  # the main pass kept none
         for image, info, seed in zip(main.images, main.infotexts, main.seeds):
             picture, params = yield from detail_one(engine, request, settings, detectors, image, seed, main, job, result.warnings)
             text = parse_infotext(info)
-            merged = {**text.params, **params}
+            merged = {**text.params, **sources, **params}
             infotext = build_infotext(text.prompt, text.negative_prompt, merged)
             path = save_image(picture, out_dir, infotext, seed, extension) if save else None
             result.add(picture, infotext, seed, path)

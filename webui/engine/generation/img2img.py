@@ -31,6 +31,9 @@ MAX_PADDING = 256
 MAX_OUTPAINT = 1024
 SEAM_FIXES = ("None", "Half tile offset", "Bands")
 MAX_SD_UPSCALE = 4
+# Kiri's infotext keys for the kept source pictures (core/outputs.keep_source): 10 hex of their sha256
+INIT_HASH = "Init image hash"
+MASK_HASH = "Mask hash"
 
 
 @dataclass
@@ -107,6 +110,17 @@ class Img2ImgRequest(Txt2ImgRequest):
                 raise InvalidRequest("mask", "SD upscale works on the whole picture: send no mask (or inpaint first)")
             self.sd_upscale.validate(self.width, self.height)
 
+    def sources(self) -> dict[str, "Image.Image"]:
+        """The pictures this request starts from, keyed by the infotext key that records their hash, as
+        `prepare` reads them (init image as 8-bit RGB, mask as RGBA): kept as PNG with a saved output,
+        they make the same picture again (the Library's Reproduce)."""
+        from webui.engine.core.images import to_rgb, to_rgba
+
+        kept = {INIT_HASH: to_rgb(self.init_image, "init_image")}
+        if self.mask is not None:
+            kept[MASK_HASH] = to_rgba(self.mask, "mask")
+        return kept
+
 
 def check_pixels(image: "Image.Image", max_pixels: int, field: str = "init_image") -> None:
     """The pixel budget (core/limits.py) on the image's header, before it is decoded."""
@@ -162,6 +176,10 @@ class Img2ImgTask:
 
     def finish(self, images: list[Any]) -> list[Any]:
         return [self.plan.paste_back(image) for image in images]
+
+    def sources(self) -> dict[str, "Image.Image"]:
+        """The pictures to keep with the saved outputs (runner.kept_sources)."""
+        return self.request.sources()
 
     def infotext_params(self, model: "LoadedModel", sampler: str, schedule: str, seed: int) -> dict[str, object]:
         params = _infotext_params(self.request, model, sampler, schedule, seed)

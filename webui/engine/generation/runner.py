@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generator, Protocol
 
 from webui.engine.core.addons import Addon, AddonContext, AddonSession, StepState, label_of as _label
+from webui.engine.core import memory
 from webui.engine.core.errors import Interrupted, InvalidRequest, KiriError, Skipped
 from webui.engine.core.hooks import StepInfo
 from webui.engine.core.infotext import build_infotext
 from webui.engine.core.jobs import Job
 from webui.engine.core.prompt_tags import strip_tags
 from webui.engine.models.families import FAMILIES
-from webui.engine.core.outputs import dated_dir, save_image
+from webui.engine.core.outputs import SOURCE_HASH, dated_dir, keep_source, save_image
 from webui.engine.generation.call import PipelineCall
 from webui.engine.generation.conditioning import StepSwap, chunked_families, schedule_for
 from webui.engine.generation.conditioning import encode as encode_conditioning
@@ -125,6 +126,8 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
     """3. Batch after batch, each a turn of its own; each image's noise comes from its own seed."""
     request = task.request
     base_seed = request.seed if request.seed != -1 else random_seed()
+    sources: dict[str, str] | None = None
+    plan: memory.MemoryPlan | None = None
     for batch_no in range(1, request.n_iter + 1):
         if job.interrupted:
             result.interrupted = True
@@ -135,15 +138,19 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         # each add-on's per-model state, loaded once per loaded model.
         model = engine.models.get(result.model_name)
         session.state(model)
+        if plan is None:  # the memory plan, once per job; its mode set again each batch (others' jobs ran)
+            plan = plan_memory(engine, model, session, request, job)
         # Each image's prompt, drawn from its seed where a prompt step says so (dynamic prompts); images
         # next to each other with the same text share a call (all of them, without such a step).
         texts = [engine.prompt_steps.for_image(engine.settings, request.prompt, request.negative_prompt, seed)
                  for seed in seeds]
-        runs = _same_text_runs(texts)
-        job.start_batch(batch_no, task.steps_per_batch() * len(runs))
-        generators = [_generator(seed) for seed in seeds]
-        images, calls = [], []
-        try:
+
+        def batch(plan: memory.MemoryPlan) -> tuple[list[Any], list[PipelineCall]]:
+            memory.apply(model.pipeline, model.derived, plan.mode, model.device)
+            runs = [(i, i + 1) for i in range(len(texts))] if plan.split else _same_text_runs(texts)
+            job.start_batch(batch_no, task.steps_per_batch() * len(runs))
+            generators = [_generator(seed) for seed in seeds]  # fresh for a retry: the same noise
+            images, calls = [], []
             for number, (start, end) in enumerate(runs):
                 text = texts[start]
                 own = (text.prompt, text.negative_prompt) != (request.prompt, request.negative_prompt)
@@ -160,6 +167,10 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
                     calls += [call] * (end - start)
                 finally:
                     getattr(scheduler, "close", lambda: None)()  # a function sampler's helper thread
+            return images, calls
+
+        try:
+            images, calls, plan = with_memory_retry(batch, plan, model.device, job)
             if getattr(task, "makes_pictures", True):  # a first pass kept as latents is no picture for extensions
                 images = engine.hooks.transform("after_generate", images, request)
         except Interrupted:
@@ -168,11 +179,15 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         except Skipped:
             job.finish_images(0)
             continue
+        call = calls[-1]
         job.finish_images(len(images))
         result.warnings.extend(w for w in call.warnings if w not in result.warnings)
 
-        # 4. Save each image whole, with its parameters, before the next batch.
-        save_batch(engine, task, result, model, sampler, schedule, seeds, images, calls, texts, save, out_dir)
+        # 4. Save each image whole, with its parameters, before the next batch (and the pictures it
+        #    started from, once, so the Library can make it again).
+        if save and sources is None:
+            sources = kept_sources(engine, job.owner, task)
+        save_batch(engine, task, result, model, sampler, schedule, seeds, images, calls, texts, save, out_dir, sources)
         if job.interrupted:
             result.interrupted = True
             break
@@ -182,18 +197,92 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
 
 def save_batch(engine: "Engine", task: Task, result: GenerationResult, model: "LoadedModel", sampler: Sampler,
                schedule: str, seeds: list[int], images: list[Any], calls: list[PipelineCall], texts: list[Any],
-               save: bool, out_dir: Any) -> None:
-    """Each image saved whole with its infotext (when `save`) and added to `result`."""
+               save: bool, out_dir: Any, sources: dict[str, str] | None = None) -> None:
+    """Each image saved whole with its infotext (when `save`) and added to `result`; `sources`: the
+    infotext keys of the pictures it started from (kept_sources)."""
     request = task.request
     for seed, image, call, text in zip(seeds, images, calls, texts):
         params = task.infotext_params(model, sampler.name, schedule, seed)
         version = params.pop("Version", None)
         params.update(call.infotext)
         params.update(text.infotext)  # a dynamic prompt's Template
+        params.update(sources or {})
         params["Version"] = version
         info = build_infotext(text.prompt, text.negative_prompt, params)
         path = save_image(image, out_dir, info, seed, request.image_format or engine.settings.image_format) if save else None
         result.add(image, info, seed, path)
+
+
+def kept_sources(engine: "Engine", owner: str, work: Any) -> dict[str, str]:
+    """Keep the pictures a task or request starts from (its `sources()`: an img2img init image and mask;
+    none for a hires fix's second pass) in the owner's outputs (core/outputs.keep_source); their
+    infotext keys with the first hex digits of each hash."""
+    pictures = work.sources() if callable(getattr(work, "sources", None)) else {}
+    root = engine.outputs_for(owner)
+    return {key: keep_source(picture, root)[:SOURCE_HASH] for key, picture in pictures.items()}
+
+
+def plan_memory(engine: "Engine", model: "LoadedModel", session: AddonSession, request: Any, job: Job) -> memory.MemoryPlan:
+    """The job's memory plan (core/memory.py): the checkpoint's components and the add-ons' modules,
+    the request's size and batch, what the device has free (the checkpoint's own weights there counted
+    in); written to the log and the job's status line, never to the infotext."""
+    pipeline = model.pipeline
+    modules = session.components(model)  # ControlNets and the like, beside the checkpoint's own
+    extra = sum(memory.module_bytes(m) for m in modules.values())
+    shape = memory.shape_of(pipeline, request.width, request.height, request.batch_size,
+                            guidance=getattr(request, "cfg_scale", 7.0) > 1)
+    free = memory.free_bytes(model.device) + memory.resident_bytes(pipeline, model.device)
+    plan = memory.plan(memory.component_bytes(pipeline), shape, model.device, free, engine.settings.memory_mode,
+                       extra, engine.settings.memory_limit_mb * 2**20,
+                       offloadable=not modules or model.device.startswith("cpu"),
+                       ram_free=0 if model.device.startswith("cpu") else memory.available_ram())
+    if model.derived.get("memory_plan_text") != plan.text():  # a stage per video frame: logged once, not per frame
+        log.info("job %s on %s: %s", job.id[:8], model.name, plan.text())
+        model.derived["memory_plan_text"] = plan.text()
+    job.note = plan.text()
+    return plan
+
+
+def with_memory_retry(attempt: Callable[[memory.MemoryPlan], tuple], plan: memory.MemoryPlan, device: str,
+                      job: Job) -> tuple:
+    """`attempt(plan)`'s result and the plan it ran under. A call that runs out of memory frees the
+    cache and runs once more in the next mode of the ladder; out of memory again (or with no mode
+    left) is `memory.OutOfMemory`, naming a mode that would fit."""
+    failed = None
+    try:
+        return (*attempt(plan), plan)
+    except Exception as exc:  # noqa: BLE001 - only an out-of-memory error is retried
+        if not memory.is_out_of_memory(exc):
+            raise
+        failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # Out of the except block, so the failed call's tensors (held by the traceback) can go.
+    memory.empty_cache(device)
+    after = plan.next_mode()
+    if after is None:
+        raise memory.OutOfMemory(_oom_message(plan, None))
+    log.warning("out of memory in mode %s (%s); retrying once in %s", plan.mode, failed, after)
+    retry = plan.with_mode(after, f"{plan.mode} ran out of memory; retried in {after}")
+    job.note = retry.text()
+    try:
+        return (*attempt(retry), retry)
+    except Exception as exc:  # noqa: BLE001
+        if not memory.is_out_of_memory(exc):
+            raise
+    memory.empty_cache(device)
+    raise memory.OutOfMemory(_oom_message(retry, plan.mode))
+
+
+def _oom_message(plan: memory.MemoryPlan, first: str | None) -> str:
+    tried = f"{first}, then {plan.mode}" if first else plan.mode
+    head = f"out of memory in memory mode {tried} ({plan.available_bytes / memory.GB:.2f} GB free)"
+    fits, after = plan.fitting_after(plan.mode), plan.next_mode()
+    if fits is not None:
+        return (f"{head}; memory mode {fits} would fit (estimated ~{plan.estimates[fits] / memory.GB:.2f} GB): "
+                f"start with --memory-mode {fits}, or lower the resolution or the batch size")
+    if after is not None:
+        return (f"{head}; no memory mode is estimated to fit: lower the resolution or the batch size, or try "
+                f"--memory-mode {after} (estimated ~{plan.estimates[after] / memory.GB:.2f} GB)")
+    return f"{head}; no memory mode saves more: lower the resolution or the batch size"
 
 
 def _same_text_runs(texts: list[Any]) -> list[tuple[int, int]]:

@@ -327,19 +327,50 @@ class Library:
         return out
 
     # --- reproduce ------------------------------------------------------------------------------
-    def reproduce(self, viewer: Viewer, item_id: int) -> dict:
+    def reproduce(self, viewer: Viewer, item_id: int, catalog: Any = None) -> dict:
+        """reproduce_body for the picture (`catalog`: this server's models, to pick the checkpoint by its
+        hash), with an img2img picture's kept init image and mask."""
         row = self._visible(viewer, self.index.get(int(item_id)))
         if not row["infotext"]:
             raise InvalidRequest("id", "this picture carries no generation parameters")
-        return reproduce_body(row["infotext"], row["tab"])
+        made = reproduce_body(row["infotext"], row["tab"], catalog)
+        if made["endpoint"] == "/sdapi/v1/img2img":
+            self._attach_sources(row, made)
+        return made
+
+    def _attach_sources(self, row: dict, made: dict) -> None:
+        """An img2img picture's kept init image and mask (outputs[/<login>]/.inits, beside the folder of the
+        tab that saved it: root/<tab>/<date>/file) as base64 in the body; one recorded but gone is a 4xx
+        naming the field, never a body that would make another picture."""
+        from webui.engine.core.outputs import find_source
+        from webui.engine.generation.img2img import INIT_HASH, MASK_HASH
+
+        params = parse_infotext(row["infotext"]).params
+        if INIT_HASH not in params:
+            return  # made before Kiri kept init images (or by another tool): the note says what to add
+        root = Path(row["path"]).parents[2] if len(Path(row["path"]).parents) > 2 else self.outputs
+        for key, field in ((INIT_HASH, "init_images"), (MASK_HASH, "mask")):
+            if key not in params:
+                continue
+            found = find_source(root, params[key])
+            if found is None:
+                raise InvalidRequest(field, f"the {'init image' if field == 'init_images' else 'mask'} this picture was "
+                                            f"made from ({key}: {params[key][:16]}) is no longer in {root.name}/.inits; "
+                                            f"the same picture cannot be made without it")
+            data = base64.b64encode(found.read_bytes()).decode()
+            made["body"][field] = [data] if field == "init_images" else data
+        made["notes"] = [n for n in made["notes"] if not n.startswith("the source picture is not kept")]
 
 
-def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
+def reproduce_body(infotext: str, tab: str = "txt2img", catalog: Any = None) -> dict:
     """The /sdapi/v1 request that makes the picture again: {"endpoint", "body", "notes"}.
 
     Every infotext field A1111's API has a field for is mapped back: prompts, seed (and variation seed),
     sampler and schedule, steps, CFG, size, clip skip, checkpoint, VAE, hires fix; LoRAs travel in the
-    prompt's tags. An img2img picture's source picture is not kept, so its body lacks init_images."""
+    prompt's tags; image to image's resize mode and inpaint settings. The source picture (init_images, mask)
+    is not in the infotext: `Library.reproduce` adds the copy kept with the output. With `catalog` (the
+    server's models) the checkpoint is the one whose hash is the infotext's `Model hash`, whatever its name
+    is now; the name, with a note, where no checkpoint here has that hash."""
     parsed = parse_infotext(infotext)
     p = parsed.params
     body: dict[str, Any] = dict(infotext_to_request_fields(parsed))
@@ -347,8 +378,9 @@ def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
     overrides: dict[str, Any] = {}
     if "clip_skip" in body:
         overrides["CLIP_stop_at_last_layers"] = body.pop("clip_skip")
-    if p.get("Model"):
-        overrides["sd_model_checkpoint"] = p["Model"]
+    checkpoint = _checkpoint(catalog, p.get("Model", ""), p.get("Model hash", ""), notes) if catalog is not None else p.get("Model")
+    if checkpoint:
+        overrides["sd_model_checkpoint"] = checkpoint
     if p.get("VAE"):
         overrides["sd_vae"] = p["VAE"]
     if overrides:
@@ -374,11 +406,54 @@ def reproduce_body(infotext: str, tab: str = "txt2img") -> dict:
     endpoint = "/sdapi/v1/txt2img"
     if tab.startswith("img2img") or ("Denoising strength" in p and "enable_hr" not in body):
         endpoint = "/sdapi/v1/img2img"
+        body.update(_img2img_fields(p))
         notes.append("the source picture is not kept with the output: add init_images (and mask) to run it")
     elif "enable_hr" not in body:
         body.pop("denoising_strength", None)
     body = {k: v for k, v in body.items() if v is not None}
     return {"endpoint": endpoint, "body": body, "notes": notes}
+
+
+def _checkpoint(catalog: Any, name: str, short_hash: str, notes: list[str]) -> str | None:
+    """The checkpoint to ask for: the one whose hash is `short_hash` (renamed or moved since), else the one
+    named `name`, with a note that the picture may differ when its hash is not the recorded one."""
+    name, short_hash = (name or "").strip(), (short_hash or "").strip().lower()
+    if short_hash:
+        for entry in catalog.entries:
+            if catalog.short_hash(entry) == short_hash:
+                if entry.name != name:
+                    notes.append(f"checkpoint {name or '(unnamed)'!r} is {entry.name!r} on this server (same Model hash {short_hash})")
+                return entry.name
+    if not name:
+        if short_hash:
+            notes.append(f"no checkpoint here has Model hash {short_hash}: the current one is used")
+        return None
+    found = catalog.find(name)
+    if found is None:
+        notes.append(f"no checkpoint here is named {name!r}" + (f" or has Model hash {short_hash}" if short_hash else "")
+                     + ": the request names it anyway, and the server refuses it until it is added")
+        return name
+    if short_hash:
+        here = catalog.short_hash(found)
+        notes.append(f"warning: no checkpoint here has Model hash {short_hash}; the one named {name!r} is used"
+                     + (f" (hash {here})" if here else " (its hash is not read yet)") + ", so the picture may differ")
+    return found.name
+
+
+def _img2img_fields(p: dict[str, str]) -> dict[str, Any]:
+    """Image to image's own infotext keys back onto /sdapi/v1/img2img fields. Every field is set, also
+    where the infotext leaves the value out as the default: the API's defaults (A1111's) differ from
+    what the infotext means by leaving it out ("only masked" is the API's default, not the UI's)."""
+    from webui.engine.generation.img2img import MASKED_CONTENT, RESIZE_MODES
+
+    fields: dict[str, Any] = {"resize_mode": RESIZE_MODES.index(p["Resize mode"]) if p.get("Resize mode") in RESIZE_MODES else 0}
+    if "Mask blur" in p or "Masked content" in p or "Inpaint area" in p:
+        fields["mask_blur"] = _int(p.get("Mask blur", "4"))
+        fields["inpainting_mask_invert"] = 1 if p.get("Mask mode") == "Inpaint not masked" else 0
+        fields["inpainting_fill"] = MASKED_CONTENT.index(p["Masked content"]) if p.get("Masked content") in MASKED_CONTENT else 1
+        fields["inpaint_full_res"] = p.get("Inpaint area") == "Only masked"
+        fields["inpaint_full_res_padding"] = _int(p.get("Only masked padding", "32"))
+    return fields
 
 
 def _poster(path: str):

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from webui.engine.models import sd3_file
 from webui.engine.models.catalog import Catalog, CatalogEntry
 from webui.engine.core.addons import derived_bytes
+from webui.engine.core import memory
 from webui.engine.core.devices import DeviceChoice, DtypePlan, free_memory
 from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
 from webui.engine.models.families import CUSTOM_SIGMA_FAMILIES, FAMILIES, UnknownFamily, family_from_keys, prediction_from_config
@@ -236,6 +237,7 @@ class ModelManager:
     @staticmethod
     def _move(model: LoadedModel, device: str) -> None:
         if model.device != device:
+            memory.release(model.pipeline, model.derived, model.device)  # offload hooks off first
             model.pipeline.to(device)
             model.device = device
 

@@ -98,6 +98,9 @@ class HiresTask(Img2ImgTask):
     first_sampler: str = ""
     latents: Any = None
 
+    def sources(self) -> dict:
+        return {}  # the upscaled first pass is made again from the prompt: nothing to keep
+
     def call(self, model: "LoadedModel", prompt: str, negative: str, seeds: list[int], generators: list[Any]):
         call = super().call(model, prompt, negative, seeds, generators)
         call.first_pass_steps = self.first.steps  # the prompt schedule reads on from the first pass (A1111)
