@@ -571,3 +571,33 @@ def test_the_tabs_trash_lists_restores_and_empties_each_logins_own(engine, tmp_p
     assert empty(bob).choices == [] and len(list_trash(alice).choices) == 1
     shown = restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, alice)
     assert shown[0].choices == [] and [i["prompt"] for i in shown[2]] == ["alice's paper boat"]
+
+
+def test_reproduce_a_lora_picture_bit_for_bit(models_dir, tmp_path):
+    """The add-on case: a LoRA named by its tag travels in the prompt; reproduce makes the same picture,
+    and the LoRA is really applied (without it the picture is another)."""
+    from diffusers import StableDiffusionPipeline
+    from fastapi.testclient import TestClient
+
+    import lora_files
+    from conftest import make_api_app
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "tiny-sd").symlink_to(models_dir / "checkpoints" / "tiny-sd")
+    sd = StableDiffusionPipeline.from_pretrained(root / "checkpoints" / "tiny-sd", safety_checker=None)
+    lora_files.save_kohya(sd, root / "Lora" / "lib-lora.safetensors", seed=3)
+    app, _ = make_api_app(root, tmp_path / "outputs")
+    client = TestClient(app)
+    body = {"prompt": "a fox <lora:lib-lora:1>", "steps": 2, "width": 64, "height": 64, "seed": 31, "save_images": True,
+            "override_settings": {"samples_save": True}}
+    assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+    (item,) = client.get("/kiri/v1/library", params={"lora": "lib-lora"}).json()["items"]
+    made = client.get(f"/kiri/v1/library/{item['id']}/reproduce").json()
+    assert "<lora:lib-lora:1>" in made["body"]["prompt"]
+    again = client.post(made["endpoint"], json={**made["body"], "save_images": False})
+    assert again.status_code == 200, again.text
+    saved = pixels(client.get(f"/kiri/v1/library/{item['id']}/file").content)
+    assert np.array_equal(pixels(base64.b64decode(again.json()["images"][0])), saved)
+    plain = client.post(made["endpoint"], json={**made["body"], "prompt": "a fox", "save_images": False})
+    assert not np.array_equal(pixels(base64.b64decode(plain.json()["images"][0])), saved)
