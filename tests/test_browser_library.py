@@ -20,9 +20,12 @@ def test_search_open_and_reproduce(kiri_server, browser):
     page.locator("#library-search textarea, #library-search input").first.fill("lighthouse")
     page.locator("#library-search-button").click()
     thumbs = page.locator("#library-grid img")
-    thumbs.first.wait_for(timeout=30_000)
-    page.wait_for_timeout(300)
-    assert thumbs.count() == 1, "the search should find the lighthouse only"
+    # the tab may first show every picture the shared server made (other test files); the search's page
+    # replaces it: wait for that, not a fixed time
+    try:
+        page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
+    except Exception:
+        raise AssertionError(f"the search should find the lighthouse only; the grid shows {thumbs.count()}") from None
     thumbs.first.click()
     page.wait_for_function(
         "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Seed: 4242')", timeout=15_000)
@@ -50,7 +53,8 @@ def test_reproduce_sets_the_hires_fix_then_delete_and_restore_from_the_trash(kir
     page.locator("#library-search textarea, #library-search input").first.fill("teal harbour")
     page.locator("#library-search-button").click()
     thumbs = page.locator("#library-grid img")
-    thumbs.first.wait_for(timeout=30_000)
+    # the search's page replaces whatever the tab showed first (the shared server's other pictures)
+    page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
     thumbs.first.click()
     page.wait_for_function(
         "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Hires upscale: 1.5')", timeout=15_000)
@@ -72,8 +76,7 @@ def test_reproduce_sets_the_hires_fix_then_delete_and_restore_from_the_trash(kir
     page.locator("#library-restore").click()
     page.wait_for_function("document.querySelectorAll('#library-trash-list label').length === 0", timeout=15_000)
     page.locator("#library-search-button").click()
-    page.wait_for_timeout(500)
-    assert page.locator("#library-grid img").count() == 1
+    page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
     page.close()
 
 
