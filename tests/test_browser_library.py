@@ -6,6 +6,24 @@ import pytest
 import requests
 
 
+def search(browser, url: str, words: str):
+    """A page on the Library tab showing the search for `words`, which must find exactly one picture. The tab
+    may first show every picture the shared server made (other test files); the search's page replaces it:
+    wait for that, not a fixed time."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(url)
+    page.locator("#txt2img-generate").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Library", exact=True).first.click()
+    page.locator("#library-search textarea, #library-search input").first.fill(words)
+    page.locator("#library-search-button").click()
+    try:
+        page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
+    except Exception:
+        shown = page.locator("#library-grid img").count()
+        raise AssertionError(f"the search for {words!r} should find one picture; the grid shows {shown}") from None
+    return page
+
+
 def test_search_open_and_reproduce(kiri_server, browser):
     url = kiri_server["url"]
     for prompt, seed in (("a violet lighthouse", 4242), ("a yellow windmill", 77)):
@@ -13,19 +31,8 @@ def test_search_open_and_reproduce(kiri_server, browser):
             "prompt": prompt, "negative_prompt": "grey fog", "steps": 2, "width": 64, "height": 64, "seed": seed,
             "cfg_scale": 6, "save_images": True, "override_settings": {"samples_save": True}})
         assert answer.status_code == 200, answer.text
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
-    page.goto(url)
-    page.locator("#txt2img-generate").wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Library", exact=True).first.click()
-    page.locator("#library-search textarea, #library-search input").first.fill("lighthouse")
-    page.locator("#library-search-button").click()
+    page = search(browser, url, "lighthouse")
     thumbs = page.locator("#library-grid img")
-    # the tab may first show every picture the shared server made (other test files); the search's page
-    # replaces it: wait for that, not a fixed time
-    try:
-        page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
-    except Exception:
-        raise AssertionError(f"the search should find the lighthouse only; the grid shows {thumbs.count()}") from None
     thumbs.first.click()
     page.wait_for_function(
         "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Seed: 4242')", timeout=15_000)
@@ -46,15 +53,8 @@ def test_reproduce_sets_the_hires_fix_then_delete_and_restore_from_the_trash(kir
         "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 3, "denoising_strength": 0.35,
         "override_settings": {"samples_save": True}})
     assert answer.status_code == 200, answer.text
-    page = browser.new_page(viewport={"width": 1440, "height": 900})
-    page.goto(url)
-    page.locator("#txt2img-generate").wait_for(timeout=60_000)
-    page.get_by_role("tab", name="Library", exact=True).first.click()
-    page.locator("#library-search textarea, #library-search input").first.fill("teal harbour")
-    page.locator("#library-search-button").click()
+    page = search(browser, url, "teal harbour")
     thumbs = page.locator("#library-grid img")
-    # the search's page replaces whatever the tab showed first (the shared server's other pictures)
-    page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
     thumbs.first.click()
     page.wait_for_function(
         "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Hires upscale: 1.5')", timeout=15_000)
