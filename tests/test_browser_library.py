@@ -6,10 +6,10 @@ import pytest
 import requests
 
 
-def search(browser, url: str, words: str):
-    """A page on the Library tab showing the search for `words`, which must find exactly one picture. The tab
-    may first show every picture the shared server made (other test files); the search's page replaces it:
-    wait for that, not a fixed time."""
+def open_found(browser, url: str, words: str, shows: str):
+    """A page on the Library tab with the one picture the search for `words` finds opened, its parameters
+    showing `shows`. The tab may first show every picture the shared server made (other test files); the
+    search's page replaces it: wait for that, not a fixed time."""
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.goto(url)
     page.locator("#txt2img-generate").wait_for(timeout=60_000)
@@ -21,6 +21,9 @@ def search(browser, url: str, words: str):
     except Exception:
         shown = page.locator("#library-grid img").count()
         raise AssertionError(f"the search for {words!r} should find one picture; the grid shows {shown}") from None
+    page.locator("#library-grid img").first.click()
+    page.wait_for_function(
+        f"(document.querySelector('#library-parameters textarea') || {{}}).value?.includes({shows!r})", timeout=15_000)
     return page
 
 
@@ -31,11 +34,7 @@ def test_search_open_and_reproduce(kiri_server, browser):
             "prompt": prompt, "negative_prompt": "grey fog", "steps": 2, "width": 64, "height": 64, "seed": seed,
             "cfg_scale": 6, "save_images": True, "override_settings": {"samples_save": True}})
         assert answer.status_code == 200, answer.text
-    page = search(browser, url, "lighthouse")
-    thumbs = page.locator("#library-grid img")
-    thumbs.first.click()
-    page.wait_for_function(
-        "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Seed: 4242')", timeout=15_000)
+    page = open_found(browser, url, "lighthouse", "Seed: 4242")
     assert page.locator("#library-picture img").count() == 1
     page.locator("#library-reproduce").click()
     page.wait_for_function("document.querySelector('#txt2img-prompt textarea').value === 'a violet lighthouse'",
@@ -53,11 +52,7 @@ def test_reproduce_sets_the_hires_fix_then_delete_and_restore_from_the_trash(kir
         "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 3, "denoising_strength": 0.35,
         "override_settings": {"samples_save": True}})
     assert answer.status_code == 200, answer.text
-    page = search(browser, url, "teal harbour")
-    thumbs = page.locator("#library-grid img")
-    thumbs.first.click()
-    page.wait_for_function(
-        "(document.querySelector('#library-parameters textarea') || {}).value?.includes('Hires upscale: 1.5')", timeout=15_000)
+    page = open_found(browser, url, "teal harbour", "Hires upscale: 1.5")
     page.locator("#library-reproduce").click()
     page.locator("#txt2img-prompt").wait_for(state="visible", timeout=15_000)
     page.locator("#txt2img-hires").get_by_text("Hires. fix", exact=True).first.click()  # a closed accordion draws nothing
