@@ -181,3 +181,27 @@ def test_the_tabs_start_from_these_defaults(engine, tmp_path):
     assert strength.value == 0.0
     consistency = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "Consistency between frames")
     assert consistency.value == "none"
+
+
+def test_the_settings_fields_wait_for_the_saved_values_before_they_can_be_edited(engine, tmp_path):
+    """A value typed while the page still loads must not be overwritten by the load: the Settings fields start
+    read-only and the page's one load event fills in the saved values and only then makes them editable."""
+    from webui.ui.app import build
+
+    engine.settings.extra_networks_default_multiplier = 0.75
+    try:
+        app = build(engine, tmp_path / "settings.json")
+        by_id = {b._id: b for b in app.blocks.values()}
+        fields = [b for b in app.blocks.values() if str(getattr(b, "elem_id", "") or "").startswith("settings-")
+                  and b.elem_id not in ("settings-apply", "settings-result")]
+        assert len(fields) >= 10 and all(f.interactive is False for f in fields)
+        loads = [d for d in app.fns.values() if any(t[1] == "load" for t in d.targets)
+                 and {f._id for f in fields} <= {o._id for o in d.outputs}]
+        assert len(loads) == 1
+        engine.settings.extra_networks_default_multiplier = 0.25  # changed after the page was built
+        updates = loads[0].fn()
+        weight = next(i for i, o in enumerate(loads[0].outputs) if by_id[o._id].elem_id == "settings-lora-weight")
+        assert updates[weight] == {"__type__": "update", "value": 0.25, "interactive": True}
+        assert all(u["interactive"] is True for u in updates)
+    finally:
+        engine.settings.extra_networks_default_multiplier = 1.0

@@ -111,7 +111,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
             with gr.Tab("Sampler lab", id="sampler_lab"):
                 sampler_lab.render(engine)
             with gr.Tab("Settings", id="settings"):
-                settings.render(engine, settings_file)
+                settings.render(engine, settings_file, app)
             with gr.Tab("Extensions", id="extensions"):
                 extensions_tab.render(engine, settings_file)
             for tab in (engine.extensions.ui_tabs if engine.extensions else []):
