@@ -544,6 +544,51 @@ def test_the_tabs_reproduce_sets_the_hires_fix_and_turns_it_off_again(engine, tm
     assert "ControlNet unit" in controlled["library-status"] and "ControlNet 0" in controlled["library-status"]
 
 
+def test_the_tabs_reproduce_sends_an_img2img_picture_to_image_to_image_with_its_start_picture(engine, tmp_path):
+    """Reproduce of an image to image picture fills that tab (not Text to image) with the init image kept with
+    it and its settings; one whose kept init is gone is an error naming the field; one made before Kiri kept
+    init images fills the settings and says the start picture must be added."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    from webui.engine.generation.img2img import Img2ImgRequest
+    from webui.engine.library import open_library
+    from webui.ui.app import build
+
+    init = Image.fromarray(np.random.default_rng(8).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    result = engine.img2img(Img2ImgRequest(prompt="a copper kettle", init_image=init, steps=2, width=64, height=64,
+                                           seed=71, denoising_strength=0.55, resize_mode=2, cfg_scale=4.5))
+    fill = handler_of(build(engine, tmp_path / "settings.json"), "library-reproduce")
+    lib = open_library(engine.settings)
+    lib.refresh(force=True)
+    (item,) = lib.search(lib.viewer(None), q="kettle")["items"]
+    text = lib.item(lib.viewer(None), item["id"])["infotext"]
+    assert text == result.infotexts[0]
+    local = SimpleNamespace(username=None)
+    made = by_elem_id(fill(text, item["id"], local))
+    assert made["img2img-prompt"] == "a copper kettle" and made["img2img-mode"] == "img2img"
+    assert np.array_equal(np.asarray(made["img2img-image"].convert("RGB")), np.asarray(init))
+    assert (made["img2img-strength"], made["img2img-seed"], made["img2img-steps"]) == (0.55, 71, 2)
+    assert (made["img2img-resize-mode"], made["img2img-cfg-scale"]) == ("Resize and fill", 4.5)
+    assert "txt2img-prompt" not in made and made["library-status"] == ""
+    assert made["model-picker"].startswith("tiny-sd [")
+    # the kept init gone: an error naming the field, not another picture
+    outputs = Path(engine.settings.outputs_dir)
+    for kept in (outputs / ".inits").glob("*.png"):
+        kept.unlink()
+    with pytest.raises(gr.Error, match="init image this picture was made from .* is no longer in"):
+        fill(text, item["id"], local)
+    # made before Kiri kept init images: the settings go over, the note says what to add, the picture is left as is
+    old = text.replace("a copper kettle", "an older tin kettle").replace(", Init image hash: ", ", Old hash: ")
+    png(outputs / "img2img" / "2026-01-01" / "00000-71.png", {"parameters": old})
+    lib.refresh(force=True)
+    (older,) = lib.search(lib.viewer(None), q="tin")["items"]
+    made = by_elem_id(fill(old, older["id"], local))
+    assert made["img2img-prompt"] == "an older tin kettle" and made["img2img-strength"] == 0.55
+    assert "img2img-image" not in made and "start picture was not kept" in made["library-status"]
+
+
 def test_the_tabs_trash_lists_restores_and_empties_each_logins_own(engine, tmp_path):
     from types import SimpleNamespace
 

@@ -54,7 +54,7 @@ def generation_settings(prefix: str, samplers: list[str], sampler: str, size: in
         batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
         batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
     with gr.Row():
-        cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale", scale=3)
+        cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale", scale=3, elem_id=f"{prefix}-cfg-scale")
         clip_skip = gr.Slider(1, ClipSkip.MAX, value=1, step=1, label="Clip skip", scale=1, elem_id=f"{prefix}-clip-skip")
     seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id=f"{prefix}-seed")
     return GenerationSettings(sampler_dd, schedule_dd, steps, width, height, batch_count, batch_size, cfg, seed, clip_skip)

@@ -10,7 +10,7 @@ from typing import Any
 import gradio as gr
 
 from webui.engine.context import Engine
-from webui.engine.core.errors import InvalidRequest
+from webui.engine.core.errors import InvalidRequest, KiriError
 from webui.engine.core.images import to_rgb
 from webui.engine.generation.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
 from webui.engine.core.jobs import Job
@@ -40,6 +40,10 @@ class Img2ImgTab:
     mode: gr.Radio
     gallery: gr.Gallery  # the results
     tab_id: str = TAB_ID
+    # The Library's Reproduce: sets every field from a /sdapi/v1/img2img body (the one Library.reproduce
+    # makes, with the kept init image and mask) and opens the tab; `reproduce_targets` are its outputs.
+    reproduce: Any = None
+    reproduce_targets: list = None
 
 
 # The brush paints a half-transparent colour, so the picture stays visible under the mask; what it
@@ -199,7 +203,8 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                 with gr.Row():
                     area = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", label="Inpaint area")
                     padding = gr.Slider(0, MAX_PADDING, value=32, step=4, label="Only masked padding, pixels")
-            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", type="index")
+            resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", type="index",
+                                   elem_id="img2img-resize-mode")
             strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img-strength")
             gen = generation_settings("img2img", samplers, sampler, size)
             gen.vae = vae_choice("img2img", engine.catalog)
@@ -296,4 +301,61 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
 
     mask_words_button.click(words_to_mask, [editor, mask_words], mask_upload, api_visibility="private", **JOB_EVENT)
     extra_networks.render(engine, "img2img", prompt, gallery, model_picker)
-    return Img2ImgTab(editor, mask_upload, modes, mode, gallery)
+
+    def reproduce(body: dict, params: dict) -> dict:
+        """Every field of the tab from an img2img request body, with its init image (and mask: then in the
+        Inpaint editor, as an uploaded mask, so the strokes cannot differ), so Generate makes it again."""
+        import base64
+
+        from webui.engine.core.limits import decode_image
+
+        def picture(data, field):
+            return decode_image(base64.b64decode(data), field, limit=engine.settings.max_pixels) if data else None
+
+        init = picture((body.get("init_images") or [None])[0], "init_images")
+        mask = picture(body.get("mask"), "mask")
+        text, negative_text, chosen = styles_ui.restore(engine, body.get("prompt", ""), body.get("negative_prompt", ""))
+        inpaint = mask is not None
+        updates = {prompt: text, negative: negative_text, styles: chosen}
+        if init is not None:  # else (made before Kiri kept init images) the tab keeps its picture; the note says so
+            updates.update({
+                mode: "inpaint" if inpaint else "img2img", modes: gr.Tabs(selected="inpaint" if inpaint else "img2img"),
+                init_image: None if inpaint else init, editor: as_editor_image(init) if inpaint else None,
+                mask_upload: mask})
+        updates.update({
+            strength: body.get("denoising_strength", 0.75), resize_mode: RESIZE_MODES[int(body.get("resize_mode", 0))],
+            mask_blur: body.get("mask_blur", 4),
+            invert: "Inpaint not masked" if body.get("inpainting_mask_invert") else "Inpaint masked",
+            fill: MASKED_CONTENT[body.get("inpainting_fill", 1)],
+            area: "Only masked" if body.get("inpaint_full_res") else "Whole picture",
+            padding: body.get("inpaint_full_res_padding", 32),
+            gen.steps: body.get("steps", gr.update()), gen.cfg_scale: body.get("cfg_scale", gr.update()),
+            gen.seed: body.get("seed", gr.update()), gen.width: body.get("width", gr.update()),
+            gen.height: body.get("height", gr.update()),
+            gen.clip_skip: (body.get("override_settings") or {}).get("CLIP_stop_at_last_layers", 1),
+            gen.batch_count: 1, gen.batch_size: 1,
+        })
+        if tabs is not None:
+            updates[tabs] = gr.Tabs(selected=TAB_ID)
+        named = (body.get("override_settings") or {}).get("sd_vae")
+        entry = engine.catalog.find_of_kind("vae", named) if named else None
+        updates[gen.vae] = entry.name if entry is not None else ""
+        if body.get("sampler_name"):
+            try:
+                found, schedule = engine.samplers.resolve(str(body["sampler_name"]), body.get("scheduler"))
+                updates[gen.sampler], updates[gen.schedule] = found.name, schedule
+            except KiriError:
+                gr.Warning(f"Sampler {body['sampler_name']!r} is not available in Kiri; keeping the current one.")
+        updates.update(detail.updates_from_infotext(params))
+        return updates
+
+    reproduce_targets = [prompt, negative, styles, mode, modes, init_image, editor, mask_upload, strength, resize_mode,
+                         mask_blur, invert, fill, area, padding, gen.steps, gen.cfg_scale, gen.seed, gen.width,
+                         gen.height, gen.clip_skip, gen.batch_count, gen.batch_size, gen.vae, gen.sampler, gen.schedule,
+                         *detail.inputs().values(), *([tabs] if tabs is not None else [])]
+    return Img2ImgTab(editor, mask_upload, modes, mode, gallery, reproduce=reproduce, reproduce_targets=reproduce_targets)
+
+
+def as_editor_image(image) -> dict:
+    """The Inpaint editor's value for a picture: it as the background, no strokes."""
+    return {"background": image, "layers": [], "composite": image}

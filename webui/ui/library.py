@@ -1,6 +1,7 @@
 """The Library tab: search box and filters over every picture made (engine/library), a grid of
 thumbnails newest first with paging, and the opened picture large with its parameters and buttons:
-Reproduce (fills Text to image from the infotext, as PNG info's button does, hires fix included; the
+Reproduce (fills Text to image from the infotext, as PNG info's button does, hires fix included; an image
+to image or inpaint picture fills Image to image instead, with the start picture and mask kept with it; the
 note says what it cannot set), Send to, favourite, delete (to the trash) and download; a Trash accordion
 lists deleted pictures to restore, and empties the trash. A login sees only its own pictures and trash;
 an --admin login all."""
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from webui.engine.context import Engine
+from webui.engine.core.infotext import parse_infotext
 from webui.engine.library import open_library, reproduce_body
 
 from .common import user_errors
@@ -27,7 +29,7 @@ def _viewer(library, request: gr.Request | None):
 
 
 def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None,
-           model_picker: gr.Dropdown | None = None) -> None:
+           model_picker: gr.Dropdown | None = None, reproduce_img2img: Any = None) -> None:
     """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened). Reproduce
     fills Text to image through `reproduce` (PNG info's fill and its outputs) and sets `model_picker` to the
     picture's checkpoint, found by its Model hash."""
@@ -185,12 +187,23 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
     if reproduce is not None:  # PNG info's "Send to Text to image": every field it knows, then that tab
         fill, targets = reproduce
+        img2img_fill = getattr(reproduce_img2img, "reproduce", None)
+        img2img_targets = list(getattr(reproduce_img2img, "reproduce_targets", None) or [])
 
-        def fill_and_note(text: str):
-            updates = fill(text)
-            missing = reproduce_gaps(text)
+        def fill_and_note(text: str, item_id=None, request: gr.Request = None):
+            made = reproduce_body(text or "", "txt2img", engine.catalog)
+            if item_id is not None and img2img_fill is not None and made["endpoint"] == "/sdapi/v1/img2img":
+                # an image to image picture goes back to that tab, with the start picture (and mask) kept with it
+                with user_errors():
+                    made = library.reproduce(_viewer(library, request), item_id, engine.catalog)
+                updates = img2img_fill(made["body"], parse_infotext(text or "").params)
+                missing = ["Its start picture was not kept with it (made before Kiri kept them, or by another tool): "
+                           "add it in Image to image before Generate." for n in made["notes"] if "source picture" in n]
+                missing += reproduce_gaps(text, img2img=True)
+            else:
+                updates = fill(text)
+                missing = reproduce_gaps(text)
             if model_picker is not None:  # the checkpoint by its hash (renamed since), else by its name
-                made = reproduce_body(text or "", "txt2img", engine.catalog)
                 entry = engine.catalog.find(made["body"].get("override_settings", {}).get("sd_model_checkpoint") or "")
                 if entry is not None:
                     updates[model_picker] = engine.catalog.title(entry)
@@ -198,15 +211,16 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
             updates[status] = "**Reproduce:** " + " ".join(missing) if missing else ""
             return updates
 
-        reproduce_button.click(fill_and_note, parameters, [*targets, *([model_picker] if model_picker else []), status],
-                               api_visibility="private", queue=False)
+        outputs_of_reproduce = list(dict.fromkeys([*targets, *img2img_targets, *([model_picker] if model_picker else []),
+                                                  status]))
+        reproduce_button.click(fill_and_note, [parameters, opened], outputs_of_reproduce, api_visibility="private",
+                               queue=False)
 
 
-def reproduce_gaps(infotext: str) -> list[str]:
+def reproduce_gaps(infotext: str, img2img: bool = False) -> list[str]:
     """What Reproduce cannot set from a picture's infotext, said plainly: ControlNet units' control pictures
-    (and IP-Adapter's) are not in it, and an image to image picture starts from a picture of its own."""
-    from webui.engine.core.infotext import parse_infotext
-
+    (and IP-Adapter's) are not in it, and an image to image picture starts from a picture of its own (unless
+    `img2img`: it went to Image to image with the start picture kept with it)."""
     params = parse_infotext(infotext or "").params
     gaps = []
     units = sorted(k for k in params if k.startswith("ControlNet ") and k.split(" ", 1)[1].isdigit())
@@ -214,7 +228,9 @@ def reproduce_gaps(infotext: str) -> list[str]:
         gaps.append(f"This picture used {len(units)} ControlNet unit{'s' if len(units) > 1 else ''} "
                     f"({', '.join(units)}); their control pictures are not in its parameters, so add them in the "
                     "ControlNet panel before Generate, with the module, model and weight shown in Parameters.")
-    if "Init image hash" in params or ("Denoising strength" in params and not any(k.startswith("Hires ") for k in params)):
+    made_by_img2img = "Init image hash" in params or ("Denoising strength" in params
+                                                      and not any(k.startswith("Hires ") for k in params))
+    if made_by_img2img and not img2img:
         gaps.append("This picture was made by image to image: its start picture is not set in Text to image "
                     "(the API's reproduce, /kiri/v1/library/{id}/reproduce, returns it when it was kept).")
     return gaps
