@@ -118,6 +118,26 @@ def test_reproduce_an_inpainted_picture_in_image_to_image_bit_for_bit(kiri_serve
     page.close()
 
 
+def test_most_like_this_orders_the_search_by_look_and_newest_first_goes_back(kiri_server, browser):
+    url = kiri_server["url"]
+    for prompt, seed in (("a plum kite", 61), ("a mint kite", 62), ("a sand kite", 63)):
+        answer = requests.post(url + "sdapi/v1/txt2img", timeout=120, json={
+            "prompt": prompt, "steps": 2, "width": 64, "height": 64, "seed": seed, "save_images": True,
+            "override_settings": {"samples_save": True}})
+        assert answer.status_code == 200, answer.text
+    page = open_found(browser, url, "plum kite", "Seed: 61")
+    page.locator("#library-search textarea, #library-search input").first.fill("kite")
+    page.locator("#library-most-like").click()
+    page.wait_for_function("document.querySelector('#library-status')?.innerText.includes('most like the opened')",
+                           timeout=30_000)
+    assert page.locator("#library-grid img").count() == 2  # the other two kites, the opened one left out
+    page.locator("#library-newest-first").click()
+    page.wait_for_function("document.querySelector('#library-status')?.innerText.includes('newest first')",
+                           timeout=30_000)
+    assert page.locator("#library-grid img").count() == 3
+    page.close()
+
+
 USERS = [("alice", "a-pass"), ("bob", "b-pass"), ("boss", "c-pass")]
 
 

@@ -105,6 +105,58 @@ def test_index_search_and_filters(folder):
     assert lib.choices(LOCAL)["model"] == ["other", "tiny-sd"]
 
 
+def test_most_like_orders_by_look_keeps_the_filters_and_pages_by_offset(tmp_path):
+    """similar_to: the search's pictures ordered by how close their look (8x8 shrink of the thumbnail) is to
+    the reference's, the reference left out; the filters still apply; looks missing are taken within the
+    search; a file changed in place is looked at again; bad references are 4xx naming the field."""
+    from webui.engine.library import _looks
+
+    out = tmp_path / "outputs"
+    colours = {"crimson": (220, 20, 30), "scarlet": (200, 40, 40), "maroon": (120, 10, 20), "navy": (20, 30, 120),
+               "teal": (20, 140, 140), "lime": (60, 230, 40)}
+    for number, (name, colour) in enumerate(colours.items()):
+        png(out / "txt2img" / "2026-01-02" / f"{number:05d}-{number}.png", a1111(f"a {name} square", number),
+            size=(32, 32), color=colour)
+    lib = library_of(out)
+    lib.refresh(force=True)
+    by_prompt = {i["prompt"]: i["id"] for i in lib.search(LOCAL)["items"]}
+    crimson = by_prompt["a crimson square"]
+    page = lib.search(LOCAL, similar_to=crimson)
+    order = [i["prompt"].split()[1] for i in page["items"]]
+    assert order == ["scarlet", "maroon", "navy", "teal", "lime"], order  # squared RGB distances 900 ... 69,800
+    assert page["progress"] == "" and page["next"] is None
+    # the filters still apply; paging is by offset in that order
+    assert [i["prompt"] for i in lib.search(LOCAL, q="teal OR lime OR scarlet", similar_to=crimson)["items"]][0] == \
+        "a scarlet square"
+    first = lib.search(LOCAL, similar_to=crimson, limit=2)
+    rest = lib.search(LOCAL, similar_to=crimson, limit=2, cursor=first["next"])
+    assert ids(first) + ids(rest) == ids(page)[:4] and first["next"] == "~2"
+    # a file changed in place gets a new look: the lime square turned red comes first
+    lime = out / "txt2img" / "2026-01-02" / "00005-5.png"
+    png(lime, a1111("a lime square", 5), size=(32, 32), color=(221, 21, 31))
+    os.utime(lime, (1_767_400_000, 1_767_400_000))
+    lib.refresh(force=True)
+    assert lib.search(LOCAL, similar_to=crimson)["items"][0]["prompt"] == "a lime square"
+    # looks missing beyond the search's budget: listed as not compared yet, never a wrong order
+    lib.index.db().execute("DELETE FROM looks")
+    lib.index.db().commit()
+    budget, _looks.BUDGET_S = _looks.BUDGET_S, 0.0
+    try:
+        waiting = lib.search(LOCAL, similar_to=crimson)
+    finally:
+        _looks.BUDGET_S = budget
+    assert waiting["items"] == [] and "5 pictures not compared yet" in waiting["progress"]
+    # (5: the reference's own look was taken by that search)
+    assert _looks.fill_missing(lib) == 5 and len(lib.search(LOCAL, similar_to=crimson)["items"]) == 5
+    for bad, field in ((999_999, "id"), ("3", "similar_to"), (True, "similar_to")):
+        with pytest.raises(InvalidRequest) as caught:
+            lib.search(LOCAL, similar_to=bad)
+        assert caught.value.field == field
+    with pytest.raises(InvalidRequest) as caught:
+        lib.search(LOCAL, similar_to=crimson, cursor="abc")
+    assert caught.value.field == "cursor"
+
+
 def test_rescan_reads_only_what_changed_and_the_index_can_be_deleted(folder):
     lib = library_of(folder)
     lib.refresh(force=True)
@@ -381,6 +433,20 @@ def test_two_logins_over_http_and_reproduce_bit_for_bit(client):
     assert len(client.get("/kiri/v1/library", auth=alice).json()["items"]) == 1
 
 
+def test_most_like_over_http_is_owner_checked(client):
+    alice, bob = ("alice", "a-pass"), ("bob", "b-pass")
+    generate(client, "alice", prompt="alice's first quilt", seed=41)
+    generate(client, "alice", prompt="alice's second quilt", seed=42)
+    generate(client, "bob", prompt="bob's quilt", seed=43)
+    mine = client.get("/kiri/v1/library", params={"q": "quilt"}, auth=alice).json()["items"]
+    theirs = client.get("/kiri/v1/library", params={"q": "quilt"}, auth=bob).json()["items"][0]["id"]
+    like = client.get("/kiri/v1/library", params={"q": "quilt", "similar_to": mine[0]["id"]}, auth=alice)
+    assert like.status_code == 200 and [i["id"] for i in like.json()["items"]] == [mine[1]["id"]]
+    assert client.get("/kiri/v1/library", params={"similar_to": theirs}, auth=alice).status_code == 404
+    bad = client.get("/kiri/v1/library", params={"similar_to": "the red one"}, auth=alice)
+    assert bad.status_code == 422 and "similar_to" in bad.text
+
+
 def test_reproduce_a_hires_fix_picture_bit_for_bit(client):
     alice = ("alice", "a-pass")
     generate(client, "alice", prompt="a hires harbour", seed=21, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
@@ -612,9 +678,9 @@ def test_the_tabs_trash_lists_restores_and_empties_each_logins_own(engine, tmp_p
     (mine,), (theirs,) = list_trash(alice).choices, list_trash(bob).choices
     assert "00000-1.png" in mine[0] and mine[1] != theirs[1]
     with pytest.raises(gr.Error, match="no such picture in your trash"):
-        restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, bob)
+        restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, None, bob)
     assert empty(bob).choices == [] and len(list_trash(alice).choices) == 1
-    shown = restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, alice)
+    shown = restore([mine[1]], {"back": [], "this": ""}, "", "", "", "", "", "", "", "", False, None, alice)
     assert shown[0].choices == [] and [i["prompt"] for i in shown[2]] == ["alice's paper boat"]
 
 

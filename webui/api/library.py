@@ -31,12 +31,15 @@ def build_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/library")
     def search(http: Request, q: str = "", tab: str = "", model: str = "", sampler: str = "", lora: str = "", size: str = "",
-               date_from: str = "", date_to: str = "", favourite: bool = False, cursor: str = "", limit: int = 60) -> dict:
+               date_from: str = "", date_to: str = "", favourite: bool = False, cursor: str = "", limit: int = 60,
+               similar_to: int | None = None) -> dict:
         """A page of your pictures, newest first; `next` is the cursor of the following page (null at the end).
-        `q`: words, "a phrase", AND/OR/NOT over prompt, negative prompt and LoRA names."""
+        `q`: words, "a phrase", AND/OR/NOT over prompt, negative prompt and LoRA names. `similar_to` (a
+        picture's id): the pictures that look most like it first (colours and layout)."""
         lib = library()
-        return lib.search(ctx.viewer(http), q=q, tab=tab, model=model, sampler=sampler, lora=lora, size=size,
-                          date_from=date_from, date_to=date_to, favourite=favourite, cursor=cursor, limit=limit)
+        return guarded(lambda: lib.search(ctx.viewer(http), q=q, tab=tab, model=model, sampler=sampler, lora=lora,
+                                          size=size, date_from=date_from, date_to=date_to, favourite=favourite,
+                                          cursor=cursor, limit=limit, similar_to=similar_to))
 
     @router.get("/library/choices")
     def choices(http: Request) -> dict:

@@ -16,7 +16,7 @@ import gradio as gr
 
 from webui.engine.context import Engine
 from webui.engine.core.infotext import parse_infotext
-from webui.engine.library import open_library, reproduce_body
+from webui.engine.library import NotFound, open_library, reproduce_body
 
 from .common import user_errors
 
@@ -62,12 +62,14 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
             with gr.Row():
                 newer = gr.Button("◀ Newer", size="sm", elem_id="library-newer")
                 older = gr.Button("Older ▶", size="sm", elem_id="library-older")
+                newest = gr.Button("Newest first", size="sm", elem_id="library-newest-first")
         with gr.Column(scale=2):
             picture = gr.Image(label="Picture", type="filepath", interactive=False, height=420, elem_id="library-picture")
             parameters = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="library-parameters")
             with gr.Row():
                 reproduce_button = gr.Button("Reproduce", variant="primary", elem_id="library-reproduce")
                 favourite_button = gr.Button("☆ Favourite", elem_id="library-favourite")
+                like_button = gr.Button("Most like this", elem_id="library-most-like")
                 delete_button = gr.Button("Delete", variant="stop", elem_id="library-delete")
                 download = gr.DownloadButton("Download", value=None, elem_id="library-download")
             if send_to is not None:  # Image to image, Inpaint, Super-resolution, Segmentation, PNG info
@@ -82,19 +84,26 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
     items = gr.State([])
     cursors = gr.State({"back": [], "this": "", "next": None})
     opened = gr.State(None)
-    filters = [query, tab, model, sampler, lora, size, date_from, date_to, favourite]
+    like = gr.State(None)  # the id of the picture "Most like this" orders by; None: newest first
+    filters = [query, tab, model, sampler, lora, size, date_from, date_to, favourite, like]
 
-    def show(cursor: str, back: list, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request):
+    def show(cursor: str, back: list, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request):
         viewer = _viewer(library, request)
+        if like_ is not None:  # the picture compared with was deleted since: back to newest first
+            try:
+                library.file(viewer, like_)
+            except NotFound:
+                like_, cursor, back = None, "", []
         with user_errors():
             page = library.search(viewer, q=q or "", tab=tab_ or "", model=model_ or "", sampler=sampler_ or "",
                                   lora=lora_ or "", size=size_ or "", date_from=from_ or "", date_to=to_ or "",
-                                  favourite=bool(fav), cursor=cursor or "", limit=PAGE)
+                                  favourite=bool(fav), cursor=cursor or "", limit=PAGE, similar_to=like_)
         drawn = [(thumb, item) for thumb, item in library.page_thumbnails(page) if thumb is not None]
         shown = [(str(thumb), item["prompt"][:80] or item["name"]) for thumb, item in drawn]
         kept = [item for _, item in drawn]
         choices = library.choices(viewer)
-        line = page["progress"] or (f"{len(kept)} pictures on this page" + (" — more older ones ▶" if page["next"] else "")
+        order = "most like the opened picture first" if like_ is not None else "newest first"
+        line = page["progress"] or (f"{len(kept)} pictures on this page, {order}" + (" — more ▶" if page["next"] else "")
                                     if kept else "No pictures match.")
         return (gr.Gallery(value=shown, selected_index=None), kept,
                 {"back": back, "this": cursor or "", "next": page["next"]}, line,
@@ -103,18 +112,18 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
     outputs = [grid, items, cursors, status, tab, model, sampler]
 
-    def first(q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
-        return show("", [], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request)
+    def first(q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request: gr.Request):
+        return show("", [], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request)
 
-    def go_older(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+    def go_older(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request: gr.Request):
         if not state.get("next"):
             raise gr.Error("This is the oldest page.")
         return show(state["next"], [*state["back"], state["this"]], q, tab_, model_, sampler_, lora_, size_, from_, to_,
-                    fav, request)
+                    fav, like_, request)
 
-    def go_newer(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+    def go_newer(state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request: gr.Request):
         back = state.get("back") or [""]
-        return show(back[-1], back[:-1], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request)
+        return show(back[-1], back[:-1], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request)
 
     search.click(first, filters, outputs, api_visibility="private")
     query.submit(first, filters, outputs, api_visibility="private")
@@ -123,6 +132,17 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
     favourite.change(first, filters, outputs, api_visibility="private")
     older.click(go_older, [cursors, *filters], outputs, api_visibility="private")
     newer.click(go_newer, [cursors, *filters], outputs, api_visibility="private")
+
+    def most_like(item_id, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        if item_id is None:
+            raise gr.Error("Open a picture first: its look is what the others are compared with.")
+        return item_id, *show("", [], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, item_id, request)
+
+    def newest_first(q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+        return None, *show("", [], q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, None, request)
+
+    like_button.click(most_like, [opened, *filters[:-1]], [like, *outputs], api_visibility="private")
+    newest.click(newest_first, filters[:-1], [like, *outputs], api_visibility="private")
 
     def select(shown: list, evt: gr.SelectData, request: gr.Request):
         index = evt.index if isinstance(evt.index, int) else 0
@@ -147,14 +167,14 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
     favourite_button.click(toggle, [opened], [favourite_button], api_visibility="private")
 
-    def delete(item_id, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+    def delete(item_id, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request: gr.Request):
         if item_id is None:
             raise gr.Error("Open a picture first.")
         with user_errors():
             library.delete(_viewer(library, request), item_id)
         gr.Info("Moved to the trash: restore it from the Trash below until the trash is emptied.")
         return (None, "", None, gr.DownloadButton(value=None),
-                *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_, size_, from_, to_, fav,
+                *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_,
                       request))
 
     def list_trash(request: gr.Request):
@@ -163,7 +183,7 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
                     e["name"]) for e in entries]
         return gr.CheckboxGroup(choices=choices, value=[], label=f"Deleted pictures, newest first (yours only): {len(entries)}")
 
-    def restore(names, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, request: gr.Request):
+    def restore(names, state, q, tab_, model_, sampler_, lora_, size_, from_, to_, fav, like_, request: gr.Request):
         if not names:
             raise gr.Error("Tick the pictures to restore first.")
         viewer = _viewer(library, request)
@@ -172,7 +192,7 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
                 library.restore(viewer, name)
         gr.Info(f"Restored {len(names)} picture{'s' if len(names) > 1 else ''}.")
         return (list_trash(request), *show(state.get("this", ""), state.get("back", []), q, tab_, model_, sampler_, lora_,
-                                           size_, from_, to_, fav, request))
+                                           size_, from_, to_, fav, like_, request))
 
     def empty(request: gr.Request):
         removed = library.empty_trash(_viewer(library, request))

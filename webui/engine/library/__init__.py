@@ -3,6 +3,7 @@ searchable by prompt, model, sampler, LoRA, size and date, private to each login
 
     library = open_library(settings)          one per outputs folder, shared by the UI and the API
     library.search(viewer, q=..., model=...)  a page, newest first, and the cursor of the next
+    library.search(viewer, similar_to=id)     ... those most like that picture first (colours, layout)
     library.item(viewer, id)                  one picture's row (its infotext, file, favourite)
     library.delete / restore / empty_trash    delete moves to outputs/.trash, restorable
     library.reproduce(viewer, id)             the /sdapi/v1 request body that makes it again
@@ -31,6 +32,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import infotext_to_request_fields, parse_infotext
 from webui.engine.core.owners import Viewer, login_folder
 
+from . import _looks
 from ._index import Index, ScanReport, when
 from ._meta import Meta, read_meta
 
@@ -89,7 +91,14 @@ class Library:
     # --- scanning ---------------------------------------------------------------------------
     def start(self) -> threading.Thread:
         """The scan at start, in the background: new, changed and deleted files; a progress line meanwhile."""
-        thread = threading.Thread(target=self.refresh, kwargs={"force": True}, name="kiri-library-scan", daemon=True)
+        def scan_then_look() -> None:
+            self.refresh(force=True)
+            try:  # thumbnails and looks of every picture, for the grid and the "most like" order
+                _looks.fill_missing(self)
+            except sqlite3.Error as exc:
+                log.warning("library: taking looks failed: %s", exc)
+
+        thread = threading.Thread(target=scan_then_look, name="kiri-library-scan", daemon=True)
         thread.start()
         return thread
 
@@ -138,8 +147,9 @@ class Library:
     # --- searching ----------------------------------------------------------------------------
     def search(self, viewer: Viewer, q: str = "", tab: str = "", model: str = "", sampler: str = "", lora: str = "",
                size: str = "", date_from: str = "", date_to: str = "", favourite: bool = False, cursor: str = "",
-               limit: int = PAGE, refresh: bool = True) -> dict:
-        """A page of the viewer's pictures, newest first: {"items", "next" (cursor or None), "progress"}."""
+               limit: int = PAGE, refresh: bool = True, similar_to: int | None = None) -> dict:
+        """A page of the viewer's pictures, newest first: {"items", "next" (cursor or None), "progress"}.
+        `similar_to` (a picture's id): those that look most like it first (colours and layout; _looks.py)."""
         for name, value in (("q", q), ("tab", tab), ("model", model), ("sampler", sampler), ("lora", lora), ("size", size),
                             ("date_from", date_from), ("date_to", date_to), ("cursor", cursor)):
             _check_text(name, value)
@@ -173,6 +183,8 @@ class Library:
                 args.append(stamp)
         if favourite:
             where.append("fav.path IS NOT NULL")
+        if similar_to is not None:
+            return self._similar(viewer, similar_to, q, where, args, cursor, limit)
         if cursor:
             mtime, item_id = _read_cursor(cursor)
             where.append("(f.mtime < ? OR (f.mtime = ? AND f.id < ?))")
@@ -183,23 +195,48 @@ class Library:
         next_cursor = _make_cursor(rows[-1]) if more and rows else None
         return {"items": [self.summary(r) for r in rows], "next": next_cursor, "progress": self.progress}
 
-    def _match(self, q: str, where: list[str], args: list[Any], limit: int) -> list[dict]:
+    def _similar(self, viewer: Viewer, similar_to: Any, q: str, where: list[str], args: list[Any], cursor: str,
+                 limit: int) -> dict:
+        """The search's pictures, most like picture `similar_to` first; the cursor is an offset in that order."""
+        if isinstance(similar_to, bool) or not isinstance(similar_to, int):
+            raise InvalidRequest("similar_to", "similar_to is a picture's id (a whole number)")
+        reference = self._visible(viewer, self.index.get(similar_to))
+        if reference["kind"] != "picture":
+            raise InvalidRequest("similar_to", "a clip cannot be compared; pick a picture")
+        start = 0
+        if cursor:
+            if not cursor.startswith("~") or not cursor[1:].isdigit():
+                raise InvalidRequest("cursor", "not a cursor this server gave (use the `next` of the previous page)")
+            start = int(cursor[1:])
+        candidates = self._match(q, where + ["f.kind = 'picture'"], args, None,
+                                 columns="f.id, f.mtime, f.size, f.path, f.kind, f.root, f.top")
+        ordered, waiting = _looks.rank(self, reference, candidates)
+        page_ids = ordered[start:start + limit]
+        rows = [row for row in (self.index.get(i) for i in page_ids) if row is not None]
+        more = start + limit < len(ordered)
+        progress = self.progress or (f"{waiting:,} pictures not compared yet (their thumbnails are being made); "
+                                     "search again in a moment" if waiting else "")
+        return {"items": [self.summary(r) for r in rows], "next": f"~{start + limit}" if more else None,
+                "progress": progress}
+
+    def _match(self, q: str, where: list[str], args: list[Any], limit: int | None, columns: str | None = None) -> list[dict]:
         """Rows for an FTS5 query; a query FTS5 cannot parse is read again as plain words (each quoted), and
         only a query that fails even so is refused, naming the field: a search string is data."""
         q = (q or "").strip()
         if len(q) > 1000:
             raise InvalidRequest("q", "the search is longer than 1,000 characters")
+        extra = {"columns": columns} if columns else {}
         if not q:
-            return self.index.query(where, args, None, limit)
+            return self.index.query(where, args, None, limit, **extra)
         try:
-            return self.index.query(where, args, q, limit)
+            return self.index.query(where, args, q, limit, **extra)
         except sqlite3.OperationalError:
             pass
         words = " ".join('"' + token.strip('"').replace('"', '""') + '"' for token in _TOKEN.findall(q) if token.strip('"'))
         if not words:
             return []
         try:
-            return self.index.query(where, args, words, limit)
+            return self.index.query(where, args, words, limit, **extra)
         except sqlite3.OperationalError as exc:
             raise InvalidRequest("q", f"this search cannot be read ({exc}); use words, \"a phrase\", AND, OR, NOT") from None
 

@@ -36,6 +36,7 @@ CREATE INDEX IF NOT EXISTS files_mtime ON files(mtime DESC, id DESC);
 CREATE INDEX IF NOT EXISTS files_top ON files(root, top, mtime DESC);
 CREATE TABLE IF NOT EXISTS skipped (path TEXT PRIMARY KEY, size INTEGER, mtime REAL, note TEXT);
 CREATE TABLE IF NOT EXISTS favourites (path TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS looks (id INTEGER PRIMARY KEY, stamp TEXT NOT NULL, v BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(prompt, negative, networks, tokenize='unicode61');
 """
 
@@ -208,6 +209,7 @@ class Index:
         old = db.execute("SELECT id FROM files WHERE path=?", (path,)).fetchone()
         if old is not None:
             db.execute("DELETE FROM fts WHERE rowid=?", (old[0],))
+            db.execute("DELETE FROM looks WHERE id=?", (old[0],))
             db.execute("DELETE FROM files WHERE id=?", (old[0],))
 
     def forget(self, path: str) -> None:
@@ -231,15 +233,39 @@ class Index:
             db.execute("DELETE FROM favourites WHERE path=?", (path,))
         db.commit()
 
-    def query(self, where: list[str], args: list[Any], match: str | None, limit: int) -> list[dict]:
-        sql = "SELECT f.*, fav.path IS NOT NULL AS favourite FROM files f LEFT JOIN favourites fav ON fav.path = f.path"
+    def query(self, where: list[str], args: list[Any], match: str | None, limit: int | None,
+              columns: str = "f.*, fav.path IS NOT NULL AS favourite") -> list[dict]:
+        """Rows newest first (`limit` None: all of them; then ask only for the `columns` needed)."""
+        sql = f"SELECT {columns} FROM files f LEFT JOIN favourites fav ON fav.path = f.path"
         if match is not None:
             where = ["f.id IN (SELECT rowid FROM fts WHERE fts MATCH ?)", *where]
             args = [match, *args]
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY f.mtime DESC, f.id DESC LIMIT ?"
-        return [dict(r) for r in self.db().execute(sql, [*args, limit])]
+        sql += " ORDER BY f.mtime DESC, f.id DESC" + (" LIMIT ?" if limit is not None else "")
+        return [dict(r) for r in self.db().execute(sql, [*args, *([limit] if limit is not None else [])])]
+
+    # --- looks (the Library's "most like this picture" order; library/_looks.py) ----------------
+    def looks(self) -> dict[int, tuple[str, bytes]]:
+        return {row[0]: (row[1], row[2]) for row in self.db().execute("SELECT id, stamp, v FROM looks")}
+
+    def set_look(self, item_id: int, stamp: str, vector: bytes) -> None:
+        db = self.db()
+        if db.execute("SELECT 1 FROM files WHERE id=?", (item_id,)).fetchone() is not None:  # not one gone meanwhile
+            db.execute("INSERT OR REPLACE INTO looks VALUES (?,?,?)", (item_id, stamp, vector))
+            db.commit()
+
+    @staticmethod
+    def look_stamp(row: dict) -> str:
+        """Which file a look was taken from (missing_looks computes the same in SQL)."""
+        return f"{int(row['mtime'] * 1000)}-{row['size']}"
+
+    def missing_looks(self, limit: int) -> list[dict]:
+        """Pictures whose look is not recorded for their current file (new or changed), newest first."""
+        return [dict(r) for r in self.db().execute(
+            "SELECT f.* FROM files f LEFT JOIN looks l ON l.id = f.id "
+            "WHERE l.id IS NULL OR l.stamp != (CAST(CAST(f.mtime * 1000 AS INTEGER) AS TEXT) || '-' || f.size) "
+            "ORDER BY f.mtime DESC LIMIT ?", (limit,))]
 
     def distinct(self, column: str, where: list[str], args: list[Any]) -> list[str]:
         assert column in ("model", "sampler", "tab")
