@@ -33,7 +33,7 @@ from webui.engine.core.infotext import infotext_to_request_fields, parse_infotex
 from webui.engine.core.owners import Viewer, login_folder
 
 from . import _looks
-from ._index import Index, ScanReport, when
+from ._index import LOOKS_JOIN, Index, ScanReport, when
 from ._meta import Meta, read_meta
 
 __all__ = ["Library", "Meta", "NotFound", "ScanReport", "open_library", "read_meta", "reproduce_body", "register"]
@@ -208,8 +208,9 @@ class Library:
             if not cursor.startswith("~") or not cursor[1:].isdigit():
                 raise InvalidRequest("cursor", "not a cursor this server gave (use the `next` of the previous page)")
             start = int(cursor[1:])
-        candidates = self._match(q, where + ["f.kind = 'picture'"], args, None,
-                                 columns="f.id, f.mtime, f.size, f.path, f.kind, f.root, f.top")
+        def candidates() -> list[dict]:  # each with its current look (l.v), in one query
+            return self._match(q, where + ["f.kind = 'picture'"], args, None, columns="f.id, l.v", join=LOOKS_JOIN)
+
         ordered, waiting = _looks.rank(self, reference, candidates)
         page_ids = ordered[start:start + limit]
         rows = [row for row in (self.index.get(i) for i in page_ids) if row is not None]
@@ -219,13 +220,14 @@ class Library:
         return {"items": [self.summary(r) for r in rows], "next": f"~{start + limit}" if more else None,
                 "progress": progress}
 
-    def _match(self, q: str, where: list[str], args: list[Any], limit: int | None, columns: str | None = None) -> list[dict]:
+    def _match(self, q: str, where: list[str], args: list[Any], limit: int | None, columns: str | None = None,
+               join: str = "") -> list[dict]:
         """Rows for an FTS5 query; a query FTS5 cannot parse is read again as plain words (each quoted), and
         only a query that fails even so is refused, naming the field: a search string is data."""
         q = (q or "").strip()
         if len(q) > 1000:
             raise InvalidRequest("q", "the search is longer than 1,000 characters")
-        extra = {"columns": columns} if columns else {}
+        extra = {"columns": columns, "join": join} if columns else {}
         if not q:
             return self.index.query(where, args, None, limit, **extra)
         try:

@@ -41,6 +41,12 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(prompt, negative, networks, to
 """
 
 
+# A look's stamp as SQL (Index.look_stamp computes the same in Python), and the join that gives each row
+# its current look as `l.v` (NULL when none is recorded for the file as it is now).
+_STAMP_SQL = "(CAST(CAST(f.mtime * 1000 AS INTEGER) AS TEXT) || '-' || f.size)"
+LOOKS_JOIN = f"LEFT JOIN looks l ON l.id = f.id AND l.stamp = {_STAMP_SQL}"
+
+
 @dataclass
 class ScanReport:
     seen: int = 0
@@ -234,9 +240,10 @@ class Index:
         db.commit()
 
     def query(self, where: list[str], args: list[Any], match: str | None, limit: int | None,
-              columns: str = "f.*, fav.path IS NOT NULL AS favourite") -> list[dict]:
-        """Rows newest first (`limit` None: all of them; then ask only for the `columns` needed)."""
-        sql = f"SELECT {columns} FROM files f LEFT JOIN favourites fav ON fav.path = f.path"
+              columns: str = "f.*, fav.path IS NOT NULL AS favourite", join: str = "") -> list[dict]:
+        """Rows newest first (`limit` None: all of them; then ask only for the `columns` needed, and `join`
+        what they come from, e.g. LOOKS_JOIN)."""
+        sql = f"SELECT {columns} FROM files f LEFT JOIN favourites fav ON fav.path = f.path {join}"
         if match is not None:
             where = ["f.id IN (SELECT rowid FROM fts WHERE fts MATCH ?)", *where]
             args = [match, *args]
@@ -246,8 +253,10 @@ class Index:
         return [dict(r) for r in self.db().execute(sql, [*args, *([limit] if limit is not None else [])])]
 
     # --- looks (the Library's "most like this picture" order; library/_looks.py) ----------------
-    def looks(self) -> dict[int, tuple[str, bytes]]:
-        return {row[0]: (row[1], row[2]) for row in self.db().execute("SELECT id, stamp, v FROM looks")}
+    def look(self, row: dict) -> bytes | None:
+        """The look recorded for this file as it is now (None: none, or taken before it changed)."""
+        found = self.db().execute("SELECT v FROM looks WHERE id=? AND stamp=?", (row["id"], self.look_stamp(row))).fetchone()
+        return found[0] if found is not None else None
 
     def set_look(self, item_id: int, stamp: str, vector: bytes) -> None:
         db = self.db()
@@ -264,7 +273,7 @@ class Index:
         """Pictures whose look is not recorded for their current file (new or changed), newest first."""
         return [dict(r) for r in self.db().execute(
             "SELECT f.* FROM files f LEFT JOIN looks l ON l.id = f.id "
-            "WHERE l.id IS NULL OR l.stamp != (CAST(CAST(f.mtime * 1000 AS INTEGER) AS TEXT) || '-' || f.size) "
+            f"WHERE l.id IS NULL OR l.stamp != {_STAMP_SQL} "
             "ORDER BY f.mtime DESC LIMIT ?", (limit,))]
 
     def distinct(self, column: str, where: list[str], args: list[Any]) -> list[str]:

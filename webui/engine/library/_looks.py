@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -56,33 +56,24 @@ def fill_missing(library: Any, budget_s: float | None = None, batch: int = 200) 
     return taken
 
 
-def rank(library: Any, reference: dict, candidates: list[dict]) -> tuple[list[int], int]:
-    """The candidates' ids, most like `reference` first (the reference itself left out), and how many
-    could not be compared yet (no look recorded for their current file)."""
+def rank(library: Any, reference: dict, candidates: Callable[[], list[dict]]) -> tuple[list[int], int]:
+    """The ids of the pictures `candidates()` gives (rows with `id` and their current look `v`, or None;
+    asked again after missing looks were taken), most like `reference` first, the reference itself left out,
+    and how many could not be compared yet."""
     from webui.engine.core.errors import InvalidRequest
 
-    known = library.index.looks()
-    stamp = library.index.look_stamp(reference)
-    ref = known.get(reference["id"])
-    vector = ref[1] if ref is not None and ref[0] == stamp else take_look(library, reference)
+    vector = library.index.look(reference) or take_look(library, reference)
     if vector is None:
         raise InvalidRequest("similar_to", "this picture cannot be drawn, so no picture can be compared with it")
-    if any(known.get(c["id"], ("",))[0] != library.index.look_stamp(c) for c in candidates):
+    rows = candidates()
+    if any(r["v"] is None for r in rows):
         fill_missing(library, BUDGET_S)
-        known = library.index.looks()
-    ids, looks, waiting = [], [], 0
-    for c in candidates:
-        if c["id"] == reference["id"]:
-            continue
-        found: Any = known.get(c["id"])
-        if found is None or found[0] != library.index.look_stamp(c) or len(found[1]) != SIZE:
-            waiting += 1
-            continue
-        ids.append(c["id"])
-        looks.append(found[1])
-    if not ids:
-        return [], waiting
-    matrix = np.frombuffer(b"".join(looks), dtype=np.uint8).reshape(len(ids), SIZE).astype(np.float32)
-    distance = np.square(matrix - np.frombuffer(vector, dtype=np.uint8).astype(np.float32)).sum(axis=1)
+        rows = candidates()
+    rows = [r for r in rows if r["id"] != reference["id"]]
+    usable = [r for r in rows if r["v"] is not None and len(r["v"]) == SIZE]
+    if not usable:
+        return [], len(rows)
+    matrix = np.frombuffer(b"".join(r["v"] for r in usable), dtype=np.uint8).reshape(len(usable), SIZE)
+    distance = np.square(matrix.astype(np.float32) - np.frombuffer(vector, dtype=np.uint8).astype(np.float32)).sum(axis=1)
     order = np.argsort(distance, kind="stable")  # ties keep the newest first
-    return [ids[i] for i in order], waiting
+    return [usable[i]["id"] for i in order], len(rows) - len(usable)
