@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the unit's prompt ({colour} filled in); what the crop shows at 64 px")
     parser.add_argument("--dilate", type=int, default=4, help="the unit's ad_dilate_erode, pixels at 256 px")
     parser.add_argument("--padding", type=int, default=32, help="the unit's only-masked padding, pixels at 256 px")
+    parser.add_argument("--passes", type=int, default=1, help="units with these settings, one after the other")
+    parser.add_argument("--inpaint-size", type=int, default=0, help="redraw each region at this size (0: the model's)")
     parser.add_argument("--grid", type=Path, default=None, help="write the before/after grid here (JPEG)")
     args = parser.parse_args(argv)
 
@@ -120,10 +122,13 @@ def main(argv: list[str] | None = None) -> int:
                 unit_dict = {"ad_model": WORD, "ad_prompt": args.unit_prompt.format(colour=colour),
                              "ad_denoising_strength": args.strength, "ad_confidence": 0.5,
                              "ad_dilate_erode": args.dilate, "ad_inpaint_only_masked_padding": args.padding}
+                if args.inpaint_size:
+                    unit_dict.update(ad_use_inpaint_width_height=True, ad_inpaint_width=args.inpaint_size,
+                                     ad_inpaint_height=args.inpaint_size)
                 unit = detailer.unit_from(unit_dict, "unit", [])
                 request = Img2ImgRequest(prompt=prompt, steps=args.steps, width=64, height=64, seed=seed,
                                          init_image=before, save_images=False, model="kiri-shapes-ldm",
-                                         addons={"adetailer": {"units": [unit_dict], "skip_img2img": True}})
+                                         addons={"adetailer": {"units": [unit_dict] * args.passes, "skip_img2img": True}})
                 after = engine.img2img(request).images[0]
                 regions, touched, union = region_masks(engine, before, unit)
                 diff = np.abs(np.asarray(after, np.int16) - np.asarray(before, np.int16)).sum(axis=2) > 0
