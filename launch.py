@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     exposed = args.listen or args.share
     settings = Settings(models_dir=args.models_dir, outputs_dir=args.outputs_dir, device=args.device,
                         library_dirs=list(args.library_dir), memory_mode=args.memory_mode,
-                        memory_limit_mb=args.memory_limit_mb,
+                        memory_limit_mb=args.memory_limit_mb, fast_path=not args.no_fast_path,
+                        compile_blocks=args.compile, fp8_weights=args.fp8_weights, attention_backend=args.attention,
                         allow_pickle=args.allow_pickle, extensions_dir=args.extensions_dir,
                         allow_extension_install=not exposed or args.enable_insecure_extension_access)
     settings.load_saved(args.settings_file)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from webui.engine.core.devices import DEVICE_CHOICES
+from webui.engine.core.fastpath import ATTENTION_CHOICES
 from webui.engine.core.memory import MEMORY_MODE_CHOICES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "none, vae-tiling, model-offload, sequential-offload or batch-split forces one")
     p.add_argument("--memory-limit-mb", type=int, default=0, metavar="MB",
                    help="count at most this much device memory as free when planning (a shared GPU); 0: all of it")
+    p.add_argument("--no-fast-path", action="store_true",
+                   help="on CUDA, keep diffusers' defaults: no TF32, attention backend or channels_last (see docs/performance.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the denoiser's repeated blocks on CUDA: faster steps after a first image that waits for the compile")
+    p.add_argument("--fp8-weights", action="store_true",
+                   help="on CUDA, store the denoiser's weights in fp8 (layerwise casting): about half the VRAM, slightly different pictures")
+    p.add_argument("--attention", choices=ATTENTION_CHOICES, default="auto",
+                   help="attention backend for denoisers that use diffusers' dispatcher (Flux): auto (default) picks "
+                        "FlashAttention 3/2 when installed, else PyTorch SDPA")
     p.add_argument("--models-dir", type=Path, default=ROOT / "models", help="folder holding checkpoints/ (default: models)")
     p.add_argument("--outputs-dir", type=Path, default=ROOT / "outputs", help="where images are saved (default: outputs)")
     p.add_argument("--library-dir", type=Path, action="append", default=[], metavar="DIR",

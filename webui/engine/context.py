@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 from webui.engine.core.devices import DeviceChoice, resolve_device
+from webui.engine.core.fastpath import FastPathOptions
 from webui.engine.core.jobs import KEEP_FINISHED, Job, JobStore
 from webui.engine.core.results import ResultArchive
 from webui.engine.core.specs import JobSpec
@@ -71,6 +72,8 @@ class Engine:
                     self.catalog, device, self.settings.allow_pickle, self.settings.model_cache_size,
                     on_loaded=lambda model: self.hooks.notify("on_model_loaded", model),
                     memory_budget=self.settings.model_memory_budget_mb * 2**20,
+                    fast_path=FastPathOptions(self.settings.fast_path, self.settings.compile_blocks,
+                                              self.settings.fp8_weights, self.settings.attention_backend),
                 )
                 for kind, loader in self._loaders.items():
                     self._models.add_loader(kind, loader)

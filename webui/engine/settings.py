@@ -42,6 +42,13 @@ class Settings:
     # (a GPU shared with other work; tests fake a small card with it); 0: what the device says.
     memory_mode: str = "auto"
     memory_limit_mb: int = 0
+    # The GPU fast path (core/fastpath.py), decided per checkpoint when it loads: on by default where safe
+    # (--no-fast-path turns it off); regional torch.compile (--compile) and fp8 weight storage (--fp8-weights)
+    # are opt-in; attention_backend "auto" picks SDPA or the fastest installed exact backend (--attention).
+    fast_path: bool = True
+    compile_blocks: bool = False
+    fp8_weights: bool = False
+    attention_backend: str = "auto"
     default_model: str | None = None
     save_images: bool = True
     image_format: str = "png"

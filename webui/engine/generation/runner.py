@@ -239,7 +239,9 @@ def plan_memory(engine: "Engine", model: "LoadedModel", session: AddonSession, r
     if model.derived.get("memory_plan_text") != plan.text():  # a stage per video frame: logged once, not per frame
         log.info("job %s on %s: %s", job.id[:8], model.name, plan.text())
         model.derived["memory_plan_text"] = plan.text()
-    job.note = plan.text()
+    fast = model.fast_path
+    # The fast path the checkpoint got (core/fastpath.py) beside the memory plan, where it is on.
+    job.note = plan.text() + (f"; {fast.text()}" if fast is not None and fast.on else "")
     return plan
 
 

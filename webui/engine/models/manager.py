@@ -21,6 +21,7 @@ from webui.engine.models import sd3_file
 from webui.engine.models.catalog import Catalog, CatalogEntry
 from webui.engine.core.addons import derived_bytes
 from webui.engine.core import memory
+from webui.engine.core import fastpath
 from webui.engine.core.devices import DeviceChoice, DtypePlan, free_memory
 from webui.engine.core.errors import ModelLoadError, ModelNotFound, PickleRefused
 from webui.engine.models.families import CUSTOM_SIGMA_FAMILIES, FAMILIES, UnknownFamily, family_from_keys, prediction_from_config
@@ -64,6 +65,7 @@ class LoadedModel:
     sha256: str
     device: str
     dtypes: DtypePlan | None = None  # what each component was loaded in (core.devices.dtype_policy)
+    fast_path: fastpath.FastPathPlan | None = None  # the speed switches it got, as applied (core/fastpath.py)
 
     @property
     def name(self) -> str:
@@ -99,6 +101,7 @@ class ModelManager:
         cache_size: int = 1,
         on_loaded: Callable[[LoadedModel], None] | None = None,
         memory_budget: int = 0,
+        fast_path: fastpath.FastPathOptions = fastpath.FastPathOptions(),
     ):
         self.catalog = catalog
         self.device = device
@@ -112,6 +115,8 @@ class ModelManager:
         self._current: LoadedModel | None = None
         self._on_loaded = on_loaded
         self.loading: CatalogEntry | None = None  # the model being read from disk, for status lines
+        self.fast_path = fast_path
+        self._facts: fastpath.DeviceFacts | None = None  # probed on the first load
 
     @property
     def current(self) -> LoadedModel | None:
@@ -258,12 +263,26 @@ class ModelManager:
         else:
             pipeline, family, plan = self._load_single_file(entry)
         _apply_plan(pipeline, plan)
+        fast = self._apply_fast_path(entry, pipeline, family or "sd1", plan)
         pipeline.set_progress_bar_config(disable=True)
         # What the denoiser predicts comes from the scheduler config that was loaded: for a single
         # file that is models/configs/<family>/ (an SD 2.x 768-v file is v-prediction), which the
         # catalog's scan of weight names cannot know.
         prediction = prediction_from_config(dict(pipeline.scheduler.config))
-        return LoadedModel(entry, pipeline, family or "sd1", prediction, sha256, "cpu", plan)
+        return LoadedModel(entry, pipeline, family or "sd1", prediction, sha256, "cpu", plan, fast)
+
+    def facts(self) -> fastpath.DeviceFacts:
+        if self._facts is None:
+            self._facts = fastpath.probe(self.device.device)
+        return self._facts
+
+    def _apply_fast_path(self, entry: CatalogEntry, pipeline: Any, family: str, plan: DtypePlan) -> fastpath.FastPathPlan:
+        """The fast path for this checkpoint on this device (core/fastpath.py), applied and logged."""
+        facts = self.facts()
+        wanted = fastpath.fast_path_plan(facts, family, self.fast_path, vae_upcast=plan.vae_upcast)
+        applied = fastpath.apply(pipeline, wanted)
+        log.info("%s on %s%s: %s", entry.name, facts.device, f" ({facts.name})" if facts.name else "", applied.text())
+        return applied
 
     def _load_folder(self, entry: CatalogEntry, plan: DtypePlan) -> Any:
         import diffusers
