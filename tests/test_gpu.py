@@ -164,6 +164,75 @@ def test_family_on_cuda(cuda, gpu_models_dir, tmp_path, name, dtype):
     _same(np.asarray(first), np.asarray(again))
 
 
+# --- the fast path (core/fastpath.py) --------------------------------------------------------------
+
+def _fast_engine(root, tmp_path, dtype: str, **options):
+    from webui.bootstrap import build_engine
+    from webui.engine.settings import Settings
+
+    engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", save_images=False, **options), Forced(DEVICE, dtype))
+    engine.catalog.scan()
+    if not ON_CUDA:  # a dry run: the plan of a made-up Hopper card, applied on the test device
+        from dataclasses import replace
+
+        from webui.engine.core.fastpath import probe
+
+        engine.models._facts = replace(probe("cpu"), device="cuda", name="dry run", capability=(9, 0), bf16=True)
+    return engine
+
+
+def _fast_images(engine, name: str):
+    from webui.engine.core.jobs import Job
+    from webui.engine.generation.requests import Txt2ImgRequest
+
+    model = engine.models.get(name)
+    sampler = "Flow Euler" if model.prediction == "flow" else "Euler"
+    request = Txt2ImgRequest("a red circle", steps=3, width=SIZE, height=SIZE, seed=3, model=name, sampler_name=sampler,
+                             save_images=False, batch_size=2)
+    job = Job()
+    first = engine.txt2img(request, job).images
+    again = engine.txt2img(request).images
+    return model, job, _check_pictures(first, (SIZE, SIZE)), _check_pictures(again, (SIZE, SIZE))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, indirect=True)
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_fast_path_by_default_on_cuda(cuda, gpu_models_dir, tmp_path, name, dtype):
+    """The default fast path is applied at load (TF32 on Ampere+, channels_last UNet/VAE, the attention
+    backend) and said in the job's status; the pictures are finite and repeat for the same seed."""
+    import torch
+
+    engine = _fast_engine(gpu_models_dir, tmp_path, dtype)
+    model, job, first, again = _fast_images(engine, name)
+    plan = model.fast_path
+    major, minor = engine.models.facts().capability
+    if (major, minor) >= (8, 0):
+        assert plan.tf32 and torch.backends.cuda.matmul.allow_tf32
+    else:
+        assert not plan.tf32
+    if model.family in ("sd1", "sdxl") and (major, minor) >= (7, 0):
+        assert "unet" in plan.channels_last
+        assert model.pipeline.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plan.text() in job.note, job.note
+    _same(first, again)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, indirect=True)
+@pytest.mark.parametrize("name", ["tiny-sd", "tiny-flux"])
+def test_fast_path_compiled_and_fp8_on_cuda(cuda, gpu_models_dir, tmp_path, name, dtype):
+    """--compile and --fp8-weights together: the repeated blocks compiled, the denoiser's big weights
+    stored in fp8, the pictures finite."""
+    import torch
+
+    engine = _fast_engine(gpu_models_dir, tmp_path, dtype, compile_blocks=True, fp8_weights=True)
+    model, job, first, again = _fast_images(engine, name)
+    plan = model.fast_path
+    assert plan.compile in ("repeated-blocks", "blocks") and plan.fp8_storage, plan
+    denoiser = getattr(model.pipeline, "unet", None) or model.pipeline.transformer
+    assert torch.float8_e4m3fn in {p.dtype for p in denoiser.parameters()}
+    _same(first, again, tolerance=4)
+
+
 # --- video ---------------------------------------------------------------------------------------
 
 def _clip_arrays(result, frames: int, fps: float) -> np.ndarray:
