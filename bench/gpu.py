@@ -147,6 +147,13 @@ def build_folder(arch: dict, folder: Path, dtype, device: str) -> Path:
 
 # --- timing ----------------------------------------------------------------------------------------
 
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def _free(device: str) -> None:
     import torch
 
@@ -157,122 +164,153 @@ def _free(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _timed(make, runs: int, device: str) -> tuple[list[float], float]:
-    """`runs` images after the caller's first: their times and the peak VRAM (GB) while they ran."""
-    import torch
+@dataclass
+class Mode:
+    """One row's setup: `make()` makes one picture; `first_s` is load + first picture; `close()` frees it."""
 
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        make()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
-    return times, peak
+    name: str
+    make: object
+    first_s: float
+    note: str
+    close: object
 
 
-def run_diffusers(name: str, folder: Path, family: str, dtype, device: str, size: int, steps: int, runs: int,
-                  cfg: float, tf32_defaults: tuple[bool, bool]) -> Row:
+def diffusers_mode(folder: Path, family: str, dtype, device: str, size: int, steps: int, cfg: float,
+                   tf32_defaults: tuple[bool, bool]) -> Mode:
     """The hand-written baseline: from_pretrained in the half dtype, .to(device), pipe(...)."""
     import diffusers
     import torch
 
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_defaults
-    _free(device)
+    def defaults():  # PyTorch's TF32 defaults: Kiri's fast path turns TF32 on process-wide
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32_defaults
+
+    defaults()
     started = time.perf_counter()
     left_out = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}  # SD3 without T5
-    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), torch_dtype=dtype, **left_out).to(device)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, **left_out).to(device)
     pipe.set_progress_bar_config(disable=True)
+    if family not in ("sd3", "flux"):
+        # Euler, as Kiri's row uses (a default model's own DPM++ scheduler makes other latents, and on
+        # the CPU denormal values in them cost up to 10x per step: not what is being compared)
+        pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
     def make():
+        defaults()
         return pipe(PROMPT, num_inference_steps=steps, height=size, width=size, guidance_scale=cfg,
                     generator=torch.Generator().manual_seed(1)).images
 
     make()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    first = time.perf_counter() - started
-    times, peak = _timed(make, runs, device)
-    del pipe
-    _free(device)
-    s = statistics.median(times)
-    return Row(name, "diffusers", s, steps / s, 1.0, peak, first)
+    _sync(device)
+    holder = [pipe]
+    return Mode("diffusers", make, time.perf_counter() - started, "", holder.clear)
 
 
-def run_kiri(name: str, models_dir: Path, family: str, device_choice, size: int, steps: int, runs: int, cfg: float,
-             mode: str, step_cache: str | None, **settings) -> Row:
+def kiri_mode(label: str, name: str, models_dir: Path, device_choice, size: int, steps: int, cfg: float,
+              step_cache: str | None, **settings) -> Mode:
     """Kiri's engine on the same folder: build_engine, load_model, engine.txt2img as the UI and API do."""
     from webui.bootstrap import build_engine
     from webui.engine.generation.requests import Txt2ImgRequest
     from webui.engine.settings import Settings
 
-    device = device_choice.device
-    _free(device)
-    with tempfile.TemporaryDirectory() as out:
-        started = time.perf_counter()
-        engine = build_engine(Settings(models_dir=models_dir, outputs_dir=Path(out), save_images=False, **settings),
-                              device_choice)
-        model = engine.load_model(name)
-        sampler = "Flow Euler" if model.prediction == "flow" else "Euler"
-        request = Txt2ImgRequest(PROMPT, steps=steps, width=size, height=size, seed=1, model=name, sampler_name=sampler,
-                                 cfg_scale=cfg, save_images=False,
-                                 addons={"step_cache": step_cache} if step_cache else {})
+    out = tempfile.TemporaryDirectory()
+    started = time.perf_counter()
+    engine = build_engine(Settings(models_dir=models_dir, outputs_dir=Path(out.name), save_images=False, **settings),
+                          device_choice)
+    model = engine.load_model(name)
+    sampler = "Flow Euler" if model.prediction == "flow" else "Euler"
+    request = Txt2ImgRequest(PROMPT, steps=steps, width=size, height=size, seed=1, model=name, sampler_name=sampler,
+                             cfg_scale=cfg, save_images=False, addons={"step_cache": step_cache} if step_cache else {})
 
-        def make():
-            return engine.txt2img(request).images
+    def make():
+        return engine.txt2img(request).images
 
-        make()
-        if device.startswith("cuda"):
-            import torch
+    make()
+    _sync(device_choice.device)
+    first = time.perf_counter() - started
+    note = (model.fast_path.text() if model.fast_path is not None else "") + (f"; step cache {step_cache}" if step_cache else "")
 
-            torch.cuda.synchronize()
-        first = time.perf_counter() - started
-        times, peak = _timed(make, runs, device)
-        note = model.fast_path.text() if model.fast_path is not None else ""
-        engine.models.unload()
-        del engine, model
-    if settings.get("compile_blocks"):
+    def close():
         import torch
 
-        torch._dynamo.reset()
-    _free(device)
-    s = statistics.median(times)
-    return Row(name, mode, s, steps / s, 0.0, peak, first, note + (f"; step cache {step_cache}" if step_cache else ""))
+        engine.models.unload()
+        out.cleanup()
+        if settings.get("compile_blocks"):
+            torch._dynamo.reset()
+
+    return Mode(label, make, first, note, close)
+
+
+def timed_rows(model: str, setups: list, runs: int, steps: int, device: str, interleave: bool) -> list[Row]:
+    """Each setup's row. One after another (the default on a GPU: each row's peak VRAM is its own), or
+    all loaded at once and their images made in turns (on a shared CPU: a busy spell slows every row alike)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    rows: list[Row] = []
+    if interleave:
+        modes = [setup() for setup in setups]
+        times: list[list[float]] = [[] for _ in modes]
+        for _ in range(runs):
+            for mode, spent in zip(modes, times):
+                started = time.perf_counter()
+                mode.make()
+                _sync(device)
+                spent.append(time.perf_counter() - started)
+        for mode, spent in zip(modes, times):
+            s = statistics.median(spent)
+            rows.append(Row(model, mode.name, s, steps / s, 1.0, 0.0, mode.first_s, mode.note))
+            mode.close()
+        _free(device)
+    else:
+        for setup in setups:
+            _free(device)
+            mode = setup()
+            _sync(device)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            spent = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                mode.make()
+                _sync(device)
+                spent.append(time.perf_counter() - started)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+            s = statistics.median(spent)
+            rows.append(Row(model, mode.name, s, steps / s, 1.0, peak, mode.first_s, mode.note))
+            mode.close()
+            del mode
+            _free(device)
+    for row in rows[1:]:
+        row.speedup = rows[0].s_per_image / row.s_per_image
+    return rows
 
 
 # --- the run ---------------------------------------------------------------------------------------
 
 def print_rows(rows: list[Row], header: str) -> None:
-    print(header)
-    print(f"{'model':18} {'mode':22} {'s/image':>8} {'it/s':>7} {'vs diffusers':>12} {'peak VRAM GB':>12} {'1st image s':>11}  fast path")
+    if header:
+        print(header)
+    print(f"{'model':18} {'mode':18} {'s/image':>8} {'it/s':>7} {'vs diffusers':>12} {'peak VRAM GB':>12} {'1st image s':>11}  fast path")
     for r in rows:
-        print(f"{r.model:18} {r.mode:22} {r.s_per_image:8.3f} {r.it_s:7.2f} {r.speedup:11.2f}x {r.peak_vram_gb:12.2f} "
+        print(f"{r.model:18} {r.mode:18} {r.s_per_image:8.3f} {r.it_s:7.2f} {r.speedup:11.2f}x {r.peak_vram_gb:12.2f} "
               f"{r.first_image_s:11.1f}  {r.note}")
     sys.stdout.flush()
 
 
 def bench_model(name: str, models_dir: Path, family: str, device_choice, dtype, size: int, steps: int, runs: int,
-                modes: list[str], step_cache: str | None, tf32_defaults) -> list[Row]:
+                modes: list[str], step_cache: str | None, tf32_defaults, interleave: bool) -> list[Row]:
     device = device_choice.device
     cfg = 3.5 if family == "flux" else 7.0
     folder = models_dir / "checkpoints" / name
-    rows = [run_diffusers(name, folder, family, dtype, device, size, steps, runs, cfg, tf32_defaults)]
     cache = step_cache or STEP_CACHE.get(family)
+    common = (name, models_dir, device_choice, size, steps, cfg)
+    setups = [lambda: diffusers_mode(folder, family, dtype, device, size, steps, cfg, tf32_defaults)]
+    labels = {"kiri": ("kiri", None, {}), "compiled": ("kiri compiled", None, {"compile_blocks": True}),
+              "cached": ("kiri + step cache", cache, {})}
     for mode in modes:
-        if mode == "kiri":
-            rows.append(run_kiri(name, models_dir, family, device_choice, size, steps, runs, cfg, "kiri", None))
-        elif mode == "compiled":
-            rows.append(run_kiri(name, models_dir, family, device_choice, size, steps, runs, cfg, "kiri compiled", None,
-                                 compile_blocks=True))
-        elif mode == "cached":
-            rows.append(run_kiri(name, models_dir, family, device_choice, size, steps, runs, cfg, "kiri + step cache", cache))
-    for row in rows[1:]:
-        row.speedup = rows[0].s_per_image / row.s_per_image
-    return rows
+        label, cached, settings = labels[mode]
+        setups.append(lambda label=label, cached=cached, settings=settings: kiri_mode(label, *common, cached, **settings))
+    return timed_rows(name, setups, runs, steps, device, interleave)
 
 
 def main() -> None:
@@ -287,6 +325,9 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="the CPU mode's models")
     parser.add_argument("--cpu", action="store_true", help="the CPU mode even where CUDA is available")
     parser.add_argument("--dry-run", action="store_true", help="shrunk GPU architectures on the CPU, in fp32")
+    parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
+                        help="load every row's pipeline at once and make their images in turns (default on the CPU, "
+                             "where other work shares the cores; off on a GPU, where each row's peak VRAM is its own)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
 
@@ -329,7 +370,7 @@ def main() -> None:
                       f"(built in {time.perf_counter() - started:.0f} s)")
                 model_rows = bench_model(name, work, family, choice, dtype, size, args.steps, args.runs,
                                          [m for m in modes if device == "cuda" or m != "compiled"], args.step_cache,
-                                         tf32_defaults)
+                                         tf32_defaults, args.interleave)
                 print_rows(model_rows, "")
                 rows += model_rows
         finally:
@@ -343,7 +384,8 @@ def main() -> None:
         for name in CPU_MODELS:
             family = "sd1" if name.endswith("ldm") else "sd3"
             model_rows = bench_model(name, args.models_dir, family, choice, torch.float32, size, args.steps, args.runs,
-                                     [m for m in modes if m != "compiled"], args.step_cache, tf32_defaults)
+                                     [m for m in modes if m != "compiled"], args.step_cache, tf32_defaults,
+                                     args.interleave is not False)
             print_rows(model_rows, "")
             rows += model_rows
     if args.json:

@@ -19,8 +19,13 @@ _SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_bloc
                down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4, norm_num_groups=32)
 _SD3_VAE = dict(_SD_VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
 
+# SD 1.x/SDXL's scheduler config (Euler, as in both rows of the benchmark)
+_SD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1,
+                     timestep_spacing="leading", prediction_type="epsilon")
+
 SD15 = {
     "pipeline": "StableDiffusionPipeline", "family": "sd1", "size": 512, "scheduler": "EulerDiscreteScheduler",
+    "scheduler_config": _SD_SCHEDULER,
     "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280, 1280],
                  down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
                  up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
@@ -31,6 +36,7 @@ SD15 = {
 
 SDXL = {
     "pipeline": "StableDiffusionXLPipeline", "family": "sdxl", "size": 1024, "scheduler": "EulerDiscreteScheduler",
+    "scheduler_config": _SD_SCHEDULER,
     "unet": dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=[320, 640, 1280],
                  down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
                  up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
