@@ -190,8 +190,7 @@ def diffusers_mode(folder: Path, family: str, dtype, device: str, size: int, ste
     pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), dtype=dtype, **left_out).to(device)
     pipe.set_progress_bar_config(disable=True)
     if family not in ("sd3", "flux"):
-        # Euler, as Kiri's row uses (a default model's own DPM++ scheduler makes other latents, and on
-        # the CPU denormal values in them cost up to 10x per step: not what is being compared)
+        # Euler, as Kiri's rows use (a default model's folder may name another scheduler)
         pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
 
     def make():
