@@ -239,7 +239,7 @@ def kiri_mode(label: str, name: str, models_dir: Path, device_choice, size: int,
     return Mode(label, make, first, note, close)
 
 
-def timed_rows(model: str, setups: list, runs: int, steps: int, device: str, interleave: bool) -> list[Row]:
+def timed_rows(model: str, setups: list, runs: int, steps: int, device: str, interleave: bool, warmup: int = 0) -> list[Row]:
     """Each setup's row. One after another (the default on a GPU: each row's peak VRAM is its own), or
     all loaded at once and their images made in turns (on a shared CPU: a busy spell slows every row alike)."""
     import torch
@@ -248,6 +248,9 @@ def timed_rows(model: str, setups: list, runs: int, steps: int, device: str, int
     rows: list[Row] = []
     if interleave:
         modes = [setup() for setup in setups]
+        for _ in range(warmup):
+            for mode in modes:
+                mode.make()
         times: list[list[float]] = [[] for _ in modes]
         for _ in range(runs):
             for mode, spent in zip(modes, times):
@@ -264,6 +267,8 @@ def timed_rows(model: str, setups: list, runs: int, steps: int, device: str, int
         for setup in setups:
             _free(device)
             mode = setup()
+            for _ in range(warmup):
+                mode.make()
             _sync(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
@@ -297,7 +302,7 @@ def print_rows(rows: list[Row], header: str) -> None:
 
 
 def bench_model(name: str, models_dir: Path, family: str, device_choice, dtype, size: int, steps: int, runs: int,
-                modes: list[str], step_cache: str | None, tf32_defaults, interleave: bool) -> list[Row]:
+                modes: list[str], step_cache: str | None, tf32_defaults, interleave: bool, warmup: int = 0) -> list[Row]:
     device = device_choice.device
     cfg = 3.5 if family == "flux" else 7.0
     folder = models_dir / "checkpoints" / name
@@ -309,7 +314,7 @@ def bench_model(name: str, models_dir: Path, family: str, device_choice, dtype, 
     for mode in modes:
         label, cached, settings = labels[mode]
         setups.append(lambda label=label, cached=cached, settings=settings: kiri_mode(label, *common, cached, **settings))
-    return timed_rows(name, setups, runs, steps, device, interleave)
+    return timed_rows(name, setups, runs, steps, device, interleave, warmup)
 
 
 def main() -> None:
@@ -324,6 +329,9 @@ def main() -> None:
     parser.add_argument("--models-dir", type=Path, default=ROOT / "models", help="the CPU mode's models")
     parser.add_argument("--cpu", action="store_true", help="the CPU mode even where CUDA is available")
     parser.add_argument("--dry-run", action="store_true", help="shrunk GPU architectures on the CPU, in fp32")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="more untimed images per row after the first (the first always is); on a busy CPU the first "
+                             "few plain-pipeline calls of a process can be many times slower")
     parser.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=None,
                         help="load every row's pipeline at once and make their images in turns (default on the CPU, "
                              "where other work shares the cores; off on a GPU, where each row's peak VRAM is its own)")
@@ -369,7 +377,7 @@ def main() -> None:
                       f"(built in {time.perf_counter() - started:.0f} s)")
                 model_rows = bench_model(name, work, family, choice, dtype, size, args.steps, args.runs,
                                          [m for m in modes if device == "cuda" or m != "compiled"], args.step_cache,
-                                         tf32_defaults, args.interleave)
+                                         tf32_defaults, args.interleave, args.warmup)
                 print_rows(model_rows, "")
                 rows += model_rows
         finally:
@@ -384,7 +392,7 @@ def main() -> None:
             family = "sd1" if name.endswith("ldm") else "sd3"
             model_rows = bench_model(name, args.models_dir, family, choice, torch.float32, size, args.steps, args.runs,
                                      [m for m in modes if m != "compiled"], args.step_cache, tf32_defaults,
-                                     args.interleave is not False)
+                                     args.interleave is not False, args.warmup)
             print_rows(model_rows, "")
             rows += model_rows
     if args.json:

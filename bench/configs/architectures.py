@@ -79,11 +79,11 @@ def shrunk(config: dict) -> dict:
     out = {k: v for k, v in config.items()}
     if "unet" in config:
         n = len(config["unet"]["block_out_channels"])
+        sd1 = config["family"] == "sd1"
         out["unet"] = dict(config["unet"], block_out_channels=[32, 64, 64, 64][:n], layers_per_block=1, norm_num_groups=16,
-                           attention_head_dim=8 if config["family"] == "sd1" else [2, 4, 8][:n], cross_attention_dim=32 if config["family"] == "sd1" else 64,
-                           transformer_layers_per_block=1 if config["family"] == "sd1" else [1, 1, 1])
-        if config["family"] == "sd1":
-            out["unet"].pop("transformer_layers_per_block")
+                           attention_head_dim=8 if sd1 else [2, 4, 8][:n], cross_attention_dim=32 if sd1 else 64)
+        if not sd1:
+            out["unet"]["transformer_layers_per_block"] = [1, 1, 1]
         if config["family"] == "sdxl":
             out["unet"].update(addition_time_embed_dim=8, projection_class_embeddings_input_dim=32 + 6 * 8)
     if "transformer" in config:
