@@ -14,7 +14,7 @@ from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.images import to_rgb
 from webui.engine.generation.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
 from webui.engine.core.jobs import Job
-from webui.engine.samplers.registry import default_sampler
+from webui.engine.generation.defaults import defaults_for
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
 from . import controlnet, extra_networks
@@ -278,7 +278,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
     def on_model_change(title: str | None):
         entry = engine.catalog.find(title) if title else None
         prediction = entry.prediction if entry else "epsilon"
-        return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
+        return gr.update(choices=engine.samplers.names(prediction), value=defaults_for(entry).sampler_name)
 
     model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
     if send is not None:
