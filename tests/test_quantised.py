@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import lora_files
 import tiny_models
 
 pytest.importorskip("gguf")
@@ -31,6 +32,9 @@ def quant_dir(tmp_path_factory):
     tiny_models.save_ldm_single_file(sd, checkpoints / "tiny-sd-single.safetensors")
     tiny_models.save_fp8_single_file(checkpoints / "tiny-sd-single.safetensors", checkpoints / "tiny-sd-fp8.safetensors")
     tiny_models.save_config_folder(sd, root / "configs" / "sd1")
+    from diffusers import StableDiffusionPipeline
+
+    lora_files.save_kohya(StableDiffusionPipeline.from_pretrained(sd), root / "Lora" / "outline.safetensors", scale=0.15)
     return root
 
 
@@ -138,3 +142,25 @@ def test_broken_gguf_is_listed_with_its_problem(tmp_path):
     bad.write_bytes(b"GGUF" + b"\x00" * 10)
     entry = describe(bad)
     assert entry.format == "gguf" and entry.problem and "GGUF" in entry.problem
+
+
+def test_a_lora_on_an_fp8_model_keeps_its_weights_in_the_compute_dtype(quant_engine):
+    """PEFT makes an adapter in its layer's stored dtype: on fp8 layers that would round the LoRA to fp8
+    (and it could not compute there); Kiri's fp8 layers name their compute dtype, so it stays float32."""
+    plain, _ = _picture(quant_engine, "tiny-sd-single", steps=3)
+    plain_lora, _ = _picture_with(quant_engine, "tiny-sd-single", "a red circle <lora:outline:1>")
+    stored_lora, _ = _picture_with(quant_engine, "tiny-sd-fp8", "a red circle <lora:outline:1>")
+    unet = quant_engine.models.current.pipeline.unet
+    adapters = {name: p.dtype for name, p in unet.named_parameters() if ".lora_" in name}
+    assert adapters and set(adapters.values()) == {torch.float32}
+    assert unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.base_layer.weight.dtype == torch.float8_e4m3fn
+    assert np.abs(plain - plain_lora).mean() > 1.0, "the LoRA changes the picture"
+    assert np.abs(plain_lora - stored_lora).mean() < 2.5, "and does so on the fp8 model as on the float one"
+
+
+def _picture_with(engine, model: str, prompt: str):
+    from webui.engine.generation.requests import Txt2ImgRequest
+
+    result = engine.txt2img(Txt2ImgRequest(prompt=prompt, model=model, steps=3, width=64, height=64, seed=7))
+    assert not result.warnings, result.warnings
+    return np.asarray(result.images[0]).astype(np.float64), result.infotexts[0]

@@ -458,7 +458,15 @@ def _store_fp8(entry: CatalogEntry, pipeline: Any, plan: DtypePlan) -> None:
     denoiser = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
     if storage is None or denoiser is None or not hasattr(denoiser, "enable_layerwise_casting"):
         return
-    denoiser.enable_layerwise_casting(storage_dtype=getattr(torch, storage), compute_dtype=plan.torch_dtype("denoiser"))
+    compute = plan.torch_dtype("denoiser")
+    denoiser.enable_layerwise_casting(storage_dtype=getattr(torch, storage), compute_dtype=compute)
+    # A LoRA added later (PEFT) makes its adapter in its layer's dtype, unless the layer names a compute_dtype
+    # (as bitsandbytes' layers do): named here, the adapter's weights are loaded and kept in the compute dtype,
+    # not rounded to fp8 (in which they could not compute either).
+    for module in denoiser.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook("layerwise_casting") is not None:
+            module.compute_dtype = compute
 
 
 def _read_class_name(folder: Path) -> str:
