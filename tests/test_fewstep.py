@@ -155,19 +155,40 @@ def test_sdapi_fills_what_the_client_left_out(fewstep_dir, tmp_path):
 
 
 def test_the_tab_follows_the_picked_models_defaults(fewstep_engine):
-    from webui.engine.generation.defaults import defaults_for
-    from webui.ui.txt2img import _defaults_plain, follow_defaults
+    from webui.ui.txt2img import defaults_update
 
     catalog = fewstep_engine.catalog
-    ordinary = _defaults_plain(defaults_for(catalog.find("tiny-sd")))
-    lcm = defaults_for(catalog.find("tiny-distilled"))
-    assert "LCM few-step this model" in lcm.note and "4 steps, CFG 1.5" in lcm.note
-    # values left at the ordinary defaults take the LCM model's
-    schedule, steps, cfg = follow_defaults(ordinary, lcm, "Automatic", 20, 7.0)
-    assert (schedule["value"], steps["value"], cfg["value"]) == ("Automatic", 4, 1.5)
+    ordinary = {"sampler": "DPM++ 2M", "schedule": "Automatic", "steps": 20, "cfg": 7.0}
+    lcm_title = catalog.title(catalog.find("tiny-distilled"))
+    # values left at the ordinary model's defaults take the LCM model's, and the note says why
+    sampler, schedule, steps, cfg, note, state = defaults_update(fewstep_engine, lcm_title, "a red circle", "DPM++ 2M",
+                                                                 "Automatic", 20, 7.0, ordinary, model_changed=True)
+    assert (sampler["value"], schedule["value"], steps["value"], cfg["value"]) == ("LCM", "Automatic", 4, 1.5)
+    assert note["visible"] and "LCM few-step this model (from its scheduler config): LCM, 4 steps, CFG 1.5" in note["value"]
+    assert state == {"sampler": "LCM", "schedule": "Automatic", "steps": 4, "cfg": 1.5}
     # a value the user changed is kept
-    schedule, steps, cfg = follow_defaults(ordinary, lcm, "Karras", 30, 7.0)
+    _, schedule, steps, cfg, _, _ = defaults_update(fewstep_engine, lcm_title, "", "DPM++ 2M", "Karras", 30, 7.0, ordinary,
+                                                    model_changed=True)
     assert "value" not in schedule and "value" not in steps and cfg["value"] == 1.5
-    # and back: an LCM model's defaults return to 20 steps at CFG 7 on an ordinary model
-    _, steps, cfg = follow_defaults(_defaults_plain(lcm), defaults_for(catalog.find("tiny-sd")), "Automatic", 4, 1.5)
-    assert (steps["value"], cfg["value"]) == (20, 7.0)
+    # and back on an ordinary model: 20 steps at CFG 7, the note hidden
+    _, _, steps, cfg, note, _ = defaults_update(fewstep_engine, "tiny-sd", "", "LCM", "Automatic", 4, 1.5, state,
+                                                model_changed=True)
+    assert (steps["value"], cfg["value"], note["visible"]) == (20, 7.0, False)
+
+
+def test_the_tab_follows_a_few_step_lora_in_the_prompt(fewstep_engine):
+    from webui.ui.txt2img import defaults_update
+
+    ordinary = {"sampler": "DPM++ 2M", "schedule": "Automatic", "steps": 20, "cfg": 7.0}
+    # typing an ordinary prompt changes nothing
+    typed = defaults_update(fewstep_engine, "tiny-sd", "a red circle <lora:lightning-bolts:1>", "DPM++ 2M", "Automatic",
+                            20, 7.0, ordinary)
+    assert all("value" not in u for u in typed[:5]) and typed[5] == ordinary
+    # the LCM LoRA's card puts its tag in: its recipe, the sampler too (it was at the default)
+    sampler, _, steps, cfg, note, state = defaults_update(fewstep_engine, "tiny-sd", "a red circle <lora:fast-lcm-lora-sd15:1>",
+                                                          "DPM++ 2M", "Automatic", 20, 7.0, ordinary)
+    assert (sampler["value"], steps["value"], cfg["value"]) == ("LCM", 4, 1.5) and "LoRA fast-lcm-lora-sd15" in note["value"]
+    # taken out again: the model's defaults come back
+    sampler, _, steps, cfg, _, back = defaults_update(fewstep_engine, "tiny-sd", "a red circle", "LCM", "Automatic", 4, 1.5,
+                                                      state)
+    assert (sampler["value"], steps["value"], cfg["value"], back) == ("DPM++ 2M", 20, 7.0, ordinary)

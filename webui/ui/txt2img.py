@@ -57,19 +57,37 @@ def _defaults_plain(defaults: ModelDefaults) -> dict[str, Any]:
             "cfg": defaults.cfg_scale}
 
 
-def follow_defaults(old: dict | None, new: ModelDefaults, schedule: Any, steps: Any, cfg: Any) -> tuple[Any, Any, Any]:
-    """The schedule, steps and CFG widgets' updates on a model switch: each value the user left at the
-    previous model's default takes the new model's (a few-step model's 4 steps at CFG 1, back to 20 at 7);
-    a value the user set is kept."""
+def follow_defaults(old: dict | None, new: ModelDefaults, sampler: Any, schedule: Any, steps: Any, cfg: Any,
+                    model_changed: bool = False) -> tuple[Any, Any, Any, Any]:
+    """The sampler, schedule, steps and CFG widgets' updates when the defaults change (another model picked,
+    a few-step LoRA put into or taken out of the prompt): each value the user left at the old default takes
+    the new one (a few-step model's 4 steps at CFG 1, back to 20 at 7); a value the user set is kept. A new
+    model always gets its sampler, as its sampler list changes with it."""
     old = old or {}
     fresh = _defaults_plain(new)
 
     def follow(key: str, value: Any) -> Any:
-        if key not in old or value == old[key] or (key != "schedule" and _same_number(value, old[key])):
+        if key not in old or value == old[key] or (key in ("steps", "cfg") and _same_number(value, old[key])):
             return gr.update(value=fresh[key])
         return gr.update()
 
-    return follow("schedule", schedule), follow("steps", steps), follow("cfg", cfg)
+    first = gr.update(value=fresh["sampler"]) if model_changed else follow("sampler", sampler)
+    return first, follow("schedule", schedule), follow("steps", steps), follow("cfg", cfg)
+
+
+def defaults_update(engine: Engine, title: str | None, prompt: str | None, sampler: Any, schedule: Any, steps: Any,
+                    cfg: Any, old: dict | None, model_changed: bool = False) -> tuple[Any, ...]:
+    """Updates of (sampler, schedule, steps, CFG, the defaults note, the defaults state) for the picked
+    model and the prompt's LoRAs (generation/defaults.py); nothing changes while the defaults do not."""
+    try:
+        entry = engine.catalog.find(title) if title else engine.current_entry()
+    except KiriError:
+        entry = None
+    defaults = defaults_for(entry, engine.catalog, prompt)
+    if _defaults_plain(defaults) == old and not model_changed:
+        return (gr.update(),) * 5 + (old,)
+    return (*follow_defaults(old, defaults, sampler, schedule, steps, cfg, model_changed),
+            gr.update(value=defaults.note, visible=bool(defaults.note)), _defaults_plain(defaults))
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -81,7 +99,7 @@ def _same_number(a: Any, b: Any) -> bool:
 
 def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None) -> Txt2ImgTab:
     samplers, sampler, size, examples = _model_defaults(engine)
-    first_defaults = model_defaults(engine)
+    first_defaults = model_defaults(engine)  # the selected model's; a prompt's LoRA changes them as it is typed
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a small red circle on the left, blue background", elem_id="txt2img-prompt")
@@ -226,21 +244,24 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
 
     example_prompts.click(lambda sample: sample[0], example_prompts, prompt, api_visibility="private", queue=False)
 
-    def on_model_change(title: str | None, schedule, steps, cfg, old_defaults):
+    def on_model_change(title: str | None, text, sampler, schedule, steps, cfg, old_defaults):
         entry = engine.catalog.find(title) if title else None
         prediction = entry.prediction if entry else "epsilon"
         examples = entry.example_prompts() if entry else []
         upscaler, strength = hires_defaults(engine, entry.name if entry else None)
-        defaults = defaults_for(entry)
-        return (gr.update(choices=engine.samplers.names(prediction), value=defaults.sampler_name),
-                *follow_defaults(old_defaults, defaults, schedule, steps, cfg),
-                gr.update(value=defaults.note, visible=bool(defaults.note)), _defaults_plain(defaults),
+        first, *rest = defaults_update(engine, title, text, sampler, schedule, steps, cfg, old_defaults, model_changed=True)
+        return (gr.update(choices=engine.samplers.names(prediction), value=first["value"]), *rest,
                 gr.update(samples=[[e] for e in examples], visible=bool(examples)),
                 gr.update(value=upscaler), gr.update(value=strength))
 
-    model_picker.change(on_model_change, [model_picker, gen.schedule, gen.steps, gen.cfg_scale, defaults_state],
-                        [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_note, defaults_state, example_prompts,
-                         hr_upscaler, hr_denoise], api_visibility="private", queue=False)
+    defaults_inputs = [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_state]
+    defaults_outputs = [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_note, defaults_state]
+    model_picker.change(on_model_change, [model_picker, prompt, *defaults_inputs],
+                        [*defaults_outputs, example_prompts, hr_upscaler, hr_denoise], api_visibility="private", queue=False)
+    # a few-step LoRA put into the prompt (its card, or typed) brings its recipe; taken out, the model's comes back
+    prompt.change(lambda title, text, *values: defaults_update(engine, title, text, *values),
+                  [model_picker, prompt, *defaults_inputs], defaults_outputs, queue=False, show_progress="hidden",
+                  api_visibility="private", trigger_mode="always_last")
     extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
     return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail, hires_inputs)
 
