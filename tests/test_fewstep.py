@@ -149,6 +149,10 @@ def test_sdapi_fills_what_the_client_left_out(fewstep_dir, tmp_path):
     assert "Steps: 4, Sampler: LCM" in info["infotexts"][0]
     sent = json.loads(client.post("/sdapi/v1/txt2img", json={**body, "steps": 3, "cfg_scale": 2}).json()["info"])
     assert (sent["sampler_name"], sent["steps"], sent["cfg_scale"]) == ("LCM", 3, 2)
+    listed = {m["name"]: m for m in client.get("/kiri/v1/models").json()["checkpoint"]}
+    assert listed["tiny-distilled"]["few_step"] == {"kind": "lcm", "sampler_name": "LCM", "scheduler": None, "steps": 4,
+                                                    "cfg_scale": 1.5, "source": "scheduler config"}
+    assert listed["tiny-sd"]["few_step"] is None
     # an ordinary checkpoint: A1111's defaults, as before
     ordinary = txt2img_request(Txt2ImgBody(prompt="x", override_settings={"sd_model_checkpoint": "tiny-sd"}), [], engine)
     assert (ordinary.steps, ordinary.cfg_scale, ordinary.sampler_name) == (50, 7.0, None)

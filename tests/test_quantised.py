@@ -120,6 +120,18 @@ def test_fp8_single_file_stays_fp8_and_computes_in_float32(quant_engine):
     assert 0 < difference.max() and difference.mean() < 2.5
 
 
+def test_the_api_lists_the_quantisation(quant_dir, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_api_app
+
+    app, _ = make_api_app(quant_dir, tmp_path / "out")
+    listed = {m["name"]: m for m in TestClient(app).get("/kiri/v1/models").json()["checkpoint"]}
+    assert (listed["tiny-flux-Q8_0"]["format"], listed["tiny-flux-Q8_0"]["family"]) == ("gguf", "flux")
+    assert [listed[n]["quantization"] for n in ("tiny-flux-Q8_0", "tiny-sd3-Q4_0", "tiny-sd-fp8", "tiny-sd-single")] == \
+        ["Q8_0", "Q4_0", "fp8", None]
+
+
 def test_gguf_without_a_base_folder_says_what_is_needed(quant_dir, tmp_path):
     from webui.bootstrap import build_engine
     from webui.engine.core.devices import DeviceChoice

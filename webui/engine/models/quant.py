@@ -24,6 +24,7 @@ FP8_DTYPES = {"F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 # The families whose transformer diffusers reads from a GGUF file, and its class.
 GGUF_FAMILIES = {"flux": "FluxTransformer2DModel", "sd3": "SD3Transformer2DModel"}
 INSTALL_GGUF = "pip install -r requirements-gguf.txt"
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16", "F64"})
 
 
 def gguf_available() -> bool:
@@ -71,7 +72,10 @@ def gguf_info(path: Path) -> GGUFInfo:
         if len(tensor.shape) >= 2:  # biases and norms stay F32 in every quantisation
             elements[tensor.tensor_type.name] += int(tensor.n_elements)
     family = _family_of_transformer(names)
-    quantization = elements.most_common(1)[0][0] if elements else None
+    # The quantised type holding most weights (files keep embedders and narrow layers in F16/F32): "Q4_K";
+    # a file of float weights only is named by its float type ("F16").
+    quantised = Counter({t: n for t, n in elements.items() if t not in FLOAT_TYPES})
+    quantization = (quantised or elements).most_common(1)[0][0] if elements else None
     if family is None:
         return GGUFInfo(None, quantization, "no Flux or SD3 transformer in this GGUF file (Kiri loads those two from GGUF)")
     return GGUFInfo(family, quantization, None)
