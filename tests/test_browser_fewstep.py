@@ -1,6 +1,5 @@
 """Few-step models in the browser (issue 30): picking an LCM checkpoint switches the Text to image tab (and
-Image to image) to
-its sampler, steps and CFG and says why; an ordinary one brings 20 steps at CFG 7 back; a few-step LoRA
+Image to image) to its sampler, steps and CFG and says why; an ordinary one brings 20 steps at CFG 7 back; a few-step LoRA
 typed into the prompt does the same as a few-step checkpoint, and the picture is made with the recipe."""
 
 from __future__ import annotations
@@ -49,7 +48,10 @@ def test_picking_a_few_step_model_shows_its_recipe(fewstep_server, browser):
     assert _value(page, "#txt2img-cfg") == "1.5"
     assert page.locator("#txt2img-sampler input").input_value() == "LCM"
     assert "LCM few-step" in page.locator("#txt2img-model-defaults").inner_text()
-    assert _value(page, "#img2img-steps") == "4", "Image to image follows the picked model too"
+    page.get_by_role("tab", name="Image to image / Inpaint", exact=True).first.click()
+    _wait_value(page, "#img2img-steps", "4")  # Image to image follows the picked model too
+    assert _value(page, "#img2img-cfg") == "1.5"
+    page.get_by_role("tab", name="Text to image", exact=True).first.click()
 
     page.locator("#model-picker input").click()
     page.get_by_role("option").filter(has_text="tiny-sd").first.click()
