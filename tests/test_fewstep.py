@@ -20,8 +20,8 @@ def _set_scheduler(folder, **config):
 @pytest.fixture(scope="module")
 def fewstep_dir(tmp_path_factory):
     """Tiny SD 1.x checkpoints: an ordinary one, an LCM folder (LCMScheduler), a Turbo folder (Euler,
-    trailing spacing), a Lightning single file (modelspec.title) and an ordinary single file, plus an
-    LCM LoRA and an ordinary LoRA."""
+    trailing spacing), a Lightning single file (modelspec.title) and an ordinary single file, a Flux without
+    guidance embedding (schnell) and an SD3 Turbo by name, plus an LCM LoRA and an ordinary LoRA."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file, save_file
 
@@ -39,6 +39,8 @@ def fewstep_dir(tmp_path_factory):
               metadata={"modelspec.title": "SDXL-Lightning 2-step", "modelspec.architecture": "stable-diffusion-v1"})
     tiny_models.save_ldm_single_file(sd, checkpoints / "tiny-plain-single.safetensors")
     tiny_models.save_config_folder(sd, root / "configs" / "sd1")
+    tiny_models.make_tiny_flux(checkpoints / "tiny-flow-fast", guidance=False)  # schnell: no guidance embedding
+    tiny_models.make_tiny_sd3(checkpoints / "tiny-sd3.5-large-turbo")
     pipe = StableDiffusionPipeline.from_pretrained(sd)
     lora_files.save_kohya(pipe, root / "Lora" / "fast-lcm-lora-sd15.safetensors", scale=0.01)
     lora_files.save_kohya(pipe, root / "Lora" / "lightning-bolts.safetensors", scale=0.01)  # a style, not Lightning
@@ -67,6 +69,7 @@ def fewstep_engine(fewstep_dir, tmp_path):
     ("TCD-SDXL-LoRA", "tcd", 4, 1.0),
     ("sd_xl_turbo_1.0_fp16", "turbo", 4, 1.0),
     ("DreamShaperXL_Turbo_v2_1", "turbo", 4, 1.0),
+    ("flux1-schnell-Q8_0", "schnell", 4, 1.0),
 ])
 def test_names_say_the_recipe(name, kind, steps, cfg):
     from webui.engine.models.fewstep import from_texts
@@ -94,6 +97,8 @@ def test_catalog_reads_configs_and_metadata(fewstep_engine):
     lightning = found["tiny-xl-merge"]
     assert (lightning.kind, lightning.steps, lightning.source) == ("lightning", 2, "metadata")
     assert "SD 1.x · Lightning" in catalog.title(catalog.find("tiny-xl-merge"))
+    assert (found["tiny-flow-fast"].kind, found["tiny-flow-fast"].source) == ("schnell", "transformer config")
+    assert (found["tiny-sd3.5-large-turbo"].kind, found["tiny-sd3.5-large-turbo"].source) == ("turbo", "name")
 
 
 def _params(result):
@@ -115,6 +120,11 @@ def test_a_request_without_settings_runs_the_models_recipe(fewstep_engine):
     mine = _params(fewstep_engine.txt2img(Txt2ImgRequest(prompt="a red circle", model="tiny-distilled", width=64, height=64,
                                                          seed=3, steps=2, cfg_scale=1.0, sampler_name="Euler")))
     assert (mine["Sampler"], mine["Steps"], mine["CFG scale"]) == ("Euler", "2", "1")
+    # flow models run their steps and CFG with the flow Euler step
+    for model in ("tiny-flow-fast", "tiny-sd3.5-large-turbo"):
+        flow = _params(fewstep_engine.txt2img(Txt2ImgRequest(prompt="a red circle", model=model, width=64, height=64,
+                                                             seed=3)))
+        assert (flow["Sampler"], flow["Steps"], flow["CFG scale"]) == ("Flow Euler", "4", "1"), model
     # an ordinary model keeps the ordinary defaults
     plain = _params(fewstep_engine.txt2img(Txt2ImgRequest(prompt="a red circle", model="tiny-sd", width=64, height=64,
                                                           seed=3)))

@@ -318,15 +318,16 @@ def make_tiny_pixart(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_flux(folder: Path) -> Path:
-    """A FluxPipeline folder: CLIP (pooled) + T5 (sequence), packed 2x2 latents, guidance embedding."""
+def make_tiny_flux(folder: Path, guidance: bool = True) -> Path:
+    """A FluxPipeline folder: CLIP (pooled) + T5 (sequence), packed 2x2 latents, guidance embedding
+    (without it: FLUX.1-schnell's layout)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,  # FLUX.1-dev's distilled guidance
+        guidance_embeds=guidance,  # FLUX.1-dev's distilled guidance
     )
     torch.manual_seed(0)
     vae = AutoencoderKL(

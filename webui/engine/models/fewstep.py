@@ -11,11 +11,15 @@ pictures; each kind has a recipe from its model card:
 | Turbo (SD-Turbo, SDXL-Turbo, merges) | Euler a | SGM Uniform (trailing) | 4 | 1 |
 | Lightning (SDXL-Lightning) | Euler | SGM Uniform (trailing) | the file's N-step, else 4 | 1 |
 | Hyper-SD | DDIM | SGM Uniform (trailing) | the file's N-steps, else 8 | 1; 5 for the "CFG" ones |
+| FLUX.1-schnell (timestep-distilled) | Flow Euler | the model's | 4 | 1 |
+
+On flow-matching models (SD3.5 Large Turbo, Flux) every kind runs Flow Euler at its steps and CFG.
 
 CFG 1 turns classifier-free guidance off (the pipelines guide above 1), as the cards ask.
 
 Where it is read, first found wins: a diffusers folder's scheduler config (LCMScheduler, TCDScheduler;
-"timestep_spacing": "trailing" marks the adversarially distilled ones), then the names: the file or
+"timestep_spacing": "trailing" marks the adversarially distilled ones; a Flux transformer without the
+guidance embedding is schnell), then the names: the file or
 folder name, a safetensors header's `__metadata__` (`modelspec.title`, `ss_output_name`) and a folder's
 `_name_or_path`. A LoRA named only "lightning" or "turbo" may be a style (a lightning bolt), so for
 LoRAs those two count only beside a step count ("sdxl_lightning_4step_lora"). Reading is cheap:
@@ -34,7 +38,7 @@ __all__ = ["FewStep", "RECIPES", "detect", "detect_folder", "detect_file", "from
 
 @dataclass(frozen=True)
 class FewStep:
-    kind: str  # "lcm", "tcd", "turbo", "lightning", "hyper"
+    kind: str  # "lcm", "tcd", "turbo", "lightning", "hyper", "schnell"
     sampler: str  # a sampler name of the registry
     scheduler: str | None  # a schedule type; None: the sampler's own (Automatic)
     steps: int
@@ -46,13 +50,14 @@ class FewStep:
         return LABELS[self.kind]
 
 
-LABELS = {"lcm": "LCM", "tcd": "TCD", "turbo": "Turbo", "lightning": "Lightning", "hyper": "Hyper-SD"}
+LABELS = {"lcm": "LCM", "tcd": "TCD", "turbo": "Turbo", "lightning": "Lightning", "hyper": "Hyper-SD", "schnell": "schnell"}
 RECIPES = {
     "lcm": FewStep("lcm", "LCM", None, 4, 1.5),
     "tcd": FewStep("tcd", "TCD", None, 4, 1.0),
     "turbo": FewStep("turbo", "Euler a", "SGM Uniform", 4, 1.0),
     "lightning": FewStep("lightning", "Euler", "SGM Uniform", 4, 1.0),
     "hyper": FewStep("hyper", "DDIM", "SGM Uniform", 8, 1.0),
+    "schnell": FewStep("schnell", "Flow Euler", None, 4, 1.0),
 }
 HYPER_CFG = 5.0  # Hyper-SD's "CFG" LoRAs keep guidance (their card: 5 to 8)
 MAX_NAMED_STEPS = 50
@@ -66,10 +71,11 @@ _PATTERNS = (
     ("tcd", re.compile(r"(?<![a-z])tcd(?![a-z])")),
     ("lcm", re.compile(r"(?<![a-z])lcm(?![a-z])")),
     ("turbo", re.compile(r"(?<![a-z])turbo(?![a-z])")),
+    ("schnell", re.compile(r"(?<![a-z])schnell(?![a-z])")),
 )
 _STEPS = re.compile(r"(?<![0-9])(\d{1,2})[-_ ]?steps?(?![a-z])")
 _CFG = re.compile(r"(?<![a-z])cfg(?![a-z])")
-_WEAK_FOR_LORAS = {"lightning", "turbo"}  # words a style LoRA may be named after
+_WEAK_FOR_LORAS = {"lightning", "turbo", "schnell"}  # words a style LoRA may be named after (or the model it is for)
 METADATA_NAMES = ("modelspec.title", "ss_output_name")
 
 
@@ -114,6 +120,13 @@ def detect_folder(folder: Path) -> FewStep | None:
     named = from_texts(names, "name")
     if named is not None:
         return named
+    try:
+        transformer = json.loads((folder / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        transformer = {}
+    if isinstance(transformer, dict) and transformer.get("_class_name") == "FluxTransformer2DModel" \
+            and transformer.get("guidance_embeds") is False:
+        return replace(RECIPES["schnell"], source="transformer config")  # dev has the guidance embedding
     if config.get("timestep_spacing") == "trailing" and "FlowMatch" not in cls:
         return replace(RECIPES["turbo"], source="scheduler config")  # trailing spacing: SD-Turbo's and SDXL-Turbo's
     return None
