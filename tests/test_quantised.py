@@ -176,3 +176,12 @@ def _picture_with(engine, model: str, prompt: str):
     result = engine.txt2img(Txt2ImgRequest(prompt=prompt, model=model, steps=3, width=64, height=64, seed=7))
     assert not result.warnings, result.warnings
     return np.asarray(result.images[0]).astype(np.float64), result.infotexts[0]
+
+
+def test_without_the_gguf_package_the_file_says_what_to_install(quant_dir, monkeypatch):
+    from webui.engine.models import quant
+    from webui.engine.models.catalog import describe
+
+    monkeypatch.setattr(quant, "gguf_available", lambda: False)
+    entry = describe(quant_dir / "checkpoints" / "tiny-flux-Q8_0.gguf")
+    assert entry.format == "gguf" and "pip install -r requirements-gguf.txt" in entry.problem

@@ -77,7 +77,8 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None, engine: 
         prompt=body.prompt, negative_prompt=body.negative_prompt,
         sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
         steps=body.steps if "steps" in sent or not few_step else None,
-        cfg_scale=body.cfg_scale if "cfg_scale" in sent or not few_step else None, seed=body.seed, width=body.width, height=body.height,
+        cfg_scale=body.cfg_scale if "cfg_scale" in sent or not few_step else None,
+        seed=body.seed, width=body.width, height=body.height,
         batch_size=body.batch_size, n_iter=body.n_iter, model=model, addons=addons, save_images=save,
         image_format=image_format, styles=list(body.styles),
     )
