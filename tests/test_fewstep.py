@@ -206,3 +206,24 @@ def test_the_tab_follows_a_few_step_lora_in_the_prompt(fewstep_engine):
     sampler, _, steps, cfg, _, back = defaults_update(fewstep_engine, "tiny-sd", "a red circle", "LCM", "Automatic", 4, 1.5,
                                                       state)
     assert (sampler["value"], steps["value"], cfg["value"], back) == ("DPM++ 2M", 20, 7.0, ordinary)
+
+
+def test_every_recipe_names_a_sampler_and_schedule_that_build(fewstep_engine):
+    """A recipe's sampler and schedule are registry names that build on an SD model's scheduler config (and
+    on a flow model's, where every recipe runs Flow Euler)."""
+    from dataclasses import replace
+
+    from webui.engine.generation.defaults import defaults_for
+    from webui.engine.models.fewstep import RECIPES
+
+    catalog = fewstep_engine.catalog
+    for base in ("tiny-sd", "tiny-sd3.5-large-turbo"):
+        model = fewstep_engine.models.get(base)
+        for kind, recipe in RECIPES.items():
+            entry = catalog.find(base)
+            defaults = defaults_for(replace(entry, few_step=recipe))
+            sampler, schedule = fewstep_engine.samplers.resolve(defaults.sampler_name, defaults.scheduler)
+            built = sampler.build(model.base_scheduler_config, schedule, model.prediction)
+            getattr(built, "close", lambda: None)()
+            if kind in ("turbo", "lightning", "hyper") and model.prediction != "flow":
+                assert built.config.timestep_spacing == "trailing", kind
