@@ -26,6 +26,8 @@ def quant_dir(tmp_path_factory):
     checkpoints = root / "checkpoints"
     flux = tiny_models.make_tiny_flux(checkpoints / "tiny-flux")
     tiny_models.save_gguf_transformer(flux, checkpoints / "tiny-flux-Q8_0.gguf", "Q8_0")
+    # a Flux of another shape (schnell's: no guidance embedding) that sorts first: the GGUF must not pair with it
+    tiny_models.make_tiny_flux(checkpoints / "a-flux-schnell", guidance=False)
     sd3 = tiny_models.make_tiny_sd3(checkpoints / "tiny-sd3")
     tiny_models.save_gguf_transformer(sd3, checkpoints / "tiny-sd3-Q4_0.gguf", "Q4_0")
     sd = tiny_models.make_tiny_sd(root / "sources" / "tiny-sd")
@@ -101,7 +103,7 @@ def test_gguf_transformer_runs_in_its_base_pipeline(quant_engine, base, name, qu
     assert isinstance(weight, GGUFParameter) and weight.quant_type.name == quantisation
     assert module_bytes(model.pipeline.transformer.transformer_blocks) < plain_blocks / ratio
     assert _denoiser_bytes(quant_engine) < plain_bytes  # as the memory planner counts it (SD3's position table stays)
-    # the text encoders and VAE are the base folder's
+    # the text encoders and VAE are those of the base folder of its shape
     assert model.pipeline.vae.config == plain_vae
     difference = np.abs(plain - quantised)
     assert 0 < difference.max() and difference.mean() < tolerance, "close to the float weights' picture, not the same"
@@ -130,6 +132,24 @@ def test_the_api_lists_the_quantisation(quant_dir, tmp_path):
     assert (listed["tiny-flux-Q8_0"]["format"], listed["tiny-flux-Q8_0"]["family"]) == ("gguf", "flux")
     assert [listed[n]["quantization"] for n in ("tiny-flux-Q8_0", "tiny-sd3-Q4_0", "tiny-sd-fp8", "tiny-sd-single")] == \
         ["Q8_0", "Q4_0", "fp8", None]
+
+
+def test_gguf_pairs_with_the_base_of_its_shape(quant_engine, quant_dir, tmp_path):
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.core.errors import ModelLoadError
+    from webui.engine.settings import Settings
+
+    gguf = quant_engine.catalog.find("tiny-flux-Q8_0")
+    assert quant_engine.models.gguf_base(gguf).name == "tiny-flux"  # not a-flux-schnell, first by name
+    # with only the schnell-shaped folder, the file says which shape it needs
+    other = tmp_path / "models"
+    shutil.copytree(quant_dir / "checkpoints" / "a-flux-schnell", other / "checkpoints" / "a-flux-schnell")
+    shutil.copy(quant_dir / "checkpoints" / "tiny-flux-Q8_0.gguf", other / "checkpoints")
+    engine = build_engine(Settings(models_dir=other, outputs_dir=tmp_path / "out"), DeviceChoice("cpu"))
+    engine.catalog.scan()
+    with pytest.raises(ModelLoadError, match=r"none of those there \(a-flux-schnell\) has its shape .*guidance_embeds True"):
+        engine.models.get("tiny-flux-Q8_0")
 
 
 def test_gguf_without_a_base_folder_says_what_is_needed(quant_dir, tmp_path):

@@ -291,19 +291,30 @@ class ModelManager:
         return pipeline_class.from_pretrained(str(entry.path), **kwargs)
 
     def gguf_base(self, entry: CatalogEntry) -> CatalogEntry:
-        """The diffusers folder whose text encoders, VAE and scheduler a GGUF transformer runs with: the
-        first (by name) of the same family in the catalog that is not quantised itself, as ComfyUI and
-        Forge users pair a GGUF UNet with their base model's CLIP and VAE."""
+        """The diffusers folder whose text encoders, VAE and scheduler a GGUF transformer runs with, as ComfyUI
+        and Forge users pair a GGUF UNet with their base model's CLIP and VAE: the first (by name) of the same
+        family, not quantised itself, whose transformer config has the file's shape (its block counts, and
+        for Flux the guidance embedding: a FLUX.1-dev file goes with FLUX.1-dev, not schnell)."""
         family = entry.family or ""
-        for base in self.catalog.entries:
-            if base.format == "diffusers" and base.family == family and base.problem is None and base.quantization is None:
-                return base
         label = FAMILIES.get(family, family)
-        raise ModelLoadError(
-            f"{entry.path.name} holds only a {label} transformer (quantised {entry.quantization or 'GGUF'}); Kiri runs it "
-            f"with the text encoders, VAE and scheduler of a {label} diffusers folder in {self.catalog.checkpoints_dir}, "
-            f"and there is none: add one (the base model this file was quantised from, in diffusers format)"
-        )
+        shape = quant.gguf_info(entry.path).shape
+        bases = [b for b in self.catalog.entries
+                 if b.format == "diffusers" and b.family == family and b.problem is None and b.quantization is None]
+        for base in bases:
+            try:
+                config = json.loads((base.path / "transformer" / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if quant.fits(shape, config):
+                return base
+        what = f"{entry.path.name} holds only a {label} transformer (quantised {entry.quantization or 'GGUF'}); Kiri runs it " \
+               f"with the text encoders, VAE and scheduler of a {label} diffusers folder in {self.catalog.checkpoints_dir}"
+        if bases:
+            raise ModelLoadError(f"{what}, and none of those there ({', '.join(b.name for b in bases)}) has its shape "
+                                 f"({', '.join(f'{k} {v}' for k, v in (shape or {}).items())}): add the base model this file "
+                                 "was quantised from, in diffusers format")
+        raise ModelLoadError(f"{what}, and there is none: add one (the base model this file was quantised from, in "
+                             "diffusers format)")
 
     def _load_gguf(self, entry: CatalogEntry) -> tuple[Any, str, DtypePlan]:
         """A GGUF transformer (diffusers' GGUFQuantizationConfig: the weights stay quantised, each layer is

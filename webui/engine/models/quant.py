@@ -40,6 +40,7 @@ class GGUFInfo:
     family: str | None
     quantization: str | None  # "Q8_0", "Q4_K", "F16": the type that holds most of the weights
     problem: str | None
+    shape: dict | None = None  # the transformer config values its tensors fix (transformer_shape)
 
 
 def _family_of_transformer(names: set[str]) -> str | None:
@@ -72,13 +73,38 @@ def gguf_info(path: Path) -> GGUFInfo:
         if len(tensor.shape) >= 2:  # biases and norms stay F32 in every quantisation
             elements[tensor.tensor_type.name] += int(tensor.n_elements)
     family = _family_of_transformer(names)
+    shape = transformer_shape(names)
     # The quantised type holding most weights (files keep embedders and narrow layers in F16/F32): "Q4_K";
     # a file of float weights only is named by its float type ("F16").
     quantised = Counter({t: n for t, n in elements.items() if t not in FLOAT_TYPES})
     quantization = (quantised or elements).most_common(1)[0][0] if elements else None
     if family is None:
         return GGUFInfo(None, quantization, "no Flux or SD3 transformer in this GGUF file (Kiri loads those two from GGUF)")
-    return GGUFInfo(family, quantization, None)
+    return GGUFInfo(family, quantization, None, shape)
+
+
+def _blocks(names: set[str], *prefixes: str) -> int:
+    found = [int(part) for n in names for p in prefixes
+             if n.removeprefix("model.diffusion_model.").startswith(p)
+             and (part := n.removeprefix("model.diffusion_model.")[len(p):].split(".", 1)[0]).isdigit()]
+    return max(found) + 1 if found else 0
+
+
+def transformer_shape(names: set[str]) -> dict:
+    """What a transformer's tensor names fix in its config, in either layout: the block counts and (Flux)
+    whether it has the guidance embedding (FLUX.1-dev does, schnell does not). A base folder whose
+    transformer config differs cannot hold these weights."""
+    shape = {"num_layers": _blocks(names, "double_blocks.", "joint_blocks.", "transformer_blocks.")}
+    singles = _blocks(names, "single_blocks.", "single_transformer_blocks.")
+    if singles:
+        shape["num_single_layers"] = singles
+        shape["guidance_embeds"] = any("guidance_in." in n or "guidance_embedder." in n for n in names)
+    return shape
+
+
+def fits(shape: dict | None, config: dict) -> bool:
+    """Whether a transformer config has the shape a GGUF file's tensors fix."""
+    return not shape or all(config.get(key) == value for key, value in shape.items())
 
 
 def fp8_dtype(header: dict, prefixes: tuple[str, ...] = ()) -> str | None:
