@@ -34,6 +34,7 @@ def quant_dir(tmp_path_factory):
     tiny_models.save_ldm_single_file(sd, checkpoints / "tiny-sd-single.safetensors")
     tiny_models.save_fp8_single_file(checkpoints / "tiny-sd-single.safetensors", checkpoints / "tiny-sd-fp8.safetensors")
     tiny_models.save_config_folder(sd, root / "configs" / "sd1")
+    tiny_models.save_fp8_folder(sd, checkpoints / "tiny-sd-fp8-folder")
     from diffusers import StableDiffusionPipeline
 
     lora_files.save_kohya(StableDiffusionPipeline.from_pretrained(sd), root / "Lora" / "outline.safetensors", scale=0.15)
@@ -132,6 +133,14 @@ def test_the_api_lists_the_quantisation(quant_dir, tmp_path):
     assert (listed["tiny-flux-Q8_0"]["format"], listed["tiny-flux-Q8_0"]["family"]) == ("gguf", "flux")
     assert [listed[n]["quantization"] for n in ("tiny-flux-Q8_0", "tiny-sd3-Q4_0", "tiny-sd-fp8", "tiny-sd-single")] == \
         ["Q8_0", "Q4_0", "fp8", None]
+
+
+def test_an_fp8_diffusers_folder_loads_as_the_fp8_single_file_does(quant_engine):
+    assert quant_engine.catalog.find("tiny-sd-fp8-folder").quantization == "fp8"
+    single, _ = _picture(quant_engine, "tiny-sd-fp8", steps=3)
+    folder, _ = _picture(quant_engine, "tiny-sd-fp8-folder", steps=3)
+    assert quant_engine.models.current.pipeline.unet.conv_in.weight.dtype == torch.float8_e4m3fn
+    assert np.array_equal(single, folder), "the same fp8 weights, the same picture"
 
 
 def test_gguf_pairs_with_the_base_of_its_shape(quant_engine, quant_dir, tmp_path):

@@ -613,3 +613,14 @@ def save_fp8_single_file(single_file: Path, out_file: Path, dtype: torch.dtype =
               for k, v in state.items()}
     save_file(stored, str(out_file), metadata=metadata)
     return out_file
+
+
+def save_fp8_folder(folder: Path, out_dir: Path, dtype: torch.dtype = torch.float8_e4m3fn) -> Path:
+    """A copy of a pipeline folder with its UNet's weights in float8 (a diffusers-layout "fp8" model)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, out_dir)
+    for weights in (out_dir / "unet").glob("*.safetensors"):
+        state = load_file(str(weights))
+        save_file({k: (v.to(dtype) if v.is_floating_point() and v.ndim >= 2 else v) for k, v in state.items()}, str(weights))
+    return out_dir
