@@ -214,3 +214,18 @@ def test_without_the_gguf_package_the_file_says_what_to_install(quant_dir, monke
     monkeypatch.setattr(quant, "gguf_available", lambda: False)
     entry = describe(quant_dir / "checkpoints" / "tiny-flux-Q8_0.gguf")
     assert entry.format == "gguf" and "pip install -r requirements-gguf.txt" in entry.problem
+
+
+def test_a_scaled_fp8_file_is_listed_with_why_it_cannot_load(quant_dir, tmp_path):
+    """ComfyUI's fp8_scaled files hold weight / scale: loaded as plain fp8 they would make noise."""
+    from safetensors.torch import load_file, save_file
+
+    from webui.engine.models.catalog import describe
+
+    state = load_file(str(quant_dir / "checkpoints" / "tiny-sd-fp8.safetensors"))
+    state["model.diffusion_model.input_blocks.0.0.scale_weight"] = torch.ones(())
+    state["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    save_file(state, str(tmp_path / "tiny-sd-fp8-scaled.safetensors"))
+    entry = describe(tmp_path / "tiny-sd-fp8-scaled.safetensors")
+    assert (entry.family, entry.quantization) == ("sd1", "fp8")
+    assert "scaled fp8" in entry.problem and "plain fp8" in entry.problem

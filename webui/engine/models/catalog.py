@@ -128,7 +128,7 @@ def describe(path: Path) -> CatalogEntry | None:
         header: dict = {}
         try:
             header = read_safetensors_header(path)
-            family, problem = family_from_keys([k for k in header if k != "__metadata__"]), None
+            family, problem = family_from_keys([k for k in header if k != "__metadata__"]), quant.scaled_fp8_problem(header)
         except (UnknownFamily, ValueError, OSError) as exc:
             family, problem = None, str(exc)
         prediction = "flow" if family in {"sd3", "flux"} else "epsilon"

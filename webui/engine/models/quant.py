@@ -140,3 +140,17 @@ def fp8_of_folder(folder: Path) -> str | None:
 def single_file_fp8(header: dict) -> str | None:
     """An original-layout single file's denoiser in fp8 (model.diffusion_model.*, or a bare transformer)."""
     return fp8_dtype(header, ("model.diffusion_model.",)) or fp8_dtype(header)
+
+
+SCALE_SUFFIXES = (".scale_weight", ".weight_scale", ".scale_input", ".input_scale")
+
+
+def scaled_fp8_problem(header: dict) -> str | None:
+    """Why an fp8 file with per-layer scales (ComfyUI's "fp8_scaled": a `scaled_fp8` marker and
+    `*.scale_weight` tensors) cannot be loaded: its weights mean weight x scale, which diffusers' loader
+    does not apply (the pictures would be noise). None for any other file."""
+    names = [n for n in header if n != "__metadata__"]
+    if not any(n == "scaled_fp8" or n.endswith(".scaled_fp8") or n.endswith(SCALE_SUFFIXES) for n in names):
+        return None
+    return ("a scaled fp8 checkpoint (per-layer scale_weight tensors, ComfyUI's fp8_scaled), which Kiri cannot load; "
+            "use the plain fp8 (e4m3fn) file, a GGUF or the full-precision checkpoint")
