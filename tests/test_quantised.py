@@ -38,7 +38,24 @@ def quant_dir(tmp_path_factory):
     from diffusers import StableDiffusionPipeline
 
     lora_files.save_kohya(StableDiffusionPipeline.from_pretrained(sd), root / "Lora" / "outline.safetensors", scale=0.15)
+    _save_flux_lora(flux, root / "Lora" / "flux-tiny.safetensors")
     return root
+
+
+def _save_flux_lora(flux, path) -> None:
+    """A diffusers-format Flux LoRA (PEFT keys, as FluxPipeline.save_lora_weights writes them) of random weights."""
+    from diffusers import FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(3)
+    pipe = FluxPipeline.from_pretrained(flux)
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                            init_lora_weights=False))
+    state = {k: v * 1.5 for k, v in get_peft_model_state_dict(pipe.transformer).items()}
+    FluxPipeline.save_lora_weights(str(path.parent / "flux-lora-folder"), transformer_lora_layers=state)
+    shutil.move(path.parent / "flux-lora-folder" / "pytorch_lora_weights.safetensors", path)
+    shutil.rmtree(path.parent / "flux-lora-folder")
 
 
 @pytest.fixture()
@@ -199,10 +216,18 @@ def test_a_lora_on_an_fp8_model_keeps_its_weights_in_the_compute_dtype(quant_eng
     assert np.abs(plain_lora - stored_lora).mean() < 2.5, "and does so on the fp8 model as on the float one"
 
 
-def _picture_with(engine, model: str, prompt: str):
+def test_a_lora_on_a_gguf_transformer_applies_as_on_the_float_one(quant_engine):
+    plain, _ = _picture_with(quant_engine, "tiny-flux", "a red circle", steps=2)
+    plain_lora, _ = _picture_with(quant_engine, "tiny-flux", "a red circle <lora:flux-tiny:1>", steps=2)
+    quantised_lora, _ = _picture_with(quant_engine, "tiny-flux-Q8_0", "a red circle <lora:flux-tiny:1>", steps=2)
+    assert np.abs(plain - plain_lora).mean() > 1.0, "the LoRA changes the picture"
+    assert np.abs(plain_lora - quantised_lora).mean() < 0.5, "and does so on the Q8_0 transformer as on the float one"
+
+
+def _picture_with(engine, model: str, prompt: str, steps: int = 3):
     from webui.engine.generation.requests import Txt2ImgRequest
 
-    result = engine.txt2img(Txt2ImgRequest(prompt=prompt, model=model, steps=3, width=64, height=64, seed=7))
+    result = engine.txt2img(Txt2ImgRequest(prompt=prompt, model=model, steps=steps, width=64, height=64, seed=7))
     assert not result.warnings, result.warnings
     return np.asarray(result.images[0]).astype(np.float64), result.infotexts[0]
 
