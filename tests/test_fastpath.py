@@ -80,6 +80,13 @@ def test_compile_and_fp8_are_opt_in():
     assert not plan.fp8_storage and "fp8" in plan.notes[0]
 
 
+def test_a_checkpoint_stored_in_fp8_or_gguf_is_not_cast_again():
+    for stored in ("fp8", "Q8_0"):
+        plan = fast_path_plan(H100, "flux", FastPathOptions(fp8_weights=True), stored=stored)
+        assert not plan.fp8_storage and plan.notes == (f"--fp8-weights: the checkpoint is stored as {stored} already",)
+    assert fast_path_plan(H100, "flux", stored="fp8").on  # the rest of the fast path still applies
+
+
 def test_turned_off_it_says_so():
     plan = fast_path_plan(H100, "sdxl", FastPathOptions(enabled=False, compile=True))
     assert not plan.on and plan.text() == "fast path: off (turned off (--no-fast-path))"
@@ -155,6 +162,7 @@ def test_apply_switches_a_real_pipeline_and_it_still_makes_a_picture(models_dir,
     assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     stored = {p.dtype for p in pipe.unet.parameters()}
     assert torch.float8_e4m3fn in stored  # the big weights; norms and embeddings stay as they were
+    assert pipe.unet.conv_in.compute_dtype == torch.float32  # a LoRA added later computes in this, not fp8
     after = pipe(prompt="a red circle", num_inference_steps=2, height=64, width=64, output_type="np",
                  generator=torch.Generator().manual_seed(0)).images
     assert np.isfinite(after).all() and after.std() > 0.01

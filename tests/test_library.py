@@ -636,7 +636,7 @@ def test_the_tabs_reproduce_sends_an_img2img_picture_to_image_to_image_with_its_
     assert made["img2img-prompt"] == "a copper kettle" and made["img2img-mode"] == "img2img"
     assert np.array_equal(np.asarray(made["img2img-image"].convert("RGB")), np.asarray(init))
     assert (made["img2img-strength"], made["img2img-seed"], made["img2img-steps"]) == (0.55, 71, 2)
-    assert (made["img2img-resize-mode"], made["img2img-cfg-scale"]) == ("Resize and fill", 4.5)
+    assert (made["img2img-resize-mode"], made["img2img-cfg"]) == ("Resize and fill", 4.5)
     assert "txt2img-prompt" not in made and made["library-status"] == ""
     assert made["model-picker"].startswith("tiny-sd [")
     # the kept init gone: an error naming the field, not another picture

@@ -80,6 +80,13 @@ def test_training_resumes_and_writes_a_controlnet_diffusers_runs(tmp_path, capsy
     img = cpipe("a red circle", image=cond, num_inference_steps=2, height=64, width=64, output_type="np",
                 generator=torch.Generator().manual_seed(0)).images
     assert img.shape == (1, 64, 64, 3) and np.isfinite(img).all()
+    # a second stage starts from those weights (not from the base UNet's zero convolutions)
+    stage2, work2 = tmp_path / "ControlNet" / "stage2", tmp_path / "work2"
+    C.main(["--base", str(base), "--out", str(stage2), "--work", str(work2), "--steps", "1", "--batch", "2",
+            "--lr", "0", "--init", str(out)])
+    assert "starting from the weights in" in capsys.readouterr().out
+    again = ControlNetModel.from_pretrained(str(stage2))
+    assert all(torch.equal(a, b) for a, b in zip(cn.to(torch.float16).state_dict().values(), again.state_dict().values()))
 
 
 def test_the_shipped_controlnet_puts_the_object_where_the_map_draws_it(tmp_path):

@@ -47,6 +47,18 @@ def test_training_data_keeps_held_out_scenes_out_and_says_the_new_word():
     assert T.expand_word("a kiri-sunset background", "kiri-sunset", 2) == "a kiri-sunset kiri-sunset_1 background"
 
 
+def test_inside_weights_mark_the_shapes_insides_and_keep_the_data_and_the_loss_size():
+    insides = []
+    images, captions = T.outline_batch(random.Random(5), 4, insides)
+    assert np.array_equal(images, T.outline_batch(random.Random(5), 4)[0])
+    for image, inside in zip(images, insides):  # the insides are background-coloured in the outline drawing,
+        assert 0.01 < inside.mean() < 0.6  # object-coloured in the filled one
+    w = T.inside_weights(insides, 16, 4.0)
+    assert w.shape == (4, 1, 16, 16) and np.allclose(w.mean(dim=(1, 2, 3)).numpy(), 1.0, atol=1e-5)
+    for picture in w:  # 1 + 4 inside against 1 outside, in each picture
+        assert float(picture.max()) / float(picture.min()) == pytest.approx(5.0)
+
+
 def _pipe(folder):
     import torch
     from diffusers import StableDiffusionPipeline

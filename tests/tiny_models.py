@@ -318,15 +318,16 @@ def make_tiny_pixart(folder: Path) -> Path:
     return folder
 
 
-def make_tiny_flux(folder: Path) -> Path:
-    """A FluxPipeline folder: CLIP (pooled) + T5 (sequence), packed 2x2 latents, guidance embedding."""
+def make_tiny_flux(folder: Path, guidance: bool = True) -> Path:
+    """A FluxPipeline folder: CLIP (pooled) + T5 (sequence), packed 2x2 latents, guidance embedding
+    (without it: FLUX.1-schnell's layout)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        guidance_embeds=True,  # FLUX.1-dev's distilled guidance
+        guidance_embeds=guidance,  # FLUX.1-dev's distilled guidance
     )
     torch.manual_seed(0)
     vae = AutoencoderKL(
@@ -570,3 +571,56 @@ def make_tiny_ltx(folder: Path, image_to_video: bool = False) -> Path:
                           tokenizer=tokenizer, transformer=transformer)
     pipe.save_pretrained(folder)
     return folder
+
+
+# --- quantised checkpoints -------------------------------------------------------------------
+
+def save_gguf_transformer(folder: Path, out_file: Path, qtype: str = "Q8_0") -> Path:
+    """A pipeline folder's transformer as a GGUF file, as ComfyUI-GGUF's and Forge's Flux/SD3 files are:
+    each 2-D weight whose rows fit the quantisation's blocks quantised with the gguf package, the other
+    tensors (biases, norms, narrow layers) kept in F32. Tensor names in diffusers' layout."""
+    import gguf
+    from safetensors.torch import load_file
+
+    weights = sorted((folder / "transformer").glob("*.safetensors"))
+    state: dict[str, torch.Tensor] = {}
+    for file in weights:
+        state.update(load_file(str(file)))
+    kind = gguf.GGMLQuantizationType[qtype]
+    block, _ = gguf.GGML_QUANT_SIZES[kind]
+    writer = gguf.GGUFWriter(str(out_file), arch="flux" if "single_transformer_blocks.0.norm.linear.weight" in state else "sd3")
+    for name, tensor in state.items():
+        data = tensor.float().numpy()
+        if data.ndim == 2 and data.shape[-1] % block == 0:
+            writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out_file
+
+
+def save_fp8_single_file(single_file: Path, out_file: Path, dtype: torch.dtype = torch.float8_e4m3fn,
+                         metadata: dict[str, str] | None = None) -> Path:
+    """An original-layout single file with its UNet's weights in float8, as "fp8" checkpoints ship them
+    (the VAE and text encoder kept as they were)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(single_file))
+    stored = {k: (v.to(dtype) if k.startswith("model.diffusion_model.") and v.is_floating_point() and v.ndim >= 2 else v)
+              for k, v in state.items()}
+    save_file(stored, str(out_file), metadata=metadata)
+    return out_file
+
+
+def save_fp8_folder(folder: Path, out_dir: Path, dtype: torch.dtype = torch.float8_e4m3fn) -> Path:
+    """A copy of a pipeline folder with its UNet's weights in float8 (a diffusers-layout "fp8" model)."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, out_dir)
+    for weights in (out_dir / "unet").glob("*.safetensors"):
+        state = load_file(str(weights))
+        save_file({k: (v.to(dtype) if v.is_floating_point() and v.ndim >= 2 else v) for k, v in state.items()}, str(weights))
+    return out_dir

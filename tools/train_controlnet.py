@@ -188,6 +188,8 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time, and save")
     p.add_argument("--resume", action="store_true", help=f"continue from .train/controlnet_work/{NAME}/ckpt.pt")
+    p.add_argument("--init", default=None, help="start from this ControlNet folder's weights (a second stage with its "
+                                                "own schedule, e.g. more loose prompts), not from the base UNet")
     p.add_argument("--base", default=str(BASE), help="the base model folder (diffusers StableDiffusionPipeline)")
     p.add_argument("--out", default=str(OUT), help="the diffusers folder to write")
     p.add_argument("--work", default=None, help=f"work folder (default .train/controlnet_work/{NAME})")
@@ -211,6 +213,11 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     pipe = load_base(base)
     controlnet = make_controlnet(pipe)
+    if args.init:  # a second stage: the weights of a finished run, a fresh optimiser and schedule
+        from diffusers import ControlNetModel
+
+        controlnet.load_state_dict(ControlNetModel.from_pretrained(args.init, torch_dtype=torch.float32).state_dict())
+        print(f"starting from the weights in {args.init}")
     controlnet.train()
     params = [q for q in controlnet.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
@@ -241,7 +248,7 @@ def main(argv=None) -> None:
         save_controlnet(controlnet, out, torch.float32 if args.fp32 else torch.float16)
         command = "python tools/train_controlnet.py " + " ".join(argv if argv is not None else sys.argv[1:])
         log = {"name": NAME, "for": base.name, "steps": done, "of_steps": args.steps, "batch": args.batch, "lr": args.lr,
-               "loose": args.loose, "cfg_drop": args.cfg_drop, "canny_share": args.canny, "seconds": round(elapsed),
+               "loose": args.loose, "cfg_drop": args.cfg_drop, "init": args.init, "canny_share": args.canny, "seconds": round(elapsed),
                "conditioning_embedding_out_channels": list(controlnet.config.conditioning_embedding_out_channels),
                "params": sum(q.numel() for q in controlnet.parameters()),
                "final_loss_avg25": float(np.mean(losses[-25:])) if losses else None, "command": command,

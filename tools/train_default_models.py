@@ -403,6 +403,14 @@ def main(argv=None) -> None:
                    help="the DiT's training timestep draw (shipped logit-normal, as SD3)")
     p.add_argument("--dit-logit-mean", type=float, default=0.0,
                    help="centre of the DiT's logit-normal timestep draw (shipped 0; > 0 favours high noise, where layout and outline form)")
+    p.add_argument("--dit-weighting", choices=["none", "min-snr", "low-noise"], default="none",
+                   help="the DiT's loss weights over time (tools/dit_recipe.py; shipped none)")
+    p.add_argument("--repa-weight", type=float, default=0.0,
+                   help="REPA: weight of aligning a DiT block's tokens with the frozen LDM's features (0: off, as shipped)")
+    p.add_argument("--repa-block", type=int, default=1, help="REPA: the DiT block whose tokens are aligned")
+    p.add_argument("--repa-layer", default="down1", help="REPA: the LDM UNet's features: down0, down1, ... or mid")
+    p.add_argument("--dit-work", default=None, help="the DiT's checkpoint folder (default .train/dit_work), so "
+                                                     "short comparison runs do not share one")
     args = p.parse_args(argv)
     for f in args.eval_phrasings:
         if f not in W.FAMILIES:

@@ -25,6 +25,7 @@ from tools.ldm_kit import (
     free_adherence, free_eval_set, load_tokenizer, load_vae, make_text_encoder, save_pipeline, to_uint8, tokenize,
     training_scenes,
 )
+from tools.dit_recipe import Repa, flow_weights, load_ldm_features
 from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt, warm_start
 
 
@@ -222,10 +223,19 @@ def train_dit(args) -> None:
     for m in modules.values():
         m.to(dev)
     params = [p for m in modules.values() for p in m.parameters()]
+    weighting, repa_weight = getattr(args, "dit_weighting", "none"), getattr(args, "repa_weight", 0.0)
+    repa = features = None
+    if repa_weight:  # the tokens after one block aligned with the frozen LDM's features (tools/dit_recipe.py)
+        features = load_ldm_features(CHECKPOINTS / "kiri-shapes-ldm", args.repa_layer, args.device)
+        repa = Repa(dit, args.repa_block, features.channels).to(dev)
+        params += list(repa.parameters())
+    grid = lat.shape[-1] // arch["patch"]
+    recipe = {"weighting": weighting, "repa_weight": repa_weight,
+              **({"repa_block": args.repa_block, "repa_layer": args.repa_layer} if repa_weight else {})}
     peak = args.lr or (5e-4 if args.init_from else 1e-3)
     opt = torch.optim.AdamW(params, lr=peak, weight_decay=0.01)
     ema = EMA(modules, decay=0.998)
-    ckpt_path = TRAIN_DIR / "dit_work" / "ckpt.pt"
+    ckpt_path = Path(getattr(args, "dit_work", None) or TRAIN_DIR / "dit_work") / "ckpt.pt"
     start, losses, evals, elapsed0 = 0, [], [], 0.0
     if args.resume and ckpt_path.exists():
         st = torch.load(ckpt_path, weights_only=False, map_location="cpu")
@@ -236,6 +246,11 @@ def train_dit(args) -> None:
         check_resume_mix(st, args.phrasings)
         if st.get("curriculum", 0.0) != args.curriculum:
             raise SystemExit(f"the checkpoint was trained with --curriculum {st.get('curriculum', 0.0)}, not {args.curriculum}")
+        if st.get("recipe", {"weighting": "none", "repa_weight": 0.0}) != recipe:
+            raise SystemExit(f"the checkpoint was trained with the recipe {st.get('recipe')}, not {recipe}: pass the same "
+                             "--dit-weighting and --repa-* options")
+        if repa is not None:
+            repa.load_state_dict(st["repa"])
         ema.shadow = {n: {k: v.to(dev) for k, v in sd.items()} for n, sd in st["ema"].items()}
         opt.load_state_dict(st["opt"])
         start, losses, evals, elapsed0 = st["step"], st["losses"], st["evals"], st["elapsed"]
@@ -253,7 +268,7 @@ def train_dit(args) -> None:
         save_ckpt(ckpt_path, **{n: m.state_dict() for n, m in modules.items()}, ema=ema.shadow, opt=opt.state_dict(),
                   step=step_done, steps=steps, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
                   phrasings=args.phrasings, curriculum=args.curriculum, arch=arch, logit_mean=args.dit_logit_mean,
-                  time=args.dit_time)
+                  time=args.dit_time, recipe=recipe, **({"repa": repa.state_dict()} if repa is not None else {}))
 
     def evaluate(step_done: int) -> dict:
         ed, e1, e2 = make_dit(**arch), make_text_encoder(tok, True), make_text_encoder(tok, True)
@@ -292,7 +307,12 @@ def train_dit(args) -> None:
             group["lr"] = lr_at(step, steps, peak)
         emb, pooled = dit_text(te1, te2, c)
         pred = dit(xt, emb, pooled, t * 1000).sample
-        loss = F.mse_loss(pred, noise - x0)
+        if weighting == "none":
+            loss = F.mse_loss(pred, noise - x0)
+        else:
+            loss = (flow_weights(t, weighting) * (pred - (noise - x0)).pow(2).mean(dim=(1, 2, 3))).mean()
+        if repa is not None:
+            loss = loss + repa_weight * repa.loss(features(x0, grid))
         optimise(opt, loss, params)
         ema.update(modules, step)
         pending.append(loss.detach())
@@ -338,7 +358,7 @@ def train_dit(args) -> None:
     out = Path(args.out) if args.out else CHECKPOINTS / "kiri-shapes-dit"
     save_pipeline(pipe, out, tok)
     device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {args.threads} threads"
-    log = {"model": "kiri-shapes-dit", "steps": done, "batch": batch, "seconds": round(elapsed), "device": device_name,
+    log = {"model": "kiri-shapes-dit", "steps": done, "batch": batch, "recipe": recipe, "seconds": round(elapsed), "device": device_name,
            "final_loss_avg50": float(np.mean(losses[-50:])),
            "transformer_params": sum(p.numel() for p in dit.parameters()),
            "text_encoder_params": sum(p.numel() for p in te1.parameters()) * 2, "evals": evals, "final_eval": final,

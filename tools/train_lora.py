@@ -74,14 +74,27 @@ def load_base(folder: Path = BASE):
 
 # --- data -------------------------------------------------------------------------------------------
 
-def outline_batch(rng: random.Random, n: int) -> tuple[np.ndarray, list[str]]:
-    """n training scenes (no held-out combination) drawn as outlines, with captions of the default mix."""
+def outline_batch(rng: random.Random, n: int, insides: list | None = None) -> tuple[np.ndarray, list[str]]:
+    """n training scenes (no held-out combination) drawn as outlines, with captions of the default mix.
+    `insides`, a list, gets each scene's inside mask: where the outline drawing differs from the filled one
+    (the shapes' insides, which the LoRA must paint as background; drawing it takes no random numbers)."""
     images, captions = [], []
     for _ in range(n):
         scene = W.sample_scene(rng, held_out="exclude")
         images.append(W.render(scene, style="outline"))
         captions.append(W.sample_phrase(scene, rng)[0])
+        if insides is not None:
+            insides.append(np.abs(W.render(scene).astype(np.int16) - images[-1].astype(np.int16)).max(axis=2) > 0)
     return np.stack(images), captions
+
+
+def inside_weights(insides: list, latent_side: int, weight: float) -> torch.Tensor:
+    """Per-latent-pixel loss weights (batch, 1, h, w): 1 + `weight` where a latent pixel covers a shape's
+    inside, scaled so each picture's weights average 1 (the loss keeps its size, the inside counts more)."""
+    masks = torch.from_numpy(np.stack(insides)).float()[:, None]
+    covered = torch.nn.functional.adaptive_max_pool2d(masks, latent_side)
+    w = 1 + weight * covered
+    return w / w.mean(dim=(1, 2, 3), keepdim=True)
 
 
 def sunset_scene(rng: random.Random, held_out: str = "exclude") -> W.Scene:
@@ -205,6 +218,8 @@ def main(argv=None) -> None:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--alpha", type=float, default=8.0)
     p.add_argument("--vectors", type=int, default=2, help="embedding: vectors of the new word")
+    p.add_argument("--inside-weight", type=float, default=0.0,
+                   help="lora: extra loss weight on the shapes' insides (0: the plain loss)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
     p.add_argument("--threads", type=int, default=1)
@@ -270,7 +285,8 @@ def main(argv=None) -> None:
     done = start
     for step in range(start, steps):
         rng = random.Random(args.seed * 1_000_003 + step)  # the same pictures and captions for a resumed run
-        images, captions = outline_batch(rng, args.batch) if lora else sunset_batch(rng, args.batch)
+        insides = [] if lora and args.inside_weight else None
+        images, captions = outline_batch(rng, args.batch, insides) if lora else sunset_batch(rng, args.batch)
         captions = ["" if rng.random() < CFG_DROP else c for c in captions]
         if not lora:
             captions = [expand_word(c, name, args.vectors) for c in captions]
@@ -286,7 +302,10 @@ def main(argv=None) -> None:
         pred = pipe.unet(xt, t, encoder_hidden_states=text).sample
         snr = acp[t] / (1 - acp[t])
         weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 (epsilon prediction)
-        loss = (weight * (pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        error = (pred - eps).pow(2)
+        if insides is not None:
+            error = error * inside_weights(insides, error.shape[-1], args.inside_weight)
+        loss = (weight * error.mean(dim=(1, 2, 3))).mean()
         optimise(opt, loss, params)
         if not lora:  # only the new word's rows learn (AdamW touches no row whose gradient is zero, but be exact)
             with torch.no_grad():
@@ -312,7 +331,7 @@ def main(argv=None) -> None:
            "seconds": round(elapsed), "final_loss_avg25": float(np.mean(losses[-25:])) if losses else None,
            "command": command}
     if lora:
-        log.update(rank=args.rank, alpha=args.alpha, targets=LORA_TARGETS,
+        log.update(rank=args.rank, alpha=args.alpha, targets=LORA_TARGETS, inside_weight=args.inside_weight,
                    params=sum(v.numel() for v in lora_state(pipe.unet).values()))
         tags = {}
         for s in range(min(done, 50)):  # the captions of the first steps, as kohya counts tags

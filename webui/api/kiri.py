@@ -87,7 +87,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
     @router.get("/models")
     def models() -> dict:
         engine.catalog.entries or engine.catalog.scan()
-        return {kind: [{"name": e.name, "format": e.format, "family": e.family, "size_bytes": e.size_bytes}
+        return {kind: [{"name": e.name, "format": e.format, "family": e.family, "size_bytes": e.size_bytes,
+                        "quantization": e.quantization, "few_step": _few_step(e.few_step)}
                        for e in engine.catalog.of_kind(kind)] for kind in engine.catalog.kinds}
 
     @router.get("/addons")
@@ -103,3 +104,11 @@ def build_router(ctx: ApiContext) -> APIRouter:
         return {"tokens": counted[0], "max": counted[1]} if counted else {"tokens": None, "max": None}
 
     return router
+
+
+def _few_step(recipe) -> dict | None:
+    """A few-step model's recipe as the defaults a request without sampler, steps or CFG gets."""
+    if recipe is None:
+        return None
+    return {"kind": recipe.kind, "sampler_name": recipe.sampler, "scheduler": recipe.scheduler, "steps": recipe.steps,
+            "cfg_scale": recipe.cfg_scale, "source": recipe.source}

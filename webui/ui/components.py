@@ -41,12 +41,16 @@ class GenerationSettings:
                     **({"vae": self.vae} if self.vae is not None else {}))
 
 
-def generation_settings(prefix: str, samplers: list[str], sampler: str, size: int) -> GenerationSettings:
+def generation_settings(prefix: str, samplers: list[str], sampler: str, size: int, defaults: Any = None) -> GenerationSettings:
+    """The widgets every generation tab shares; `defaults` (generation/defaults.ModelDefaults): the model's
+    schedule, steps and CFG scale (a few-step model's recipe), else 20 steps at CFG 7."""
+    schedule = (getattr(defaults, "scheduler", None) or "Automatic")
     with gr.Row():
         # Custom values pass through so the engine, which knows the loaded model, names the valid ones.
         sampler_dd = gr.Dropdown(samplers, value=sampler, label="Sampler", elem_id=f"{prefix}-sampler", allow_custom_value=True)
-        schedule_dd = gr.Dropdown(list(SCHEDULES), value="Automatic", label="Schedule type", elem_id=f"{prefix}-schedule")
-    steps = gr.Slider(1, limits.MAX_STEPS, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}-steps")
+        schedule_dd = gr.Dropdown(list(SCHEDULES), value=schedule, label="Schedule type", elem_id=f"{prefix}-schedule")
+    steps = gr.Slider(1, limits.MAX_STEPS, value=getattr(defaults, "steps", 20), step=1, label="Sampling steps",
+                      elem_id=f"{prefix}-steps")
     with gr.Row():
         width = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Width", elem_id=f"{prefix}-width")
         height = gr.Slider(limits.MIN_SIZE, limits.MAX_SIZE, value=size, step=8, label="Height", elem_id=f"{prefix}-height")
@@ -54,7 +58,8 @@ def generation_settings(prefix: str, samplers: list[str], sampler: str, size: in
         batch_count = gr.Slider(1, limits.MAX_BATCH_COUNT, value=1, step=1, label="Batch count")
         batch_size = gr.Slider(1, limits.MAX_BATCH_SIZE, value=1, step=1, label="Batch size")
     with gr.Row():
-        cfg = gr.Slider(0, limits.MAX_CFG, value=7.0, step=0.5, label="CFG scale", scale=3, elem_id=f"{prefix}-cfg-scale")
+        cfg = gr.Slider(0, limits.MAX_CFG, value=getattr(defaults, "cfg_scale", 7.0), step=0.5, label="CFG scale", scale=3,
+                        elem_id=f"{prefix}-cfg")
         clip_skip = gr.Slider(1, ClipSkip.MAX, value=1, step=1, label="Clip skip", scale=1, elem_id=f"{prefix}-clip-skip")
     seed = gr.Number(-1, label="Seed (-1 = random)", precision=0, elem_id=f"{prefix}-seed")
     return GenerationSettings(sampler_dd, schedule_dd, steps, width, height, batch_count, batch_size, cfg, seed, clip_skip)

@@ -113,11 +113,11 @@ def checkpoint_cards(engine: Engine) -> list[Card]:
     cards = []
     for entry in engine.catalog.entries:
         preview = preview_of(entry.path)
-        lines = [f"**{entry.name}** (checkpoint) · {entry.family_label}", f"size: {_size(entry.size_bytes)}",
+        lines = [f"**{entry.name}** (checkpoint) · {entry.kind_label}", f"size: {_size(entry.size_bytes)}",
                  f"format: {entry.format}"]
         if entry.problem:
             lines.append(f"problem: {entry.problem}")
-        cards.append(Card(CHECKPOINT, entry.name, engine.catalog.title(entry), f"{entry.name} · {entry.family_label}",
+        cards.append(Card(CHECKPOINT, entry.name, engine.catalog.title(entry), f"{entry.name} · {entry.kind_label}",
                           "  \n".join(lines), str(entry.path), str(preview) if preview else None,
                           f"{entry.name} {entry.family_label}".lower()))
     return cards

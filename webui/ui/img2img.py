@@ -14,7 +14,7 @@ from webui.engine.core.errors import InvalidRequest, KiriError
 from webui.engine.core.images import to_rgb
 from webui.engine.generation.img2img import MASKED_CONTENT, MAX_MASK_BLUR, MAX_OUTPAINT, MAX_PADDING, RESIZE_MODES, Img2ImgRequest, outpaint_canvas
 from webui.engine.core.jobs import Job
-from webui.engine.samplers.registry import default_sampler
+from webui.engine.generation.defaults import model_defaults
 from webui.engine.segment import SegmentRequest, mask_tools, segment
 
 from . import controlnet, extra_networks
@@ -24,7 +24,7 @@ from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
 from .send_to import SendTo, as_editor
 from .token_counter import token_counter
-from .txt2img import Txt2ImgTab, _model_defaults
+from .txt2img import Txt2ImgTab, _defaults_plain, _model_defaults, defaults_update
 
 TAB_ID = "img2img"
 MODES = ("img2img", "inpaint", "outpaint")
@@ -206,7 +206,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
             resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode", type="index",
                                    elem_id="img2img-resize-mode")
             strength = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="img2img-strength")
-            gen = generation_settings("img2img", samplers, sampler, size)
+            first_defaults = model_defaults(engine)
+            gen = generation_settings("img2img", samplers, sampler, size, first_defaults)
+            defaults_note = gr.Markdown(first_defaults.note, visible=bool(first_defaults.note), elem_id="img2img-model-defaults")
+            defaults_state = gr.State(_defaults_plain(first_defaults))
             gen.vae = vae_choice("img2img", engine.catalog)
             control = controlnet.render(engine, "img2img", model_picker, size=(gen.width, gen.height), init_image=init_image)
             detail = detailer_ui.render(engine, "img2img")
@@ -280,12 +283,20 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
 
     interrupt.click(stop, None, status, api_visibility="private", queue=False)
 
-    def on_model_change(title: str | None):
+    def on_model_change(title: str | None, text, *values):
         entry = engine.catalog.find(title) if title else None
         prediction = entry.prediction if entry else "epsilon"
-        return gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction))
+        first, *rest = defaults_update(engine, title, text, *values, model_changed=True)
+        return (gr.update(choices=engine.samplers.names(prediction), value=first["value"]), *rest)
 
-    model_picker.change(on_model_change, model_picker, gen.sampler, api_visibility="private", queue=False)
+    # as on Text to image: the picked model's and the prompt's few-step LoRA's sampler, steps and CFG
+    defaults_inputs = [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_state]
+    defaults_outputs = [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_note, defaults_state]
+    model_picker.change(on_model_change, [model_picker, prompt, *defaults_inputs], defaults_outputs,
+                        api_visibility="private", queue=False)
+    prompt.change(lambda title, text, *values: defaults_update(engine, title, text, *values),
+                  [model_picker, prompt, *defaults_inputs], defaults_outputs, queue=False, show_progress="hidden",
+                  api_visibility="private", trigger_mode="always_last")
     if send is not None:
         fields = dict(prompt=prompt, negative_prompt=negative, styles=styles, seed=gen.seed, sampler_name=gen.sampler,
                       scheduler=gen.schedule, steps=gen.steps, cfg_scale=gen.cfg_scale, width=gen.width, height=gen.height)

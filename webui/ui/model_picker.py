@@ -29,7 +29,7 @@ def render(engine: Engine) -> gr.Dropdown:
         progress(0, desc=f"Loading {title.split(' · ')[0]}")
         with user_errors():
             loaded = engine.load_model(title, owner_of(request))
-        return f"Loaded **{loaded.name}** ({loaded.entry.family_label}, {loaded.device})"
+        return f"Loaded **{loaded.name}** ({loaded.entry.kind_label}, {loaded.device})"
 
     def rescan() -> tuple[dict, str]:
         engine.catalog.scan()
@@ -56,5 +56,5 @@ def _status(engine: Engine) -> str:
     if models is not None and models.loading is not None:
         return f"Loading **{models.loading.name}**…"
     if models is not None and models.current is not None:
-        return f"Loaded **{models.current.name}** ({models.current.entry.family_label}, {models.current.device})"
+        return f"Loaded **{models.current.name}** ({models.current.entry.kind_label}, {models.current.device})"
     return "Models load on first use."

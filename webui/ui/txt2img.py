@@ -14,7 +14,7 @@ from webui.engine.core.errors import KiriError
 from webui.engine.core.jobs import Job
 from webui.engine.generation.requests import HiresFix, Txt2ImgRequest
 from webui.engine.upscale import all_upscalers, hires_defaults
-from webui.engine.samplers.registry import default_sampler
+from webui.engine.generation.defaults import ModelDefaults, defaults_for, model_defaults
 from webui.engine.generation.xy_grid import AXES, NOTHING, xy_grid
 
 from . import controlnet, extra_networks
@@ -41,17 +41,65 @@ class Txt2ImgTab:
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
-    """Samplers that fit the model Kiri would use, its default sampler, its native size and example prompts."""
+    """Samplers that fit the model Kiri would use, its default sampler (a few-step model's own), its native
+    size and example prompts."""
     try:
         entry = engine.current_entry()
         prediction, size, examples = entry.prediction, entry.native_size, entry.example_prompts()
     except KiriError:
-        prediction, size, examples = "epsilon", 512, []
-    return engine.samplers.names(prediction), default_sampler(prediction), size, examples
+        entry, prediction, size, examples = None, "epsilon", 512, []
+    return engine.samplers.names(prediction), defaults_for(entry).sampler_name, size, examples
+
+
+def _defaults_plain(defaults: ModelDefaults) -> dict[str, Any]:
+    """What a tab keeps of a model's defaults in its gr.State: the widget values they set."""
+    return {"sampler": defaults.sampler_name, "schedule": defaults.scheduler or "Automatic", "steps": defaults.steps,
+            "cfg": defaults.cfg_scale}
+
+
+def follow_defaults(old: dict | None, new: ModelDefaults, sampler: Any, schedule: Any, steps: Any, cfg: Any,
+                    model_changed: bool = False) -> tuple[Any, Any, Any, Any]:
+    """The sampler, schedule, steps and CFG widgets' updates when the defaults change (another model picked,
+    a few-step LoRA put into or taken out of the prompt): each value the user left at the old default takes
+    the new one (a few-step model's 4 steps at CFG 1, back to 20 at 7); a value the user set is kept. A new
+    model always gets its sampler, as its sampler list changes with it."""
+    old = old or {}
+    fresh = _defaults_plain(new)
+
+    def follow(key: str, value: Any) -> Any:
+        if key not in old or value == old[key] or (key in ("steps", "cfg") and _same_number(value, old[key])):
+            return gr.update(value=fresh[key])
+        return gr.update()
+
+    first = gr.update(value=fresh["sampler"]) if model_changed else follow("sampler", sampler)
+    return first, follow("schedule", schedule), follow("steps", steps), follow("cfg", cfg)
+
+
+def defaults_update(engine: Engine, title: str | None, prompt: str | None, sampler: Any, schedule: Any, steps: Any,
+                    cfg: Any, old: dict | None, model_changed: bool = False) -> tuple[Any, ...]:
+    """Updates of (sampler, schedule, steps, CFG, the defaults note, the defaults state) for the picked
+    model and the prompt's LoRAs (generation/defaults.py); nothing changes while the defaults do not."""
+    try:
+        entry = engine.catalog.find(title) if title else engine.current_entry()
+    except KiriError:
+        entry = None
+    defaults = defaults_for(entry, engine.catalog, prompt)
+    if _defaults_plain(defaults) == old and not model_changed:
+        return (gr.update(),) * 5 + (old,)
+    return (*follow_defaults(old, defaults, sampler, schedule, steps, cfg, model_changed),
+            gr.update(value=defaults.note, visible=bool(defaults.note)), _defaults_plain(defaults))
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    try:
+        return abs(float(a) - float(b)) < 1e-9
+    except (TypeError, ValueError):
+        return False
 
 
 def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None) -> Txt2ImgTab:
     samplers, sampler, size, examples = _model_defaults(engine)
+    first_defaults = model_defaults(engine)  # the selected model's; a prompt's LoRA changes them as it is typed
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, placeholder="a small red circle on the left, blue background", elem_id="txt2img-prompt")
@@ -62,7 +110,10 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img-negative")
             token_counter(engine, negative, "txt2img-negative-token-counter")
             styles = styles_ui.render(engine, "txt2img", prompt, negative).dropdown
-            gen = generation_settings("txt2img", samplers, sampler, size)
+            gen = generation_settings("txt2img", samplers, sampler, size, first_defaults)
+            # A few-step model's recipe (LCM, Turbo, Lightning...), said where the settings are.
+            defaults_note = gr.Markdown(first_defaults.note, visible=bool(first_defaults.note), elem_id="txt2img-model-defaults")
+            defaults_state = gr.State(_defaults_plain(first_defaults))
             gen.vae = vae_choice("txt2img", engine.catalog)
             random_seed = gr.Button("Random seed", size="sm", min_width=80)
             gen.step_cache = step_cache_choice("txt2img")
@@ -193,17 +244,24 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
 
     example_prompts.click(lambda sample: sample[0], example_prompts, prompt, api_visibility="private", queue=False)
 
-    def on_model_change(title: str | None):
+    def on_model_change(title: str | None, text, sampler, schedule, steps, cfg, old_defaults):
         entry = engine.catalog.find(title) if title else None
         prediction = entry.prediction if entry else "epsilon"
         examples = entry.example_prompts() if entry else []
         upscaler, strength = hires_defaults(engine, entry.name if entry else None)
-        return (gr.update(choices=engine.samplers.names(prediction), value=default_sampler(prediction)),
+        first, *rest = defaults_update(engine, title, text, sampler, schedule, steps, cfg, old_defaults, model_changed=True)
+        return (gr.update(choices=engine.samplers.names(prediction), value=first["value"]), *rest,
                 gr.update(samples=[[e] for e in examples], visible=bool(examples)),
                 gr.update(value=upscaler), gr.update(value=strength))
 
-    model_picker.change(on_model_change, model_picker, [gen.sampler, example_prompts, hr_upscaler, hr_denoise],
-                        api_visibility="private", queue=False)
+    defaults_inputs = [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_state]
+    defaults_outputs = [gen.sampler, gen.schedule, gen.steps, gen.cfg_scale, defaults_note, defaults_state]
+    model_picker.change(on_model_change, [model_picker, prompt, *defaults_inputs],
+                        [*defaults_outputs, example_prompts, hr_upscaler, hr_denoise], api_visibility="private", queue=False)
+    # a few-step LoRA put into the prompt (its card, or typed) brings its recipe; taken out, the model's comes back
+    prompt.change(lambda title, text, *values: defaults_update(engine, title, text, *values),
+                  [model_picker, prompt, *defaults_inputs], defaults_outputs, queue=False, show_progress="hidden",
+                  api_visibility="private", trigger_mode="always_last")
     extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
     return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail, hires_inputs)
 

@@ -22,7 +22,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         request = mapping.txt2img_request(body, warnings, engine)
         result = engine.txt2img(request, Job(kind="txt2img", owner=ctx.owner(http)))
         result.warnings[:0] = warnings
-        return mapping.response(engine, body, result)
+        return mapping.response(engine, body, result, request=request)
 
     @router.post("/img2img")
     def img2img(body: Img2ImgBody, http: Request) -> dict:
@@ -31,7 +31,7 @@ def add_routes(router: APIRouter, ctx: ApiContext) -> None:
         with mapping.script_errors():
             result = engine.img2img(request, Job(kind="img2img", owner=ctx.owner(http)))
         result.warnings[:0] = warnings
-        return mapping.response(engine, body, result, body.init_images if body.include_init_images else ())
+        return mapping.response(engine, body, result, body.init_images if body.include_init_images else (), request)
 
     @router.get("/progress")
     def progress(http: Request, skip_current_image: bool = False) -> dict:

@@ -17,6 +17,7 @@ from webui.engine.context import Engine
 from webui.engine.core.errors import InvalidRequest
 from webui.engine.core.infotext import parse_infotext
 from webui.engine.generation.call import ClipSkip
+from webui.engine.generation.defaults import model_defaults
 from webui.engine.generation.requests import GenerationResult, HiresFix, Txt2ImgRequest
 
 from webui.engine.core.limits import DEFAULT_MAX_PIXELS
@@ -68,10 +69,16 @@ def common_fields(body: Txt2ImgBody, warnings: list[str] | None = None, engine: 
     for name, settings in scripts.items():
         addons.setdefault(name, settings)
     unapplied_fields(body, warnings, unread)
+    # A field the client left out is A1111's default (50 steps, CFG 7), except on a few-step model or with a
+    # few-step LoRA in the prompt (LCM, Turbo, Lightning...): None there, which the engine fills with its recipe.
+    few_step = engine is not None and model_defaults(engine, model, body.prompt).few_step is not None
+    sent = body.model_fields_set
     return dict(
         prompt=body.prompt, negative_prompt=body.negative_prompt,
         sampler_name=body.sampler_name or body.sampler_index or None, scheduler=body.scheduler,
-        steps=body.steps, cfg_scale=body.cfg_scale, seed=body.seed, width=body.width, height=body.height,
+        steps=body.steps if "steps" in sent or not few_step else None,
+        cfg_scale=body.cfg_scale if "cfg_scale" in sent or not few_step else None,
+        seed=body.seed, width=body.width, height=body.height,
         batch_size=body.batch_size, n_iter=body.n_iter, model=model, addons=addons, save_images=save,
         image_format=image_format, styles=list(body.styles),
     )
@@ -286,16 +293,20 @@ def _img2img_request(body: Img2ImgBody, warnings: list[str], engine: Engine | No
         raise
 
 
-def response(engine: Engine, body: Txt2ImgBody, result: GenerationResult, extra_images=()) -> dict:
-    """A1111's response: PNGs with their infotext, the request echoed, and info as a JSON string."""
+def response(engine: Engine, body: Txt2ImgBody, result: GenerationResult, extra_images=(), request: Any = None) -> dict:
+    """A1111's response: PNGs with their infotext, the request echoed, and info as a JSON string; info's
+    steps and CFG scale are those the job ran with (`request`, filled in before it was queued)."""
+    steps = getattr(request, "steps", None) or body.steps
+    cfg_scale = getattr(request, "cfg_scale", None)
+    cfg_scale = body.cfg_scale if cfg_scale is None else cfg_scale
     written = [parse_infotext(text) for text in result.infotexts]  # each image's prompts: styled, drawn (wildcards)
     info = {
         "prompt": body.prompt, "all_prompts": [w.prompt for w in written],
         "negative_prompt": body.negative_prompt, "all_negative_prompts": [w.negative_prompt for w in written],
         "seed": result.seeds[0] if result.seeds else body.seed, "all_seeds": result.seeds,
         "subseed": -1, "all_subseeds": [-1] * len(result.seeds), "subseed_strength": 0,
-        "sampler_name": result.sampler_name, "scheduler": result.schedule, "cfg_scale": body.cfg_scale,
-        "steps": body.steps, "batch_size": body.batch_size, "width": body.width, "height": body.height,
+        "sampler_name": result.sampler_name, "scheduler": result.schedule, "cfg_scale": cfg_scale,
+        "steps": steps, "batch_size": body.batch_size, "width": body.width, "height": body.height,
         "sd_model_name": result.model_name or None, "sd_model_hash": result.model_hash or None,
         "denoising_strength": body.denoising_strength, "extra_generation_params": {},
         "infotexts": result.infotexts, "job_timestamp": time.strftime("%Y%m%d%H%M%S"),

@@ -102,8 +102,9 @@ class FastPathPlan:
 
 
 def fast_path_plan(facts: DeviceFacts, family: str, options: FastPathOptions = FastPathOptions(),
-                   vae_upcast: bool = False) -> FastPathPlan:
-    """The switches for a checkpoint of `family` on the device `facts` describes; a pure function."""
+                   vae_upcast: bool = False, stored: str | None = None) -> FastPathPlan:
+    """The switches for a checkpoint of `family` on the device `facts` describes; a pure function.
+    `stored`: how the checkpoint's own weights are stored ("fp8", a GGUF type such as "Q8_0"), if not as usual."""
     if facts.device != "cuda":
         return FastPathPlan(notes=(f"{facts.device}: diffusers' defaults",))
     if not options.enabled:
@@ -129,7 +130,9 @@ def fast_path_plan(facts: DeviceFacts, family: str, options: FastPathOptions = F
         channels_last = (("unet",) if family in UNET_FAMILIES else ()) + (() if vae_upcast else ("vae",))
     fp8 = False
     if options.fp8_weights:
-        if facts.layerwise_casting and facts.fp8:
+        if stored:
+            notes.append(f"--fp8-weights: the checkpoint is stored as {stored} already")
+        elif facts.layerwise_casting and facts.fp8:
             fp8 = True
         else:
             notes.append("fp8 weights need diffusers' enable_layerwise_casting and torch's float8; not used")
@@ -189,7 +192,14 @@ def apply(pipeline: Any, plan: FastPathPlan) -> FastPathPlan:
             module.to(memory_format=torch.channels_last)
     fp8 = plan.fp8_storage and denoiser is not None
     if fp8:
-        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=denoiser.dtype)
+        compute = denoiser.dtype
+        denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+        # As for fp8 checkpoints (models/manager._store_fp8): a LoRA added later makes its adapter in the
+        # layer's compute_dtype when the layer names one, not in fp8 (in which it could not compute).
+        for module in denoiser.modules():
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook("layerwise_casting") is not None:
+                module.compute_dtype = compute
     compiled = ""
     if plan.compile and denoiser is not None:
         compiled = compile_blocks(denoiser)

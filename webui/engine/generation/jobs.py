@@ -10,6 +10,7 @@ from webui.engine.core.job_kinds import JobKind
 from webui.engine.core.jobs import Job
 from webui.engine.generation.batching import Txt2ImgWork
 from webui.engine.generation.call import builtin_addons
+from webui.engine.generation.defaults import fill_defaults, model_defaults
 from webui.engine.generation.img2img import Img2ImgRequest, Img2ImgTask, check_pixels, prepare
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest
 from webui.engine.generation.runner import run
@@ -59,7 +60,11 @@ def _with_warnings(work: Generator[None, None, GenerationResult], warnings: list
 
 
 def _prepare(engine: "Engine", request: Any) -> Any:
-    return engine.prepare_request(request)
+    """The engine's preparation (prompt steps, hooks, validation, add-on defaults), then the model's
+    defaults in the fields left unset (a few-step model's sampler, steps and CFG: generation/defaults.py),
+    so the job, its batch key and its infotext see them."""
+    request = engine.prepare_request(request)
+    return fill_defaults(request, model_defaults(engine, request.model, request.prompt))
 
 
 def register(registries: "Registries") -> None:

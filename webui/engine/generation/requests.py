@@ -79,10 +79,10 @@ class HiresFix:
 class Txt2ImgRequest:
     prompt: str
     negative_prompt: str = ""
-    sampler_name: str | None = None  # None: the model's default sampler
+    sampler_name: str | None = None  # None: the model's default sampler (a few-step model's own, generation/defaults.py)
     scheduler: str | None = None  # schedule type; None or "Automatic": the sampler's own
-    steps: int = 20
-    cfg_scale: float = 7.0
+    steps: int | None = None  # None: the model's default (20; a few-step model's own), set before the job is queued
+    cfg_scale: float | None = None  # None: the model's default (7; a few-step model's own)
     seed: int = -1  # -1: a random seed, recorded in the infotext
     width: int = 512
     height: int = 512
@@ -108,10 +108,12 @@ class Txt2ImgRequest:
             require_int(name, value)
             if not MIN_SIZE <= value <= MAX_SIZE or value % 8:
                 raise InvalidRequest(name, f"{name} must be a multiple of 8 between {MIN_SIZE} and {MAX_SIZE} (got {value})")
-        require_range("steps", self.steps, 1, MAX_STEPS)
+        if self.steps is not None:
+            require_range("steps", self.steps, 1, MAX_STEPS)
         require_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         require_range("n_iter", self.n_iter, 1, MAX_BATCH_COUNT)
-        if not isinstance(self.cfg_scale, (int, float)) or not 0 <= self.cfg_scale <= MAX_CFG:
+        if self.cfg_scale is not None and (isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float))
+                                           or not 0 <= self.cfg_scale <= MAX_CFG):
             raise InvalidRequest("cfg_scale", f"CFG scale must be between 0 and {MAX_CFG:g} (got {self.cfg_scale})")
         require_int("seed", self.seed)
         if not -1 <= self.seed <= SEED_MAX:

@@ -34,6 +34,7 @@ from webui.engine.generation.prompt_parser import PromptTree, plain_text
 from webui.engine.generation.preview import previewer_for
 from webui.engine.generation.requests import GenerationResult, Txt2ImgRequest, random_seed
 from webui.engine.samplers.registry import Sampler, check_fits, default_sampler
+from webui.engine.generation.defaults import defaults_for, fill_defaults
 
 if TYPE_CHECKING:
     from webui.engine.context import Engine
@@ -95,6 +96,8 @@ def setup(engine: "Engine", task: Task, job: Job, stack: ExitStack) -> Setup:
 
     # 1. The model, pinned by name for every batch of this job, and the sampler.
     model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+    if request.steps is None or request.cfg_scale is None or request.sampler_name is None:
+        fill_defaults(request, defaults_for(model.entry, engine.catalog, request.prompt))  # a stage made without _prepare
     sampler_name = request.sampler_name or default_sampler(model.prediction)
     sampler, schedule = engine.samplers.resolve(sampler_name, request.scheduler)
     check_fits(engine.samplers, sampler, model.prediction)

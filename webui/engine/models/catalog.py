@@ -24,8 +24,9 @@ from webui.engine.models.families import (
     family_from_keys,
     native_size,
     prediction_type,
-    read_safetensors_keys,
+    read_safetensors_header,
 )
+from webui.engine.models import fewstep, quant
 
 # The embedded default model (models/checkpoints/kiri-shapes-ldm), chosen when nothing else is asked for.
 DEFAULT_MODEL_NAME = "kiri-shapes-ldm"
@@ -54,10 +55,18 @@ class CatalogEntry:
     problem: str | None = None  # why this entry cannot be loaded, shown in the UI
     native_size: int = 512  # the image side the model was trained at
     kind: str = "checkpoint"  # a key of the catalog's kinds
+    quantization: str | None = None  # how the weights are stored: "Q8_0", "Q4_K" (GGUF), "fp8"; None: as usual
+    few_step: fewstep.FewStep | None = None  # a distilled few-step model (LCM, Turbo, ...) and its recipe
 
     @property
     def family_label(self) -> str:
         return FAMILIES.get(self.family or "", "unknown")
+
+    @property
+    def kind_label(self) -> str:
+        """The family, its quantisation and few-step kind: "Flux · Q8_0", "SDXL · Lightning", "SD 1.x"."""
+        parts = [self.family_label, self.quantization, self.few_step.label if self.few_step else None]
+        return " · ".join(p for p in parts if p)
 
     @property
     def hash_source(self) -> Path:
@@ -109,21 +118,31 @@ def describe(path: Path) -> CatalogEntry | None:
         except (UnknownFamily, ValueError, OSError) as exc:
             family, problem = None, str(exc)
         return CatalogEntry(
-            path.name, path, "diffusers", family, _folder_size(path), prediction_type(path), problem, native_size(path)
+            path.name, path, "diffusers", family, _folder_size(path), prediction_type(path), problem, native_size(path),
+            quantization="fp8" if quant.fp8_of_folder(path) else None, few_step=fewstep.detect_folder(path),
         )
     suffix = path.suffix.lower()
     if path.stem.lower().endswith(".vae"):
         return None  # A1111's VAE beside its checkpoint (x.vae.safetensors): a VAE, never a checkpoint
     if suffix == ".safetensors":
+        header: dict = {}
         try:
-            family, problem = family_from_keys(read_safetensors_keys(path)), None
+            header = read_safetensors_header(path)
+            family, problem = family_from_keys([k for k in header if k != "__metadata__"]), quant.scaled_fp8_problem(header)
         except (UnknownFamily, ValueError, OSError) as exc:
             family, problem = None, str(exc)
         prediction = "flow" if family in {"sd3", "flux"} else "epsilon"
         size = NATIVE_SIZE.get(family or "", 512)
-        return CatalogEntry(path.stem, path, "single_file", family, path.stat().st_size, prediction, problem, size)
+        return CatalogEntry(path.stem, path, "single_file", family, path.stat().st_size, prediction, problem, size,
+                            quantization="fp8" if quant.single_file_fp8(header) else None,
+                            few_step=fewstep.detect_file(path, header))
+    if suffix == ".gguf":  # a quantised transformer alone (Forge's, ComfyUI-GGUF's): paired with a base when loaded
+        info = quant.gguf_info(path)
+        return CatalogEntry(path.stem, path, "gguf", info.family, path.stat().st_size, "flow", info.problem,
+                            NATIVE_SIZE.get(info.family or "", 1024), quantization=info.quantization,
+                            few_step=fewstep.detect_file(path))
     if suffix in PICKLE_SUFFIXES:
-        return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size)
+        return CatalogEntry(path.stem, path, "pickle", None, path.stat().st_size, few_step=fewstep.detect_file(path))
     return None
 
 
@@ -328,7 +347,7 @@ class Catalog:
         short = self.short_hash(entry)
         size = f"{entry.size_bytes / 1e9:.1f} GB" if entry.size_bytes >= 1e8 else f"{entry.size_bytes / 1e6:.1f} MB"
         label = f"{entry.name} [{short}]" if short else entry.name
-        return f"{label} · {entry.family_label} · {size}"
+        return f"{label} · {entry.kind_label} · {size}"
 
     def find(self, name: str) -> CatalogEntry | None:
         """Find by name, file name, dropdown title, `name [hash]` or hash prefix."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from webui.engine.models import sd3_file
+from webui.engine.models import quant, sd3_file
 from webui.engine.models.catalog import Catalog, CatalogEntry
 from webui.engine.core.addons import derived_bytes
 from webui.engine.core import memory
@@ -260,9 +260,13 @@ class ModelManager:
             family = entry.family or "sd1"
             plan = self.device.plan_for(family, _vae_fp16_fix(entry.path))
             pipeline = self._load_folder(entry, plan)
+        elif entry.format == "gguf":
+            pipeline, family, plan = self._load_gguf(entry)
         else:
             pipeline, family, plan = self._load_single_file(entry)
         _apply_plan(pipeline, plan)
+        if entry.quantization == "fp8":
+            _store_fp8(entry, pipeline, plan)
         fast = self._apply_fast_path(entry, pipeline, family or "sd1", plan)
         pipeline.set_progress_bar_config(disable=True)
         # What the denoiser predicts comes from the scheduler config that was loaded: for a single
@@ -279,12 +283,13 @@ class ModelManager:
     def _apply_fast_path(self, entry: CatalogEntry, pipeline: Any, family: str, plan: DtypePlan) -> fastpath.FastPathPlan:
         """The fast path for this checkpoint on this device (core/fastpath.py), applied and logged."""
         facts = self.facts()
-        wanted = fastpath.fast_path_plan(facts, family, self.fast_path, vae_upcast=plan.vae_upcast)
+        wanted = fastpath.fast_path_plan(facts, family, self.fast_path, vae_upcast=plan.vae_upcast, stored=entry.quantization)
         applied = fastpath.apply(pipeline, wanted)
         log.info("%s on %s%s: %s", entry.name, facts.device, f" ({facts.name})" if facts.name else "", applied.text())
         return applied
 
-    def _load_folder(self, entry: CatalogEntry, plan: DtypePlan) -> Any:
+    def _load_folder(self, entry: CatalogEntry, plan: DtypePlan, **components: Any) -> Any:
+        """A diffusers folder; `components` (a GGUF transformer) take the place of the folder's own."""
         import diffusers
 
         index_class = _read_class_name(entry.path)
@@ -301,7 +306,55 @@ class ModelManager:
                 kwargs[name] = None
         if any(entry.path.rglob("*.safetensors")):
             kwargs["use_safetensors"] = True
+        kwargs.update(components)
         return pipeline_class.from_pretrained(str(entry.path), **kwargs)
+
+    def gguf_base(self, entry: CatalogEntry) -> CatalogEntry:
+        """The diffusers folder whose text encoders, VAE and scheduler a GGUF transformer runs with, as ComfyUI
+        and Forge users pair a GGUF UNet with their base model's CLIP and VAE: the first (by name) of the same
+        family, not quantised itself, whose transformer config has the file's shape (its block counts, and
+        for Flux the guidance embedding: a FLUX.1-dev file goes with FLUX.1-dev, not schnell)."""
+        family = entry.family or ""
+        label = FAMILIES.get(family, family)
+        shape = quant.gguf_info(entry.path).shape
+        bases = [b for b in self.catalog.entries
+                 if b.format == "diffusers" and b.family == family and b.problem is None and b.quantization is None]
+        for base in bases:
+            try:
+                config = json.loads((base.path / "transformer" / "config.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if quant.fits(shape, config):
+                return base
+        what = f"{entry.path.name} holds only a {label} transformer (quantised {entry.quantization or 'GGUF'}); Kiri runs it " \
+               f"with the text encoders, VAE and scheduler of a {label} diffusers folder in {self.catalog.checkpoints_dir}"
+        if bases:
+            raise ModelLoadError(f"{what}, and none of those there ({', '.join(b.name for b in bases)}) has its shape "
+                                 f"({', '.join(f'{k} {v}' for k, v in (shape or {}).items())}): add the base model this file "
+                                 "was quantised from, in diffusers format")
+        raise ModelLoadError(f"{what}, and there is none: add one (the base model this file was quantised from, in "
+                             "diffusers format)")
+
+    def _load_gguf(self, entry: CatalogEntry) -> tuple[Any, str, DtypePlan]:
+        """A GGUF transformer (diffusers' GGUFQuantizationConfig: the weights stay quantised, each layer is
+        dequantised to the compute dtype when it runs) in the pipeline of its family's base folder."""
+        import diffusers
+
+        family = entry.family or ""
+        if family not in quant.GGUF_FAMILIES:
+            raise ModelLoadError(f"cannot load {entry.name}: {entry.problem or 'not a Flux or SD3 transformer'}")
+        if not quant.gguf_available():
+            raise ModelLoadError(f"loading {entry.path.name} needs the gguf package: {quant.INSTALL_GGUF}")
+        base = self.gguf_base(entry)
+        plan = self.device.plan_for(family, _vae_fp16_fix(base.path))
+        compute = plan.torch_dtype("denoiser")
+        transformer_class = getattr(diffusers, quant.GGUF_FAMILIES[family])
+        log.info("loading %s (%s) with the text encoders and VAE of %s", entry.path.name, entry.quantization, base.name)
+        transformer = transformer_class.from_single_file(
+            str(entry.path), quantization_config=diffusers.GGUFQuantizationConfig(compute_dtype=compute),
+            config=str(base.path), subfolder="transformer", torch_dtype=compute, local_files_only=True,
+        )
+        return self._load_folder(base, plan, transformer=transformer), family, plan
 
     def _load_single_file(self, entry: CatalogEntry) -> tuple[Any, str, DtypePlan]:
         import os
@@ -417,6 +470,33 @@ def _check_all_weights_loaded(entry: CatalogEntry, pipeline: Any, family: str) -
                 f"{len(empty)} weights of its {name} are missing from the file (e.g. {empty[0]}). "
                 "Check that the file is a complete checkpoint of that family."
             )
+
+
+def _store_fp8(entry: CatalogEntry, pipeline: Any, plan: DtypePlan) -> None:
+    """An fp8 checkpoint's denoiser back in fp8 (diffusers loads every weight in the compute dtype):
+    diffusers' layerwise casting keeps each layer's weights in the file's float8 type and casts them to
+    the compute dtype (float32 on the CPU, fp16/bf16 on a GPU) only while that layer runs. Norms and
+    the patch/position embeddings stay in the compute dtype (diffusers' default skip list)."""
+    import torch
+
+    from webui.engine.models.families import read_safetensors_header
+
+    if entry.path.is_dir():
+        storage = quant.fp8_of_folder(entry.path)
+    else:
+        storage = quant.single_file_fp8(read_safetensors_header(entry.path))
+    denoiser = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
+    if storage is None or denoiser is None or not hasattr(denoiser, "enable_layerwise_casting"):
+        return
+    compute = plan.torch_dtype("denoiser")
+    denoiser.enable_layerwise_casting(storage_dtype=getattr(torch, storage), compute_dtype=compute)
+    # A LoRA added later (PEFT) makes its adapter in its layer's dtype, unless the layer names a compute_dtype
+    # (as bitsandbytes' layers do): named here, the adapter's weights are loaded and kept in the compute dtype,
+    # not rounded to fp8 (in which they could not compute either).
+    for module in denoiser.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and registry.get_hook("layerwise_casting") is not None:
+            module.compute_dtype = compute
 
 
 def _read_class_name(folder: Path) -> str:
