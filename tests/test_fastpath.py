@@ -212,3 +212,41 @@ def test_on_the_cpu_the_manager_records_an_off_plan_and_the_status_shows_only_me
     engine.txt2img(Txt2ImgRequest("a red circle", steps=2, width=64, height=64, seed=1), job)
     assert engine.models.current.fast_path == FastPathPlan(notes=("cpu: diffusers' defaults",))
     assert "fast path" not in job.note
+
+
+def test_fp8_weights_with_a_lora_keep_the_adapter_in_the_compute_dtype(models_dir, tmp_path, tf32_restored):
+    """--fp8-weights on a made-up H100: a LoRA added afterwards computes in the layer's compute dtype
+    (as on an fp8 checkpoint, tests/test_quantised.py) and changes the picture as on the float model."""
+    import os
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    import lora_files
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.generation.requests import Txt2ImgRequest
+    from webui.engine.settings import Settings
+
+    root = tmp_path / "models"
+    (root / "checkpoints").mkdir(parents=True)
+    os.symlink(models_dir / "checkpoints" / "tiny-sd", root / "checkpoints" / "tiny-sd")
+    lora_files.save_kohya(StableDiffusionPipeline.from_pretrained(str(models_dir / "checkpoints" / "tiny-sd")),
+                          root / "Lora" / "outline.safetensors", scale=0.15)
+
+    def picture(fp8: bool, prompt: str):
+        engine = build_engine(Settings(models_dir=root, outputs_dir=tmp_path / "out", save_images=False, fp8_weights=fp8),
+                              DeviceChoice("cpu"))
+        engine.models._facts = H100
+        result = engine.txt2img(Txt2ImgRequest(prompt=prompt, model="tiny-sd", steps=3, width=64, height=64, seed=7))
+        assert not result.warnings, result.warnings
+        return np.asarray(result.images[0]).astype(np.float64), engine.models.current.pipeline.unet
+
+    plain, _ = picture(False, "a red circle")
+    float_lora, _ = picture(False, "a red circle <lora:outline:1>")
+    fp8_lora, unet = picture(True, "a red circle <lora:outline:1>")
+    adapters = {p.dtype for name, p in unet.named_parameters() if ".lora_" in name}
+    assert adapters == {torch.float32}
+    assert unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.base_layer.weight.dtype == torch.float8_e4m3fn
+    assert np.abs(plain - float_lora).mean() > 1.0, "the LoRA changes the picture"
+    assert np.abs(float_lora - fp8_lora).mean() < 2.5, "and does so with fp8 weights as on the float ones"
