@@ -181,9 +181,10 @@ def test_a_caller_waiting_after_the_job_finished_gets_its_result_back_from_disk(
 
     _, engine, _ = served
     job = engine.submit_spec({"kind": "txt2img", "owner": "user:u1", "request": tiny(8)})
-    while not job.finished:
-        time.sleep(0.05)
-    assert job.result is None and job.result_dropped  # nobody was waiting: on disk only
+    deadline = time.monotonic() + 60
+    while not (job.finished and job.result_dropped) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the job reads as finished a moment before its result is on disk and dropped
+    assert job.finished and job.result is None and job.result_dropped  # nobody was waiting: on disk only
     result = engine.jobs.wait(job, 10)
     assert isinstance(result, GenerationResult) and result.seeds == [8] and result.images[0].size == (64, 64)
 
