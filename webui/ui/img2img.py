@@ -22,7 +22,7 @@ from . import detailer as detailer_ui
 from . import styles as styles_ui
 from .common import JOB_EVENT, QUIET_PROGRESS, as_image, owner_of, progress_line, stream_job, user_errors
 from .components import RESULTS_ONLY, finished_outputs, generation_settings, request_fields, vae_choice
-from .send_to import SendTo, as_editor
+from .send_to import SendTo, as_editor, editor_value
 from .token_counter import token_counter
 from .txt2img import Txt2ImgTab, _defaults_plain, _model_defaults, defaults_update
 
@@ -331,7 +331,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
         if init is not None:  # else (made before Kiri kept init images) the tab keeps its picture; the note says so
             updates.update({
                 mode: "inpaint" if inpaint else "img2img", modes: gr.Tabs(selected="inpaint" if inpaint else "img2img"),
-                init_image: None if inpaint else init, editor: as_editor_image(init) if inpaint else None,
+                init_image: None if inpaint else init, editor: editor_value(init) if inpaint else None,
                 mask_upload: mask})
         updates.update({
             strength: body.get("denoising_strength", 0.75), resize_mode: RESIZE_MODES[int(body.get("resize_mode", 0))],
@@ -366,7 +366,3 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                          *detail.inputs().values(), *([tabs] if tabs is not None else [])]
     return Img2ImgTab(editor, mask_upload, modes, mode, gallery, reproduce=reproduce, reproduce_targets=reproduce_targets)
 
-
-def as_editor_image(image) -> dict:
-    """The Inpaint editor's value for a picture: it as the background, no strokes."""
-    return {"background": image, "layers": [], "composite": image}

@@ -197,7 +197,11 @@ def _path_of(item: Any) -> str | None:
 
 def as_editor(picked: Picked) -> dict:
     """The Inpaint editor's value: the picture as background, no strokes yet."""
-    image = picked.image.convert("RGB")
+    return editor_value(picked.image.convert("RGB"))
+
+
+def editor_value(image: Any) -> dict:
+    """An ImageEditor's value for a picture: it as the background, no strokes."""
     return {"background": image, "layers": [], "composite": image}
 
 
