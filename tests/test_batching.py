@@ -77,9 +77,14 @@ def _calls(monkeypatch) -> list[int]:
     return sizes
 
 
-@pytest.mark.xfail(strict=True, reason="on CPU the UNet and VAE round differently in the last bits on a batch of N "
-                   "than on a batch of one (max 1/255 in some pixels); why batch_requests is off by default")
 def test_merged_images_are_the_pixels_each_makes_alone(engine, monkeypatch):
+    """Merged images match what each request makes alone, up to the last bit of rounding.
+
+    Exact equality depends on the CPU: on some, the UNet and VAE round differently on a batch of N
+    than on a batch of one (1/255 in a few pixels), on others they do not (CI saw both). That is why
+    batch_requests is off by default; what must hold everywhere is that a merged picture is the same
+    picture, never a neighbour's seed or a shifted one.
+    """
     sizes = _calls(monkeypatch)
     jobs = _together(engine, [("a", _request(seed=1)), ("b", _request(seed=2, batch_size=2))])
     assert sizes == [3], "the two jobs did not run as one call"
@@ -90,7 +95,11 @@ def test_merged_images_are_the_pixels_each_makes_alone(engine, monkeypatch):
     for got, want in zip(merged, alone):
         assert len(got) == len(want)
         for g, w in zip(got, want):
-            assert np.array_equal(g, w), f"a merged image differs from alone: max {np.abs(g.astype(int) - w).max()}"
+            diff = np.abs(g.astype(int) - w)
+            assert diff.max() <= 1, f"a merged image differs from alone by more than rounding: max {diff.max()}"
+            assert (diff > 0).mean() < 0.05, f"{(diff > 0).mean():.1%} of the values differ: not rounding"
+    # the images of one request differ from each other (seeds 2 and 3), so the bound above has teeth
+    assert np.abs(alone[1][0].astype(int) - alone[1][1]).max() > 8
 
 
 def test_each_owner_gets_only_its_own_result_and_files(engine, monkeypatch):
