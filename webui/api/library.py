@@ -91,7 +91,8 @@ def build_router(ctx: ApiContext) -> APIRouter:
     def reproduce(item_id: int, http: Request) -> dict:
         """{"endpoint": "/sdapi/v1/txt2img", "body": {...}, "notes": [...]}: POST the body there to make it again.
         The checkpoint is picked by the picture's Model hash (a renamed file is found); an img2img picture's
-        body carries its kept init image (and mask)."""
-        return guarded(library().reproduce, ctx.viewer(http), item_id, ctx.engine.catalog)
+        body carries its kept init image (and mask), and a picture made with ControlNet units the units with their
+        kept control pictures (alwayson_scripts.controlnet)."""
+        return guarded(library().reproduce, ctx.viewer(http), item_id, ctx.engine.catalog, ctx.engine.addons)
 
     return router

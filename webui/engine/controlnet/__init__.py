@@ -108,8 +108,9 @@ def register(registries: Any) -> None:
 
     from .addon import ControlNets, from_api_script
     from .files import FOLDERS, describe_controlnet, load_control_model
+    from .reproduce import from_infotext
 
     registries.add_model_kind(ModelKind(NAME, FOLDERS, describe_controlnet, "ControlNet"))
     registries.add_loader(NAME, load_control_model)
     registries.add_addon(AddonSpec(NAME, ControlNets.from_settings, INFOTEXT_KEYS, api_scripts=("controlnet",),
-                                   from_api_script=from_api_script))
+                                   from_api_script=from_api_script, from_infotext=from_infotext))

@@ -14,6 +14,7 @@ from webui.engine.core.addons import Addon
 from webui.engine.core.errors import InvalidRequest
 
 from .files import KIND, ControlModel, family_label, model_type
+from .reproduce import image_key, mask_key
 from .units import ControlUnit, is_ip_adapter, parse_units
 
 log = logging.getLogger(__name__)
@@ -409,6 +410,17 @@ class ControlNets(Addon):
 
     def infotext(self) -> dict[str, object]:
         return self._lines()
+
+    def sources(self) -> dict[str, Any]:
+        """Each unit's own control picture (and mask), kept with the saved outputs for the Library's Reproduce;
+        a unit that reads the img2img picture has none of its own."""
+        kept: dict[str, Any] = {}
+        for unit in self.units:
+            if _is_picture(unit.image):
+                kept[image_key(unit.index)] = unit.image
+            if _is_picture(unit.mask):
+                kept[mask_key(unit.index)] = unit.mask
+        return kept
 
     def _lines(self) -> dict[str, object]:
         out: dict[str, object] = {}

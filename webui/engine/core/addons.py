@@ -116,6 +116,12 @@ class Addon:
     def infotext(self) -> dict[str, object]:
         return {}
 
+    def sources(self) -> dict[str, Any]:
+        """The pictures this add-on starts from (a ControlNet unit's control picture), keyed by the infotext
+        key that records each one's hash: kept beside the saved outputs (runner.kept_sources), so the
+        Library can make the picture again (AddonSpec.from_infotext reads them back)."""
+        return {}
+
 
 # An add-on factory: (settings from request.addons[name]) -> Addon, or None when the settings ask for nothing.
 AddonFactory = Callable[[Any], Any]
@@ -140,6 +146,19 @@ class AddonSpec:
     # (the script's title as registered, its args as sent) -> the add-on's settings, or None when the
     # args ask nothing of this add-on. Images stay as sent (base64): the factory decodes them.
     from_api_script: Callable[[str, Any], Any] | None = None
+    # (a saved picture's infotext params, kept) -> {script title: {"args": [...]}} for the /sdapi/v1 body that
+    # makes the picture again (the Library's Reproduce), or None when the picture did not use this add-on.
+    # kept(key): the kept picture an infotext key records (its `sources()`) as base64, None where the
+    # infotext records none; raises SourceGone where one was recorded but is no longer kept.
+    from_infotext: Callable[[dict[str, str], Callable[[str], str | None]], dict[str, Any] | None] | None = None
+
+
+class SourceGone(LookupError):
+    """A picture the infotext records (by its hash) is no longer among the kept ones."""
+
+    def __init__(self, key: str, digest: str, where: str) -> None:
+        super().__init__(f"{key} {digest[:16]} is no longer in {where}")
+        self.key, self.digest, self.where = key, digest, where
 
 
 class AddonRegistry:
@@ -218,6 +237,15 @@ class AddonRegistry:
                 if settings is not None:
                     found[spec.name] = settings
         return found, unread
+
+    def reproduce_scripts(self, params: dict[str, str], kept: Callable[[str], str | None]) -> dict[str, Any]:
+        """The alwayson_scripts that make a saved picture's add-on work again, from its infotext `params`
+        (each spec's from_infotext; `kept` as it describes)."""
+        scripts: dict[str, Any] = {}
+        for spec in self._specs.values():
+            if spec.from_infotext is not None:
+                scripts.update(spec.from_infotext(params, kept) or {})
+        return scripts
 
     def build(self, wanted: dict[str, Any], prompt: str | None = None, negative: str | None = None) -> list[Any]:
         """The add-ons a request asks for, in registration order (so their effects compose the same way),

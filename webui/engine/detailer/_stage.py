@@ -109,7 +109,9 @@ def detail_work(engine: "Engine", request: Any, kind: str, settings: DetailerSet
         out_dir = dated_dir(engine.outputs_for(job.owner), kind)
         extension = request.image_format or engine.settings.image_format
         before: list[tuple[Any, str, int]] = []
-        sources = kept_sources(engine, job.owner, request) if save and main.images else {}  # the main pass kept none
+        # the main pass kept none: the request's pictures and its add-ons' (ControlNet units') kept here
+        sources = kept_sources(engine, job.owner, request, engine.addons.build(
+            request.addons, request.prompt, request.negative_prompt)) if save and main.images else {}
         for image, info, seed in zip(main.images, main.infotexts, main.seeds):
             picture, params = yield from detail_one(engine, request, settings, detectors, image, seed, main, job, result.warnings)
             text = parse_infotext(info)

@@ -189,7 +189,7 @@ def _batches(engine: "Engine", task: Task, job: Job, session: AddonSession, resu
         # 4. Save each image whole, with its parameters, before the next batch (and the pictures it
         #    started from, once, so the Library can make it again).
         if save and sources is None:
-            sources = kept_sources(engine, job.owner, task)
+            sources = kept_sources(engine, job.owner, task, session.addons)
         save_batch(engine, task, result, model, sampler, schedule, seeds, images, calls, texts, save, out_dir, sources)
         if job.interrupted:
             result.interrupted = True
@@ -216,11 +216,15 @@ def save_batch(engine: "Engine", task: Task, result: GenerationResult, model: "L
         result.add(image, info, seed, path)
 
 
-def kept_sources(engine: "Engine", owner: str, work: Any) -> dict[str, str]:
+def kept_sources(engine: "Engine", owner: str, work: Any, addons: list[Any] = ()) -> dict[str, str]:
     """Keep the pictures a task or request starts from (its `sources()`: an img2img init image and mask;
-    none for a hires fix's second pass) in the owner's outputs (core/outputs.keep_source); their
-    infotext keys with the first hex digits of each hash."""
-    pictures = work.sources() if callable(getattr(work, "sources", None)) else {}
+    none for a hires fix's second pass) and those its `addons` start from (Addon.sources: ControlNet
+    units' control pictures) in the owner's outputs (core/outputs.keep_source); their infotext keys with
+    the first hex digits of each hash."""
+    pictures = dict(work.sources() if callable(getattr(work, "sources", None)) else {})
+    for addon in addons:
+        sources = getattr(addon, "sources", None)
+        pictures.update(sources() if callable(sources) else {})
     root = engine.outputs_for(owner)
     return {key: keep_source(picture, root)[:SOURCE_HASH] for key, picture in pictures.items()}
 

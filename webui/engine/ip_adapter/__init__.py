@@ -517,6 +517,15 @@ class IPAdapterUnits(Addon):
             proc.scale = list(scales)
         return None
 
+    def sources(self) -> dict[str, Any]:
+        """Each unit's reference pictures, kept with the saved outputs for the Library's Reproduce, under the
+        keys the ControlNet lines' reader knows (`ControlNet <index> image hash`, `... image <k> hash`)."""
+        kept: dict[str, Any] = {}
+        for unit in self.units:
+            for k, picture in enumerate(unit.images or [], start=1):
+                kept[f"ControlNet {unit.index} image hash" if k == 1 else f"ControlNet {unit.index} image {k} hash"] = picture
+        return kept
+
     def infotext(self) -> dict[str, object]:
         """sd-webui-controlnet's line per unit (a unit without a picture says it was skipped), by index."""
         lines: dict[int, str] = {u.index: f"Module: {u.module}, Model: {u.model}, Skipped: no image" for u in self.skipped}

@@ -366,16 +366,45 @@ class Library:
         return out
 
     # --- reproduce ------------------------------------------------------------------------------
-    def reproduce(self, viewer: Viewer, item_id: int, catalog: Any = None) -> dict:
+    def reproduce(self, viewer: Viewer, item_id: int, catalog: Any = None, addons: Any = None) -> dict:
         """reproduce_body for the picture (`catalog`: this server's models, to pick the checkpoint by its
-        hash), with an img2img picture's kept init image and mask."""
+        hash), with an img2img picture's kept init image and mask, and (`addons`: the engine's AddonRegistry)
+        the alwayson_scripts its add-ons read back from the infotext, their kept pictures in them
+        (ControlNet units' control pictures)."""
         row = self._visible(viewer, self.index.get(int(item_id)))
         if not row["infotext"]:
             raise InvalidRequest("id", "this picture carries no generation parameters")
         made = reproduce_body(row["infotext"], row["tab"], catalog)
         if made["endpoint"] == "/sdapi/v1/img2img":
             self._attach_sources(row, made)
+        if addons is not None:
+            scripts = addons.reproduce_scripts(parse_infotext(row["infotext"]).params, self._kept(row))
+            if scripts:
+                made["body"]["alwayson_scripts"] = {**made["body"].get("alwayson_scripts", {}), **scripts}
         return made
+
+    def _kept(self, row: dict):
+        """kept(key) for AddonSpec.from_infotext: the kept picture the row's infotext records under `key`, as
+        base64; None where it records none; SourceGone where it is no longer kept."""
+        from webui.engine.core.addons import SourceGone
+        from webui.engine.core.outputs import SOURCES, find_source
+
+        params = parse_infotext(row["infotext"]).params
+        root = self._source_root(row)
+
+        def kept(key: str) -> str | None:
+            if key not in params:
+                return None
+            found = find_source(root, params[key])
+            if found is None:
+                raise SourceGone(key, params[key], f"{root.name}/{SOURCES}")
+            return base64.b64encode(found.read_bytes()).decode()
+
+        return kept
+
+    def _source_root(self, row: dict) -> Path:
+        """The outputs root the row's pictures were kept under (root/<tab>/<date>/file: .inits beside <tab>)."""
+        return Path(row["path"]).parents[2] if len(Path(row["path"]).parents) > 2 else self.outputs
 
     def _attach_sources(self, row: dict, made: dict) -> None:
         """An img2img picture's kept init image and mask (outputs[/<login>]/.inits, beside the folder of the
@@ -387,7 +416,7 @@ class Library:
         params = parse_infotext(row["infotext"]).params
         if INIT_HASH not in params:
             return  # made before Kiri kept init images (or by another tool): the note says what to add
-        root = Path(row["path"]).parents[2] if len(Path(row["path"]).parents) > 2 else self.outputs
+        root = self._source_root(row)
         for key, field in ((INIT_HASH, "init_images"), (MASK_HASH, "mask")):
             if key not in params:
                 continue
