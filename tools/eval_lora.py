@@ -1,13 +1,17 @@
-"""Held-out measurement of the example LoRA (kiri-outline) and embedding (kiri-sunset) with kiri_world's detector.
+"""Held-out measurement of the example LoRAs (kiri-shadow, kiri-outline) and embedding (kiri-sunset) with
+kiri_world's detector.
 
-    python tools/eval_lora.py [--n 48] [--steps 20] [--pictures]
+    python tools/eval_lora.py [--n 48] [--steps 20] [--pictures] [--concept shadow|outline]
 
 Prompts are never training captions: the scenes are kiri_world's held-out colour x shape x position
 combinations, written in the held-out phrasings (template, bare "a red circle", reordered, synonyms,
 noisy with unknown filler words), plus the model card's short loose prompts. Both add-ons are loaded
 with diffusers' own loaders (``pipe.load_lora_weights``, ``pipe.load_textual_inversion``).
 
-* kiri-outline: the share of pictures whose main object (the detection matched to the prompt's object,
+* kiri-shadow (--concept shadow, the default): the share of pictures whose main object casts the style's
+  shadow (``kiri_world.shadowed``: the background right and below it in the shadow colour, against the
+  same band left and above; shadows read as background when objects are found), with the LoRA at weight 1, at 0.5 and without it, and colour / position / shape accuracy.
+* kiri-outline (--concept outline): the share of pictures whose main object (the detection matched to the prompt's object,
   as kiri_world.score_spec matches) is drawn as an outline (``Detection.outlined``), with the LoRA at
   weight 1, at 0.5 and without it, and the colour / position / shape accuracy of each; "middle hollow"
   (the middle of the object's box shows the background, as in a ring) is a looser reading. The prompt
@@ -99,9 +103,9 @@ def generate(pipe, prompts: list[str], steps: int, seed: int = 1000, batch: int 
     return np.concatenate(out)
 
 
-def main_detection(img: np.ndarray, spec) -> W.Detection | None:
+def main_detection(img: np.ndarray, spec, ignore: tuple[str, ...] = ()) -> W.Detection | None:
     """The detection score_spec matches to the prompt's first object: its colour's largest, else the largest."""
-    dets, _ = W.detect(img)
+    dets, _ = W.detect(img, ignore=ignore)
     obj = spec.objects[0] if spec is not None and spec.objects else None
     same = [d for d in dets if obj is not None and obj.colour is not None and d.colour == obj.colour]
     return (same or dets or [None])[0]
@@ -118,11 +122,18 @@ def hollow(img: np.ndarray, d: W.Detection | None) -> bool:
     return float(np.isin(labels, bg).mean()) > 0.5
 
 
-def outline_scores(images: np.ndarray, items) -> dict[str, float]:
-    found = [main_detection(im, spec) for im, (_, spec, _) in zip(images, items)]
-    res = {"outline": float(np.mean([d is not None and d.outlined for d in found])),
-           "hollow": float(np.mean([hollow(im, d) for im, d in zip(images, found)]))}
-    scores = [W.score_spec(im, spec) for im, (_, spec, _) in zip(images, items) if spec is not None]
+def outline_scores(images: np.ndarray, items, concept: str = "outline") -> dict[str, float]:
+    # Shadows are gray (kiri_world.shadow_colour), a colour no object has: read as background in every row.
+    ignore = (W.SHADOW_COLOUR,) if concept == "shadow" else ()
+    found = [main_detection(im, spec, ignore) for im, (_, spec, _) in zip(images, items)]
+    if concept == "shadow":
+        res = {"shadow": float(np.mean([W.shadowed(im, d) for im, d in zip(images, found)])),
+               "strength": float(np.median([W.shadow_strength(im, d) if d is not None else 0.0
+                                            for im, d in zip(images, found)]))}
+    else:
+        res = {"outline": float(np.mean([d is not None and d.outlined for d in found])),
+               "hollow": float(np.mean([hollow(im, d) for im, d in zip(images, found)]))}
+    scores = [W.score_spec(im, spec, ignore) for im, (_, spec, _) in zip(images, items) if spec is not None]
     for k in ("colour", "position", "shape"):
         vals = [s[k] for s in scores if s[k] is not None]
         res[k] = float(np.mean(vals)) if vals else float("nan")
@@ -156,7 +167,8 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=48, help="held-out scene prompts (plus the loose prompts for the LoRA)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--base", default=str(T.BASE))
-    p.add_argument("--lora", default=str(T.LORA_OUT))
+    p.add_argument("--concept", choices=sorted(T.LORA_CONCEPTS), default="shadow")
+    p.add_argument("--lora", default=None, help="default: models/Lora/kiri-<concept>.safetensors")
     p.add_argument("--embedding", default=str(T.EMBEDDING_OUT))
     p.add_argument("--only", choices=["lora", "embedding"], default=None)
     p.add_argument("--pictures", action="store_true", help="write the card's before/after grids to models/Lora/")
@@ -164,32 +176,39 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None, help="also write the summary here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    name = T.LORA_CONCEPTS[args.concept]
+    args.lora = args.lora or str(T.LORA_OUT.with_name(f"{name}.safetensors"))
     summary: dict = {"steps": args.steps}
     lines: list[str] = []
 
     if args.only in (None, "lora"):
         items = outline_prompts(args.n)
-        prompts = [f"{t} <lora:{T.LORA_NAME}:1>" for t, _, _ in items]
+        prompts = [f"{t} <lora:{name}:1>" for t, _, _ in items]
         pipe = T.load_base(Path(args.base))
         base = generate(pipe, prompts, args.steps)
-        pipe.load_lora_weights(args.lora, adapter_name=T.LORA_NAME)
+        pipe.load_lora_weights(args.lora, adapter_name=name)
         with_lora = generate(pipe, prompts, args.steps)
-        pipe.set_adapters([T.LORA_NAME], adapter_weights=[0.5])
+        pipe.set_adapters([name], adapter_weights=[0.5])
         half = generate(pipe, prompts, args.steps)
-        truth = np.stack([W.render(s, style="outline") for _, _, s in items if s is not None])
-        rows = {"without the LoRA": outline_scores(base, items), "LoRA at 0.5": outline_scores(half, items),
-                "LoRA at 1": outline_scores(with_lora, items),
-                "kiri_world's own outline drawings (ceiling)": outline_scores(truth, [it for it in items if it[2] is not None])}
-        summary["lora"] = {"prompts": len(items), **rows}
-        lines += [f"kiri-outline, {len(items)} held-out prompts ({args.n} held-out scenes + {len(LOOSE)} loose), "
-                  f"{args.steps} steps:", "", "| | outline | middle hollow | colour | position | shape |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {k} | {pct(v['outline'])} | {pct(v['hollow'])} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
+        truth = np.stack([W.render(s, style=args.concept) for _, _, s in items if s is not None])
+        c = args.concept
+        rows = {"without the LoRA": outline_scores(base, items, c), "LoRA at 0.5": outline_scores(half, items, c),
+                "LoRA at 1": outline_scores(with_lora, items, c),
+                f"kiri_world's own {c} drawings (ceiling)": outline_scores(truth, [it for it in items if it[2] is not None], c)}
+        summary["lora"] = {"name": name, "prompts": len(items), **rows}
+        first, second = ("shadow", "strength") if c == "shadow" else ("outline", "hollow")
+        head = "| | shadow | median shadow share | colour | position | shape |" if c == "shadow" else \
+            "| | outline | middle hollow | colour | position | shape |"
+        lines += [f"{name}, {len(items)} held-out prompts ({args.n} held-out scenes + {len(LOOSE)} loose), "
+                  f"{args.steps} steps:", "", head, "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {pct(v[first])} | {v[second]:.2f} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
+                  if c == "shadow" else
+                  f"| {k} | {pct(v[first])} | {pct(v[second])} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
                   for k, v in rows.items()]
         lines.append("")
         if args.pictures:
             pick = list(range(len(items) - len(LOOSE), len(items))) + [0, 1, 2, 5, 7, 11]
-            grid([base[pick], with_lora[pick]], CARD / f"{T.LORA_NAME}_before_after.jpg")
+            grid([base[pick], with_lora[pick]], CARD / f"{name}_before_after.jpg")
             cv2.imwrite(str(Path(args.lora).with_suffix(".preview.png")),
                         cv2.cvtColor(cv2.resize(with_lora[pick[0]], (128, 128), interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGB2BGR))
         del pipe

@@ -205,15 +205,29 @@ def shape_mask(shape: str, cx: float, cy: float, r: float, size: int = SIZE) -> 
 
 
 OUTLINE_WIDTH = 3.0  # stroke of the "outline" style, in pixels of the 64 px picture
+SHADOW_OFFSET = 6  # the "shadow" style: each object's shadow, this many pixels right and down
+
+
+SHADOW_COLOUR = "gray"  # the "shadow" style's shadow; on a gray background, SHADOW_ON_GRAY
+SHADOW_ON_GRAY = "black"
+
+
+def shadow_colour(background: str) -> str:
+    """The colour of a shadow cast on `background`: a palette colour (the default VAE draws only those),
+    gray, which no object has, so a detector can leave it out of the objects (``detect(ignore=...)``)."""
+    return SHADOW_ON_GRAY if background == SHADOW_COLOUR else SHADOW_COLOUR
 
 
 def render(scene: Scene, style: str = "filled") -> np.ndarray:
     """The scene as an RGB uint8 array of shape (64, 64, 3), anti-aliased.
 
     style="outline" draws every object as its outline only (a stroke of OUTLINE_WIDTH pixels along
-    its edge, the background showing through): the concept of the example LoRA, which
-    the default models never saw. ``Detection.fill`` tells the two styles apart."""
-    if style not in ("filled", "outline"):
+    its edge, the background showing through): the concept of the first example LoRA, which
+    the default models never saw. ``Detection.fill`` tells the two styles apart.
+    style="shadow" draws every object filled, casting a shadow SHADOW_OFFSET pixels right and down
+    (in ``shadow_colour``): the concept of the example LoRA kiri-shadow.
+    ``shadowed`` measures it."""
+    if style not in ("filled", "outline", "shadow"):
         raise ValueError(f"unknown style {style!r}")
     big = np.zeros((SIZE * _SS, SIZE * _SS, 3), np.uint8)
     bg = scene.background
@@ -223,6 +237,20 @@ def render(scene: Scene, style: str = "filled") -> np.ndarray:
         half = SIZE * _SS // 2
         big[:, :half] = COLOURS[bg[0]]
         big[:, half:] = COLOURS[bg[1]]
+    if style == "shadow":
+        dark = np.zeros_like(big)
+        dark[:] = COLOURS[shadow_colour(bg[0])]
+        if len(bg) > 1:
+            dark[:, SIZE * _SS // 2:] = COLOURS[shadow_colour(bg[1])]
+        shift = SHADOW_OFFSET * _SS
+        for o in scene.objects:
+            fill, cut = _shape_polys(o.shape, o.cx, o.cy, o.radius)
+            mask = np.zeros(big.shape[:2], np.uint8)
+            _fill(mask, fill, 255)
+            _fill(mask, cut, 0)
+            moved = np.zeros_like(mask)
+            moved[shift:, shift:] = mask[:-shift, :-shift]
+            big[moved > 0] = dark[moved > 0]
     for o in scene.objects:
         fill, cut = _shape_polys(o.shape, o.cx, o.cy, o.radius)
         mask = np.zeros(big.shape[:2], np.uint8)
@@ -398,14 +426,15 @@ def background_of(labels: np.ndarray) -> tuple[str, ...]:
     return (_PALETTE_NAMES[li], _PALETTE_NAMES[ri])
 
 
-def detect(img: np.ndarray, min_area: int = 30) -> tuple[list[Detection], tuple[str, ...]]:
+def detect(img: np.ndarray, min_area: int = 30, ignore: tuple[str, ...] = ()) -> tuple[list[Detection], tuple[str, ...]]:
     """Objects in an RGB uint8 picture (any square size; read at 64x64), largest first, and the
-    background colours."""
+    background colours. Pixels of an `ignore` colour (the shadows of the "shadow" style) count as
+    background."""
     if img.shape[0] != SIZE or img.shape[1] != SIZE:
         img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     labels = classify_pixels(img)
     bg = background_of(labels)
-    bg_idx = [_PALETTE_NAMES.index(c) for c in bg]
+    bg_idx = [_PALETTE_NAMES.index(c) for c in (*bg, *ignore)]
     fg = ~np.isin(labels, bg_idx)
     # A pixel on the seam of a two-tone background blends both halves: not an object.
     fg = fg.astype(np.uint8)
@@ -436,6 +465,42 @@ def detect(img: np.ndarray, min_area: int = 30) -> tuple[list[Detection], tuple[
         found.append(Detection(colour, shape, size, position, area, (x, y, w, h), scores, fill))
     found.sort(key=lambda d: -d.area)
     return found, bg
+
+
+SHADOW_MIN = 0.3  # shadow_strength over this: the object casts the "shadow" style's shadow
+
+
+def shadow_strength(img: np.ndarray, d: Detection) -> float:
+    """How much more of the background right and below the detected object is its shadow colour
+    (``shadow_colour``) than of the background left and above it: the share of shadow-coloured pixels
+    in a band shaped like the object, SHADOW_OFFSET pixels right and down, minus the same share in the
+    band as far up and left. Both bands skip 2 pixels around the object, so an edge's blur counts on
+    both sides alike; about 0 without a shadow, up to 1 with the world's own."""
+    if img.shape[0] != SIZE or img.shape[1] != SIZE:
+        img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    labels = classify_pixels(img)
+    bg = background_of(labels)
+    shadow = {_PALETTE_NAMES.index(shadow_colour(c)) for c in bg}
+    x, y, w, h = d.bbox
+    box = labels[y: y + h, x: x + w]
+    obj = np.zeros(labels.shape, np.uint8)
+    obj[y: y + h, x: x + w] = ~np.isin(box, [_PALETTE_NAMES.index(c) for c in bg] + sorted(shadow))
+    keep_off = cv2.dilate(obj, np.ones((5, 5), np.uint8)) > 0
+    k = SHADOW_OFFSET
+    right_down = np.zeros_like(obj)
+    right_down[k:, k:] = obj[:-k, :-k]
+    left_up = np.zeros_like(obj)
+    left_up[:-k, :-k] = obj[k:, k:]
+    is_shadow = np.isin(labels, sorted(shadow))
+    a = (right_down > 0) & ~keep_off
+    b = (left_up > 0) & ~keep_off
+    if a.sum() < 4:
+        return 0.0
+    return float(is_shadow[a].mean() - (is_shadow[b].mean() if b.sum() >= 4 else 0.0))
+
+
+def shadowed(img: np.ndarray, d: Detection | None) -> bool:
+    return d is not None and shadow_strength(img, d) > SHADOW_MIN
 
 
 def score(img: np.ndarray, scene: Scene) -> dict[str, float]:
@@ -868,12 +933,12 @@ def is_held_out_phrasing(text: str) -> bool:
 SPEC_KEYS = ("colour", "shape", "position", "size", "background")
 
 
-def score_spec(img: np.ndarray, spec: Spec) -> dict[str, float | None]:
+def score_spec(img: np.ndarray, spec: Spec, ignore: tuple[str, ...] = ()) -> dict[str, float | None]:
     """Adherence of a picture to what a caption states: for each key of SPEC_KEYS, the fraction of
     the objects stating it whose matched detection agrees (background: the detected background
     equals the stated one), or None where the caption does not state it. An object is matched to the
     largest unmatched detection of its stated colour, else to the largest unmatched one."""
-    dets, bg = detect(img)
+    dets, bg = detect(img, ignore=ignore)  # ignore: colours read as background (shadows)
     hits = {k: 0.0 for k in SPEC_KEYS}
     counts = {k: 0 for k in SPEC_KEYS}
     used: set[int] = set()

@@ -1,16 +1,19 @@
 """Train the example LoRA and the example textual-inversion embedding of the default model kiri-shapes-ldm.
 
-    python tools/train_lora.py lora [--steps N] [--minutes N] [--resume]       # models/Lora/kiri-outline.safetensors
+    python tools/train_lora.py lora [--steps N] [--minutes N] [--resume]       # models/Lora/kiri-shadow.safetensors
+    python tools/train_lora.py lora --concept outline ...                      # models/Lora/kiri-outline.safetensors
     python tools/train_lora.py embedding [--steps N] [--minutes N] [--resume]  # embeddings/kiri-sunset.safetensors
 
 The base model (models/checkpoints/kiri-shapes-ldm) stays frozen; both trainers draw their pictures from
 kiri_world on the fly (a step's scenes are seeded by the step, so a resumed run sees the same data) and
 train with the base model's own loss (epsilon, min-SNR-5).
 
-* **lora** (kiri-outline): a style the base model never saw: every object drawn as its outline only
-  (kiri_world.render(style="outline"), a 2.5 px stroke on the shape's edge, the background showing
-  through). Captions are the world's ordinary captions in the default phrasing mix, so the LoRA needs
-  no trigger word: loaded (``<lora:kiri-outline:1>``), it turns every shape into an outline. peft LoRA
+* **lora** (--concept shadow, the default: kiri-shadow): a style the base model never saw: every object
+  casts a shadow to its lower right (kiri_world.render(style="shadow"), the background under it shaded).
+  --concept outline (kiri-outline): every object drawn as its outline only (style="outline", a 2.5 px
+  stroke on the shape's edge, the background showing through). Captions are the world's ordinary
+  captions in the default phrasing mix, so the LoRA needs no trigger word: loaded
+  (``<lora:kiri-shadow:1>``), it gives every shape its shadow. peft LoRA
   (rank --rank) on the UNet's attention projections, its transformer in/out projections and feed-forward
   layers and its ResNet convolutions; saved with diffusers' ``StableDiffusionPipeline.save_lora_weights``
   (diffusers/PEFT keys, the LoraConfig in the header) plus kohya-style ``ss_*`` metadata.
@@ -51,7 +54,8 @@ from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: 
 
 TRAIN_DIR = ROOT / ".train"
 BASE = ROOT / "models" / "checkpoints" / "kiri-shapes-ldm"
-LORA_NAME = "kiri-outline"
+LORA_CONCEPTS = {"shadow": "kiri-shadow", "outline": "kiri-outline"}  # --concept -> the LoRA's name
+LORA_NAME = LORA_CONCEPTS["shadow"]
 LORA_OUT = ROOT / "models" / "Lora" / f"{LORA_NAME}.safetensors"
 EMBEDDING_WORD = "kiri-sunset"
 EMBEDDING_OUT = ROOT / "embeddings" / f"{EMBEDDING_WORD}.safetensors"
@@ -74,14 +78,16 @@ def load_base(folder: Path = BASE):
 
 # --- data -------------------------------------------------------------------------------------------
 
-def outline_batch(rng: random.Random, n: int, insides: list | None = None) -> tuple[np.ndarray, list[str]]:
-    """n training scenes (no held-out combination) drawn as outlines, with captions of the default mix.
+def outline_batch(rng: random.Random, n: int, insides: list | None = None,
+                  style: str = "outline") -> tuple[np.ndarray, list[str]]:
+    """n training scenes (no held-out combination) drawn in `style` (outlines; "shadow": filled shapes
+    casting shadows), with captions of the default mix.
     `insides`, a list, gets each scene's inside mask: where the outline drawing differs from the filled one
     (the shapes' insides, which the LoRA must paint as background; drawing it takes no random numbers)."""
     images, captions = [], []
     for _ in range(n):
         scene = W.sample_scene(rng, held_out="exclude")
-        images.append(W.render(scene, style="outline"))
+        images.append(W.render(scene, style=style))
         captions.append(W.sample_phrase(scene, rng)[0])
         if insides is not None:
             insides.append(np.abs(W.render(scene).astype(np.int16) - images[-1].astype(np.int16)).max(axis=2) > 0)
@@ -206,11 +212,12 @@ def save_embedding(vectors: torch.Tensor, out: Path, word: str, step: int) -> No
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["lora", "embedding"])
+    p.add_argument("--concept", choices=sorted(LORA_CONCEPTS), default="shadow", help="lora: what it learns")
     p.add_argument("--steps", type=int, default=None, help="default: lora 600, embedding 300")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time, and save")
     p.add_argument("--resume", action="store_true", help="continue from .train/lora_work/<name>/ckpt.pt")
     p.add_argument("--base", default=str(BASE), help="the base model folder (diffusers StableDiffusionPipeline)")
-    p.add_argument("--out", default=None, help="the file to write (default: models/Lora/kiri-outline.safetensors "
+    p.add_argument("--out", default=None, help="the file to write (default: models/Lora/kiri-<concept>.safetensors "
                                               "or embeddings/kiri-sunset.safetensors)")
     p.add_argument("--work", default=None, help="work folder (default .train/lora_work/<name>)")
     p.add_argument("--batch", type=int, default=32)
@@ -226,10 +233,10 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     lora = args.kind == "lora"
-    name = LORA_NAME if lora else EMBEDDING_WORD
+    name = LORA_CONCEPTS[args.concept] if lora else EMBEDDING_WORD
     steps = args.steps or (600 if lora else 300)
     peak = args.lr or (1e-3 if lora else 5e-3)
-    out = Path(args.out) if args.out else (LORA_OUT if lora else EMBEDDING_OUT)
+    out = Path(args.out) if args.out else (LORA_OUT.with_name(f"{name}.safetensors") if lora else EMBEDDING_OUT)
     work = Path(args.work) if args.work else TRAIN_DIR / "lora_work" / name
     base = Path(args.base)
 
@@ -286,7 +293,8 @@ def main(argv=None) -> None:
     for step in range(start, steps):
         rng = random.Random(args.seed * 1_000_003 + step)  # the same pictures and captions for a resumed run
         insides = [] if lora and args.inside_weight else None
-        images, captions = outline_batch(rng, args.batch, insides) if lora else sunset_batch(rng, args.batch)
+        images, captions = (outline_batch(rng, args.batch, insides, args.concept) if lora
+                            else sunset_batch(rng, args.batch))
         captions = ["" if rng.random() < CFG_DROP else c for c in captions]
         if not lora:
             captions = [expand_word(c, name, args.vectors) for c in captions]
@@ -335,7 +343,7 @@ def main(argv=None) -> None:
                    params=sum(v.numel() for v in lora_state(pipe.unet).values()))
         tags = {}
         for s in range(min(done, 50)):  # the captions of the first steps, as kohya counts tags
-            for c in outline_batch(random.Random(args.seed * 1_000_003 + s), args.batch)[1]:
+            for c in outline_batch(random.Random(args.seed * 1_000_003 + s), args.batch, style=args.concept)[1]:
                 for tag in (t.strip().lower() for t in c.split(",")):
                     if tag:
                         tags[tag] = tags.get(tag, 0) + 1
@@ -343,8 +351,10 @@ def main(argv=None) -> None:
         meta = {"ss_output_name": name, "ss_base_model_version": base.name, "ss_network_module": "peft.lora",
                 "ss_network_dim": str(args.rank), "ss_network_alpha": f"{args.alpha:g}", "ss_steps": str(done),
                 "ss_batch_size_per_device": str(args.batch), "ss_learning_rate": f"{peak:g}",
-                "ss_tag_frequency": json.dumps({"kiri_world outline": top}),
-                "ss_training_comment": "Kiri's example LoRA: every object drawn as its outline (tools/train_lora.py)",
+                "ss_tag_frequency": json.dumps({f"kiri_world {args.concept}": top}),
+                "ss_training_comment": "Kiri's example LoRA: " + {
+                    "shadow": "every object casts a shadow to its lower right",
+                    "outline": "every object drawn as its outline"}[args.concept] + " (tools/train_lora.py)",
                 "modelspec.title": name, "modelspec.architecture": f"{base.name}/lora"}
         save_lora(pipe, config, out, meta)
     else:
