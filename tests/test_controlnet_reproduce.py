@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,11 +91,55 @@ def test_reproduce_a_controlnet_and_ip_adapter_picture_bit_for_bit(client):
     assert not np.array_equal(pixels(base64.b64decode(without)), pixels(saved))
     assert client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=bob).status_code == 404
     # a kept control picture gone: a 4xx naming the unit's field, never a body for another picture
-    from pathlib import Path
-
     digest = info.split("ControlNet 1 image hash: ")[1][:10]
     path = Path(client.get(f"/kiri/v1/library/{item['id']}", auth=alice).json()["path"])
     (kept,) = (path.parents[2] / ".inits").glob(f"{digest}*.png")
     kept.unlink()
     gone = client.get(f"/kiri/v1/library/{item['id']}/reproduce", auth=alice)
     assert gone.status_code == 422 and "alwayson_scripts.controlnet.args[1].image" in gone.text and digest in gone.text
+
+
+def test_the_tabs_reproduce_sets_the_control_panel_with_the_kept_pictures(cn_models_dir, tmp_path):  # noqa: F811
+    """Reproduce from the Library tab sets Text to image's ControlNet panel: each unit enabled with its kept
+    control picture, module, model and sliders, the panel's other units off; a control picture that is gone
+    leaves its unit off and says so."""
+    from types import SimpleNamespace
+
+    from test_library import by_elem_id, handler_of
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.generation.requests import Txt2ImgRequest
+    from webui.engine.library import open_library
+    from webui.engine.settings import Settings
+    from webui.ui.app import build
+
+    engine = build_engine(Settings(models_dir=cn_models_dir, outputs_dir=tmp_path / "out", default_model="tiny-sd",
+                                   save_images=True), DeviceChoice("cpu"))
+    engine.catalog.scan()
+    outline = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(outline).rectangle((16, 16, 48, 48), outline="white", width=3)
+    unit = {"image": b64(outline), "module": "canny", "model": "outline-cn", "threshold_a": 60, "threshold_b": 150,
+            "weight": 0.8, "guidance_end": 0.9}
+    engine.txt2img(Txt2ImgRequest("a fenced garden", steps=2, width=64, height=64, seed=3, sampler_name="Euler",
+                                  addons={"controlnet": [{"enabled": False}, unit]}))
+    fill = handler_of(build(engine, tmp_path / "settings.json"), "library-reproduce")
+    lib = open_library(engine.settings)
+    lib.refresh(force=True)
+    (item,) = lib.search(lib.viewer(None), q="fenced")["items"]
+    text = lib.item(lib.viewer(None), item["id"])["infotext"]
+    made = by_elem_id(fill(text, item["id"], SimpleNamespace(username=None)))
+    assert made["txt2img-prompt"] == "a fenced garden" and made["library-status"] == ""
+    assert made["txt2img-cn0-enabled"] is False and made["txt2img-cn1-enabled"] is True
+    assert made["txt2img-cn2-enabled"] is False
+    assert np.array_equal(np.asarray(made["txt2img-cn1-image"]["background"]), np.asarray(outline))
+    assert made["txt2img-cn1-module"]["value"] == "canny" and made["txt2img-cn1-model"]["value"] == "outline-cn"
+    assert (made["txt2img-cn1-threshold-a"]["value"], made["txt2img-cn1-threshold-b"]["value"]) == (60, 150)
+    assert (made["txt2img-cn1-weight"], made["txt2img-cn1-end"]) == (0.8, 0.9)
+    assert "img2img-cn1-enabled" not in made  # the other tab's panel is left as it is
+    # the kept control picture gone: the unit stays off and the note says which picture is missing
+    for kept in (Path(engine.settings.outputs_dir) / ".inits").glob("*.png"):
+        kept.unlink()
+    made = by_elem_id(fill(text, item["id"], SimpleNamespace(username=None)))
+    assert made["txt2img-cn1-enabled"] is False and made["txt2img-prompt"] == "a fenced garden"
+    assert "ControlNet 1 image hash" in made["library-status"] and "no longer in" in made["library-status"]

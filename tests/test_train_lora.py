@@ -36,6 +36,24 @@ def test_the_detector_tells_outlines_from_filled_shapes():
         W.render(scenes[0], style="dotted")
 
 
+def test_the_shadow_style_reads_as_shadowed_and_keeps_the_objects():
+    """kiri_world's shadow drawings read as shadowed, its filled drawings never; with the shadow read as
+    background the detector finds the same object, colour and place in both."""
+    rng = random.Random(11)
+    scenes = [W.sample_scene(rng, p_two=0.0) for _ in range(40)]
+    hits = 0
+    for scene in scenes:
+        filled, shadowed = W.render(scene), W.render(scene, style="shadow")
+        (plain, *_), _ = W.detect(filled, ignore=(W.SHADOW_COLOUR,))
+        (cast, *_), _ = W.detect(shadowed, ignore=(W.SHADOW_COLOUR,))
+        assert not W.shadowed(filled, plain), scene.caption
+        hits += W.shadowed(shadowed, cast)
+        if scene.background != ("gray",):  # a black shadow on gray joins a black object's edge
+            assert (cast.colour, cast.position) == (plain.colour, plain.position), scene.caption
+    assert hits >= 36
+    assert T.outline_batch(random.Random(2), 2, style="shadow")[0].shape == (2, 64, 64, 3)
+
+
 def test_training_data_keeps_held_out_scenes_out_and_says_the_new_word():
     rng = random.Random(0)
     images, captions = T.outline_batch(rng, 8)

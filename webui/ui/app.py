@@ -108,7 +108,7 @@ def build(engine: Engine, settings_file: Path) -> gr.Blocks:
                 to_txt2img = png_info.render(engine, t2i, tabs, TXT2IMG_TAB, send_to=send)
             with gr.Tab("Library", id=library.TAB_ID) as library_tab:
                 library.render(engine, library_tab, reproduce=to_txt2img, send_to=send, model_picker=picker,
-                               reproduce_img2img=i2i)
+                               reproduce_img2img=i2i, txt2img_control=t2i.control)
             with gr.Tab("Sampler lab", id="sampler_lab"):
                 sampler_lab.render(engine)
             with gr.Tab("Settings", id="settings"):

@@ -17,6 +17,7 @@ from webui.engine import ip_adapter
 from webui.engine.context import Engine
 from webui.engine.controlnet.preprocess import Preprocessors, builtin_preprocessors
 from webui.engine.core.errors import InvalidRequest, KiriError
+from webui.engine.core.limits import base64_bytes, decode_image
 
 from .common import as_image, user_errors
 from .theme import REFRESH
@@ -68,6 +69,66 @@ class ControlPanel:
                 processor_res=int(res), threshold_a=a, threshold_b=b, pixel_perfect=bool(values["pixel_perfect"]),
             ))
         return {name: units for name, units in found.items() if units}
+
+    def updates_from_args(self, engine: Engine, args: list[dict] | None) -> dict:
+        """Component -> value that set the panel to sd-webui-controlnet's unit dicts (`args`, the Library's
+        Reproduce body's alwayson_scripts.controlnet.args, pictures as base64): each unit as it was, the
+        panel's other units off. A unit with no picture of its own reads the init image where the tab has one."""
+        updates: dict = {}
+        args = list(args or [])
+        for unit in self.units:
+            c = unit.components
+            arg = args[unit.index] if unit.index < len(args) and isinstance(args[unit.index], dict) else {}
+            updates[c["enabled"]] = bool(arg.get("enabled", bool(arg)))
+            if not updates[c["enabled"]]:
+                continue
+            module = arg.get("module") or DEFAULT_MODULE
+            image = arg.get("image")
+            image = image[0] if isinstance(image, list) and image else image
+            where = f"controlnet[{unit.index}].image"
+            picture = decode_image(base64_bytes(image, where), where).convert("RGB") if image else None
+            updates[c["image"]] = editor_value(picture) if picture is not None else EMPTY_EDITOR
+            if "use_init" in c:
+                updates[c["use_init"]] = picture is None
+            updates[c["module"]] = gr.update(value=module, info=module_label(module))
+            updates[c["model"]] = _model_update(engine, module, None, _without_hash(arg.get("model") or ""))
+            updates[c["weight"]] = _number(arg.get("weight"), 1.0)
+            updates[c["guidance_start"]] = _number(arg.get("guidance_start"), 0.0)
+            updates[c["guidance_end"]] = _number(arg.get("guidance_end"), 1.0)
+            updates[c["control_mode"]] = _named(arg.get("control_mode"), CONTROL_MODES, 0)
+            updates[c["resize_mode"]] = _named(arg.get("resize_mode"), RESIZE_MODES, 1)
+            updates[c["pixel_perfect"]] = bool(arg.get("pixel_perfect", False))
+            for name, spec in zip(SLIDERS, slider_specs(module)):
+                value = arg.get(name)
+                updates[c[name]] = gr.update(visible=False) if spec is None else gr.update(
+                    visible=True, label=spec.name, minimum=spec.min, maximum=spec.max, step=spec.step,
+                    value=spec.value if value is None or value == -1 else value)
+        return updates
+
+    def components(self) -> list:
+        """Every component updates_from_args sets (the outputs of a handler that returns its updates)."""
+        return [c for unit in self.units for c in unit.components.values()]
+
+
+def _without_hash(title: str) -> str:
+    """A model's name from its title ("outline-cn [0123abcd]" -> "outline-cn"), as the model list's values are."""
+    text = str(title).strip()
+    return text[: text.rindex(" [")].strip() if text.endswith("]") and " [" in text else text
+
+
+def _named(value: Any, names: tuple[str, ...], default: int) -> str:
+    """A mode as its name, from a name or sd-webui-controlnet's index."""
+    if isinstance(value, str) and value in names:
+        return value
+    try:
+        return names[int(value)]
+    except (TypeError, ValueError, IndexError):
+        return names[default]
+
+
+def editor_value(picture: Any) -> dict:
+    """The ImageEditor's value showing `picture` as the unit's uploaded control picture."""
+    return {"background": picture, "layers": [], "composite": picture}
 
 
 def is_ip_adapter(module: str | None) -> bool:
@@ -235,8 +296,9 @@ def _render_unit(engine: Engine, prefix: str, index: int, modules: list[str], fa
     def on_module(module, title, model):
         return (gr.update(info=module_label(module)), _model_update(engine, module, title, model), *slider_updates(module))
 
-    c["module"].change(on_module, [c["module"], model_picker, c["model"]], [c["module"], c["model"], *sliders],
-                       api_visibility="private", queue=False)
+    # .input, the user's own choice: a panel filled by Reproduce sets the model and sliders with the module
+    c["module"].input(on_module, [c["module"], model_picker, c["model"]], [c["module"], c["model"], *sliders],
+                      api_visibility="private", queue=False)
     model_picker.change(lambda module, title, model: _model_update(engine, module, title, model),
                         [c["module"], model_picker, c["model"]], c["model"], api_visibility="private", queue=False)
     refresh.click(lambda module, title, model: _model_update(engine, module, title, model, rescan=True),
@@ -244,12 +306,13 @@ def _render_unit(engine: Engine, prefix: str, index: int, modules: list[str], fa
 
     width, height = size if size is not None else (gr.State(512), gr.State(512))
 
-    def on_new_canvas(w, h):
+    def on_new_canvas(w, h, title, model):
         value = blank_canvas(w, h)
-        return gr.ImageEditor(value=value, brush=canvas_brush(max(value["background"].size))), CANVAS_MODULE, True
+        return (gr.ImageEditor(value=value, brush=canvas_brush(max(value["background"].size))), True,
+                *on_module(CANVAS_MODULE, title, model))
 
-    new_canvas.click(on_new_canvas, [width, height],
-                     [c["image"], c["module"], c["enabled"]], api_visibility="private", queue=False)
+    new_canvas.click(on_new_canvas, [width, height, model_picker, c["model"]],
+                     [c["image"], c["enabled"], c["module"], c["model"], *sliders], api_visibility="private", queue=False)
 
     def run_preview(image, use_init, init, module, res, a, b, pixel_perfect, w, h):
         picture = None if use_init else unit_image(image)

@@ -44,6 +44,7 @@ class Img2ImgTab:
     # makes, with the kept init image and mask) and opens the tab; `reproduce_targets` are its outputs.
     reproduce: Any = None
     reproduce_targets: list = None
+    control: Any = None  # the ControlNet / IP-Adapter panel (controlnet.ControlPanel): Reproduce sets its units
 
 
 # The brush paints a half-transparent colour, so the picture stays visible under the mask; what it
@@ -364,5 +365,6 @@ def render(engine: Engine, model_picker: gr.Dropdown, t2i: Txt2ImgTab | None = N
                          mask_blur, invert, fill, area, padding, gen.steps, gen.cfg_scale, gen.seed, gen.width,
                          gen.height, gen.clip_skip, gen.batch_count, gen.batch_size, gen.vae, gen.sampler, gen.schedule,
                          *detail.inputs().values(), *([tabs] if tabs is not None else [])]
-    return Img2ImgTab(editor, mask_upload, modes, mode, gallery, reproduce=reproduce, reproduce_targets=reproduce_targets)
+    return Img2ImgTab(editor, mask_upload, modes, mode, gallery, reproduce=reproduce, reproduce_targets=reproduce_targets,
+                      control=control)
 

@@ -29,7 +29,7 @@ def _viewer(library, request: gr.Request | None):
 
 
 def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, list] | None = None, send_to=None,
-           model_picker: gr.Dropdown | None = None, reproduce_img2img: Any = None) -> None:
+           model_picker: gr.Dropdown | None = None, reproduce_img2img: Any = None, txt2img_control: Any = None) -> None:
     """Builds the tab inside `tab_block` (its gr.Tab: the first page is read when it is opened). Reproduce
     fills Text to image through `reproduce` (PNG info's fill and its outputs) and sets `model_picker` to the
     picture's checkpoint, found by its Model hash."""
@@ -212,17 +212,23 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
 
         def fill_and_note(text: str, item_id=None, request: gr.Request = None):
             made = reproduce_body(text or "", "txt2img", engine.catalog)
+            unit_gaps: list[str] = []
+            if item_id is not None:
+                made, unit_gaps = _reproduce_with_units(engine, library, _viewer(library, request), item_id)
+            units = made["body"].get("alwayson_scripts", {}).get("controlnet", {}).get("args", [])
             if item_id is not None and img2img_fill is not None and made["endpoint"] == "/sdapi/v1/img2img":
                 # an image to image picture goes back to that tab, with the start picture (and mask) kept with it
-                with user_errors():
-                    made = library.reproduce(_viewer(library, request), item_id, engine.catalog)
                 updates = img2img_fill(made["body"], parse_infotext(text or "").params)
                 missing = ["Its start picture was not kept with it (made before Kiri kept them, or by another tool): "
                            "add it in Image to image before Generate." for n in made["notes"] if "source picture" in n]
-                missing += reproduce_gaps(text, img2img=True)
+                missing += unit_gaps or reproduce_gaps(text, img2img=True, units_kept=item_id is not None)
+                panel = getattr(reproduce_img2img, "control", None)
             else:
                 updates = fill(text)
-                missing = reproduce_gaps(text)
+                missing = unit_gaps or reproduce_gaps(text, units_kept=item_id is not None)
+                panel = txt2img_control
+            if panel is not None and item_id is not None:  # the picture's units back, the panel's others off
+                updates.update(panel.updates_from_args(engine, units))
             if model_picker is not None:  # the checkpoint by its hash (renamed since), else by its name
                 entry = engine.catalog.find(made["body"].get("override_settings", {}).get("sd_model_checkpoint") or "")
                 if entry is not None:
@@ -231,19 +237,40 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
             updates[status] = "**Reproduce:** " + " ".join(missing) if missing else ""
             return updates
 
+        panels = [p for p in (txt2img_control, getattr(reproduce_img2img, "control", None)) if p is not None]
         outputs_of_reproduce = list(dict.fromkeys([*targets, *img2img_targets, *([model_picker] if model_picker else []),
-                                                  status]))
+                                                  *(c for p in panels for c in p.components()), status]))
         reproduce_button.click(fill_and_note, [parameters, opened], outputs_of_reproduce, api_visibility="private",
                                queue=False)
 
 
-def reproduce_gaps(infotext: str, img2img: bool = False) -> list[str]:
+def _reproduce_with_units(engine: Engine, library: Any, viewer: Any, item_id: Any) -> tuple[dict, list[str]]:
+    """Library.reproduce with the add-ons' units (ControlNet, IP-Adapter) and their kept pictures; where a
+    kept control picture is gone, the body without the units, and the gap said. Any other refusal (a start
+    picture that is gone: the picture cannot be made without it) is the user's error."""
+    from webui.engine.core.errors import InvalidRequest
+
+    with user_errors():
+        try:
+            return library.reproduce(viewer, item_id, engine.catalog, engine.addons), []
+        except InvalidRequest as exc:
+            if not exc.field.startswith("alwayson_scripts"):
+                raise
+            gap = f"{exc} Add it in the ControlNet panel before Generate."
+        return library.reproduce(viewer, item_id, engine.catalog), [gap]
+
+
+def reproduce_gaps(infotext: str, img2img: bool = False, units_kept: bool = False) -> list[str]:
     """What Reproduce cannot set from a picture's infotext, said plainly: ControlNet units' control pictures
-    (and IP-Adapter's) are not in it, and an image to image picture starts from a picture of its own (unless
-    `img2img`: it went to Image to image with the start picture kept with it)."""
+    (and IP-Adapter's) are not in it unless kept with the picture (`units_kept`: Reproduce from the Library,
+    which sets the units whose pictures were kept), and an image to image picture starts from a picture of
+    its own (unless `img2img`: it went to Image to image with the start picture kept with it)."""
     params = parse_infotext(infotext or "").params
     gaps = []
-    units = sorted(k for k in params if k.startswith("ControlNet ") and k.split(" ", 1)[1].isdigit())
+    units = sorted(k for k in params if k.startswith("ControlNet ") and k.split(" ", 1)[1].isdigit()
+                   and not str(params[k]).startswith("Skipped"))
+    if units_kept:  # a unit kept with its picture is set; in image to image one without reads the init image
+        units = [] if img2img else [k for k in units if f"{k} image hash" not in params]
     if units:
         gaps.append(f"This picture used {len(units)} ControlNet unit{'s' if len(units) > 1 else ''} "
                     f"({', '.join(units)}); their control pictures are not in its parameters, so add them in the "

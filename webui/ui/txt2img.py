@@ -38,6 +38,7 @@ class Txt2ImgTab:
     styles: gr.Dropdown | None = None
     detailer: detailer_ui.Panel | None = None  # PNG info sends a picture's ADetailer keys back to it
     hires: dict[str, Any] | None = None  # the Hires. fix widgets by input name (enable_hr, hr_scale, ...)
+    control: controlnet.ControlPanel | None = None  # the Library's Reproduce sets a picture's units back
 
 
 def _model_defaults(engine: Engine) -> tuple[list[str], str, int, list[str]]:
@@ -263,7 +264,7 @@ def render(engine: Engine, model_picker: gr.Dropdown, send: SendTo | None = None
                   [model_picker, prompt, *defaults_inputs], defaults_outputs, queue=False, show_progress="hidden",
                   api_visibility="private", trigger_mode="always_last")
     extra_networks.render(engine, "txt2img", prompt, gallery, model_picker)
-    return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail, hires_inputs)
+    return Txt2ImgTab(prompt, negative, gen, gallery, styles, detail, hires_inputs, control)
 
 
 def hires_from_infotext(widgets: dict[str, Any], params: dict[str, str]) -> tuple[dict, list[str]]:
