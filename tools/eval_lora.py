@@ -1,17 +1,17 @@
 """Held-out measurement of the example LoRAs (kiri-shadow, kiri-outline) and embedding (kiri-sunset) with
 kiri_world's detector.
 
-    python tools/eval_lora.py [--n 48] [--steps 20] [--pictures] [--concept shadow|outline]
+    python tools/eval_lora.py [--n 48] [--steps 20] [--pictures] [--concept outline|shadow]
 
 Prompts are never training captions: the scenes are kiri_world's held-out colour x shape x position
 combinations, written in the held-out phrasings (template, bare "a red circle", reordered, synonyms,
 noisy with unknown filler words), plus the model card's short loose prompts. Both add-ons are loaded
 with diffusers' own loaders (``pipe.load_lora_weights``, ``pipe.load_textual_inversion``).
 
-* kiri-shadow (--concept shadow, the default): the share of pictures whose main object casts the style's
+* kiri-shadow (--concept shadow): the share of pictures whose main object casts the style's
   shadow (``kiri_world.shadowed``: the background right and below it in the shadow colour, against the
   same band left and above; shadows read as background when objects are found), with the LoRA at weight 1, at 0.5 and without it, and colour / position / shape accuracy.
-* kiri-outline (--concept outline): the share of pictures whose main object (the detection matched to the prompt's object,
+* kiri-outline (--concept outline, the default): the share of pictures whose main object (the detection matched to the prompt's object,
   as kiri_world.score_spec matches) is drawn as an outline (``Detection.outlined``), with the LoRA at
   weight 1, at 0.5 and without it, and the colour / position / shape accuracy of each; "middle hollow"
   (the middle of the object's box shows the background, as in a ring) is a looser reading. The prompt
@@ -167,7 +167,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=48, help="held-out scene prompts (plus the loose prompts for the LoRA)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--base", default=str(T.BASE))
-    p.add_argument("--concept", choices=sorted(T.LORA_CONCEPTS), default="shadow")
+    p.add_argument("--concept", choices=sorted(T.LORA_CONCEPTS), default="outline")
     p.add_argument("--lora", default=None, help="default: models/Lora/kiri-<concept>.safetensors")
     p.add_argument("--embedding", default=str(T.EMBEDDING_OUT))
     p.add_argument("--only", choices=["lora", "embedding"], default=None)

@@ -1,19 +1,19 @@
 """Train the example LoRA and the example textual-inversion embedding of the default model kiri-shapes-ldm.
 
-    python tools/train_lora.py lora [--steps N] [--minutes N] [--resume]       # models/Lora/kiri-shadow.safetensors
-    python tools/train_lora.py lora --concept outline ...                      # models/Lora/kiri-outline.safetensors
+    python tools/train_lora.py lora [--steps N] [--minutes N] [--resume]       # models/Lora/kiri-outline.safetensors
+    python tools/train_lora.py lora --concept shadow ...                       # models/Lora/kiri-shadow.safetensors
     python tools/train_lora.py embedding [--steps N] [--minutes N] [--resume]  # embeddings/kiri-sunset.safetensors
 
 The base model (models/checkpoints/kiri-shapes-ldm) stays frozen; both trainers draw their pictures from
 kiri_world on the fly (a step's scenes are seeded by the step, so a resumed run sees the same data) and
 train with the base model's own loss (epsilon, min-SNR-5).
 
-* **lora** (--concept shadow, the default: kiri-shadow): a style the base model never saw: every object
-  casts a shadow to its lower right (kiri_world.render(style="shadow"), the background under it shaded).
-  --concept outline (kiri-outline): every object drawn as its outline only (style="outline", a 2.5 px
-  stroke on the shape's edge, the background showing through). Captions are the world's ordinary
-  captions in the default phrasing mix, so the LoRA needs no trigger word: loaded
-  (``<lora:kiri-shadow:1>``), it gives every shape its shadow. peft LoRA
+* **lora** (--concept outline, the default: kiri-outline, the shipped example): a style the base model
+  never saw: every object drawn as its outline only (kiri_world.render(style="outline"), a 2.5 px stroke
+  on the shape's edge, the background showing through). --concept shadow (kiri-shadow, tried, not
+  shipped: models/README.md): every object casts a gray shadow to its lower right (style="shadow").
+  Captions are the world's ordinary captions in the default phrasing mix, so the LoRA needs no trigger
+  word: loaded (``<lora:kiri-outline:1>``), it turns every shape into an outline. peft LoRA
   (rank --rank) on the UNet's attention projections, its transformer in/out projections and feed-forward
   layers and its ResNet convolutions; saved with diffusers' ``StableDiffusionPipeline.save_lora_weights``
   (diffusers/PEFT keys, the LoraConfig in the header) plus kohya-style ``ss_*`` metadata.
@@ -55,7 +55,7 @@ from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: 
 TRAIN_DIR = ROOT / ".train"
 BASE = ROOT / "models" / "checkpoints" / "kiri-shapes-ldm"
 LORA_CONCEPTS = {"shadow": "kiri-shadow", "outline": "kiri-outline"}  # --concept -> the LoRA's name
-LORA_NAME = LORA_CONCEPTS["shadow"]
+LORA_NAME = LORA_CONCEPTS["outline"]
 LORA_OUT = ROOT / "models" / "Lora" / f"{LORA_NAME}.safetensors"
 EMBEDDING_WORD = "kiri-sunset"
 EMBEDDING_OUT = ROOT / "embeddings" / f"{EMBEDDING_WORD}.safetensors"
@@ -212,7 +212,7 @@ def save_embedding(vectors: torch.Tensor, out: Path, word: str, step: int) -> No
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=["lora", "embedding"])
-    p.add_argument("--concept", choices=sorted(LORA_CONCEPTS), default="shadow", help="lora: what it learns")
+    p.add_argument("--concept", choices=sorted(LORA_CONCEPTS), default="outline", help="lora: what it learns")
     p.add_argument("--steps", type=int, default=None, help="default: lora 600, embedding 300")
     p.add_argument("--minutes", type=float, default=None, help="stop after this much training time, and save")
     p.add_argument("--resume", action="store_true", help="continue from .train/lora_work/<name>/ckpt.pt")
