@@ -144,3 +144,45 @@ def test_img2img_unit_on_the_init_image_over_the_api(cn_server, tmp_path):
     assert len(gallery) == 1
     assert 'ControlNet 0: "Module: canny, Model: ' + model["title"] in infotext
     assert "Threshold A: 50, Threshold B: 120" in infotext
+
+
+def test_reproduce_from_the_library_sets_the_unit_and_generates_the_same_pixels(cn_server, browser):
+    """A picture made over the API with a ControlNet unit: the Library's Reproduce sets Text to image's unit
+    (enabled, its kept control picture, module, model), and Generate there gives the same pixels."""
+    import base64
+
+    import numpy as np
+    import requests
+    from PIL import ImageDraw
+
+    from test_browser_library import open_found
+
+    url = cn_server["url"]
+    control = Image.new("RGB", (64, 64))
+    ImageDraw.Draw(control).ellipse((12, 12, 52, 52), outline="white", width=3)
+    buffer = io.BytesIO()
+    control.save(buffer, format="PNG")
+    unit = {"image": base64.b64encode(buffer.getvalue()).decode(), "module": "none", "model": "tiny-cn", "weight": 0.9}
+    answer = requests.post(url + "sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a controlled copper moon", "steps": 3, "width": 64, "height": 64, "seed": 606, "cfg_scale": 5,
+        "sampler_name": "Euler", "save_images": True, "override_settings": {"samples_save": True},
+        "alwayson_scripts": {"controlnet": {"args": [unit]}}})
+    assert answer.status_code == 200, answer.text
+    made = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
+    page = open_found(browser, url, "copper moon", "ControlNet 0 image hash")
+    page.locator("#library-reproduce").click()
+    page.wait_for_function("document.querySelector('#txt2img-prompt textarea')?.value === 'a controlled copper moon'",
+                           timeout=15_000)
+    page.locator("#txt2img-controlnet").get_by_text("ControlNet / IP-Adapter").first.click()
+    page.locator("#txt2img-cn0-enabled").wait_for(state="visible", timeout=10_000)
+    assert page.locator("#txt2img-cn0-enabled input").is_checked()
+    assert page.locator("#txt2img-cn0-module input").input_value() == "none"
+    assert page.locator("#txt2img-cn0-model input").input_value().startswith("tiny-cn [")  # its title shows
+    assert page.locator("#library-status").inner_text().strip() == ""
+    page.locator("#txt2img-generate").click()
+    _wait_for_result(page, "txt2img")
+    source = page.locator("#txt2img-gallery img").first.get_attribute("src")
+    again = requests.get(source if source.startswith("http") else url.rstrip("/") + source, timeout=30)
+    assert again.status_code == 200
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(again.content)).convert("RGB")), made)
+    page.close()

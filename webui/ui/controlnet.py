@@ -308,8 +308,9 @@ def _render_unit(engine: Engine, prefix: str, index: int, modules: list[str], fa
 
     def on_new_canvas(w, h, title, model):
         value = blank_canvas(w, h)
+        _, model_update, *sliders_update = on_module(CANVAS_MODULE, title, model)
         return (gr.ImageEditor(value=value, brush=canvas_brush(max(value["background"].size))), True,
-                *on_module(CANVAS_MODULE, title, model))
+                gr.update(value=CANVAS_MODULE, info=module_label(CANVAS_MODULE)), model_update, *sliders_update)
 
     new_canvas.click(on_new_canvas, [width, height, model_picker, c["model"]],
                      [c["image"], c["enabled"], c["module"], c["model"], *sliders], api_visibility="private", queue=False)
