@@ -307,3 +307,36 @@ def test_a_units_own_controlnet_gets_the_region_crop(models_dir, tmp_path, monke
     assert units[0]["model"] == "outline-cn" and units[0]["weight"] == 0.8
     assert units[0]["image"].size[0] < 96  # the region's crop, not the whole picture
     assert "ControlNet 0" in infotexts[0] and "outline-cn" in infotexts[0]
+
+
+def test_the_librarys_reproduce_body_carries_the_detailer_units_and_makes_the_same_picture(ad_server):
+    """A detailed picture's reproduce body (GET /kiri/v1/library/{id}/reproduce) has its ADetailer units
+    back from the infotext in alwayson_scripts.ADetailer; posted, it makes the same pixels."""
+    import base64
+    import io
+
+    import requests
+
+    url = ad_server["url"]
+    unit = {"ad_model": "tiny-clipseg", "ad_model_classes": "circle", "ad_confidence": 0.0,
+            "ad_denoising_strength": 0.5, "ad_prompt": "a detailed red circle", "ad_mask_blur": 2}
+    answer = requests.post(url + "sdapi/v1/txt2img", timeout=120, json={
+        "prompt": "a detailed teal kite", "steps": 2, "width": 64, "height": 64, "seed": 808, "sampler_name": "Euler",
+        "save_images": True, "override_settings": {"samples_save": True},
+        "alwayson_scripts": {"ADetailer": {"args": [True, False, unit]}}})
+    assert answer.status_code == 200, answer.text
+    (item,) = requests.get(url + "kiri/v1/library", params={"q": "teal kite"}, timeout=30).json()["items"]
+    made = requests.get(url + f"kiri/v1/library/{item['id']}/reproduce", timeout=30).json()
+    enable, skip, *units = made["body"]["alwayson_scripts"]["ADetailer"]["args"]
+    assert (enable, skip, len(units)) == (True, False, 1)
+    assert {k: units[0][k] for k in unit} == unit
+    again = requests.post(url + made["endpoint"].lstrip("/"), json={**made["body"], "save_images": False}, timeout=120)
+    assert again.status_code == 200, again.text
+
+    def pixels(data: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
+
+    assert np.array_equal(pixels(again.json()["images"][0]), pixels(answer.json()["images"][0]))
+    plain = {k: v for k, v in made["body"].items() if k != "alwayson_scripts"}
+    without = requests.post(url + made["endpoint"].lstrip("/"), json={**plain, "save_images": False}, timeout=120)
+    assert not np.array_equal(pixels(without.json()["images"][0]), pixels(answer.json()["images"][0]))

@@ -93,12 +93,19 @@ def _from_api_script(title: str, args: Any) -> dict | None:
     return plain(settings) if settings is not None else None
 
 
+def _from_infotext(params: dict[str, str], kept: Any = None) -> dict | None:
+    """A detailed picture's ADetailer units from its infotext, as the script's args (the Library's Reproduce)."""
+    units = units_from_infotext(params)
+    return {SCRIPT: {"args": [True, False, *units]}} if units else None
+
+
 def register(registries: "Registries") -> None:
     """The "adetailer" add-on (its settings only: it reads alwayson_scripts.ADetailer) and the
     detailer stage as a variant of txt2img and img2img."""
     from webui.engine.core.addons import AddonSpec
 
     keys = tuple(f"{key}{suffix(i)}" for i in range(MAX_UNITS) for key in INFOTEXT_FIELDS) + ("ADetailer version",)
-    registries.add_addon(AddonSpec(NAME, lambda settings: None, keys, api_scripts=(SCRIPT,), from_api_script=_from_api_script))
+    registries.add_addon(AddonSpec(NAME, lambda settings: None, keys, api_scripts=(SCRIPT,), from_api_script=_from_api_script,
+                                   from_infotext=_from_infotext))
     for kind in ("txt2img", "img2img"):
         registries.extend_job_kind(kind, wants_detailer, _variant(kind))
