@@ -1,0 +1,94 @@
+"""Kiri's queue on Ray Serve replicas (optional: `pip install -r requirements-ray.txt`).
+
+    python launch.py --ray --replicas 2            # a local Ray cluster, two replicas
+    python launch.py --ray-address HOST:6379       # join a running cluster
+
+`start(engine, ...)` connects to Ray, deploys KiriEngine (replica.py: each replica its own Engine, built
+as the single process builds it) and installs a RayDispatcher (front.py) as `engine.dispatcher`, so every
+registered job kind the UI and the APIs ask for runs on a replica while the front keeps its fair queue.
+Nothing in webui/engine imports this package. See docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+APP_NAME = "kiri"
+_PATH_SETTINGS = ("models_dir", "outputs_dir", "extensions_dir")
+
+
+@dataclass
+class RayOptions:
+    replicas: int = 1
+    address: str | None = None  # None: start a local cluster
+    num_cpus: float = 1  # per replica
+    num_gpus: float = 0  # per replica (1 on a GPU machine: one replica per GPU)
+    threads: int = 0  # torch threads per replica (0: torch's default)
+    device: str | None = None  # the replicas' device (None: the settings' device)
+    cluster_cpus: int | None = None  # a local cluster's CPUs (None: Ray counts them)
+    retries: int = 3
+    settings: dict = field(default_factory=dict)  # more Settings fields for the replicas
+
+
+def replica_settings(settings: Any, extra: dict | None = None) -> dict:
+    """The front's Settings as the plain fields a replica builds its Engine from."""
+    import dataclasses
+
+    fields = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
+        if f.init:
+            fields[f.name] = value
+    return {**fields, **(extra or {})}
+
+
+def start(engine: Any, options: RayOptions) -> Any:
+    """Connect to Ray, deploy the replicas, install the dispatcher on `engine`; the dispatcher."""
+    import ray
+    from ray import serve
+
+    from webui.serve_ray.front import RayDispatcher
+    from webui.serve_ray.replica import CONTROL, NAMESPACE, Control, make_deployment
+
+    if not ray.is_initialized():
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        if options.threads:
+            env["OMP_NUM_THREADS"] = str(options.threads)
+        ray.init(address=options.address, num_cpus=options.cluster_cpus if options.address is None else None,
+                 namespace=NAMESPACE, include_dashboard=False, runtime_env={"env_vars": env},
+                 logging_level=logging.WARNING)
+    serve.start(proxy_location="Disabled")  # the front is Kiri's own server: Serve needs no HTTP proxy
+    control = Control.options(name=CONTROL, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
+    settings = replica_settings(engine.settings, options.settings)
+    deployment = make_deployment(
+        models_per_replica=engine.settings.model_cache_size, num_replicas=options.replicas, max_ongoing_requests=1,
+        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+    )
+    device = options.device or (engine.settings.device if engine.settings.device != "auto" else None)
+    handle = serve.run(deployment.bind(settings, device, options.threads), name=APP_NAME, route_prefix=None)
+    dispatcher = RayDispatcher(handle, control, options.replicas, options.retries)
+    dispatcher.install(engine)
+    dispatcher.watch(engine)
+    log.info("Kiri runs its jobs on %d Ray Serve replica(s)", options.replicas)
+    return dispatcher
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
