@@ -34,6 +34,7 @@ class RayOptions:
     device: str | None = None  # the replicas' device (None: the settings' device)
     cluster_cpus: int | None = None  # a local cluster's CPUs (None: Ray counts them)
     retries: int = 3
+    log_to_driver: bool = True  # the replicas' logs in this process's output
     settings: dict = field(default_factory=dict)  # more Settings fields for the replicas
 
 
@@ -67,7 +68,7 @@ def start(engine: Any, options: RayOptions) -> Any:
             env["OMP_NUM_THREADS"] = str(options.threads)
         ray.init(address=options.address, num_cpus=options.cluster_cpus if options.address is None else None,
                  namespace=NAMESPACE, include_dashboard=False, runtime_env={"env_vars": env},
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, log_to_driver=options.log_to_driver)
     serve.start(proxy_location="Disabled")  # the front is Kiri's own server: Serve needs no HTTP proxy
     control = Control.options(name=CONTROL, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
     settings = replica_settings(engine.settings, options.settings)

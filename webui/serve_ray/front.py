@@ -18,6 +18,7 @@ import io
 import logging
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from webui.engine.core.errors import InvalidRequest, KiriError
@@ -27,6 +28,7 @@ from webui.serve_ray.replica import PNG_KEY
 
 log = logging.getLogger(__name__)
 
+KEEP = 1000
 PROGRESS_FIELDS = ("image_count", "images_done", "step", "steps", "batch_no", "batch_count", "label", "note")
 
 
@@ -51,7 +53,8 @@ class RayDispatcher:
     def __init__(self, handle: Any, control: Any, replicas: int, retries: int = 3) -> None:
         self.handle, self.control, self.replicas, self.retries = handle, control, replicas, retries
         self.where: dict[str, dict] = {}  # job id -> the replica running it (name, pid, loads), while it runs
-        self.attempts: dict[str, int] = {}  # job id -> times it was sent
+        self.ran_on: OrderedDict[str, dict] = OrderedDict()  # job id -> the replica that finished it (the last KEEP)
+        self.attempts: OrderedDict[str, int] = OrderedDict()  # job id -> times it was sent (the last KEEP)
         self._lock = threading.Lock()
 
     def install(self, engine: Any) -> None:
@@ -80,7 +83,7 @@ class RayDispatcher:
         model_id = plain.get("model") or "" if isinstance(plain.get("model", ""), str) else ""
         try:
             for attempt in range(1, self.retries + 2):
-                self.attempts[job.id] = attempt
+                _keep(self.attempts, job.id, attempt)
                 try:
                     return self._attempt(engine, kind, spec, model_id, job)
                 except KiriError:
@@ -112,6 +115,7 @@ class RayDispatcher:
                 if image is not None:
                     job.show_preview(image, event.get("step", 0))
             elif name == "done":
+                _keep(self.ran_on, job.id, self.where[job.id])
                 for field in PROGRESS_FIELDS:
                     if field in event:
                         setattr(job, field, event[field])
@@ -143,6 +147,13 @@ class RayDispatcher:
                     forwarded.pop(job_id)
 
         threading.Thread(target=loop, name="kiri-ray-commands", daemon=True).start()
+
+
+def _keep(records: OrderedDict, key: str, value: Any) -> None:
+    records[key] = value
+    records.move_to_end(key)
+    while len(records) > KEEP:
+        records.popitem(last=False)
 
 
 def _resolve(engine: Any, plain: dict) -> tuple[str, str] | None:
