@@ -69,6 +69,7 @@ class KiriReplica:
         from webui.worker import _build_engine
 
         self.engine = _build_engine(settings, device)
+        self.engine.jobs.results = None  # results go back to the front as bytes, never to this replica's disk
         self.engine.catalog.scan()
         self.loads: Counter[str] = Counter()
         self.engine.hooks.on_model_loaded.append(lambda model: self.loads.update([model.name]))
