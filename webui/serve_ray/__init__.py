@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 APP_NAME = "kiri"
+DEPLOYMENT = "KiriEngine"
 _PATH_SETTINGS = ("models_dir", "outputs_dir", "extensions_dir")
 
 
@@ -69,20 +70,40 @@ def start(engine: Any, options: RayOptions) -> Any:
         ray.init(address=options.address, num_cpus=options.cluster_cpus if options.address is None else None,
                  namespace=NAMESPACE, include_dashboard=False, runtime_env={"env_vars": env},
                  logging_level=logging.WARNING, log_to_driver=options.log_to_driver)
-    serve.start(proxy_location="Disabled")  # the front is Kiri's own server: Serve needs no HTTP proxy
     control = Control.options(name=CONTROL, namespace=NAMESPACE, get_if_exists=True, lifetime="detached").remote()
-    settings = replica_settings(engine.settings, options.settings)
-    deployment = make_deployment(
-        models_per_replica=engine.settings.model_cache_size, num_replicas=options.replicas, max_ongoing_requests=1,
-        ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
-    )
-    device = options.device or (engine.settings.device if engine.settings.device != "auto" else None)
-    handle = serve.run(deployment.bind(settings, device, options.threads), name=APP_NAME, route_prefix=None)
-    dispatcher = RayDispatcher(handle, control, options.replicas, options.retries)
+    replicas = _deployed_replicas() if options.address else None
+    if replicas:  # the cluster runs KiriEngine already (a RayService, `serve deploy`): send the jobs there
+        handle = serve.get_deployment_handle(DEPLOYMENT, app_name=APP_NAME)
+        log.info("joined the %s application on the Ray cluster: %d replica(s)", APP_NAME, replicas)
+    else:
+        serve.start(proxy_location="Disabled")  # the front is Kiri's own server: Serve needs no HTTP proxy
+        settings = replica_settings(engine.settings, options.settings)
+        deployment = make_deployment(
+            models_per_replica=engine.settings.model_cache_size, num_replicas=options.replicas, max_ongoing_requests=1,
+            ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+        )
+        device = options.device or (engine.settings.device if engine.settings.device != "auto" else None)
+        handle = serve.run(deployment.bind(settings, device, options.threads), name=APP_NAME, route_prefix=None)
+        replicas = options.replicas
+    dispatcher = RayDispatcher(handle, control, replicas, options.retries)
     dispatcher.install(engine)
     dispatcher.watch(engine)
     log.info("Kiri runs its jobs on %d Ray Serve replica(s)", options.replicas)
     return dispatcher
+
+
+def _deployed_replicas() -> int | None:
+    """The running replicas of KiriEngine when the cluster already has the application, else None."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # noqa: BLE001 - no Serve on the cluster yet
+        return None
+    deployment = app.deployments.get(DEPLOYMENT) if app is not None else None
+    if deployment is None:
+        return None
+    return sum(count for state, count in deployment.replica_states.items() if str(state).endswith("RUNNING")) or None
 
 
 def stop() -> None:

@@ -62,11 +62,14 @@ class RayDispatcher:
         engine.jobs.workers = self.replicas
 
     def work_for(self, engine: Any, kind: str, request: Any) -> tuple[Any, Any] | None:
-        if engine.job_kinds.get(kind) is None:
+        """The remote work of a kind whose result comes back typed (its `result_type`: txt2img and img2img,
+        with their hires fix and SD upscale variants); None for the others, which run in this process."""
+        registered = engine.job_kinds.get(kind)
+        if registered is None or registered.result_type is None:
             return None
         plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
         prepared, _ = engine.job_kinds.work_for(engine, kind, request)  # a bad request is refused here, before it is queued
-        save = _resolve(engine, plain)
+        save = _resolve(engine, plain, _saves_here(engine, kind))
 
         def work(job: Job):
             result = self.run(engine, kind, plain, job)
@@ -156,10 +159,20 @@ def _keep(records: OrderedDict, key: str, value: Any) -> None:
         records.popitem(last=False)
 
 
-def _resolve(engine: Any, plain: dict) -> tuple[str, str] | None:
+def _saves_here(engine: Any, kind: str) -> bool:
+    """Whether the front saves the kind's pictures: its result has images, infotexts and seeds."""
+    import dataclasses
+
+    result_type = engine.job_kinds.get(kind).result_type
+    if result_type is None or not dataclasses.is_dataclass(result_type):
+        return False
+    return {"images", "infotexts", "seeds", "paths"} <= {f.name for f in dataclasses.fields(result_type)}
+
+
+def _resolve(engine: Any, plain: dict, saves_here: bool) -> tuple[str] | None:
     """Fix what a replica would choose for itself, so every try makes the same pictures: the seed, the
-    checkpoint; and take saving over (the front saves): (the image format) when the pictures are to be
-    saved here, else None."""
+    checkpoint; and take saving over where the front saves the kind's pictures: (the image format) when
+    they are to be saved here, else None."""
     if plain.get("seed") == -1:
         from webui.engine.generation.requests import random_seed
 
@@ -168,7 +181,7 @@ def _resolve(engine: Any, plain: dict) -> tuple[str, str] | None:
         entry = engine.current_entry()
         if entry is not None:
             plain["model"] = entry.name
-    if "save_images" not in plain:
+    if not saves_here or "save_images" not in plain:
         return None
     save = engine.settings.save_images if plain["save_images"] is None else plain["save_images"]
     plain["save_images"] = False
