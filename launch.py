@@ -91,24 +91,10 @@ def start_ray(engine, args) -> None:
         raise SystemExit("--ray needs Ray Serve: pip install -r requirements-ray.txt") from None
     if args.replicas < 1:
         raise SystemExit("--replicas must be 1 or more")
-    gpus = args.replica_gpus
-    if gpus is None:
-        gpus = 1.0 if args.device in ("cuda", "auto") and _ray_sees_gpus(args.ray_address) else 0.0
     serve_ray.start(engine, serve_ray.RayOptions(
-        replicas=args.replicas, address=args.ray_address, num_cpus=args.replica_cpus, num_gpus=gpus,
+        replicas=args.replicas, address=args.ray_address, num_cpus=args.replica_cpus,
+        num_gpus=args.replica_gpus if args.replica_gpus is not None else (None if args.device in ("cuda", "auto") else 0),
         threads=args.replica_threads, device=None if args.device == "auto" else args.device))
-
-
-def _ray_sees_gpus(address: str | None) -> bool:
-    """Whether this machine (a local cluster) has a CUDA GPU; joining a cluster, its resources say so."""
-    if address:
-        import ray
-
-        ray.init(address=address, namespace="kiri", include_dashboard=False)
-        return ray.cluster_resources().get("GPU", 0) > 0
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class RayOptions:
     replicas: int = 1
     address: str | None = None  # None: start a local cluster
     num_cpus: float = 1  # per replica
-    num_gpus: float = 0  # per replica (1 on a GPU machine: one replica per GPU)
+    num_gpus: float | None = 0  # per replica; None: 1 when the cluster has GPUs (one replica per GPU), else 0
     threads: int = 0  # torch threads per replica (0: torch's default)
     device: str | None = None  # the replicas' device (None: the settings' device)
     cluster_cpus: int | None = None  # a local cluster's CPUs (None: Ray counts them)
@@ -80,7 +80,7 @@ def start(engine: Any, options: RayOptions) -> Any:
         settings = replica_settings(engine.settings, options.settings)
         deployment = make_deployment(
             models_per_replica=engine.settings.model_cache_size, num_replicas=options.replicas, max_ongoing_requests=1,
-            ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": options.num_gpus},
+            ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": _gpus(options.num_gpus)},
         )
         device = options.device or (engine.settings.device if engine.settings.device != "auto" else None)
         handle = serve.run(deployment.bind(settings, device, options.threads), name=APP_NAME, route_prefix=None)
@@ -90,6 +90,14 @@ def start(engine: Any, options: RayOptions) -> Any:
     dispatcher.watch(engine)
     log.info("Kiri runs its jobs on %d Ray Serve replica(s)", options.replicas)
     return dispatcher
+
+
+def _gpus(asked: float | None) -> float:
+    import ray
+
+    if asked is not None:
+        return asked
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
 def _deployed_replicas() -> int | None:

@@ -55,7 +55,6 @@ class RayDispatcher:
         self.where: dict[str, dict] = {}  # job id -> the replica running it (name, pid, loads), while it runs
         self.ran_on: OrderedDict[str, dict] = OrderedDict()  # job id -> the replica that finished it (the last KEEP)
         self.attempts: OrderedDict[str, int] = OrderedDict()  # job id -> times it was sent (the last KEEP)
-        self._lock = threading.Lock()
 
     def install(self, engine: Any) -> None:
         engine.dispatcher = self
@@ -83,7 +82,8 @@ class RayDispatcher:
     # --- one job on a replica ------------------------------------------------------------
     def run(self, engine: Any, kind: str, plain: dict, job: Job) -> Any:
         spec = {"id": job.id, "kind": kind, "owner": job.owner, "request": plain}
-        model_id = plain.get("model") or "" if isinstance(plain.get("model", ""), str) else ""
+        model = plain.get("model")
+        model_id = model if isinstance(model, str) else ""  # the checkpoint: Serve's multiplexed model id
         try:
             for attempt in range(1, self.retries + 2):
                 _keep(self.attempts, job.id, attempt)
