@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import queue
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,12 +111,15 @@ class KiriReplica:
                 yield {"event": "failed", "id": job_id, "status": "failed", "error": str(exc),
                        "error_type": type(exc).__name__, "error_field": getattr(exc, "field", None), **self.about()}
                 return
+            polled = time.monotonic()
             while True:
                 try:
                     event = await asyncio.to_thread(events.get, True, COMMAND_POLL_S)
                 except queue.Empty:
                     event = None
-                await self._take_commands(job_id)
+                if time.monotonic() - polled >= COMMAND_POLL_S:  # an actor call per poll, not per event
+                    polled = time.monotonic()
+                    await self._take_commands(job_id)
                 if event is None:
                     continue
                 if event["event"] == "done":
