@@ -66,6 +66,13 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
+    def busy() -> tuple[float, float]:
+        """(busy, total) CPU ticks of the whole machine since boot (/proc/stat)."""
+        with open("/proc/stat") as stat:
+            ticks = [float(v) for v in stat.readline().split()[1:]]
+        idle = ticks[3] + ticks[4]
+        return sum(ticks) - idle, sum(ticks)
+
     def throughput(front) -> float:
         seeds = iter(range(1000, 1000 + args.jobs))
         lock = threading.Lock()
@@ -79,12 +86,16 @@ def main() -> None:
                 front.txt2img(request(seed), Job(kind="txt2img", owner=owner))
 
         threads = [threading.Thread(target=client, args=(f"client{c}",)) for c in range(args.clients)]
-        start = time.perf_counter()
+        before, start = busy(), time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        return args.jobs / (time.perf_counter() - start)
+        seconds, after = time.perf_counter() - start, busy()
+        load = (after[0] - before[0]) / max(after[1] - before[1], 1)
+        print(f"  {args.jobs} jobs in {seconds:.2f} s; machine CPU busy {load:.0%} (all processes, this one included)",
+              file=sys.stderr)
+        return args.jobs / seconds
 
     results = {}
     with tempfile.TemporaryDirectory() as out:
@@ -100,7 +111,12 @@ def main() -> None:
                 results["ray_1_latency_s"] = alone(front)
             else:
                 throughput(front)  # both replicas warm (the model loaded on each)
+            done_before = len(front.dispatcher.ran_on)
             results[f"ray_{replicas}_jobs_per_s"] = throughput(front)
+            per_replica: dict[str, int] = {}
+            for where in list(front.dispatcher.ran_on.values())[done_before:]:
+                per_replica[where["replica"]] = per_replica.get(where["replica"], 0) + 1
+            print(f"  {replicas} replica(s): jobs per replica {sorted(per_replica.values())}", file=sys.stderr)
             serve_ray.stop()  # a fresh cluster for the next count: no replica keeps state from this one
     results["added_latency_ms"] = 1000 * (results["ray_1_latency_s"] - results["single_process_latency_s"])
     results["ratio_2_to_1"] = results["ray_2_jobs_per_s"] / results["ray_1_jobs_per_s"]
