@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
             "Anyone who finds the address can use your GPU and read your outputs. Add --auth user:pass."
         ), file=sys.stderr)
 
+    if args.ray or args.ray_address:
+        start_ray(engine, args)
+
     from webui.server import ServeOptions, serve
 
     server = "0.0.0.0" if args.listen else "127.0.0.1"
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
              args.port, time.perf_counter() - STARTED)
     # Load the model only once the page is served: on two cores, importing torch and diffusers beside
     # the UI build doubled the time to the first page.
-    if entries and not args.no_preload:
+    if entries and not args.no_preload and engine.dispatcher is None:  # on Ray, the replicas load their models
         threading.Thread(target=engine.preload, name="kiri-preload", daemon=True).start()
     engine.hooks.notify("on_app_started", app, engine)
     if args.share:
@@ -78,6 +81,21 @@ def main(argv: list[str] | None = None) -> None:
         app.block_thread()
     except KeyboardInterrupt:
         pass
+
+
+def start_ray(engine, args) -> None:
+    """Hand the engine's jobs to Ray Serve replicas (webui/serve_ray); Ray is an optional install."""
+    try:
+        import webui.serve_ray as serve_ray
+        import ray  # noqa: F401
+    except ImportError:
+        raise SystemExit("--ray needs Ray Serve: pip install -r requirements-ray.txt") from None
+    if args.replicas < 1:
+        raise SystemExit("--replicas must be 1 or more")
+    serve_ray.start(engine, serve_ray.RayOptions(
+        replicas=args.replicas, address=args.ray_address, num_cpus=args.replica_cpus,
+        num_gpus=args.replica_gpus if args.replica_gpus is not None else (None if args.device in ("cuda", "auto") else 0),
+        threads=args.replica_threads, device=None if args.device == "auto" else args.device))
 
 
 if __name__ == "__main__":

@@ -135,13 +135,15 @@ def test_the_cycle_check_can_fail():
 
 
 def test_the_engine_imports_nothing_above_it():
-    above = ("webui.ui", "webui.api", "webui.extensions", "webui.bootstrap", "webui.server", "webui.cli")
+    above = ("webui.ui", "webui.api", "webui.extensions", "webui.bootstrap", "webui.server", "webui.cli",
+             "webui.serve_ray")
     for module, targets in import_graph().items():
         if module.startswith("webui.engine"):
             assert not [t for t in targets if t.startswith(above)], module
     for path in (PACKAGE / "engine").rglob("*.py"):
         text = path.read_text()
-        for banned in ("import gradio", "from gradio", "import fastapi", "from fastapi", "import starlette"):
+        for banned in ("import gradio", "from gradio", "import fastapi", "from fastapi", "import starlette",
+                       "import ray", "from ray"):
             assert banned not in text, f"{path} has {banned!r}"
 
 

@@ -58,4 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions from the UI even when listening or sharing")
     p.add_argument("--no-preload", action="store_true", help="load the model on first use, not in the background at start")
+    ray = p.add_argument_group("scale out on Ray Serve (pip install -r requirements-ray.txt; docs/scale-out.md)")
+    ray.add_argument("--ray", action="store_true", help="run jobs on Ray Serve replicas of the engine (a local Ray cluster)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (host:6379 or auto); implies --ray")
+    ray.add_argument("--replicas", type=int, default=1, metavar="N", help="engine replicas (one per GPU; default 1)")
+    ray.add_argument("--replica-gpus", type=float, default=None, metavar="G",
+                     help="GPUs per replica (default: 1 when --device is cuda or auto and Ray sees a GPU, else 0)")
+    ray.add_argument("--replica-cpus", type=float, default=1, metavar="C", help="CPUs per replica (default 1)")
+    ray.add_argument("--replica-threads", type=int, default=0, metavar="T",
+                     help="torch threads per replica (default: torch's own choice)")
     return p

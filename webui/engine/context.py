@@ -60,6 +60,10 @@ class Engine:
         self.selected_model: str | None = None
         self._models: ModelManager | None = None
         self._models_lock = threading.Lock()
+        # Where registered kinds run: None here, in this process. A dispatcher (webui/serve_ray: Ray Serve
+        # replicas) has `work_for(engine, kind, request)` -> (request, work) or None to run it here; it sets
+        # `jobs.workers` to its replicas. The engine never imports it.
+        self.dispatcher: Any = None
 
     # --- models ----------------------------------------------------------------------------
     @property
@@ -157,6 +161,10 @@ class Engine:
 
         if self.job_kinds.get(kind) is None:
             raise InvalidRequest("kind", f"unknown job kind {kind!r}; one of {', '.join(self.job_kinds.names())}")
+        if self.dispatcher is not None:
+            dispatched = self.dispatcher.work_for(self, kind, request)
+            if dispatched is not None:
+                return dispatched
         return self.job_kinds.work_for(self, kind, request)
 
     def prepare_request(self, request):

@@ -28,6 +28,12 @@ job drops it once its waiting caller has taken it (or at once, when no caller wa
 jobs no longer hold their pictures in memory. Which results go to disk is the archive's choice
 (the Engine's: jobs that came as plain data, a JobSpec; a UI tab or /sdapi hands its result to the
 caller that waits for it).
+
+Workers in other processes are a seam here too: `workers` (1 unless a dispatcher sets it) is how many
+threads take turns. With one, nothing changes. A dispatcher that runs jobs elsewhere (webui/serve_ray:
+one thread per Ray Serve replica, each turn a whole job waiting on its replica) sets it to the number of
+replicas; each thread takes the next turn by the same fair rule, skipping jobs whose turn runs on
+another thread, so the next owner's job goes to the next free replica.
 """
 
 from __future__ import annotations
@@ -256,8 +262,10 @@ class JobStore:
         self._last_turn: dict[str, int] = {}
         self._turns = itertools.count()
         self._generators: dict[str, Iterator[None]] = {}
-        self._worker: threading.Thread | None = None
-        self._current: Job | None = None  # the job whose turn runs now
+        self.workers = 1  # threads taking turns: 1 in one process; a dispatcher's replicas (see the docstring)
+        self._threads: list[threading.Thread] = []
+        self._busy: set[str] = set()  # ids of the jobs whose turn runs now (on some thread)
+        self._current: Job | None = None  # the job whose turn started last
         self._listeners: list[EventListener] = []
         self._finished: OrderedDict[str, Job] = OrderedDict()
 
@@ -339,7 +347,7 @@ class JobStore:
             job.result = None
 
     def on_worker(self) -> bool:
-        return self._worker is not None and threading.current_thread() is self._worker
+        return threading.current_thread() in self._threads
 
     # --- asking jobs to stop ---------------------------------------------------------------
     def interrupt(self, owner: str | None) -> int:
@@ -398,23 +406,33 @@ class JobStore:
 
     # --- the worker ------------------------------------------------------------------------
     def _ensure_worker(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work, name="kiri-worker", daemon=True)
-            self._worker.start()
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < max(1, self.workers):
+            name = "kiri-worker" if not self._threads else f"kiri-worker-{len(self._threads) + 1}"
+            thread = threading.Thread(target=self._work, name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _candidate(self) -> Job | None:
+        """The first job, not in a turn on another thread, of the owner served least recently."""
+        for owner in sorted(self._queues, key=lambda o: self._last_turn.get(o, -1)):
+            for job in self._queues[owner]:
+                if job.id not in self._busy:
+                    return job
+        return None
 
     def _next(self) -> Job:
         """Block until a job can take a turn: the first one of the owner served least recently."""
         with self._cond:
-            while not self._queues:
+            while (job := self._candidate()) is None:
                 self._cond.wait()
-            owner = min(self._queues, key=lambda o: self._last_turn.get(o, -1))
-            job = self._queues[owner][0]
             group = self._groups.get(job.id) or self._group_for(job)
             if group is not None:
                 self._gather(group)
             turn = next(self._turns)
             for member in (group.jobs if group else [job]):
                 self._last_turn[member.owner] = turn  # a group's turn is a turn of each owner in it
+                self._busy.add(member.id)
             self._current = job
             return job
 
@@ -489,6 +507,7 @@ class JobStore:
         evicted: list[Job] = []
         with self._cond:
             self._current = None
+            self._busy.discard(job.id)
             if finished:
                 queue = self._queues.get(job.owner)
                 if queue is not None and job in queue:

@@ -1,0 +1,156 @@
+"""Kiri's queue on Ray Serve replicas (webui/serve_ray): a local cluster of two CPU replicas of the tiny
+model, each on one torch thread, behind a front engine that keeps the fair queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is optional: pip install -r requirements-ray.txt")
+
+from webui.engine.core.jobs import Job  # noqa: E402
+from webui.engine.generation.requests import Txt2ImgRequest  # noqa: E402
+
+SECOND = "tiny-sd-single"  # the conftest's second SD 1.x checkpoint (a single file)
+
+
+def plain(seed: int, **more) -> dict:
+    return {"prompt": "a red circle", "steps": 3, "width": 64, "height": 64, "sampler_name": "Euler", "seed": seed, **more}
+
+
+def tiny(seed: int, **more) -> Txt2ImgRequest:
+    return Txt2ImgRequest(**plain(seed, **more))
+
+
+@pytest.fixture(scope="module")
+def cluster(models_dir, tmp_path_factory):
+    """(front engine, dispatcher): two replicas of tiny-sd on a local cluster of 2 CPUs."""
+    import webui.serve_ray as serve_ray
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    settings = Settings(models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("ray-outputs"), default_model="tiny-sd")
+    front = build_engine(settings, DeviceChoice("cpu"))
+    front.catalog.scan()
+    dispatcher = serve_ray.start(front, serve_ray.RayOptions(replicas=2, num_cpus=0.5, threads=1, cluster_cpus=2,
+                                                             device="cpu", log_to_driver=False))
+    yield front, dispatcher
+    serve_ray.stop()
+
+
+@pytest.fixture(scope="module")
+def local(models_dir, tmp_path_factory):
+    """The single-process engine, on one torch thread as each replica is."""
+    import torch
+
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    settings = Settings(models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("local-outputs"), default_model="tiny-sd")
+    yield build_engine(settings, DeviceChoice("cpu"))
+    torch.set_num_threads(threads)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def run_clients(front, seeds_per_client: dict[str, list[int]]) -> dict[int, object]:
+    """Each owner a client thread, its requests one after another; {seed: result}."""
+    results, errors = {}, []
+
+    def client(owner: str, seeds: list[int]) -> None:
+        try:
+            for seed in seeds:
+                results[seed] = front.txt2img(tiny(seed), Job(kind="txt2img", owner=owner))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=item) for item in seeds_per_client.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(240)
+    assert not errors, errors
+    return results
+
+
+def saved_seeds(front, seeds) -> list[int]:
+    """The seeds of the pictures saved in the outputs (NNNNN-seed.png), those of `seeds` only."""
+    found = [int(path.stem.split("-")[1]) for path in (front.outputs_for("any") / "txt2img").rglob("*.png")]
+    return sorted(seed for seed in found if seed in seeds)
+
+
+def test_sixteen_requests_from_four_clients_all_return_the_single_process_pixels(cluster, local):
+    front, dispatcher = cluster
+    clients = {f"user{c}": [100 + 4 * c + i for i in range(4)] for c in range(4)}
+    results = run_clients(front, clients)
+    assert sorted(results) == list(range(100, 116))
+    for seed in (100, 107, 115):  # the reference, made here in one process, for a few of the seeds
+        expected = local.txt2img(tiny(seed, save_images=False))
+        assert np.array_equal(pixels(results[seed].images[0]), pixels(expected.images[0])), seed
+        assert results[seed].infotexts[0] == expected.infotexts[0]
+    assert len({info["replica"] for info in dispatcher.ran_on.values()}) == 2  # both replicas worked
+    assert saved_seeds(front, results) == sorted(results)  # the front saved each picture once
+
+
+def test_progress_shows_at_the_front_and_interrupt_reaches_the_replica(cluster):
+    front, dispatcher = cluster
+    job = front.submit_plain("txt2img", plain(7, n_iter=40, save_images=False), "stopper")  # as POST /kiri/v1/jobs
+    deadline = time.monotonic() + 60
+    while not (job.images_done >= 2 and job.id in dispatcher.where) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert job.steps == 3 and job.status == "running"  # the replica's progress, on the front's Job
+    assert front.interrupt("stopper") == 1
+    result = front.jobs.wait(job, timeout=60)
+    assert result.interrupted and 0 < len(result.images) < 40
+
+
+def test_two_checkpoints_stay_on_two_replicas_without_reloads(cluster):
+    front, dispatcher = cluster
+
+    def one(model: str, seed: int) -> dict:
+        job = Job(kind="txt2img", owner="switcher")
+        front.txt2img(tiny(seed, model=model, save_images=False), job)
+        return dispatcher.ran_on[job.id]
+
+    for _ in range(2):  # settle: each checkpoint finds its replica, and Serve learns where they are
+        one("tiny-sd", 1), one(SECOND, 2)
+        time.sleep(1.0)
+    before = {model: one(model, 3) for model in ("tiny-sd", SECOND)}
+    assert before["tiny-sd"]["replica"] != before[SECOND]["replica"]
+    for seed in range(4, 10):
+        for model in ("tiny-sd", SECOND):
+            where = one(model, seed)
+            assert where["replica"] == before[model]["replica"], (model, seed)
+            assert where["loads"] == before[model]["loads"], "a checkpoint was loaded again"
+
+
+def test_a_replica_killed_mid_run_loses_no_job_and_doubles_no_picture(cluster, local):
+    front, dispatcher = cluster
+    owner, seeds = "survivor", list(range(200, 216))
+    jobs = [front.submit_plain("txt2img", plain(seed), owner) for seed in seeds]
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        running = [dict(where) for where in list(dispatcher.where.values()) if where.get("pid")]
+        victim = running[0]["pid"] if running else None
+        time.sleep(0.01)
+    assert victim is not None
+    os.kill(victim, signal.SIGKILL)
+    results = [front.jobs.wait(job, timeout=180) for job in jobs]
+    assert all(len(result.images) == 1 for result in results)
+    assert any(dispatcher.attempts[job.id] > 1 for job in jobs)  # a job was sent again
+    assert saved_seeds(front, seeds) == seeds  # none lost, none twice
+    retried = next(job for job, result in zip(jobs, results) if dispatcher.attempts[job.id] > 1)
+    expected = local.txt2img(tiny(seeds[jobs.index(retried)], save_images=False))
+    assert np.array_equal(pixels(results[jobs.index(retried)].images[0]), pixels(expected.images[0]))

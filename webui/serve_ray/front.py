@@ -1,0 +1,232 @@
+"""The front's side: registered job kinds run on Ray Serve replicas, through the engine's dispatcher seam.
+
+The front (the normal Kiri process: UI, /sdapi/v1, /kiri/v1) keeps its one job store and its fair turns;
+the store has one thread per replica (`jobs.workers`), so when a replica is free the next owner's job
+goes to it. A job's turn here is the whole job on its replica: its spec (plain data, seed and checkpoint
+resolved here, so a retry makes the same pixels) goes out with the checkpoint as Serve's multiplexed
+model id, and the replica's events come back onto the front's Job (progress, previews), so a progress
+call shows the job wherever it runs. Interrupt and Skip asked of the front's Job go to the replica by
+job id (replica.Control). Pictures come back as PNG bytes and are saved here, into the owner's outputs
+(the replicas save nothing), so a replica that dies mid-job leaves no file behind: the job is sent again,
+same spec, to another replica, and its pictures are saved once.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
+
+from webui.engine.core.errors import InvalidRequest, KiriError
+from webui.engine.core.jobs import Job
+from webui.engine.core.plain import IMAGE_KEY, dump
+from webui.serve_ray.replica import PNG_KEY
+
+log = logging.getLogger(__name__)
+
+KEEP = 1000
+PROGRESS_FIELDS = ("image_count", "images_done", "step", "steps", "batch_no", "batch_count", "label", "note")
+
+
+class ReplicaLost(KiriError):
+    """The job's replica died each time the job was sent."""
+
+
+class RemoteJobFailed(KiriError):
+    """A job that failed on its replica (the replica's message; `error_type` its exception's class)."""
+
+    def __init__(self, message: str, error_type: str | None = None):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class RayDispatcher:
+    """engine.dispatcher for Ray Serve: `work_for(engine, kind, request)` -> (request, work run remotely).
+
+    `handle`: the KiriEngine deployment's handle; `control`: the Control actor; `retries`: how many times a
+    job whose replica died is sent again."""
+
+    def __init__(self, handle: Any, control: Any, replicas: int, retries: int = 3) -> None:
+        self.handle, self.control, self.replicas, self.retries = handle, control, replicas, retries
+        self.where: dict[str, dict] = {}  # job id -> the replica running it (name, pid, loads), while it runs
+        self.ran_on: OrderedDict[str, dict] = OrderedDict()  # job id -> the replica that finished it (the last KEEP)
+        self.attempts: OrderedDict[str, int] = OrderedDict()  # job id -> times it was sent (the last KEEP)
+
+    def install(self, engine: Any) -> None:
+        engine.dispatcher = self
+        engine.jobs.workers = self.replicas
+
+    def work_for(self, engine: Any, kind: str, request: Any) -> tuple[Any, Any] | None:
+        """The remote work of a kind whose result comes back typed (its `result_type`: txt2img and img2img,
+        with their hires fix and SD upscale variants); None for the others, which run in this process."""
+        registered = engine.job_kinds.get(kind)
+        if registered is None or registered.result_type is None:
+            return None
+        plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
+        prepared, _ = engine.job_kinds.work_for(engine, kind, request)  # a bad request is refused here, before it is queued
+        save = _resolve(engine, plain, _saves_here(engine, kind))
+
+        def work(job: Job):
+            result = self.run(engine, kind, plain, job)
+            if save is not None:
+                _save(engine, kind, job.owner, result, *save)
+            return result
+            yield  # noqa: unreachable - one turn: the whole job, on a replica
+
+        return prepared, work
+
+    # --- one job on a replica ------------------------------------------------------------
+    def run(self, engine: Any, kind: str, plain: dict, job: Job) -> Any:
+        spec = {"id": job.id, "kind": kind, "owner": job.owner, "request": plain}
+        model = plain.get("model")
+        model_id = model if isinstance(model, str) else ""  # the checkpoint: Serve's multiplexed model id
+        try:
+            for attempt in range(1, self.retries + 2):
+                _keep(self.attempts, job.id, attempt)
+                try:
+                    return self._attempt(engine, kind, spec, model_id, job)
+                except KiriError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the replica died (or Serve lost it): send the job again
+                    if attempt > self.retries:
+                        raise ReplicaLost(f"the replicas running job {job.id} failed {attempt} times: {exc}") from exc
+                    log.warning("job %s: its replica failed (%s); sending it again (try %d)", job.id,
+                                type(exc).__name__, attempt + 1)
+                    job.step = job.images_done = 0
+                    time.sleep(0.2 * attempt)
+        finally:
+            self.where.pop(job.id, None)
+
+    def _attempt(self, engine: Any, kind: str, spec: dict, model_id: str, job: Job) -> Any:
+        handle = self.handle.options(stream=True, multiplexed_model_id=model_id)
+        sent: set[str] = set()
+        for event in handle.run.remote(spec):
+            self.where[job.id] = {k: event.get(k) for k in ("replica", "pid", "loads")}
+            self._forward_commands(job, sent)
+            name = event.get("event")
+            if name in ("started", "progress"):
+                for field in PROGRESS_FIELDS:
+                    if field in event:
+                        setattr(job, field, event[field])
+                job._notify()
+            elif name == "preview":
+                image = _decode(event["image"]["data"])
+                if image is not None:
+                    job.show_preview(image, event.get("step", 0))
+            elif name == "done":
+                _keep(self.ran_on, job.id, self.where[job.id])
+                for field in PROGRESS_FIELDS:
+                    if field in event:
+                        setattr(job, field, event[field])
+                return _load_result(engine, kind, event.get("result"))
+            elif name == "failed":
+                message = event.get("error") or "the job failed on its replica"
+                if event.get("error_type") == "InvalidRequest":
+                    raise InvalidRequest(event.get("error_field") or "request", message)
+                raise RemoteJobFailed(message, event.get("error_type"))
+        raise RuntimeError(f"the replica's stream of job {job.id} ended without its result")
+
+    def _forward_commands(self, job: Job, sent: set[str]) -> None:
+        if job.interrupt_requested and "interrupt" not in sent:
+            sent.add("interrupt")
+            self.control.send.remote(job.id, "interrupt")
+        if job.take_skip():
+            self.control.send.remote(job.id, "skip")
+
+    def watch(self, engine: Any, every_s: float = 0.1) -> None:
+        """Forward Interrupt/Skip of running jobs even between their events (a long step)."""
+        def loop() -> None:
+            forwarded: dict[str, set[str]] = {}
+            while True:
+                time.sleep(every_s)
+                for job in engine.jobs.active():
+                    if job.id in self.where:
+                        self._forward_commands(job, forwarded.setdefault(job.id, set()))
+                for job_id in [i for i in forwarded if i not in self.where]:
+                    forwarded.pop(job_id)
+
+        threading.Thread(target=loop, name="kiri-ray-commands", daemon=True).start()
+
+
+def _keep(records: OrderedDict, key: str, value: Any) -> None:
+    records[key] = value
+    records.move_to_end(key)
+    while len(records) > KEEP:
+        records.popitem(last=False)
+
+
+def _saves_here(engine: Any, kind: str) -> bool:
+    """Whether the front saves the kind's pictures: its result has images, infotexts and seeds."""
+    import dataclasses
+
+    result_type = engine.job_kinds.get(kind).result_type
+    if result_type is None or not dataclasses.is_dataclass(result_type):
+        return False
+    return {"images", "infotexts", "seeds", "paths"} <= {f.name for f in dataclasses.fields(result_type)}
+
+
+def _resolve(engine: Any, plain: dict, saves_here: bool) -> tuple[str] | None:
+    """Fix what a replica would choose for itself, so every try makes the same pictures: the seed, the
+    checkpoint; and take saving over where the front saves the kind's pictures: (the image format) when
+    they are to be saved here, else None."""
+    if plain.get("seed") == -1:
+        from webui.engine.generation.requests import random_seed
+
+        plain["seed"] = random_seed()
+    if "model" in plain and not plain["model"]:
+        entry = engine.current_entry()
+        if entry is not None:
+            plain["model"] = entry.name
+    if not saves_here or "save_images" not in plain:
+        return None
+    save = engine.settings.save_images if plain["save_images"] is None else plain["save_images"]
+    plain["save_images"] = False
+    return (plain.get("image_format") or engine.settings.image_format,) if save else None
+
+
+def _save(engine: Any, kind: str, owner: str, result: Any, image_format: str) -> None:
+    """The pictures of a result (images, infotexts, seeds) saved in the owner's outputs, as the runner does."""
+    from webui.engine.core.outputs import dated_dir, save_image
+
+    images, infotexts, seeds = (getattr(result, name, None) for name in ("images", "infotexts", "seeds"))
+    if not images or infotexts is None or seeds is None:
+        return
+    folder = dated_dir(engine.outputs_for(owner), kind)
+    result.paths = [save_image(image, folder, info, seed, image_format)
+                    for image, info, seed in zip(images, infotexts, seeds)]
+
+
+def _load_result(engine: Any, kind: str, record: Any) -> Any:
+    """The replica's plain result (PNG bytes) as the kind's result class, as the engine reads one from disk."""
+    from webui.engine.core.plain import load
+
+    plain = _bytes_as_images(record)
+    registered = engine.job_kinds.get(kind)
+    if registered is None or registered.result_type is None:
+        return plain
+    return load(registered.result_type, plain, engine.settings.max_output_pixels)
+
+
+def _bytes_as_images(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {PNG_KEY}:
+            return {IMAGE_KEY: base64.b64encode(value[PNG_KEY]).decode()}
+        return {k: _bytes_as_images(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bytes_as_images(v) for v in value]
+    return value
+
+
+def _decode(data: str) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            image.load()
+            return image.copy()
+    except Exception:  # noqa: BLE001 - a preview that does not decode is skipped
+        return None
