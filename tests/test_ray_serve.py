@@ -154,3 +154,27 @@ def test_a_replica_killed_mid_run_loses_no_job_and_doubles_no_picture(cluster, l
     retried = next(job for job, result in zip(jobs, results) if dispatcher.attempts[job.id] > 1)
     expected = local.txt2img(tiny(seeds[jobs.index(retried)], save_images=False))
     assert np.array_equal(pixels(results[jobs.index(retried)].images[0]), pixels(expected.images[0]))
+
+
+def test_a_turn_is_one_batch_across_replicas_and_the_batches_make_the_single_process_pixels(cluster, local):
+    """Two owners' jobs of 5 batches hold both replicas; a third owner's one-batch job, sent after them, gets
+    the next free replica after a batch rather than after a whole job, so it ends first. The batches of a
+    job, run as turns on whichever replica is free, are the pictures one process makes, seeds and all."""
+    front, dispatcher = cluster
+    long_a = front.submit_plain("txt2img", plain(300, n_iter=5, batch_size=2, save_images=False), "batcher-a")
+    long_b = front.submit_plain("txt2img", plain(400, n_iter=5, save_images=False), "batcher-b")
+    deadline = time.monotonic() + 60
+    while not (long_a.images_done and long_b.images_done) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    short = front.submit_plain("txt2img", plain(500, save_images=False), "batcher-c")
+    front.jobs.wait(short, timeout=180)
+    # when the short job is done, both long ones still have batches to go (with a whole job per turn it
+    # would wait for one of them to end)
+    assert long_a.images_done < 10 and long_b.images_done < 5, (long_a.images_done, long_b.images_done)
+    result = front.jobs.wait(long_a, timeout=180)
+    front.jobs.wait(long_b, timeout=180)
+    assert result.seeds == list(range(300, 310)) and len(result.images) == 10
+    assert (long_a.batch_no, long_a.batch_count, long_a.image_count, long_a.images_done) == (5, 5, 10, 10)
+    expected = local.txt2img(tiny(300, n_iter=5, batch_size=2, save_images=False))
+    assert [pixels(i).tobytes() for i in result.images] == [pixels(i).tobytes() for i in expected.images]
+    assert result.infotexts == expected.infotexts

@@ -1,10 +1,11 @@
 """The front's side: registered job kinds run on Ray Serve replicas, through the engine's dispatcher seam.
 
 The front (the normal Kiri process: UI, /sdapi/v1, /kiri/v1) keeps its one job store and its fair turns;
-the store has one thread per replica (`jobs.workers`), so when a replica is free the next owner's job
-goes to it. A job's turn here is the whole job on its replica: its spec (plain data, seed and checkpoint
-resolved here, so a retry makes the same pixels) goes out with the checkpoint as Serve's multiplexed
-model id, and the replica's events come back onto the front's Job (progress, previews), so a progress
+the store has one thread per replica (`jobs.workers`), so when a replica is free the next owner's turn
+goes to it. A turn is one batch, as in one process: a job of several batches (n_iter) sends each as its own
+request (n_iter 1, the seed it has in the whole job), and between two of them other owners' turns may take
+the replicas. Its spec (plain data, seed and checkpoint resolved here, so a retry makes the same pixels)
+goes out with the checkpoint as Serve's multiplexed model id, and the replica's events come back onto the front's Job (progress, previews), so a progress
 call shows the job wherever it runs. Interrupt and Skip asked of the front's Job go to the replica by
 job id (replica.Control). Pictures come back as PNG bytes and are saved here, into the owner's outputs
 (the replicas save nothing), so a replica that dies mid-job leaves no file behind: the job is sent again,
@@ -55,6 +56,7 @@ class RayDispatcher:
         self.where: dict[str, dict] = {}  # job id -> the replica running it (name, pid, loads), while it runs
         self.ran_on: OrderedDict[str, dict] = OrderedDict()  # job id -> the replica that finished it (the last KEEP)
         self.attempts: OrderedDict[str, int] = OrderedDict()  # job id -> times it was sent (the last KEEP)
+        self.remote: dict[str, str] = {}  # job id -> the id its running request has on the replicas
 
     def install(self, engine: Any) -> None:
         engine.dispatcher = self
@@ -68,27 +70,48 @@ class RayDispatcher:
             return None
         plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
         prepared, _ = engine.job_kinds.work_for(engine, kind, request)  # a bad request is refused here, before it is queued
-        save = _resolve(engine, plain, _saves_here(engine, kind))
+        pictures = _saves_here(engine, kind)
+        save = _resolve(engine, plain, pictures)
+        batches = plain.get("n_iter", 1) if pictures and isinstance(plain.get("n_iter"), int) else 1
 
         def work(job: Job):
-            result = self.run(engine, kind, plain, job)
-            if save is not None:
-                _save(engine, kind, job.owner, result, *save)
+            """A turn per batch, as in one process: batch i goes out as its own request (n_iter 1, the seed
+            it has in the whole job), so between two batches the fair queue may give the replicas to other
+            owners' turns, and the job's next batch goes to whichever replica is free."""
+            result = None
+            for number in range(batches):
+                if number and job.interrupted:
+                    result.interrupted = True
+                    break
+                part = plain if batches == 1 else _batch_of(plain, number)
+                done = self.run(engine, kind, part, job, _BatchView(number, batches, plain.get("batch_size", 1)))
+                if save is not None:
+                    _save(engine, kind, job.owner, done, *save)
+                result = done if result is None else _merged(result, done)
+                if getattr(done, "interrupted", False):
+                    break
+                if number + 1 < batches:
+                    yield  # the next batch is a turn of its own
             return result
-            yield  # noqa: unreachable - one turn: the whole job, on a replica
 
         return prepared, work
 
     # --- one job on a replica ------------------------------------------------------------
-    def run(self, engine: Any, kind: str, plain: dict, job: Job) -> Any:
-        spec = {"id": job.id, "kind": kind, "owner": job.owner, "request": plain}
+    def run(self, engine: Any, kind: str, plain: dict, job: Job, view: "_BatchView | None" = None) -> Any:
+        """The request on a replica, sent again (same spec) while its replica dies; `view`: which batch of its
+        job it is, so the job's progress counts the whole job."""
+        view = view or _BatchView(0, 1, 1)
+        # a replica takes each id once: the batches of a job go out as <job id>.<batch>
+        remote = job.id if view.batches == 1 else f"{job.id}.{view.number}"
+        spec = {"id": remote, "kind": kind, "owner": job.owner, "request": plain}
+        self.remote[job.id] = remote
         model = plain.get("model")
         model_id = model if isinstance(model, str) else ""  # the checkpoint: Serve's multiplexed model id
         try:
             for attempt in range(1, self.retries + 2):
                 _keep(self.attempts, job.id, attempt)
                 try:
-                    return self._attempt(engine, kind, spec, model_id, job)
+                    return self._attempt(engine, kind, spec, model_id, job, view)
                 except KiriError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the replica died (or Serve lost it): send the job again
@@ -96,12 +119,13 @@ class RayDispatcher:
                         raise ReplicaLost(f"the replicas running job {job.id} failed {attempt} times: {exc}") from exc
                     log.warning("job %s: its replica failed (%s); sending it again (try %d)", job.id,
                                 type(exc).__name__, attempt + 1)
-                    job.step = job.images_done = 0
+                    job.step, job.images_done = 0, view.images_before
                     time.sleep(0.2 * attempt)
         finally:
             self.where.pop(job.id, None)
+            self.remote.pop(job.id, None)
 
-    def _attempt(self, engine: Any, kind: str, spec: dict, model_id: str, job: Job) -> Any:
+    def _attempt(self, engine: Any, kind: str, spec: dict, model_id: str, job: Job, view: "_BatchView") -> Any:
         handle = self.handle.options(stream=True, multiplexed_model_id=model_id)
         sent: set[str] = set()
         for event in handle.run.remote(spec):
@@ -109,9 +133,7 @@ class RayDispatcher:
             self._forward_commands(job, sent)
             name = event.get("event")
             if name in ("started", "progress"):
-                for field in PROGRESS_FIELDS:
-                    if field in event:
-                        setattr(job, field, event[field])
+                view.apply(job, event)
                 job._notify()
             elif name == "preview":
                 image = _decode(event["image"]["data"])
@@ -119,9 +141,7 @@ class RayDispatcher:
                     job.show_preview(image, event.get("step", 0))
             elif name == "done":
                 _keep(self.ran_on, job.id, self.where[job.id])
-                for field in PROGRESS_FIELDS:
-                    if field in event:
-                        setattr(job, field, event[field])
+                view.apply(job, event)
                 return _load_result(engine, kind, event.get("result"))
             elif name == "failed":
                 message = event.get("error") or "the job failed on its replica"
@@ -131,11 +151,12 @@ class RayDispatcher:
         raise RuntimeError(f"the replica's stream of job {job.id} ended without its result")
 
     def _forward_commands(self, job: Job, sent: set[str]) -> None:
+        remote = self.remote.get(job.id, job.id)
         if job.interrupt_requested and "interrupt" not in sent:
             sent.add("interrupt")
-            self.control.send.remote(job.id, "interrupt")
+            self.control.send.remote(remote, "interrupt")
         if job.take_skip():
-            self.control.send.remote(job.id, "skip")
+            self.control.send.remote(remote, "skip")
 
     def watch(self, engine: Any, every_s: float = 0.1) -> None:
         """Forward Interrupt/Skip of running jobs even between their events (a long step)."""
@@ -150,6 +171,46 @@ class RayDispatcher:
                     forwarded.pop(job_id)
 
         threading.Thread(target=loop, name="kiri-ray-commands", daemon=True).start()
+
+
+class _BatchView:
+    """Batch `number` (0-based) of a job of `batches` batches of `size` images: a replica's progress on that
+    one batch, as the whole job's (batch i of n, images done counting the earlier batches)."""
+
+    def __init__(self, number: int, batches: int, size: Any) -> None:
+        self.number, self.batches = number, batches
+        self.size = size if isinstance(size, int) and size > 0 else 1
+        self.images_before = number * self.size
+
+    def apply(self, job: Job, event: dict) -> None:
+        for field in PROGRESS_FIELDS:
+            if field in event:
+                setattr(job, field, event[field])
+        if self.batches > 1:
+            job.batch_no, job.batch_count = self.number + 1, self.batches
+            job.image_count = self.batches * self.size
+            job.images_done = self.images_before + int(event.get("images_done") or 0)
+
+
+def _batch_of(plain: dict, number: int) -> dict:
+    """Batch `number` of a request as a request of its own: one batch, the seed its first image has in the
+    whole request (the runner's seeds: seed + (batch - 1) * batch_size + i), so its pictures are those."""
+    size = plain.get("batch_size", 1) or 1
+    return {**plain, "n_iter": 1, "seed": (int(plain["seed"]) + number * int(size)) % 2**32}
+
+
+def _merged(into: Any, more: Any) -> Any:
+    """The pictures of a later batch's result after the earlier ones' (warnings once each)."""
+    for name in ("images", "infotexts", "seeds", "paths"):
+        mine, theirs = getattr(into, name, None), getattr(more, name, None)
+        if isinstance(mine, list) and isinstance(theirs, list):
+            mine.extend(theirs)
+    warnings = getattr(into, "warnings", None)
+    if isinstance(warnings, list):
+        warnings.extend(w for w in getattr(more, "warnings", []) or [] if w not in warnings)
+    if getattr(more, "interrupted", False):
+        into.interrupted = True
+    return into
 
 
 def _keep(records: OrderedDict, key: str, value: Any) -> None:
