@@ -92,8 +92,10 @@ def start_ray(engine, args) -> None:
         raise SystemExit("--ray needs Ray Serve: pip install -r requirements-ray.txt") from None
     if args.replicas < 1:
         raise SystemExit("--replicas must be 1 or more")
+    if args.max_replicas is not None and args.max_replicas < args.replicas:
+        raise SystemExit("--max-replicas must be at least --replicas (the autoscaling's minimum)")
     serve_ray.start(engine, serve_ray.RayOptions(
-        replicas=args.replicas, address=args.ray_address, num_cpus=args.replica_cpus,
+        replicas=args.replicas, max_replicas=args.max_replicas, address=args.ray_address, num_cpus=args.replica_cpus,
         num_gpus=args.replica_gpus if args.replica_gpus is not None else (None if args.device in ("cuda", "auto") else 0),
         threads=args.replica_threads, device=None if args.device == "auto" else args.device))
 

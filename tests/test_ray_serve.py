@@ -178,3 +178,41 @@ def test_a_turn_is_one_batch_across_replicas_and_the_batches_make_the_single_pro
     expected = local.txt2img(tiny(300, n_iter=5, batch_size=2, save_images=False))
     assert [pixels(i).tobytes() for i in result.images] == [pixels(i).tobytes() for i in expected.images]
     assert result.infotexts == expected.infotexts
+
+
+def test_autoscaling_between_a_minimum_and_a_maximum_from_the_jobs_waiting(cluster, models_dir, tmp_path_factory):
+    """--replicas 1 --max-replicas 2: idle, the deployment goes down to one replica; jobs waiting at the front
+    add the second; idle again, it goes back down. (Last in this file: it redeploys the cluster's application
+    in place with autoscaling.)"""
+    import webui.serve_ray as serve_ray
+    from webui.bootstrap import build_engine
+    from webui.engine.core.devices import DeviceChoice
+    from webui.engine.settings import Settings
+
+    front = build_engine(Settings(models_dir=models_dir, outputs_dir=tmp_path_factory.mktemp("auto-outputs"),
+                                  default_model="tiny-sd"), DeviceChoice("cpu"))
+    front.catalog.scan()
+    dispatcher = serve_ray.start(front, serve_ray.RayOptions(
+        replicas=1, max_replicas=2, upscale_delay_s=0.0, downscale_delay_s=2.0, num_cpus=0.5, threads=1,
+        cluster_cpus=2, device="cpu", log_to_driver=False))
+    assert front.jobs.workers == 2  # as many turns out as the most replicas can take
+
+    def reaches(count: int, within: float) -> float:
+        start = time.monotonic()
+        while serve_ray.running_replicas() != count:
+            assert time.monotonic() - start < within, f"still {serve_ray.running_replicas()} replicas, not {count}"
+            time.sleep(0.25)
+        return time.monotonic() - start
+
+    reaches(1, 90)
+    jobs = [front.submit_plain("txt2img", plain(600 + i, n_iter=6, save_images=False), f"scaler{i % 2}")
+            for i in range(4)]
+    reaches(2, 90)
+    seen: set = set()  # the replicas the batches ran on, while they ran
+    while not all(job.status in ("done", "failed") for job in jobs):
+        seen |= {where.get("replica") for where in list(dispatcher.where.values())}
+        time.sleep(0.02)
+    results = [front.jobs.wait(job, timeout=240) for job in jobs]
+    assert [len(r.images) for r in results] == [6, 6, 6, 6]
+    assert len(seen - {None}) == 2, seen  # the added replica took turns too
+    reaches(1, 90)

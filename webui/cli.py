@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray", action="store_true", help="run jobs on Ray Serve replicas of the engine (a local Ray cluster)")
     ray.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (host:6379 or auto); implies --ray")
     ray.add_argument("--replicas", type=int, default=1, metavar="N", help="engine replicas (one per GPU; default 1)")
+    ray.add_argument("--max-replicas", type=int, default=None, metavar="M",
+                     help="autoscale between --replicas and M replicas from the jobs waiting (Serve's autoscaling)")
     ray.add_argument("--replica-gpus", type=float, default=None, metavar="G",
                      help="GPUs per replica (default: 1 when --device is cuda or auto and Ray sees a GPU, else 0)")
     ray.add_argument("--replica-cpus", type=float, default=1, metavar="C", help="CPUs per replica (default 1)")

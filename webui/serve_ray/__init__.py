@@ -35,6 +35,10 @@ class RayOptions:
     device: str | None = None  # the replicas' device (None: the settings' device)
     cluster_cpus: int | None = None  # a local cluster's CPUs (None: Ray counts them)
     retries: int = 3
+    # autoscaling: between `replicas` and this many, from the requests waiting (None: a fixed `replicas`)
+    max_replicas: int | None = None
+    upscale_delay_s: float = 5.0  # how long the queue must stay long before a replica is added
+    downscale_delay_s: float = 120.0  # how long replicas must stay idle before one is removed
     log_to_driver: bool = True  # the replicas' logs in this process's output
     settings: dict = field(default_factory=dict)  # more Settings fields for the replicas
 
@@ -79,17 +83,40 @@ def start(engine: Any, options: RayOptions) -> Any:
         serve.start(proxy_location="Disabled")  # the front is Kiri's own server: Serve needs no HTTP proxy
         settings = replica_settings(engine.settings, options.settings)
         deployment = make_deployment(
-            models_per_replica=engine.settings.model_cache_size, num_replicas=options.replicas, max_ongoing_requests=1,
+            models_per_replica=engine.settings.model_cache_size, max_ongoing_requests=1,
             ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": _gpus(options.num_gpus)},
+            **scaling(options),
         )
         device = options.device or (engine.settings.device if engine.settings.device != "auto" else None)
         handle = serve.run(deployment.bind(settings, device, options.threads), name=APP_NAME, route_prefix=None)
-        replicas = options.replicas
+        replicas = max(options.replicas, options.max_replicas or 0)
     dispatcher = RayDispatcher(handle, control, replicas, options.retries)
     dispatcher.install(engine)
     dispatcher.watch(engine)
-    log.info("Kiri runs its jobs on %d Ray Serve replica(s)", options.replicas)
+    if options.max_replicas and options.max_replicas > options.replicas:
+        log.info("Kiri runs its jobs on %d to %d Ray Serve replicas (autoscaling)", options.replicas, options.max_replicas)
+    else:
+        log.info("Kiri runs its jobs on %d Ray Serve replica(s)", replicas)
     return dispatcher
+
+
+def scaling(options: RayOptions) -> dict:
+    """The deployment's replica count: fixed (`num_replicas`), or with `max_replicas` above `replicas`, Serve's
+    autoscaling from the requests each replica has (one at a time: max_ongoing_requests 1, target 1), so
+    jobs waiting at the front add replicas up to the maximum and idle ones go back down to the minimum.
+    The front then keeps `max_replicas` turn-taking threads, so as many turns as the most replicas can
+    take are out at once (those over the running replicas wait in Serve's queue, which is what scales it)."""
+    if not options.max_replicas or options.max_replicas <= options.replicas:
+        return {"num_replicas": options.replicas}
+    return {"autoscaling_config": {
+        "min_replicas": options.replicas, "max_replicas": options.max_replicas, "initial_replicas": options.replicas,
+        "target_ongoing_requests": 1, "upscale_delay_s": options.upscale_delay_s,
+        "downscale_delay_s": options.downscale_delay_s, "metrics_interval_s": 1.0, "look_back_period_s": 5.0}}
+
+
+def running_replicas() -> int:
+    """The KiriEngine replicas running now (0 when the application is not there)."""
+    return _deployed_replicas() or 0
 
 
 def _gpus(asked: float | None) -> float:
