@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,6 +179,56 @@ def test_a_turn_is_one_batch_across_replicas_and_the_batches_make_the_single_pro
     expected = local.txt2img(tiny(300, n_iter=5, batch_size=2, save_images=False))
     assert [pixels(i).tobytes() for i in result.images] == [pixels(i).tobytes() for i in expected.images]
     assert result.infotexts == expected.infotexts
+
+
+def test_files_a_replica_wrote_travel_as_bytes_to_the_fronts_own_outputs(tmp_path):
+    """On another node the replica's outputs are not the front's: the files of a result (under the replica's
+    outputs root) go as bytes with their relative path and are written whole under the front's root;
+    anything else stays as it is, and a path out of the root is refused."""
+    from webui.serve_ray.front import _outputs_written
+    from webui.serve_ray.replica import OUT_KEY, _outputs_as_bytes
+
+    replica_root, front_root = tmp_path / "node-b" / "outputs", tmp_path / "front" / "outputs"
+    clip = replica_root / "alice" / "video" / "job1" / "clip.mp4"
+    clip.parent.mkdir(parents=True)
+    clip.write_bytes(b"not really an mp4")
+    record = {"path": str(clip), "folder": str(clip.parent), "info": "Steps: 2", "elsewhere": "/etc/hostname",
+              "frames": [str(clip)]}
+    sent = _outputs_as_bytes(record, replica_root)
+    assert sent["path"] == {OUT_KEY: "alice/video/job1/clip.mp4", "data": b"not really an mp4"}
+    assert sent["folder"] == {OUT_KEY: "alice/video/job1"} and sent["elsewhere"] == "/etc/hostname"
+    got = _outputs_written(sent, front_root)
+    landed = front_root / "alice" / "video" / "job1" / "clip.mp4"
+    assert got["path"] == str(landed.resolve()) and landed.read_bytes() == b"not really an mp4"
+    assert got["frames"] == [str(landed.resolve())] and Path(got["folder"]).is_dir() and got["info"] == "Steps: 2"
+    with pytest.raises(RuntimeError, match="outside the outputs"):
+        _outputs_written({"path": {OUT_KEY: "../../escape.txt", "data": b"x"}}, front_root)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_video_jobs_run_on_a_replica_and_their_files_land_in_the_owners_outputs(cluster, local, tmp_path):
+    """Interpolation and video to video run on a replica (the front's dispatcher takes them), their clip
+    and frames come back as bytes into the owner's outputs, and the frames are the single process's."""
+    from video_clips import moving_square_frames, write_clip
+
+    from webui.engine.video.service import InterpolateRequest, Vid2VidRequest, interpolate, vid2vid
+
+    front, dispatcher = cluster
+    clip = write_clip(tmp_path / "square.mp4", moving_square_frames(4)).read_bytes()
+    job = Job(kind="interpolate", owner="filmer")
+    doubled = interpolate(front, InterpolateRequest(video=clip, factor=2), job)
+    assert job.id in dispatcher.ran_on  # it ran on a replica
+    assert doubled.path.is_file() and doubled.path.is_relative_to(front.outputs_for("filmer"))
+    assert len(doubled.frame_paths) == 7 and all(p.is_file() for p in doubled.frame_paths)
+    alone = interpolate(local, InterpolateRequest(video=clip, factor=2))
+    assert [pixels(a).tobytes() for a in doubled.frames()] == [pixels(b).tobytes() for b in alone.frames()]
+
+    job = Job(kind="vid2vid", owner="filmer")
+    request = dict(video=clip, prompt="a red square", steps=2, denoising_strength=0.5, seed=9, sampler_name="Euler")
+    restyled = vid2vid(front, Vid2VidRequest(**request), job)
+    assert job.id in dispatcher.ran_on and len(restyled.frame_paths) == 4 and restyled.path.is_file()
+    expected = vid2vid(local, Vid2VidRequest(**request))
+    assert [pixels(a).tobytes() for a in restyled.frames()] == [pixels(b).tobytes() for b in expected.frames()]
 
 
 def test_autoscaling_between_a_minimum_and_a_maximum_from_the_jobs_waiting(cluster, models_dir, tmp_path_factory):

@@ -219,6 +219,8 @@ class Engine:
         registered = self.job_kinds.get(kind)
         if registered is None or registered.result_type is None:
             return record
+        if callable(getattr(registered.result_type, "plain", None)):
+            return record  # kept in the form it travels to clients (VideoResult.plain), not as its fields
         return load(registered.result_type, inline_files(record), self.settings.max_output_pixels)
 
     def preload(self) -> None:

@@ -20,12 +20,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from webui.engine.core.errors import InvalidRequest, KiriError
 from webui.engine.core.jobs import Job
 from webui.engine.core.plain import IMAGE_KEY, dump
-from webui.serve_ray.replica import PNG_KEY
+from webui.serve_ray.replica import OUT_KEY, PNG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class RayDispatcher:
         if registered is None or registered.result_type is None:
             return None
         plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
+        # a file in the request (a video's clip) travels as the base64 text plain data has for it
+        plain = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in plain.items()}
         prepared, _ = engine.job_kinds.work_for(engine, kind, request)  # a bad request is refused here, before it is queued
         pictures = _saves_here(engine, kind)
         save = _resolve(engine, plain, pictures)
@@ -265,11 +268,34 @@ def _load_result(engine: Any, kind: str, record: Any) -> Any:
     """The replica's plain result (PNG bytes) as the kind's result class, as the engine reads one from disk."""
     from webui.engine.core.plain import load
 
-    plain = _bytes_as_images(record)
+    plain = _outputs_written(_bytes_as_images(record), Path(engine.settings.outputs_dir))
     registered = engine.job_kinds.get(kind)
     if registered is None or registered.result_type is None:
         return plain
     return load(registered.result_type, plain, engine.settings.max_output_pixels)
+
+
+def _outputs_written(value: Any, root: Path) -> Any:
+    """The files a replica's job wrote under its outputs (replica._outputs_as_bytes), written at the same
+    place under this front's outputs (whole: temp file, then renamed; left as they are where they are
+    already, as on one machine whose replicas share the outputs folder), as their paths here."""
+    if isinstance(value, dict):
+        if OUT_KEY in value and set(value) <= {OUT_KEY, "data"}:
+            target = (root / value[OUT_KEY]).resolve()
+            if not target.is_relative_to(root.resolve()):
+                raise RuntimeError(f"a replica sent a file outside the outputs: {value[OUT_KEY]!r}")
+            if "data" not in value:
+                target.mkdir(parents=True, exist_ok=True)
+            elif not (target.is_file() and target.read_bytes() == value["data"]):
+                from webui.engine.core.results import write_whole
+
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write_whole(target, value["data"])
+            return str(target)
+        return {k: _outputs_written(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_outputs_written(v, root) for v in value]
+    return value
 
 
 def _bytes_as_images(value: Any) -> Any:

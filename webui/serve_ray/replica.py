@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "kiri"
 CONTROL = "kiri-control"
 PNG_KEY = "__png__"
+OUT_KEY = "__out__"  # a file (or folder) the job wrote under the outputs: {"__out__": relative path, "data": bytes}
 COMMAND_POLL_S = 0.2
 TERMINAL = ("done", "failed")
 
@@ -140,7 +141,8 @@ class KiriReplica:
         from webui.engine.core.plain import dump
 
         result = self.engine.jobs.wait(job)
-        return _files_as_bytes(dump(result, image=lambda image: {PNG_KEY: _png(image)}))
+        plain = _files_as_bytes(dump(result, image=lambda image: {PNG_KEY: _png(image)}, fields=True))
+        return _outputs_as_bytes(plain, Path(self.engine.settings.outputs_dir))
 
     async def _take_commands(self, job_id: str) -> None:
         if self._control is None:
@@ -172,6 +174,27 @@ def _files_as_bytes(value: Any) -> Any:
         return {k: _files_as_bytes(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_files_as_bytes(v) for v in value]
+    return value
+
+
+def _outputs_as_bytes(value: Any, root: Path) -> Any:
+    """Paths of files the job wrote under the outputs (a clip, its frames: a video job's result) as their
+    bytes and their path relative to the outputs root, so the front writes them into its own outputs (on
+    another node this replica's disk is not the front's); a folder as its relative path."""
+    if isinstance(value, dict):
+        return {k: _outputs_as_bytes(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_outputs_as_bytes(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(os.sep):
+        path = Path(value)
+        try:
+            relative = path.resolve().relative_to(root.resolve())
+        except (ValueError, OSError):
+            return value
+        if path.is_file():
+            return {OUT_KEY: relative.as_posix(), "data": path.read_bytes()}
+        if path.is_dir():
+            return {OUT_KEY: relative.as_posix()}
     return value
 
 

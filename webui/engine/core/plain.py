@@ -22,18 +22,20 @@ T = TypeVar("T")
 IMAGE_KEY = "__image__"
 
 
-def dump(value: Any, image: Callable[[Any], Any] | None = None) -> Any:
+def dump(value: Any, image: Callable[[Any], Any] | None = None, fields: bool = False) -> Any:
     """`value` as plain data; each PIL image becomes `image(picture)` when given (core/results.py
-    writes it to a file and gives its path), else {"__image__": base64 PNG}."""
+    writes it to a file and gives its path), else {"__image__": base64 PNG}. A result that says how it
+    travels to clients (`plain()`: VideoResult) is that, unless `fields`: then every dataclass is its init
+    fields, which `load` builds back (a replica's result for its front)."""
     to_plain = getattr(value, "plain", None)
-    if callable(to_plain) and not isinstance(value, type):  # a result that says how it travels (VideoResult)
+    if callable(to_plain) and not isinstance(value, type) and not fields:
         return dump(to_plain(), image)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: dump(getattr(value, f.name), image) for f in dataclasses.fields(value) if f.init}
+        return {f.name: dump(getattr(value, f.name), image, fields) for f in dataclasses.fields(value) if f.init}
     if isinstance(value, dict):
-        return {str(k): dump(v, image) for k, v in value.items()}
+        return {str(k): dump(v, image, fields) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [dump(v, image) for v in value]
+        return [dump(v, image, fields) for v in value]
     if isinstance(value, Path):
         return str(value)
     if _is_image(value):
@@ -88,7 +90,7 @@ def _restore(value: Any, hint: Any, field: str, max_pixels: int) -> Any:
         return [_restore(v, inner, field, max_pixels) for v in value]
     if isinstance(value, dict):
         return {k: _restore(v, None, f"{field}.{k}", max_pixels) for k, v in value.items()}
-    if isinstance(value, str) and hint is Path:
+    if isinstance(value, str) and (hint is Path or Path in typing.get_args(hint)):  # Path, or Path | None
         return Path(value)
     return value
 

@@ -49,17 +49,17 @@ if TYPE_CHECKING:
 
 def txt2video(engine: "Engine", request: Txt2VideoRequest, job: Job | None = None) -> VideoResult:
     job = job or Job(kind="txt2video")
-    return engine.run(job.owner, "txt2video", txt2video_work(engine, request), job)
+    return engine.run_kind("txt2video", request, job)  # through the engine's dispatcher (Ray Serve replicas)
 
 
 def vid2vid(engine: "Engine", request: Vid2VidRequest, job: Job | None = None) -> VideoResult:
     job = job or Job(kind="vid2vid")
-    return engine.run(job.owner, "vid2vid", vid2vid_work(engine, request), job)
+    return engine.run_kind("vid2vid", request, job)  # through the engine's dispatcher (Ray Serve replicas)
 
 
 def interpolate(engine: "Engine", request: InterpolateRequest, job: Job | None = None) -> VideoResult:
     job = job or Job(kind="interpolate")
-    return engine.run(job.owner, "interpolate", interpolate_work(engine, request), job)
+    return engine.run_kind("interpolate", request, job)  # through the engine's dispatcher (Ray Serve replicas)
 
 
 # --- plain data: POST /kiri/v1/jobs {"kind": "vid2vid", "request": {...}} --------------------------
@@ -80,9 +80,11 @@ def job_kinds() -> list:
     """The video jobs plain data can ask for."""
     from webui.engine.core.job_kinds import JobKind
 
-    return [JobKind("txt2video", Txt2VideoRequest, txt2video_work, _from_plain(Txt2VideoRequest)),
-            JobKind("vid2vid", Vid2VidRequest, vid2vid_work, _from_plain(Vid2VidRequest)),
-            JobKind("interpolate", InterpolateRequest, interpolate_work, _from_plain(InterpolateRequest))]
+    # result_type: a VideoResult read back from plain data (a replica's, or a record on disk)
+    return [JobKind("txt2video", Txt2VideoRequest, txt2video_work, _from_plain(Txt2VideoRequest), result_type=VideoResult),
+            JobKind("vid2vid", Vid2VidRequest, vid2vid_work, _from_plain(Vid2VidRequest), result_type=VideoResult),
+            JobKind("interpolate", InterpolateRequest, interpolate_work, _from_plain(InterpolateRequest),
+                    result_type=VideoResult)]
 
 
 def register(registries: "Registries") -> None:
