@@ -3,6 +3,7 @@ model, each on one torch thread, behind a front engine that keeps the fair queue
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import threading
@@ -229,6 +230,42 @@ def test_video_jobs_run_on_a_replica_and_their_files_land_in_the_owners_outputs(
     assert job.id in dispatcher.ran_on and len(restyled.frame_paths) == 4 and restyled.path.is_file()
     expected = vid2vid(local, Vid2VidRequest(**request))
     assert [pixels(a).tobytes() for a in restyled.frames()] == [pixels(b).tobytes() for b in expected.frames()]
+
+
+def test_segmentation_and_super_resolution_run_on_a_replica(cluster, local):
+    """The Segmentation and Super-resolution tabs' jobs go to a replica too and give what one process gives;
+    an upscaled picture keeps its source's parameters on the way, and its file lands in the owner's outputs."""
+    from PIL import Image, ImageDraw
+    from PIL.PngImagePlugin import PngInfo
+
+    from webui.engine.segment import FLOOD_FILL, SegmentRequest, segment
+    from webui.engine.upscale import UpscaleRequest, upscale_images
+
+    front, dispatcher = cluster
+    picture = Image.new("RGB", (48, 48), (20, 40, 160))
+    ImageDraw.Draw(picture).ellipse((10, 10, 34, 30), fill=(230, 30, 30))
+    job = Job(kind="segment", owner="cutter")
+    found = segment(front, SegmentRequest(picture, points=[[20, 20, 1]], model=FLOOD_FILL), job=job)
+    assert job.id in dispatcher.ran_on
+    alone = segment(local, SegmentRequest(picture, points=[[20, 20, 1]], model=FLOOD_FILL))
+    assert [pixels(m).tobytes() for m in found.masks] == [pixels(m).tobytes() for m in alone.masks]
+    assert found.labels == alone.labels and found.info["model"] == FLOOD_FILL
+    # no segmenter named: the replica picks as one process picks (the front does not fill in its checkpoint)
+    picked = segment(front, SegmentRequest(picture, points=[[20, 20, 1]]), job=Job(kind="segment", owner="cutter"))
+    assert picked.info["model"] == segment(local, SegmentRequest(picture, points=[[20, 20, 1]])).info["model"]
+
+    buffer = io.BytesIO()
+    text = PngInfo()
+    text.add_text("parameters", "a red oval\nSteps: 3, Seed: 4")
+    picture.save(buffer, format="PNG", pnginfo=text)
+    source = Image.open(io.BytesIO(buffer.getvalue()))
+    job = Job(kind="extras", owner="cutter")
+    bigger = upscale_images(front, UpscaleRequest([source], upscaler_1="Lanczos", scale=2, save_images=True), job)
+    assert job.id in dispatcher.ran_on
+    expected = upscale_images(local, UpscaleRequest([source], upscaler_1="Lanczos", scale=2, save_images=False))
+    assert pixels(bigger.images[0]).tobytes() == pixels(expected.images[0]).tobytes()
+    assert bigger.infotexts == expected.infotexts and "Seed: 4" in bigger.infotexts[0]
+    assert bigger.paths[0].is_file() and bigger.paths[0].is_relative_to(front.outputs_for("cutter"))
 
 
 def test_autoscaling_between_a_minimum_and_a_maximum_from_the_jobs_waiting(cluster, models_dir, tmp_path_factory):

@@ -31,6 +31,9 @@ from webui.serve_ray.replica import OUT_KEY, PNG_KEY
 log = logging.getLogger(__name__)
 
 KEEP = 1000
+# The kinds whose request's `model` names the checkpoint (the picker's when empty); a segmentation request's
+# names a segmenter (empty: the best for its prompt), and an extension's kinds choose on the replica.
+CHECKPOINT_KINDS = ("txt2img", "img2img", "txt2video", "vid2vid")
 PROGRESS_FIELDS = ("image_count", "images_done", "step", "steps", "batch_no", "batch_count", "label", "note")
 
 
@@ -74,7 +77,7 @@ class RayDispatcher:
         plain = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in plain.items()}
         prepared, _ = engine.job_kinds.work_for(engine, kind, request)  # a bad request is refused here, before it is queued
         pictures = _saves_here(engine, kind)
-        save = _resolve(engine, plain, pictures)
+        save = _resolve(engine, plain, pictures, kind in CHECKPOINT_KINDS)
         batches = plain.get("n_iter", 1) if pictures and isinstance(plain.get("n_iter"), int) else 1
 
         def work(job: Job):
@@ -108,8 +111,7 @@ class RayDispatcher:
         remote = job.id if view.batches == 1 else f"{job.id}.{view.number}"
         spec = {"id": remote, "kind": kind, "owner": job.owner, "request": plain}
         self.remote[job.id] = remote
-        model = plain.get("model")
-        model_id = model if isinstance(model, str) else ""  # the checkpoint: Serve's multiplexed model id
+        model_id = _checkpoint_id(engine, plain.get("model"))  # the checkpoint: Serve's multiplexed model id
         try:
             for attempt in range(1, self.retries + 2):
                 _keep(self.attempts, job.id, attempt)
@@ -216,6 +218,15 @@ def _merged(into: Any, more: Any) -> Any:
     return into
 
 
+def _checkpoint_id(engine: Any, model: Any) -> str:
+    """A request's `model` when it names a checkpoint (or video model) the replica loads for it; "" for a
+    segmenter's name or none (Serve then routes by load alone)."""
+    if not isinstance(model, str) or not model:
+        return ""
+    entry = engine.catalog.find(model)
+    return model if entry is not None and entry.kind in ("checkpoint", "video") else ""
+
+
 def _keep(records: OrderedDict, key: str, value: Any) -> None:
     records[key] = value
     records.move_to_end(key)
@@ -233,15 +244,15 @@ def _saves_here(engine: Any, kind: str) -> bool:
     return {"images", "infotexts", "seeds", "paths"} <= {f.name for f in dataclasses.fields(result_type)}
 
 
-def _resolve(engine: Any, plain: dict, saves_here: bool) -> tuple[str] | None:
+def _resolve(engine: Any, plain: dict, saves_here: bool, checkpoint: bool = True) -> tuple[str] | None:
     """Fix what a replica would choose for itself, so every try makes the same pictures: the seed, the
-    checkpoint; and take saving over where the front saves the kind's pictures: (the image format) when
-    they are to be saved here, else None."""
+    checkpoint (`checkpoint`: the kind's `model` names one, the picker's when empty); and take saving over
+    where the front saves the kind's pictures: (the image format) when they are to be saved here, else None."""
     if plain.get("seed") == -1:
         from webui.engine.generation.requests import random_seed
 
         plain["seed"] = random_seed()
-    if "model" in plain and not plain["model"]:
+    if checkpoint and "model" in plain and not plain["model"]:
         entry = engine.current_entry()
         if entry is not None:
             plain["model"] = entry.name

@@ -42,9 +42,22 @@ def dump(value: Any, image: Callable[[Any], Any] | None = None, fields: bool = F
         if image is not None:
             return image(value)
         buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
+        value.save(buffer, format="PNG", pnginfo=_text_chunks(value))
         return {IMAGE_KEY: base64.b64encode(buffer.getvalue()).decode()}
     return value
+
+
+def _text_chunks(image: Any) -> Any:
+    """The picture's own text metadata (its infotext, `parameters`), kept in the PNG it travels as."""
+    from PIL.PngImagePlugin import PngInfo
+
+    texts = {k: v for k, v in (getattr(image, "info", None) or {}).items() if isinstance(k, str) and isinstance(v, str)}
+    if not texts:
+        return None
+    info = PngInfo()
+    for key, text in texts.items():
+        info.add_text(key, text)
+    return info
 
 
 def check_fields(cls: type, data: dict, kind: str | None = None, where: str = "request") -> None:

@@ -236,12 +236,20 @@ def segment(engine: "Engine", request: SegmentRequest, owner: str = "local", job
     from webui.engine.core.images import to_rgb
     from webui.engine.core.limits import check_input
 
+    job = job or Job(kind="segment", owner=owner)
+    return engine.run_kind("segment", request, job)  # through the engine's dispatcher (Ray Serve replicas)
+
+
+def segment_work(engine: "Engine", request: SegmentRequest):
+    """The job kind's work: the request checked in the caller's thread, then the segmenter's turns."""
+    from webui.engine.core.images import to_rgb
+    from webui.engine.core.limits import check_input
+
     request.validate()
     check_input("image", request.image.width, request.image.height, limit=engine.settings.max_pixels)
     request.image = to_rgb(request.image, "image")
     segmenter = find_segmenter(engine, request.model, request.prompt_kinds())
-    job = job or Job(kind="segment", owner=owner)
-    return engine.run(job.owner, "segment", lambda job: _work(engine, request, segmenter, job), job)
+    return lambda job: _work(engine, request, segmenter, job)
 
 
 def segment_stage(engine: "Engine", request: SegmentRequest, job: Job) -> Generator[None, None, SegmentResult]:
@@ -295,8 +303,12 @@ def _load(entry, device, allow_pickle: bool):
 
 
 def register(registries: "Registries") -> None:
-    """Segmenter folders for the model manager (models/segmentation/, catalogued as kind segmenter)."""
+    """Segmenter folders for the model manager (models/segmentation/, catalogued as kind segmenter), and
+    segmentation as a job kind (plain data can ask for it; a dispatcher may run it elsewhere)."""
+    from webui.engine.core.job_kinds import JobKind
+
     registries.add_loader(KIND, _load)
+    registries.add_job_kind(JobKind("segment", SegmentRequest, segment_work, result_type=SegmentResult))
 
 
 def _helper(engine: "Engine", prompt_kind: str):

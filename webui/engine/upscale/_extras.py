@@ -49,8 +49,13 @@ def upscale_images(engine: "Engine", request: UpscaleRequest, job: "Job | None" 
     from webui.engine.core.jobs import Job
 
     job = job or Job(kind="extras")
+    return engine.run_kind("extras", request, job)  # through the engine's dispatcher (Ray Serve replicas)
+
+
+def extras_work(engine: "Engine", request: UpscaleRequest):
+    """The "extras" job kind's work: everything checked in the caller's thread, then a tile a turn."""
     sizes = prepare_upscale(engine, request)
-    return engine.run(job.owner, job.kind, lambda j: upscale_work(engine, request, sizes, j), job)
+    return lambda job: upscale_work(engine, request, sizes, job)
 
 
 def upscale_work(engine: "Engine", request: UpscaleRequest, sizes: list[tuple[int, int]], job: "Job") -> Generator[None, None, UpscaleResult]:
