@@ -251,3 +251,32 @@ def test_the_disk_keeps_the_results_of_the_last_finished_jobs_only(tmp_path, mon
     assert kept == sorted(job.id for job in made[1:])  # the oldest job and the earlier run's record are gone
     assert store.result_plain(made[2])["n"] == 2 and made[2].result is None
     assert not list((tmp_path / ".jobs").rglob("*.tmp"))  # written whole
+
+
+def test_plain_data_asks_for_super_resolution_and_segmentation_too(served):
+    """POST /kiri/v1/jobs {"kind": "extras" | "segment"}: the Super-resolution and Segmentation tabs' jobs
+    as plain data (what a replica is sent), their results read back from the API."""
+    from PIL import ImageDraw
+
+    app, _, _ = served
+    u1 = client_for(app, "u1")
+    picture = Image.new("RGB", (32, 32), (10, 20, 200))
+    ImageDraw.Draw(picture).rectangle((8, 8, 20, 20), fill=(240, 240, 20))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    encoded = {"__image__": base64.b64encode(buffer.getvalue()).decode()}
+    job_id = u1.post("/kiri/v1/jobs", json={"kind": "extras", "request": {
+        "images": [encoded], "upscaler_1": "Lanczos", "scale": 2, "save_images": False}}).json()["id"]
+    answer = finish(u1, job_id)
+    assert answer["status"] == "done", answer
+    with Image.open(io.BytesIO(base64.b64decode(answer["result"]["images"][0]["__image__"]))) as bigger:
+        assert bigger.size == (64, 64)
+    job_id = u1.post("/kiri/v1/jobs", json={"kind": "segment", "request": {
+        "image": encoded, "points": [[12, 12, 1]], "model": "flood-fill"}}).json()["id"]
+    answer = finish(u1, job_id)
+    assert answer["status"] == "done" and answer["result"]["labels"] == ["flood fill"], answer
+    with Image.open(io.BytesIO(base64.b64decode(answer["result"]["masks"][0]["__image__"]))) as mask:
+        inside = np.asarray(mask) > 127
+    assert inside[12, 12] and not inside[2, 2] and inside.sum() == 13 * 13
+    bad = u1.post("/kiri/v1/jobs", json={"kind": "segment", "request": {"image": encoded, "points": [[99, 1, 1]]}})
+    assert bad.status_code == 422 and "points" in bad.text
