@@ -109,7 +109,7 @@ def test_progress_shows_at_the_front_and_interrupt_reaches_the_replica(cluster):
     front, dispatcher = cluster
     job = front.submit_plain("txt2img", plain(7, n_iter=40, save_images=False), "stopper")  # as POST /kiri/v1/jobs
     deadline = time.monotonic() + 60
-    while not (job.images_done >= 2 and job.id in dispatcher.where) and time.monotonic() < deadline:
+    while not (job.images_done >= 2 and job.id in dispatcher.where and job.steps == 3) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert job.steps == 3 and job.status == "running"  # the replica's progress, on the front's Job
     assert front.interrupt("stopper") == 1

@@ -186,3 +186,22 @@ def test_the_shipped_lora_and_embedding_on_held_out_prompts(default_engine):
     base, lora = E.outline_scores(base, outline), E.outline_scores(lora, outline)
     assert base["outline"] == 0 and base["hollow"] <= 3 / 12  # 6 scenes + 6 loose prompts
     assert lora["hollow"] >= 7 / 12 and lora["hollow"] >= base["hollow"] + 4 / 12
+
+
+def test_the_shipped_shadow_lora_on_held_out_prompts(default_engine):
+    """kiri-shadow, the second example LoRA, through Kiri's engine as a user's tag reaches it: its objects cast
+    the style's shadow where the base model's do not, and keep their colour (models/README.md has the full table)."""
+    import torch
+
+    from tools import eval_lora as E
+
+    torch.set_num_threads(2)
+    name = T.LORA_CONCEPTS["shadow"]
+    prompts = E.outline_prompts(6)
+    base, _ = _kiri(default_engine, [t for t, _, _ in prompts])
+    lora, info = _kiri(default_engine, [f"{t} <lora:{name}:1>" for t, _, _ in prompts])
+    assert f'Lora hashes: "{name}: ' in info
+    base, lora = E.outline_scores(base, prompts, "shadow"), E.outline_scores(lora, prompts, "shadow")
+    print("shadow without / with:", base, lora)
+    assert base["shadow"] <= 2 / 12 and lora["shadow"] >= base["shadow"] + 5 / 12  # measured 1/12 and 9/12
+    assert lora["colour"] >= base["colour"] - 2 / 12

@@ -10,8 +10,8 @@ train with the base model's own loss (epsilon, min-SNR-5).
 
 * **lora** (--concept outline, the default: kiri-outline, the shipped example): a style the base model
   never saw: every object drawn as its outline only (kiri_world.render(style="outline"), a 2.5 px stroke
-  on the shape's edge, the background showing through). --concept shadow (kiri-shadow, tried, not
-  shipped: models/README.md): every object casts a gray shadow to its lower right (style="shadow").
+  on the shape's edge, the background showing through). --concept shadow (kiri-shadow,
+  the second shipped example: models/README.md): every object casts a gray shadow to its lower right (style="shadow").
   Captions are the world's ordinary captions in the default phrasing mix, so the LoRA needs no trigger
   word: loaded (``<lora:kiri-outline:1>``), it turns every shape into an outline. peft LoRA
   (rank --rank) on the UNet's attention projections, its transformer in/out projections and feed-forward

@@ -39,6 +39,8 @@ class RayOptions:
     max_replicas: int | None = None
     upscale_delay_s: float = 5.0  # how long the queue must stay long before a replica is added
     downscale_delay_s: float = 120.0  # how long replicas must stay idle before one is removed
+    health_check_period_s: float = 15.0
+    health_check_timeout_s: float = 300.0
     log_to_driver: bool = True  # the replicas' logs in this process's output
     settings: dict = field(default_factory=dict)  # more Settings fields for the replicas
 
@@ -85,6 +87,9 @@ def start(engine: Any, options: RayOptions) -> Any:
         deployment = make_deployment(
             models_per_replica=engine.settings.model_cache_size, max_ongoing_requests=1,
             ray_actor_options={"num_cpus": options.num_cpus, "num_gpus": _gpus(options.num_gpus)},
+            # a replica busy with a long step on a crowded machine answers health checks late: give it
+            # minutes, not Serve's 30 s, before it is counted dead and restarted (a job on it sent again)
+            health_check_period_s=options.health_check_period_s, health_check_timeout_s=options.health_check_timeout_s,
             **scaling(options),
         )
         device = options.device or (engine.settings.device if engine.settings.device != "auto" else None)
