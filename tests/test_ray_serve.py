@@ -293,14 +293,15 @@ def test_autoscaling_between_a_minimum_and_a_maximum_from_the_jobs_waiting(clust
         return time.monotonic() - start
 
     reaches(1, 90)
-    jobs = [front.submit_plain("txt2img", plain(600 + i, n_iter=6, save_images=False), f"scaler{i % 2}")
+    # batches long enough (20 steps) that the two turns out at once keep one waiting in Serve's queue
+    jobs = [front.submit_plain("txt2img", plain(600 + i, n_iter=3, steps=20, save_images=False), f"scaler{i % 2}")
             for i in range(4)]
-    reaches(2, 90)
+    reaches(2, 150)
     seen: set = set()  # the replicas the batches ran on, while they ran
     while not all(job.status in ("done", "failed") for job in jobs):
         seen |= {where.get("replica") for where in list(dispatcher.where.values())}
         time.sleep(0.02)
     results = [front.jobs.wait(job, timeout=240) for job in jobs]
-    assert [len(r.images) for r in results] == [6, 6, 6, 6]
+    assert [len(r.images) for r in results] == [3, 3, 3, 3]
     assert len(seen - {None}) == 2, seen  # the added replica took turns too
     reaches(1, 90)
