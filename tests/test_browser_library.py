@@ -17,7 +17,7 @@ def open_found(browser, url: str, words: str, shows: str):
     page.locator("#library-search textarea, #library-search input").first.fill(words)
     page.locator("#library-search-button").click()
     try:
-        page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=30_000)
+        page.wait_for_function("document.querySelectorAll('#library-grid img').length === 1", timeout=60_000)
     except Exception:
         shown = page.locator("#library-grid img").count()
         raise AssertionError(f"the search for {words!r} should find one picture; the grid shows {shown}") from None
