@@ -155,7 +155,7 @@ def test_reproduce_from_the_library_sets_the_unit_and_generates_the_same_pixels(
     import requests
     from PIL import ImageDraw
 
-    from test_browser_library import open_found
+    from test_browser_library import first_result_pixels, open_found, reproduce_into
 
     url = cn_server["url"]
     control = Image.new("RGB", (64, 64))
@@ -170,9 +170,7 @@ def test_reproduce_from_the_library_sets_the_unit_and_generates_the_same_pixels(
     assert answer.status_code == 200, answer.text
     made = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
     page = open_found(browser, url, "copper moon", "ControlNet 0 image hash")
-    page.locator("#library-reproduce").click()
-    page.wait_for_function("document.querySelector('#txt2img-prompt textarea')?.value === 'a controlled copper moon'",
-                           timeout=15_000)
+    reproduce_into(page, "txt2img", "a controlled copper moon")
     page.locator("#txt2img-controlnet").get_by_text("ControlNet / IP-Adapter").first.click()
     page.locator("#txt2img-cn0-enabled").wait_for(state="visible", timeout=10_000)
     assert page.locator("#txt2img-cn0-enabled input").is_checked()
@@ -181,8 +179,5 @@ def test_reproduce_from_the_library_sets_the_unit_and_generates_the_same_pixels(
     assert page.locator("#library-status").inner_text().strip() == ""
     page.locator("#txt2img-generate").click()
     _wait_for_result(page, "txt2img")
-    source = page.locator("#txt2img-gallery img").first.get_attribute("src")
-    again = requests.get(source if source.startswith("http") else url.rstrip("/") + source, timeout=30)
-    assert again.status_code == 200
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(again.content)).convert("RGB")), made)
+    assert np.array_equal(first_result_pixels(page, url, "txt2img"), made)
     page.close()

@@ -27,6 +27,25 @@ def open_found(browser, url: str, words: str, shows: str):
     return page
 
 
+def reproduce_into(page, prefix: str, prompt: str) -> None:
+    """Click the opened picture's Reproduce and wait for the tab `prefix` to show its prompt."""
+    page.locator("#library-reproduce").click()
+    page.wait_for_function(f"document.querySelector('#{prefix}-prompt textarea')?.value === {prompt!r}", timeout=15_000)
+
+
+def first_result_pixels(page, url: str, prefix: str):
+    """The first picture of the tab's gallery, fetched as the browser fetches it, as RGB pixels."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    source = page.locator(f"#{prefix}-gallery img").first.get_attribute("src")
+    again = requests.get(source if source.startswith("http") else url.rstrip("/") + source, timeout=30)
+    assert again.status_code == 200
+    return np.asarray(Image.open(io.BytesIO(again.content)).convert("RGB"))
+
+
 def test_search_open_and_reproduce(kiri_server, browser):
     url = kiri_server["url"]
     for prompt, seed in (("a violet lighthouse", 4242), ("a yellow windmill", 77)):
@@ -101,9 +120,7 @@ def test_reproduce_an_inpainted_picture_in_image_to_image_bit_for_bit(kiri_serve
     assert answer.status_code == 200, answer.text
     made = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).convert("RGB"))
     page = open_found(browser, url, "amber pond", "Init image hash")
-    page.locator("#library-reproduce").click()
-    page.wait_for_function("document.querySelector('#img2img-prompt textarea')?.value === 'an inpainted amber pond'",
-                           timeout=15_000)
+    reproduce_into(page, "img2img", "an inpainted amber pond")
     page.locator("#inpaint-editor").wait_for(state="visible", timeout=15_000)  # the Inpaint mode, with its picture
     assert page.locator("#inpaint-mask img").count() == 1
     assert page.locator("#img2img-seed input[type=number]").input_value() == "907"
@@ -111,10 +128,7 @@ def test_reproduce_an_inpainted_picture_in_image_to_image_bit_for_bit(kiri_serve
     page.locator("#img2img-generate").click()
     page.wait_for_function("document.querySelector('#img2img-infotext textarea')?.value.includes('Seed: 907')",
                            timeout=120_000)
-    source = page.locator("#img2img-gallery img").first.get_attribute("src")
-    again = requests.get(source if source.startswith("http") else url.rstrip("/") + source, timeout=30)
-    assert again.status_code == 200
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(again.content)).convert("RGB")), made)
+    assert np.array_equal(first_result_pixels(page, url, "img2img"), made)
     page.close()
 
 

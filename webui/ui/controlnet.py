@@ -16,10 +16,12 @@ from webui.engine import controlnet as cn
 from webui.engine import ip_adapter
 from webui.engine.context import Engine
 from webui.engine.controlnet.preprocess import Preprocessors, builtin_preprocessors
+from webui.engine.controlnet.units import model_name
 from webui.engine.core.errors import InvalidRequest, KiriError
 from webui.engine.core.limits import base64_bytes, decode_image
 
 from .common import as_image, user_errors
+from .send_to import editor_value
 from .theme import REFRESH
 
 CONTROL_MODES, RESIZE_MODES = cn.CONTROL_MODES, cn.RESIZE_MODES
@@ -91,7 +93,7 @@ class ControlPanel:
             if "use_init" in c:
                 updates[c["use_init"]] = picture is None
             updates[c["module"]] = gr.update(value=module, info=module_label(module))
-            updates[c["model"]] = _model_update(engine, module, None, _without_hash(arg.get("model") or ""))
+            updates[c["model"]] = _model_update(engine, module, None, model_name(arg.get("model") or ""))
             updates[c["weight"]] = _number(arg.get("weight"), 1.0)
             updates[c["guidance_start"]] = _number(arg.get("guidance_start"), 0.0)
             updates[c["guidance_end"]] = _number(arg.get("guidance_end"), 1.0)
@@ -110,12 +112,6 @@ class ControlPanel:
         return [c for unit in self.units for c in unit.components.values()]
 
 
-def _without_hash(title: str) -> str:
-    """A model's name from its title ("outline-cn [0123abcd]" -> "outline-cn"), as the model list's values are."""
-    text = str(title).strip()
-    return text[: text.rindex(" [")].strip() if text.endswith("]") and " [" in text else text
-
-
 def _named(value: Any, names: tuple[str, ...], default: int) -> str:
     """A mode as its name, from a name or sd-webui-controlnet's index."""
     if isinstance(value, str) and value in names:
@@ -124,11 +120,6 @@ def _named(value: Any, names: tuple[str, ...], default: int) -> str:
         return names[int(value)]
     except (TypeError, ValueError, IndexError):
         return names[default]
-
-
-def editor_value(picture: Any) -> dict:
-    """The ImageEditor's value showing `picture` as the unit's uploaded control picture."""
-    return {"background": picture, "layers": [], "composite": picture}
 
 
 def is_ip_adapter(module: str | None) -> bool:

@@ -211,10 +211,8 @@ def render(engine: Engine, tab_block: Any = None, reproduce: tuple[Callable, lis
         img2img_targets = list(getattr(reproduce_img2img, "reproduce_targets", None) or [])
 
         def fill_and_note(text: str, item_id=None, request: gr.Request = None):
-            made = reproduce_body(text or "", "txt2img", engine.catalog)
-            unit_gaps: list[str] = []
-            if item_id is not None:
-                made, unit_gaps = _reproduce_with_units(engine, library, _viewer(library, request), item_id)
+            made, unit_gaps = (_reproduce_with_units(engine, library, _viewer(library, request), item_id)
+                               if item_id is not None else (reproduce_body(text or "", "txt2img", engine.catalog), []))
             units = made["body"].get("alwayson_scripts", {}).get("controlnet", {}).get("args", [])
             if item_id is not None and img2img_fill is not None and made["endpoint"] == "/sdapi/v1/img2img":
                 # an image to image picture goes back to that tab, with the start picture (and mask) kept with it

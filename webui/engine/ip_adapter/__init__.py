@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from webui.engine.controlnet.reproduce import image_key  # IP-Adapter units share sd-webui-controlnet's lines
 from webui.engine.core.addons import Addon, AddonSession, AddonSpec
 from webui.engine.core.errors import InvalidRequest
 
@@ -523,7 +524,7 @@ class IPAdapterUnits(Addon):
         kept: dict[str, Any] = {}
         for unit in self.units:
             for k, picture in enumerate(unit.images or [], start=1):
-                kept[f"ControlNet {unit.index} image hash" if k == 1 else f"ControlNet {unit.index} image {k} hash"] = picture
+                kept[image_key(unit.index, k)] = picture
         return kept
 
     def infotext(self) -> dict[str, object]:

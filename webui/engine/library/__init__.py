@@ -375,21 +375,21 @@ class Library:
         if not row["infotext"]:
             raise InvalidRequest("id", "this picture carries no generation parameters")
         made = reproduce_body(row["infotext"], row["tab"], catalog)
+        params = parse_infotext(row["infotext"]).params
         if made["endpoint"] == "/sdapi/v1/img2img":
-            self._attach_sources(row, made)
+            self._attach_sources(row, params, made)
         if addons is not None:
-            scripts = addons.reproduce_scripts(parse_infotext(row["infotext"]).params, self._kept(row))
+            scripts = addons.reproduce_scripts(params, self._kept(row, params))
             if scripts:
                 made["body"]["alwayson_scripts"] = {**made["body"].get("alwayson_scripts", {}), **scripts}
         return made
 
-    def _kept(self, row: dict):
-        """kept(key) for AddonSpec.from_infotext: the kept picture the row's infotext records under `key`, as
-        base64; None where it records none; SourceGone where it is no longer kept."""
+    def _kept(self, row: dict, params: dict[str, str]):
+        """kept(key) for AddonSpec.from_infotext: the kept picture the row's infotext (`params`) records under
+        `key`, as base64; None where it records none; SourceGone where it is no longer kept."""
         from webui.engine.core.addons import SourceGone
         from webui.engine.core.outputs import SOURCES, find_source
 
-        params = parse_infotext(row["infotext"]).params
         root = self._source_root(row)
 
         def kept(key: str) -> str | None:
@@ -406,27 +406,25 @@ class Library:
         """The outputs root the row's pictures were kept under (root/<tab>/<date>/file: .inits beside <tab>)."""
         return Path(row["path"]).parents[2] if len(Path(row["path"]).parents) > 2 else self.outputs
 
-    def _attach_sources(self, row: dict, made: dict) -> None:
+    def _attach_sources(self, row: dict, params: dict[str, str], made: dict) -> None:
         """An img2img picture's kept init image and mask (outputs[/<login>]/.inits, beside the folder of the
         tab that saved it: root/<tab>/<date>/file) as base64 in the body; one recorded but gone is a 4xx
         naming the field, never a body that would make another picture."""
-        from webui.engine.core.outputs import find_source
+        from webui.engine.core.addons import SourceGone
         from webui.engine.generation.img2img import INIT_HASH, MASK_HASH
 
-        params = parse_infotext(row["infotext"]).params
         if INIT_HASH not in params:
             return  # made before Kiri kept init images (or by another tool): the note says what to add
-        root = self._source_root(row)
+        kept = self._kept(row, params)
         for key, field in ((INIT_HASH, "init_images"), (MASK_HASH, "mask")):
-            if key not in params:
-                continue
-            found = find_source(root, params[key])
-            if found is None:
+            try:
+                data = kept(key)
+            except SourceGone as gone:
                 raise InvalidRequest(field, f"the {'init image' if field == 'init_images' else 'mask'} this picture was "
-                                            f"made from ({key}: {params[key][:16]}) is no longer in {root.name}/.inits; "
-                                            f"the same picture cannot be made without it")
-            data = base64.b64encode(found.read_bytes()).decode()
-            made["body"][field] = [data] if field == "init_images" else data
+                                            f"made from ({key}: {gone.digest[:16]}) is no longer in {gone.where}; "
+                                            f"the same picture cannot be made without it") from None
+            if data is not None:
+                made["body"][field] = [data] if field == "init_images" else data
         made["notes"] = [n for n in made["notes"] if not n.startswith("the source picture is not kept")]
 
 

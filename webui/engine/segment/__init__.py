@@ -233,9 +233,6 @@ def _check_takes(segmenter: Segmenter, kinds: tuple[str, ...], field: str) -> No
 
 def segment(engine: "Engine", request: SegmentRequest, owner: str = "local", job: Job | None = None) -> SegmentResult:
     """Segment as a job of `owner` in the fair queue; checks the request in the caller's thread first."""
-    from webui.engine.core.images import to_rgb
-    from webui.engine.core.limits import check_input
-
     job = job or Job(kind="segment", owner=owner)
     return engine.run_kind("segment", request, job)  # through the engine's dispatcher (Ray Serve replicas)
 
