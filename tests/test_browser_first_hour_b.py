@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from webui.engine.core.infotext import pnginfo_for
 
@@ -38,8 +39,14 @@ def test_the_gallery_shows_and_selects_the_grid_first(kiri_server, browser, tmp_
     page.locator("#txt2img-prompt textarea").fill("a red circle")
     set_number(page, "#txt2img-seed", 5)
     page.locator("#xy-grid").get_by_text("X/Y grid").first.click()
-    page.locator("#xy-x-values textarea, #xy-x-values input").first.fill("Euler, DDIM, UniPC")
-    page.get_by_label("Y values (numbers: 10-30 (+10) or 1-9 [5])").fill("1, 2")
+    # The accordion mounts its fields as it opens: a value typed before that is lost (CI once ran
+    # the default "Euler, DPM++ 2M" and got 4 cells), so fill the visible fields and read them back.
+    x_values = page.locator("#xy-x-values textarea, #xy-x-values input").first
+    y_values = page.get_by_label("Y values (numbers: 10-30 (+10) or 1-9 [5])")
+    for field, value in ((x_values, "Euler, DDIM, UniPC"), (y_values, "1, 2")):
+        field.wait_for(state="visible")
+        field.fill(value)
+        expect(field).to_have_value(value)
     page.locator("#xy-generate").click()
     try:
         page.wait_for_function("document.querySelector('#txt2img-status')?.innerText.includes('Grid of 6')", timeout=180_000)
