@@ -182,6 +182,60 @@ def test_a_turn_is_one_batch_across_replicas_and_the_batches_make_the_single_pro
     assert result.infotexts == expected.infotexts
 
 
+def _gradient(size: int = 64):
+    from PIL import Image
+
+    x = np.linspace(0, 1, size)[None, :, None]
+    y = np.linspace(0, 1, size)[:, None, None]
+    array = np.array([40, 60, 200]) * (1 - x) + np.array([200, 120, 40]) * x * (0.7 + 0.3 * y)
+    return Image.fromarray(array.clip(0, 255).astype(np.uint8))
+
+
+def test_sd_upscale_tiles_are_turns_on_the_replicas_and_make_the_single_process_picture(cluster, local):
+    """An SD upscale stays at the front and sends each tile to a free replica as a turn of its own
+    (engine.part_work): two owners' upscales hold both replicas, and a third owner's one-batch job, sent
+    after them, ends while both still have tiles to go. Each picture is the one a single process makes."""
+    from webui.engine.core.plain import dump
+    from webui.engine.generation.img2img import Img2ImgRequest, SDUpscale
+
+    front, dispatcher = cluster
+
+    def upscale(seed: int) -> Img2ImgRequest:  # 3x of 64 px in 64 px tiles, 16 px overlap: 16 tiles
+        return Img2ImgRequest(prompt="a red circle", init_image=_gradient(), width=64, height=64, steps=3, seed=seed,
+                              denoising_strength=0.5, sampler_name="Euler", save_images=False,
+                              sd_upscale=SDUpscale("Lanczos", 3, 16))
+
+    big_a = front.submit_plain("img2img", dump(upscale(600)), "tiler-a")
+    big_b = front.submit_plain("img2img", dump(upscale(700)), "tiler-b")
+    deadline = time.monotonic() + 60
+    while not (dispatcher.parts.get(big_a.id) and dispatcher.parts.get(big_b.id)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    short = front.submit_plain("txt2img", plain(800, save_images=False), "tiler-c")
+    front.jobs.wait(short, timeout=180)
+    tiles_then = (dispatcher.parts[big_a.id], dispatcher.parts[big_b.id])
+    assert not big_a.finished and not big_b.finished and max(tiles_then) < 16, tiles_then
+    result = front.jobs.wait(big_a, timeout=240)
+    front.jobs.wait(big_b, timeout=240)
+    assert dispatcher.parts[big_a.id] == 16  # every tile went to a replica
+    expected = local.img2img(upscale(600))
+    assert result.images[0].size == (192, 192)
+    assert pixels(result.images[0]).tobytes() == pixels(expected.images[0]).tobytes()
+    assert result.infotexts == expected.infotexts
+
+
+def test_an_xy_grids_cells_run_on_the_replicas(cluster, local):
+    """The X/Y grid is not a job kind of its own, but each cell is a part (a txt2img on a replica)."""
+    from webui.engine.generation.xy_grid import xy_grid
+
+    front, dispatcher = cluster
+    job = Job(kind="xy_grid", owner="gridder")
+    result = xy_grid(front, tiny(900, save_images=False), "Steps", "2, 3", "Seed", "900, 901", job)
+    assert dispatcher.parts[job.id] == 4
+    expected = xy_grid(local, tiny(900, save_images=False), "Steps", "2, 3", "Seed", "900, 901")
+    assert [pixels(i).tobytes() for i in result.images] == [pixels(i).tobytes() for i in expected.images]
+    assert pixels(result.grid).tobytes() == pixels(expected.grid).tobytes()
+
+
 def test_files_a_replica_wrote_travel_as_bytes_to_the_fronts_own_outputs(tmp_path):
     """On another node the replica's outputs are not the front's: the files of a result (under the replica's
     outputs root) go as bytes with their relative path and are written whole under the front's root;

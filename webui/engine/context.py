@@ -148,6 +148,18 @@ class Engine:
         request, work = self._work_for(kind, request)
         return self.run(job.owner, job.kind, work, job)
 
+    def part_work(self, kind: str, request: Any) -> Callable[[Job], Any]:
+        """The work of one part of a bigger job (an X/Y grid's cell, an SD upscale's tile), to run inside
+        that job's work: `result = yield from work(job)`. Checked here, in the caller's thread. A dispatcher
+        may run the part elsewhere (webui/serve_ray: on a free replica, a turn of its own), so the fair
+        queue hands out the parts of a big job, not the whole job; without one, the kind's own work, here."""
+        if self.job_kinds.get(kind) is None:
+            raise KeyError(kind)
+        part_for = getattr(self.dispatcher, "part_for", None)
+        if part_for is not None:
+            return part_for(self, kind, request)
+        return self.job_kinds.work_for(self, kind, request)[1]
+
     def txt2img(self, request: Any, job: Job | None = None) -> Any:
         """Text to image (generation/), with a hires fix when asked (upscale/'s variant)."""
         return self.run_kind("txt2img", request, job or Job(kind="txt2img"))

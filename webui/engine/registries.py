@@ -41,8 +41,8 @@ class Registries:
         self.job_kinds.register(kind)
 
     def extend_job_kind(self, name: str, when: Callable[[Any], bool], work: Callable[[Any, Any], Callable],
-                        source: str = "built-in") -> None:
-        self.job_kinds.extend(name, Variant(when, work, source))
+                        source: str = "built-in", parts: bool = False) -> None:
+        self.job_kinds.extend(name, Variant(when, work, source, parts))
 
     def add_model_kind(self, kind: Any) -> None:
         self.model_kinds.append(kind)

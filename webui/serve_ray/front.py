@@ -4,7 +4,8 @@ The front (the normal Kiri process: UI, /sdapi/v1, /kiri/v1) keeps its one job s
 the store has one thread per replica (`jobs.workers`), so when a replica is free the next owner's turn
 goes to it. A turn is one batch, as in one process: a job of several batches (n_iter) sends each as its own
 request (n_iter 1, the seed it has in the whole job), and between two of them other owners' turns may take
-the replicas. Its spec (plain data, seed and checkpoint resolved here, so a retry makes the same pixels)
+the replicas. A job made of parts (an SD upscale's tiles, an X/Y grid's cells: engine.part_work) stays here
+and sends each part as a turn of its own (part_for). Its spec (plain data, seed and checkpoint resolved here, so a retry makes the same pixels)
 goes out with the checkpoint as Serve's multiplexed model id, and the replica's events come back onto the front's Job (progress, previews), so a progress
 call shows the job wherever it runs. Interrupt and Skip asked of the front's Job go to the replica by
 job id (replica.Control). Pictures come back as PNG bytes and are saved here, into the owner's outputs
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 KEEP = 1000
 # The kinds whose request's `model` names the checkpoint (the picker's when empty); a segmentation request's
 # names a segmenter (empty: the best for its prompt), and an extension's kinds choose on the replica.
-CHECKPOINT_KINDS = ("txt2img", "img2img", "txt2video", "vid2vid")
+CHECKPOINT_KINDS = ("txt2img", "img2img", "sd_upscale_tile", "txt2video", "vid2vid")
 PROGRESS_FIELDS = ("image_count", "images_done", "step", "steps", "batch_no", "batch_count", "label", "note")
 
 
@@ -61,6 +62,7 @@ class RayDispatcher:
         self.ran_on: OrderedDict[str, dict] = OrderedDict()  # job id -> the replica that finished it (the last KEEP)
         self.attempts: OrderedDict[str, int] = OrderedDict()  # job id -> times it was sent (the last KEEP)
         self.remote: dict[str, str] = {}  # job id -> the id its running request has on the replicas
+        self.parts: OrderedDict[str, int] = OrderedDict()  # job id -> parts sent so far (engine.part_work)
 
     def install(self, engine: Any) -> None:
         engine.dispatcher = self
@@ -72,6 +74,8 @@ class RayDispatcher:
         registered = engine.job_kinds.get(kind)
         if registered is None or registered.result_type is None:
             return None
+        if engine.job_kinds.runs_parts(kind, request):
+            return None  # the job stays here and sends its parts (SD upscale: each tile) through part_for
         plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
         # a file in the request (a video's clip) travels as the base64 text plain data has for it
         plain = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in plain.items()}
@@ -102,13 +106,31 @@ class RayDispatcher:
 
         return prepared, work
 
+    def part_for(self, engine: Any, kind: str, request: Any):
+        """engine.part_work with replicas: a part of a bigger job (an X/Y grid's cell, an SD upscale's tile)
+        checked here, then sent to a free replica as a turn of its own. Its job keeps running here: it
+        places the part's result (a tile into its picture, a cell into its grid) and saves what it makes."""
+        plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
+        engine.job_kinds.work_for(engine, kind, request)  # a bad part is refused here, in the caller's thread
+        _resolve(engine, plain, saves_here=False, checkpoint=kind in CHECKPOINT_KINDS)
+
+        def work(job: Job):
+            parts = self.parts.get(job.id, 0)
+            _keep(self.parts, job.id, parts + 1)
+            result = self.run(engine, kind, plain, job, _PartView(job), remote=f"{job.id}.p{parts}")
+            yield  # the job's next part waits for its turn in the fair queue
+            return result
+
+        return work
+
     # --- one job on a replica ------------------------------------------------------------
-    def run(self, engine: Any, kind: str, plain: dict, job: Job, view: "_BatchView | None" = None) -> Any:
+    def run(self, engine: Any, kind: str, plain: dict, job: Job, view: "_BatchView | None" = None,
+            remote: str | None = None) -> Any:
         """The request on a replica, sent again (same spec) while its replica dies; `view`: which batch of its
-        job it is, so the job's progress counts the whole job."""
+        job it is, so the job's progress counts the whole job; `remote`: the id it has on the replicas."""
         view = view or _BatchView(0, 1, 1)
-        # a replica takes each id once: the batches of a job go out as <job id>.<batch>
-        remote = job.id if view.batches == 1 else f"{job.id}.{view.number}"
+        # a replica takes each id once: the batches of a job go out as <job id>.<batch>, its parts <job id>.p<n>
+        remote = remote or (job.id if view.batches == 1 else f"{job.id}.{view.number}")
         spec = {"id": remote, "kind": kind, "owner": job.owner, "request": plain}
         self.remote[job.id] = remote
         model_id = _checkpoint_id(engine, plain.get("model"))  # the checkpoint: Serve's multiplexed model id
@@ -195,6 +217,20 @@ class _BatchView:
             job.batch_no, job.batch_count = self.number + 1, self.batches
             job.image_count = self.batches * self.size
             job.images_done = self.images_before + int(event.get("images_done") or 0)
+
+
+class _PartView(_BatchView):
+    """A part of a job (a tile, a cell): the replica's steps shown on the job; the job's own label and
+    counts (tile 3/9, cell 2/6) stay as the job's work sets them here."""
+
+    def __init__(self, job: Job) -> None:
+        super().__init__(0, 1, 1)
+        self.images_before = job.images_done
+
+    def apply(self, job: Job, event: dict) -> None:
+        for field in ("step", "steps"):
+            if field in event:
+                setattr(job, field, event[field])
 
 
 def _batch_of(plain: dict, number: int) -> dict:

@@ -46,6 +46,9 @@ class Variant:
     when: Callable[[Any], bool]  # request -> whether this variant serves it
     work: Callable[[Any, Any], Callable]  # as JobKind.work
     source: str = "built-in"
+    # its work runs its pieces through engine.part_work (SD upscale: each tile), so a dispatcher keeps
+    # the job where it was asked and sends the pieces instead of the whole job
+    parts: bool = False
 
 
 @dataclass
@@ -67,6 +70,13 @@ class JobKinds:
             if variant.when(request):
                 return request, variant.work(engine, request)
         return request, kind.work(engine, request)
+
+    def runs_parts(self, name: str, request: Any) -> bool:
+        """Whether the variant that serves `request` runs its pieces as parts (Variant.parts)."""
+        for variant in self.variants.get(name, []):
+            if variant.when(request):
+                return variant.parts
+        return False
 
     def register(self, kind: JobKind) -> None:
         if kind.name in self.kinds:

@@ -117,8 +117,9 @@ def xy_grid(engine: "Engine", base: Txt2ImgRequest, x_axis: str, x_text: str, y_
         requests.append(replace(base, **changes))  # replace() re-validates each cell
     job = job or Job(kind="xy_grid")
     # Each cell is the work a plain text to image request gets (hooks, add-on defaults, and a variant
-    # such as the hires fix another capability adds), every cell checked before the grid is queued.
-    works = [engine.job_kinds.work_for(engine, "txt2img", request)[1] for request in requests]
+    # such as the hires fix another capability adds), every cell checked before the grid is queued; a
+    # part of the grid's job (engine.part_work: with a dispatcher, a turn on a free replica).
+    works = [engine.part_work("txt2img", request) for request in requests]
     return engine.run(job.owner, "xy_grid", lambda j: _cells(engine, base, works, seed, (x_axis, x_text, xs), (y_axis, y_text, ys), j), job)
 
 

@@ -114,11 +114,17 @@ def register(registries: "Registries") -> None:
     text to image with a hires fix, image to image with SD upscale."""
     from webui.engine.core.job_kinds import JobKind
 
+    from webui.engine.generation.requests import GenerationResult
+
     from ._extras import extras_work
+    from ._sd_upscale import SDUpscaleTileRequest, tile_work
     from ._requests import UpscaleRequest, UpscaleResult
 
     registries.add_loader("upscaler", load_upscaler_entry)
     # Super-resolution as a job kind: plain data can ask for it, a dispatcher may run it elsewhere
     registries.add_job_kind(JobKind("extras", UpscaleRequest, extras_work, result_type=UpscaleResult))
     registries.extend_job_kind("txt2img", lambda r: getattr(r, "hires", None) is not None, _hires_job)
-    registries.extend_job_kind("img2img", lambda r: getattr(r, "sd_upscale", None) is not None, _sd_upscale_job)
+    # SD upscale runs each tile as a part (engine.part_work): a dispatcher keeps the job and sends the tiles
+    registries.extend_job_kind("img2img", lambda r: getattr(r, "sd_upscale", None) is not None, _sd_upscale_job,
+                               parts=True)
+    registries.add_job_kind(JobKind("sd_upscale_tile", SDUpscaleTileRequest, tile_work, result_type=GenerationResult))

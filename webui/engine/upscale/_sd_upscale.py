@@ -17,7 +17,7 @@ Interrupt keeps the tiles finished so far over the upscaled picture.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Generator
 
 from webui.engine.core.errors import InvalidRequest
@@ -74,6 +74,32 @@ class SDUpscaleTileTask(Img2ImgTask):
         params["Size"], params["Seed"] = f"{self.tile[0]}x{self.tile[1]}", self.picture_seed
         version = params.pop("Version", None)
         return {**params, **(self.extra or {}), "Version": version}
+
+
+@dataclass
+class SDUpscaleTileRequest(Img2ImgRequest):
+    """One tile as a request of its own (job kind "sd_upscale_tile", the part a dispatcher sends to a
+    replica): image to image of the crop, with the SD upscale keys its infotext carries."""
+
+    tile_extra: dict[str, Any] | None = None  # the SD upscale keys of the picture's infotext
+    tile: list[int] | None = None  # the SD upscale request's tile size (Size in the infotext)
+    picture_seed: int = 0  # the picture's seed (Seed in the infotext; a tile may denoise with its own)
+
+
+def tile_work(engine: "Engine", request: SDUpscaleTileRequest):
+    """The "sd_upscale_tile" kind's work: the crop checked and prepared here, then its denoising."""
+    warnings: list[str] = []
+    check_pixels(request.init_image, engine.settings.max_pixels)
+    tile = tuple(request.tile) if request.tile else (request.width, request.height)
+    task = SDUpscaleTileTask(request, prepare(request, warnings), extra=request.tile_extra, tile=tile,
+                             picture_seed=request.picture_seed)
+
+    def work(job: "Job") -> Generator[None, None, GenerationResult]:
+        out = yield from stage(engine, task, job)
+        out.warnings[:0] = warnings
+        return out
+
+    return work
 
 
 def sd_upscale(engine: "Engine", request: Img2ImgRequest, job: "Job") -> Generator[None, None, GenerationResult]:
@@ -196,12 +222,12 @@ class _Stage:
         tile_request = replace(r, init_image=crop, width=size[0], height=size[1], denoising_strength=strength, seed=seed,
                                batch_size=1, n_iter=1, model=self.model, save_images=False, sd_upscale=None, mask=None,
                                resize_mode=0)
-        warnings: list[str] = []
         # The picture's infotext is the first tile's: Size is the tile size, as A1111 writes it.
-        task = SDUpscaleTileTask(tile_request, prepare(tile_request, warnings), extra=self.extra,
-                                 tile=(r.width, r.height), picture_seed=self.seed)
-        out = yield from stage(self.engine, task, self.job)
-        self.warnings.extend(w for w in warnings + out.warnings if w not in self.warnings)
+        part = SDUpscaleTileRequest(**{f.name: getattr(tile_request, f.name) for f in fields(tile_request) if f.init},
+                                    tile_extra=self.extra, tile=[r.width, r.height], picture_seed=self.seed)
+        # a part of the job: here, or a turn of its own on a free replica (engine.part_work)
+        out = yield from self.engine.part_work("sd_upscale_tile", part)(self.job)
+        self.warnings.extend(w for w in out.warnings if w not in self.warnings)
         if out.interrupted:
             self.interrupted = True
         if not out.images:
