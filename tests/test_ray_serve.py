@@ -262,8 +262,9 @@ def test_files_a_replica_wrote_travel_as_bytes_to_the_fronts_own_outputs(tmp_pat
 
 
 def test_video_jobs_run_on_a_replica_and_their_files_land_in_the_owners_outputs(cluster, local, tmp_path):
-    """Interpolation and video to video run on a replica (the front's dispatcher takes them), their clip
-    and frames come back as bytes into the owner's outputs, and the frames are the single process's."""
+    """Interpolation runs on a replica (the front's dispatcher takes it), its clip and frames come back as
+    bytes into the owner's outputs; video to video sends each frame as a part. The frames are the single
+    process's."""
     from video_clips import moving_square_frames, write_clip
 
     from webui.engine.video.service import InterpolateRequest, Vid2VidRequest, interpolate, vid2vid
@@ -282,6 +283,7 @@ def test_video_jobs_run_on_a_replica_and_their_files_land_in_the_owners_outputs(
     request = dict(video=clip, prompt="a red square", steps=2, denoising_strength=0.5, seed=9, sampler_name="Euler")
     restyled = vid2vid(front, Vid2VidRequest(**request), job)
     assert job.id in dispatcher.ran_on and len(restyled.frame_paths) == 4 and restyled.path.is_file()
+    assert dispatcher.parts[job.id] == 4  # the clip's job ran here, each frame a turn on a replica
     expected = vid2vid(local, Vid2VidRequest(**request))
     assert [pixels(a).tobytes() for a in restyled.frames()] == [pixels(b).tobytes() for b in expected.frames()]
 

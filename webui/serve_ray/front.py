@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 KEEP = 1000
 # The kinds whose request's `model` names the checkpoint (the picker's when empty); a segmentation request's
 # names a segmenter (empty: the best for its prompt), and an extension's kinds choose on the replica.
-CHECKPOINT_KINDS = ("txt2img", "img2img", "sd_upscale_tile", "txt2video", "vid2vid")
+CHECKPOINT_KINDS = ("txt2img", "img2img", "img2img_part", "sd_upscale_tile", "txt2video", "vid2vid")
 PROGRESS_FIELDS = ("image_count", "images_done", "step", "steps", "batch_no", "batch_count", "label", "note")
 
 
@@ -115,9 +115,12 @@ class RayDispatcher:
         _resolve(engine, plain, saves_here=False, checkpoint=kind in CHECKPOINT_KINDS)
 
         def work(job: Job):
-            parts = self.parts.get(job.id, 0)
-            _keep(self.parts, job.id, parts + 1)
-            result = self.run(engine, kind, plain, job, _PartView(job), remote=f"{job.id}.p{parts}")
+            # a stage's own job (a vid2vid frame's) reports to its parent: progress, Interrupt and the
+            # part's id on the replicas are the job's in the store
+            root = getattr(job, "parent", None) or job
+            parts = self.parts.get(root.id, 0)
+            _keep(self.parts, root.id, parts + 1)
+            result = self.run(engine, kind, plain, root, _PartView(root), remote=f"{root.id}.p{parts}")
             yield  # the job's next part waits for its turn in the fair queue
             return result
 

@@ -34,6 +34,9 @@ class JobKind:
     # the result class, built back from the plain data kept on disk (core/results.py) for a caller that
     # waits after the job gave its result away; None: such a caller gets the plain data itself.
     result_type: type | None = None
+    # request -> whether its work runs its pieces through engine.part_work (vid2vid: each frame), so a
+    # dispatcher keeps the job where it was asked and sends the pieces; None: never
+    parts: Callable[[Any], bool] | None = None
 
     def request_from(self, data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         """The request; images in it checked against `max_pixels` before decoding (a custom `load`
@@ -72,11 +75,13 @@ class JobKinds:
         return request, kind.work(engine, request)
 
     def runs_parts(self, name: str, request: Any) -> bool:
-        """Whether the variant that serves `request` runs its pieces as parts (Variant.parts)."""
+        """Whether the work that serves `request` runs its pieces as parts: the variant that serves it
+        (Variant.parts), else the kind (JobKind.parts)."""
         for variant in self.variants.get(name, []):
             if variant.when(request):
                 return variant.parts
-        return False
+        kind = self.kinds.get(name)
+        return bool(kind is not None and kind.parts is not None and kind.parts(request))
 
     def register(self, kind: JobKind) -> None:
         if kind.name in self.kinds:

@@ -82,7 +82,9 @@ def job_kinds() -> list:
 
     # result_type: a VideoResult read back from plain data (a replica's, or a record on disk)
     return [JobKind("txt2video", Txt2VideoRequest, txt2video_work, _from_plain(Txt2VideoRequest), result_type=VideoResult),
-            JobKind("vid2vid", Vid2VidRequest, vid2vid_work, _from_plain(Vid2VidRequest), result_type=VideoResult),
+            # each frame a part (engine.part_work), but a motion module denoises the clip at once
+            JobKind("vid2vid", Vid2VidRequest, vid2vid_work, _from_plain(Vid2VidRequest), result_type=VideoResult,
+                    parts=lambda request: not getattr(request, "motion_module", None)),
             JobKind("interpolate", InterpolateRequest, interpolate_work, _from_plain(InterpolateRequest),
                     result_type=VideoResult)]
 

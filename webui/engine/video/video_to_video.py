@@ -205,16 +205,31 @@ def vid2vid_work(engine: "Engine", request: Vid2VidRequest):
     return lambda job: _vid2vid(engine, request, plan, job)
 
 
+@dataclass(frozen=True)
+class _Checkpoint:
+    name: str
+    short_hash: str
+
+
+def _checkpoint(engine: "Engine", request: Vid2VidRequest) -> Any:
+    """The clip's checkpoint, loaded (its load is the job's first turn); where a dispatcher sends the frames
+    to replicas (engine.part_work), named from the catalog instead, so this process does not load it."""
+    if engine.dispatcher is None or request.motion_module:
+        return engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+    entry = engine.catalog.find(request.model) if request.model else engine.current_entry()
+    if entry is None:
+        raise InvalidRequest("model", f"no checkpoint named {request.model!r}")
+    return _Checkpoint(entry.name, engine.catalog.full_hash(entry)[:10])
+
+
 def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -> Generator[None, None, VideoResult]:
     from PIL import Image, ImageFilter
 
     from webui.engine.generation.img2img import Img2ImgRequest
-    from webui.engine.generation.jobs import img2img_task
-    from webui.engine.generation.jobs import stage as run_stage
     from webui.engine.video.flow import warp_onto
 
     result = VideoResult(fps=plan.fps, seed=request.seed)
-    model = engine.models.get(request.model or engine.selected_model, preferred=engine.settings.default_model)
+    model = _checkpoint(engine, request)
     fields = {name: getattr(request, name) for name in request.__dataclass_fields__ if name != "video"}
     folder = job_folder(engine, "vid2vid", {**fields, "model": model.name}, plan.data, job.owner)
     if request.motion_module:
@@ -259,9 +274,9 @@ def _vid2vid(engine: "Engine", request: Vid2VidRequest, plan: _Plan, job: Job) -
                     width=plan.width, height=plan.height, model=model.name, save_images=False, init_image=init,
                     denoising_strength=request.denoising_strength, mask=mask, mask_blur=MASK_BLUR,
                     addons=with_structure(request.addons, guide, source)))
-                warnings: list[str] = []
-                stage = yield from run_stage(engine, img2img_task(engine, frame_request, warnings),
-                                                FrameJob(kind="vid2vid", owner=job.owner, parent=job))
+                # a part of the clip's job: here, or a turn of its own on a free replica (engine.part_work)
+                stage = yield from engine.part_work("img2img_part", frame_request)(
+                    FrameJob(kind="vid2vid", owner=job.owner, parent=job))
                 if stage.interrupted:
                     result.interrupted = True
                     break
