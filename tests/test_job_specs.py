@@ -280,3 +280,16 @@ def test_plain_data_asks_for_super_resolution_and_segmentation_too(served):
     assert inside[12, 12] and not inside[2, 2] and inside.sum() == 13 * 13
     bad = u1.post("/kiri/v1/jobs", json={"kind": "segment", "request": {"image": encoded, "points": [[99, 1, 1]]}})
     assert bad.status_code == 422 and "points" in bad.text
+
+
+def test_a_piece_of_another_kinds_job_is_not_a_job_a_client_may_ask_for(served):
+    """SD upscale tiles and vid2vid frames are job kinds so a dispatcher can send them to a replica
+    (engine.submit_spec), but POST /kiri/v1/jobs refuses them, naming the field, and does not list them."""
+    app, engine, _ = served
+    u1 = client_for(app, "u1")
+    for kind in ("sd_upscale_tile", "img2img_part"):
+        answer = u1.post("/kiri/v1/jobs", json={"kind": kind, "request": tiny(5)})
+        assert answer.status_code == 422, answer.text
+        assert "kind" in answer.text and "piece of another kind's job" in answer.text
+        assert kind not in engine.request_types() and engine.job_kinds.get(kind) is not None
+    assert "img2img" in engine.request_types()

@@ -81,6 +81,36 @@ def test_seed_per_tile_changes_the_tiles_and_the_same_seed_repeats(engine):
     assert np.abs(one - varied).mean() > 0.5
 
 
+class _PartsRecorder:
+    """A dispatcher that runs everything here but records what engine.part_work hands it: the seam a
+    Ray Serve front uses to send an SD upscale's tiles to its replicas (tests/test_ray_serve.py)."""
+
+    def __init__(self):
+        self.parts: list[tuple[str, tuple[int, int]]] = []
+
+    def work_for(self, engine, kind, request):
+        return None  # whole jobs run here
+
+    def part_for(self, engine, kind, request):
+        self.parts.append((kind, request.init_image.size))
+        return engine.job_kinds.work_for(engine, kind, request)[1]
+
+
+def test_each_tile_is_a_part_a_dispatcher_may_send_elsewhere(engine):
+    plain = engine.img2img(_request(options=dict(seam_fix="Half tile offset")))
+    recorder = _PartsRecorder()
+    engine.dispatcher = recorder
+    try:
+        assert engine.job_kinds.runs_parts("img2img", _request())  # the job stays; its tiles go out
+        assert not engine.job_kinds.runs_parts("img2img", _request(sd_upscale=None))  # a plain img2img goes whole
+        sent = engine.img2img(_request(options=dict(seam_fix="Half tile offset")))
+    finally:
+        engine.dispatcher = None
+    assert len(recorder.parts) > 4 and {kind for kind, _ in recorder.parts} == {"sd_upscale_tile"}  # tiles, seams
+    assert np.array_equal(np.asarray(sent.images[0]), np.asarray(plain.images[0]))
+    assert sent.infotexts == plain.infotexts
+
+
 def test_interrupt_keeps_the_finished_tiles(engine):
     job = Job(kind="img2img")
 

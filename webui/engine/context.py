@@ -196,7 +196,14 @@ class Engine:
         return {name: self.job_kinds.kinds[name].request_type for name in self.job_kinds.names()}
 
     def submit_plain(self, kind: str, data: dict, owner: str) -> Job:
-        """Queue a job from plain data (what a remote client or another process sends); returns at once."""
+        """Queue a job from plain data (what a remote client sends); returns at once. An internal kind (a
+        piece of another kind's job, which a dispatcher sends through submit_spec) is refused."""
+        from webui.engine.core.errors import InvalidRequest
+
+        registered = self.job_kinds.get(kind)
+        if registered is not None and registered.internal:
+            raise InvalidRequest("kind", f"{kind!r} is a piece of another kind's job, not a job of its own; "
+                                         f"one of {', '.join(self.job_kinds.names())}")
         return self.submit_spec(JobSpec(kind=kind, request=data, owner=owner))
 
     def submit_spec(self, spec: JobSpec | dict) -> Job:

@@ -37,6 +37,9 @@ class JobKind:
     # request -> whether its work runs its pieces through engine.part_work (vid2vid: each frame), so a
     # dispatcher keeps the job where it was asked and sends the pieces; None: never
     parts: Callable[[Any], bool] | None = None
+    # a piece of another kind's job (an SD upscale's tile, a vid2vid frame): what a dispatcher sends its
+    # replicas (engine.submit_spec); not listed, and a client's request for it is refused (submit_plain)
+    internal: bool = False
 
     def request_from(self, data: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
         """The request; images in it checked against `max_pixels` before decoding (a custom `load`
@@ -92,4 +95,5 @@ class JobKinds:
         return self.kinds.get(name)
 
     def names(self) -> list[str]:
-        return list(self.kinds)
+        """The kinds a client may ask for (not the internal ones)."""
+        return [name for name, kind in self.kinds.items() if not kind.internal]

@@ -74,4 +74,5 @@ def register(registries: "Registries") -> None:
     registries.add_job_kind(JobKind("img2img", Img2ImgRequest, img2img_work, prepare=_prepare, result_type=GenerationResult))
     # an image to image request that the job it is part of prepared already (a vid2vid frame), run as it is:
     # what engine.part_work runs here or sends to a replica
-    registries.add_job_kind(JobKind("img2img_part", Img2ImgRequest, img2img_work, result_type=GenerationResult))
+    registries.add_job_kind(JobKind("img2img_part", Img2ImgRequest, img2img_work, result_type=GenerationResult,
+                                    internal=True))

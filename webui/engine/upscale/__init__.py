@@ -127,4 +127,5 @@ def register(registries: "Registries") -> None:
     # SD upscale runs each tile as a part (engine.part_work): a dispatcher keeps the job and sends the tiles
     registries.extend_job_kind("img2img", lambda r: getattr(r, "sd_upscale", None) is not None, _sd_upscale_job,
                                parts=True)
-    registries.add_job_kind(JobKind("sd_upscale_tile", SDUpscaleTileRequest, tile_work, result_type=GenerationResult))
+    registries.add_job_kind(JobKind("sd_upscale_tile", SDUpscaleTileRequest, tile_work, result_type=GenerationResult,
+                                    internal=True))
