@@ -224,13 +224,15 @@ def test_sd_upscale_tiles_are_turns_on_the_replicas_and_make_the_single_process_
 
 
 def test_an_xy_grids_cells_run_on_the_replicas(cluster, local):
-    """The X/Y grid is not a job kind of its own, but each cell is a part (a txt2img on a replica)."""
+    """The X/Y grid is not a job kind of its own, but each cell is a part (a txt2img on a replica), saved as one
+    process saves it."""
     from webui.engine.generation.xy_grid import xy_grid
 
     front, dispatcher = cluster
     job = Job(kind="xy_grid", owner="gridder")
-    result = xy_grid(front, tiny(900, save_images=False), "Steps", "2, 3", "Seed", "900, 901", job)
+    result = xy_grid(front, tiny(900, save_images=True), "Steps", "2, 3", "Seed", "900, 901", job)
     assert dispatcher.parts[job.id] == 4
+    assert saved_seeds(front, {900, 901}) == [900, 900, 901, 901]  # each cell saved once, by the front
     expected = xy_grid(local, tiny(900, save_images=False), "Steps", "2, 3", "Seed", "900, 901")
     assert [pixels(i).tobytes() for i in result.images] == [pixels(i).tobytes() for i in expected.images]
     assert pixels(result.grid).tobytes() == pixels(expected.grid).tobytes()

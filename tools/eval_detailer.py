@@ -16,6 +16,7 @@ mask is 0 (the same segmentation, run again). Numbers and the before/after grid:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -104,8 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--padding", type=int, default=32, help="the unit's only-masked padding, pixels at 256 px")
     parser.add_argument("--passes", type=int, default=1, help="units with these settings, one after the other")
     parser.add_argument("--inpaint-size", type=int, default=0, help="redraw each region at this size (0: the model's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="any other ADetailer field of the unit (ad_cfg_scale=5 with ad_use_cfg_scale=true, "
+                             "ad_mask_blur=0, ...); the value read as JSON, else as text")
     parser.add_argument("--grid", type=Path, default=None, help="write the before/after grid here (JPEG)")
     args = parser.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            extra[key.strip()] = json.loads(value)
+        except ValueError:
+            extra[key.strip()] = value
 
     engine = build_engine()
     engine.catalog.scan()
@@ -122,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 unit_dict = {"ad_model": WORD, "ad_prompt": args.unit_prompt.format(colour=colour),
                              "ad_denoising_strength": args.strength, "ad_confidence": 0.5,
                              "ad_dilate_erode": args.dilate, "ad_inpaint_only_masked_padding": args.padding}
+                unit_dict.update(extra)
                 if args.inpaint_size:
                     unit_dict.update(ad_use_inpaint_width_height=True, ad_inpaint_width=args.inpaint_size,
                                      ad_inpaint_height=args.inpaint_size)

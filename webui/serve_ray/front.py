@@ -112,7 +112,8 @@ class RayDispatcher:
         places the part's result (a tile into its picture, a cell into its grid) and saves what it makes."""
         plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
         engine.job_kinds.work_for(engine, kind, request)  # a bad part is refused here, in the caller's thread
-        _resolve(engine, plain, saves_here=False, checkpoint=kind in CHECKPOINT_KINDS)
+        # the front saves what the part makes (an X/Y cell, when Settings save every picture), as for a job
+        save = _resolve(engine, plain, _saves_here(engine, kind), checkpoint=kind in CHECKPOINT_KINDS)
 
         def work(job: Job):
             # a stage's own job (a vid2vid frame's) reports to its parent: progress, Interrupt and the
@@ -121,6 +122,8 @@ class RayDispatcher:
             parts = self.parts.get(root.id, 0)
             _keep(self.parts, root.id, parts + 1)
             result = self.run(engine, kind, plain, root, _PartView(root), remote=f"{root.id}.p{parts}")
+            if save is not None:
+                _save(engine, kind, root.owner, result, *save)
             yield  # the job's next part waits for its turn in the fair queue
             return result
 
