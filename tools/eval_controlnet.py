@@ -81,11 +81,13 @@ def load_pipes(base: Path, controlnet: Path):
 
 
 def generate(pipe, prompts: list[str], steps: int, cfg: float, maps: np.ndarray | None = None, seed: int = 1000,
-             batch: int = 16) -> np.ndarray:
+             batch: int = 16, **control) -> np.ndarray:
+    """`control`: the ControlNet pipeline's own arguments (controlnet_conditioning_scale, guess_mode: what
+    a unit's weight and control mode "ControlNet is more important" become)."""
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i: i + batch]
-        kw = {} if maps is None else {"image": C.to_cond(maps[i: i + batch])}
+        kw = {} if maps is None else {"image": C.to_cond(maps[i: i + batch]), **control}
         res = pipe(chunk, num_inference_steps=steps, guidance_scale=cfg, height=64, width=64, output_type="np",
                    generator=[torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))], **kw)
         out.append((np.clip(res.images, 0, 1) * 255).round().astype(np.uint8))
@@ -115,7 +117,8 @@ def scores(images: np.ndarray, items: list[dict], kind: str = "full") -> dict[st
             "colour_prompts": len(stated)}
 
 
-def measure(pipe, cpipe, items: list[dict], steps: int, cfg: float, kinds=PROMPT_KINDS, maps=C.MAP_KINDS) -> dict:
+def measure(pipe, cpipe, items: list[dict], steps: int, cfg: float, kinds=PROMPT_KINDS, maps=C.MAP_KINDS,
+            **control) -> dict:
     """{prompt kind: {"base": scores, map kind: scores}} and the pictures {(prompt kind, "base" | map kind): array}."""
     res, pictures = {}, {}
     for pk in kinds:
@@ -124,7 +127,7 @@ def measure(pipe, cpipe, items: list[dict], steps: int, cfg: float, kinds=PROMPT
         res[pk] = {"base": scores(pictures[pk, "base"], items, pk)}
         for mk in maps:
             m = np.stack([it["maps"][mk] for it in items])
-            pictures[pk, mk] = generate(cpipe, prompts, steps, cfg, maps=m)
+            pictures[pk, mk] = generate(cpipe, prompts, steps, cfg, maps=m, **control)
             res[pk][mk] = scores(pictures[pk, mk], items, pk)
     return res, pictures
 
@@ -139,11 +142,15 @@ def main(argv=None) -> None:
     p.add_argument("--pictures", action="store_true", help="write the card's before/after grid beside the ControlNet")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="also write the summary here")
+    p.add_argument("--weight", type=float, default=1.0, help="the unit's weight (controlnet_conditioning_scale)")
+    p.add_argument("--more-important", action="store_true",
+                   help='control mode "ControlNet is more important" (diffusers\' guess_mode), as Kiri runs it')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     items = held_out_items(args.n)
     pipe, cpipe = load_pipes(Path(args.base), Path(args.controlnet))
-    res, pictures = measure(pipe, cpipe, items, args.steps, args.cfg)
+    res, pictures = measure(pipe, cpipe, items, args.steps, args.cfg, controlnet_conditioning_scale=args.weight,
+                            guess_mode=args.more_important)
     summary = {"scenes": len(items), "steps": args.steps, "cfg": args.cfg, **res,
                "prompts": [[it["full"], it["loose"]] for it in items[:8]]}
     lines = [f"{len(items)} held-out scenes, {args.steps} steps DPM++ 2M, CFG {args.cfg:g}; IoU of the picture's object "
