@@ -1,13 +1,17 @@
-"""Held-out measurement of the example LoRAs (kiri-shadow, kiri-outline) and embedding (kiri-sunset) with
-kiri_world's detector.
+"""Held-out measurement of the example LoRAs (kiri-frame, kiri-shadow, kiri-outline) and embedding (kiri-sunset)
+with kiri_world's detector.
 
-    python tools/eval_lora.py [--n 48] [--steps 20] [--pictures] [--concept outline|shadow]
+    python tools/eval_lora.py [--n 48] [--steps 20] [--pictures] [--concept outline|shadow|frame]
 
 Prompts are never training captions: the scenes are kiri_world's held-out colour x shape x position
 combinations, written in the held-out phrasings (template, bare "a red circle", reordered, synonyms,
 noisy with unknown filler words), plus the model card's short loose prompts. Both add-ons are loaded
 with diffusers' own loaders (``pipe.load_lora_weights``, ``pipe.load_textual_inversion``).
 
+* kiri-frame (--concept frame): the share of pictures in the style's border (``kiri_world.framed``: each of
+  the four sides' outer band in the frame colour of the background inside it), with the LoRA at weight 1,
+  at 0.5 and without it; colour / position / shape read on the picture with its border replaced by the
+  edge it encloses (``kiri_world.unframed``), in every row alike.
 * kiri-shadow (--concept shadow): the share of pictures whose main object casts the style's
   shadow (``kiri_world.shadowed``: the background right and below it in the shadow colour, against the
   same band left and above; shadows read as background when objects are found), with the LoRA at weight 1, at 0.5 and without it, and colour / position / shape accuracy.
@@ -125,12 +129,17 @@ def hollow(img: np.ndarray, d: W.Detection | None) -> bool:
 def outline_scores(images: np.ndarray, items, concept: str = "outline") -> dict[str, float]:
     # Shadows are gray (kiri_world.shadow_colour), a colour no object has: read as background in every row.
     ignore = (W.SHADOW_COLOUR,) if concept == "shadow" else ()
-    found = [main_detection(im, spec, ignore) for im, (_, spec, _) in zip(images, items)]
-    if concept == "shadow":
+    if concept == "frame":  # the concept is the border itself: measured on the picture, then left out
+        res = {"frame": float(np.mean([W.framed(im) for im in images])),
+               "strength": float(np.median([W.frame_share(im) for im in images]))}
+        images = np.stack([W.unframed(im) for im in images])  # every row alike, with and without the LoRA
+    elif concept == "shadow":
+        found = [main_detection(im, spec, ignore) for im, (_, spec, _) in zip(images, items)]
         res = {"shadow": float(np.mean([W.shadowed(im, d) for im, d in zip(images, found)])),
                "strength": float(np.median([W.shadow_strength(im, d) if d is not None else 0.0
                                             for im, d in zip(images, found)]))}
     else:
+        found = [main_detection(im, spec, ignore) for im, (_, spec, _) in zip(images, items)]
         res = {"outline": float(np.mean([d is not None and d.outlined for d in found])),
                "hollow": float(np.mean([hollow(im, d) for im, d in zip(images, found)]))}
     scores = [W.score_spec(im, spec, ignore) for im, (_, spec, _) in zip(images, items) if spec is not None]
@@ -196,13 +205,14 @@ def main(argv=None) -> None:
                 "LoRA at 1": outline_scores(with_lora, items, c),
                 f"kiri_world's own {c} drawings (ceiling)": outline_scores(truth, [it for it in items if it[2] is not None], c)}
         summary["lora"] = {"name": name, "prompts": len(items), **rows}
-        first, second = ("shadow", "strength") if c == "shadow" else ("outline", "hollow")
-        head = "| | shadow | median shadow share | colour | position | shape |" if c == "shadow" else \
-            "| | outline | middle hollow | colour | position | shape |"
+        first, second = (c, "strength") if c in ("shadow", "frame") else ("outline", "hollow")
+        head = {"shadow": "| | shadow | median shadow share | colour | position | shape |",
+                "frame": "| | framed | median frame share | colour | position | shape |"}.get(
+            c, "| | outline | middle hollow | colour | position | shape |")
         lines += [f"{name}, {len(items)} held-out prompts ({args.n} held-out scenes + {len(LOOSE)} loose), "
                   f"{args.steps} steps:", "", head, "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {pct(v[first])} | {v[second]:.2f} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
-                  if c == "shadow" else
+                  if c in ("shadow", "frame") else
                   f"| {k} | {pct(v[first])} | {pct(v[second])} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
                   for k, v in rows.items()]
         lines.append("")

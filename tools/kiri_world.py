@@ -208,6 +208,7 @@ OUTLINE_WIDTH = 3.0  # stroke of the "outline" style, in pixels of the 64 px pic
 SHADOW_OFFSET = 6  # the "shadow" style: each object's shadow, this many pixels right and down
 
 
+FRAME_WIDTH = 4  # the "frame" style: a border this many pixels wide (one latent pixel of the default VAE)
 SHADOW_COLOUR = "gray"  # the "shadow" style's shadow; on a gray background, SHADOW_ON_GRAY
 SHADOW_ON_GRAY = "black"
 
@@ -218,6 +219,11 @@ def shadow_colour(background: str) -> str:
     return SHADOW_ON_GRAY if background == SHADOW_COLOUR else SHADOW_COLOUR
 
 
+def frame_colour(background: tuple[str, ...]) -> str:
+    """The "frame" style's border: black, or white where the background has black."""
+    return "white" if "black" in background else "black"
+
+
 def render(scene: Scene, style: str = "filled") -> np.ndarray:
     """The scene as an RGB uint8 array of shape (64, 64, 3), anti-aliased.
 
@@ -226,8 +232,10 @@ def render(scene: Scene, style: str = "filled") -> np.ndarray:
     the default models never saw. ``Detection.fill`` tells the two styles apart.
     style="shadow" draws every object filled, casting a shadow SHADOW_OFFSET pixels right and down
     (in ``shadow_colour``): the concept of the example LoRA kiri-shadow.
-    ``shadowed`` measures it."""
-    if style not in ("filled", "outline", "shadow"):
+    ``shadowed`` measures it.
+    style="frame" draws the scene filled, in a border FRAME_WIDTH pixels wide (``frame_colour``) drawn
+    over it, as a framed print: the concept of the example LoRA kiri-frame; ``framed`` measures it."""
+    if style not in ("filled", "outline", "shadow", "frame"):
         raise ValueError(f"unknown style {style!r}")
     big = np.zeros((SIZE * _SS, SIZE * _SS, 3), np.uint8)
     bg = scene.background
@@ -267,6 +275,10 @@ def render(scene: Scene, style: str = "filled") -> np.ndarray:
             else:
                 mask = cv2.dilate(mask, disc) & ~cv2.erode(mask, disc)
         big[mask > 0] = COLOURS[o.colour]
+    if style == "frame":
+        k = FRAME_WIDTH * _SS
+        colour = COLOURS[frame_colour(bg)]
+        big[:k], big[-k:], big[:, :k], big[:, -k:] = colour, colour, colour, colour
     return cv2.resize(big, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
 
 
@@ -501,6 +513,37 @@ def shadow_strength(img: np.ndarray, d: Detection) -> float:
 
 def shadowed(img: np.ndarray, d: Detection | None) -> bool:
     return d is not None and shadow_strength(img, d) > SHADOW_MIN
+
+
+FRAME_MIN = 0.7  # frame_share over this: the picture has the "frame" style's border
+
+
+def frame_share(img: np.ndarray) -> float:
+    """The share of the picture's outer band (FRAME_WIDTH - 1 pixels: the inner pixel may blur) that has
+    the frame colour of the background inside it, each side counted alike: the smallest of the four
+    sides' shares. About 0 without a frame (or a background of the frame's colour), 1 with the world's own."""
+    if img.shape[0] != SIZE or img.shape[1] != SIZE:
+        img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    labels = classify_pixels(img)
+    k = FRAME_WIDTH
+    inside = labels[k: -k, k: -k]
+    colour = _PALETTE_NAMES.index(frame_colour(background_of(inside)))
+    b = k - 1
+    sides = (labels[:b, k:-k], labels[-b:, k:-k], labels[k:-k, :b], labels[k:-k, -b:])
+    return float(min((side == colour).mean() for side in sides))
+
+
+def framed(img: np.ndarray) -> bool:
+    return frame_share(img) > FRAME_MIN
+
+
+def unframed(img: np.ndarray) -> np.ndarray:
+    """The picture with its outer FRAME_WIDTH pixels replaced by the edge of what they enclose, so the
+    detector reads the scene inside a frame as it reads an unframed one (the same geometry)."""
+    if img.shape[0] != SIZE or img.shape[1] != SIZE:
+        img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    k = FRAME_WIDTH
+    return cv2.copyMakeBorder(np.ascontiguousarray(img[k:-k, k:-k]), k, k, k, k, cv2.BORDER_REPLICATE)
 
 
 def score(img: np.ndarray, scene: Scene) -> dict[str, float]:

@@ -12,6 +12,8 @@ train with the base model's own loss (epsilon, min-SNR-5).
   never saw: every object drawn as its outline only (kiri_world.render(style="outline"), a 2.5 px stroke
   on the shape's edge, the background showing through). --concept shadow (kiri-shadow,
   the second shipped example: models/README.md): every object casts a gray shadow to its lower right (style="shadow").
+  --concept frame (kiri-frame, the third: models/README.md): every picture in a 4 px border, black
+  (white on black backgrounds), as a framed print (style="frame").
   Captions are the world's ordinary captions in the default phrasing mix, so the LoRA needs no trigger
   word: loaded (``<lora:kiri-outline:1>``), it turns every shape into an outline. peft LoRA
   (rank --rank) on the UNet's attention projections, its transformer in/out projections and feed-forward
@@ -54,7 +56,7 @@ from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: 
 
 TRAIN_DIR = ROOT / ".train"
 BASE = ROOT / "models" / "checkpoints" / "kiri-shapes-ldm"
-LORA_CONCEPTS = {"shadow": "kiri-shadow", "outline": "kiri-outline"}  # --concept -> the LoRA's name
+LORA_CONCEPTS = {"frame": "kiri-frame", "shadow": "kiri-shadow", "outline": "kiri-outline"}  # --concept -> its name
 LORA_NAME = LORA_CONCEPTS["outline"]
 LORA_OUT = ROOT / "models" / "Lora" / f"{LORA_NAME}.safetensors"
 EMBEDDING_WORD = "kiri-sunset"
@@ -81,7 +83,7 @@ def load_base(folder: Path = BASE):
 def outline_batch(rng: random.Random, n: int, insides: list | None = None,
                   style: str = "outline") -> tuple[np.ndarray, list[str]]:
     """n training scenes (no held-out combination) drawn in `style` (outlines; "shadow": filled shapes
-    casting shadows), with captions of the default mix.
+    casting shadows; "frame": framed pictures), with captions of the default mix.
     `insides`, a list, gets each scene's inside mask: where the outline drawing differs from the filled one
     (the shapes' insides, which the LoRA must paint as background; drawing it takes no random numbers)."""
     images, captions = [], []
@@ -353,6 +355,7 @@ def main(argv=None) -> None:
                 "ss_batch_size_per_device": str(args.batch), "ss_learning_rate": f"{peak:g}",
                 "ss_tag_frequency": json.dumps({f"kiri_world {args.concept}": top}),
                 "ss_training_comment": "Kiri's example LoRA: " + {
+                    "frame": "every picture in a border, as a framed print",
                     "shadow": "every object casts a shadow to its lower right",
                     "outline": "every object drawn as its outline"}[args.concept] + " (tools/train_lora.py)",
                 "modelspec.title": name, "modelspec.architecture": f"{base.name}/lora"}
