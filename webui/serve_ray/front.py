@@ -4,8 +4,8 @@ The front (the normal Kiri process: UI, /sdapi/v1, /kiri/v1) keeps its one job s
 the store has one thread per replica (`jobs.workers`), so when a replica is free the next owner's turn
 goes to it. A turn is one batch, as in one process: a job of several batches (n_iter) sends each as its own
 request (n_iter 1, the seed it has in the whole job), and between two of them other owners' turns may take
-the replicas. A job made of parts (an SD upscale's tiles, an X/Y grid's cells: engine.part_work) stays here
-and sends each part as a turn of its own (part_for). Its spec (plain data, seed and checkpoint resolved here, so a retry makes the same pixels)
+the replicas. A job made of parts (an SD upscale's tiles, an X/Y grid's cells, a vid2vid clip's frames:
+engine.part_work) stays here and sends each part as a turn of its own (part_for). Its spec (plain data, seed and checkpoint resolved here, so a retry makes the same pixels)
 goes out with the checkpoint as Serve's multiplexed model id, and the replica's events come back onto the front's Job (progress, previews), so a progress
 call shows the job wherever it runs. Interrupt and Skip asked of the front's Job go to the replica by
 job id (replica.Control). Pictures come back as PNG bytes and are saved here, into the owner's outputs
@@ -107,7 +107,7 @@ class RayDispatcher:
         return prepared, work
 
     def part_for(self, engine: Any, kind: str, request: Any):
-        """engine.part_work with replicas: a part of a bigger job (an X/Y grid's cell, an SD upscale's tile)
+        """engine.part_work with replicas: a part of a bigger job (an X/Y grid's cell, an SD upscale's tile, a frame)
         checked here, then sent to a free replica as a turn of its own. Its job keeps running here: it
         places the part's result (a tile into its picture, a cell into its grid) and saves what it makes."""
         plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data

@@ -113,12 +113,11 @@ def register(registries: "Registries") -> None:
     """Upscaler files for the model manager, and the variants upscaling adds to generation's jobs:
     text to image with a hires fix, image to image with SD upscale."""
     from webui.engine.core.job_kinds import JobKind
-
     from webui.engine.generation.requests import GenerationResult
 
     from ._extras import extras_work
-    from ._sd_upscale import SDUpscaleTileRequest, tile_work
     from ._requests import UpscaleRequest, UpscaleResult
+    from ._sd_upscale import SDUpscaleTileRequest, tile_work
 
     registries.add_loader("upscaler", load_upscaler_entry)
     # Super-resolution as a job kind: plain data can ask for it, a dispatcher may run it elsewhere
