@@ -365,3 +365,51 @@ def _states() -> dict:
                 "message": deployment.message}
     except Exception as exc:  # noqa: BLE001 - only for the message
         return {"error": repr(exc)}
+
+
+@pytest.fixture(scope="module")
+def ray_server(cluster, tmp_path_factory):
+    """The real Gradio app and APIs on the cluster's front engine, as `launch.py --ray` serves them."""
+    import socket
+
+    from webui.server import ServeOptions, serve
+
+    front, _ = cluster
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app, _ = serve(front, ServeOptions(port=port, settings_file=tmp_path_factory.mktemp("ray-settings") / "settings.json",
+                                       cmd_flags={"port": port}))
+    yield port
+    app.close()
+
+
+def test_the_browser_and_the_sdapi_reach_the_replicas(ray_server, cluster, local, browser):
+    """The same front: webuiapi's txt2img and the UI's Generate both run on a replica, and the API's picture
+    is the single process's."""
+    import webuiapi
+
+    front, dispatcher = cluster
+    before = set(dispatcher.ran_on)
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=ray_server, sampler="Euler", steps=3)
+    answer = api.txt2img(prompt="a red circle", seed=960, width=64, height=64, steps=3, sampler_name="Euler", cfg_scale=7)
+    assert len(set(dispatcher.ran_on) - before) == 1  # it ran on a replica
+    expected = local.txt2img(tiny(960, save_images=False, cfg_scale=7))
+    assert pixels(answer.image).tobytes() == pixels(expected.images[0]).tobytes()
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    try:
+        page.goto(f"http://127.0.0.1:{ray_server}/")
+        page.locator("#txt2img-generate").wait_for(timeout=60_000)
+        page.locator("#txt2img-prompt textarea").fill("a blue square")
+        steps = page.locator("#txt2img-steps input[type=number]")
+        steps.fill("3")
+        steps.press("Enter")
+        page.locator("#txt2img-generate").click()
+        page.locator("#txt2img-gallery img").first.wait_for(state="visible", timeout=120_000)
+    finally:
+        page.close()
+    deadline = time.monotonic() + 30
+    while len(set(dispatcher.ran_on) - before) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(set(dispatcher.ran_on) - before) == 2  # the page's Generate ran on a replica too
