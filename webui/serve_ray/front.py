@@ -76,13 +76,8 @@ class RayDispatcher:
             return None
         if engine.job_kinds.runs_parts(kind, request):
             return None  # the job stays here and sends its parts (SD upscale: each tile) through part_for
-        plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
-        # a file in the request (a video's clip) travels as the base64 text plain data has for it
-        plain = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in plain.items()}
-        prepared, _ = engine.job_kinds.work_for(engine, kind, request)  # a bad request is refused here, before it is queued
-        pictures = _saves_here(engine, kind)
-        save = _resolve(engine, plain, pictures, kind in CHECKPOINT_KINDS)
-        batches = plain.get("n_iter", 1) if pictures and isinstance(plain.get("n_iter"), int) else 1
+        prepared, plain, save = _outgoing(engine, kind, request)
+        batches = plain.get("n_iter", 1) if _saves_here(engine, kind) and isinstance(plain.get("n_iter"), int) else 1
 
         def work(job: Job):
             """A turn per batch, as in one process: batch i goes out as its own request (n_iter 1, the seed
@@ -110,10 +105,7 @@ class RayDispatcher:
         """engine.part_work with replicas: a part of a bigger job (an X/Y grid's cell, an SD upscale's tile, a frame)
         checked here, then sent to a free replica as a turn of its own. Its job keeps running here: it
         places the part's result (a tile into its picture, a cell into its grid) and saves what it makes."""
-        plain = dump(request)  # before the kind's prepare: the replica prepares it again from the same data
-        engine.job_kinds.work_for(engine, kind, request)  # a bad part is refused here, in the caller's thread
-        # the front saves what the part makes (an X/Y cell, when Settings save every picture), as for a job
-        save = _resolve(engine, plain, _saves_here(engine, kind), checkpoint=kind in CHECKPOINT_KINDS)
+        _, plain, save = _outgoing(engine, kind, request)  # the front saves what it makes (an X/Y cell), as a job's
 
         def work(job: Job):
             # a stage's own job (a vid2vid frame's) reports to its parent: progress, Interrupt and the
@@ -258,6 +250,18 @@ def _merged(into: Any, more: Any) -> Any:
     if getattr(more, "interrupted", False):
         into.interrupted = True
     return into
+
+
+def _outgoing(engine: Any, kind: str, request: Any) -> tuple[Any, dict, tuple[str] | None]:
+    """(the prepared request, the plain data a replica gets, the image format the front saves its pictures in
+    or None): the request checked here, in the caller's thread (a bad one is refused before it is queued),
+    dumped before the kind's prepare (the replica prepares it again from the same data), a file in it (a
+    video's clip) as base64 text, its seed and checkpoint fixed and its saving taken over (_resolve)."""
+    plain = dump(request)
+    plain = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in plain.items()}
+    prepared, _ = engine.job_kinds.work_for(engine, kind, request)
+    save = _resolve(engine, plain, _saves_here(engine, kind), kind in CHECKPOINT_KINDS)
+    return prepared, plain, save
 
 
 def _checkpoint_id(engine: Any, model: Any) -> str:
