@@ -107,15 +107,19 @@ def test_the_next_free_worker_serves_the_owner_served_least_recently(tmp_path):
 def test_a_single_worker_store_is_unchanged_by_the_seam():
     store = JobStore()
     seen = []
+    queued = threading.Event()  # the first turn waits until all three jobs are in the store: on a loaded
+    # machine the worker could otherwise finish a's jobs before b's was submitted
 
     def work(name):
         def run(job):
+            queued.wait(5)
             seen.append(name)
             yield
             seen.append(name)
         return run
 
     jobs = [store.submit(Job(kind="t", owner=o, work=work(o))) for o in ("a", "a", "b")]
+    queued.set()
     for job in jobs:
         store.wait(job, timeout=5)
     assert store.workers == 1 and len(store._threads) == 1
