@@ -14,6 +14,32 @@ import tiny_models  # noqa: E402  (tests/ is on sys.path through rootdir conftes
 import tiny_segmenters  # noqa: E402
 
 
+def _one_ast_parse_at_a_time() -> None:
+    """CPython 3.11's AST builder keeps one depth counter for all threads (cpython gh-106905, fixed in
+    3.12): two threads building an AST at once fail one of them with "SystemError: AST constructor
+    recursion depth mismatch". In a test process that happens: a served app's thread builds the OpenAPI
+    schema (inspect.signature parses a builtin's text signature) while the test's own thread parses
+    source (the architecture test, hypothesis describing a lambda). So here every ast.parse takes one
+    lock; each caller looks ast.parse up when it calls it (inspect, hypothesis, schemathesis)."""
+    import ast
+    import sys
+    import threading
+
+    if sys.version_info >= (3, 12) or getattr(ast.parse, "one_at_a_time", False):
+        return
+    lock, parse = threading.Lock(), ast.parse
+
+    def serialised(*args, **kwargs):
+        with lock:
+            return parse(*args, **kwargs)
+
+    serialised.one_at_a_time = True
+    ast.parse = serialised
+
+
+_one_ast_parse_at_a_time()
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory) -> Path:
     """models/ with a tiny SD 1.x (folder and single file, plus its config) and a tiny SD3."""

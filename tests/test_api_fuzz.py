@@ -101,14 +101,7 @@ IMG2IMG_FIELDS = {"init_images": st.one_of(st.just([tiny_png()]), st.lists(odd, 
 def bodies(extra: dict) -> st.SearchStrategy[dict]:
     chosen = st.fixed_dictionaries({}, optional={**{name: odd for name in ANY_FIELDS}, **CHEAP, **extra})
     base = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 1, "sampler_name": "Euler"}
-
-    # A named function, not a lambda: hypothesis describes a lambda by parsing its source, and CPython
-    # 3.11's AST builder shares its depth counter with every thread (gh-106905): a model load in a job
-    # thread (torch.jit.script parses sources too) once made that parse fail with a SystemError.
-    def body(fields: dict) -> dict:
-        return {**base, **{k: v for k, v in fields.items() if v is not None or k in ANY_FIELDS}}
-
-    return chosen.map(body)
+    return chosen.map(lambda fields: {**base, **{k: v for k, v in fields.items() if v is not None or k in ANY_FIELDS}})
 
 
 @pytest.fixture(scope="module")

@@ -31,27 +31,11 @@ def _type_checking_lines(tree: ast.AST) -> set[int]:
     return lines
 
 
-def _parse(path: Path) -> ast.Module:
-    """ast.parse, once more if CPython 3.11's AST builder reports a recursion depth mismatch.
-
-    Its counter is shared by every thread (cpython gh-106905), and a server thread left by an
-    earlier test in the same worker can parse at the same moment. Each call resets the counter,
-    so a second try is exact, not a masked failure.
-    """
-    for attempt in range(3):
-        try:
-            return ast.parse(path.read_text(), filename=str(path))
-        except SystemError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
 def import_graph(type_hints_too: bool = False, package: Path = PACKAGE) -> dict[str, set[str]]:
     modules = {_module_name(p): p for p in package.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        tree = _parse(path)
+        tree = ast.parse(path.read_text())
         skip = set() if type_hints_too else _type_checking_lines(tree)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(tree):
