@@ -5,6 +5,7 @@ screenshots under KIRI_SHOTS (default: the test's tmp folder) to be looked at.""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -126,13 +127,17 @@ def test_follow_and_interrupt_a_run_from_the_keyboard(kiri_server, browser, tmp_
     progress strip under it, Escape interrupts, and what was made stays on screen."""
     engine = kiri_server["engine"]
     engine.settings.preview_every = 1
-    # Pace the steps (0.1 s each, on by default while this test runs) through the add-on seam, so
-    # the run cannot finish before Escape on a fast machine: 150 steps take at least 15 s.
+    # Pace the steps (0.1 s each, on by default while this test runs) through the add-on seam, and hold
+    # the run after its 40th step until Escape is pressed, so it cannot finish first on a fast machine, nor
+    # on a loaded one whose first preview shows late (a full run once read no "Interrupted" after Escape).
     pacing = {"on": True}
+    pressed = threading.Event()
 
     class Pace(Addon):
-        def on_step(self, step):
+        def on_step(self, state):
             time.sleep(0.1)
+            if state.step >= 40:
+                pressed.wait(120)
 
     engine.addons.register(AddonSpec("test-pace", lambda settings: Pace() if settings else None, (), "test",
                                      default=lambda settings: pacing["on"]), override=True)
@@ -158,12 +163,14 @@ def test_follow_and_interrupt_a_run_from_the_keyboard(kiri_server, browser, tmp_
         page.screenshot(path=str(_shots(tmp_path) / "live-preview.png"))
         assert all(seen), f"the live preview was covered or gone at some samples: {seen}"
         page.keyboard.press("Escape")
+        pressed.set()
         page.wait_for_function("document.querySelector('#txt2img-status').innerText.includes('Interrupted at step')",
                                timeout=60_000)
         assert page.locator("#txt2img-gallery img").first.is_visible()
         page.screenshot(path=str(_shots(tmp_path) / "interrupted.png"))
     finally:
         pacing["on"] = False
+        pressed.set()
         engine.interrupt(None)
         engine.settings.preview_every = 5
         page.close()
