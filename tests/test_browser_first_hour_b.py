@@ -33,20 +33,30 @@ def set_number(page, selector: str, value) -> None:
     field.press("Enter")
 
 
+def fill_until_kept(page, field, value: str, tries: int = 10) -> None:
+    """Fill a field that an opening accordion may still remount: on a loaded machine (CI, twice) the
+    accordion's fields were mounted again just after the fill, and the typed value gave way to the
+    default ("Euler, DPM++ 2M", so 4 cells). Fill, let it settle, read it back; again if it was lost."""
+    for _ in range(tries):
+        field.wait_for(state="visible")
+        field.fill(value)
+        field.press("Tab")
+        page.wait_for_timeout(400)
+        if field.input_value() == value:
+            break
+    expect(field).to_have_value(value)
+
+
 def test_the_gallery_shows_and_selects_the_grid_first(kiri_server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.goto(kiri_server["url"])
     page.locator("#txt2img-prompt textarea").fill("a red circle")
     set_number(page, "#txt2img-seed", 5)
     page.locator("#xy-grid").get_by_text("X/Y grid").first.click()
-    # The accordion mounts its fields as it opens: a value typed before that is lost (CI once ran
-    # the default "Euler, DPM++ 2M" and got 4 cells), so fill the visible fields and read them back.
     x_values = page.locator("#xy-x-values textarea, #xy-x-values input").first
-    y_values = page.get_by_label("Y values (numbers: 10-30 (+10) or 1-9 [5])")
-    for field, value in ((x_values, "Euler, DDIM, UniPC"), (y_values, "1, 2")):
-        field.wait_for(state="visible")
-        field.fill(value)
-        expect(field).to_have_value(value)
+    y_values = page.locator("#xy-y-values textarea, #xy-y-values input").first
+    fill_until_kept(page, x_values, "Euler, DDIM, UniPC")
+    fill_until_kept(page, y_values, "1, 2")
     page.locator("#xy-generate").click()
     try:
         page.wait_for_function("document.querySelector('#txt2img-status')?.innerText.includes('Grid of 6')", timeout=180_000)
