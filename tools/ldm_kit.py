@@ -178,10 +178,11 @@ def save_pipeline(pipe, out: Path, tok) -> None:
             shutil.rmtree(sub)
     pipe.save_pretrained(out)
     make_portable(out)  # text encoders with the text_model.* keys older transformers expect
-    for folder in ("tokenizer", "tokenizer_2"):
+    source = Path(tok.name_or_path) if Path(tok.name_or_path or "-").is_dir() else TRAIN_DIR / "tokenizer"
+    for folder in ("tokenizer", "tokenizer_2"):  # the tokenizer's own files, byte for byte
         if (out / folder).is_dir():
             for name in ("vocab.json", "merges.txt"):
-                shutil.copy(TRAIN_DIR / "tokenizer" / name, out / folder / name)
+                shutil.copy(source / name, out / folder / name)
     (out / "kiri_examples.json").write_text(json.dumps(example_prompts(), indent=1))
 
 

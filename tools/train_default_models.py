@@ -365,7 +365,7 @@ def train_ldm(args) -> None:
 
 # ------------------------------------------------------------------------------------------------
 
-def main(argv=None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", choices=["vae", "ldm", "dit"])
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: vae 1600, ldm 4000, dit 2400; the shipped models used vae 1400, ldm 4000, dit 2400)")
@@ -409,8 +409,19 @@ def main(argv=None) -> None:
                    help="REPA: weight of aligning a DiT block's tokens with the frozen LDM's features (0: off, as shipped)")
     p.add_argument("--repa-block", type=int, default=1, help="REPA: the DiT block whose tokens are aligned")
     p.add_argument("--repa-layer", default="down1", help="REPA: the LDM UNet's features: down0, down1, ... or mid")
+    p.add_argument("--stop-at", type=int, default=None, help="DiT: end this chunk after this step (save; --resume goes on)")
+    p.add_argument("--chunk-minutes", type=float, default=None,
+                   help="DiT: end this chunk after this many minutes (--minutes counts the whole run's)")
+    p.add_argument("--compact-state", action="store_true",
+                   help="DiT: a checkpoint of 60%% the size (bf16 EMA difference and Adam moments), for a run's state "
+                        "kept in git between chunks (tools/dit_run/)")
     p.add_argument("--dit-work", default=None, help="the DiT's checkpoint folder (default .train/dit_work), so "
                                                      "short comparison runs do not share one")
+    return p
+
+
+def main(argv=None) -> None:
+    p = parser()
     args = p.parse_args(argv)
     for f in args.eval_phrasings:
         if f not in W.FAMILIES:
