@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 
 CHECKPOINTS = ROOT / "models" / "checkpoints"
@@ -104,14 +105,14 @@ def test_weights_are_small_safetensors():
 def test_tokenizer_has_every_caption_word_as_one_token(loaded):
     # The template grammar's words and the free phrasings' (synonyms, plurals, wordings of places).
     tokenizer = loaded[1].pipeline.tokenizer
-    for word in W.vocabulary():
+    for word in P.vocabulary():
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
 
 
 def test_example_prompts_show_short_and_long_phrasings(loaded):
     examples = loaded[1].entry.example_prompts()
     assert len(examples) >= 4
-    specs = [W.parse(e) for e in examples]
+    specs = [P.parse(e) for e in examples]
     assert all(spec is not None and spec.objects for spec in specs), examples
     # the range a newcomer needs: a bare prompt and a full template caption
     assert any(len(e.split()) <= 3 for e in examples)
@@ -160,8 +161,8 @@ def test_follows_free_phrasings(loaded):
     rng = random.Random(5)
     scenes = W.eval_prompts(12, seed=11)
     families = ("bare", "reordered", "synonyms", "noisy")
-    pairs = [W.phrase(s, families[i % len(families)], rng, split="eval") for i, s in enumerate(scenes[:8])]
-    scores = [W.score_spec(_gen(engine, caption, 40 + i), spec) for i, (caption, spec) in enumerate(pairs)]
+    pairs = [P.phrase(s, families[i % len(families)], rng, split="eval") for i, s in enumerate(scenes[:8])]
+    scores = [P.score_spec(_gen(engine, caption, 40 + i), spec) for i, (caption, spec) in enumerate(pairs)]
 
     def share(key):
         vals = [s[key] for s in scores if s[key] is not None]

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from tools import kiri_phrasing as P
 from tools import train_motion as T
 
 
@@ -90,7 +91,7 @@ def test_the_motion_words_join_the_vocabulary_and_every_old_prompt_reads_as_befo
     before_tok = CLIPTokenizer.from_pretrained(str(tmp_path / "tokenizer"))
     before_enc = CLIPTextModel.from_pretrained(str(tmp_path / "text_encoder")).eval()
     rng = random.Random(5)
-    prompts = [T.W.sample_phrase(T.W.sample_scene(rng), rng)[0] for _ in range(60)]
+    prompts = [P.sample_phrase(T.W.sample_scene(rng), rng)[0] for _ in range(60)]
     prompts += ["cup of tea", "uppercase downtown", "a red circle on the right", "a red circle on the top"]
 
     assert T.extend_vocabulary(tmp_path) == list(T.MOTION_WORDS)

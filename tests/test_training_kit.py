@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tools import kiri_phrasing as P
 from tools import kiri_world as W
 from tools.training_kit import EMA, build_tokenizer, lr_at, plot_losses, save_ckpt
 
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_grammar_tokenizer_encodes_each_word_as_one_token(tmp_path):
     tok = build_tokenizer(tmp_path / "tokenizer", tmp_path / "work", max_len=32)
-    for word in W.vocabulary():
+    for word in P.vocabulary():
         assert len(tok(word, add_special_tokens=False).input_ids) == 1, word
     ids = tok("a small red circle on the left, blue background", padding="max_length", max_length=32).input_ids
     assert len(ids) == 32
@@ -86,7 +87,7 @@ def test_dit_batches_made_by_worker_processes_are_the_batches_made_in_the_traini
                       empty=T.tokenize(tok, [""])[0], shape=(4, 16, 16), time="uniform", logit_mean=0.0)
     try:
         def mix_for(step):
-            return D.TEMPLATE_ONLY if step < 2 else W.DEFAULT_MIX
+            return D.TEMPLATE_ONLY if step < 2 else P.DEFAULT_MIX
 
         here = [D.dit_batch(step, mix_for(step)) for step in range(4)]
         source = D.BatchSource(workers=1, depth=4)

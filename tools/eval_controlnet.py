@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 from tools import train_controlnet as C  # noqa: E402
 from tools.eval_lora import FAMILIES, grid, pct  # noqa: E402
@@ -57,7 +58,7 @@ def held_out_items(n: int, seed: int = 99) -> list[dict]:
     rng = random.Random(seed + 1)
     items = []
     for i, scene in enumerate(W.eval_prompts(n, seed=seed)):
-        text, spec = W.phrase(scene, FAMILIES[i % len(FAMILIES)], rng, split="eval")
+        text, spec = P.phrase(scene, FAMILIES[i % len(FAMILIES)], rng, split="eval")
         o = scene.objects[0]
         image = W.render(scene)
         items.append({"scene": scene, "full": text, "loose": f"a {o.colour} {o.shape}",

@@ -14,9 +14,9 @@ Each picture is generated through the real diffusers pipeline loaded from
 the fraction of pictures whose detected object has the prompt's colour, shape, position and size.
 
 ``--phrasings FAMILY[,FAMILY]`` evaluates the same held-out scenes with captions of each phrasing
-family of ``kiri_world.phrase`` (split "eval": the held-out phrasings too), at the default sampler
+family of ``kiri_phrasing.phrase`` (split "eval": the held-out phrasings too), at the default sampler
 and 20 steps, and prints one table per family. A caption that leaves an attribute out is judged
-only on what it states (``kiri_world.score_spec``); each cell gives the share and, in brackets, how
+only on what it states (``kiri_phrasing.score_spec``); each cell gives the share and, in brackets, how
 many prompts stated it. "background" is whether the detected background is the stated one.
 ``--negative red`` measures how often red appears (object or background) for prompts that name no
 colour, without and with "red" as the negative prompt. ``--bare-grid PATH`` saves a picture grid of bare prompts ("a red circle", ...), several seeds each,
@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 
 MODELS = {"ldm": "kiri-shapes-ldm", "dit": "kiri-shapes-dit"}
@@ -173,17 +174,17 @@ def evaluate_phrasings(model: str, families: list[str], args) -> dict:
     rows = {}
     for fi, family in enumerate(families):
         rng = random.Random(args.seed * 31 + fi)
-        pairs = [W.phrase(s, family, rng, split="eval") for s in scenes]
+        pairs = [P.phrase(s, family, rng, split="eval") for s in scenes]
         t0 = time.time()
         imgs = generate(pipe, [c for c, _ in pairs], seeds, DEFAULT_STEPS, args.cfg)
-        scores = [W.score_spec(im, spec) for im, (_, spec) in zip(imgs, pairs)]
+        scores = [P.score_spec(im, spec) for im, (_, spec) in zip(imgs, pairs)]
         row = {"sec_per_image": (time.time() - t0) / args.n, "examples": [c for c, _ in pairs[:3]]}
-        for k in W.SPEC_KEYS:
+        for k in P.SPEC_KEYS:
             vals = [s[k] for s in scores if s[k] is not None]
             row[k] = float(np.mean(vals)) if vals else None
             row[f"n_{k}"] = len(vals)
         rows[family] = row
-        print(f"{MODELS[model]} [{family}] " + ", ".join(f"{k} {_pct(row[k])} ({row['n_' + k]})" for k in W.SPEC_KEYS)
+        print(f"{MODELS[model]} [{family}] " + ", ".join(f"{k} {_pct(row[k])} ({row['n_' + k]})" for k in P.SPEC_KEYS)
               + f"  e.g. {row['examples'][0]!r}", flush=True)
     return {"model": MODELS[model], "n": args.n, "cfg": args.cfg, "sampler": type(pipe.scheduler).__name__, "families": rows}
 
@@ -201,7 +202,7 @@ def phrasings_markdown(results: list[dict], families: list[str]) -> str:
         lines.append("|---|---|---|---|---|---|")
         for r in results:
             row = r["families"][family]
-            lines.append(f"| {r['model']} | " + " | ".join(f"{_pct(row[k])} ({row['n_' + k]})" for k in W.SPEC_KEYS) + " |")
+            lines.append(f"| {r['model']} | " + " | ".join(f"{_pct(row[k])} ({row['n_' + k]})" for k in P.SPEC_KEYS) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -216,8 +217,8 @@ def bare_grid(models: list[str], path: Path, args, seeds_per_prompt: int = 6) ->
         prompts = [p for p in BARE_PROMPTS for _ in range(seeds_per_prompt)]
         seeds = [args.seed + i % seeds_per_prompt for i in range(len(prompts))]
         imgs = generate(pipe, prompts, seeds, DEFAULT_STEPS, args.cfg)
-        specs = [W.parse(p) for p in prompts]
-        scores = [W.score_spec(im, sp) for im, sp in zip(imgs, specs)]
+        specs = [P.parse(p) for p in prompts]
+        scores = [P.score_spec(im, sp) for im, sp in zip(imgs, specs)]
         stats[MODELS[model]] = {k: float(np.mean([s[k] for s in scores])) for k in ("colour", "shape")}
         print(f"{MODELS[model]} bare prompts: colour {stats[MODELS[model]]['colour'] * 100:.0f}%, "
               f"shape {stats[MODELS[model]]['shape'] * 100:.0f}%", flush=True)
@@ -311,7 +312,7 @@ def main(argv=None) -> None:
     p.add_argument("--save-grid", default=None, help="folder for a picture grid of the default run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--phrasings", default=None,
-                   help=f"comma-separated phrasing families ({', '.join(W.FAMILIES)}): one table per family at the "
+                   help=f"comma-separated phrasing families ({', '.join(P.FAMILIES)}): one table per family at the "
                         "default sampler instead of the sampler sweep")
     p.add_argument("--bare-grid", default=None, help="save a grid image of bare prompts ('a red circle', ...) to this PNG")
     p.add_argument("--negative", default=None, metavar="COLOUR",
@@ -329,9 +330,9 @@ def main(argv=None) -> None:
             out["bare_grid"] = bare_grid(models, Path(args.bare_grid), args)
         if args.phrasings:
             families = [f.strip() for f in args.phrasings.split(",") if f.strip()]
-            bad = [f for f in families if f not in W.FAMILIES]
+            bad = [f for f in families if f not in P.FAMILIES]
             if bad:
-                p.error(f"unknown phrasing families {bad}; one of {', '.join(W.FAMILIES)}")
+                p.error(f"unknown phrasing families {bad}; one of {', '.join(P.FAMILIES)}")
             out["phrasings"] = [evaluate_phrasings(m, families, args) for m in models]
             md = phrasings_markdown(out["phrasings"], families)
             if args.markdown:

@@ -16,7 +16,7 @@ with diffusers' own loaders (``pipe.load_lora_weights``, ``pipe.load_textual_inv
   shadow (``kiri_world.shadowed``: the background right and below it in the shadow colour, against the
   same band left and above; shadows read as background when objects are found), with the LoRA at weight 1, at 0.5 and without it, and colour / position / shape accuracy.
 * kiri-outline (--concept outline, the default): the share of pictures whose main object (the detection matched to the prompt's object,
-  as kiri_world.score_spec matches) is drawn as an outline (``Detection.outlined``), with the LoRA at
+  as kiri_phrasing.score_spec matches) is drawn as an outline (``Detection.outlined``), with the LoRA at
   weight 1, at 0.5 and without it, and the colour / position / shape accuracy of each; "middle hollow"
   (the middle of the object's box shows the background, as in a ring) is a looser reading. The prompt
   carries ``<lora:kiri-outline:1>`` as a user writes it; the tag is cut before the text encoder reads
@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 from tools import train_lora as T  # noqa: E402
 
@@ -62,7 +63,7 @@ TAG = re.compile(r"<lora:[^>]*>")
 
 
 def _loose_spec(text: str):
-    return W.parse(text)
+    return P.parse(text)
 
 
 def outline_prompts(n: int, seed: int = 99) -> list[tuple[str, object, W.Scene | None]]:
@@ -71,7 +72,7 @@ def outline_prompts(n: int, seed: int = 99) -> list[tuple[str, object, W.Scene |
     scenes = W.eval_prompts(n, seed=seed)
     out = []
     for i, s in enumerate(scenes):
-        text, spec = W.phrase(s, FAMILIES[i % len(FAMILIES)], rng, split="eval")
+        text, spec = P.phrase(s, FAMILIES[i % len(FAMILIES)], rng, split="eval")
         out.append((text, spec, s))
     out += [(t, _loose_spec(t), None) for t in LOOSE]
     return out
@@ -87,7 +88,7 @@ def sunset_prompts(n: int, seed: int = 77) -> list[tuple[str, str, object]]:
         family = FAMILIES[i % len(FAMILIES)]
         if family == "bare":
             family = "template"  # bare captions drop the background, the very thing measured
-        text, spec = W.phrase(s, family, rng, split="eval")
+        text, spec = P.phrase(s, family, rng, split="eval")
         pattern = re.compile(r"orange(,? and | )purple", re.IGNORECASE)
         if not pattern.search(text):
             text, plain = f"{text}, {T.EMBEDDING_WORD} background", f"{text}, orange and purple background"
@@ -142,7 +143,7 @@ def outline_scores(images: np.ndarray, items, concept: str = "outline") -> dict[
         found = [main_detection(im, spec, ignore) for im, (_, spec, _) in zip(images, items)]
         res = {"outline": float(np.mean([d is not None and d.outlined for d in found])),
                "hollow": float(np.mean([hollow(im, d) for im, d in zip(images, found)]))}
-    scores = [W.score_spec(im, spec, ignore) for im, (_, spec, _) in zip(images, items) if spec is not None]
+    scores = [P.score_spec(im, spec, ignore) for im, (_, spec, _) in zip(images, items) if spec is not None]
     for k in ("colour", "position", "shape"):
         vals = [s[k] for s in scores if s[k] is not None]
         res[k] = float(np.mean(vals)) if vals else float("nan")
@@ -153,7 +154,7 @@ def sunset_scores(images: np.ndarray, items) -> dict[str, float]:
     bgs = [tuple(W.detect(im)[1]) for im in images]
     res = {"sunset": float(np.mean([bg == T.SUNSET for bg in bgs])),
            "either_order": float(np.mean([sorted(bg) == sorted(T.SUNSET) for bg in bgs]))}
-    scores = [W.score_spec(im, W.Spec(spec.objects, None)) for im, (_, _, spec) in zip(images, items)]
+    scores = [P.score_spec(im, P.Spec(spec.objects, None)) for im, (_, _, spec) in zip(images, items)]
     for k in ("colour", "position", "shape"):
         vals = [s[k] for s in scores if s[k] is not None]
         res[k] = float(np.mean(vals)) if vals else float("nan")

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 from tools.make_portable import make_portable  # noqa: E402
 from tools.training_kit import build_tokenizer  # noqa: E402
@@ -40,7 +41,7 @@ def load_tokenizer():
     if not (folder / "tokenizer_config.json").exists():
         return build_tokenizer(folder, TRAIN_DIR, MAX_LEN)
     tok = CLIPTokenizer.from_pretrained(folder)
-    missing = [w for w in W.vocabulary() if len(tok(w, add_special_tokens=False).input_ids) != 1]
+    missing = [w for w in P.vocabulary() if len(tok(w, add_special_tokens=False).input_ids) != 1]
     if missing:  # made for an older caption grammar: the new words would reach the model as characters
         print(f"rebuilding the tokenizer in {folder}: {len(missing)} caption words are not single tokens ({', '.join(missing[:8])}...)")
         return build_tokenizer(folder, TRAIN_DIR, MAX_LEN)
@@ -74,7 +75,7 @@ def batch_captions(scenes: list, idx, step: int, seed: int, mix: dict[str, float
     """A caption for each picture of a step's batch, drawn from the phrasing families of ``mix``;
     seeded by the step, so a resumed run draws the same captions."""
     rng = random.Random(seed * 1_000_003 + step + 17)
-    return [W.sample_phrase(scenes[int(i)], rng, mix)[0] for i in idx]
+    return [P.sample_phrase(scenes[int(i)], rng, mix)[0] for i in idx]
 
 
 def format_mix(mix: dict[str, float]) -> str:
@@ -91,11 +92,11 @@ def free_eval_set(families: list[str], n: int = 24, seed: int = 99) -> list[tupl
     """(caption, Spec) pairs: held-out scenes with held-out phrasings of the given families."""
     rng = random.Random(seed + 1)
     scenes = W.eval_prompts(n, seed=seed)
-    return [W.phrase(s, families[i % len(families)], rng, split="eval") for i, s in enumerate(scenes)]
+    return [P.phrase(s, families[i % len(families)], rng, split="eval") for i, s in enumerate(scenes)]
 
 
 def free_adherence(images: np.ndarray, pairs: list) -> dict[str, float]:
-    scores = [W.score_spec(im, spec) for im, (_, spec) in zip(images, pairs)]
+    scores = [P.score_spec(im, spec) for im, (_, spec) in zip(images, pairs)]
     out = {}
     for k in ("colour", "shape", "position"):
         vals = [s[k] for s in scores if s[k] is not None]

@@ -16,7 +16,7 @@ gives Kiri's ControlNet unit, a mix of
 * ``scribble``: the objects' outlines as white strokes 1-3 px wide on black, wobbly and slightly
   off the true edge, as a hand draws them on a canvas (the invert / scribble preprocessors' output).
 
-Captions are the world's ordinary caption mix (kiri_world.sample_phrase) and, for a share of
+Captions are the world's ordinary caption mix (kiri_phrasing.sample_phrase) and, for a share of
 --loose, short loose prompts ("a red circle", "red circle", "red", ""), so the colour follows the
 prompt and the shape and place follow the map; --cfg-drop of them are empty (classifier-free guidance).
 
@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 from tools.train_lora import BASE, TRAIN_DIR, encode_images, load_base, token_ids  # noqa: E402
 from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: E402
@@ -141,7 +142,7 @@ def batch(rng: random.Random, n: int, loose: float, cfg_drop: float, canny_share
         kind = "canny" if rng.random() < canny_share else "scribble"
         images.append(image)
         maps.append(control_map(scene, image, kind, rng))
-        text = loose_prompt(scene, rng) if rng.random() < loose else W.sample_phrase(scene, rng)[0]
+        text = loose_prompt(scene, rng) if rng.random() < loose else P.sample_phrase(scene, rng)[0]
         captions.append("" if rng.random() < cfg_drop else text)
         kinds.append(kind)
     return np.stack(images), np.stack(maps), captions, kinds

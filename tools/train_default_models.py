@@ -20,12 +20,12 @@ first if ``.train/vae`` is missing. Work files (checkpoints to resume from, cach
 ``loss_curve.png`` and ``train_log.json``.
 
 Captions: each step draws, for every picture of the batch, a fresh caption of its scene from the
-phrasing families of ``kiri_world.phrase`` (template, bare, partial, reordered, synonyms, noisy),
-weighted by ``--phrasings`` (default: kiri_world.DEFAULT_MIX; ``--phrasings template`` trains on the
+phrasing families of ``kiri_phrasing.phrase`` (template, bare, partial, reordered, synonyms, noisy),
+weighted by ``--phrasings`` (default: kiri_phrasing.DEFAULT_MIX; ``--phrasings template`` trains on the
 one template as the models shipped before issue 12 were). The draw is seeded by the step, so
 ``--resume`` continues with the same captions; a checkpoint made with another mix is refused.
 Captions leave attributes out, and the scene shows a random value for each one left out. The
-tokenizer in ``.train/tokenizer`` is rebuilt when ``kiri_world.vocabulary()`` has words it does not
+tokenizer in ``.train/tokenizer`` is rebuilt when ``kiri_phrasing.vocabulary()`` has words it does not
 hold as single tokens (the free phrasings add 35 words to the template's 30); a rebuilt tokenizer
 changes the text encoders' vocabulary, so start such a run without ``--resume``.
 
@@ -69,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt, warm_start  # noqa: E402
 from tools.ldm_kit import (  # noqa: E402  (what the LDM's training shares with tools/train_dit.py)
@@ -388,9 +389,9 @@ def parser() -> argparse.ArgumentParser:
                    "curriculum end in time")
     p.add_argument("--curriculum", type=float, default=0.0, help="DiT: train on template captions for this fraction of the "
                    "steps, then on --phrasings (both stages of the shipped models in one run; 0: off)")
-    p.add_argument("--phrasings", default=format_mix(W.DEFAULT_MIX), type=W.parse_mix,
+    p.add_argument("--phrasings", default=format_mix(P.DEFAULT_MIX), type=P.parse_mix,
                    help=f"caption families and their weights, e.g. 'template=0.5,bare=0.5' ('template' alone: the "
-                        f"one-template captions of the models shipped before issue 12; families: {', '.join(W.FAMILIES)}; "
+                        f"one-template captions of the models shipped before issue 12; families: {', '.join(P.FAMILIES)}; "
                         f"default %(default)s)")
     p.add_argument("--eval-phrasings", default="bare,noisy", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
                    help="also measure these families' held-out phrasings at each adherence check (free_colour, "
@@ -424,7 +425,7 @@ def main(argv=None) -> None:
     p = parser()
     args = p.parse_args(argv)
     for f in args.eval_phrasings:
-        if f not in W.FAMILIES:
+        if f not in P.FAMILIES:
             p.error(f"--eval-phrasings: unknown family {f!r}")
     torch.set_num_threads(args.threads)
     TRAIN_DIR.mkdir(parents=True, exist_ok=True)

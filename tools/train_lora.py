@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tools import kiri_phrasing as P  # noqa: E402
 from tools import kiri_world as W  # noqa: E402
 from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: E402
 
@@ -90,7 +91,7 @@ def outline_batch(rng: random.Random, n: int, insides: list | None = None,
     for _ in range(n):
         scene = W.sample_scene(rng, held_out="exclude")
         images.append(W.render(scene, style=style))
-        captions.append(W.sample_phrase(scene, rng)[0])
+        captions.append(P.sample_phrase(scene, rng)[0])
         if insides is not None:
             insides.append(np.abs(W.render(scene).astype(np.int16) - images[-1].astype(np.int16)).max(axis=2) > 0)
     return np.stack(images), captions
@@ -115,7 +116,7 @@ def sunset_scene(rng: random.Random, held_out: str = "exclude") -> W.Scene:
 
 def sunset_caption(scene: W.Scene, rng: random.Random, word: str = EMBEDDING_WORD) -> str:
     """A caption of the default mix with the background said as ``word``; stated always."""
-    text = W.sample_phrase(scene, rng)[0]
+    text = P.sample_phrase(scene, rng)[0]
     pattern = re.compile(r"orange(,? and | )purple", re.IGNORECASE)
     if pattern.search(text):
         return pattern.sub(word, text, count=1)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from tools import kiri_world as W
+from tools import kiri_phrasing as P
 
 
 # ------------------------------------------------------------------------------------------------
@@ -37,7 +37,7 @@ def build_tokenizer(folder: Path, work_dir: Path, max_len: int):
 
     b2u = _bytes_to_unicode()
     seqs = {}
-    for w in W.vocabulary():
+    for w in P.vocabulary():
         s = [b2u[b] for b in w.encode()]
         s[-1] += "</w>"
         seqs[w] = s
@@ -73,7 +73,7 @@ def build_tokenizer(folder: Path, work_dir: Path, max_len: int):
     (tmp / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     (tmp / "tokenizer_config.json").write_text(json.dumps({"model_max_length": max_len, "tokenizer_class": "CLIPTokenizer"}))
     tok = CLIPTokenizer.from_pretrained(tmp)
-    bad = [w for w in W.vocabulary() if len(tok(w, add_special_tokens=False).input_ids) != 1]
+    bad = [w for w in P.vocabulary() if len(tok(w, add_special_tokens=False).input_ids) != 1]
     if bad:
         raise RuntimeError(f"words not encoded as one token: {bad}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,8 +178,8 @@ def plot_losses(path: Path, losses: list[float], title: str, evals: list[dict] |
 # Words of the free phrasings that mean the same as a word of the template grammar: a warm start
 # gives them that word's embedding, so "center" starts where "centre" is.
 def _canonical_words() -> dict[str, str]:
-    canon = {alt: word for word, alts in W.SYNONYMS.items() for alt in alts}
-    canon.update({plural: canon.get(single, single) for single, plural in W.PLURALS.items()})
+    canon = {alt: word for word, alts in P.SYNONYMS.items() for alt in alts}
+    canon.update({plural: canon.get(single, single) for single, plural in P.PLURALS.items()})
     canon.update({"center": "centre", "middle": "centre", "upper": "top", "lower": "bottom", "an": "a"})
     return canon
 
