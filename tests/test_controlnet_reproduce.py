@@ -105,7 +105,7 @@ def test_the_tabs_reproduce_sets_the_control_panel_with_the_kept_pictures(cn_mod
     leaves its unit off and says so."""
     from types import SimpleNamespace
 
-    from test_library import by_elem_id, handler_of
+    from test_library_tabs import by_elem_id, handler_of
 
     from webui.bootstrap import build_engine
     from webui.engine.core.devices import DeviceChoice

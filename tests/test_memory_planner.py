@@ -188,7 +188,9 @@ def test_model_offload_is_picked_between_tiling_and_sequential(engine, monkeypat
     job = Job()
     result = engine.txt2img(_request(batch_size=2), job)
     assert job.note.startswith("memory: model-offload ("), job.note
-    assert all(np.array_equal(a, b) for a, b in zip(normal, _pixels(result)))
+    # The same pictures: the mode also slices the VAE, so each of the two is decoded alone, and on some CPUs
+    # a convolution over one picture rounds differently from one over two (seen: 1 level in one pixel).
+    assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(normal, _pixels(result)))
 
 
 def _fake_oom(monkeypatch, times: int, error: Exception):
