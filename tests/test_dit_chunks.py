@@ -14,6 +14,7 @@ from tests.tiny_models import _tokenizer
 from tools import kiri_world as W
 from tools.train_default_models import parser
 from tools.train_dit import DitData, train_dit
+from tools.training_kit import load_state, save_state
 
 STEPS = 8
 
@@ -44,7 +45,7 @@ def run(data, tmp_path, name: str, *extra: str) -> dict:
 
 
 def state(tmp_path, name: str) -> dict:
-    return torch.load(tmp_path / name / "work" / "ckpt.pt", weights_only=True)
+    return load_state(tmp_path / name / "work" / "state.safetensors")
 
 
 def test_a_run_in_chunks_follows_the_curve_of_the_run_in_one_go(data, tmp_path):
@@ -82,8 +83,8 @@ def test_the_compact_state_is_smaller_and_keeps_the_run_on_its_curve(data, tmp_p
     run(data, tmp_path, "whole", *fast)
     run(data, tmp_path, "full", "--stop-at", "4", *fast)
     run(data, tmp_path, "compact", "--stop-at", "4", "--compact-state", *fast)
-    full_size = (tmp_path / "full" / "work" / "ckpt.pt").stat().st_size
-    compact_size = (tmp_path / "compact" / "work" / "ckpt.pt").stat().st_size
+    full_size = (tmp_path / "full" / "work" / "state.safetensors").stat().st_size
+    compact_size = (tmp_path / "compact" / "work" / "state.safetensors").stat().st_size
     assert compact_size < 0.75 * full_size
     packed = state(tmp_path, "compact")
     assert "ema" not in packed and all(s["exp_avg"].dtype == torch.bfloat16 for s in packed["opt"]["state"].values())
@@ -94,7 +95,7 @@ def test_the_compact_state_is_smaller_and_keeps_the_run_on_its_curve(data, tmp_p
     # without the optimizer's moments the curve leaves the run's by far more: the state is what keeps it on it
     fresh = state(tmp_path, "full")
     fresh["opt"]["state"] = {}
-    torch.save(fresh, tmp_path / "full" / "work" / "ckpt.pt")
+    save_state(tmp_path / "full" / "work" / "state.safetensors", fresh)
     run(data, tmp_path, "full", *fast)
     lost = state(tmp_path, "full")["losses"]
 
@@ -113,3 +114,21 @@ def test_a_warm_started_stage_starts_from_the_model_in_its_first_chunk_only(data
     one_go, chunked = state(tmp_path, "stage2")["losses"], state(tmp_path, "stage2-chunks")["losses"]
     assert chunked == one_go
     assert one_go[0] != state(tmp_path, "base")["losses"][0] and fresh["steps"] == STEPS  # it did start from the base
+
+
+def test_a_state_is_kept_as_safetensors_and_comes_back_whole(tmp_path):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=0.1, betas=(0.9, 0.99))
+    opt.param_groups[0]["params"][0].grad = torch.ones(3)
+    opt.step()
+    state = {"opt": opt.state_dict(), "losses": [0.5, 0.25], "arch": {"patch": 2}, "name": "x", "none": None,
+             "shared": {"a": torch.arange(4.0), "b": torch.arange(4.0)[:2]}}
+    save_state(tmp_path / "s.safetensors", state)
+    assert (tmp_path / "s.safetensors").read_bytes()[:2] != b"PK"  # not a zip of pickles as torch.save writes
+    back = load_state(tmp_path / "s.safetensors")
+    assert back["losses"] == [0.5, 0.25] and back["arch"] == {"patch": 2} and back["name"] == "x" and back["none"] is None
+    assert list(back["opt"]["state"]) == [0]  # the optimizer's int keys stay ints
+    assert torch.equal(back["opt"]["state"][0]["exp_avg_sq"], opt.state_dict()["state"][0]["exp_avg_sq"])
+    assert torch.equal(back["shared"]["b"], torch.tensor([0.0, 1.0]))
+    again = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=0.1)
+    again.load_state_dict(back["opt"])
+    assert tuple(again.param_groups[0]["betas"]) == (0.9, 0.99)

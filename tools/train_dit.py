@@ -27,7 +27,7 @@ from tools.ldm_kit import (
     training_scenes,
 )
 from tools.dit_recipe import Repa, flow_weights, load_ldm_features
-from tools.training_kit import EMA, lr_at, optimise, plot_losses, save_ckpt, warm_start
+from tools.training_kit import EMA, load_state, lr_at, optimise, plot_losses, save_state, warm_start
 
 
 T5_TOKENS = 256  # StableDiffusion3Pipeline pads the prompt with this many zero "T5" tokens (max_sequence_length)
@@ -257,7 +257,7 @@ def train_dit(args, data: DitData | None = None) -> dict:
     dit = make_dit(**arch)
     dit.set_attn_processor(DedupJointAttnProcessor())
     modules = {"transformer": dit, "text_encoder": te1, "text_encoder_2": te2}
-    ckpt_path = Path(getattr(args, "dit_work", None) or TRAIN_DIR / "dit_work") / "ckpt.pt"
+    ckpt_path = Path(getattr(args, "dit_work", None) or TRAIN_DIR / "dit_work") / "state.safetensors"
     resuming = bool(args.resume and ckpt_path.exists())
     if args.init_from and not resuming:  # a run's first chunk starts from that model, the later ones from their state
         words = warm_start(modules, Path(args.init_from), tok, adapt=adapt_dit_patch)
@@ -280,7 +280,7 @@ def train_dit(args, data: DitData | None = None) -> dict:
     compact = bool(getattr(args, "compact_state", False))
     start, losses, evals, elapsed0 = 0, [], [], 0.0
     if resuming:
-        st = torch.load(ckpt_path, weights_only=True, map_location="cpu")  # tensors, numbers and strings only
+        st = load_state(ckpt_path)  # safetensors: no pickle
         if st.get("arch", DIT_DEFAULT) != arch:
             raise SystemExit(f"the checkpoint is a DiT with {st.get('arch', DIT_DEFAULT)}, not {arch}: pass the same --dit-* options")
         for name, m in modules.items():
@@ -308,10 +308,10 @@ def train_dit(args, data: DitData | None = None) -> dict:
 
     def checkpoint(step_done: int) -> None:
         weights = {n: m.state_dict() for n, m in modules.items()}
-        save_ckpt(ckpt_path, **weights, **chunk_state(weights, ema.shadow, opt.state_dict(), compact),
+        save_state(ckpt_path, dict(**weights, **chunk_state(weights, ema.shadow, opt.state_dict(), compact),
                   step=step_done, steps=steps, losses=losses, evals=evals, elapsed=elapsed0 + time.time() - t0,
                   phrasings=args.phrasings, curriculum=args.curriculum, arch=arch, logit_mean=args.dit_logit_mean,
-                  time=args.dit_time, recipe=recipe, **({"repa": repa.state_dict()} if repa is not None else {}))
+                  time=args.dit_time, recipe=recipe, **({"repa": repa.state_dict()} if repa is not None else {})))
 
     def evaluate(step_done: int) -> dict:
         ed, e1, e2 = make_dit(**arch), make_text_encoder(tok, True), make_text_encoder(tok, True)

@@ -127,6 +127,52 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 100, floor: float = 
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def save_state(path: Path, state: dict) -> None:
+    """A training state (nested dicts and lists of tensors, numbers and strings) as one safetensors file:
+    the tensors by their path in the tree, the rest as JSON in the file's metadata. No pickle, so a
+    state kept in git can be loaded as safely as the weights. Written whole (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def pack(node, where: str):
+        if isinstance(node, torch.Tensor):
+            tensors[where] = node.detach().cpu().clone()  # safetensors refuses tensors that share memory
+            return {"__tensor__": where}
+        if isinstance(node, dict):
+            keys = ["int" if isinstance(k, int) else "str" for k in node]
+            return {"__dict__": [[str(k), kind, pack(v, f"{where}/{k}")] for (k, v), kind in zip(node.items(), keys)]}
+        if isinstance(node, (list, tuple)):
+            return [pack(v, f"{where}/{i}") for i, v in enumerate(node)]
+        return node
+
+    tree = pack(state, "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"kiri_state": json.dumps(tree)})
+    os.replace(tmp, path)
+
+
+def load_state(path: Path) -> dict:
+    """The state ``save_state`` wrote."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        tree = json.loads(f.metadata()["kiri_state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+
+    def unpack(node):
+        if isinstance(node, dict) and "__tensor__" in node:
+            return tensors[node["__tensor__"]]
+        if isinstance(node, dict):
+            return {int(k) if kind == "int" else k: unpack(v) for k, kind, v in node["__dict__"]}
+        if isinstance(node, list):
+            return [unpack(v) for v in node]
+        return node
+
+    return unpack(tree)
+
+
 def save_ckpt(path: Path, **state) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
