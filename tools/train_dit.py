@@ -331,8 +331,8 @@ def train_dit(args, data: DitData | None = None) -> dict:
     chunk_minutes = getattr(args, "chunk_minutes", None)
     for m in modules.values():
         m.train()
-    ends = [f"step {stop_at}" if stop_at else "", f"{chunk_minutes:g} minutes" if chunk_minutes else ""]
-    print(f"this chunk: from step {start} of {steps}" + (", until " + " or ".join(e for e in ends if e) if any(ends) else ""))
+    ends = [e for e in (stop_at and f"step {stop_at}", chunk_minutes and f"{chunk_minutes:g} minutes") if e]
+    print(f"this chunk: from step {start} of {steps}" + (f", until {' or '.join(ends)}" if ends else ""))
     bar = tqdm(total=steps, initial=start, desc="dit", dynamic_ncols=True)  # its ETA is the run's end
     pending: list[torch.Tensor] = []  # losses still on the device: read in groups, so the GPU is not waited on each step
 

@@ -140,8 +140,8 @@ def save_state(path: Path, state: dict) -> None:
             tensors[where] = node.detach().cpu().clone()  # safetensors refuses tensors that share memory
             return {"__tensor__": where}
         if isinstance(node, dict):
-            keys = ["int" if isinstance(k, int) else "str" for k in node]
-            return {"__dict__": [[str(k), kind, pack(v, f"{where}/{k}")] for (k, v), kind in zip(node.items(), keys)]}
+            return {"__dict__": [[str(k), "int" if isinstance(k, int) else "str", pack(v, f"{where}/{k}")]
+                                 for k, v in node.items()]}
         if isinstance(node, (list, tuple)):
             return [pack(v, f"{where}/{i}") for i, v in enumerate(node)]
         return node
