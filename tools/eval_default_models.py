@@ -6,6 +6,7 @@
     python tools/eval_default_models.py --markdown out.md   # also write the tables as Markdown
     python tools/eval_default_models.py --phrasings template,bare,partial,reordered,synonyms,noisy --n 16
     python tools/eval_default_models.py --bare-grid bare.png   # what "a red circle", "a blue star"... give
+    python tools/eval_default_models.py --models dit --models-dir NEW --before-after models/checkpoints grid.png
 
 Prompts are held-out captions: one object whose colour x shape x position combination never occurs
 in the training scenes (``kiri_world.HELD_OUT``), in either size, on plain or two-tone backgrounds.
@@ -98,7 +99,8 @@ def load(model: str, models_dir: Path):
     index = json.loads((folder / "model_index.json").read_text())
     # StableDiffusion3Pipeline without T5: the null slots have to be passed explicitly.
     extra = {k: None for k in ("text_encoder_3", "tokenizer_3") if k in index and index[k][0] is None}
-    pipe = DiffusionPipeline.from_pretrained(folder, **extra)
+    # float32 as Kiri runs them on the CPU (a folder may store its weights in float16)
+    pipe = DiffusionPipeline.from_pretrained(folder, dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -209,35 +211,51 @@ def phrasings_markdown(results: list[dict], families: list[str]) -> str:
 
 def bare_grid(models: list[str], path: Path, args, seeds_per_prompt: int = 6) -> dict:
     """Rows: BARE_PROMPTS; columns: seeds, one block per model. Returns colour / shape hit rates."""
+    columns = [(MODELS[m], load(m, Path(args.models_dir))) for m in models]
+    return prompt_grid(columns, BARE_PROMPTS, path, args, seeds_per_prompt)
+
+
+def before_after_grid(model: str, before_dir: Path, path: Path, args, seeds_per_prompt: int = 4) -> dict:
+    """The same prompts and seeds through ``model`` as ``before_dir`` holds it and as ``--models-dir``
+    does: held-out template captions, then bare prompts; one block each. Returns their hit rates."""
+    scenes = W.eval_prompts(6, seed=args.seed)
+    prompts = [s.caption for s in scenes] + BARE_PROMPTS[:6]
+    columns = [("before", load(model, before_dir)), ("after", load(model, Path(args.models_dir)))]
+    return prompt_grid(columns, prompts, path, args, seeds_per_prompt)
+
+
+def prompt_grid(columns: list[tuple[str, object]], prompts: list[str], path: Path, args, seeds_per_prompt: int) -> dict:
+    """A picture grid: a row per prompt, ``seeds_per_prompt`` seeds in each (the same for every column),
+    a block of columns per (label, pipeline); the prompt written at the left. Returns each block's colour
+    / shape hit rates, read by kiri_phrasing.score_spec."""
     import cv2
 
     blocks, stats = [], {}
-    for model in models:
-        pipe = load(model, Path(args.models_dir))
-        prompts = [p for p in BARE_PROMPTS for _ in range(seeds_per_prompt)]
-        seeds = [args.seed + i % seeds_per_prompt for i in range(len(prompts))]
-        imgs = generate(pipe, prompts, seeds, DEFAULT_STEPS, args.cfg)
-        specs = [P.parse(p) for p in prompts]
+    for label, pipe in columns:
+        batch = [p for p in prompts for _ in range(seeds_per_prompt)]
+        seeds = [args.seed + i % seeds_per_prompt for i in range(len(batch))]
+        imgs = generate(pipe, batch, seeds, DEFAULT_STEPS, args.cfg)
+        specs = [P.parse(p) for p in batch]
         scores = [P.score_spec(im, sp) for im, sp in zip(imgs, specs)]
-        stats[MODELS[model]] = {k: float(np.mean([s[k] for s in scores])) for k in ("colour", "shape")}
-        print(f"{MODELS[model]} bare prompts: colour {stats[MODELS[model]]['colour'] * 100:.0f}%, "
-              f"shape {stats[MODELS[model]]['shape'] * 100:.0f}%", flush=True)
+        stats[label] = {k: float(np.mean([s[k] for s in scores if s[k] is not None])) for k in ("colour", "shape")}
+        print(f"{label}: colour {stats[label]['colour'] * 100:.0f}%, shape {stats[label]['shape'] * 100:.0f}%", flush=True)
         rows = [np.concatenate(list(imgs[i: i + seeds_per_prompt]), 1) for i in range(0, len(imgs), seeds_per_prompt)]
         blocks.append(np.concatenate(rows, 0))
-    scale, label_w, gap = 2, 180, 8
+    scale, gap = 2, 8
+    label_w = 12 + 6 * max(len(p) for p in prompts)
     h = blocks[0].shape[0] * scale
     parts = [np.full((h, label_w, 3), 255, np.uint8)]
-    for i, (model, b) in enumerate(zip(models, blocks)):
+    for b in blocks:
         parts.append(np.full((h, gap, 3), 255, np.uint8))
         parts.append(cv2.resize(b, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST))
     grid = np.concatenate(parts, 1)
     head = np.full((24, grid.shape[1], 3), 255, np.uint8)
     x = label_w + gap
-    for model, b in zip(models, blocks):
-        cv2.putText(head, MODELS[model], (x + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for (label, _), b in zip(columns, blocks):
+        cv2.putText(head, label, (x + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
         x += b.shape[1] * scale + gap
-    for r, prompt in enumerate(BARE_PROMPTS):
-        cv2.putText(grid, prompt, (6, r * 64 * scale + 68), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    for r, prompt in enumerate(prompts):
+        cv2.putText(grid, prompt, (6, r * 64 * scale + 68), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
     grid = np.concatenate([head, grid], 0)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), grid[..., ::-1])
@@ -315,6 +333,9 @@ def main(argv=None) -> None:
                    help=f"comma-separated phrasing families ({', '.join(P.FAMILIES)}): one table per family at the "
                         "default sampler instead of the sampler sweep")
     p.add_argument("--bare-grid", default=None, help="save a grid image of bare prompts ('a red circle', ...) to this PNG")
+    p.add_argument("--before-after", nargs=2, default=None, metavar=("BEFORE_DIR", "PNG"),
+                   help="a grid of the same prompts and seeds through each model as BEFORE_DIR holds it (left) "
+                        "and as --models-dir does (right)")
     p.add_argument("--negative", default=None, metavar="COLOUR",
                    help="measure how often COLOUR appears for prompts naming no colour, without and with it as the negative prompt")
     args = p.parse_args(argv)
@@ -322,8 +343,12 @@ def main(argv=None) -> None:
     if args.no_samplers:
         args.samplers = "\0"
     models = args.models or [m for m, folder in MODELS.items() if (Path(args.models_dir) / folder / "model_index.json").exists()]
-    if args.phrasings or args.bare_grid or args.negative:
+    if args.phrasings or args.bare_grid or args.negative or args.before_after:
         out: dict = {}
+        if args.before_after:
+            before, png = Path(args.before_after[0]), Path(args.before_after[1])
+            out["before_after"] = {m: before_after_grid(m, before, png.with_name(f"{png.stem}_{m}{png.suffix}")
+                                                        if len(models) > 1 else png, args) for m in models}
         if args.negative:
             out["negative"] = [negative_effect(m, args.negative, args) for m in models]
         if args.bare_grid:
