@@ -57,6 +57,8 @@ def star_found_zoomed(picture, regions, colour: str, margin: float = 0.5) -> tup
     box squared, grown by `margin` of its side on each side (clamped to the picture), cropped from the
     256 px picture and read by the detector at 64x64, as the detailer redraws it. The same crop of the
     Lanczos upscale is the "before"."""
+    from PIL import Image
+
     rgb = np.asarray(picture.convert("RGB"))
     any_star = of_colour = False
     for region in regions:
@@ -75,10 +77,8 @@ def star_found_zoomed(picture, regions, colour: str, margin: float = 0.5) -> tup
             square[:] = rgb[0, 0] if x0 == 0 or y0 == 0 else rgb[-1, -1]
             square[: crop.shape[0], : crop.shape[1]] = crop
             crop = square
-        found, _ = W.detect(np.ascontiguousarray(crop))
-        stars = [d for d in found if d.shape == "star"]
-        any_star |= bool(stars)
-        of_colour |= any(d.colour == colour for d in stars)
+        star, of = star_found(Image.fromarray(np.ascontiguousarray(crop)), colour)
+        any_star, of_colour = any_star or star, of_colour or of
     return any_star, of_colour
 
 
