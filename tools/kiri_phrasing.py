@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.kiri_world import COLOURS, POSITION_PHRASE, SHAPES, SIZES, Scene, caption, detect
+from tools.kiri_world import COLOURS, NEW_SHAPES, POSITION_PHRASE, SHAPES, SIZES, Scene, caption, detect
 
 
 # ----------------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def _np(o: ObjSpec, rng: random.Random, p_syn: float = 0.0, article: bool = True
     if o.colour:
         words.append(_syn(o.colour, rng, p_syn))
     shape = _syn(o.shape, rng, p_syn)
-    words.append(PLURALS[shape] if plural else shape)
+    words.append(PLURALS.get(shape, f"{shape}s") if plural else shape)
     if article and not plural:
         words.insert(0, _article(words[0]))
     return " ".join(words)
@@ -339,6 +339,8 @@ for _canon, _alts in SYNONYMS.items():
         _WORDS[_a] = (_kind, _canon)
 for _single, _plural in PLURALS.items():
     _WORDS[_plural] = _WORDS[_single]
+for _s in NEW_SHAPES:  # read back from a prompt (the example LoRA kiri-moon's); not in vocabulary()
+    _WORDS[_s] = _WORDS[f"{_s}s"] = ("shape", _s)
 _WORDS.update({w: ("position", p) for p, ws in {
     "left": ("left",), "right": ("right",), "top": ("top", "upper"), "bottom": ("bottom", "lower"),
     "centre": ("centre", "center", "middle"),
@@ -448,12 +450,14 @@ def is_held_out_phrasing(text: str) -> bool:
 SPEC_KEYS = ("colour", "shape", "position", "size", "background")
 
 
-def score_spec(img: np.ndarray, spec: Spec, ignore: tuple[str, ...] = ()) -> dict[str, float | None]:
+def score_spec(img: np.ndarray, spec: Spec, ignore: tuple[str, ...] = (),
+               extra_shapes: tuple[str, ...] = ()) -> dict[str, float | None]:
     """Adherence of a picture to what a caption states: for each key of SPEC_KEYS, the fraction of
     the objects stating it whose matched detection agrees (background: the detected background
     equals the stated one), or None where the caption does not state it. An object is matched to the
     largest unmatched detection of its stated colour, else to the largest unmatched one."""
-    dets, bg = detect(img, ignore=ignore)  # ignore: colours read as background (shadows)
+    # ignore: colours read as background (shadows); extra_shapes: shapes of NEW_SHAPES read too
+    dets, bg = detect(img, ignore=ignore, extra_shapes=extra_shapes)
     hits = {k: 0.0 for k in SPEC_KEYS}
     counts = {k: 0 for k in SPEC_KEYS}
     used: set[int] = set()

@@ -48,6 +48,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 OBJECT_COLOURS = ["red", "orange", "yellow", "green", "blue", "purple", "white", "black"]
 BACKGROUND_COLOURS = list(COLOURS)  # gray only ever appears as background
 SHAPES = ["circle", "square", "triangle", "star", "ring", "cross"]
+# Shapes the world's scenes never hold (no default model learnt them): the example LoRA kiri-moon teaches
+# the first. Drawn and detected like SHAPES when asked for (``detect(extra_shapes=NEW_SHAPES)``).
+NEW_SHAPES = ("moon",)
+MOON_CUT = (0.8, 0.0, 0.8)  # the disc cut from the moon's: centre (x, y) and radius, in the shape's radius
 SIZES = {"small": 9.0, "large": 14.0}  # half side (radius) in pixels
 POSITIONS: dict[str, tuple[float, float]] = {
     "left": (15.5, 31.5),
@@ -189,6 +193,10 @@ def _shape_polys(shape: str, cx: float, cy: float, r: float) -> tuple[list[np.nd
     if shape == "cross":
         w = 0.33
         return [pts([(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)])], []
+    if shape == "moon":  # a crescent opening to the right: a disc with a disc cut from its right side
+        a = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+        circle = np.stack([np.cos(a), np.sin(a)], 1)
+        return [pts(circle)], [pts(circle * MOON_CUT[2] + np.array(MOON_CUT[:2]))]
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -347,9 +355,9 @@ def classify_pixels(img: np.ndarray) -> np.ndarray:
     return d.argmin(1).reshape(img.shape[:2])
 
 
-def _templates(res: int = 32) -> dict[str, np.ndarray]:
+def _templates(res: int = 32, shapes=SHAPES) -> dict[str, np.ndarray]:
     out = {}
-    for shape in SHAPES:
+    for shape in shapes:
         m = shape_mask(shape, 64, 64, 56, size=128) > 127
         ys, xs = np.nonzero(m)
         crop = m[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.uint8) * 255
@@ -358,6 +366,7 @@ def _templates(res: int = 32) -> dict[str, np.ndarray]:
 
 
 _TEMPLATES = _templates()
+_NEW_TEMPLATES = _templates(shapes=NEW_SHAPES)
 
 
 OUTLINE_FILL = 0.65  # Detection.fill under this: the object is drawn as an outline
@@ -390,11 +399,13 @@ def position_of(cx: float, cy: float) -> str:
     return "top" if dy < 0 else "bottom"
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str, dict[str, float]]:
-    """Best matching shape of a binary mask cropped to its bounding box (IoU against templates)."""
+def classify_shape(mask: np.ndarray, extra_shapes: tuple[str, ...] = ()) -> tuple[str, dict[str, float]]:
+    """Best matching shape of a binary mask cropped to its bounding box (IoU against templates);
+    `extra_shapes` (of NEW_SHAPES) are candidates too."""
     m = cv2.resize(mask.astype(np.uint8) * 255, (32, 32), interpolation=cv2.INTER_AREA) > 127
     scores = {}
-    for shape, t in _TEMPLATES.items():
+    templates = {**_TEMPLATES, **{k: _NEW_TEMPLATES[k] for k in extra_shapes}}
+    for shape, t in templates.items():
         inter = np.logical_and(m, t).sum()
         union = np.logical_or(m, t).sum()
         scores[shape] = float(inter / max(union, 1))
@@ -416,10 +427,11 @@ def background_of(labels: np.ndarray) -> tuple[str, ...]:
     return (_PALETTE_NAMES[li], _PALETTE_NAMES[ri])
 
 
-def detect(img: np.ndarray, min_area: int = 30, ignore: tuple[str, ...] = ()) -> tuple[list[Detection], tuple[str, ...]]:
+def detect(img: np.ndarray, min_area: int = 30, ignore: tuple[str, ...] = (),
+           extra_shapes: tuple[str, ...] = ()) -> tuple[list[Detection], tuple[str, ...]]:
     """Objects in an RGB uint8 picture (any square size; read at 64x64), largest first, and the
     background colours. Pixels of an `ignore` colour (the shadows of the "shadow" style) count as
-    background."""
+    background. `extra_shapes` (of NEW_SHAPES): shapes read besides the world's own."""
     if img.shape[0] != SIZE or img.shape[1] != SIZE:
         img = cv2.resize(img, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
     labels = classify_pixels(img)
@@ -445,7 +457,7 @@ def detect(img: np.ndarray, min_area: int = 30, ignore: tuple[str, ...] = ()) ->
         counts = np.bincount(cols, minlength=len(_PALETTE_NAMES))
         counts[bg_idx] = 0
         colour = _PALETTE_NAMES[int(counts.argmax())]
-        shape, scores = classify_shape(mask)
+        shape, scores = classify_shape(mask, extra_shapes)
         half = max(w, h) / 2.0
         size = "small" if half < 11 else "large"
         position = position_of(x + (w - 1) / 2.0, y + (h - 1) / 2.0)
