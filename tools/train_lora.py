@@ -14,6 +14,9 @@ train with the base model's own loss (epsilon, min-SNR-5).
   the second shipped example: models/README.md): every object casts a gray shadow to its lower right (style="shadow").
   --concept frame (kiri-frame, the third: models/README.md): every picture in a 4 px border, black
   (white on black backgrounds), as a framed print (style="frame").
+  --concept moon (kiri-moon): a new shape, the moon (a crescent, kiri_world.NEW_SHAPES), drawn where a
+  caption says "moon"; 60% of the scenes hold one, the others are the world's own (MOON_HELD_OUT: the
+  colour and place pairs no training moon has).
   Captions are the world's ordinary captions in the default phrasing mix, so the LoRA needs no trigger
   word: loaded (``<lora:kiri-outline:1>``), it turns every shape into an outline. peft LoRA
   (rank --rank) on the UNet's attention projections, its transformer in/out projections and feed-forward
@@ -57,7 +60,8 @@ from tools.training_kit import lr_at, optimise, plot_losses, save_ckpt  # noqa: 
 
 TRAIN_DIR = ROOT / ".train"
 BASE = ROOT / "models" / "checkpoints" / "kiri-shapes-ldm"
-LORA_CONCEPTS = {"frame": "kiri-frame", "shadow": "kiri-shadow", "outline": "kiri-outline"}  # --concept -> its name
+LORA_CONCEPTS = {"frame": "kiri-frame", "shadow": "kiri-shadow", "outline": "kiri-outline",
+                 "moon": "kiri-moon"}  # --concept -> its name
 LORA_NAME = LORA_CONCEPTS["outline"]
 LORA_OUT = ROOT / "models" / "Lora" / f"{LORA_NAME}.safetensors"
 EMBEDDING_WORD = "kiri-sunset"
@@ -81,16 +85,51 @@ def load_base(folder: Path = BASE):
 
 # --- data -------------------------------------------------------------------------------------------
 
+# kiri-moon: a shape the world never draws (kiri_world.NEW_SHAPES), learnt with its word, "moon".
+MOON = "moon"
+MOON_SHARE = 0.6  # share of training scenes where one object is a moon (the rest keep the base's shapes)
+# (colour, position) pairs no training moon has: the held-out measurement's moons (five colours, every position)
+MOON_HELD_OUT = tuple((W.OBJECT_COLOURS[(3 * k + 2) % len(W.OBJECT_COLOURS)], list(W.POSITIONS)[k]) for k in range(5))
+
+
+def moon_scene(rng: random.Random, share: float = MOON_SHARE) -> W.Scene:
+    """A training scene (no held-out combination); with probability `share` one of its objects, kept
+    in its colour, size and place, is a moon, unless that colour and place are held out for the moon."""
+    scene = W.sample_scene(rng, held_out="exclude")
+    if rng.random() >= share:
+        return scene
+    k = rng.randrange(len(scene.objects))
+    o = scene.objects[k]
+    if (o.colour, o.position) in MOON_HELD_OUT:
+        return scene
+    objects = list(scene.objects)
+    objects[k] = W.Obj(o.colour, MOON, o.size, o.position, o.cx, o.cy, o.radius)
+    return W.Scene(tuple(objects), scene.background)
+
+
+def with_gray(scene: W.Scene, rng: random.Random) -> W.Scene:
+    """The scene with gray as its background, or as one side of a two-tone one (no object is gray)."""
+    if W.SHADOW_COLOUR in scene.background:
+        return scene
+    background = list(scene.background)
+    background[rng.randrange(len(background))] = W.SHADOW_COLOUR
+    return W.Scene(scene.objects, tuple(background))
+
+
 def outline_batch(rng: random.Random, n: int, insides: list | None = None,
-                  style: str = "outline") -> tuple[np.ndarray, list[str]]:
+                  style: str = "outline", gray_share: float = 0.0) -> tuple[np.ndarray, list[str]]:
     """n training scenes (no held-out combination) drawn in `style` (outlines; "shadow": filled shapes
     casting shadows; "frame": framed pictures), with captions of the default mix.
     `insides`, a list, gets each scene's inside mask: where the outline drawing differs from the filled one
-    (the shapes' insides, which the LoRA must paint as background; drawing it takes no random numbers)."""
+    (the shapes' insides, which the LoRA must paint as background; drawing it takes no random numbers).
+    `gray_share`: this share of the scenes get gray in their background (the shadow style's other
+    shadow colour, black, is drawn only there; the world alone gives gray to about one scene in seven)."""
     images, captions = [], []
     for _ in range(n):
-        scene = W.sample_scene(rng, held_out="exclude")
-        images.append(W.render(scene, style=style))
+        scene = moon_scene(rng) if style == MOON else W.sample_scene(rng, held_out="exclude")
+        if gray_share and rng.random() < gray_share:
+            scene = with_gray(scene, rng)
+        images.append(W.render(scene, style="filled" if style == MOON else style))
         captions.append(P.sample_phrase(scene, rng)[0])
         if insides is not None:
             insides.append(np.abs(W.render(scene).astype(np.int16) - images[-1].astype(np.int16)).max(axis=2) > 0)
@@ -156,6 +195,18 @@ def lora_state(unet) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     return {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+
+
+def load_lora_into(unet, path: Path) -> None:
+    """A LoRA file written by save_lora (diffusers' keys, "unet." first) into the UNet's adapter, same rank."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("unet."): v for k, v in load_file(str(path)).items()}
+    result = set_peft_model_state_dict(unet, state)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise SystemExit(f"{path}: {len(unexpected)} tensors fit no LoRA layer of this rank and targets ({unexpected[0]})")
 
 
 def save_lora(pipe, config, out: Path, meta: dict[str, str]) -> None:
@@ -230,6 +281,10 @@ def main(argv=None) -> None:
     p.add_argument("--vectors", type=int, default=2, help="embedding: vectors of the new word")
     p.add_argument("--inside-weight", type=float, default=0.0,
                    help="lora: extra loss weight on the shapes' insides (0: the plain loss)")
+    p.add_argument("--gray-share", type=float, default=0.0,
+                   help="lora: share of scenes given a gray background, or gray as one side of a two-tone one "
+                        "(shadow: where the shadow is black)")
+    p.add_argument("--init", default=None, help="lora: start from this LoRA file's weights (a new schedule and optimiser)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
     p.add_argument("--threads", type=int, default=1)
@@ -250,6 +305,9 @@ def main(argv=None) -> None:
     if lora:
         config, params = add_lora(pipe, args.rank, args.alpha)
         ids = None
+        if args.init and not (args.resume and (work / "ckpt.pt").exists()):
+            load_lora_into(pipe.unet, Path(args.init))
+            print(f"started from {args.init}")
     else:
         ids = add_embedding(pipe, name, args.vectors, "orange and purple")
         emb = pipe.text_encoder.get_input_embeddings().weight
@@ -296,7 +354,7 @@ def main(argv=None) -> None:
     for step in range(start, steps):
         rng = random.Random(args.seed * 1_000_003 + step)  # the same pictures and captions for a resumed run
         insides = [] if lora and args.inside_weight else None
-        images, captions = (outline_batch(rng, args.batch, insides, args.concept) if lora
+        images, captions = (outline_batch(rng, args.batch, insides, args.concept, args.gray_share) if lora
                             else sunset_batch(rng, args.batch))
         captions = ["" if rng.random() < CFG_DROP else c for c in captions]
         if not lora:
@@ -343,6 +401,7 @@ def main(argv=None) -> None:
            "command": command}
     if lora:
         log.update(rank=args.rank, alpha=args.alpha, targets=LORA_TARGETS, inside_weight=args.inside_weight,
+                   gray_share=args.gray_share, init=args.init,
                    params=sum(v.numel() for v in lora_state(pipe.unet).values()))
         tags = {}
         for s in range(min(done, 50)):  # the captions of the first steps, as kohya counts tags
@@ -358,7 +417,8 @@ def main(argv=None) -> None:
                 "ss_training_comment": "Kiri's example LoRA: " + {
                     "frame": "every picture in a border, as a framed print",
                     "shadow": "every object casts a shadow to its lower right",
-                    "outline": "every object drawn as its outline"}[args.concept] + " (tools/train_lora.py)",
+                    "outline": "every object drawn as its outline",
+                    "moon": "a new shape, the moon (a crescent), drawn where a prompt says moon"}[args.concept] + " (tools/train_lora.py)",
                 "modelspec.title": name, "modelspec.architecture": f"{base.name}/lora"}
         save_lora(pipe, config, out, meta)
     else:
