@@ -58,6 +58,9 @@ from tools import train_lora as T  # noqa: E402
 CARD = ROOT / "models" / "Lora"
 LOOSE = ["a red circle", "blue star on the left", "a big yellow square in the middle, grey background",
          "green triangle at the bottom", "a white ring", "purple cross on the right, black background"]
+# kiri-moon's loose prompts: what a newcomer types for the new shape
+MOON_LOOSE = ["a yellow moon", "white moon at the top", "a big orange moon in the middle, black background",
+              "blue moon on the left", "a small red moon", "purple moon on the right, white background"]
 FAMILIES = ["template", "bare", "reordered", "synonyms", "noisy"]
 TAG = re.compile(r"<lora:[^>]*>")
 
@@ -75,6 +78,24 @@ def outline_prompts(n: int, seed: int = 99) -> list[tuple[str, object, W.Scene |
         text, spec = P.phrase(s, FAMILIES[i % len(FAMILIES)], rng, split="eval")
         out.append((text, spec, s))
     out += [(t, _loose_spec(t), None) for t in LOOSE]
+    return out
+
+
+def moon_prompts(n: int, seed: int = 55) -> list[tuple[str, object, W.Scene | None]]:
+    """(prompt, Spec, scene or None) for kiri-moon: n one-moon scenes in the colour and place pairs no
+    training moon has (train_lora.MOON_HELD_OUT), written in the held-out phrasings, then MOON_LOOSE."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        colour, position = T.MOON_HELD_OUT[i % len(T.MOON_HELD_OUT)]
+        size = list(W.SIZES)[(i + i // len(T.MOON_HELD_OUT)) % 2]
+        free = [c for c in W.BACKGROUND_COLOURS if c != colour]
+        bg = (rng.choice(free),) if rng.random() >= 0.25 else tuple(rng.sample(free, 2))
+        scene = W.Scene((W._make_obj(rng, colour, T.MOON, size, position, jitter=False),), bg)
+        family = FAMILIES[(i + i // len(T.MOON_HELD_OUT)) % len(FAMILIES)]  # every family meets every pair
+        text, spec = P.phrase(scene, family, rng, split="eval")
+        out.append((text, spec, scene))
+    out += [(t, _loose_spec(t), None) for t in MOON_LOOSE]
     return out
 
 
@@ -108,9 +129,10 @@ def generate(pipe, prompts: list[str], steps: int, seed: int = 1000, batch: int 
     return np.concatenate(out)
 
 
-def main_detection(img: np.ndarray, spec, ignore: tuple[str, ...] = ()) -> W.Detection | None:
+def main_detection(img: np.ndarray, spec, ignore: tuple[str, ...] = (),
+                   extra_shapes: tuple[str, ...] = ()) -> W.Detection | None:
     """The detection score_spec matches to the prompt's first object: its colour's largest, else the largest."""
-    dets, _ = W.detect(img, ignore=ignore)
+    dets, _ = W.detect(img, ignore=ignore, extra_shapes=extra_shapes)
     obj = spec.objects[0] if spec is not None and spec.objects else None
     same = [d for d in dets if obj is not None and obj.colour is not None and d.colour == obj.colour]
     return (same or dets or [None])[0]
@@ -130,7 +152,13 @@ def hollow(img: np.ndarray, d: W.Detection | None) -> bool:
 def outline_scores(images: np.ndarray, items, concept: str = "outline") -> dict[str, float]:
     # Shadows are gray (kiri_world.shadow_colour), a colour no object has: read as background in every row.
     ignore = (W.SHADOW_COLOUR,) if concept == "shadow" else ()
-    if concept == "frame":  # the concept is the border itself: measured on the picture, then left out
+    extra = W.NEW_SHAPES if concept == "moon" else ()
+    if concept == "moon":  # the prompt's object (as score_spec matches it) reads as a moon
+        found = [main_detection(im, spec, extra_shapes=extra) for im, (_, spec, _) in zip(images, items)]
+        res = {"moon": float(np.mean([d is not None and d.shape == T.MOON for d in found])),
+               "any_moon": float(np.mean([any(d.shape == T.MOON for d in W.detect(im, extra_shapes=extra)[0])
+                                          for im in images]))}
+    elif concept == "frame":  # the concept is the border itself: measured on the picture, then left out
         res = {"frame": float(np.mean([W.framed(im) for im in images])),
                "strength": float(np.median([W.frame_share(im) for im in images]))}
         images = np.stack([W.unframed(im) for im in images])  # every row alike, with and without the LoRA
@@ -143,7 +171,7 @@ def outline_scores(images: np.ndarray, items, concept: str = "outline") -> dict[
         found = [main_detection(im, spec, ignore) for im, (_, spec, _) in zip(images, items)]
         res = {"outline": float(np.mean([d is not None and d.outlined for d in found])),
                "hollow": float(np.mean([hollow(im, d) for im, d in zip(images, found)]))}
-    scores = [P.score_spec(im, spec, ignore) for im, (_, spec, _) in zip(images, items) if spec is not None]
+    scores = [P.score_spec(im, spec, ignore, extra) for im, (_, spec, _) in zip(images, items) if spec is not None]
     for k in ("colour", "position", "shape"):
         vals = [s[k] for s in scores if s[k] is not None]
         res[k] = float(np.mean(vals)) if vals else float("nan")
@@ -192,7 +220,9 @@ def main(argv=None) -> None:
     lines: list[str] = []
 
     if args.only in (None, "lora"):
-        items = outline_prompts(args.n)
+        c = args.concept
+        items = moon_prompts(args.n) if c == "moon" else outline_prompts(args.n)
+        loose = MOON_LOOSE if c == "moon" else LOOSE
         prompts = [f"{t} <lora:{name}:1>" for t, _, _ in items]
         pipe = T.load_base(Path(args.base))
         base = generate(pipe, prompts, args.steps)
@@ -200,17 +230,18 @@ def main(argv=None) -> None:
         with_lora = generate(pipe, prompts, args.steps)
         pipe.set_adapters([name], adapter_weights=[0.5])
         half = generate(pipe, prompts, args.steps)
-        truth = np.stack([W.render(s, style=args.concept) for _, _, s in items if s is not None])
-        c = args.concept
+        truth = np.stack([W.render(s, style="filled" if c == "moon" else c) for _, _, s in items if s is not None])
         rows = {"without the LoRA": outline_scores(base, items, c), "LoRA at 0.5": outline_scores(half, items, c),
                 "LoRA at 1": outline_scores(with_lora, items, c),
                 f"kiri_world's own {c} drawings (ceiling)": outline_scores(truth, [it for it in items if it[2] is not None], c)}
         summary["lora"] = {"name": name, "prompts": len(items), **rows}
-        first, second = (c, "strength") if c in ("shadow", "frame") else ("outline", "hollow")
+        first, second = {"shadow": (c, "strength"), "frame": (c, "strength"), "moon": ("moon", "any_moon")}.get(
+            c, ("outline", "hollow"))
         head = {"shadow": "| | shadow | median shadow share | colour | position | shape |",
-                "frame": "| | framed | median frame share | colour | position | shape |"}.get(
+                "frame": "| | framed | median frame share | colour | position | shape |",
+                "moon": "| | moon (the prompt's object) | a moon anywhere | colour | position | shape |"}.get(
             c, "| | outline | middle hollow | colour | position | shape |")
-        lines += [f"{name}, {len(items)} held-out prompts ({args.n} held-out scenes + {len(LOOSE)} loose), "
+        lines += [f"{name}, {len(items)} held-out prompts ({args.n} held-out scenes + {len(loose)} loose), "
                   f"{args.steps} steps:", "", head, "|---|---|---|---|---|---|"]
         lines += [f"| {k} | {pct(v[first])} | {v[second]:.2f} | {pct(v['colour'])} | {pct(v['position'])} | {pct(v['shape'])} |"
                   if c in ("shadow", "frame") else
@@ -218,7 +249,7 @@ def main(argv=None) -> None:
                   for k, v in rows.items()]
         lines.append("")
         if args.pictures:
-            pick = list(range(len(items) - len(LOOSE), len(items))) + [0, 1, 2, 5, 7, 11]
+            pick = list(range(len(items) - len(loose), len(items))) + [0, 1, 2, 5, 7, 11]
             grid([base[pick], with_lora[pick]], CARD / f"{name}_before_after.jpg")
             cv2.imwrite(str(Path(args.lora).with_suffix(".preview.png")),
                         cv2.cvtColor(cv2.resize(with_lora[pick[0]], (128, 128), interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGB2BGR))
@@ -247,8 +278,8 @@ def main(argv=None) -> None:
                         cv2.cvtColor(cv2.resize(learnt[0], (128, 128), interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGB2BGR))
         summary["embedding_prompts"] = [t for t, _, _ in items[:10]]
     if args.only in (None, "lora"):
-        summary["lora_prompts"] = [t for t, _, _ in outline_prompts(args.n)][-len(LOOSE):] + \
-            [t for t, _, _ in outline_prompts(args.n)][:12]
+        listed = [t for t, _, _ in (moon_prompts(args.n) if args.concept == "moon" else outline_prompts(args.n))]
+        summary["lora_prompts"] = listed[-len(loose):] + listed[:12]
     print(json.dumps(summary, indent=1))
     print("\n".join(lines))
     if args.json:
