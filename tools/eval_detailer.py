@@ -1,6 +1,7 @@
 """Measures the detailer on the embedded default models (issue 28, "Measured on the default models").
 
-    OMP_NUM_THREADS=1 python -m tools.eval_detailer [--seeds 1] [--strength 0.5] [--grid models/detailer_grid.jpg]
+    OMP_NUM_THREADS=1 python -m tools.eval_detailer [--seeds 1] [--strength 0.5] [--unit-negative "circle, square, ring"]
+        [--grid models/detailer_grid.jpg]
 
 The default LDM (models/checkpoints/kiri-shapes-ldm) draws "a small <colour> star on the <left|right>,
 white background" (4 colours x 2 places) at 64 px; the picture is upscaled 4x with Lanczos (256 px),
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--unit-prompt", default="a large {colour} star, white background",
                         help="the unit's prompt ({colour} filled in); what the crop shows at 64 px")
+    parser.add_argument("--unit-negative", default="",
+                        help="the unit's negative prompt (ad_negative_prompt): what the redrawn region should not "
+                             "be; the card's measurement names the shapes the blob reads as: \"circle, square, ring\"")
     parser.add_argument("--dilate", type=int, default=4, help="the unit's ad_dilate_erode, pixels at 256 px")
     parser.add_argument("--padding", type=int, default=32, help="the unit's only-masked padding, pixels at 256 px")
     parser.add_argument("--passes", type=int, default=1, help="units with these settings, one after the other")
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       save_images=False, model="kiri-shapes-ldm")).images[0]
                 before = first.resize((256, 256), Image.LANCZOS)
                 unit_dict = {"ad_model": WORD, "ad_prompt": args.unit_prompt.format(colour=colour),
+                             "ad_negative_prompt": args.unit_negative,
                              "ad_denoising_strength": args.strength, "ad_confidence": 0.5,
                              "ad_dilate_erode": args.dilate, "ad_inpaint_only_masked_padding": args.padding}
                 unit_dict.update(extra)
