@@ -251,8 +251,10 @@ def main(argv=None) -> None:
         if args.pictures:
             pick = list(range(len(items) - len(loose), len(items))) + [0, 1, 2, 5, 7, 11]
             grid([base[pick], with_lora[pick]], CARD / f"{name}_before_after.jpg")
+            # the card's picture: the first of the grid's pictures that shows the concept
+            shown = next((i for i in pick if outline_scores(with_lora[i: i + 1], items[i: i + 1], c)[first] > 0), pick[0])
             cv2.imwrite(str(Path(args.lora).with_suffix(".preview.png")),
-                        cv2.cvtColor(cv2.resize(with_lora[pick[0]], (128, 128), interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGB2BGR))
+                        cv2.cvtColor(cv2.resize(with_lora[shown], (128, 128), interpolation=cv2.INTER_NEAREST), cv2.COLOR_RGB2BGR))
         del pipe
 
     if args.only in (None, "embedding"):
