@@ -405,7 +405,8 @@ def main(argv=None) -> None:
                    params=sum(v.numel() for v in lora_state(pipe.unet).values()))
         tags = {}
         for s in range(min(done, 50)):  # the captions of the first steps, as kohya counts tags
-            for c in outline_batch(random.Random(args.seed * 1_000_003 + s), args.batch, style=args.concept)[1]:
+            for c in outline_batch(random.Random(args.seed * 1_000_003 + s), args.batch, style=args.concept,
+                                   gray_share=args.gray_share)[1]:
                 for tag in (t.strip().lower() for t in c.split(",")):
                     if tag:
                         tags[tag] = tags.get(tag, 0) + 1
